@@ -1,0 +1,94 @@
+"""Registry of mLSTM kernel backends, looked up by name ("<mode>--<impl>").
+
+Sequence kernels share one calling convention (see ``xlstm_flax.kernels`` docs):
+
+    h = kernel(q, k, v, i, f, *, c_initial=None, n_initial=None, m_initial=None,
+               return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=..., **impl_options)
+
+Step kernels ("step--*") advance one token: ``h, (c, n, m) = kernel(q, k, v, i, f, c, n, m, ...)``.
+Backends may be registered lazily as ``"module:attribute"`` strings so that importing the registry
+never imports Triton.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+FALLBACK_KERNEL = "chunkwise--jax"
+TRITON_KERNEL = "chunkwise--triton"
+
+_KERNELS: dict[str, Callable | str] = {}
+_warned_fallback = False
+
+
+def register_kernel(name: str, fn: Callable | str, *, overwrite: bool = False) -> None:
+    """Registers ``fn`` (a callable, or a lazy ``"module:attribute"`` path) under ``name``."""
+    if not isinstance(name, str) or "--" not in name:
+        raise ValueError(f"kernel name must look like '<mode>--<impl>', got {name!r}")
+    if name == AUTO:
+        raise ValueError("'auto' is reserved for default_kernel()")
+    if name in _KERNELS and not overwrite:
+        raise ValueError(f"kernel {name!r} is already registered (pass overwrite=True to replace it)")
+    _KERNELS[name] = fn
+
+
+def available_kernels(mode: str | None = None) -> list[str]:
+    """Sorted registered names, optionally only those of one mode ("chunkwise", "step", ...)."""
+    names = sorted(_KERNELS)
+    if mode is not None:
+        names = [n for n in names if n.split("--")[0] == mode]
+    return names
+
+
+def triton_usable() -> bool:
+    """True when a CUDA device is visible to JAX and jax_triton imports."""
+    import jax
+
+    try:
+        if not jax.devices("gpu"):
+            return False
+    except RuntimeError:
+        return False
+    try:
+        from .triton import compat
+
+        compat.import_jax_triton()
+    except ImportError:
+        return False
+    return True
+
+
+def default_kernel() -> str:
+    """The Triton chunkwise kernel on a CUDA device with jax-triton, else ``chunkwise--jax``."""
+    return TRITON_KERNEL if TRITON_KERNEL in _KERNELS and triton_usable() else FALLBACK_KERNEL
+
+
+def resolve_kernel_name(name: str) -> str:
+    """Maps ``"auto"`` to the default kernel; checks that other names are registered."""
+    global _warned_fallback
+    if name == AUTO:
+        chosen = default_kernel()
+        if chosen != TRITON_KERNEL and not _warned_fallback:
+            logger.warning("kernel 'auto': no CUDA GPU with jax-triton here, using %r", chosen)
+            _warned_fallback = True
+        return chosen
+    if name not in _KERNELS:
+        raise ValueError(
+            f"unknown kernel {name!r}; available kernels: {', '.join(available_kernels())} (or 'auto')"
+        )
+    return name
+
+
+def get_kernel(name: str) -> Callable:
+    """The callable registered under ``name`` (``"auto"`` picks :func:`default_kernel`)."""
+    name = resolve_kernel_name(name)
+    fn = _KERNELS[name]
+    if isinstance(fn, str):
+        module_name, attr = fn.split(":")
+        fn = getattr(importlib.import_module(module_name, package=__package__), attr)
+        _KERNELS[name] = fn
+    return fn
