@@ -1,0 +1,145 @@
+"""Triton kernels of the chunkwise mLSTM forward (shared/DESIGN.md 3.3), launched by chunkwise_fw.py.
+
+Per (batch, head) ``bh``, all buffers C-contiguous, gates and states fp32:
+
+* ``vecB (B, NH, S)``: inclusive cumulative sum of log(sigmoid(f)) restarted at every intra chunk;
+* ``vecI (B, NH, S)``: the raw input gate;
+* ``matC_all (B, NH, NC+1, DHQK, DHV)``, ``vecN_all (B, NH, NC+1, DHQK)``, ``scaM_all (B, NH, NC+1)``:
+  the state at every intra-chunk boundary, index 0 = the initial state.
+
+Head dims need not be powers of two: DH blocks are padded and their loads/stores masked. Chunk and
+block sizes are powers of two >= 16 (the smallest ``tl.dot`` tile). Dots take q/k/v's dtype (states are
+cast to it) and accumulate in fp32; ``DOT_PRECISION`` only matters for fp32 operands.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def recurrent_fw_kernel(
+    matK, matV, vecB, vecI, matC_initial, vecN_initial, scaM_initial,  # inputs
+    matC_all, vecN_all, scaM_all,  # outputs
+    S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr,
+    L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Grid (DHQK blocks, DHV blocks, B*NH): walks the chunks of L_INTER steps in order with C, n, m
+    in registers and stores them at every L_INTRA boundary. For a chunk with local cumulative log
+    forget gate b (from b_prev, the value before the chunk) and total g = b_end - b_prev:
+    a_j = i_j + b_end - b_j, m' = max(g + m, max_j a_j), C' = e^(g+m-m') C + K^T diag(e^(a-m')) V."""
+    pid_q, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    offs_q = pid_q * BLOCK_DHQK + tl.arange(0, BLOCK_DHQK)
+    offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
+    mask_q, mask_v = offs_q < DHQK, offs_v < DHV
+    offs_t = tl.arange(0, L_INTER)
+    offs_c = offs_q[:, None] * DHV + offs_v[None, :]
+    mask_c = mask_q[:, None] & mask_v[None, :]
+    stores_n = pid_v == 0
+    stores_m = stores_n & (pid_q == 0)
+
+    matC = tl.load(matC_initial + bh * DHQK * DHV + offs_c, mask=mask_c, other=0.0)
+    vecN = tl.load(vecN_initial + bh * DHQK + offs_q, mask=mask_q, other=0.0)
+    scaM = tl.load(scaM_initial + bh)
+    tl.store(matC_all + bh * (NC + 1) * DHQK * DHV + offs_c, matC, mask=mask_c)
+    tl.store(vecN_all + bh * (NC + 1) * DHQK + offs_q, vecN, mask=mask_q & stores_n)
+    tl.store(scaM_all + bh * (NC + 1), scaM, mask=stores_m)
+
+    for chunk in range(NC):
+        for sub in range(L_INTRA // L_INTER):
+            t0 = chunk * L_INTRA + sub * L_INTER
+            gates = bh * S + t0
+            b = tl.load(vecB + gates + offs_t)
+            b_end = tl.load(vecB + gates + L_INTER - 1)
+            b_prev = tl.load(vecB + gates - 1, mask=sub > 0, other=0.0)
+            a = tl.load(vecI + gates + offs_t) + b_end - b
+            m_new = tl.maximum(b_end - b_prev + scaM, tl.max(a, axis=0))
+            decay = tl.exp(b_end - b_prev + scaM - m_new)
+            weight = tl.exp(a - m_new)
+            k = tl.load(matK + (bh * S + t0 + offs_t)[:, None] * DHQK + offs_q[None, :],
+                        mask=mask_q[None, :], other=0.0)
+            v = tl.load(matV + (bh * S + t0 + offs_t)[:, None] * DHV + offs_v[None, :],
+                        mask=mask_v[None, :], other=0.0)
+            weighted_v = (v * weight[:, None]).to(v.dtype)
+            matC = decay * matC + tl.dot(tl.trans(k), weighted_v, input_precision=DOT_PRECISION)
+            vecN = decay * vecN + tl.sum(k.to(tl.float32) * weight[:, None], axis=0)
+            scaM = m_new
+        index = bh * (NC + 1) + chunk + 1
+        tl.store(matC_all + index * DHQK * DHV + offs_c, matC, mask=mask_c)
+        tl.store(vecN_all + index * DHQK + offs_q, vecN, mask=mask_q & stores_n)
+        tl.store(scaM_all + index, scaM, mask=stores_m)
+
+
+@triton.jit
+def parallel_fw_kernel(
+    matQ, matK, matV, vecB, vecI, matC_all, vecN_all, scaM_all,  # inputs
+    matH, vecN_out, vecM_out, vecNQ_out,  # outputs
+    S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
+    BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
+    QK_SCALE: tl.constexpr, EPS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid (DHV blocks, NC * L / BLOCK_LQ, B*NH): BLOCK_LQ rows i of one chunk of L steps, from the
+    state (C, n, m) at the chunk start. With b the chunk-local cumulative log forget gate,
+    m_i = b_i + max(m, max_{j<=i}(i_j - b_j)) (the step recurrence's m_i exactly) and
+    num_i = s e^(b_i+m-m_i) q_i C + sum_{j<=i} s (q_i.k_j) e^(b_i-b_j+i_j-m_i) v_j; likewise nq_i with
+    n and 1 for C and v_j. Writes h = num / (max(|nq|, e^-m_i) + eps), den, m_i and the signed nq."""
+    pid_v, pid_l, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    chunk = pid_l // (L // BLOCK_LQ)
+    row0 = (pid_l % (L // BLOCK_LQ)) * BLOCK_LQ
+    rows = tl.arange(0, BLOCK_LQ)
+    cols = tl.arange(0, BLOCK_LK)
+    offs_d = tl.arange(0, BLOCK_DHQK)
+    offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
+    mask_v = offs_v < DHV
+    t_rows = bh * S + chunk * L + row0 + rows  # flat (bh, t) index of the rows
+    t_chunk = bh * S + chunk * L  # flat index of the chunk's first step
+
+    b_rows = tl.load(vecB + t_rows)
+    state = bh * (NC + 1) + chunk
+    m_chunk = tl.load(scaM_all + state)
+    # Pass 1 (gates only): the per-row stabiliser m_i.
+    max_a = tl.zeros([BLOCK_LQ], tl.float32) + m_chunk
+    for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
+        a_cols = tl.load(vecI + t_chunk + col0 + cols) - tl.load(vecB + t_chunk + col0 + cols)
+        causal = (row0 + rows)[:, None] >= (col0 + cols)[None, :]
+        max_a = tl.maximum(max_a, tl.max(tl.where(causal, a_cols[None, :], float("-inf")), axis=1))
+    m_rows = b_rows + max_a
+
+    # Inter-chunk part: s q_i C and s q_i . n, weighted by e^(b_i + m - m_i).
+    num = tl.zeros([BLOCK_LQ, BLOCK_DHV], tl.float32)
+    nq = tl.zeros([BLOCK_LQ], tl.float32)
+    for d0 in range(0, DHQK, BLOCK_DHQK):
+        mask_d = d0 + offs_d < DHQK
+        q = tl.load(matQ + t_rows[:, None] * DHQK + d0 + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+        c = tl.load(matC_all + (state * DHQK + d0 + offs_d)[:, None] * DHV + offs_v[None, :],
+                    mask=mask_d[:, None] & mask_v[None, :], other=0.0)
+        n = tl.load(vecN_all + state * DHQK + d0 + offs_d, mask=mask_d, other=0.0)
+        num += tl.dot(q, c.to(q.dtype), input_precision=DOT_PRECISION)
+        nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+    inter_weight = QK_SCALE * tl.exp(b_rows + m_chunk - m_rows)
+    num *= inter_weight[:, None]
+    nq *= inter_weight
+
+    # Intra-chunk part over column blocks j <= i.
+    for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
+        t_cols = t_chunk + col0 + cols
+        scores = tl.zeros([BLOCK_LQ, BLOCK_LK], tl.float32)
+        for d0 in range(0, DHQK, BLOCK_DHQK):
+            mask_d = d0 + offs_d < DHQK
+            q = tl.load(matQ + t_rows[:, None] * DHQK + d0 + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+            k = tl.load(matK + t_cols[:, None] * DHQK + d0 + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+            scores += tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        log_w = b_rows[:, None] - tl.load(vecB + t_cols)[None, :] + tl.load(vecI + t_cols)[None, :]
+        causal = (row0 + rows)[:, None] >= (col0 + cols)[None, :]
+        log_w = tl.where(causal, log_w - m_rows[:, None], float("-inf"))
+        weighted = scores * QK_SCALE * tl.exp(log_w)
+        nq += tl.sum(weighted, axis=1)
+        v = tl.load(matV + t_cols[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        num += tl.dot(weighted.to(v.dtype), v, input_precision=DOT_PRECISION)
+
+    den = tl.maximum(tl.abs(nq), tl.exp(-m_rows))
+    h = num / (den + EPS)[:, None]
+    tl.store(matH + t_rows[:, None] * DHV + offs_v[None, :], h.to(matH.dtype.element_ty), mask=mask_v[None, :])
+    first_v_block = pid_v == 0
+    tl.store(vecN_out + t_rows, den.to(vecN_out.dtype.element_ty), mask=first_v_block)
+    tl.store(vecM_out + t_rows, m_rows.to(vecM_out.dtype.element_ty), mask=first_v_block)
+    tl.store(vecNQ_out + t_rows, nq, mask=first_v_block)

@@ -1,0 +1,94 @@
+"""One launcher for every Triton kernel of the library, with jax-triton's calling convention.
+
+``triton_call(*inputs, kernel, out_shape, grid, num_warps, num_stages, **constexprs)`` passes the
+input arrays, then one pointer per output (in ``out_shape`` order), then the keywords, to the kernel
+and returns the output arrays (a single array when ``out_shape`` is a single shape).
+
+* Normally it calls ``jax_triton.triton_call``. Without a GPU visible to JAX it compiles for sm_90
+  (``compute_capability=90``), which is what lowering for CUDA on a CPU machine needs.
+* Under Triton's interpreter (``TRITON_INTERPRET=1``, set before any kernel is defined) jax-triton
+  cannot launch the interpreted kernel. The launcher then runs it on host numpy buffers inside
+  ``jax.pure_callback`` (so it also works under ``jax.jit``) through a runner installed with
+  :func:`set_interpreter_runner`. The runner owns whatever the interpreter needs to accept numpy
+  buffers; the test harness (``tests/triton_interpret/``) installs one. Outputs start as NaN there,
+  so an element the kernel forgets to write shows up in a test.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Protocol, Sequence
+
+import jax
+import numpy as np
+import triton
+
+from . import compat
+
+HOPPER_COMPUTE_CAPABILITY = 90
+
+
+class InterpreterRunner(Protocol):
+    def __call__(self, kernel, grid: tuple[int, ...], inputs: Sequence[np.ndarray],
+                 outputs: Sequence[np.ndarray], meta: dict) -> None:
+        """Runs ``kernel[grid](*inputs, *outputs, **meta)`` in place on host buffers."""
+
+
+_interpreter_runner: InterpreterRunner | None = None
+
+
+def set_interpreter_runner(runner: InterpreterRunner | None) -> None:
+    """Installs (or removes, with None) the function that launches interpreted kernels."""
+    global _interpreter_runner
+    _interpreter_runner = runner
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``)."""
+    return bool(triton.knobs.runtime.interpret)
+
+
+@functools.cache
+def _gpu_visible() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+def triton_call(*inputs: jax.Array, kernel, out_shape, grid: tuple[int, ...] | Callable,
+                num_warps: int = 4, num_stages: int = 3, **constexprs):
+    """Launches ``kernel`` over ``grid`` on ``inputs``; returns arrays shaped like ``out_shape``."""
+    if interpreter_enabled():
+        return _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, constexprs)
+    jax_triton = compat.import_jax_triton()
+    return jax_triton.triton_call(
+        *inputs,
+        kernel=kernel,
+        out_type=out_shape,
+        grid=grid,
+        num_warps=num_warps,
+        num_stages=num_stages,
+        compute_capability=None if _gpu_visible() else HOPPER_COMPUTE_CAPABILITY,
+        **constexprs,
+    )
+
+
+def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, constexprs):
+    if _interpreter_runner is None:
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 but no interpreter runner is installed: call "
+            "xlstm_flax.kernels.triton.launch.set_interpreter_runner(...) first "
+            "(tests/triton_interpret/conftest.py installs one)"
+        )
+    runner = _interpreter_runner
+    shapes, treedef = jax.tree.flatten(out_shape)
+    meta = dict(constexprs, num_warps=num_warps, num_stages=num_stages)
+    grid = tuple(grid(meta)) if callable(grid) else tuple(np.atleast_1d(grid).tolist())
+
+    def run_on_host(*host_inputs):
+        outputs = [np.full(s.shape, np.nan, s.dtype) for s in shapes]
+        runner(kernel, grid, [np.ascontiguousarray(x) for x in host_inputs], outputs, meta)
+        return outputs
+
+    shapes = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in shapes]
+    return jax.tree.unflatten(treedef, jax.pure_callback(run_on_host, shapes, *inputs))

@@ -1,0 +1,92 @@
+"""Makes Triton 3.6.0's interpreter run kernels on host numpy buffers (shared/DESIGN.md 4.3).
+
+Everything here touches private interpreter API, which is why it lives in tests/ and triton is
+pinned. :func:`install` applies the patches and hands :func:`run_interpreted` to the library's
+launcher (``launch.set_interpreter_runner``):
+
+* numpy buffers are host memory already, so the interpreter's copy to/from the host (done through
+  torch's storage API, absent here) becomes a pass-through;
+* bf16 ``tl.dot`` operands are stored as raw uint16 bits and would be multiplied as integers: they are
+  widened to fp32 first (casts to bf16 still truncate, so bf16 tolerances differ from the GPU's);
+* an autotuned kernel fails with several configs ("0 active drivers"): every config is run and its
+  outputs must agree with the first config's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import triton
+import triton.language as tl
+from triton.runtime import interpreter
+
+from xlstm_flax.kernels.triton import launch
+
+# Autotune configs differ only in summation order; a wrong config differs by far more than this.
+AUTOTUNE_RTOL, AUTOTUNE_ATOL = 1e-2, 1e-3
+
+
+class HostPointer:
+    """What the interpreter needs from a pointer argument: ``data_ptr()`` and ``dtype``."""
+
+    def __init__(self, array: np.ndarray):
+        assert array.flags.c_contiguous, "kernels index buffers as C-contiguous"
+        self.array = array
+        self.dtype = array.dtype
+
+    def data_ptr(self) -> int:
+        return self.array.ctypes.data
+
+
+def _args_pass_through(self, args_dev, kwargs):
+    return list(args_dev), dict(kwargs)
+
+
+def _restore_nothing(self, args_dev, args_hst, kwargs, kwargs_hst):
+    return None
+
+
+_original_create_dot = interpreter.InterpreterBuilder.create_dot
+
+
+def _widen_bf16(handle):
+    if handle.dtype.scalar != tl.bfloat16:
+        return handle
+    widened = (handle.data.astype(np.uint32) << 16).view(np.float32)
+    return interpreter.TensorHandle(widened, tl.float32)
+
+
+def _create_dot_widening_bf16(self, a, b, d, input_precision, max_num_imprecise_acc):
+    return _original_create_dot(self, _widen_bf16(a), _widen_bf16(b), d, input_precision, max_num_imprecise_acc)
+
+
+def install() -> None:
+    """Patches the interpreter (idempotent) and installs the runner into the launcher."""
+    interpreter.GridExecutor._init_args_hst = _args_pass_through
+    interpreter.GridExecutor._restore_args_dev = _restore_nothing
+    interpreter.InterpreterBuilder.create_dot = _create_dot_widening_bf16
+    launch.set_interpreter_runner(run_interpreted)
+
+
+def run_interpreted(kernel, grid, inputs, outputs, meta) -> None:
+    """``kernel[grid](*inputs, *outputs, **meta)`` on host buffers; outputs are written in place."""
+    if isinstance(kernel, triton.runtime.Autotuner):
+        _run_every_config(kernel, grid, inputs, outputs, meta)
+        return
+    kernel[grid](*(HostPointer(x) for x in (*inputs, *outputs)), **meta)
+
+
+def _run_every_config(tuner, grid, inputs, outputs, meta) -> None:
+    reference = None
+    for config in tuner.configs:
+        trial = [np.full_like(out, np.nan) for out in outputs]
+        options = dict(meta, **config.all_kwargs())
+        tuner.fn[grid](*(HostPointer(x) for x in (*inputs, *trial)), **options)
+        if reference is None:
+            reference = trial
+            continue
+        for k, (got, want) in enumerate(zip(trial, reference)):
+            np.testing.assert_allclose(
+                np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=AUTOTUNE_RTOL,
+                atol=AUTOTUNE_ATOL, err_msg=f"autotune config {config} disagrees with the first on output {k}",
+            )
+    for out, result in zip(outputs, reference):
+        out[...] = result
