@@ -22,3 +22,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "triton_interpret" in str(item.fspath):
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    # The interpreter itself converts 1-element arrays to ints (numpy deprecation), not our code.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:triton.runtime.interpreter")
