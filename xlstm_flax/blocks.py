@@ -1,0 +1,133 @@
+"""Residual xLSTM blocks and the block stack.
+
+Block: x + mixer(norm(x)), then x + ffn(norm(x)) when the block has an FFN; the mixer is an mLSTM
+layer (variant from ``config.mlstm.variant``) or an sLSTM layer (positions ``config.slstm_at``).
+Stack: the blocks in order, optionally rematerialised (``config.remat``) and, when all blocks are
+identical, stacked and run with ``nnx.scan`` (``config.scan_layers``: one compiled block body).
+Shapes: x (B, S, D) for sequences, (B, D) for single steps. The stack's state is a tuple of block
+states, or with ``scan_layers`` one block state whose leaves have a leading num_blocks axis.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .layers import GatedFFN, make_norm, mLSTMLayer, mLSTMPaperLayer, sLSTMLayer
+
+if TYPE_CHECKING:
+    from .model import xLSTMLMConfig
+
+
+def make_mixer(kind: str, config: xLSTMLMConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The sequence-mixing layer of a block of ``kind`` "mlstm" or "slstm"."""
+    common = dict(num_blocks=config.num_blocks, dtype=config.jnp_compute_dtype,
+                  param_dtype=config.jnp_param_dtype, rngs=rngs)
+    if kind == "slstm":
+        return sLSTMLayer(config.embedding_dim, config.slstm, **common)
+    layer_cls = mLSTMLayer if config.mlstm.variant == "xlstm7b" else mLSTMPaperLayer
+    return layer_cls(config.embedding_dim, config.mlstm, **common)
+
+
+class xLSTMBlock(nnx.Module):
+    """Pre-norm residual block around one mLSTM or sLSTM layer and an optional gated FFN."""
+
+    def __init__(self, config: xLSTMLMConfig, kind: str, *, rngs: nnx.Rngs):
+        dim, pdt = config.embedding_dim, config.jnp_param_dtype
+        self.norm_mixer = make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt)
+        self.mixer = make_mixer(kind, config, rngs=rngs)
+        has_ffn = config.ffn.in_slstm_blocks if kind == "slstm" else config.ffn.in_mlstm_blocks
+        self.norm_ffn = make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt) if has_ffn else None
+        self.ffn = (
+            GatedFFN(dim, config.ffn, num_blocks=config.num_blocks, dtype=config.jnp_compute_dtype,
+                     param_dtype=pdt, rngs=rngs)
+            if has_ffn else None
+        )
+
+    def init_state(self, batch_size: int):
+        return self.mixer.init_state(batch_size)
+
+    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False):
+        """x (B, S, D) -> (x (B, S, D), block state or None)."""
+        return self._residual(x, lambda h: self.mixer(h, state, return_state=return_state))
+
+    def step(self, x: jax.Array, state):
+        """x (B, D) -> (x (B, D), new block state)."""
+        return self._residual(x, lambda h: self.mixer.step(h, state))
+
+    def _residual(self, x, mix):
+        y, state = mix(self.norm_mixer(x))
+        x = x + y.astype(x.dtype)
+        if self.ffn is not None:
+            x = x + self.ffn(self.norm_ffn(x)).astype(x.dtype)
+        return x, state
+
+
+def _call_block(block: xLSTMBlock, x, state, return_state: bool):
+    return block(x, state, return_state=return_state)
+
+
+_call_block_remat = nnx.remat(_call_block, static_argnums=(3,))
+
+
+class xLSTMBlockStack(nnx.Module):
+    """The model's blocks: ``config.num_blocks`` residual blocks, sLSTM at ``config.slstm_at``."""
+
+    def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
+        self.scan_layers, self.remat = config.scan_layers, config.remat
+        self.num_blocks = config.num_blocks
+        kinds = config.block_kinds()
+        if config.scan_layers:
+
+            @nnx.split_rngs(splits=config.num_blocks)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_stacked(rngs):
+                return xLSTMBlock(config, kinds[0], rngs=rngs)
+
+            self.blocks = make_stacked(rngs)
+        else:
+            self.blocks = nnx.List([xLSTMBlock(config, kind, rngs=rngs) for kind in kinds])
+
+    def init_state(self, batch_size: int):
+        """Zero / initial states of all blocks (O(1) in the sequence length)."""
+        if self.scan_layers:  # init_state reads only static sizes, so the stacked module answers it
+            one = self.blocks.init_state(batch_size)
+            return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.num_blocks, *a.shape)), one)
+        return tuple(block.init_state(batch_size) for block in self.blocks)
+
+    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False):
+        """x (B, S, D) -> (x (B, S, D), stack state or None); ``state`` None starts from zeros."""
+        call = _call_block_remat if self.remat else _call_block
+        if self.scan_layers:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+            def run(x, block, block_state):
+                return call(block, x, block_state, return_state)
+
+            if state is None:
+                state = self.init_state(x.shape[0])
+            x, new_state = run(x, self.blocks, state)
+            return x, (new_state if return_state else None)
+        states = [None] * self.num_blocks if state is None else state
+        new_states = []
+        for block, block_state in zip(self.blocks, states):
+            x, block_state = call(block, x, block_state, return_state)
+            new_states.append(block_state)
+        return x, (tuple(new_states) if return_state else None)
+
+    def step(self, x: jax.Array, state):
+        """One token through all blocks: x (B, D) -> (x (B, D), new stack state)."""
+        if self.scan_layers:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+            def run(x, block, block_state):
+                return block.step(x, block_state)
+
+            return run(x, self.blocks, state)
+        new_states = []
+        for block, block_state in zip(self.blocks, state):
+            x, block_state = block.step(x, block_state)
+            new_states.append(block_state)
+        return x, tuple(new_states)

@@ -1,0 +1,149 @@
+"""Config dataclasses of the sequence-mixing layers and the feed-forward layer.
+
+Fields use only simple types (int, float, bool, str, ``X | None``) so that the YAML loader in
+``xlstm_flax.config`` can build and validate them. Each ``__post_init__`` rejects impossible values
+with a message naming the field; checks that need the model width live in ``check_width``.
+"""
+import dataclasses
+import math
+
+from xlstm_flax.kernels import AUTO, resolve_kernel_name
+
+MLSTM_VARIANTS = ("xlstm7b", "paper")
+
+
+def round_up(x: float, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= x."""
+    return math.ceil(x / multiple) * multiple
+
+
+def _require(ok: bool, owner: str, field: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{owner}.{field}: {message}")
+
+
+def _check_bias_range(cfg, owner: str) -> None:
+    _require(cfg.fgate_bias_min <= cfg.fgate_bias_max, owner, "fgate_bias_min",
+             f"must be <= fgate_bias_max, got {cfg.fgate_bias_min} > {cfg.fgate_bias_max}")
+
+
+def _check_kernel_name(name: str, field: str, step: bool) -> None:
+    owner = "mLSTMLayerConfig"
+    if name == AUTO:
+        _require(not step, owner, field, "'auto' only picks a sequence kernel; name a step kernel")
+        return
+    try:
+        resolve_kernel_name(name)
+    except ValueError as err:
+        raise ValueError(f"{owner}.{field}: {err}") from None
+    is_step = name.startswith("step--")
+    kind = "a step kernel ('step--...')" if step else "a sequence kernel (not 'step--...')"
+    _require(is_step == step, owner, field, f"must name {kind}, got {name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class mLSTMLayerConfig:
+    """mLSTM layer: ``variant`` "xlstm7b" (the xLSTM-7B / HF ``xLSTMForCausalLM`` layer) or "paper"
+    (the xLSTM-paper mLSTM block with up-projection, conv, headwise q/k/v, skip and z-gate)."""
+
+    variant: str = "xlstm7b"
+    num_heads: int = 4
+    kernel: str = AUTO  # sequence kernel of xlstm_flax.kernels; swapping it changes only speed
+    step_kernel: str = "step--jax"
+    chunk_size: int = 64
+    eps: float = 1e-6  # kernel denominator eps
+    norm_eps: float = 1e-6  # per-head norm eps
+    use_bias: bool = False  # biases of the q/k/v/o/up/down projections (gates always have one)
+    igate_bias_init: float = -10.0
+    fgate_bias_min: float = 3.0  # forget-gate biases spread linearly over [min, max] across heads
+    fgate_bias_max: float = 6.0
+    dim_round_to: int = 64  # qk/v (xlstm7b) and inner (paper) widths are rounded up to this
+    # xlstm7b variant
+    qk_dim_factor: float = 0.5
+    v_dim_factor: float = 1.0
+    gate_soft_cap: float | None = 15.0
+    # paper variant
+    proj_factor: float = 2.0
+    conv_kernel_size: int = 4
+    qkv_proj_blocksize: int = 4
+
+    def __post_init__(self):
+        owner = "mLSTMLayerConfig"
+        _require(self.variant in MLSTM_VARIANTS, owner, "variant",
+                 f"must be one of {MLSTM_VARIANTS}, got {self.variant!r}")
+        for name in ("num_heads", "chunk_size", "dim_round_to", "conv_kernel_size", "qkv_proj_blocksize"):
+            _require(getattr(self, name) >= 1, owner, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("qk_dim_factor", "v_dim_factor", "proj_factor"):
+            _require(getattr(self, name) > 0, owner, name, f"must be > 0, got {getattr(self, name)}")
+        for name in ("eps", "norm_eps"):
+            _require(getattr(self, name) >= 0, owner, name, f"must be >= 0, got {getattr(self, name)}")
+        _require(self.gate_soft_cap is None or self.gate_soft_cap > 0, owner, "gate_soft_cap",
+                 f"must be > 0 or null, got {self.gate_soft_cap}")
+        _check_bias_range(self, owner)
+        _check_kernel_name(self.kernel, "kernel", step=False)
+        _check_kernel_name(self.step_kernel, "step_kernel", step=True)
+
+    def qk_dim(self, width: int) -> int:
+        return round_up(width * self.qk_dim_factor, self.dim_round_to)
+
+    def v_dim(self, width: int) -> int:
+        return round_up(width * self.v_dim_factor, self.dim_round_to)
+
+    def inner_dim(self, width: int) -> int:
+        return round_up(width * self.proj_factor, self.dim_round_to)
+
+    def check_width(self, width: int, owner: str) -> None:
+        """Raises if the layer's widths for model width ``width`` do not split into heads."""
+        if self.variant == "xlstm7b":
+            dims = {"qk_dim_factor": self.qk_dim(width), "v_dim_factor": self.v_dim(width)}
+        else:
+            inner = self.inner_dim(width)
+            _require(inner % self.qkv_proj_blocksize == 0, owner, "mlstm.qkv_proj_blocksize",
+                     f"inner width {inner} is not divisible by qkv_proj_blocksize={self.qkv_proj_blocksize}")
+            dims = {"proj_factor": inner}
+        for field, dim in dims.items():
+            _require(dim % self.num_heads == 0, owner, "mlstm.num_heads",
+                     f"width {dim} (from embedding_dim={width}, mlstm.{field}) is not divisible "
+                     f"by num_heads={self.num_heads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class sLSTMLayerConfig:
+    """sLSTM layer: scalar memory, exponential gating, block-diagonal recurrent weights per head."""
+
+    num_heads: int = 4
+    conv_kernel_size: int = 4  # causal conv feeding the i and f gates; 0 disables it
+    igate_bias_init: float = 0.0
+    fgate_bias_min: float = 3.0  # forget-gate biases spread over [min, max] within each head
+    fgate_bias_max: float = 6.0
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        owner = "sLSTMLayerConfig"
+        _require(self.num_heads >= 1, owner, "num_heads", f"must be >= 1, got {self.num_heads}")
+        _require(self.conv_kernel_size >= 0, owner, "conv_kernel_size",
+                 f"must be >= 0 (0 disables the conv), got {self.conv_kernel_size}")
+        _require(self.norm_eps >= 0, owner, "norm_eps", f"must be >= 0, got {self.norm_eps}")
+        _check_bias_range(self, owner)
+
+    def check_width(self, width: int, owner: str) -> None:
+        _require(width % self.num_heads == 0, owner, "slstm.num_heads",
+                 f"embedding_dim={width} is not divisible by num_heads={self.num_heads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FFNConfig:
+    """Gated feed-forward (SwiGLU) after the sequence-mixing layer of a block."""
+
+    proj_factor: float = 2.667
+    round_up_to: int = 64
+    use_bias: bool = False
+    in_mlstm_blocks: bool = True
+    in_slstm_blocks: bool = True
+
+    def __post_init__(self):
+        _require(self.proj_factor > 0, "FFNConfig", "proj_factor", f"must be > 0, got {self.proj_factor}")
+        _require(self.round_up_to >= 1, "FFNConfig", "round_up_to", f"must be >= 1, got {self.round_up_to}")
+
+    def hidden_dim(self, width: int) -> int:
+        return round_up(width * self.proj_factor, self.round_up_to)

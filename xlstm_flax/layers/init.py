@@ -1,0 +1,55 @@
+"""Initialisers from the xLSTM literature and a Linear factory with the project's precision policy.
+
+small-init (Nguyen & Salazar 2019): normal with std sqrt(2 / (5 d)) for projections out of width d.
+wang-init (GPT-NeoX): normal with std 2 / (num_blocks sqrt(d)) for projections into the residual.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def small_init(dim: int) -> nnx.Initializer:
+    return nnx.initializers.normal(stddev=(2.0 / (5.0 * dim)) ** 0.5)
+
+
+def wang_init(dim: int, num_blocks: int) -> nnx.Initializer:
+    return nnx.initializers.normal(stddev=2.0 / (num_blocks * dim**0.5))
+
+
+def linspace_init(low: float, high: float) -> nnx.Initializer:
+    """Fills the last axis with values spread linearly over [low, high] (repeated over other axes)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.broadcast_to(jnp.linspace(low, high, shape[-1], dtype=dtype), shape)
+
+    return init
+
+
+def dense(
+    in_features: int,
+    out_features: int,
+    *,
+    kernel_init: nnx.Initializer,
+    use_bias: bool,
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
+    bias_init: nnx.Initializer = nnx.initializers.zeros,
+) -> nnx.Linear:
+    """``nnx.Linear`` computing in ``dtype`` with parameters stored in ``param_dtype``."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        rngs=rngs,
+    )
+
+
+def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
+    """``cap * tanh(x / cap)``; identity when ``cap`` is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)

@@ -1,0 +1,77 @@
+"""The mLSTM recurrence as both layer variants call it: a registry kernel for sequences, a step
+kernel for single tokens, and the carried state (C, n, m).
+
+Shapes: q, k (B, NH, S, DHQK); v (B, NH, S, DHV); i, f (B, NH, S) fp32 gate pre-activations;
+h (B, NH, S, DHV) in q's dtype. State: c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH), fp32.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xlstm_flax.kernels import get_kernel
+
+from .config import mLSTMLayerConfig
+
+
+class mLSTMState(NamedTuple):
+    c: jax.Array
+    n: jax.Array
+    m: jax.Array
+
+
+def zero_state(batch_size: int, num_heads: int, dhqk: int, dhv: int) -> mLSTMState:
+    """The state before the first token (zeros; m = 0 as in the kernels)."""
+    return mLSTMState(
+        jnp.zeros((batch_size, num_heads, dhqk, dhv), jnp.float32),
+        jnp.zeros((batch_size, num_heads, dhqk), jnp.float32),
+        jnp.zeros((batch_size, num_heads), jnp.float32),
+    )
+
+
+def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | None, return_state: bool):
+    """Runs ``config.kernel`` over the sequence; returns (h, last state or None)."""
+    kernel = get_kernel(config.kernel)
+    initial = {} if state is None else dict(c_initial=state.c, n_initial=state.n, m_initial=state.m)
+    out = kernel(q, k, v, i, f, **initial, return_last_states=return_state, eps=config.eps,
+                 chunk_size=config.chunk_size)
+    if return_state:
+        h, last = out
+        return h, mLSTMState(*last)
+    return out, None
+
+
+def run_step(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState):
+    """One token (S = 1) through ``config.step_kernel``; returns (h (B, NH, 1, DHV), new state)."""
+    kernel = get_kernel(config.step_kernel)
+    h, (c, n, m) = kernel(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0],
+                          state.c, state.n, state.m, eps=config.eps)
+    return h[:, :, None], mLSTMState(c, n, m)
+
+
+class mLSTMMixer(nnx.Module):
+    """Shared call/step plumbing of the mLSTM layer variants.
+
+    Subclasses set ``self.config`` and implement ``_forward(x, cell, state) -> (y, new_state)``, where
+    ``cell(q, k, v, i, f, cell_state) -> (h, new_cell_state)`` is the recurrence to use and ``state``
+    is the layer state (or None for a fresh sequence).
+    """
+
+    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False):
+        """x (B, S, D) -> (y (B, S, D), the state after the last token if ``return_state`` else None)."""
+
+        def cell(q, k, v, i, f, cell_state):
+            return run_sequence(self.config, q, k, v, i, f, cell_state, return_state)
+
+        y, new_state = self._forward(x, cell, state)
+        return y, (new_state if return_state else None)
+
+    def step(self, x: jax.Array, state):
+        """One token: x (B, D) -> (y (B, D), new state)."""
+
+        def cell(q, k, v, i, f, cell_state):
+            return run_step(self.config, q, k, v, i, f, cell_state)
+
+        y, new_state = self._forward(x[:, None], cell, state)
+        return y[:, 0], new_state

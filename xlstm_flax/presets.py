@@ -1,0 +1,37 @@
+"""Named model configurations: "tiny" (a CPU demo with a byte-level vocabulary) and four sizes built
+from xLSTM-7B-style blocks (mLSTM layer + gated FFN). "7b" is the published xLSTM-7B architecture.
+
+Parameter counts (see tests/model/test_presets.py): tiny ~0.9M, 125m ~125M, 350m ~355M,
+1.3b ~1.32B, 7b ~6.87B (untied embeddings, as published).
+"""
+from .layers import mLSTMLayerConfig, sLSTMLayerConfig
+from .model import xLSTMLMConfig
+
+BYTE_VOCAB_SIZE = 258  # 256 bytes + EOS + PAD
+GPT2_PADDED_VOCAB_SIZE = 50304
+
+def _mlstm_ffn_model(embedding_dim: int, num_blocks: int, num_heads: int, *,
+                     tie_embeddings: bool) -> xLSTMLMConfig:
+    """An xLSTM-7B-style model (mLSTM + gated FFN in every block) with a GPT-2-sized vocabulary."""
+    return xLSTMLMConfig(
+        vocab_size=GPT2_PADDED_VOCAB_SIZE, embedding_dim=embedding_dim, num_blocks=num_blocks,
+        mlstm=mLSTMLayerConfig(num_heads=num_heads), tie_embeddings=tie_embeddings,
+    )
+
+
+PRESETS: dict[str, xLSTMLMConfig] = {
+    "tiny": xLSTMLMConfig(
+        vocab_size=BYTE_VOCAB_SIZE, embedding_dim=128, num_blocks=4, slstm_at=(1,),
+        mlstm=mLSTMLayerConfig(num_heads=4), slstm=sLSTMLayerConfig(num_heads=4), tie_embeddings=True,
+    ),
+    "125m": _mlstm_ffn_model(768, 12, 4, tie_embeddings=True),
+    "350m": _mlstm_ffn_model(1024, 24, 4, tie_embeddings=True),
+    "1.3b": _mlstm_ffn_model(2048, 24, 8, tie_embeddings=True),
+    "7b": _mlstm_ffn_model(4096, 32, 8, tie_embeddings=False),  # as published: untied
+}
+
+def get_preset(name: str) -> xLSTMLMConfig:
+    """The preset config called ``name``; unknown names raise ValueError listing the valid ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; available presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
