@@ -112,10 +112,8 @@ def resolve_config(dims: common.Dims, **given) -> FwConfig:
 def _check_chunks(S: int, inter: int, intra: int) -> None:
     _check_pow2("chunk_size_intra", intra, MIN_BLOCK, MAX_CHUNK)
     _check_pow2("chunk_size_inter", inter, MIN_BLOCK, MAX_CHUNK)
-    if inter > intra:
-        raise ValueError(f"chunk_size_inter={inter} must be <= chunk_size_intra={intra}")
-    if intra % inter:
-        raise ValueError(f"chunk_size_intra={intra} must be a multiple of chunk_size_inter={inter}")
+    if inter > intra:  # both powers of two: inter <= intra is the same as inter dividing intra
+        raise ValueError(f"chunk_size_inter={inter} must be <= chunk_size_intra={intra} (and divide it)")
     if S % intra:
         raise ValueError(
             f"sequence length S={S} must be a multiple of chunk_size_intra={intra} "
@@ -131,8 +129,8 @@ def _check_dtypes(matQ, output_dtype) -> None:
 
 
 def _dot_precision(dtype) -> str:
-    """fp32 operands multiply in full fp32 (no TF32); other dtypes ignore it."""
-    return "ieee" if dtype == jnp.float32 else "tf32"
+    """fp32 operands use three TF32 products (about fp32 accuracy, on tensor cores); others ignore it."""
+    return "tf32x3" if dtype == jnp.float32 else "tf32"
 
 
 def chunk_log_forget_cumsum(vecF: jax.Array, chunk_size: int) -> jax.Array:
@@ -246,15 +244,15 @@ def mlstm_chunkwise_fw(matQ, matK, matV, vecI, vecF, matC_initial=None, vecN_ini
     backward accepts); last states (C (B,NH,DHQK,DHV), n (B,NH,DHQK), m (B,NH)) fp32; all states as
     :func:`mlstm_chunkwise_states` returns them.
 
-    q, k, v: fp32, bf16 or fp16 (dots accumulate in fp32; fp32 dots are full precision, not TF32);
+    q, k, v: fp32, bf16 or fp16 (dots accumulate in fp32; fp32 dots use 3xTF32, about fp32 accuracy);
     gates and states fp32. ``qk_scale`` defaults to DHQK ** -0.5 and scales q only. S must be a
     multiple of ``chunk_size_intra``. Tuning arguments left ``None`` take the per-shape defaults of
     :func:`resolve_config`: chunk_size_intra = min(128, largest power of two dividing S),
     chunk_size_inter = chunk_size_intra, siz_b_L_parallel = siz_b_L_loop = min(64, chunk_size_intra),
     siz_b_DH_parallel = min(128, DHV padded to a power of two), siz_b_DH_loop = min(64, DHQK padded),
-    4 warps, 2 stages. Rules (ValueError): chunk sizes powers of two in [16, 1024], inter <= intra,
-    intra % inter == 0, S % intra == 0; block sizes powers of two >= 16 and <= their chunk size /
-    padded head dim; warps a power of two <= 16; stages in [1, 8].
+    4 warps, 2 stages. Rules (ValueError): chunk sizes powers of two in [16, 1024]; inter <= intra
+    (for powers of two the same as intra % inter == 0); S % intra == 0; block sizes powers of two
+    >= 16 and <= their chunk size / padded head dim; warps a power of two <= 16; stages in [1, 8].
     """
     result = mlstm_chunkwise_fw_result(
         matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial, qk_scale=qk_scale,

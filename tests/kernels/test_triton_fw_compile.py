@@ -1,0 +1,144 @@
+"""The Triton forward lowers for CUDA on the CPU machine (jax-triton down to PTX for sm_90a), and bad
+tuning arguments raise ValueError naming the rule. No GPU needed (shared/DESIGN.md 4.2).
+
+The sweep covers rather than multiplies: every chunk size 16..256 (inter < intra included), block
+sizes from 16 up to the padded head dim, warps 2..8, stages 1..4, fp32/bf16/fp16 and head dims 16, 48,
+64, 96, 128, 256, 512 each appear at least once. About a minute on 2 CPU cores with an empty Triton
+cache (Triton caches compiled kernels, so reruns are faster).
+"""
+import os
+import re
+import zlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from xlstm_flax.kernels.triton import compat
+
+try:
+    compat.import_jax_triton()
+except ImportError as err:  # pragma: no cover - depends on the environment
+    pytest.skip(f"jax_triton not importable: {err}", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    pytest.skip("compile tests need compiled (not interpreted) Triton kernels", allow_module_level=True)
+
+from xlstm_flax.kernels.triton import mlstm_chunkwise_fw  # noqa: E402
+
+KERNEL_NAMES = (b"recurrent_fw_kernel", b"parallel_fw_kernel")
+
+
+def _shapes(dtype, B, NH, S, DHQK, DHV):
+    qk = jax.ShapeDtypeStruct((B, NH, S, DHQK), dtype)
+    gates = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
+    return qk, qk, jax.ShapeDtypeStruct((B, NH, S, DHV), dtype), gates, gates
+
+
+def _forward(**tuning):
+    def fw(q, k, v, i, f):
+        h, den, m, last, _ = mlstm_chunkwise_fw(q, k, v, i, f, return_last_states=True, **tuning)
+        return h, den, m, last
+
+    return fw
+
+
+def _unescape_mlir_string(text: str) -> bytes:
+    """MLIR string literal body -> bytes (``\\XX`` hex escapes, ``\\\\`` and ``\\"``)."""
+    out, pos = bytearray(), 0
+    while pos < len(text):
+        if text[pos] != "\\":
+            out += text[pos].encode()
+            pos += 1
+        elif text[pos + 1] in '\\"':
+            out.append(ord(text[pos + 1]))
+            pos += 2
+        else:
+            out.append(int(text[pos + 1:pos + 3], 16))
+            pos += 3
+    return bytes(out)
+
+
+def lowered_triton_calls(fn, *args) -> list[bytes]:
+    """Lowers ``jax.jit(fn)`` for CUDA; returns the decompressed payload of every Triton call."""
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert "triton_kernel_call" in text, "the lowering holds no Triton kernel call"
+    payloads = re.findall(r'opaque = "((?:[^"\\]|\\.)*)"', text)
+    return [zlib.decompress(_unescape_mlir_string(p)) for p in payloads]
+
+
+def assert_compiled_for_sm90(payloads: list[bytes], names=KERNEL_NAMES) -> None:
+    """Each named kernel appears in exactly one call whose PTX targets sm_90a and uses tensor cores."""
+    for name in names:
+        calls = [p for p in payloads if name in p]
+        assert len(calls) == 1, f"{name.decode()} in {len(calls)} lowered calls, expected 1"
+        assert b".target sm_90a" in calls[0], f"{name.decode()}: PTX not for sm_90a"
+        assert b"mma" in calls[0], f"{name.decode()}: no tensor-core instruction in the PTX"
+
+
+SWEEP = [
+    # (dtype, S, DHQK, DHV, tuning)
+    (jnp.bfloat16, 128, 64, 64, {}),  # all defaults
+    (jnp.float32, 64, 16, 16, {}),
+    (jnp.float16, 128, 48, 96, {}),
+    (jnp.bfloat16, 256, 256, 512, {}),
+    (jnp.bfloat16, 128, 512, 512, {}),
+    (jnp.bfloat16, 64, 96, 48, dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16,
+                                    siz_b_L_loop=16, siz_b_DH_parallel=16, siz_b_DH_loop=16)),
+    (jnp.bfloat16, 256, 128, 128, dict(chunk_size_inter=256, chunk_size_intra=256, siz_b_L_parallel=128,
+                                       siz_b_L_loop=64, siz_b_DH_parallel=128, siz_b_DH_loop=128,
+                                       num_warps_intra=8, num_stages_intra=3, num_warps_inter=8,
+                                       num_stages_inter=4)),
+    (jnp.float16, 128, 128, 256, dict(chunk_size_inter=32, chunk_size_intra=128, num_warps_intra=2,
+                                      num_stages_intra=1, num_warps_inter=2, num_stages_inter=1)),
+    (jnp.float32, 128, 128, 128, dict(chunk_size_inter=64, chunk_size_intra=128, siz_b_L_parallel=32,
+                                      siz_b_L_loop=32, siz_b_DH_parallel=32, siz_b_DH_loop=32)),
+    (jnp.bfloat16, 32, 16, 16, dict(chunk_size_inter=16, chunk_size_intra=16)),
+    (jnp.bfloat16, 256, 64, 64, dict(chunk_size_inter=128, chunk_size_intra=256, siz_b_L_parallel=64,
+                                     siz_b_L_loop=128, siz_b_DH_parallel=64, siz_b_DH_loop=64)),
+]
+
+
+def _case_id(case):
+    dtype, S, DHQK, DHV, tuning = case
+    return f"{jnp.dtype(dtype).name}-S{S}-{DHQK}x{DHV}-" + ("defaults" if not tuning else str(len(tuning)) + "opts")
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=_case_id)
+def test_forward_lowers_to_sm90_ptx(case):
+    dtype, S, DHQK, DHV, tuning = case
+    payloads = lowered_triton_calls(_forward(**tuning), *_shapes(dtype, 1, 2, S, DHQK, DHV))
+    assert_compiled_for_sm90(payloads)
+
+
+INVALID = [
+    # (S, DHQK, tuning, message the ValueError must contain)
+    (96, 64, dict(chunk_size_intra=48), "chunk_size_intra=48 must be a power of two"),
+    (64, 64, dict(chunk_size_intra=8), "chunk_size_intra=8 must be a power of two in [16"),
+    (64, 64, dict(chunk_size_inter=64, chunk_size_intra=32), "chunk_size_inter=64 must be <= chunk_size_intra=32"),
+    (96, 64, dict(chunk_size_intra=64), "S=96 must be a multiple of chunk_size_intra=64"),
+    (64, 64, dict(chunk_size_intra=32, siz_b_L_parallel=64), "siz_b_L_parallel=64"),
+    (64, 64, dict(siz_b_L_loop=8), "siz_b_L_loop=8"),
+    (64, 48, dict(siz_b_DH_loop=128), "siz_b_DH_loop=128"),
+    (64, 64, dict(siz_b_DH_parallel=24), "siz_b_DH_parallel=24"),
+    (64, 64, dict(num_warps_intra=3), "num_warps_intra=3"),
+    (64, 64, dict(num_stages_inter=0), "num_stages_inter=0"),
+    (64, 64, dict(output_dtype=jnp.int32), "output_dtype"),
+]
+
+
+@pytest.mark.parametrize("S, DHQK, tuning, message", INVALID, ids=[c[3][:28] for c in INVALID])
+def test_invalid_arguments_raise(S, DHQK, tuning, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        jax.eval_shape(_forward(**tuning), *_shapes(jnp.bfloat16, 1, 2, S, DHQK, 64))
+
+
+def test_mismatched_shapes_and_dtypes_raise():
+    q, k, v, i, f = _shapes(jnp.bfloat16, 1, 2, 64, 64, 64)
+    with pytest.raises(ValueError, match="k has shape"):
+        jax.eval_shape(_forward(), q, jax.ShapeDtypeStruct((1, 2, 64, 32), jnp.bfloat16), v, i, f)
+    with pytest.raises(ValueError, match="i has shape"):
+        jax.eval_shape(_forward(), q, k, v, jax.ShapeDtypeStruct((1, 2, 32), jnp.float32), f)
+    with jax.enable_x64():
+        q64, k64, v64, i64, f64 = _shapes(jnp.float64, 1, 2, 64, 64, 64)
+        with pytest.raises(ValueError, match="supports q/k/v in float32, bfloat16, float16; got float64"):
+            jax.eval_shape(_forward(), q64, k64, v64, i64, f64)
