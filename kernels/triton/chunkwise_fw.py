@@ -34,7 +34,7 @@ def _is_pow2(n) -> bool:
     return isinstance(n, int) and n > 0 and n & (n - 1) == 0
 
 
-def _check_pow2(name: str, value, low: int, high: int) -> None:
+def check_power_of_two(name: str, value, low: int, high: int) -> None:
     if not _is_pow2(value) or not low <= value <= high:
         raise ValueError(f"{name}={value!r} must be a power of two in [{low}, {high}]")
 
@@ -94,14 +94,14 @@ def resolve_config(dims: common.Dims, **given) -> FwConfig:
         siz_b_DHV_inter=g.get("siz_b_DHV_inter", min(64, dhv_pad)),
     )
     _check_chunks(S, config.chunk_size_inter, config.chunk_size_intra)
-    _check_pow2("siz_b_L_parallel", config.siz_b_L_parallel, MIN_BLOCK, intra)
-    _check_pow2("siz_b_L_loop", config.siz_b_L_loop, MIN_BLOCK, intra)
-    _check_pow2("siz_b_DH_parallel", config.siz_b_DH_parallel, MIN_BLOCK, dhv_pad)
-    _check_pow2("siz_b_DH_loop", config.siz_b_DH_loop, MIN_BLOCK, dhqk_pad)
-    _check_pow2("siz_b_DHQK_inter", config.siz_b_DHQK_inter, MIN_BLOCK, dhqk_pad)
-    _check_pow2("siz_b_DHV_inter", config.siz_b_DHV_inter, MIN_BLOCK, dhv_pad)
+    check_power_of_two("siz_b_L_parallel", config.siz_b_L_parallel, MIN_BLOCK, intra)
+    check_power_of_two("siz_b_L_loop", config.siz_b_L_loop, MIN_BLOCK, intra)
+    check_power_of_two("siz_b_DH_parallel", config.siz_b_DH_parallel, MIN_BLOCK, dhv_pad)
+    check_power_of_two("siz_b_DH_loop", config.siz_b_DH_loop, MIN_BLOCK, dhqk_pad)
+    check_power_of_two("siz_b_DHQK_inter", config.siz_b_DHQK_inter, MIN_BLOCK, dhqk_pad)
+    check_power_of_two("siz_b_DHV_inter", config.siz_b_DHV_inter, MIN_BLOCK, dhv_pad)
     for name in ("num_warps_intra", "num_warps_inter"):
-        _check_pow2(name, getattr(config, name), 1, 16)
+        check_power_of_two(name, getattr(config, name), 1, 16)
     for name in ("num_stages_intra", "num_stages_inter"):
         value = getattr(config, name)
         if not isinstance(value, int) or not 1 <= value <= 8:
@@ -110,8 +110,8 @@ def resolve_config(dims: common.Dims, **given) -> FwConfig:
 
 
 def _check_chunks(S: int, inter: int, intra: int) -> None:
-    _check_pow2("chunk_size_intra", intra, MIN_BLOCK, MAX_CHUNK)
-    _check_pow2("chunk_size_inter", inter, MIN_BLOCK, MAX_CHUNK)
+    check_power_of_two("chunk_size_intra", intra, MIN_BLOCK, MAX_CHUNK)
+    check_power_of_two("chunk_size_inter", inter, MIN_BLOCK, MAX_CHUNK)
     if inter > intra:  # both powers of two: inter <= intra is the same as inter dividing intra
         raise ValueError(f"chunk_size_inter={inter} must be <= chunk_size_intra={intra} (and divide it)")
     if S % intra:

@@ -48,7 +48,8 @@ def interpreter_enabled() -> bool:
 
 
 @functools.cache
-def _gpu_visible() -> bool:
+def gpu_visible() -> bool:
+    """True when JAX sees a GPU."""
     try:
         return bool(jax.devices("gpu"))
     except RuntimeError:
@@ -68,7 +69,7 @@ def triton_call(*inputs: jax.Array, kernel, out_shape, grid: tuple[int, ...] | C
         grid=grid,
         num_warps=num_warps,
         num_stages=num_stages,
-        compute_capability=None if _gpu_visible() else HOPPER_COMPUTE_CAPABILITY,
+        compute_capability=None if gpu_visible() else HOPPER_COMPUTE_CAPABILITY,
         **constexprs,
     )
 

@@ -142,3 +142,28 @@ def test_mismatched_shapes_and_dtypes_raise():
         q64, k64, v64, i64, f64 = _shapes(jnp.float64, 1, 2, 64, 64, 64)
         with pytest.raises(ValueError, match="supports q/k/v in float32, bfloat16, float16; got float64"):
             jax.eval_shape(_forward(), q64, k64, v64, i64, f64)
+
+
+def test_registry_entry_without_gpu_names_the_fallback():
+    from xlstm_flax.kernels import get_kernel
+    from xlstm_flax.kernels.triton import launch
+
+    if launch.gpu_visible():
+        pytest.skip("a GPU is visible")
+    q, k, v, i, f = (jnp.ones(s.shape, s.dtype) for s in _shapes(jnp.float32, 1, 1, 16, 16, 16))
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU.*chunkwise--jax"):
+        get_kernel("chunkwise--triton")(q, k, v, i, f)
+
+
+def test_registry_entry_rejects_bad_options():
+    from xlstm_flax.kernels.triton.autograd import mlstm_chunkwise_triton
+
+    args = _shapes(jnp.float32, 1, 1, 40, 16, 16)
+    bad = [
+        (dict(chunk_size=48), "chunk_size=48 must be a power of two"),
+        (dict(chunk_size=32, chunk_size_intra=64), "chunk_size=32 and chunk_size_intra=64 disagree"),
+        (dict(siz_b_LQ=16), "unknown tuning option(s) ['siz_b_LQ']"),
+    ]
+    for options, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            jax.eval_shape(lambda *a: mlstm_chunkwise_triton(*a, **options), *args)

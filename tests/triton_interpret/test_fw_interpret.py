@@ -129,3 +129,22 @@ def test_launcher_without_runner_raises():
         from tests.triton_interpret import harness
 
         harness.install()
+
+
+def test_registry_entry_pads_any_length_and_has_no_backward_yet():
+    from xlstm_flax.kernels import get_kernel
+
+    kernel = get_kernel("chunkwise--triton")
+    x, states = _inputs(13, jnp.float32, 1, 40, 24, 16, True)  # S = 40 is padded to 48 (chunk 16)
+    h, last = kernel(
+        x["q"], x["k"], x["v"], x["i"], x["f"], c_initial=states["c0"], n_initial=states["n0"],
+        m_initial=states["m0"], return_last_states=True, chunk_size=16, chunk_size_inter=16,
+    )
+    (ref_h, _, _), ref_last = _reference(x, 1e-6, **states)
+    assert h.shape == ref_h.shape and h.dtype == jnp.float32
+    _assert_close("h", h, ref_h, TOL[jnp.float32])
+    for name, got, want in zip(("C", "n", "m"), last, ref_last):
+        _assert_close(f"last {name}", got, want, TOL[jnp.float32])
+    loss = lambda q: kernel(q, x["k"], x["v"], x["i"], x["f"], chunk_size=16).sum()
+    with pytest.raises(NotImplementedError, match="train with kernel='chunkwise--jax'"):
+        jax.grad(loss)(x["q"])

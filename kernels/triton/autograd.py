@@ -1,0 +1,103 @@
+"""Registry entry ``"chunkwise--triton"``: the Triton chunkwise forward behind the common calling
+convention (``xlstm_flax.kernels``), wrapped in ``jax.custom_vjp``.
+
+The custom_vjp's forward saves what an exact backward needs (inputs, initial states, H and the
+per-step den, m and signed n.(s q)); the backward itself is :func:`_backward`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from .. import common
+from . import compat, launch
+from .chunkwise_fw import (
+    MAX_CHUNK, MIN_BLOCK, FwConfig, check_power_of_two, mlstm_chunkwise_fw_result, resolve_config,
+)
+
+KERNEL_NAME = "chunkwise--triton"
+DEFAULT_CHUNK_SIZE = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    qk_scale: float
+    eps: float
+    config: FwConfig
+
+
+def _require_triton_backend() -> None:
+    if launch.interpreter_enabled():
+        return
+    try:
+        compat.import_jax_triton()
+    except ImportError as err:
+        raise ImportError(f"{KERNEL_NAME} needs jax-triton ({err}); use kernel='chunkwise--jax'") from err
+    if not launch.gpu_visible():
+        raise RuntimeError(f"{KERNEL_NAME} needs a CUDA GPU visible to JAX; use kernel='chunkwise--jax'")
+
+
+def _chunk_size_intra(S: int, chunk_size, chunk_size_intra) -> int:
+    """``chunk_size`` (alias ``chunk_size_intra``), else DEFAULT_CHUNK_SIZE or, for a shorter
+    sequence, the smallest power of two >= 16 that holds it."""
+    if None not in (chunk_size, chunk_size_intra) and chunk_size != chunk_size_intra:
+        raise ValueError(f"chunk_size={chunk_size} and chunk_size_intra={chunk_size_intra} disagree")
+    chosen = chunk_size if chunk_size is not None else chunk_size_intra
+    if chosen is None:
+        return min(DEFAULT_CHUNK_SIZE, max(MIN_BLOCK, 1 << (S - 1).bit_length()))
+    check_power_of_two("chunk_size", chosen, MIN_BLOCK, MAX_CHUNK)
+    return chosen
+
+
+def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_initial=None,
+                           return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=None,
+                           **impl_options):
+    """mLSTM over any S with the Triton chunkwise kernels (S padded to a multiple of the intra chunk).
+
+    q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S); optional initial states
+    c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH). ``chunk_size`` is ``chunk_size_intra`` (default
+    min(128, S rounded up to a power of two >= 16)); ``impl_options`` are the other tuning keywords of
+    ``mlstm_chunkwise_fw``. Returns h (B, NH, S, DHV) in q's dtype, or ``(h, (c, n, m))`` with fp32
+    states when ``return_last_states``.
+    """
+    dims = common.check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
+    intra = _chunk_size_intra(dims.S, chunk_size, impl_options.pop("chunk_size_intra", None))
+    initial = common.initial_states(dims, c_initial, n_initial, m_initial)
+    (q, k, v, i, f), S = common.pad_sequence(q, k, v, i, f, intra)
+    config = resolve_config(dims._replace(S=q.shape[2]), chunk_size_intra=intra, **impl_options)
+    options = _Options(common.default_qk_scale(dims.DHQK, qk_scale), float(eps), config)
+    _require_triton_backend()
+    h, last_states = _chunkwise(q, k, v, i, f, *initial, options)
+    h = h[:, :, :S]
+    return (h, last_states) if return_last_states else h
+
+
+def _forward(q, k, v, i, f, c0, n0, m0, options: _Options):
+    result = mlstm_chunkwise_fw_result(
+        q, k, v, i, f, c0, n0, m0, qk_scale=options.qk_scale, eps=options.eps,
+        **dataclasses.asdict(options.config),
+    )
+    last_states = tuple(x[:, :, -1] for x in result.states)
+    return result, last_states
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _chunkwise(q, k, v, i, f, c0, n0, m0, options):
+    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, options)
+    return result.matH, last_states
+
+
+def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, options):
+    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, options)
+    residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecN, result.vecM, result.vecNQ)
+    return (result.matH, last_states), residuals
+
+
+def _backward(options, residuals, cotangents):
+    raise NotImplementedError(f"{KERNEL_NAME} has no backward yet; train with kernel='chunkwise--jax'")
+
+
+_chunkwise.defvjp(_chunkwise_fwd, _backward)
