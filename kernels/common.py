@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
 # Padding steps leave the state untouched: exp(i) = 0 and sigmoid(f) = 1 (log_sigmoid(f) = 0 in fp32).
@@ -28,13 +29,17 @@ def _shape_error(name: str, got, expected: str) -> ValueError:
     return ValueError(f"{name} has shape {tuple(got)}, expected {expected}")
 
 
+def _check_rank_and_dtype(name: str, x, rank: int) -> None:
+    if x.ndim != rank:
+        raise ValueError(f"{name} must have rank {rank}, got shape {tuple(x.shape)}")
+    if not any(x.dtype == d for d in FLOAT_DTYPES):
+        raise ValueError(f"{name} must be a float array (fp32/bf16/fp16/fp64), got dtype {x.dtype}")
+
+
 def check_inputs(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None) -> Dims:
     """Validates ranks, shapes and dtypes of a sequence call; returns its dims."""
     for name, x, rank in (("q", q, 4), ("k", k, 4), ("v", v, 4), ("i", i, 3), ("f", f, 3)):
-        if x.ndim != rank:
-            raise ValueError(f"{name} must have rank {rank}, got shape {tuple(x.shape)}")
-        if not any(x.dtype == d for d in FLOAT_DTYPES):
-            raise ValueError(f"{name} must be a float array (fp32/bf16/fp16/fp64), got dtype {x.dtype}")
+        _check_rank_and_dtype(name, x, rank)
     B, NH, S, DHQK = q.shape
     DHV = v.shape[-1]
     if k.shape != q.shape:
@@ -60,10 +65,15 @@ def check_inputs(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None) 
 
 def initial_states(dims: Dims, c_initial=None, n_initial=None, m_initial=None):
     """Fills missing initial states with zeros (m_0 = 0); returns fp32 (c, n, m)."""
+    return initial_states_in(jnp.float32, dims, c_initial, n_initial, m_initial)
+
+
+def initial_states_in(dtype, dims: Dims, c_initial=None, n_initial=None, m_initial=None):
+    """Like :func:`initial_states`, in ``dtype`` (the backends' ``compute_dtype``: fp32, or fp64)."""
     B, NH, _, DHQK, DHV = dims
-    c = jnp.zeros((B, NH, DHQK, DHV), jnp.float32) if c_initial is None else c_initial.astype(jnp.float32)
-    n = jnp.zeros((B, NH, DHQK), jnp.float32) if n_initial is None else n_initial.astype(jnp.float32)
-    m = jnp.zeros((B, NH), jnp.float32) if m_initial is None else m_initial.astype(jnp.float32)
+    c = jnp.zeros((B, NH, DHQK, DHV), dtype) if c_initial is None else c_initial.astype(dtype)
+    n = jnp.zeros((B, NH, DHQK), dtype) if n_initial is None else n_initial.astype(dtype)
+    m = jnp.zeros((B, NH), dtype) if m_initial is None else m_initial.astype(dtype)
     return c, n, m
 
 
@@ -97,3 +107,42 @@ def default_qk_scale(dhqk: int, qk_scale: float | None) -> float:
 def log_sigmoid_fp32(f: jax.Array) -> jax.Array:
     """log(sigmoid(f)) in at least fp32 (fp64 stays fp64)."""
     return jax.nn.log_sigmoid(f.astype(jnp.promote_types(f.dtype, jnp.float32)))
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """Dtype of gate and state math: fp32 for fp32/bf16/fp16 inputs, fp64 for fp64 inputs."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def mixed_einsum(subscripts: str, a: jax.Array, b: jax.Array, operand_dtype) -> jax.Array:
+    """``einsum`` of ``a`` and ``b`` cast to ``operand_dtype``, accumulated in ``compute_dtype``.
+
+    bf16/fp16 operands run on tensor cores with fp32 accumulation; fp32/fp64 operands run at full
+    precision (no TF32 on GPU), so fp32 backends stay usable as oracles.
+    """
+    acc = compute_dtype(operand_dtype)
+    precision = lax.Precision.HIGHEST if acc == operand_dtype else lax.Precision.DEFAULT
+    return jnp.einsum(
+        subscripts, a.astype(operand_dtype), b.astype(operand_dtype),
+        preferred_element_type=acc, precision=precision,
+    )
+
+
+def check_step_inputs(q, k, v, i, f, c, n, m) -> Dims:
+    """Validates one recurrent step: q, k (B, NH, DHQK), v (B, NH, DHV), i, f (B, NH),
+    c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH). Returns its dims with S = 1."""
+    arrays = (("q", q, 3), ("k", k, 3), ("v", v, 3), ("i", i, 2), ("f", f, 2), ("c", c, 4), ("n", n, 3), ("m", m, 2))
+    for name, x, rank in arrays:
+        _check_rank_and_dtype(name, x, rank)
+    B, NH, DHQK = q.shape
+    DHV = v.shape[-1]
+    expected = {
+        "k": (B, NH, DHQK), "v": (B, NH, DHV), "i": (B, NH), "f": (B, NH),
+        "c": (B, NH, DHQK, DHV), "n": (B, NH, DHQK), "m": (B, NH),
+    }
+    for name, x, _ in arrays[1:]:
+        if tuple(x.shape) != expected[name]:
+            raise _shape_error(name, x.shape, f"{expected[name]}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    return Dims(B, NH, 1, DHQK, DHV)
