@@ -1,0 +1,74 @@
+"""Bad inputs to the pure-JAX backends raise ValueErrors that name the offending argument."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from tests.reference import random_inputs
+from xlstm_flax.kernels import get_kernel
+
+SEQUENCE_KERNELS = ("parallel--jax", "recurrent--jax", "chunkwise--jax")
+B, NH, S, DHQK, DHV = 2, 3, 5, 4, 6
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return random_inputs(jax.random.PRNGKey(0), B=B, NH=NH, S=S, DHQK=DHQK, DHV=DHV, with_states=True)
+
+
+def with_replaced(x, **changes):
+    return {**x, **changes}
+
+
+BAD_SEQUENCE_INPUTS = [
+    ("q", lambda x: x["q"][0], "q must have rank 4"),
+    ("i", lambda x: x["i"][..., None], "i must have rank 3"),
+    ("k", lambda x: x["k"][:, :, :-1], "k has shape"),  # S mismatch
+    ("v", lambda x: x["v"][:1], "v has shape"),  # B mismatch
+    ("f", lambda x: x["f"][:, :2], "f has shape"),  # NH mismatch
+    ("i", lambda x: x["i"][:, :, 1:], "i has shape"),  # S mismatch
+    ("c_initial", lambda x: x["c_initial"][..., 1:], "c_initial has shape"),
+    ("n_initial", lambda x: x["n_initial"][:, :, None], "n_initial has shape"),
+    ("m_initial", lambda x: x["m_initial"][:1], "m_initial has shape"),
+    ("q", lambda x: x["q"].astype(jnp.int32), "q must be a float array"),
+    ("v", lambda x: x["v"].astype(jnp.bfloat16), "q, k, v must share a dtype"),
+]
+
+
+@pytest.mark.parametrize("name", SEQUENCE_KERNELS)
+@pytest.mark.parametrize("arg, corrupt, message", BAD_SEQUENCE_INPUTS)
+def test_bad_sequence_inputs(inputs, name, arg, corrupt, message):
+    with pytest.raises(ValueError, match=message):
+        get_kernel(name)(**with_replaced(inputs, **{arg: corrupt(inputs)}))
+
+
+@pytest.mark.parametrize("chunk_size", [0, -4, 2.5])
+def test_bad_chunk_size(inputs, chunk_size):
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        get_kernel("chunkwise--jax")(**inputs, chunk_size=chunk_size)
+
+
+def step_args(x):
+    return dict(
+        q=x["q"][:, :, 0], k=x["k"][:, :, 0], v=x["v"][:, :, 0], i=x["i"][:, :, 0], f=x["f"][:, :, 0],
+        c=x["c_initial"], n=x["n_initial"], m=x["m_initial"],
+    )
+
+
+@pytest.mark.parametrize(
+    "arg, corrupt, message",
+    [
+        ("q", lambda a: a["q"][..., None], "q must have rank 3"),
+        ("m", lambda a: a["m"][..., None], "m must have rank 2"),
+        ("k", lambda a: a["k"][:, :, 1:], "k has shape"),
+        ("v", lambda a: a["v"][:1], "v has shape"),
+        ("f", lambda a: a["f"][:, :1], "f has shape"),
+        ("c", lambda a: a["c"][:, :, 1:], "c has shape"),
+        ("n", lambda a: a["n"][:1], "n has shape"),
+        ("i", lambda a: a["i"].astype(jnp.int32), "i must be a float array"),
+    ],
+)
+def test_bad_step_inputs(inputs, arg, corrupt, message):
+    args = step_args(inputs)
+    args[arg] = corrupt(args)
+    with pytest.raises(ValueError, match=message):
+        get_kernel("step--jax")(**args)

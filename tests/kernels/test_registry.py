@@ -1,0 +1,72 @@
+"""Kernel registry: registration, lazy lookup, unknown names, and "auto" on a machine without GPU."""
+import logging
+
+import pytest
+
+from xlstm_flax import kernels
+from xlstm_flax.kernels import registry
+from xlstm_flax.kernels.jax.chunkwise import mlstm_chunkwise
+from xlstm_flax.kernels.jax.parallel import mlstm_parallel
+from xlstm_flax.kernels.jax.step import mlstm_step
+
+JAX_KERNELS = ["chunkwise--jax", "parallel--jax", "recurrent--jax", "step--jax"]
+
+
+@pytest.fixture
+def private_registry(monkeypatch):
+    """A copy of the registry for tests that register names (the global one stays untouched)."""
+    monkeypatch.setattr(registry, "_KERNELS", dict(registry._KERNELS))
+    monkeypatch.setattr(registry, "_warned_fallback", False)
+
+
+def test_builtin_kernels_are_listed():
+    assert set(JAX_KERNELS) <= set(kernels.available_kernels())
+    assert kernels.available_kernels() == sorted(kernels.available_kernels())
+    assert "step--jax" in kernels.available_kernels("step")
+    assert all(name.startswith("step--") for name in kernels.available_kernels("step"))
+
+
+def test_lazy_entries_resolve_to_the_backends():
+    assert kernels.get_kernel("parallel--jax") is mlstm_parallel
+    assert kernels.get_kernel("step--jax") is mlstm_step
+
+
+def test_register_and_get(private_registry):
+    def my_kernel(*args, **kwargs):
+        return "mine"
+
+    kernels.register_kernel("parallel--mine", my_kernel)
+    assert kernels.get_kernel("parallel--mine") is my_kernel
+    assert "parallel--mine" in kernels.available_kernels("parallel")
+    kernels.register_kernel("step--lazy", ".jax.step:mlstm_step")
+    assert kernels.get_kernel("step--lazy") is mlstm_step
+
+
+def test_register_refuses_duplicates_unless_overwrite(private_registry):
+    with pytest.raises(ValueError, match="already registered"):
+        kernels.register_kernel("parallel--jax", lambda *a, **k: None)
+    replacement = lambda *a, **k: None  # noqa: E731
+    kernels.register_kernel("parallel--jax", replacement, overwrite=True)
+    assert kernels.get_kernel("parallel--jax") is replacement
+
+
+@pytest.mark.parametrize("bad_name", ["parallel", "auto", 3])
+def test_register_refuses_bad_names(private_registry, bad_name):
+    with pytest.raises(ValueError):
+        kernels.register_kernel(bad_name, lambda *a, **k: None)
+
+
+def test_unknown_name_lists_the_available_kernels():
+    with pytest.raises(ValueError, match="unknown kernel 'chunkwise--cuda'") as info:
+        kernels.get_kernel("chunkwise--cuda")
+    for name in JAX_KERNELS:
+        assert name in str(info.value)
+
+
+def test_auto_falls_back_to_chunkwise_jax_without_gpu(private_registry, caplog):
+    assert not registry.triton_usable()
+    assert kernels.default_kernel() == "chunkwise--jax"
+    with caplog.at_level(logging.WARNING, logger=registry.__name__):
+        assert kernels.get_kernel("auto") is mlstm_chunkwise
+        assert kernels.get_kernel("auto") is mlstm_chunkwise
+    assert sum("using 'chunkwise--jax'" in r.getMessage() for r in caplog.records) == 1  # said once
