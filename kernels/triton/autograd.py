@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from .. import common
 from . import compat, launch
+from .chunkwise_bw import mlstm_chunkwise_bw
 from .chunkwise_fw import (
     MAX_CHUNK, MIN_BLOCK, FwConfig, check_power_of_two, mlstm_chunkwise_fw_result, resolve_config,
 )
@@ -97,7 +98,12 @@ def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, options):
 
 
 def _backward(options, residuals, cotangents):
-    raise NotImplementedError(f"{KERNEL_NAME} has no backward yet; train with kernel='chunkwise--jax'")
+    """Exact gradients (chunkwise_bw.py) for q, k, v, i, f and the initial states c0, n0, m0."""
+    matH_bar, (matC_bar, vecN_bar, scaM_bar) = cotangents
+    return mlstm_chunkwise_bw(
+        *residuals, matH_bar, matC_bar, vecN_bar, scaM_bar, qk_scale=options.qk_scale, eps=options.eps,
+        **dataclasses.asdict(options.config),
+    )
 
 
 _chunkwise.defvjp(_chunkwise_fwd, _backward)

@@ -1,0 +1,185 @@
+"""Triton chunkwise mLSTM backward: exact gradients of ``mlstm_chunkwise_fw`` (shared/DESIGN.md 3.4).
+
+Math (per batch and head; s = qk_scale, F = cumulative log forget gate, m_t the per-step stabiliser):
+
+1. Per step (JAX here): dnum_t = dh_t / (den_t + eps); dden_t = -sum(dh_t * h_t) / (den_t + eps);
+   dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)] (nq_t = n_t . s q_t, the forward's ``vecNQ``).
+2. Triton (``chunkwise_bw_kernels``): with n as one more value column, a recurrent kernel walks the
+   chunks backwards for the state cotangents (dC, dn) at every intra-chunk boundary, and three parallel
+   kernels give dq, dk, dv per chunk (plus the row sums q.dq and k.dk).
+3. Gates (JAX): di_j = k_j . dk_j; dF_t = q_t . dq_t - k_t . dk_t (+ sum(dC_S C_S) + dn_S . n_S at the
+   last step); d log f = reverse cumsum of dF. Initial states: dC0, dn0 = the cotangents at boundary
+   0, dm0 = sum(dC0 C0) + dn0 . n0.
+4. m reaches the outputs only through eps (h = N~ / (D~ + eps e^m)) and the stabilised last states:
+   dm_t = eps * dden_t, plus dm_S - sum(dC_S C_S) - dn_S . n_S at the last step, pushed through
+   ``jax.vjp`` of m = F + max(m0, cummax(i - F)) into i, f, m0.
+
+Shapes: q, k (B, NH, S, DHQK); v, h, dh (B, NH, S, DHV); i, f, den, m, nq (B, NH, S);
+C (B, NH, DHQK, DHV); n (B, NH, DHQK); m0 (B, NH). S is a multiple of chunk_size_intra.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .. import common
+from . import chunkwise_bw_kernels as kernels
+from . import chunkwise_fw as fw
+from .launch import triton_call
+
+_STATE_TUNING = ("chunk_size_inter", "chunk_size_intra", "siz_b_DHQK_inter", "siz_b_DHV_inter",
+                 "num_warps_inter", "num_stages_inter")
+
+
+def _heads_flat(x):
+    """(B, NH, ...) -> (B * NH, ...): the kernels' layout."""
+    return x.reshape(-1, *x.shape[2:])
+
+
+def _check_residuals(dims: common.Dims, **arrays) -> None:
+    """Shapes of the forward's outputs and of the cotangents (None = absent)."""
+    B, NH, S, DHQK, DHV = dims
+    expected = dict(matH=(B, NH, S, DHV), vecN=(B, NH, S), vecM=(B, NH, S), vecNQ=(B, NH, S),
+                    matDeltaH=(B, NH, S, DHV), matDeltaC_last=(B, NH, DHQK, DHV), vecDeltaN_last=(B, NH, DHQK),
+                    scaDeltaM_last=(B, NH))
+    for name, x in arrays.items():
+        if x is not None and tuple(x.shape) != expected[name]:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {expected[name]}")
+
+
+def _stabiliser(vecI, vecLogF, scaM0):
+    """m_t = F_t + max(m0, max_{j<=t}(i_j - F_j)) with F the cumulative log forget gate (fp32)."""
+    F = jnp.cumsum(vecLogF, axis=-1)
+    return F + jnp.maximum(scaM0[..., None], jax.lax.cummax(vecI - F, axis=vecI.ndim - 1))
+
+
+def _state_cotangents(matQ, matDNum, vecDNQ, vecB, vecM, scaM0, matDC_last, vecDN_last, s, config):
+    """Recurrent kernel: (dC_all (BH, NC+1, DHQK, DHV), dn_all (BH, NC+1, DHQK)) fp32."""
+    BH, S, DHQK = matQ.shape
+    DHV = matDNum.shape[-1]
+    NC = S // config.chunk_size_intra
+    grid = (-(-DHQK // config.siz_b_DHQK_inter), -(-DHV // config.siz_b_DHV_inter), BH)
+    return triton_call(
+        matQ, matDNum, vecDNQ, vecB, vecM, scaM0, matDC_last, vecDN_last,
+        kernel=kernels.recurrent_bw_kernel,
+        out_shape=(jax.ShapeDtypeStruct((BH, NC + 1, DHQK, DHV), jnp.float32),
+                   jax.ShapeDtypeStruct((BH, NC + 1, DHQK), jnp.float32)),
+        grid=grid, num_warps=config.num_warps_inter, num_stages=config.num_stages_inter,
+        qk_scale=s, S=S, DHQK=DHQK, DHV=DHV, L_INTRA=config.chunk_size_intra,
+        L_INTER=config.chunk_size_inter, BQ=config.siz_b_DHQK_inter, BV=config.siz_b_DHV_inter,
+        PRECISION=fw._dot_precision(matQ.dtype),
+    )
+
+
+def _parallel_grads(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, states, dstates, s, config):
+    """The three parallel kernels: dq, dk, dv and the row sums q.dq, k.dk (BH, S) fp32."""
+    BH, S, DHQK = matQ.shape
+    DHV = matV.shape[-1]
+    matC_all, vecN_all, scaM_all = states
+    matDC_all, vecDN_all = dstates
+    BQ, BV = config.siz_b_DH_loop, config.siz_b_DH_parallel
+    BP, BL = config.siz_b_L_parallel, config.siz_b_L_loop
+    nbq, nbv = -(-DHQK // BQ), -(-DHV // BV)
+    launch = dict(num_warps=config.num_warps_intra, num_stages=config.num_stages_intra, qk_scale=s, S=S,
+                  DHQK=DHQK, DHV=DHV, L=config.chunk_size_intra, PRECISION=fw._dot_precision(matQ.dtype))
+    rows_shape = jax.ShapeDtypeStruct((nbq, BH, S), jnp.float32)
+    matDQ, vecQDQ = triton_call(
+        matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matQ, matC_all, vecN_all, scaM_all,
+        kernel=kernels.parallel_bw_dq_kernel,
+        out_shape=(jax.ShapeDtypeStruct(matQ.shape, matQ.dtype), rows_shape),
+        grid=(nbq, S // BP, BH), BT=BP, BJ=BL, BQ=BQ, BV=BV, **launch,
+    )
+    matDK, vecKDK = triton_call(
+        matQ, matV, matDNum, vecDNQ, vecB, vecI, vecM, matK, matDC_all, vecDN_all,
+        kernel=kernels.parallel_bw_dk_kernel,
+        out_shape=(jax.ShapeDtypeStruct(matK.shape, matK.dtype), rows_shape),
+        grid=(nbq, S // BP, BH), BJ=BP, BT=BL, BQ=BQ, BV=BV, **launch,
+    )
+    matDV = triton_call(
+        matQ, matK, matDNum, vecB, vecI, vecM, matDC_all,
+        kernel=kernels.parallel_bw_dv_kernel,
+        out_shape=jax.ShapeDtypeStruct(matV.shape, matV.dtype),
+        grid=(nbv, S // BP, BH), BJ=BP, BT=BL, BV=BV, BQ=BQ, **launch,
+    )
+    return matDQ, matDK, matDV, vecQDQ.sum(0), vecKDK.sum(0)
+
+
+def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial,
+                       matH, vecN, vecM, vecNQ, matDeltaH, matDeltaC_last=None, vecDeltaN_last=None,
+                       scaDeltaM_last=None, *, qk_scale=None, eps=0.0, all_states=None, **tuning):
+    """Gradients of the chunkwise forward for its outputs' cotangents.
+
+    Residuals: the forward's inputs (initial states may be None: zeros, m0 = 0), its outputs ``matH``,
+    ``vecN`` (den), ``vecM`` (m_t), ``vecNQ`` (signed n_t . s q_t) and, optionally, ``all_states``
+    (its (C, n, m) at every intra boundary, as ``mlstm_chunkwise_states`` returns them; recomputed
+    with the Triton recurrent kernel when None, memory O(S / chunk_size_intra * DHQK * DHV) per head).
+    Cotangents: ``matDeltaH`` (B, NH, S, DHV) and, for the returned last states, ``matDeltaC_last``,
+    ``vecDeltaN_last``, ``scaDeltaM_last`` (None = 0). ``tuning``: the forward's keywords
+    (``chunkwise_fw.resolve_config``: same names, rules and defaults). In the backward,
+    ``siz_b_L_parallel`` is the block of steps one program owns (rows of dq, columns of dk/dv) and
+    ``siz_b_L_loop`` the block of the other steps it loops over; ``siz_b_DH_parallel`` blocks DHV
+    (owned by the dv kernel, looped over by dq/dk), ``siz_b_DH_loop`` blocks DHQK (owned by the dq/dk
+    kernels, looped over by dv); ``siz_b_DHQK_inter`` x ``siz_b_DHV_inter`` is the state tile of the
+    recurrent kernel; the ``*_intra`` warps/stages apply to the three parallel kernels.
+
+    Returns (dq, dk, dv, di, df, dc0, dn0, dm0): dq, dk, dv, di, df in their inputs' dtypes, the
+    initial states' gradients fp32.
+    """
+    dims = common.check_inputs(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
+    fw._check_dtypes(matQ, jnp.float32)
+    _check_residuals(dims, matH=matH, vecN=vecN, vecM=vecM, vecNQ=vecNQ, matDeltaH=matDeltaH,
+                     matDeltaC_last=matDeltaC_last, vecDeltaN_last=vecDeltaN_last, scaDeltaM_last=scaDeltaM_last)
+    config = fw.resolve_config(dims, **tuning)
+    B, NH, S, DHQK, DHV = dims
+    s = common.default_qk_scale(DHQK, qk_scale)
+    f32 = jnp.float32
+    matC0, vecN0, scaM0 = common.initial_states(dims, matC_initial, vecN_initial, scaM_initial)
+    if all_states is None:
+        all_states = fw.mlstm_chunkwise_states(
+            matK, matV, vecI, vecF, matC0, vecN0, scaM0,
+            **{name: getattr(config, name) for name in _STATE_TUNING},
+        )
+
+    # 1. per-step cotangents of num (dnum, in q's dtype for the dots), nq and m (eps path).
+    vecN, vecM, vecNQ = vecN.astype(f32), vecM.astype(f32), vecNQ.astype(f32)
+    den_eps = vecN + eps
+    matDeltaH = matDeltaH.astype(f32)
+    matDNum = (matDeltaH / den_eps[..., None]).astype(matQ.dtype)
+    vecDDen = -jnp.sum(matDeltaH * matH.astype(f32), axis=-1) / den_eps
+    vecDNQ = vecDDen * jnp.sign(vecNQ) * (jnp.abs(vecNQ) > jnp.exp(-vecM))
+    vecDM = eps * vecDDen
+
+    # 2. Triton kernels on (BH, ...) views.
+    vecLogF = common.log_sigmoid_fp32(vecF).astype(f32)
+    vecB = fw.chunk_log_forget_cumsum(vecF, config.chunk_size_intra)
+    matDC_last = jnp.zeros((B, NH, DHQK, DHV), f32) if matDeltaC_last is None else matDeltaC_last.astype(f32)
+    vecDN_last = jnp.zeros((B, NH, DHQK), f32) if vecDeltaN_last is None else vecDeltaN_last.astype(f32)
+    q, k, v, dnum, dnq = (_heads_flat(x) for x in (matQ, matK, matV, matDNum, vecDNQ))
+    gates = dict(vecB=_heads_flat(vecB), vecI=_heads_flat(vecI.astype(f32)), vecM=_heads_flat(vecM))
+    dstates = _state_cotangents(q, dnum, dnq, gates["vecB"], gates["vecM"], _heads_flat(scaM0),
+                                _heads_flat(matDC_last), _heads_flat(vecDN_last), s, config)
+    matDQ, matDK, matDV, vecQDQ, vecKDK = _parallel_grads(
+        q, k, v, dnum, dnq, **gates, states=tuple(_heads_flat(x) for x in all_states), dstates=dstates,
+        s=s, config=config,
+    )
+    matDC_all, vecDN_all = (x.reshape(B, NH, *x.shape[1:]) for x in dstates)
+
+    # 3. gates: dF and the initial states.
+    matC_all, vecN_all, _ = all_states
+    last_state_term = jnp.sum(matDC_last * matC_all[:, :, -1], axis=(-2, -1)) + jnp.sum(
+        vecDN_last * vecN_all[:, :, -1], axis=-1)
+    vecQDQ, vecKDK = vecQDQ.reshape(B, NH, S), vecKDK.reshape(B, NH, S)
+    vecDF = (vecQDQ - vecKDK).at[..., -1].add(last_state_term)
+    vecDLogF = jnp.flip(jnp.cumsum(jnp.flip(vecDF, -1), -1), -1)
+    matDC0, vecDN0 = matDC_all[:, :, 0], vecDN_all[:, :, 0]
+    scaDM0 = jnp.sum(matDC0 * matC0, axis=(-2, -1)) + jnp.sum(vecDN0 * vecN0, axis=-1)
+
+    # 4. the m-path.
+    scaDM_last = jnp.zeros((B, NH), f32) if scaDeltaM_last is None else scaDeltaM_last.astype(f32)
+    vecDM = vecDM.at[..., -1].add(scaDM_last - last_state_term)
+    _, stabiliser_vjp = jax.vjp(_stabiliser, vecI.astype(f32), vecLogF, scaM0)
+    vecDI_m, vecDLogF_m, scaDM0_m = stabiliser_vjp(vecDM)
+    vecDI = vecKDK + vecDI_m
+    vecDFgate = (vecDLogF + vecDLogF_m) * jax.nn.sigmoid(-vecF.astype(f32))
+    return (matDQ.reshape(matQ.shape), matDK.reshape(matK.shape), matDV.reshape(matV.shape),
+            vecDI.astype(vecI.dtype), vecDFgate.astype(vecF.dtype), matDC0, vecDN0, scaDM0 + scaDM0_m)

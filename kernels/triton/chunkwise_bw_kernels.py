@@ -1,0 +1,270 @@
+"""Triton kernels of the chunkwise mLSTM backward (shared/DESIGN.md 3.4); launched by ``chunkwise_bw.py``.
+
+Per (batch*head) ``bh`` all buffers are C-contiguous, time-major:
+q, k (BH, S, DHQK); v, dnum (BH, S, DHV); per-step vectors (BH, S) fp32; states at the chunk
+boundaries (BH, NC+1, DHQK, DHV) / (BH, NC+1, DHQK) / (BH, NC+1) fp32, index 0 = initial state.
+
+The normaliser n is handled as one more value column (its value is 1, its output cotangent dnq), so
+the backward is gated linear attention in stabilised units: with ``F`` the cumulative log forget gate
+inside an intra chunk (0 before its first step) and ``m`` the per-step stabiliser, every exponent
+below is <= 0 and no new stabiliser is needed:
+
+    D[t, j]  = exp(F_t - F_j + i_j - m_t)              (j <= t in one chunk)
+    dq_t     = s (sum_j D[t, j] (dnum_t . v_j + dnq_t) k_j + exp(F_t + m_prev - m_t) (C dnum_t + n dnq_t))
+    dk_j     = s sum_t D[t, j] (dnum_t . v_j + dnq_t) q_t + exp(g - F_j + i_j - m_end) (dC v_j + dn)
+    dv_j     =   s sum_t D[t, j] (q_t . k_j) dnum_t       + exp(g - F_j + i_j - m_end) dC^T k_j
+
+(C, n, m_prev: state before the chunk; dC, dn: cotangent of the state after it, stabilised by m_end,
+the m of the chunk's last step; g = F at the chunk's last step.) Dots take operands in the input dtype
+(states are cast to it) and accumulate in fp32.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gate_tile(F_t, m_t, offs_t, F_j, i_j, offs_j):
+    """D[t, j] = exp(F_t - F_j + i_j - m_t) where j <= t, else 0: an fp32 (BT, BJ) tile."""
+    log_d = F_t[:, None] - F_j[None, :] + i_j[None, :] - m_t[:, None]
+    return tl.exp(tl.where(offs_j[None, :] <= offs_t[:, None], log_d, -float("inf")))
+
+
+@triton.jit
+def _rows_dot_tile(ptr_a, ptr_b, offs_a, offs_b, D: tl.constexpr, BD: tl.constexpr,
+                   BA: tl.constexpr, BB: tl.constexpr, PRECISION: tl.constexpr):
+    """sum_d A[a, d] B[b, d] over the full width D (blocks of BD): an fp32 (BA, BB) tile.
+
+    ``ptr_a``/``ptr_b`` point at row 0 of one head of two (S, D) buffers.
+    """
+    acc = tl.zeros((BA, BB), tl.float32)
+    for d0 in range(0, D, BD):
+        offs_d = d0 + tl.arange(0, BD)
+        mask_d = offs_d < D
+        a = tl.load(ptr_a + offs_a[:, None] * D + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+        b = tl.load(ptr_b + offs_b[:, None] * D + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc=acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _rows_times_state_tile(ptr_x, ptr_state, offs_x, offs_q, mask_q, DHQK: tl.constexpr,
+                           DHV: tl.constexpr, BX: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+                           PRECISION: tl.constexpr):
+    """sum_v X[x, v] State[q, v] for a (DHQK, DHV) fp32 state (cast to X's dtype): fp32 (BX, BQ)."""
+    acc = tl.zeros((BX, BQ), tl.float32)
+    for v0 in range(0, DHV, BV):
+        offs_v = v0 + tl.arange(0, BV)
+        mask_v = offs_v < DHV
+        x = tl.load(ptr_x + offs_x[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        state = tl.load(ptr_state + offs_q[:, None] * DHV + offs_v[None, :],
+                        mask=mask_q[:, None] & mask_v[None, :], other=0.0)
+        acc = tl.dot(x, tl.trans(state.to(x.dtype)), acc=acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def recurrent_bw_kernel(
+    matQ, matDNum, vecDNQ, vecF, vecM, scaM0, matDC_last, vecDN_last,  # inputs
+    matDC_all, vecDN_all,  # outputs
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Walks the chunks backwards accumulating (dC, dn); stores them at every intra boundary.
+
+    Grid (cdiv(DHQK, BQ), cdiv(DHV, BV), BH). Step k of ``L_INTER`` steps from boundary tau to tau'
+    (tau' < tau), with F relative to tau' and m_tau' the m of step tau' (m0 at 0):
+    dC_tau' = exp(m_tau' + g - m_tau) dC_tau + sum_t exp(F_t + m_tau' - m_t) s q_t dnum_t^T, and dn
+    alike with dnq_t. The dn of a DHQK block is stored by the programs of the first DHV block.
+    """
+    pid_q = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    NC: tl.constexpr = S // L_INTRA
+    offs_q = pid_q * BQ + tl.arange(0, BQ)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_q = offs_q < DHQK
+    mask_v = offs_v < DHV
+    state_offs = offs_q[:, None] * DHV + offs_v[None, :]
+    state_mask = mask_q[:, None] & mask_v[None, :]
+    dn_mask = mask_q & (pid_v == 0)
+    q_base = matQ + bh * S * DHQK
+    dnum_base = matDNum + bh * S * DHV
+    gate_base = bh * S
+    dc_base = matDC_all + bh * (NC + 1) * DHQK * DHV
+    dn_base = vecDN_all + bh * (NC + 1) * DHQK
+
+    dC = tl.load(matDC_last + bh * DHQK * DHV + state_offs, mask=state_mask, other=0.0)
+    dn = tl.load(vecDN_last + bh * DHQK + offs_q, mask=mask_q, other=0.0)
+    tl.store(dc_base + NC * DHQK * DHV + state_offs, dC, mask=state_mask)
+    tl.store(dn_base + NC * DHQK + offs_q, dn, mask=dn_mask)
+    m0 = tl.load(scaM0 + bh)
+    m_next = tl.load(vecM + gate_base + S - 1)
+    for kk in range(NC):
+        chunk = NC - 1 - kk
+        for cc in range(L_INTRA // L_INTER):
+            start = chunk * L_INTRA + L_INTRA - (cc + 1) * L_INTER
+            offs_t = start + tl.arange(0, L_INTER)
+            F_base = tl.load(vecF + gate_base + start - 1, mask=start % L_INTRA != 0, other=0.0)
+            m_prev = tl.load(vecM + gate_base + start - 1, mask=start > 0, other=0.0)
+            m_prev = tl.where(start > 0, m_prev, m0)
+            F_t = tl.load(vecF + gate_base + offs_t) - F_base
+            g = tl.load(vecF + gate_base + start + L_INTER - 1) - F_base
+            coef = tl.exp(F_t + m_prev - tl.load(vecM + gate_base + offs_t)) * qk_scale
+            q = tl.load(q_base + offs_t[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
+            dnum = tl.load(dnum_base + offs_t[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :],
+                           other=0.0)
+            dnq = tl.load(vecDNQ + gate_base + offs_t)
+            decay = tl.exp(m_prev + g - m_next)
+            weighted_dnum = (dnum.to(tl.float32) * coef[:, None]).to(q.dtype)
+            dC = tl.dot(tl.trans(q), weighted_dnum, acc=dC * decay, input_precision=PRECISION)
+            dn = dn * decay + tl.sum(q.to(tl.float32) * (coef * dnq)[:, None], axis=0)
+            m_next = m_prev
+        tl.store(dc_base + chunk * DHQK * DHV + state_offs, dC, mask=state_mask)
+        tl.store(dn_base + chunk * DHQK + offs_q, dn, mask=dn_mask)
+
+
+@triton.jit
+def parallel_bw_dq_kernel(
+    matK, matV, matDNum, vecDNQ, vecF, vecI, vecM, matQ, matC_all, vecN_all, scaM_all,  # inputs
+    matDQ, vecQDQ,  # outputs: dq (BH, S, DHQK), q . dq partial sums (cdiv(DHQK, BQ), BH, S) fp32
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dq for BT rows and BQ columns of q. Grid (cdiv(DHQK, BQ), S // BT, BH)."""
+    pid_q = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    NC: tl.constexpr = S // L
+    chunk = pid_t // (L // BT)
+    chunk_start = chunk * L
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    offs_q = pid_q * BQ + tl.arange(0, BQ)
+    mask_q = offs_q < DHQK
+    gate_base = bh * S
+    k_base = matK + bh * S * DHQK
+    v_base = matV + bh * S * DHV
+    dnum_base = matDNum + bh * S * DHV
+    F_t = tl.load(vecF + gate_base + offs_t)
+    m_t = tl.load(vecM + gate_base + offs_t)
+    dnq_t = tl.load(vecDNQ + gate_base + offs_t)
+
+    m_prev = tl.load(scaM_all + bh * (NC + 1) + chunk)
+    dq = _rows_times_state_tile(dnum_base, matC_all + (bh * (NC + 1) + chunk) * DHQK * DHV, offs_t,
+                                offs_q, mask_q, DHQK, DHV, BT, BQ, BV, PRECISION)
+    n = tl.load(vecN_all + (bh * (NC + 1) + chunk) * DHQK + offs_q, mask=mask_q, other=0.0)
+    dq = (dq + dnq_t[:, None] * n[None, :]) * (qk_scale * tl.exp(F_t + m_prev - m_t))[:, None]
+    for j0 in range(chunk_start, pid_t * BT + BT, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        gates = _gate_tile(F_t, m_t, offs_t, tl.load(vecF + gate_base + offs_j),
+                           tl.load(vecI + gate_base + offs_j), offs_j)
+        dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
+        k_j = tl.load(k_base + offs_j[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
+        dq = tl.dot(((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(k_j.dtype), k_j, acc=dq,
+                    input_precision=PRECISION)
+
+    q_ptrs = matQ + bh * S * DHQK + offs_t[:, None] * DHQK + offs_q[None, :]
+    tl.store(matDQ + bh * S * DHQK + offs_t[:, None] * DHQK + offs_q[None, :],
+             dq.to(matDQ.dtype.element_ty), mask=mask_q[None, :])
+    q = tl.load(q_ptrs, mask=mask_q[None, :], other=0.0).to(tl.float32)
+    tl.store(vecQDQ + (pid_q * tl.num_programs(2) + bh) * S + offs_t, tl.sum(q * dq, axis=1))
+
+
+@triton.jit
+def _key_block(vecF_bh, vecI_bh, vecM_bh, pid_j, L: tl.constexpr, BJ: tl.constexpr):
+    """The BJ key steps j of program ``pid_j``: (offs_j, F_j, i_j, chunk, chunk_end, w_j), with
+    w_j = exp(g - F_j + i_j - m_end) the weight of step j in the state after its chunk."""
+    chunk = pid_j // (L // BJ)
+    chunk_end = chunk * L + L
+    offs_j = pid_j * BJ + tl.arange(0, BJ)
+    F_j = tl.load(vecF_bh + offs_j)
+    i_j = tl.load(vecI_bh + offs_j)
+    w_j = tl.exp(tl.load(vecF_bh + chunk_end - 1) - F_j + i_j - tl.load(vecM_bh + chunk_end - 1))
+    return offs_j, F_j, i_j, chunk, chunk_end, w_j
+
+
+@triton.jit
+def parallel_bw_dk_kernel(
+    matQ, matV, matDNum, vecDNQ, vecF, vecI, vecM, matK, matDC_all, vecDN_all,  # inputs
+    matDK, vecKDK,  # outputs: dk (BH, S, DHQK), k . dk partial sums (cdiv(DHQK, BQ), BH, S) fp32
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dk for BJ rows and BQ columns of k. Grid (cdiv(DHQK, BQ), S // BJ, BH)."""
+    pid_q = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    NC: tl.constexpr = S // L
+    vecF_bh, vecM_bh = vecF + bh * S, vecM + bh * S
+    offs_j, F_j, i_j, chunk, chunk_end, w_j = _key_block(vecF_bh, vecI + bh * S, vecM_bh, pid_j, L, BJ)
+    offs_q = pid_q * BQ + tl.arange(0, BQ)
+    mask_q = offs_q < DHQK
+    q_base = matQ + bh * S * DHQK
+    v_base = matV + bh * S * DHV
+    dnum_base = matDNum + bh * S * DHV
+
+    state_index = bh * (NC + 1) + chunk + 1
+    dk = _rows_times_state_tile(v_base, matDC_all + state_index * DHQK * DHV, offs_j, offs_q, mask_q,
+                                DHQK, DHV, BJ, BQ, BV, PRECISION)
+    dn = tl.load(vecDN_all + state_index * DHQK + offs_q, mask=mask_q, other=0.0)
+    dk = (dk + dn[None, :]) * w_j[:, None]
+    for t0 in range((pid_j * BJ) // BT * BT, chunk_end, BT):
+        offs_t = t0 + tl.arange(0, BT)
+        gates = _gate_tile(tl.load(vecF_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, F_j, i_j, offs_j)
+        dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
+        dnq_t = tl.load(vecDNQ + bh * S + offs_t)
+        q_t = tl.load(q_base + offs_t[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
+        dk = tl.dot(tl.trans(((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(q_t.dtype)), q_t, acc=dk,
+                    input_precision=PRECISION)
+
+    k_ptrs = matK + bh * S * DHQK + offs_j[:, None] * DHQK + offs_q[None, :]
+    tl.store(matDK + bh * S * DHQK + offs_j[:, None] * DHQK + offs_q[None, :],
+             dk.to(matDK.dtype.element_ty), mask=mask_q[None, :])
+    k = tl.load(k_ptrs, mask=mask_q[None, :], other=0.0).to(tl.float32)
+    tl.store(vecKDK + (pid_q * tl.num_programs(2) + bh) * S + offs_j, tl.sum(k * dk, axis=1))
+
+
+@triton.jit
+def parallel_bw_dv_kernel(
+    matQ, matK, matDNum, vecF, vecI, vecM, matDC_all,  # inputs
+    matDV,  # output (BH, S, DHV)
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, BQ: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dv for BJ rows and BV columns of v. Grid (cdiv(DHV, BV), S // BJ, BH)."""
+    pid_v = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    NC: tl.constexpr = S // L
+    vecF_bh, vecM_bh = vecF + bh * S, vecM + bh * S
+    offs_j, F_j, i_j, chunk, chunk_end, w_j = _key_block(vecF_bh, vecI + bh * S, vecM_bh, pid_j, L, BJ)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < DHV
+    q_base = matQ + bh * S * DHQK
+    k_base = matK + bh * S * DHQK
+    dnum_base = matDNum + bh * S * DHV
+
+    state_ptr = matDC_all + (bh * (NC + 1) + chunk + 1) * DHQK * DHV
+    dv = tl.zeros((BJ, BV), tl.float32)
+    for q0 in range(0, DHQK, BQ):
+        offs_q = q0 + tl.arange(0, BQ)
+        mask_q = offs_q < DHQK
+        k_j = tl.load(k_base + offs_j[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
+        dC = tl.load(state_ptr + offs_q[:, None] * DHV + offs_v[None, :], mask=mask_q[:, None] & mask_v[None, :],
+                     other=0.0)
+        dv = tl.dot(k_j, dC.to(k_j.dtype), acc=dv, input_precision=PRECISION)
+    dv *= w_j[:, None]
+    for t0 in range((pid_j * BJ) // BT * BT, chunk_end, BT):
+        offs_t = t0 + tl.arange(0, BT)
+        gates = _gate_tile(tl.load(vecF_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, F_j, i_j, offs_j)
+        q_k = _rows_dot_tile(q_base, k_base, offs_t, offs_j, DHQK, BQ, BT, BJ, PRECISION)
+        dnum_t = tl.load(dnum_base + offs_t[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        dv = tl.dot(tl.trans((q_k * gates * qk_scale).to(dnum_t.dtype)), dnum_t, acc=dv,
+                    input_precision=PRECISION)
+    tl.store(matDV + bh * S * DHV + offs_j[:, None] * DHV + offs_v[None, :], dv.to(matDV.dtype.element_ty),
+             mask=mask_v[None, :])

@@ -1,0 +1,97 @@
+"""The Triton backward lowers for CUDA on the CPU machine (jax-triton down to PTX for sm_90a), and bad
+arguments raise ValueError naming the problem. No GPU needed (shared/DESIGN.md 4.2).
+
+One case lowers ``jax.grad`` through the registry entry (forward + custom_vjp backward); the sweep
+lowers the backward alone (states recompute + the four backward kernels) and covers rather than
+multiplies: chunk sizes 16..256 (inter < intra included), block sizes 16..256, warps 2..8, stages
+1..3, fp32/bf16/fp16 and head dims 16, 48, 64, 96, 128, 256, 512. About a minute on 2 CPU cores with
+an empty Triton cache.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from tests.kernels.test_triton_fw_compile import assert_compiled_for_sm90, lowered_triton_calls
+from xlstm_flax.kernels import get_kernel
+from xlstm_flax.kernels.triton import autograd
+from xlstm_flax.kernels.triton.chunkwise_bw import mlstm_chunkwise_bw
+
+BW_KERNELS = (b"recurrent_bw_kernel", b"parallel_bw_dq_kernel", b"parallel_bw_dk_kernel",
+              b"parallel_bw_dv_kernel")
+
+
+def _bw_shapes(dtype, S, DHQK, DHV, B=1, NH=2):
+    """Abstract residuals and cotangents of one backward call (initial states given)."""
+    sds = jax.ShapeDtypeStruct
+    qk, v = sds((B, NH, S, DHQK), dtype), sds((B, NH, S, DHV), dtype)
+    vec, state = sds((B, NH, S), jnp.float32), sds((B, NH, DHQK, DHV), jnp.float32)
+    n, m = sds((B, NH, DHQK), jnp.float32), sds((B, NH), jnp.float32)
+    return (qk, qk, v, vec, vec, state, n, m, v, vec, vec, vec, v, state, n, m)
+
+
+def _backward(**tuning):
+    return lambda *args: mlstm_chunkwise_bw(*args, eps=1e-6, **tuning)
+
+
+def test_registry_gradient_lowers_forward_and_backward(monkeypatch):
+    """jax.grad through get_kernel("chunkwise--triton") (its GPU check off: this machine has none)."""
+    monkeypatch.setattr(autograd, "_require_triton_backend", lambda: None)
+    sds = jax.ShapeDtypeStruct
+    qk, gates = sds((1, 2, 128, 64), jnp.bfloat16), sds((1, 2, 128), jnp.float32)
+    kernel = get_kernel("chunkwise--triton")
+
+    def loss(q, k, v, i, f):
+        return jnp.sum(kernel(q, k, v, i, f).astype(jnp.float32))
+
+    payloads = lowered_triton_calls(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), qk, qk, qk, gates, gates)
+    assert_compiled_for_sm90(payloads, BW_KERNELS + (b"parallel_fw_kernel",))
+    recurrent_fw = [p for p in payloads if b"recurrent_fw_kernel" in p]
+    assert len(recurrent_fw) == 2, "the backward recomputes the chunk states with the forward's kernel"
+
+
+SWEEP = [
+    # (dtype, S, DHQK, DHV, tuning)
+    (jnp.bfloat16, 256, 256, 512, {}),
+    (jnp.float32, 64, 48, 96, dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16,
+                                   siz_b_L_loop=32, siz_b_DH_parallel=32, siz_b_DH_loop=16)),
+    (jnp.float16, 128, 96, 48, dict(chunk_size_inter=32, chunk_size_intra=128, siz_b_L_parallel=32,
+                                    siz_b_L_loop=64, siz_b_DH_parallel=64, siz_b_DH_loop=32,
+                                    siz_b_DHQK_inter=32, siz_b_DHV_inter=16)),
+    (jnp.bfloat16, 256, 128, 256, dict(chunk_size_inter=64, chunk_size_intra=256, siz_b_L_parallel=128,
+                                       siz_b_L_loop=64, siz_b_DH_parallel=128, siz_b_DH_loop=128,
+                                       siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_intra=8,
+                                       num_stages_intra=3, num_warps_inter=8, num_stages_inter=3)),
+    (jnp.bfloat16, 32, 16, 16, dict(chunk_size_inter=16, chunk_size_intra=16, num_warps_intra=2,
+                                    num_stages_intra=1, num_warps_inter=2, num_stages_inter=1)),
+    (jnp.bfloat16, 128, 512, 512, dict(siz_b_DH_parallel=256, siz_b_DH_loop=256, siz_b_DHV_inter=128)),
+]
+
+
+def _case_id(case):
+    dtype, S, DHQK, DHV, tuning = case
+    return f"{jnp.dtype(dtype).name}-S{S}-{DHQK}x{DHV}-" + ("defaults" if not tuning else f"{len(tuning)}opts")
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=_case_id)
+def test_backward_lowers_to_sm90_ptx(case):
+    dtype, S, DHQK, DHV, tuning = case
+    payloads = lowered_triton_calls(_backward(**tuning), *_bw_shapes(dtype, S, DHQK, DHV))
+    assert_compiled_for_sm90(payloads, BW_KERNELS + (b"recurrent_fw_kernel",))
+
+
+def test_backward_rejects_bad_arguments():
+    args = _bw_shapes(jnp.bfloat16, 64, 64, 64)
+    bad = [
+        (dict(chunk_size_intra=48), "chunk_size_intra=48 must be a power of two"),
+        (dict(chunk_size_inter=64, chunk_size_intra=32), "chunk_size_inter=64 must be <= chunk_size_intra=32"),
+        (dict(siz_b_L_parallel=128), "siz_b_L_parallel=128"),
+        (dict(siz_b_LQ=16), "unknown tuning option(s) ['siz_b_LQ']"),
+    ]
+    for tuning, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            jax.eval_shape(_backward(**tuning), *args)
+    wrong_dh = args[:12] + (jax.ShapeDtypeStruct((1, 2, 64, 32), jnp.bfloat16),) + args[13:]
+    with pytest.raises(ValueError, match=r"matDeltaH has shape \(1, 2, 64, 32\)"):
+        jax.eval_shape(_backward(), *wrong_dh)
