@@ -1,6 +1,7 @@
-"""Tunes and times the Triton chunkwise forward (bf16) on the GPU; one run sweeps a few configurations
-per shape, checks each against ``chunkwise--jax`` on the same random data, and times cuDNN causal
-attention on the same token count for comparison.
+"""Tunes and times the Triton chunkwise forward (bf16) on the GPU in one run, per shape: the library
+defaults, then recurrent-kernel candidates timed alone, then parallel-kernel candidates in the whole
+forward (each with the fastest recurrent candidate of its intra chunk), every forward checked against
+``chunkwise--jax`` on the same random data; plus cuDNN causal attention on the same token count.
 
     python -m benchmarks.tune_triton_fw [--quick] [--out benchmarks/results/triton_fw.md]
 
@@ -26,12 +27,9 @@ import jax.numpy as jnp
 
 from benchmarks.timing import environment_lines, floor_ms, markdown_table, median_ms
 from xlstm_flax.kernels import get_kernel
-from xlstm_flax.kernels.triton.chunkwise_fw import (
-    default_chunk_size, mlstm_chunkwise_fw_result, mlstm_chunkwise_states,
-)
+from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states
 
 BF16_TOL = 3e-2
-RECURRENT_OPTIONS = ("siz_b_DHQK_inter", "siz_b_DHV_inter", "num_warps_inter", "num_stages_inter")
 FLOP_MODEL_CHUNK = 128
 
 SHAPES = {  # name: (B, NH, S, DHQK, DHV)
@@ -39,26 +37,38 @@ SHAPES = {  # name: (B, NH, S, DHQK, DHV)
     "nh16": (8, 16, 8192, 128, 256),
 }
 
-# A handful of configurations per shape; {} = the library defaults.
-CONFIGS = {
-    "7b": [
-        {},
-        dict(siz_b_DH_parallel=256, num_warps_intra=8),
-        dict(chunk_size_intra=256, chunk_size_inter=128, siz_b_DH_parallel=128),
-        dict(chunk_size_intra=256, chunk_size_inter=64, siz_b_L_parallel=64, siz_b_L_loop=64,
-             siz_b_DH_parallel=256, num_warps_intra=8),
-        dict(siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_inter=8),
-        dict(siz_b_L_parallel=128, siz_b_L_loop=64, siz_b_DH_parallel=128, num_warps_intra=8),
-        dict(siz_b_DH_loop=128, siz_b_DH_parallel=128, num_warps_intra=8, num_stages_intra=3),
-    ],
-    "nh16": [
-        {},
-        dict(siz_b_DH_parallel=256, num_warps_intra=8),
-        dict(chunk_size_intra=256, chunk_size_inter=128),
-        dict(siz_b_DH_loop=128, siz_b_DH_parallel=128, num_warps_intra=8),
-        dict(siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_inter=8),
-        dict(siz_b_L_parallel=128, siz_b_L_loop=64, num_warps_intra=8),
-    ],
+
+def _recurrent(intra, inter, dhqk, dhv, warps, stages):
+    return dict(chunk_size_intra=intra, chunk_size_inter=inter, siz_b_DHQK_inter=dhqk, siz_b_DHV_inter=dhv,
+                num_warps_inter=warps, num_stages_inter=stages)
+
+
+def _parallel(intra, rows, cols, dhqk, dhv, warps, stages):
+    return dict(chunk_size_intra=intra, siz_b_L_parallel=rows, siz_b_L_loop=cols, siz_b_DH_loop=dhqk,
+                siz_b_DH_parallel=dhv, num_warps_intra=warps, num_stages_intra=stages)
+
+
+# Candidates per shape. The recurrent kernel is timed alone (mlstm_chunkwise_states); each parallel
+# candidate then runs in the whole forward with the fastest recurrent candidate of its intra chunk.
+RECURRENT = {
+    "7b": [_recurrent(128, 128, 64, 64, 4, 2), _recurrent(256, 128, 64, 64, 4, 2),
+           _recurrent(256, 128, 128, 64, 8, 2), _recurrent(256, 128, 128, 128, 8, 2),
+           _recurrent(256, 64, 64, 128, 4, 3), _recurrent(256, 256, 64, 64, 4, 2),
+           _recurrent(512, 128, 128, 64, 8, 2)],
+    "nh16": [_recurrent(128, 128, 64, 64, 4, 2), _recurrent(256, 128, 64, 64, 4, 2),
+             _recurrent(256, 128, 128, 64, 8, 2), _recurrent(256, 128, 128, 128, 8, 2),
+             _recurrent(256, 64, 64, 128, 4, 3), _recurrent(512, 128, 128, 128, 8, 2)],
+}
+PARALLEL = {
+    "7b": [_parallel(128, 64, 64, 64, 128, 4, 2), _parallel(128, 128, 64, 64, 128, 8, 2),
+           _parallel(256, 128, 64, 64, 128, 8, 2), _parallel(256, 128, 128, 64, 128, 8, 2),
+           _parallel(256, 64, 64, 64, 256, 8, 2), _parallel(256, 128, 64, 64, 256, 8, 2),
+           _parallel(256, 128, 64, 128, 128, 8, 3), _parallel(512, 128, 64, 64, 128, 8, 2),
+           _parallel(128, 64, 64, 64, 256, 8, 2)],
+    "nh16": [_parallel(128, 64, 64, 64, 128, 4, 2), _parallel(128, 128, 64, 128, 128, 8, 2),
+             _parallel(256, 128, 64, 64, 128, 8, 2), _parallel(256, 128, 64, 128, 128, 8, 2),
+             _parallel(256, 64, 64, 128, 256, 8, 2), _parallel(256, 128, 64, 128, 256, 8, 2),
+             _parallel(512, 128, 64, 128, 128, 8, 2), _parallel(128, 64, 64, 64, 256, 8, 2)],
 }
 
 
@@ -91,12 +101,8 @@ def _forward(**tuning):
     return fw
 
 
-def _states(S, **tuning):
-    """Only the recurrent kernel, with the configuration's recurrent-kernel choices."""
-    intra = tuning.get("chunk_size_intra", default_chunk_size(S))
-    options = dict(chunk_size_intra=intra, chunk_size_inter=tuning.get("chunk_size_inter", intra))
-    options.update({name: tuning[name] for name in RECURRENT_OPTIONS if name in tuning})
-    return jax.jit(lambda q, k, v, i, f: mlstm_chunkwise_states(k, v, i, f, **options))
+def _states(**tuning):
+    return jax.jit(lambda q, k, v, i, f: mlstm_chunkwise_states(k, v, i, f, **tuning))
 
 
 def _rel_err(got, want) -> float:
@@ -104,32 +110,85 @@ def _rel_err(got, want) -> float:
     return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
 
 
-def tune_shape(name, input_sets, reps):
-    B, NH, S, K, V = SHAPES[name]
-    want = jax.jit(get_kernel("chunkwise--jax"))(*input_sets[0])
-    jax_ms = median_ms(jax.jit(get_kernel("chunkwise--jax")), input_sets, reps=reps)
-    floor = floor_ms(flops(B, NH, S, K, V), min_bytes(B, NH, S, K, V))
-    rows = [[name, "chunkwise--jax", f"{jax_ms:.3f}", "-", f"{flops(B, NH, S, K, V) / jax_ms / 1e9:.1f}",
-             f"{100 * floor / jax_ms:.0f}", "reference"]]
-    best = None
-    for tuning in CONFIGS[name]:
-        label = ", ".join(f"{k}={v}" for k, v in tuning.items()) or "defaults"
+SHORT_NAMES = {  # option -> column label (see LEGEND)
+    "chunk_size_intra": "intra", "chunk_size_inter": "inter", "siz_b_DHQK_inter": "rQ", "siz_b_DHV_inter": "rV",
+    "num_warps_inter": "rw", "num_stages_inter": "rs", "siz_b_L_parallel": "pLQ", "siz_b_L_loop": "pLK",
+    "siz_b_DH_loop": "pDQ", "siz_b_DH_parallel": "pDV", "num_warps_intra": "pw", "num_stages_intra": "ps",
+}
+LEGEND = ("config: intra/inter = chunk_size_intra/inter; recurrent kernel rQ x rV = siz_b_DHQK_inter x "
+          "siz_b_DHV_inter, rw/rs = its warps/stages; parallel kernel pLQ/pLK = siz_b_L_parallel/loop, "
+          "pDQ/pDV = siz_b_DH_loop/parallel, pw/ps = its warps/stages")
+
+
+def _label(tuning) -> str:
+    return " ".join(f"{SHORT_NAMES[k]}={v}" for k, v in tuning.items()) or "defaults"
+
+
+class ShapeTuner:
+    """Times candidates of one shape on two rotated random input sets; collects table rows."""
+
+    def __init__(self, name, reps):
+        self.name, self.reps = name, reps
+        B, NH, S, K, V = SHAPES[name]
+        self.flops = flops(B, NH, S, K, V)
+        self.floor = floor_ms(self.flops, min_bytes(B, NH, S, K, V))
+        self.inputs = [random_inputs(jax.random.PRNGKey(seed), B, NH, S, K, V) for seed in (0, 1)]
+        self.want = jax.jit(get_kernel("chunkwise--jax"))(*self.inputs[0])
+        self.rows = []
+        self.best = None  # (ms, tuning) of the fastest correct whole forward
+
+    def _timed(self, kernel, label, fn):
         try:
-            fw = _forward(**tuning)
-            err = _rel_err(fw(*input_sets[0])[0], want)
-            ms = median_ms(fw, input_sets, reps=reps)
-            states_ms = median_ms(_states(S, **tuning), input_sets, reps=reps)
-        except Exception as exc:  # a config the GPU cannot run (e.g. too much shared memory)
-            rows.append([name, label, "failed", "-", "-", "-", f"{type(exc).__name__}: {str(exc)[:80]}"])
-            print(f"{name} {label}: FAILED {exc}", flush=True)
-            continue
+            return fn()
+        except Exception as exc:  # a candidate the GPU cannot run (e.g. too much shared memory)
+            self.rows.append([self.name, kernel, label, "failed", "-", "-", f"{type(exc).__name__}: {str(exc)[:80]}"])
+            print(" | ".join(self.rows[-1]), flush=True)
+            return None
+
+    def reference_row(self):
+        ms = median_ms(jax.jit(get_kernel("chunkwise--jax")), self.inputs, reps=self.reps)
+        self.rows.append([self.name, "chunkwise--jax", "chunk 64", f"{ms:.3f}", f"{self.flops / ms / 1e9:.1f}",
+                          f"{100 * self.floor / ms:.0f}", "reference"])
+
+    def recurrent(self, tuning) -> float | None:
+        ms = self._timed("recurrent", _label(tuning), lambda: median_ms(_states(**tuning), self.inputs, reps=self.reps))
+        if ms is not None:
+            self.rows.append([self.name, "recurrent", _label(tuning), f"{ms:.3f}", "-", "-", "-"])
+            print(" | ".join(self.rows[-1]), flush=True)
+        return ms
+
+    def forward(self, tuning, label=None) -> float | None:
+        fw = _forward(**tuning)
+        label = label or _label(tuning)
+        err = self._timed("forward", label, lambda: _rel_err(fw(*self.inputs[0])[0], self.want))
+        if err is None:
+            return None
+        ms = median_ms(fw, self.inputs, reps=self.reps)
         ok = err <= BF16_TOL
-        rows.append([name, label, f"{ms:.3f}", f"{states_ms:.3f}", f"{flops(B, NH, S, K, V) / ms / 1e9:.1f}",
-                     f"{100 * floor / ms:.0f}", f"{err:.1e} {'ok' if ok else 'WRONG'}"])
-        print(" | ".join(rows[-1]), flush=True)
-        if ok and (best is None or ms < best[0]):
-            best = (ms, label)
-    return rows, floor, best
+        self.rows.append([self.name, "forward", label, f"{ms:.3f}", f"{self.flops / ms / 1e9:.1f}",
+                          f"{100 * self.floor / ms:.0f}", f"{err:.1e} {'ok' if ok else 'WRONG'}"])
+        print(" | ".join(self.rows[-1]), flush=True)
+        if ok and (self.best is None or ms < self.best[0]):
+            self.best = (ms, tuning)
+        return ms
+
+
+def tune_shape(name, reps, quick):
+    tuner = ShapeTuner(name, reps)
+    tuner.reference_row()
+    tuner.forward({}, "library defaults")
+    if quick:
+        return tuner
+    fastest_recurrent = {}  # intra chunk -> (ms, tuning)
+    for tuning in RECURRENT[name]:
+        ms = tuner.recurrent(tuning)
+        intra = tuning["chunk_size_intra"]
+        if ms is not None and ms < fastest_recurrent.get(intra, (float("inf"),))[0]:
+            fastest_recurrent[intra] = (ms, tuning)
+    for tuning in PARALLEL[name]:
+        recurrent = fastest_recurrent.get(tuning["chunk_size_intra"], (None, {}))[1]
+        tuner.forward({**recurrent, **tuning})
+    return tuner
 
 
 def cudnn_attention_ms(reps) -> float:
@@ -143,28 +202,24 @@ def cudnn_attention_ms(reps) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="only the first two configurations per shape")
+    parser.add_argument("--quick", action="store_true", help="only the library defaults per shape")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", default=None, help="markdown file for the results table")
     args = parser.parse_args(argv)
-    if args.quick:
-        for name in CONFIGS:
-            CONFIGS[name] = CONFIGS[name][:2]
     rows, notes = [], []
     for name in args.shapes.split(","):
-        B, NH, S, K, V = SHAPES[name]
-        input_sets = [random_inputs(jax.random.PRNGKey(seed), B, NH, S, K, V) for seed in (0, 1)]
-        shape_rows, floor, best = tune_shape(name, input_sets, args.reps)
-        rows += shape_rows
-        notes.append(f"- {name} (B, NH, S, DHQK, DHV) = {SHAPES[name]}: floor {floor:.3f} ms, "
-                     f"best {best[0]:.3f} ms ({best[1]})" if best else f"- {name}: no configuration passed")
-        del input_sets
+        tuner = tune_shape(name, args.reps, args.quick)
+        rows += tuner.rows
+        best = f"best {tuner.best[0]:.3f} ms ({_label(tuner.best[1])})" if tuner.best else "no candidate passed"
+        notes.append(f"- {name} (B, NH, S, DHQK, DHV) = {SHAPES[name]}: floor {tuner.floor:.3f} ms, {best}")
+        del tuner
     attention = cudnn_attention_ms(args.reps)
     notes.append(f"- cuDNN causal attention (jax.nn.dot_product_attention), B=8, S=8192, 32 x 128 bf16, "
                  f"forward: {attention:.3f} ms")
-    table = markdown_table(["shape", "config", "ms", "states ms", "TFLOP/s", "% of floor", "max rel err vs jax"], rows)
-    text = "\n".join(["# Triton chunkwise forward, bf16", "", *environment_lines(), "", *notes, "", table, ""])
+    columns = ["shape", "kernel", "config", "ms", "TFLOP/s", "% of floor", "max rel err vs jax"]
+    text = "\n".join(["# Triton chunkwise forward, bf16", "", *environment_lines(), "", *notes, "",
+                      markdown_table(columns, rows), "", LEGEND, ""])
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -44,29 +44,29 @@ def recurrent_fw_kernel(
     tl.store(vecN_all + bh * (NC + 1) * DHQK + offs_q, vecN, mask=mask_q & stores_n)
     tl.store(scaM_all + bh * (NC + 1), scaM, mask=stores_m)
 
-    for chunk in range(NC):
-        for sub in range(L_INTRA // L_INTER):
-            t0 = chunk * L_INTRA + sub * L_INTER
-            gates = bh * S + t0
-            b = tl.load(vecB + gates + offs_t)
-            b_end = tl.load(vecB + gates + L_INTER - 1)
-            b_prev = tl.load(vecB + gates - 1, mask=sub > 0, other=0.0)
-            a = tl.load(vecI + gates + offs_t) + b_end - b
-            m_new = tl.maximum(b_end - b_prev + scaM, tl.max(a, axis=0))
-            decay = tl.exp(b_end - b_prev + scaM - m_new)
-            weight = tl.exp(a - m_new)
-            k = tl.load(matK + (bh * S + t0 + offs_t)[:, None] * DHQK + offs_q[None, :],
-                        mask=mask_q[None, :], other=0.0)
-            v = tl.load(matV + (bh * S + t0 + offs_t)[:, None] * DHV + offs_v[None, :],
-                        mask=mask_v[None, :], other=0.0)
-            weighted_v = (v * weight[:, None]).to(v.dtype)
-            matC = decay * matC + tl.dot(tl.trans(k), weighted_v, input_precision=DOT_PRECISION)
-            vecN = decay * vecN + tl.sum(k.to(tl.float32) * weight[:, None], axis=0)
-            scaM = m_new
-        index = bh * (NC + 1) + chunk + 1
-        tl.store(matC_all + index * DHQK * DHV + offs_c, matC, mask=mask_c)
-        tl.store(vecN_all + index * DHQK + offs_q, vecN, mask=mask_q & stores_n)
-        tl.store(scaM_all + index, scaM, mask=stores_m)
+    # One flat loop over the inter chunks (so the compiler can prefetch k, v of the next chunk); the
+    # state is stored after the last inter chunk of every intra chunk.
+    for step in range(S // L_INTER):
+        t0 = step * L_INTER
+        gates = bh * S + t0
+        b = tl.load(vecB + gates + offs_t)
+        b_end = tl.load(vecB + gates + L_INTER - 1)
+        b_prev = tl.load(vecB + gates - 1, mask=t0 % L_INTRA != 0, other=0.0)
+        a = tl.load(vecI + gates + offs_t) + b_end - b
+        m_new = tl.maximum(b_end - b_prev + scaM, tl.max(a, axis=0))
+        decay = tl.exp(b_end - b_prev + scaM - m_new)
+        weight = tl.exp(a - m_new)
+        k = tl.load(matK + (gates + offs_t)[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
+        v = tl.load(matV + (gates + offs_t)[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        weighted_v = (v * weight[:, None]).to(v.dtype)
+        matC = decay * matC + tl.dot(tl.trans(k), weighted_v, input_precision=DOT_PRECISION)
+        vecN = decay * vecN + tl.sum(k.to(tl.float32) * weight[:, None], axis=0)
+        scaM = m_new
+        ends_intra = (t0 + L_INTER) % L_INTRA == 0
+        index = bh * (NC + 1) + (t0 + L_INTER) // L_INTRA
+        tl.store(matC_all + index * DHQK * DHV + offs_c, matC, mask=mask_c & ends_intra)
+        tl.store(vecN_all + index * DHQK + offs_q, vecN, mask=mask_q & stores_n & ends_intra)
+        tl.store(scaM_all + index, scaM, mask=stores_m & ends_intra)
 
 
 @triton.jit

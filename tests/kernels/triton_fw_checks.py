@@ -57,21 +57,28 @@ def reference(x, eps, **states):
         return tuple(np.asarray(a) for a in (h, den, m)), tuple(np.asarray(a) for a in last)
 
 
-def reference_all_states(x, chunk, states):
-    """States after 0, chunk, 2 chunk, ... steps (stacked on axis 2): the last states of each prefix."""
+def boundaries_to_check(NC: int) -> list[int]:
+    """Intra-chunk boundaries whose states are compared: first, second, middle and last."""
+    return sorted({0, 1, NC // 2, NC})
+
+
+def reference_states_at(x, chunk, states, boundaries):
+    """States after ``c * chunk`` steps for c in ``boundaries`` (stacked on axis 2), from the
+    reference's last states of each prefix (boundary 0 = the initial state, zeros / m = 0 if absent)."""
     B, NH, S, DHQK = x["q"].shape
     DHV = x["v"].shape[-1]
     first = (states.get("c0", np.zeros((B, NH, DHQK, DHV))), states.get("n0", np.zeros((B, NH, DHQK))),
              states.get("m0", np.zeros((B, NH))))
-    out = [tuple(np.asarray(a) for a in first)]
-    for end in range(chunk, S + 1, chunk):
-        prefix = {key: x[key][:, :, :end] for key in ("q", "k", "v", "i", "f")}
-        out.append(reference(prefix, 0.0, **states)[1])
+    out = []
+    for c in boundaries:
+        prefix = {key: x[key][:, :, :c * chunk] for key in ("q", "k", "v", "i", "f")}
+        out.append(tuple(np.asarray(a) for a in first) if c == 0 else reference(prefix, 0.0, **states)[1])
     return tuple(np.stack([o[j] for o in out], axis=2) for j in range(3))
 
 
 def check_forward(case: FwCase, tol: float, seed: int, eps: float = 1e-6) -> None:
-    """mlstm_chunkwise_fw's h, den, m, last and all states vs the float64 reference."""
+    """mlstm_chunkwise_fw's h, den, m, last states and the states at :func:`boundaries_to_check` vs
+    the float64 reference."""
     x, states = make_inputs(seed, case.dtype, case.B, case.S, case.DHQK, case.DHV, case.with_states)
     h, den, m, last, all_states = mlstm_chunkwise_fw(
         x["q"], x["k"], x["v"], x["i"], x["f"], states.get("c0"), states.get("n0"), states.get("m0"),
@@ -85,6 +92,8 @@ def check_forward(case: FwCase, tol: float, seed: int, eps: float = 1e-6) -> Non
     assert_close("vecM", m, ref_m, tol)
     for name, got, want in zip(("C", "n", "m"), last, ref_last):
         assert_close(f"last {name}", got, want, tol)
-    ref_all = reference_all_states(x, case.chunk_size_intra, states)
+    boundaries = boundaries_to_check(case.S // case.chunk_size_intra)
+    ref_all = reference_states_at(x, case.chunk_size_intra, states, boundaries)
     for name, got, want in zip(("C", "n", "m"), all_states, ref_all):
-        assert_close(f"all-states {name}", got, want, tol)
+        assert got.shape[2] == case.S // case.chunk_size_intra + 1, f"all-states {name}: {got.shape}"
+        assert_close(f"all-states {name} at boundaries {boundaries}", got[:, :, boundaries], want, tol)
