@@ -19,6 +19,8 @@ C (B, NH, DHQK, DHV); n (B, NH, DHQK); m0 (B, NH). S is a multiple of chunk_size
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -53,55 +55,105 @@ def _stabiliser(vecI, vecLogF, scaM0):
     return F + jnp.maximum(scaM0[..., None], jax.lax.cummax(vecI - F, axis=vecI.ndim - 1))
 
 
-def _state_cotangents(matQ, matDNum, vecDNQ, vecB, vecM, scaM0, matDC_last, vecDN_last, s, config):
-    """Recurrent kernel: (dC_all (BH, NC+1, DHQK, DHV), dn_all (BH, NC+1, DHQK)) fp32."""
-    BH, S, DHQK = matQ.shape
-    DHV = matDNum.shape[-1]
+class KernelArgs(NamedTuple):
+    """The backward kernels' inputs, heads flattened: (B * NH, S, ...)."""
+
+    matQ: jax.Array  # (BH, S, DHQK)
+    matK: jax.Array  # (BH, S, DHQK)
+    matV: jax.Array  # (BH, S, DHV)
+    matDNum: jax.Array  # (BH, S, DHV) dh / (den + eps) in q's dtype
+    vecDNQ: jax.Array  # (BH, S) fp32 cotangent of n_t . s q_t
+    vecB: jax.Array  # (BH, S) fp32 log forget gate cumsum restarted every intra chunk
+    vecI: jax.Array  # (BH, S) fp32
+    vecM: jax.Array  # (BH, S) fp32 m_t
+    scaM0: jax.Array  # (BH,) fp32 initial m
+
+
+def _launch_options(args: KernelArgs, s: float, config: fw.FwConfig, intra: bool) -> dict:
+    BH, S, DHQK = args.matQ.shape
+    warps, stages = ((config.num_warps_intra, config.num_stages_intra) if intra
+                     else (config.num_warps_inter, config.num_stages_inter))
+    return dict(num_warps=warps, num_stages=stages, qk_scale=s, S=S, DHQK=DHQK, DHV=args.matV.shape[-1],
+                PRECISION=fw._dot_precision(args.matQ.dtype))
+
+
+def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config: fw.FwConfig):
+    """Recurrent kernel: (dC_all (BH, NC+1, DHQK, DHV), dn_all (BH, NC+1, DHQK)) fp32, index c = the
+    cotangent of the state after c intra chunks, stabilised like it."""
+    BH, S, DHQK = args.matQ.shape
+    DHV = args.matV.shape[-1]
     NC = S // config.chunk_size_intra
-    grid = (-(-DHQK // config.siz_b_DHQK_inter), -(-DHV // config.siz_b_DHV_inter), BH)
     return triton_call(
-        matQ, matDNum, vecDNQ, vecB, vecM, scaM0, matDC_last, vecDN_last,
+        args.matQ, args.matDNum, args.vecDNQ, args.vecB, args.vecM, args.scaM0, matDC_last, vecDN_last,
         kernel=kernels.recurrent_bw_kernel,
         out_shape=(jax.ShapeDtypeStruct((BH, NC + 1, DHQK, DHV), jnp.float32),
                    jax.ShapeDtypeStruct((BH, NC + 1, DHQK), jnp.float32)),
-        grid=grid, num_warps=config.num_warps_inter, num_stages=config.num_stages_inter,
-        qk_scale=s, S=S, DHQK=DHQK, DHV=DHV, L_INTRA=config.chunk_size_intra,
-        L_INTER=config.chunk_size_inter, BQ=config.siz_b_DHQK_inter, BV=config.siz_b_DHV_inter,
-        PRECISION=fw._dot_precision(matQ.dtype),
+        grid=(-(-DHQK // config.siz_b_DHQK_inter), -(-DHV // config.siz_b_DHV_inter), BH),
+        L_INTRA=config.chunk_size_intra, L_INTER=config.chunk_size_inter, BQ=config.siz_b_DHQK_inter,
+        BV=config.siz_b_DHV_inter, **_launch_options(args, s, config, intra=False),
     )
 
 
-def _parallel_grads(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, states, dstates, s, config):
-    """The three parallel kernels: dq, dk, dv and the row sums q.dq, k.dk (BH, S) fp32."""
-    BH, S, DHQK = matQ.shape
-    DHV = matV.shape[-1]
-    matC_all, vecN_all, scaM_all = states
-    matDC_all, vecDN_all = dstates
-    BQ, BV = config.siz_b_DH_loop, config.siz_b_DH_parallel
-    BP, BL = config.siz_b_L_parallel, config.siz_b_L_loop
-    nbq, nbv = -(-DHQK // BQ), -(-DHV // BV)
-    launch = dict(num_warps=config.num_warps_intra, num_stages=config.num_stages_intra, qk_scale=s, S=S,
-                  DHQK=DHQK, DHV=DHV, L=config.chunk_size_intra, PRECISION=fw._dot_precision(matQ.dtype))
-    rows_shape = jax.ShapeDtypeStruct((nbq, BH, S), jnp.float32)
+def _parallel_launch(args: KernelArgs, s: float, config: fw.FwConfig, columns: int, block: int):
+    """Grid over (head-dim blocks of ``block`` out of ``columns``, step blocks, heads) + options."""
+    BH, S, _ = args.matQ.shape
+    grid = (-(-columns // block), S // config.siz_b_L_parallel, BH)
+    return dict(grid=grid, L=config.chunk_size_intra, BQ=config.siz_b_DH_loop, BV=config.siz_b_DH_parallel,
+                **_launch_options(args, s, config, intra=True))
+
+
+def dq_call(args: KernelArgs, states, s: float, config: fw.FwConfig):
+    """dq (BH, S, DHQK) in q's dtype and the row sums q . dq (BH, S) fp32."""
+    BH, S, DHQK = args.matQ.shape
+    launch = _parallel_launch(args, s, config, DHQK, config.siz_b_DH_loop)
     matDQ, vecQDQ = triton_call(
-        matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matQ, matC_all, vecN_all, scaM_all,
+        args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, args.matQ, *states,
         kernel=kernels.parallel_bw_dq_kernel,
-        out_shape=(jax.ShapeDtypeStruct(matQ.shape, matQ.dtype), rows_shape),
-        grid=(nbq, S // BP, BH), BT=BP, BJ=BL, BQ=BQ, BV=BV, **launch,
+        out_shape=(jax.ShapeDtypeStruct(args.matQ.shape, args.matQ.dtype),
+                   jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32)),
+        BT=config.siz_b_L_parallel, BJ=config.siz_b_L_loop, **launch,
     )
+    return matDQ, vecQDQ.sum(0)
+
+
+def dk_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig):
+    """dk (BH, S, DHQK) in k's dtype and the row sums k . dk (BH, S) fp32."""
+    BH, S, DHQK = args.matK.shape
+    launch = _parallel_launch(args, s, config, DHQK, config.siz_b_DH_loop)
     matDK, vecKDK = triton_call(
-        matQ, matV, matDNum, vecDNQ, vecB, vecI, vecM, matK, matDC_all, vecDN_all,
+        args.matQ, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, args.matK, *dstates,
         kernel=kernels.parallel_bw_dk_kernel,
-        out_shape=(jax.ShapeDtypeStruct(matK.shape, matK.dtype), rows_shape),
-        grid=(nbq, S // BP, BH), BJ=BP, BT=BL, BQ=BQ, BV=BV, **launch,
+        out_shape=(jax.ShapeDtypeStruct(args.matK.shape, args.matK.dtype),
+                   jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32)),
+        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, **launch,
     )
-    matDV = triton_call(
-        matQ, matK, matDNum, vecB, vecI, vecM, matDC_all,
+    return matDK, vecKDK.sum(0)
+
+
+def dv_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig):
+    """dv (BH, S, DHV) in v's dtype."""
+    return triton_call(
+        args.matQ, args.matK, args.matDNum, args.vecB, args.vecI, args.vecM, dstates[0],
         kernel=kernels.parallel_bw_dv_kernel,
-        out_shape=jax.ShapeDtypeStruct(matV.shape, matV.dtype),
-        grid=(nbv, S // BP, BH), BJ=BP, BT=BL, BV=BV, BQ=BQ, **launch,
+        out_shape=jax.ShapeDtypeStruct(args.matV.shape, args.matV.dtype),
+        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop,
+        **_parallel_launch(args, s, config, args.matV.shape[-1], config.siz_b_DH_parallel),
     )
-    return matDQ, matDK, matDV, vecQDQ.sum(0), vecKDK.sum(0)
+
+
+def kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecN, vecM, vecNQ, matDeltaH, eps: float,
+                chunk_size_intra: int):
+    """Step 1 (per-step cotangents) and the kernels' layout: (KernelArgs, dden (B, NH, S) fp32)."""
+    f32 = jnp.float32
+    vecN, vecM, vecNQ = vecN.astype(f32), vecM.astype(f32), vecNQ.astype(f32)
+    den_eps = vecN + eps
+    matDeltaH = matDeltaH.astype(f32)
+    matDNum = (matDeltaH / den_eps[..., None]).astype(matQ.dtype)
+    vecDDen = -jnp.sum(matDeltaH * matH.astype(f32), axis=-1) / den_eps
+    vecDNQ = vecDDen * jnp.sign(vecNQ) * (jnp.abs(vecNQ) > jnp.exp(-vecM))
+    vecB = fw.chunk_log_forget_cumsum(vecF, chunk_size_intra)
+    args = KernelArgs(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI.astype(f32), vecM, scaM0)
+    return KernelArgs(*(_heads_flat(x) for x in args)), vecDDen
 
 
 def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial,
@@ -140,28 +192,15 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
             **{name: getattr(config, name) for name in _STATE_TUNING},
         )
 
-    # 1. per-step cotangents of num (dnum, in q's dtype for the dots), nq and m (eps path).
-    vecN, vecM, vecNQ = vecN.astype(f32), vecM.astype(f32), vecNQ.astype(f32)
-    den_eps = vecN + eps
-    matDeltaH = matDeltaH.astype(f32)
-    matDNum = (matDeltaH / den_eps[..., None]).astype(matQ.dtype)
-    vecDDen = -jnp.sum(matDeltaH * matH.astype(f32), axis=-1) / den_eps
-    vecDNQ = vecDDen * jnp.sign(vecNQ) * (jnp.abs(vecNQ) > jnp.exp(-vecM))
-    vecDM = eps * vecDDen
-
-    # 2. Triton kernels on (BH, ...) views.
-    vecLogF = common.log_sigmoid_fp32(vecF).astype(f32)
-    vecB = fw.chunk_log_forget_cumsum(vecF, config.chunk_size_intra)
+    # 1. per-step cotangents; 2. the Triton kernels on (B * NH, ...) views.
+    args, vecDDen = kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecN, vecM, vecNQ, matDeltaH, eps,
+                                config.chunk_size_intra)
     matDC_last = jnp.zeros((B, NH, DHQK, DHV), f32) if matDeltaC_last is None else matDeltaC_last.astype(f32)
     vecDN_last = jnp.zeros((B, NH, DHQK), f32) if vecDeltaN_last is None else vecDeltaN_last.astype(f32)
-    q, k, v, dnum, dnq = (_heads_flat(x) for x in (matQ, matK, matV, matDNum, vecDNQ))
-    gates = dict(vecB=_heads_flat(vecB), vecI=_heads_flat(vecI.astype(f32)), vecM=_heads_flat(vecM))
-    dstates = _state_cotangents(q, dnum, dnq, gates["vecB"], gates["vecM"], _heads_flat(scaM0),
-                                _heads_flat(matDC_last), _heads_flat(vecDN_last), s, config)
-    matDQ, matDK, matDV, vecQDQ, vecKDK = _parallel_grads(
-        q, k, v, dnum, dnq, **gates, states=tuple(_heads_flat(x) for x in all_states), dstates=dstates,
-        s=s, config=config,
-    )
+    dstates = state_cotangents(args, _heads_flat(matDC_last), _heads_flat(vecDN_last), s, config)
+    matDQ, vecQDQ = dq_call(args, tuple(_heads_flat(x) for x in all_states), s, config)
+    matDK, vecKDK = dk_call(args, dstates, s, config)
+    matDV = dv_call(args, dstates, s, config)
     matDC_all, vecDN_all = (x.reshape(B, NH, *x.shape[1:]) for x in dstates)
 
     # 3. gates: dF and the initial states.
@@ -176,7 +215,8 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
 
     # 4. the m-path.
     scaDM_last = jnp.zeros((B, NH), f32) if scaDeltaM_last is None else scaDeltaM_last.astype(f32)
-    vecDM = vecDM.at[..., -1].add(scaDM_last - last_state_term)
+    vecDM = (eps * vecDDen).at[..., -1].add(scaDM_last - last_state_term)
+    vecLogF = common.log_sigmoid_fp32(vecF).astype(f32)
     _, stabiliser_vjp = jax.vjp(_stabiliser, vecI.astype(f32), vecLogF, scaM0)
     vecDI_m, vecDLogF_m, scaDM0_m = stabiliser_vjp(vecDM)
     vecDI = vecKDK + vecDI_m

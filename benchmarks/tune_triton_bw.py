@@ -1,0 +1,221 @@
+"""Tunes and times the Triton chunkwise backward (bf16) on the GPU, in one run: forward+backward of the
+registry entry ``chunkwise--triton`` (what training runs), each backward kernel of a few
+configurations, ``chunkwise--jax`` forward+backward and cuDNN causal attention forward+backward on the
+same token count, and the compiled peak memory of forward+backward.
+
+    python -m benchmarks.tune_triton_bw [--shapes 7b,nh16,nh32] [--reps 20] [--out benchmarks/results/triton_bw.md]
+
+Counting (B NH heads, S steps, K = DHQK, V = DHV, L = 128 for every configuration so that TFLOP/s
+compare):
+* FLOP, forward: 4 S K V (states K^T V, inter-chunk q C) + S L (K + V) (causal half of q k^T, P v).
+  Backward: 8 S K V (the dC recurrence, and q's, k's and v's inter-chunk products with C / dC) +
+  S L (3 K + 2 V) (causal halves of dnum v^T, q k^T and the three products with them). Not counted:
+  the states recomputed for the backward (2 S K V) and the repeated dnum v^T / q k^T tiles of head-dim
+  blocks. Forward+backward: B NH S (12 K V + L (4 K + 3 V)); 1.0e12 at 7b.
+* Bytes, minimum (bf16): the forward reads q, k, v and writes h; the backward reads q, k, v, h, dh and
+  writes dq, dk, dv: 2 B NH S (6 K + 6 V) (4.8 GB at 7b). The kernels also write and read fp32 states
+  and state cotangents at every intra-chunk boundary, about 4 * 8 B NH (S / L) K V bytes.
+* Floor = max(FLOP / 790e12, minimum bytes / 3.0e12) (benchmarks/timing.py); 1.6 ms at 7b.
+
+Correctness: every configuration's gradients (q, k, v, i, f) vs ``chunkwise--jax``'s on the same
+random data, relative Frobenius error <= 5e-2 (both bf16; see tests/gpu/test_triton_bw_gpu.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.timing import compiled_peak_bytes, environment_lines, floor_ms, markdown_table, median_ms
+from xlstm_flax.kernels import common, get_kernel
+from xlstm_flax.kernels.triton import chunkwise_bw as bw
+from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states, resolve_config
+
+BF16_TOL = 5e-2
+FLOP_MODEL_CHUNK = 128
+SHAPES = {  # name: (B, NH, S, DHQK, DHV)
+    "7b": (8, 8, 8192, 256, 512),
+    "nh16": (8, 16, 8192, 128, 256),
+    "nh32": (8, 32, 8192, 128, 128),  # the token count and head size of the cuDNN comparison
+}
+TARGET_MS = {"7b": 18.5, "nh16": 11.8}
+
+# Configurations per shape ({} = library defaults). The recurrent-kernel choices (*_inter) only change
+# the "states" and "dC recurrence" kernels and the others only dq/dk/dv, so one configuration can
+# vary both; each kernel is timed on its own.
+CONFIGS = {
+    "7b": [
+        {},
+        dict(siz_b_DH_loop=128, num_warps_intra=8, siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_inter=8),
+        dict(siz_b_DH_loop=256, siz_b_L_parallel=32, num_warps_intra=8, siz_b_DHV_inter=128, num_warps_inter=8,
+             num_stages_inter=3),
+        dict(chunk_size_intra=256, chunk_size_inter=128, siz_b_DH_loop=128, num_warps_intra=8),
+        dict(siz_b_DH_loop=128, siz_b_DH_parallel=256, siz_b_L_parallel=128, num_warps_intra=8,
+             num_stages_intra=3, chunk_size_inter=64),
+    ],
+    "nh16": [
+        {},
+        dict(siz_b_DH_loop=128, num_warps_intra=8, siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_inter=8),
+        dict(chunk_size_intra=256, chunk_size_inter=128, siz_b_DH_loop=128, siz_b_DH_parallel=256, num_warps_intra=8),
+    ],
+    "nh32": [
+        {},
+        dict(siz_b_DH_loop=128, num_warps_intra=8, siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_inter=8),
+    ],
+}
+KERNELS = ("states", "dC recurrence", "dq", "dk", "dv")
+
+
+def flops(B, NH, S, K, V) -> float:
+    return B * NH * S * (12 * K * V + FLOP_MODEL_CHUNK * (4 * K + 3 * V))
+
+
+def min_bytes(B, NH, S, K, V) -> float:
+    return 2 * B * NH * S * (6 * K + 6 * V)
+
+
+def random_inputs(key, B, NH, S, K, V):
+    """bf16 q, k, v, dh ~ N(0, 1); input gate N(0, 4); forget gate N(3, 1) (never zeros)."""
+    kq, kk, kv, ki, kf, kh = jax.random.split(key, 6)
+    return (
+        jax.random.normal(kq, (B, NH, S, K), jnp.bfloat16),
+        jax.random.normal(kk, (B, NH, S, K), jnp.bfloat16),
+        jax.random.normal(kv, (B, NH, S, V), jnp.bfloat16),
+        2.0 * jax.random.normal(ki, (B, NH, S), jnp.float32),
+        3.0 + jax.random.normal(kf, (B, NH, S), jnp.float32),
+        jax.random.normal(kh, (B, NH, S, V), jnp.bfloat16),
+    )
+
+
+def forward_backward(name, **options):
+    """jit(q, k, v, i, f, dh -> gradients of q, k, v, i, f) through registry kernel ``name``."""
+    kernel = get_kernel(name)
+
+    @jax.jit
+    def fwbw(q, k, v, i, f, dh):
+        h, vjp = jax.vjp(lambda *a: kernel(*a, **options), q, k, v, i, f)
+        return vjp(dh.astype(h.dtype))
+
+    return fwbw
+
+
+def kernel_timings(input_sets, tuning, reps) -> dict:
+    """Median ms of each backward kernel for one configuration (residuals from the default forward)."""
+    q, k, v, i, f, dh = input_sets[0]
+    B, NH, S, K = q.shape
+    config = resolve_config(common.Dims(B, NH, S, K, v.shape[-1]), **tuning)
+    s = K ** -0.5
+    m0 = jnp.zeros((B, NH), jnp.float32)
+    fw = jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=1e-6))(q, k, v, i, f)
+    args, _ = jax.jit(lambda *a: bw.kernel_args(*a, eps=1e-6, chunk_size_intra=config.chunk_size_intra))(
+        q, k, v, i, f, m0, fw.matH, fw.vecN, fw.vecM, fw.vecNQ, dh)
+    states = jax.jit(lambda k, v, i, f: tuple(bw._heads_flat(x) for x in mlstm_chunkwise_states(
+        k, v, i, f, **{n: getattr(config, n) for n in bw._STATE_TUNING})))
+    zeros_c, zeros_n = jnp.zeros((B * NH, K, v.shape[-1]), jnp.float32), jnp.zeros((B * NH, K), jnp.float32)
+    dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config))
+    all_states, dstates = states(k, v, i, f), dstates_fn(args)
+    calls = {
+        "states": (states, (k, v, i, f)),
+        "dC recurrence": (dstates_fn, (args,)),
+        "dq": (jax.jit(lambda a, st: bw.dq_call(a, st, s, config)), (args, all_states)),
+        "dk": (jax.jit(lambda a, ds: bw.dk_call(a, ds, s, config)), (args, dstates)),
+        "dv": (jax.jit(lambda a, ds: bw.dv_call(a, ds, s, config)), (args, dstates)),
+    }
+    return {name: median_ms(fn, [call_args], reps=reps) for name, (fn, call_args) in calls.items()}
+
+
+def _rel_errors(got, want) -> float:
+    """Largest relative Frobenius error over the gradients of q, k, v, i, f."""
+    errs = []
+    for g, w in zip(got, want):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        errs.append(np.linalg.norm(g - w) / np.linalg.norm(w))
+    return float(max(errs))
+
+
+def tune_shape(name, input_sets, reps):
+    B, NH, S, K, V = SHAPES[name]
+    flop, floor = flops(B, NH, S, K, V), floor_ms(flops(B, NH, S, K, V), min_bytes(B, NH, S, K, V))
+    rows, notes = [], []
+    jax_fwbw = forward_backward("chunkwise--jax")
+    want = jax_fwbw(*input_sets[0])
+    jax_peak = compiled_peak_bytes(jax_fwbw, *input_sets[0]) / 2**30
+    jax_ms = median_ms(jax_fwbw, input_sets, reps=reps)
+    rows.append([name, "chunkwise--jax fw+bw", f"{jax_ms:.2f}", f"{flop / jax_ms / 1e9:.0f}",
+                 f"{100 * floor / jax_ms:.0f}", f"{jax_peak:.1f}", "-", "reference"])
+    print(" | ".join(rows[-1]), flush=True)
+    del jax_fwbw
+    for tuning in CONFIGS[name]:
+        label = ", ".join(f"{k}={v}" for k, v in tuning.items()) or "defaults"
+        try:
+            fwbw = forward_backward("chunkwise--triton", **tuning)
+            err = _rel_errors(fwbw(*input_sets[0]), want)
+            ms = median_ms(fwbw, input_sets, reps=reps)
+            peak = compiled_peak_bytes(fwbw, *input_sets[0]) / 2**30
+            per_kernel = kernel_timings(input_sets, tuning, reps)
+        except Exception as exc:  # a configuration the GPU cannot run (e.g. too much shared memory)
+            rows.append([name, label, "failed", "-", "-", "-", "-", f"{type(exc).__name__}: {str(exc)[:80]}"])
+            print(f"{name} {label}: FAILED {exc}", flush=True)
+            continue
+        kernels = " / ".join(f"{per_kernel[k]:.2f}" for k in KERNELS)
+        rows.append([name, f"triton fw+bw: {label}", f"{ms:.2f}", f"{flop / ms / 1e9:.0f}", f"{100 * floor / ms:.0f}",
+                     f"{peak:.1f}", kernels, f"{err:.1e} {'ok' if err <= BF16_TOL else 'WRONG'}"])
+        print(" | ".join(rows[-1]), flush=True)
+    target = f", target <= {TARGET_MS[name]} ms" if name in TARGET_MS else ""
+    notes.append(f"- {name} (B, NH, S, DHQK, DHV) = {SHAPES[name]}: floor {floor:.2f} ms{target}")
+    return rows, notes
+
+
+def cudnn_attention_ms(reps) -> float:
+    """jax.nn.dot_product_attention, cuDNN, causal, B=8, S=8192, 32 heads x 128, bf16, forward+backward."""
+    keys = jax.random.split(jax.random.PRNGKey(1), 8)
+    sets = [tuple(jax.random.normal(kk, (8, 8192, 32, 128), jnp.bfloat16) for kk in keys[4 * n:4 * n + 4])
+            for n in range(2)]
+
+    @jax.jit
+    def fwbw(q, k, v, do):
+        out, vjp = jax.vjp(lambda *a: jax.nn.dot_product_attention(*a, is_causal=True, implementation="cudnn"),
+                           q, k, v)
+        return vjp(do)
+
+    return median_ms(fwbw, sets, reps=reps)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    parser.add_argument("--configs", type=int, default=None, help="only the first N configurations per shape")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", default=None, help="markdown file for the results table")
+    args = parser.parse_args(argv)
+    rows, notes = [], []
+    notes.append(f"- cuDNN causal attention (jax.nn.dot_product_attention), B=8, S=8192, 32 x 128 bf16, "
+                 f"forward+backward: {cudnn_attention_ms(args.reps):.2f} ms")
+    print(notes[-1], flush=True)
+    for name in args.shapes.split(","):
+        if args.configs is not None:
+            CONFIGS[name] = CONFIGS[name][:args.configs]
+        B, NH, S, K, V = SHAPES[name]
+        input_sets = [random_inputs(jax.random.PRNGKey(seed), B, NH, S, K, V) for seed in (0, 1)]
+        shape_rows, shape_notes = tune_shape(name, input_sets, args.reps)
+        rows += shape_rows
+        notes += shape_notes
+        del input_sets
+    table = markdown_table(["shape", "what", "ms", "TFLOP/s", "% of floor", "peak GiB",
+                            "bw kernels ms: " + " / ".join(KERNELS), "max rel err vs jax"], rows)
+    text = "\n".join(["# Triton chunkwise forward+backward, bf16", "", *environment_lines(), "", *notes, "",
+                      table, ""])
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
