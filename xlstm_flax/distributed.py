@@ -1,7 +1,9 @@
-"""Data parallelism over a ``jax.sharding.Mesh``: batches split over the "data" axis, parameters and
-optimiser state replicated. Works unchanged with a single (CPU) device."""
+"""Data parallelism over a ``jax.sharding.Mesh`` with one axis, "data": batches are split over it;
+parameters and optimiser state are replicated, or (``shard_params``, FSDP-style) each large array is
+split along one dimension and XLA gathers it where it is used. Works unchanged on one CPU device."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import jax
@@ -11,14 +13,22 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """How the training state is laid out over the devices."""
+
+    shard_params: bool = False      # split params + optimiser state over the devices (FSDP-style)
+    min_shard_size: int = 1 << 18   # arrays with fewer elements stay replicated
+
+    def __post_init__(self):
+        if self.min_shard_size < 1:
+            raise ValueError(f"min_shard_size must be >= 1, got {self.min_shard_size}")
+
+
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices)."""
     devices = jax.devices() if devices is None else list(devices)
     return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
@@ -33,9 +43,28 @@ def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
                          f"of the '{DATA_AXIS}' mesh axis")
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place every array of ``tree`` on all devices of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+def state_sharding(shape: Sequence[int], mesh: Mesh, config: DistributedConfig) -> NamedSharding:
+    """Replicated, unless ``config.shard_params`` and the array has ``min_shard_size`` elements or
+    more: then its largest dimension divisible by the device count is split over "data"."""
+    devices = mesh.shape[DATA_AXIS]
+    if config.shard_params and devices > 1 and int(np.prod(shape)) >= config.min_shard_size:
+        divisible = [d for d in range(len(shape)) if shape[d] % devices == 0]
+        if divisible:
+            dim = max(divisible, key=lambda d: shape[d])
+            return NamedSharding(mesh, PartitionSpec(*([None] * dim), DATA_AXIS))
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def place_state(tree: Any, mesh: Mesh, config: DistributedConfig) -> Any:
+    """Put every array of ``tree`` on ``mesh`` with its :func:`state_sharding`."""
+    return jax.tree.map(lambda x: jax.device_put(x, state_sharding(np.shape(x), mesh, config)), tree)
+
+
+def constrain_state(tree: Any, mesh: Mesh, config: DistributedConfig) -> Any:
+    """Inside ``jit``: pin each array to its :func:`state_sharding`, so a step returns its state laid
+    out as it came in (and the next call hits the compiled executable)."""
+    return jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(x, state_sharding(x.shape, mesh, config)), tree)
 
 
 def shard_batch(batch: np.ndarray, mesh: Mesh, batch_axis: int = 0) -> jax.Array:

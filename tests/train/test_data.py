@@ -19,7 +19,7 @@ def test_text_files_are_documents_joined_with_eos(tmp_path):
     # every document is one whole file followed by exactly one EOS, and no file is lost or repeated
     assert all(d[-1] == EOS for d in pieces)
     assert sorted(bytes(d[:-1].astype(np.uint8)) for d in pieces) == sorted(texts.values())
-    assert corpus.unigram_counts.sum() == len(train)
+    assert corpus.unigram_counts.sum() == len(train) and corpus.byte_level
     assert corpus.unigram_counts[EOS] == (train == EOS).sum()
 
 
@@ -47,7 +47,7 @@ def test_npy_tokens_are_memory_mapped(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 1000, size=5000).astype(np.uint16)
     np.save(tmp_path / "tokens.npy", tokens)
     corpus = load_corpus(DataConfig(path=str(tmp_path / "tokens.npy"), val_fraction=0.2), 1000)
-    assert isinstance(corpus.train[0], np.memmap)
+    assert isinstance(corpus.train[0], np.memmap) and not corpus.byte_level
     np.testing.assert_array_equal(np.concatenate([corpus.train[0], corpus.val[0]]), tokens)
     assert len(corpus.val[0]) == 1000
     np.testing.assert_array_equal(corpus.unigram_counts, np.bincount(tokens[:4000], minlength=1000))

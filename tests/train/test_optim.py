@@ -79,3 +79,30 @@ def test_gradients_are_clipped_to_global_norm_before_adam():
 def test_impossible_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         OptimConfig(**{field: value})
+
+
+def test_decay_mask_on_the_tiny_model():
+    """On the real model tree: every matmul ``kernel`` decays; every 1-D parameter (norm scales,
+    biases) and the embedding table do not."""
+    from flax import nnx
+
+    from xlstm_flax.model import xLSTMLMModel
+    from xlstm_flax.presets import get_preset
+
+    model = nnx.eval_shape(lambda: xLSTMLMModel(get_preset("tiny"), rngs=nnx.Rngs(0)))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    leaves = jax.tree_util.tree_leaves_with_path(decay_mask(params, OptimConfig().no_decay))
+    shapes = jax.tree.leaves(params)
+    checked = {"kernel": 0, "1-D": 0, "embedding": 0}
+    for (path, decays), leaf in zip(leaves, shapes):
+        name = jax.tree_util.keystr(path)
+        if "embedding" in name:
+            assert not decays, name
+            checked["embedding"] += 1
+        elif len(leaf.shape) == 1:
+            assert not decays, name
+            checked["1-D"] += 1
+        elif path[-1].key == "kernel":
+            assert decays, name
+            checked["kernel"] += 1
+    assert checked["embedding"] == 1 and checked["1-D"] > 5 and checked["kernel"] > 10, checked

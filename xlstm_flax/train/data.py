@@ -117,6 +117,7 @@ class Corpus:
     val: list[np.ndarray]
     tokenizer: Tokenizer
     unigram_counts: np.ndarray  # (vocab_size,) int64, train split
+    byte_level: bool            # one token per byte of text (losses convert to bits per byte)
 
     def unigram_entropy(self) -> float:
         """Entropy of the train split's token frequencies, in nats per token."""
@@ -145,7 +146,7 @@ def load_corpus(config: DataConfig, vocab_size: int) -> Corpus:
             raise DataError(f"the {split} split of data.path={config.path!r} holds no tokens")
         for stream in streams:
             _check_ids(stream, vocab_size, counts if split == "train" else None, config.path)
-    return Corpus(train, val, tokenizer, counts)
+    return Corpus(train, val, tokenizer, counts, tokenizer.is_byte_level and not _is_token_file(files[0]))
 
 
 def sample_windows(streams: Sequence[np.ndarray], length: int, num: int,

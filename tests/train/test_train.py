@@ -1,0 +1,174 @@
+"""End-to-end training on CPU with a very small model: the CLI run learns and writes its artifacts,
+the train step compiles once, resume (after stop_at, SIGTERM, or a save killed midway) reproduces
+an uninterrupted run's losses bit for bit, and a NaN stops the run keeping the last good checkpoint.
+
+Exactness: on CPU the same compiled step on the same inputs is deterministic, so resumed losses are
+compared with ``==`` (no tolerance)."""
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from xlstm_flax.cli import main
+from xlstm_flax.train import NonFiniteLossError, load_recipe, load_trained_model, train
+from xlstm_flax.train.checkpoint import Checkpointer
+from xlstm_flax.train.metrics import latest_records, read_metrics
+
+STEPS = 16
+STDLIB_JSON = f"{sysconfig.get_paths()['stdlib']}/json/*.py"
+# two blocks (mLSTM + sLSTM) of width 32: the reference run, resume and SIGTERM tests
+RECIPE = f"""
+model:
+  preset: tiny
+  embedding_dim: 32
+  num_blocks: 2
+  slstm_at: [1]
+  mlstm: {{num_heads: 2, dim_round_to: 16, chunk_size: 16}}
+  slstm: {{num_heads: 2}}
+data: {{path: "{STDLIB_JSON}", val_fraction: 0.2}}
+optim: {{lr: 1.0e-2, warmup_steps: 2, min_lr_ratio: 0.1}}
+train: {{steps: {STEPS}, batch_size: 4, seq_len: 32, eval_every: {STEPS}, eval_batches: 2, log_every: 1,
+         sample_tokens: 0, tensorboard: false}}
+checkpoint: {{every: 4, keep: 2}}
+"""
+# one mLSTM block: cheaper to compile, for the killed-save and NaN tests
+CHEAP = ["model.num_blocks=1", "model.slstm_at=[]", "train.steps=8", "train.eval_every=8"]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "small.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(recipe, tmp_path_factory):
+    """An uninterrupted run through the CLI; its per-step losses come from metrics.jsonl."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    assert main(["train", "--config", str(recipe), f"run_dir={run_dir}"]) == 0
+    return run_dir, train_losses(run_dir)
+
+
+def train_losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in latest_records(read_metrics(Path(run_dir) / "metrics.jsonl"), "train")}
+
+
+def run(recipe, run_dir, *overrides, **kwargs):
+    return train(load_recipe(recipe, [f"run_dir={run_dir}", *overrides]), **kwargs)
+
+
+def test_cli_run_learns_and_writes_its_artifacts(recipe, reference):
+    run_dir, losses = reference
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    first, last = losses[1], np.mean([losses[s] for s in range(STEPS - 3, STEPS + 1)])
+    assert first > 5.0 and last < first - 1.5, (first, last)  # ln(258) = 5.55 at init
+    val = latest_records(read_metrics(run_dir / "metrics.jsonl"), "val")
+    assert [r["step"] for r in val] == [STEPS] and val[0]["loss"] < first - 1.5
+    assert np.isclose(val[0]["bits_per_byte"], val[0]["loss"] / np.log(2))
+    assert (run_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_recipe(run_dir / "config.yaml") == load_recipe(recipe, [f"run_dir={run_dir}"])
+    assert Checkpointer(run_dir / "checkpoints", keep=2).all_steps() == [12, 16]  # keep the last 2
+
+
+def test_resume_after_stop_reproduces_losses_and_compiles_once(recipe, reference, tmp_path):
+    _, expected = reference
+    first = run(recipe, tmp_path, stop_at=6)
+    assert first.interrupted and first.step == 6
+    second = run(recipe, tmp_path, "resume=true")
+    assert second.start_step == 6 and second.step == STEPS
+    assert first.train_losses == {s: expected[s] for s in range(1, 7)}
+    assert second.train_losses == {s: expected[s] for s in range(7, STEPS + 1)}
+    assert second.train_step_compilations == 1  # same cached step for both sessions and the CLI run
+
+
+def test_sigterm_saves_then_resume_continues_exactly(recipe, reference, tmp_path):
+    """SIGTERM arrives during the step-4 evaluation; the run finishes step 4, saves and stops."""
+    _, expected = reference
+
+    def log(message):
+        if message.startswith("step 4: val"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = run(recipe, tmp_path, "train.eval_every=4", log=log)
+    assert stopped.interrupted and stopped.step == 4
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+    assert Checkpointer(tmp_path / "checkpoints", keep=2).all_steps() == [4]
+    resumed = run(recipe, tmp_path, "resume=true")
+    assert resumed.train_losses == {s: expected[s] for s in range(5, STEPS + 1)}
+
+
+KILLED_SAVE = """
+import os, signal, sys
+from orbax.checkpoint._src.path import atomicity
+from xlstm_flax.train import load_recipe, train
+
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+async def die_before_commit(self):
+    # every file of the step-8 checkpoint is written under its temporary name: die before the rename
+    if self.get_final().name == "8":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self)
+
+atomicity.AtomicRenameTemporaryPath.finalize = die_before_commit
+train(load_recipe(sys.argv[1], sys.argv[2:]))
+"""
+
+
+def test_save_killed_midway_keeps_last_good_checkpoint(recipe, tmp_path):
+    """A process killed while saving step 8 leaves step 4 intact; resuming from it replays steps
+    5..8 with exactly the losses the killed process logged."""
+    child = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(recipe), f"run_dir={tmp_path}", *CHEAP],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    entries = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "4" in entries and "8" not in entries
+    assert any(name.startswith("8.orbax-checkpoint-tmp") for name in entries), entries
+    logged_by_killed_run = train_losses(tmp_path)
+    assert sorted(logged_by_killed_run) == list(range(1, 9))
+    resumed = run(recipe, tmp_path, *CHEAP, "resume=true")
+    assert resumed.start_step == 4
+    assert resumed.train_losses == {s: logged_by_killed_run[s] for s in range(5, 9)}
+    assert not any("tmp" in p.name for p in (tmp_path / "checkpoints").iterdir())
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(recipe, tmp_path, capsys):
+    rc = main(["train", "--config", str(recipe), f"run_dir={tmp_path}", *CHEAP, "train.inject_nan_at_step=6"])
+    assert rc == 1
+    message = capsys.readouterr().err
+    assert "loss is nan" in message and "at step 6" in message and "after step 4" in message, message
+    checkpointer = Checkpointer(tmp_path / "checkpoints", keep=2)
+    assert checkpointer.all_steps() == [4]
+    with pytest.raises(NonFiniteLossError):
+        run(recipe, tmp_path, *CHEAP, "resume=true", "train.inject_nan_at_step=6")
+    assert checkpointer.all_steps() == [4]
+    model, _, step = load_trained_model(tmp_path)
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert step == 4 and all(np.isfinite(np.asarray(x)).all() for x in params)
+
+
+def test_two_cpu_devices_give_the_same_losses_as_one(recipe, tmp_path):
+    """Data parallelism over 2 fake CPU devices (batch split in halves; params and optimiser state
+    sharded FSDP-style down to 256-element arrays) matches one device up to fp32 reduction order
+    (rtol 1e-5)."""
+    two = tmp_path / "two"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    code = ("import sys, jax; assert jax.device_count() == 2; from xlstm_flax.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    child = subprocess.run([sys.executable, "-c", code, "train", "--config", str(recipe), f"run_dir={two}",
+                            *CHEAP, "distributed.shard_params=true", "distributed.min_shard_size=256"],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "on 2 cpu device(s)" in child.stdout
+    one = run(recipe, tmp_path / "one", *CHEAP)
+    two_losses = train_losses(two)
+    np.testing.assert_allclose([two_losses[s] for s in range(1, 9)], [one.train_losses[s] for s in range(1, 9)],
+                               rtol=1e-5)

@@ -1,0 +1,324 @@
+"""The training loop: one jitted update step (gradient accumulation inside), periodic evaluation,
+checkpoints, metrics, a NaN guard, SIGINT/SIGTERM handling and an end-of-run sample."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from .. import distributed
+from ..distributed import DistributedConfig
+from ..config import ConfigError, load_config, save_config, to_dict
+from ..generate import generate
+from ..model import xLSTMLMModel
+from .checkpoint import Checkpointer
+from .data import Corpus, Tokenizer, load_corpus, sample_windows
+from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
+from .optim import OptimConfig, make_optimizer, make_schedule
+from .recipe import RunConfig, TrainConfig
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+TRAIN_SPLIT, VAL_SPLIT = 0, 1  # data keys: (seed, split, index)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stopped without saving the bad state."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run did: per-step train losses, validation records and the end-of-run outputs."""
+
+    run_dir: Path
+    start_step: int
+    step: int
+    train_losses: dict[int, float]
+    val_history: list[dict]
+    unigram_entropy: float
+    interrupted: bool = False
+    train_step_compilations: int = 0
+    seconds: float = 0.0
+    loss_curve: Path | None = None
+    sample: str | None = None
+
+    @property
+    def final_val_loss(self) -> float | None:
+        return self.val_history[-1]["loss"] if self.val_history else None
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean next-token loss in nats; logits (B, S, V) are promoted to fp32."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+
+
+@functools.lru_cache(maxsize=4)
+def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | None, mesh: Mesh,
+               layout: DistributedConfig):
+    """The jitted ``train_step(state, rest, batches, step)`` and ``eval_step(params, rest, tokens)``.
+
+    ``batches``: int32 (grad_accum, B, S + 1); each micro-batch's gradient is computed in a
+    ``lax.scan`` and their mean drives one optimiser update. ``state`` is donated and comes back
+    with the ``layout`` of :func:`distributed.place_state`. Cached, so runs of the same model and
+    optimiser in one process (a resumed session, tests) compile once.
+    """
+    optimizer = make_optimizer(optim, total_steps)
+
+    def loss_fn(params, rest, tokens):
+        model = nnx.merge(graphdef, params, rest)
+        return cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+
+    def train_step(state, rest, batches, step):
+        params = state["params"]
+
+        def accumulate(grad_sum, tokens):
+            loss, grads = jax.value_and_grad(loss_fn)(params, rest, tokens)
+            return jax.tree.map(jnp.add, grad_sum, grads), loss
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grad_sum, losses = jax.lax.scan(accumulate, zeros, batches)
+        grads = jax.tree.map(lambda g: g / batches.shape[0], grad_sum)
+        loss = losses.mean()
+        if nan_step is not None:  # test hook: poison loss and gradients at one step
+            poison = jnp.where(step == nan_step, jnp.nan, 1.0)
+            loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
+        return distributed.constrain_state(new_state, mesh, layout), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    def eval_step(params, rest, tokens):
+        return loss_fn(params, rest, tokens)
+
+    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+
+
+def init_train_state(config: RunConfig, mesh: Mesh):
+    """A freshly initialised model split into ``(graphdef, rest, state)``; ``state`` is
+    ``{"params": pure dict, "opt_state": ...}`` laid out on ``mesh`` as ``config.distributed`` says
+    (``rest``: non-Param variables, replicated)."""
+    model = xLSTMLMModel(config.model, rngs=nnx.Rngs(config.seed))
+    graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
+    params = nnx.to_pure_dict(param_state)
+    optimizer = make_optimizer(config.optim, config.train.steps)
+    state = distributed.place_state({"params": params, "opt_state": optimizer.init(params)}, mesh,
+                                    config.distributed)
+    return graphdef, distributed.place_state(rest, mesh, DistributedConfig()), state
+
+
+def load_trained_model(run_dir: str | Path, step: int | None = None):
+    """The model of a run directory with the weights of its latest (or given) checkpoint;
+    returns ``(model, config, step)``."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / CONFIG_FILE, RunConfig)
+    graphdef, rest, state = init_train_state(config, distributed.data_mesh())
+    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
+    try:
+        state, _, step = checkpointer.restore(state, step)
+    finally:
+        checkpointer.close()
+    return nnx.merge(graphdef, state["params"], rest), config, step
+
+
+def train(config: RunConfig, *, stop_at: int | None = None,
+          log: Callable[[str], None] = tqdm.write) -> TrainResult:
+    """Run (or resume) training as ``config`` says; ``stop_at`` ends the session after that step
+    with a checkpoint, as SIGINT/SIGTERM do. Raises ``NonFiniteLossError`` on a NaN/inf loss."""
+    started = time.perf_counter()
+    tc = config.train
+    run_dir = Path(config.run_dir)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    _prepare_run_dir(config, run_dir, ckpt_dir)
+    mesh = distributed.data_mesh()
+    distributed.check_batch_divisible(tc.batch_size, mesh)
+
+    corpus = load_corpus(config.data, config.model.vocab_size)
+    log(_corpus_summary(corpus))
+    graphdef, rest, state = init_train_state(config, mesh)
+    log(f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
+        f"device(s); {tc.tokens_per_step:,} tokens per step")
+    checkpointer = Checkpointer(ckpt_dir, config.checkpoint.keep)
+    start = 0
+    if config.resume and checkpointer.latest_step() is not None:
+        state, meta, start = checkpointer.restore(state)
+        log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
+    save_config(config, run_dir / CONFIG_FILE)
+
+    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, tc.inject_nan_at_step, mesh,
+                                       config.distributed)
+    val_batches = [distributed.shard_batch(
+        sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i)), mesh)
+        for i in range(tc.eval_batches)]
+    schedule = make_schedule(config.optim, tc.steps)
+    result = TrainResult(run_dir, start, start, {}, [], corpus.unigram_entropy())
+    progress = _Progress(run_dir, tc, start)
+    stop_signal = _StopSignal()
+    try:
+        for step in range(start + 1, tc.steps + 1):
+            batches = np.stack([sample_windows(corpus.train, tc.seq_len + 1, tc.batch_size,
+                                               (config.seed, TRAIN_SPLIT, step, micro))
+                                for micro in range(tc.grad_accum_steps)])
+            state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1),
+                                    np.int32(step))
+            loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteLossError(
+                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; "
+                    f"nothing was saved after step {checkpointer.latest_step()} (the last good "
+                    f"checkpoint, in {ckpt_dir}). Try a lower optim.lr, a smaller optim.grad_clip or "
+                    "a longer optim.warmup_steps.")
+            result.step, result.train_losses[step] = step, loss
+            progress.train(step, loss, grad_norm, float(schedule(step - 1)))
+            if step % tc.eval_every == 0 or step == tc.steps:
+                values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
+                progress.metrics.write(step, "val", values)
+                result.val_history.append({"step": step, **values})
+                log(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            stopping = stop_signal.received or step == stop_at
+            if step % config.checkpoint.every == 0 or step == tc.steps or stopping:
+                checkpointer.save(step, state, {"step": step, "loss": loss})
+            if stopping:
+                result.interrupted = True
+                log(f"stopped after step {step} ({stop_signal.received or 'stop_at'}); checkpoint saved "
+                    f"in {ckpt_dir}; continue with resume=true")
+                break
+    finally:
+        result.train_step_compilations = train_step._cache_size()
+        stop_signal.restore()
+        progress.close()
+        checkpointer.close()
+
+    result.seconds = time.perf_counter() - started
+    if not result.interrupted:
+        result.loss_curve = plot_loss_curve(run_dir / METRICS_FILE, run_dir / LOSS_CURVE_FILE,
+                                            result.unigram_entropy)
+        log(_final_summary(result))
+        if tc.sample_tokens:
+            result.sample = sample_text(nnx.merge(graphdef, state["params"], rest), corpus.tokenizer,
+                                        tc.sample_prompt, tc.sample_tokens, seed=config.seed,
+                                        temperature=tc.sample_temperature, top_k=tc.sample_top_k)
+            log(f"sample (prompt {tc.sample_prompt!r}, {tc.sample_tokens} tokens):\n{result.sample}")
+    return result
+
+
+def _evaluate(eval_step, params, rest, val_batches, byte_level: bool) -> dict[str, float]:
+    """Mean loss over the fixed validation batches, its perplexity and (byte-level) bits per byte."""
+    loss = float(np.mean([eval_step(params, rest, tokens) for tokens in val_batches]))
+    values = {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+    if byte_level:
+        values["bits_per_byte"] = loss / math.log(2)
+    return values
+
+
+class _Progress:
+    """Progress bar (step, loss, lr, tokens/s, ETA) and train records: every ``log_every`` steps the
+    mean loss of those steps, the lr, the gradient norm and the throughput."""
+
+    def __init__(self, run_dir: Path, tc: TrainConfig, start: int):
+        self.metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard)
+        self._bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        self._tc = tc
+        self._losses: list[float] = []
+        self._since = time.perf_counter()
+
+    def train(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
+        self._losses.append(loss)
+        if step % self._tc.log_every == 0 or step == self._tc.steps:
+            now = time.perf_counter()
+            tokens_per_s = len(self._losses) * self._tc.tokens_per_step / max(now - self._since, 1e-9)
+            mean_loss = float(np.mean(self._losses))
+            self.metrics.write(step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
+                                               "tokens_per_s": tokens_per_s})
+            self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            self._losses, self._since = [], now
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+        self.metrics.close()
+
+
+def _prepare_run_dir(config: RunConfig, run_dir: Path, ckpt_dir: Path) -> None:
+    """Refuse to mix runs: an earlier run in ``run_dir`` needs ``resume`` (same model) or ``overwrite``."""
+    has_checkpoints = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+    saved_config = run_dir / CONFIG_FILE
+    if config.overwrite:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        for name in (METRICS_FILE, LOSS_CURVE_FILE, CONFIG_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+    elif has_checkpoints and not config.resume:
+        raise ConfigError(f"run_dir={str(run_dir)!r} already holds checkpoints of an earlier run: pass "
+                          "resume=true to continue it or overwrite=true to start over")
+    elif config.resume and saved_config.is_file():
+        saved_model = yaml.safe_load(saved_config.read_text()).get("model")
+        if saved_model != to_dict(config.model):
+            raise ConfigError(f"resume=true but the model section differs from the run saved in "
+                              f"{saved_config}; resume with the same model config")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+class _StopSignal:
+    """Turns the first SIGINT/SIGTERM into a flag checked after each step (a second one acts as usual)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, _frame):
+        self.received = signal.Signals(signum).name
+        self.restore()
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def sample_text(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, *, seed: int = 0,
+                temperature: float = 1.0, top_k: int | None = None) -> str:
+    """Prompt + ``max_new_tokens`` sampled tokens, decoded (invalid UTF-8 replaced)."""
+    ids = tokenizer.encode(prompt.encode())
+    ids = jnp.asarray(ids if len(ids) else [tokenizer.eos_id], dtype=jnp.int32)[None]
+    tokens = generate(model, ids, max_new_tokens, key=jax.random.key(seed), temperature=temperature,
+                      top_k=top_k)
+    return tokenizer.decode(np.asarray(tokens[0]))
+
+
+def _count(params: Any) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def _corpus_summary(corpus: Corpus) -> str:
+    size = lambda streams: sum(len(s) for s in streams)
+    unigram = corpus.unigram_entropy()
+    text = (f"data: {size(corpus.train):,} train / {size(corpus.val):,} validation tokens; "
+            f"unigram entropy of the train split {unigram:.4f} nats/token")
+    if corpus.byte_level:
+        text += f" = {unigram / math.log(2):.4f} bits/byte"
+    return text
+
+
+def _final_summary(result: TrainResult) -> str:
+    val = result.final_val_loss
+    lines = [f"finished step {result.step} in {result.seconds:.1f} s; "
+             f"last train loss {result.train_losses.get(result.step, math.nan):.4f}"]
+    if val is not None:
+        lines.append(f"validation loss {val:.4f} nats/token vs unigram baseline "
+                     f"{result.unigram_entropy:.4f} ({val / result.unigram_entropy:.1%} of it)")
+    lines.append(f"loss curve: {result.loss_curve}")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""A training recipe: every config section of a run, loaded from YAML with dotted overrides.
+
+```yaml
+model: {preset: tiny, num_blocks: 2}   # a preset name plus field overrides
+data: {path: stdlib}
+optim: {lr: 2.0e-3, warmup_steps: 50}
+train: {steps: 600, batch_size: 16, seq_len: 128}
+checkpoint: {every: 200, keep: 2}
+run_dir: runs/tiny
+```
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from ..config import load_config
+from ..distributed import DistributedConfig
+from ..model import xLSTMLMConfig
+from ..presets import get_preset
+from .checkpoint import CheckpointConfig
+from .data import DataConfig
+from .optim import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Batch geometry, run length, evaluation, logging and the end-of-run sample."""
+
+    steps: int = 1000              # optimiser updates
+    batch_size: int = 16           # sequences per micro-batch (split over the devices)
+    seq_len: int = 256             # tokens per sequence
+    grad_accum_steps: int = 1      # micro-batches per update
+    eval_every: int = 100          # validate every N steps (and at the end)
+    eval_batches: int = 8          # fixed validation batches per evaluation
+    log_every: int = 10            # JSONL / TensorBoard train records every N steps
+    sample_tokens: int = 200       # tokens generated at the end (0: no sample)
+    sample_prompt: str = "def "
+    sample_temperature: float = 0.8
+    sample_top_k: int | None = None
+    tensorboard: bool = True       # write TensorBoard events if tensorboardX is installed
+    inject_nan_at_step: int | None = None  # test hook: make this step's loss and gradients NaN
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every",
+                     "eval_batches", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_tokens < 0:
+            raise ValueError(f"sample_tokens must be >= 0, got {self.sample_tokens}")
+        if self.sample_temperature <= 0:
+            raise ValueError(f"sample_temperature must be > 0, got {self.sample_temperature}")
+        if self.sample_top_k is not None and self.sample_top_k < 1:
+            raise ValueError(f"sample_top_k must be >= 1 or null, got {self.sample_top_k}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum_steps * self.seq_len
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The whole run. ``resume``: continue from the latest checkpoint in ``run_dir`` (a fresh start if
+    there is none); ``overwrite``: delete an earlier run's checkpoints and logs in ``run_dir``."""
+
+    model: xLSTMLMConfig
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    run_dir: str = "runs/default"
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.optim.warmup_steps > self.train.steps:
+            raise ValueError(f"optim.warmup_steps={self.optim.warmup_steps} exceeds "
+                             f"train.steps={self.train.steps}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite cannot both be true")
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a recipe YAML; ``model.preset`` names a model preset, other model keys override it."""
+    return load_config(path, RunConfig, overrides, presets={xLSTMLMConfig: get_preset})
