@@ -9,6 +9,7 @@ states, or with ``scan_layers`` one block state whose leaves have a leading num_
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import jax
@@ -65,15 +66,18 @@ class xLSTMBlock(nnx.Module):
         return x, state
 
 
-def _call_block(block: xLSTMBlock, x, state, return_state: bool):
-    return block(x, state, return_state=return_state)
-
-
-_call_block_remat = nnx.remat(_call_block, static_argnums=(3,))
+def _run_block(graphdef: nnx.GraphDef, params, x, state, return_state: bool):
+    """A block as a pure function of its parameters (so that plain JAX transforms apply to it)."""
+    return nnx.merge(graphdef, params)(x, state, return_state=return_state)
 
 
 class xLSTMBlockStack(nnx.Module):
-    """The model's blocks: ``config.num_blocks`` residual blocks, sLSTM at ``config.slstm_at``."""
+    """The model's blocks: ``config.num_blocks`` residual blocks, sLSTM at ``config.slstm_at``.
+
+    Blocks hold parameters only, so the stack runs them as pure functions (split / merge) under
+    ``jax.checkpoint`` and ``jax.lax.scan``; this also works when the model is closed over inside
+    another JAX transform (e.g. a ``lax.scan`` of decoding steps or of gradient accumulation).
+    """
 
     def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
         self.scan_layers, self.remat = config.scan_layers, config.remat
@@ -99,35 +103,34 @@ class xLSTMBlockStack(nnx.Module):
 
     def __call__(self, x: jax.Array, state=None, *, return_state: bool = False):
         """x (B, S, D) -> (x (B, S, D), stack state or None); ``state`` None starts from zeros."""
-        call = _call_block_remat if self.remat else _call_block
-        if self.scan_layers:
-
-            @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
-            def run(x, block, block_state):
-                return call(block, x, block_state, return_state)
-
-            if state is None:
-                state = self.init_state(x.shape[0])
-            x, new_state = run(x, self.blocks, state)
-            return x, (new_state if return_state else None)
-        states = [None] * self.num_blocks if state is None else state
-        new_states = []
-        for block, block_state in zip(self.blocks, states):
-            x, block_state = call(block, x, block_state, return_state)
-            new_states.append(block_state)
-        return x, (tuple(new_states) if return_state else None)
+        run = partial(_run_block, return_state=return_state)
+        if self.remat:
+            run = jax.checkpoint(run, static_argnums=(0,))
+        x, new_state = self._run_blocks(run, x, state)
+        return x, (new_state if return_state else None)
 
     def step(self, x: jax.Array, state):
         """One token through all blocks: x (B, D) -> (x (B, D), new stack state)."""
+
+        def run(graphdef, params, x, block_state):
+            return nnx.merge(graphdef, params).step(x, block_state)
+
+        return self._run_blocks(run, x, state)
+
+    def _run_blocks(self, run, x, state):
+        """Applies ``run(graphdef, block_params, x, block_state) -> (x, block_state)`` block by block."""
         if self.scan_layers:
+            graphdef, params = nnx.split(self.blocks)
 
-            @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
-            def run(x, block, block_state):
-                return block.step(x, block_state)
+            def body(x, inputs):
+                block_params, block_state = inputs
+                return run(graphdef, block_params, x, block_state)
 
-            return run(x, self.blocks, state)
+            return jax.lax.scan(body, x, (params, state))  # a None state scans as an empty tree
+        states = [None] * self.num_blocks if state is None else state
         new_states = []
-        for block, block_state in zip(self.blocks, state):
-            x, block_state = block.step(x, block_state)
+        for block, block_state in zip(self.blocks, states):
+            graphdef, params = nnx.split(block)
+            x, block_state = run(graphdef, params, x, block_state)
             new_states.append(block_state)
         return x, tuple(new_states)
