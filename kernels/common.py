@@ -114,17 +114,18 @@ def compute_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def mixed_einsum(subscripts: str, a: jax.Array, b: jax.Array, operand_dtype) -> jax.Array:
+def mixed_einsum(subscripts: str, a: jax.Array, b: jax.Array, operand_dtype, out_dtype=None) -> jax.Array:
     """``einsum`` of ``a`` and ``b`` cast to ``operand_dtype``, accumulated in ``compute_dtype``.
 
     bf16/fp16 operands run on tensor cores with fp32 accumulation; fp32/fp64 operands run at full
-    precision (no TF32 on GPU), so fp32 backends stay usable as oracles.
+    precision (no TF32 on GPU), so fp32 backends stay usable as oracles. The result is in the
+    accumulation dtype, or rounded once to ``out_dtype`` when given.
     """
     acc = compute_dtype(operand_dtype)
     precision = lax.Precision.HIGHEST if acc == operand_dtype else lax.Precision.DEFAULT
     return jnp.einsum(
         subscripts, a.astype(operand_dtype), b.astype(operand_dtype),
-        preferred_element_type=acc, precision=precision,
+        preferred_element_type=out_dtype or acc, precision=precision,
     )
 
 

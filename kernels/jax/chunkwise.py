@@ -1,14 +1,21 @@
 """``chunkwise--jax``: states at chunk boundaries, the quadratic form only inside each chunk.
 
-With chunk length L and NC = S / L chunks (S padded to a multiple of L), per batch and head:
-1. a ``lax.scan`` over chunks carries the stabilised state (C, n, m) from chunk to chunk, one
-   (DHQK x L) @ (L x DHV) matmul per chunk, and emits the state entering every chunk;
-2. all chunks at once: ``h_i = sum_{j<=i} P_ij v_j + r_i (s q_i)^T C_k``, each row divided by its
-   denominator before the matmuls (so they write h directly), where within chunk k with ``b`` the
-   inclusive cumulative log forget gate and ``m_k`` the stabiliser entering the chunk:
-   ``m_i = max(b_i + m_k, max_{j<=i}(b_i - b_j + i_j))`` (the step recurrence's m_t, exactly),
-   ``P_ij = (s q_i . k_j) exp(b_i - b_j + i_j - m_i)``, ``r_i = exp(b_i + m_k - m_i)``.
-Memory: O(S (DHQK + DHV) + S L + NC DHQK DHV); no S x S matrix. Backward: JAX autodiff.
+With chunk length L and NC = S / L chunks (S padded to a multiple of L), per batch and head, with
+``b`` the inclusive cumulative log forget gate inside a chunk, ``g = b_L`` the chunk's total and
+``a_j = i_j + g - b_j`` the log weight of step j in its chunk-end state:
+
+1. chunk states, all at once (no sequential loop): every chunk's own contribution
+   ``C_j^loc = sum_l exp(a_l - max a) k_l v_l^T`` in one batched matmul, then the state entering
+   chunk t mixes them, ``C_t = w_t,init C_0 + sum_{j<t} w_tj C_j^loc``, one (NC x NC) matmul per head.
+   The log weights are segment sums of g (summed from j + 1, never differences of long cumulative
+   sums), and ``m_t`` = max of the log weights is exactly the step recurrence's stabiliser;
+2. outputs, all chunks at once: ``h_i = sum_{j<=i} P_ij v_j + r_i (s q_i)^T C_t`` with
+   ``m_i = max(b_i + m_t, max_{j<=i}(b_i - b_j + i_j))`` (the recurrence's m at step i, exactly),
+   ``P_ij = (s q_i . k_j) exp(b_i - b_j + i_j - m_i)``, ``r_i = exp(b_i + m_t - m_i)``; each row is
+   divided by its denominator ``max(|sum_j P_ij + r_i (s q_i) . n_t|, exp(-m_i)) + eps`` before the
+   matmuls, so they write h directly.
+Matmul operands are in q's dtype (bf16: tensor cores, fp32 accumulation); gate math in fp32.
+Memory: O(S (DHQK + DHV) + S L + NC DHQK DHV), no S x S matrix. Backward: JAX autodiff.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from ..common import (
     pad_sequence,
 )
 
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = 256
 
 
 def mlstm_chunkwise(
@@ -37,8 +44,7 @@ def mlstm_chunkwise(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     dtype = compute_dtype(q.dtype)
-    state0 = initial_states_in(dtype, dims, c_initial, n_initial, m_initial)
-    scale = default_qk_scale(dims.DHQK, qk_scale)
+    c0, n0, m0 = initial_states_in(dtype, dims, c_initial, n_initial, m_initial)
     L = min(chunk_size, dims.S)
     (q, k, v, i, f), _ = pad_sequence(q, k, v, i, f, L)
     NC = q.shape[2] // L
@@ -49,49 +55,60 @@ def mlstm_chunkwise(
     q, k, v = chunked(q), chunked(k), chunked(v)
     i = chunked(i).astype(dtype)
     b = jnp.cumsum(log_sigmoid_fp32(chunked(f)).astype(dtype), axis=-1)  # (B, NH, NC, L)
+    g = b[..., -1]  # (B, NH, NC)
+    a = i + g[..., None] - b
 
-    (c_k, n_k, m_k), last_state = _chunk_states(k, v, i, b, state0)
-    h = _chunk_outputs(q, k, v, i, b, c_k, n_k, m_k, scale, eps)
-    h = h.reshape(dims.B, dims.NH, NC * L, dims.DHV)[:, :, : dims.S].astype(q.dtype)
-    return (h, last_state) if return_last_states else h
+    # log weights of the initial state (column 0) and of chunk j (column j + 1) in the state
+    # entering chunk t = 0 .. NC (t = NC: the final state); m: the stabiliser of that state
+    a_max = jnp.max(a, axis=-1)
+    log_w = _log_decays(g) + jnp.concatenate([m0[..., None], a_max], axis=-1)[..., None, :]
+    m = jnp.max(log_w, axis=-1)  # (B, NH, NC + 1)
+    w = jnp.exp(log_w - m[..., None])
+    k_w = k * jnp.exp(a - a_max[..., None])[..., None]  # (B, NH, NC, L, DHQK)
+
+    c_local = mixed_einsum("bhjld,bhjlv->bhjdv", k_w, v, q.dtype, out_dtype=q.dtype)  # (B, NH, NC, DHQK, DHV)
+    c_k = mixed_einsum("bhtj,bhjdv->bhtdv", w[..., :NC, 1:], c_local, q.dtype,
+                       out_dtype=q.dtype if c_initial is None else None)
+    if c_initial is not None:  # sum in fp32, round once
+        c_k = (c_k + w[..., :NC, 0, None, None] * c0[:, :, None]).astype(q.dtype)
+    n_local = jnp.sum(k_w, axis=-2)
+    n_all = mixed_einsum("bhtj,bhjd->bhtd", w, jnp.concatenate([n0[:, :, None], n_local], axis=2), dtype)
+    h = _chunk_outputs(q, k, v, i, b, c_k, n_all[:, :, :NC], m[..., :NC], default_qk_scale(dims.DHQK, qk_scale), eps)
+    h = h.reshape(dims.B, dims.NH, NC * L, dims.DHV)[:, :, : dims.S]
+    if not return_last_states:
+        return h
+    w_last = w[..., NC, :]  # (B, NH, NC + 1)
+    c_last = w_last[..., 0, None, None] * c0 + mixed_einsum(
+        "bhjld,bhjlv->bhdv", k_w * w_last[..., 1:, None, None], v, q.dtype)
+    return h, (c_last, n_all[:, :, NC], m[..., NC])
 
 
-def _chunk_states(k, v, i, b, state0):
-    """Scans the chunks; returns the states entering every chunk and the final state.
-
-    k: (B, NH, NC, L, DHQK), v: (B, NH, NC, L, DHV), i, b: (B, NH, NC, L).
-    Returns ``(c_k (NC, B, NH, DHQK, DHV) in k's dtype, n_k (NC, B, NH, DHQK), m_k (NC, B, NH))``
-    and the last ``(c, n, m)``.
-    """
-    g = b[..., -1]  # (B, NH, NC) total log forget gate of each chunk
-    a = i + g[..., None] - b  # log weight of step j in its chunk-end state
-
-    def step(state, chunk):
-        c, n, m = state
-        k_c, v_c, a_c, g_c = chunk
-        m_new = jnp.maximum(g_c + m, jnp.max(a_c, axis=-1))
-        decay = jnp.exp(g_c + m - m_new)
-        k_w = k_c * jnp.exp(a_c - m_new[..., None])[..., None]  # (B, NH, L, DHQK)
-        c_new = decay[..., None, None] * c + mixed_einsum("bhld,bhlv->bhdv", k_w, v_c, k_c.dtype)
-        n_new = decay[..., None] * n + jnp.sum(k_w, axis=-2)
-        return (c_new, n_new, m_new), (c.astype(k_c.dtype), n, m)
-
-    chunks = tuple(jnp.moveaxis(x, 2, 0) for x in (k, v, a, g))
-    last_state, starts = lax.scan(step, state0, chunks)
-    return starts, last_state
+def _log_decays(g):
+    """Segment sums ``sum_{l=j+1}^{t-1} g_l`` for t = 0 .. NC, j = -1 .. NC - 1 (j = -1: the
+    initial state); ``-inf`` where j >= t. g: (..., NC) -> (..., NC + 1, NC + 1)."""
+    NC = g.shape[-1]
+    t = jnp.arange(NC + 1)[:, None]
+    j = jnp.arange(-1, NC)[None, :]
+    g_before_t = jnp.concatenate([jnp.zeros_like(g[..., :1]), g], axis=-1)[..., :, None]  # g_{t-1}
+    sums = jnp.cumsum(jnp.where(t - 1 > j, g_before_t, 0.0), axis=-2)
+    return jnp.where(j < t, sums, -jnp.inf)
 
 
 def _chunk_outputs(q, k, v, i, b, c_k, n_k, m_k, scale, eps):
-    """h for all chunks at once (B, NH, NC, L, DHV), accumulated in fp32 (fp64 for fp64 q)."""
-    m_k = jnp.moveaxis(m_k, 0, 2)[..., None]  # (B, NH, NC, 1)
+    """h (B, NH, NC, L, DHV) in q's dtype from the states entering every chunk.
+
+    q, k: (B, NH, NC, L, DHQK); v: (B, NH, NC, L, DHV); i, b: (B, NH, NC, L);
+    c_k: (B, NH, NC, DHQK, DHV); n_k: (B, NH, NC, DHQK); m_k: (B, NH, NC).
+    """
+    m_k = m_k[..., None]
     m = jnp.maximum(b + m_k, b + lax.cummax(i - b, axis=b.ndim - 1))  # (B, NH, NC, L)
     L = b.shape[-1]
     causal = jnp.tril(jnp.ones((L, L), bool))
     log_w = jnp.where(causal, b[..., :, None] - b[..., None, :] + i[..., None, :] - m[..., None], -jnp.inf)
     p = mixed_einsum("bhcid,bhcjd->bhcij", q, k, q.dtype) * (scale * jnp.exp(log_w))
-    r = scale * jnp.exp(b + m_k - m)  # (B, NH, NC, L)
-    nq = jnp.sum(p, axis=-1) + r * mixed_einsum("bhcid,cbhd->bhci", q, n_k, m.dtype)
+    r = scale * jnp.exp(b + m_k - m)
+    nq = jnp.sum(p, axis=-1) + r * mixed_einsum("bhcid,bhcd->bhci", q, n_k, m.dtype)
     inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), jnp.exp(-m)) + eps)
-    return mixed_einsum("bhcij,bhcjv->bhciv", p * inv_den[..., None], v, q.dtype) + mixed_einsum(
-        "bhcid,cbhdv->bhciv", q * (r * inv_den)[..., None], c_k, q.dtype
-    )
+    h = mixed_einsum("bhcij,bhcjv->bhciv", p * inv_den[..., None], v, q.dtype) + mixed_einsum(
+        "bhcid,bhcdv->bhciv", q * (r * inv_den)[..., None], c_k, q.dtype)
+    return h.astype(q.dtype)

@@ -47,10 +47,12 @@ def test_fp64_matches_reference(name):
 
 
 @pytest.mark.parametrize(
-    "name, dtype", [(name, jnp.bfloat16) for name in SEQUENCE_KERNELS] + [("chunkwise--jax", jnp.float16)]
+    "name, dtype, with_states",
+    [(name, jnp.bfloat16, True) for name in SEQUENCE_KERNELS]
+    + [("chunkwise--jax", jnp.bfloat16, False), ("chunkwise--jax", jnp.float16, True)],
 )
-def test_low_precision_matches_reference(name, dtype):
-    x = random_inputs(jax.random.PRNGKey(7), S=37, with_states=True, dtype=dtype, **DIMS)
+def test_low_precision_matches_reference(name, dtype, with_states):
+    x = random_inputs(jax.random.PRNGKey(7), S=37, with_states=with_states, dtype=dtype, **DIMS)
     out = run(name, x)
     assert out[0].dtype == dtype and all(s.dtype == jnp.float32 for s in out[1])
     tol_h, tol_states = TOLERANCES[dtype]

@@ -1,0 +1,210 @@
+"""Times registered mLSTM kernels (forward, forward+backward) and writes a markdown table.
+
+    python benchmarks/kernels.py --kernels chunkwise--jax,parallel--jax \
+        --shapes 8x8x8192x256x512,8x16x8192x128x256 --dtype bfloat16 --modes fw,fwbw \
+        [--attention] [--kernel-options chunk_size=128] [--out benchmarks/results/NAME.md]
+
+Shapes are BxNHxSxDHQKxDHV. Inputs: q, k, v random normal in ``--dtype``; gates i ~ 2 N(0, 1),
+f ~ N(3, 1) in fp32 (as a layer passes them); three input sets rotated (tests/reference.py's draw).
+"fwbw" times ``jax.vjp`` of the kernel with a random cotangent on h (gradients for q, k, v, i, f).
+
+Work model (chunkwise algorithm, per token of one head, K = DHQK, V = DHV, chunk L = 128 for every
+row so that TFLOP/s compares kernels on the same work; the same count as benchmarks/tune_triton_fw.py):
+* forward FLOP: chunk states K_c^T (w V_c) 2 K V, inter-chunk output (s q)^T C 2 K V, and the causal
+  half of the intra-chunk q k^T and P v, L (K + V): total B NH S (4 K V + L (K + V)), 3.3e11 at
+  8x8x8192x256x512; forward+backward: 3 x forward (each matmul has two gradient matmuls).
+* minimum bytes: forward reads q, k, v (dtype), i, f (fp32) and writes h once; forward+backward also
+  reads q, k, v, i, f and the cotangent dh and writes dq, dk, dv, di, df once.
+* floor = max(FLOP / 790 TFLOP/s, bytes / 3.0 TB/s) (H100 bf16 matmul and copy ceilings,
+  benchmarks/timing.py); "% of floor" = floor / measured.
+* peak memory: XLA's compiled memory analysis, arguments + outputs + temporaries of one call.
+
+``--attention`` adds cuDNN causal attention (``jax.nn.dot_product_attention``) at the token count of
+the first shape (B=8, S=8192 with 32 heads x 128 for the default shapes), bf16, as a reference row:
+FLOP 2 B N S^2 H forward (causal half of q k^T and P v), 3.5 x that forward+backward.
+A kernel that fails (out of memory, unsupported) gets its error in its row; the run goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
+
+from benchmarks.timing import (  # noqa: E402
+    compiled_peak_bytes, environment_lines, floor_ms, markdown_table, median_ms,
+)
+from xlstm_flax.kernels import get_kernel  # noqa: E402
+
+FLOP_MODEL_CHUNK = 128
+INPUT_SETS = 3
+COLUMNS = ["kernel", "shape", "mode", "options", "ms", "TFLOP/s", "floor ms", "% of floor",
+           "GFLOP", "min GB", "peak GiB", "note"]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 5 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not BxNHxSxDHQKxDHV (five positive ints)")
+    return shape
+
+
+def parse_options(text: str) -> dict:
+    """``"chunk_size=128,eps=1e-6"`` -> ``{"chunk_size": 128, "eps": 1e-06}``."""
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"kernel option {item!r} is not key=value")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        options[key.strip()] = value
+    return options
+
+
+def mlstm_work(shape, dtype, mode: str) -> tuple[float, float]:
+    """(FLOP, minimum bytes) of the work model in the module docstring."""
+    B, NH, S, K, V = shape
+    flop = B * NH * S * (4 * K * V + FLOP_MODEL_CHUNK * (K + V))
+    size = jnp.dtype(dtype).itemsize
+    inputs = B * NH * S * ((2 * K + V) * size + 2 * 4)
+    h = B * NH * S * V * size
+    if mode == "fw":
+        return flop, inputs + h
+    return 3 * flop, 3 * inputs + 2 * h
+
+
+def attention_work(B, S, N, H, dtype, mode: str) -> tuple[float, float]:
+    flop = 2 * B * N * S * S * H
+    tensor = B * S * N * H * jnp.dtype(dtype).itemsize
+    if mode == "fw":
+        return flop, 4 * tensor
+    return 3.5 * flop, 4 * tensor + 8 * tensor
+
+
+def mlstm_inputs(shape, dtype, seed: int):
+    """One random input set (q, k, v, i, f, dh)."""
+    B, NH, S, K, V = shape
+    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+    q = jax.random.normal(keys[0], (B, NH, S, K), dtype)
+    k = jax.random.normal(keys[1], (B, NH, S, K), dtype)
+    v = jax.random.normal(keys[2], (B, NH, S, V), dtype)
+    i = 2.0 * jax.random.normal(keys[3], (B, NH, S), jnp.float32)
+    f = 3.0 + jax.random.normal(keys[4], (B, NH, S), jnp.float32)
+    dh = jax.random.normal(keys[5], (B, NH, S, V), dtype)
+    return q, k, v, i, f, dh
+
+
+def timed_function(fn: Callable, n_inputs: int, mode: str) -> Callable:
+    """A jitted call taking (*inputs, dh): the forward, or the vjp with cotangent dh."""
+    if mode == "fw":
+        return jax.jit(lambda *args: fn(*args[:n_inputs]))
+    return jax.jit(lambda *args: jax.vjp(fn, *args[:n_inputs])[1](args[n_inputs]))
+
+
+def measure(fn: Callable, input_sets, flop: float, min_bytes: float) -> dict:
+    """Median ms, throughput, roofline and compiled peak memory of a jitted ``fn``."""
+    peak = compiled_peak_bytes(fn, *input_sets[0])
+    ms = median_ms(fn, input_sets)
+    floor = floor_ms(flop, min_bytes)
+    return {"ms": ms, "TFLOP/s": flop / ms / 1e9, "floor ms": floor, "% of floor": 100 * floor / ms,
+            "GFLOP": flop / 1e9, "min GB": min_bytes / 1e9, "peak GiB": peak / 2**30}
+
+
+def failure_note(err: Exception) -> str:
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return f"failed: {type(err).__name__}: {first_line[:160]}".replace("|", "/")
+
+
+def row(kernel: str, shape: str, mode: str, options: dict, run: Callable) -> list:
+    """One table row; ``run()`` returns :func:`measure`'s dict or raises (reported in the row)."""
+    try:
+        numbers, note = run(), ""
+    except Exception as err:  # noqa: BLE001 -- a failing kernel is a result, not a crash
+        numbers, note = {}, failure_note(err)
+    opts = ",".join(f"{k}={v}" for k, v in options.items()) or "-"
+    return [kernel, shape, mode, opts] + [numbers.get(c, "-") for c in COLUMNS[4:-1]] + [note]
+
+
+def mlstm_rows(names, shapes, dtype, modes, options) -> list[list]:
+    rows = []
+    for shape in shapes:
+        input_sets = [mlstm_inputs(shape, dtype, seed) for seed in range(INPUT_SETS)]
+        for name, mode in ((n, m) for n in names for m in modes):
+            def run():
+                fn = functools.partial(get_kernel(name), **options)
+                return measure(timed_function(fn, 5, mode), input_sets, *mlstm_work(shape, dtype, mode))
+
+            rows.append(row(name, "x".join(map(str, shape)), mode, options, run))
+            print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
+        del input_sets
+    return rows
+
+
+def attention_rows(shape, modes) -> list[list]:
+    """cuDNN causal attention, bf16, at the token count of ``shape`` with 32 heads x 128."""
+    B, _, S, _, _ = shape
+    N, H, dtype = 32, 128, jnp.bfloat16
+
+    def inputs(seed):
+        keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+        return tuple(jax.random.normal(key, (B, S, N, H), dtype) for key in keys)  # q, k, v, do
+
+    def attention(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+    rows = []
+    for mode in modes:
+        def run():
+            input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
+            return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
+
+        rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, run))
+        print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", default="chunkwise--jax", help="comma-separated registry names")
+    parser.add_argument("--shapes", default="8x8x8192x256x512,8x16x8192x128x256",
+                        help="comma-separated BxNHxSxDHQKxDHV")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--modes", default="fw,fwbw", help="comma-separated subset of fw,fwbw")
+    parser.add_argument("--attention", action="store_true", help="add cuDNN causal attention rows")
+    parser.add_argument("--kernel-options", default="", type=parse_options, help="key=value,... for every kernel")
+    parser.add_argument("--out", help="markdown file to write")
+    args = parser.parse_args(argv)
+    shapes = [parse_shape(s) for s in args.shapes.split(",")]
+    modes = args.modes.split(",")
+    if not set(modes) <= {"fw", "fwbw"}:
+        parser.error(f"--modes must be a subset of fw,fwbw, got {args.modes!r}")
+
+    print("| " + " | ".join(COLUMNS) + " |", flush=True)
+    rows = mlstm_rows(args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options)
+    if args.attention:
+        rows += attention_rows(shapes[0], modes)
+    report = "\n".join(["# mLSTM kernel benchmark", "", *environment_lines(), "",
+                        markdown_table(COLUMNS, rows), ""])
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
