@@ -21,13 +21,17 @@ from .chunkwise_fw import (
 
 KERNEL_NAME = "chunkwise--triton"
 DEFAULT_CHUNK_SIZE = 128
+LONG_CHUNK_SIZE, LONG_SEQUENCE = 256, 2048
 
 
 @dataclasses.dataclass(frozen=True)
 class _Options:
     qk_scale: float
     eps: float
-    config: FwConfig
+    config: FwConfig  # the forward's choices, defaults filled in
+    # What the caller chose (chunk_size_intra and impl_options): the backward fills in its own
+    # defaults, because its kernels use the same names for other tiles than the forward's.
+    chosen: tuple
 
 
 def _require_triton_backend() -> None:
@@ -42,12 +46,15 @@ def _require_triton_backend() -> None:
 
 
 def _chunk_size_intra(S: int, chunk_size, chunk_size_intra) -> int:
-    """``chunk_size`` (alias ``chunk_size_intra``), else DEFAULT_CHUNK_SIZE or, for a shorter
-    sequence, the smallest power of two >= 16 that holds it."""
+    """``chunk_size`` (alias ``chunk_size_intra``), else LONG_CHUNK_SIZE (the tuned choice) from
+    LONG_SEQUENCE steps on, DEFAULT_CHUNK_SIZE below that (less padding), or for a sequence shorter
+    than that the smallest power of two >= 16 that holds it."""
     if None not in (chunk_size, chunk_size_intra) and chunk_size != chunk_size_intra:
         raise ValueError(f"chunk_size={chunk_size} and chunk_size_intra={chunk_size_intra} disagree")
     chosen = chunk_size if chunk_size is not None else chunk_size_intra
     if chosen is None:
+        if S >= LONG_SEQUENCE:
+            return LONG_CHUNK_SIZE
         return min(DEFAULT_CHUNK_SIZE, max(MIN_BLOCK, 1 << (S - 1).bit_length()))
     check_power_of_two("chunk_size", chosen, MIN_BLOCK, MAX_CHUNK)
     return chosen
@@ -60,16 +67,17 @@ def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_i
 
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S); optional initial states
     c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH). ``chunk_size`` is ``chunk_size_intra`` (default
-    min(128, S rounded up to a power of two >= 16)); ``impl_options`` are the other tuning keywords of
-    ``mlstm_chunkwise_fw``. Returns h (B, NH, S, DHV) in q's dtype, or ``(h, (c, n, m))`` with fp32
+    256 from S = 2048 on, else min(128, S rounded up to a power of two >= 16)); ``impl_options`` are
+    the other tuning keywords of ``mlstm_chunkwise_fw``. Returns h (B, NH, S, DHV) in q's dtype, or ``(h, (c, n, m))`` with fp32
     states when ``return_last_states``.
     """
     dims = common.check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
     intra = _chunk_size_intra(dims.S, chunk_size, impl_options.pop("chunk_size_intra", None))
     initial = common.initial_states(dims, c_initial, n_initial, m_initial)
     (q, k, v, i, f), S = common.pad_sequence(q, k, v, i, f, intra)
-    config = resolve_config(dims._replace(S=q.shape[2]), chunk_size_intra=intra, **impl_options)
-    options = _Options(common.default_qk_scale(dims.DHQK, qk_scale), float(eps), config)
+    config = resolve_config(dims._replace(S=q.shape[2]), q.dtype, chunk_size_intra=intra, **impl_options)
+    chosen = tuple(sorted({**impl_options, "chunk_size_intra": intra}.items()))
+    options = _Options(common.default_qk_scale(dims.DHQK, qk_scale), float(eps), config, chosen)
     _require_triton_backend()
     h, last_states = _chunkwise(q, k, v, i, f, *initial, options)
     h = h[:, :, :S]
@@ -102,7 +110,7 @@ def _backward(options, residuals, cotangents):
     matH_bar, (matC_bar, vecN_bar, scaM_bar) = cotangents
     return mlstm_chunkwise_bw(
         *residuals, matH_bar, matC_bar, vecN_bar, scaM_bar, qk_scale=options.qk_scale, eps=options.eps,
-        **dataclasses.asdict(options.config),
+        **dict(options.chosen),
     )
 
 

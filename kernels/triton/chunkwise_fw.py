@@ -58,18 +58,42 @@ class FwConfig:
 
 
 def default_chunk_size(S: int) -> int:
-    """min(128, the largest power of two dividing S)."""
-    return min(128, S & -S)
+    """min(256, the largest power of two dividing S)."""
+    return min(256, S & -S)
 
 
-def resolve_config(dims: common.Dims, **given) -> FwConfig:
-    """Fills ``None`` tuning choices with per-shape defaults and checks every rule (ValueError).
+def default_tuning(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
+    """Per-shape defaults of every tuning choice but chunk_size_intra (see :func:`resolve_config`).
 
-    Defaults: chunk_size_intra :func:`default_chunk_size` (S), chunk_size_inter = chunk_size_intra;
-    siz_b_L_parallel = siz_b_L_loop =
-    min(64, chunk_size_intra); siz_b_DH_parallel = min(128, DHV padded to a power of two);
-    siz_b_DH_loop = min(64, DHQK padded); recurrent-kernel blocks min(64, padded head dim);
-    4 warps and 2 stages for both kernels.
+    bf16/fp16: the fastest configuration of the H100 sweep at (DHQK, DHV) = (256, 512) and (128, 256)
+    (benchmarks/results/triton_fw_h100.md). fp32 operands are twice as large: smaller parallel-kernel
+    tiles (those of the first GPU validation run), so shared memory stays within the H100's 227 KiB.
+    """
+    intra = chunk_size_intra
+    dhqk_pad, dhv_pad = max(MIN_BLOCK, _next_pow2(DHQK)), max(MIN_BLOCK, _next_pow2(DHV))
+    recurrent = dict(siz_b_DHQK_inter=min(64, dhqk_pad), siz_b_DHV_inter=min(64, dhv_pad), num_warps_inter=4,
+                     num_stages_inter=2, num_stages_intra=2)
+    if jnp.dtype(dtype).itemsize <= 2:
+        return dict(recurrent, chunk_size_inter=intra if DHQK >= 256 else min(128, intra),
+                    siz_b_L_parallel=min(128, intra), siz_b_L_loop=min(64, intra),
+                    siz_b_DH_parallel=min(256, dhv_pad), siz_b_DH_loop=dhqk_pad if dhqk_pad <= 128 else 64,
+                    num_warps_intra=8)
+    return dict(recurrent, chunk_size_inter=min(128, intra), siz_b_L_parallel=min(64, intra),
+                siz_b_L_loop=min(64, intra), siz_b_DH_parallel=min(128, dhv_pad), siz_b_DH_loop=min(64, dhqk_pad),
+                num_warps_intra=4)
+
+
+def resolve_config(dims: common.Dims, dtype=jnp.float32, **given) -> FwConfig:
+    """Fills ``None`` tuning choices with the defaults for q/k/v of ``dtype`` and checks every rule
+    (ValueError).
+
+    Defaults: chunk_size_intra = :func:`default_chunk_size` (S), the rest :func:`default_tuning`:
+    bf16/fp16: chunk_size_inter = chunk_size_intra if DHQK >= 256 else min(128, chunk_size_intra);
+    siz_b_L_parallel = min(128, intra), siz_b_L_loop = min(64, intra), siz_b_DH_parallel =
+    min(256, DHV padded to a power of two), siz_b_DH_loop = DHQK padded if <= 128 else 64, 8 warps;
+    fp32: chunk_size_inter = min(128, intra), siz_b_L_parallel = siz_b_L_loop = min(64, intra),
+    siz_b_DH_parallel = min(128, DHV padded), siz_b_DH_loop = min(64, DHQK padded), 4 warps;
+    both: recurrent-kernel tile min(64, DHQK padded) x min(64, DHV padded), 4 warps; 2 stages.
     """
     _, _, S, DHQK, DHV = dims
     dhqk_pad, dhv_pad = max(MIN_BLOCK, _next_pow2(DHQK)), max(MIN_BLOCK, _next_pow2(DHV))
@@ -78,21 +102,7 @@ def resolve_config(dims: common.Dims, **given) -> FwConfig:
         raise ValueError(f"unknown tuning option(s) {sorted(unknown)} for chunkwise--triton")
     g = {k: v for k, v in given.items() if v is not None}
     intra = g.get("chunk_size_intra", default_chunk_size(S))
-    inter = g.get("chunk_size_inter", intra)
-    config = FwConfig(
-        chunk_size_inter=inter,
-        chunk_size_intra=intra,
-        siz_b_L_parallel=g.get("siz_b_L_parallel", min(64, intra)),
-        siz_b_L_loop=g.get("siz_b_L_loop", min(64, intra)),
-        siz_b_DH_parallel=g.get("siz_b_DH_parallel", min(128, dhv_pad)),
-        siz_b_DH_loop=g.get("siz_b_DH_loop", min(64, dhqk_pad)),
-        num_warps_intra=g.get("num_warps_intra", 4),
-        num_warps_inter=g.get("num_warps_inter", 4),
-        num_stages_intra=g.get("num_stages_intra", 2),
-        num_stages_inter=g.get("num_stages_inter", 2),
-        siz_b_DHQK_inter=g.get("siz_b_DHQK_inter", min(64, dhqk_pad)),
-        siz_b_DHV_inter=g.get("siz_b_DHV_inter", min(64, dhv_pad)),
-    )
+    config = FwConfig(**{**default_tuning(DHQK, DHV, dtype, intra), "chunk_size_intra": intra, **g})
     _check_chunks(S, config.chunk_size_inter, config.chunk_size_intra)
     check_power_of_two("siz_b_L_parallel", config.siz_b_L_parallel, MIN_BLOCK, intra)
     check_power_of_two("siz_b_L_loop", config.siz_b_L_loop, MIN_BLOCK, intra)
@@ -176,7 +186,7 @@ def mlstm_chunkwise_states(matK, matV, vecI, vecF, matC_initial=None, vecN_initi
     dims = common.check_inputs(matK, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
     _check_dtypes(matK, jnp.float32)
     config = resolve_config(
-        dims, chunk_size_inter=chunk_size_inter, chunk_size_intra=chunk_size_intra,
+        dims, matK.dtype, chunk_size_inter=chunk_size_inter, chunk_size_intra=chunk_size_intra,
         siz_b_DHQK_inter=siz_b_DHQK_inter, siz_b_DHV_inter=siz_b_DHV_inter,
         num_warps_inter=num_warps_inter, num_stages_inter=num_stages_inter,
     )
@@ -203,7 +213,7 @@ def mlstm_chunkwise_fw_result(matQ, matK, matV, vecI, vecF, matC_initial=None, v
     _check_dtypes(matQ, output_dtype)
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
-    config = resolve_config(dims, **tuning)
+    config = resolve_config(dims, matQ.dtype, **tuning)
     B, NH, S, DHQK, DHV = dims
     NC, L = S // config.chunk_size_intra, config.chunk_size_intra
     vecB = chunk_log_forget_cumsum(vecF, L)
@@ -246,11 +256,9 @@ def mlstm_chunkwise_fw(matQ, matK, matV, vecI, vecF, matC_initial=None, vecN_ini
 
     q, k, v: fp32, bf16 or fp16 (dots accumulate in fp32; fp32 dots use 3xTF32, about fp32 accuracy);
     gates and states fp32. ``qk_scale`` defaults to DHQK ** -0.5 and scales q only. S must be a
-    multiple of ``chunk_size_intra``. Tuning arguments left ``None`` take the per-shape defaults of
-    :func:`resolve_config`: chunk_size_intra = min(128, largest power of two dividing S),
-    chunk_size_inter = chunk_size_intra, siz_b_L_parallel = siz_b_L_loop = min(64, chunk_size_intra),
-    siz_b_DH_parallel = min(128, DHV padded to a power of two), siz_b_DH_loop = min(64, DHQK padded),
-    4 warps, 2 stages. Rules (ValueError): chunk sizes powers of two in [16, 1024]; inter <= intra
+    multiple of ``chunk_size_intra``. Tuning arguments left ``None`` take the per-shape and per-dtype
+    defaults of :func:`resolve_config` (chunk_size_intra = min(256, largest power of two dividing S);
+    the blocks tuned on an H100, benchmarks/results/triton_fw_h100.md). Rules (ValueError): chunk sizes powers of two in [16, 1024]; inter <= intra
     (for powers of two the same as intra % inter == 0); S % intra == 0; block sizes powers of two
     >= 16 and <= their chunk size / padded head dim; warps a power of two <= 16; stages in [1, 8].
     """

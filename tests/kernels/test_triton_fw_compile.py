@@ -80,7 +80,9 @@ SWEEP = [
     (jnp.bfloat16, 128, 64, 64, {}),  # all defaults
     (jnp.float32, 64, 16, 16, {}),
     (jnp.float16, 128, 48, 96, {}),
-    (jnp.bfloat16, 256, 256, 512, {}),
+    (jnp.bfloat16, 512, 256, 512, {}),  # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256)
+    (jnp.float32, 512, 256, 512, {}),  # fp32 defaults (smaller parallel tiles)
+    (jnp.float16, 512, 128, 256, {}),
     (jnp.bfloat16, 128, 512, 512, {}),
     (jnp.bfloat16, 64, 96, 48, dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16,
                                     siz_b_L_loop=16, siz_b_DH_parallel=16, siz_b_DH_loop=16)),
