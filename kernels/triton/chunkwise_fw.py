@@ -71,14 +71,14 @@ def default_tuning(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = max(MIN_BLOCK, _next_pow2(DHQK)), max(MIN_BLOCK, _next_pow2(DHV))
-    recurrent = dict(siz_b_DHQK_inter=min(64, dhqk_pad), siz_b_DHV_inter=min(64, dhv_pad), num_warps_inter=4,
-                     num_stages_inter=2, num_stages_intra=2)
+    both = dict(siz_b_DHQK_inter=min(64, dhqk_pad), siz_b_DHV_inter=min(64, dhv_pad), num_warps_inter=4,
+                num_stages_inter=2, num_stages_intra=2)
     if jnp.dtype(dtype).itemsize <= 2:
-        return dict(recurrent, chunk_size_inter=intra if DHQK >= 256 else min(128, intra),
+        return dict(both, chunk_size_inter=intra if DHQK >= 256 else min(128, intra),
                     siz_b_L_parallel=min(128, intra), siz_b_L_loop=min(64, intra),
                     siz_b_DH_parallel=min(256, dhv_pad), siz_b_DH_loop=dhqk_pad if dhqk_pad <= 128 else 64,
                     num_warps_intra=8)
-    return dict(recurrent, chunk_size_inter=min(128, intra), siz_b_L_parallel=min(64, intra),
+    return dict(both, chunk_size_inter=min(128, intra), siz_b_L_parallel=min(64, intra),
                 siz_b_L_loop=min(64, intra), siz_b_DH_parallel=min(128, dhv_pad), siz_b_DH_loop=min(64, dhqk_pad),
                 num_warps_intra=4)
 
@@ -94,6 +94,7 @@ def resolve_config(dims: common.Dims, dtype=jnp.float32, **given) -> FwConfig:
     fp32: chunk_size_inter = min(128, intra), siz_b_L_parallel = siz_b_L_loop = min(64, intra),
     siz_b_DH_parallel = min(128, DHV padded), siz_b_DH_loop = min(64, DHQK padded), 4 warps;
     both: recurrent-kernel tile min(64, DHQK padded) x min(64, DHV padded), 4 warps; 2 stages.
+    ``dtype`` defaults to fp32, whose defaults are the small, conservative tiles.
     """
     _, _, S, DHQK, DHV = dims
     dhqk_pad, dhv_pad = max(MIN_BLOCK, _next_pow2(DHQK)), max(MIN_BLOCK, _next_pow2(DHV))
