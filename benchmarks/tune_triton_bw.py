@@ -1,7 +1,8 @@
 """Tunes and times the Triton chunkwise backward (bf16) on the GPU, in one run: forward+backward of the
-registry entry ``chunkwise--triton`` (what training runs), each backward kernel of a few
-configurations, ``chunkwise--jax`` forward+backward and cuDNN causal attention forward+backward on the
-same token count, and the compiled peak memory of forward+backward.
+registry entry ``chunkwise--triton`` with its defaults (what training runs), the default forward
+followed by the backward in a few configurations (each backward kernel also timed on its own),
+``chunkwise--jax`` forward+backward and cuDNN causal attention forward+backward on the same token
+count, and the compiled peak memory of forward+backward.
 
     python -m benchmarks.tune_triton_bw [--shapes 7b,nh16,nh32] [--reps 20] [--out benchmarks/results/triton_bw.md]
 
@@ -32,10 +33,12 @@ import numpy as np
 
 from benchmarks.timing import compiled_peak_bytes, environment_lines, floor_ms, markdown_table, median_ms
 from xlstm_flax.kernels import common, get_kernel
+from xlstm_flax.kernels.triton import autograd
 from xlstm_flax.kernels.triton import chunkwise_bw as bw
-from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states, resolve_config
+from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states
 
 BF16_TOL = 5e-2
+EPS = 1e-6  # the registry's default
 FLOP_MODEL_CHUNK = 128
 SHAPES = {  # name: (B, NH, S, DHQK, DHV)
     "7b": (8, 8, 8192, 256, 512),
@@ -44,28 +47,25 @@ SHAPES = {  # name: (B, NH, S, DHQK, DHV)
 }
 TARGET_MS = {"7b": 18.5, "nh16": 11.8}
 
-# Configurations per shape ({} = library defaults). The recurrent-kernel choices (*_inter) only change
-# the "states" and "dC recurrence" kernels and the others only dq/dk/dv, so one configuration can
-# vary both; each kernel is timed on its own.
+# Backward configurations per shape, each run after the default forward ({} = the backward's defaults,
+# chunk_size_intra as the registry picks it). The recurrent-kernel choices (*_inter) only change the
+# "states" and "dC recurrence" kernels and the others only dq/dk/dv, so one configuration may vary
+# both; each kernel is also timed on its own.
 CONFIGS = {
     "7b": [
         {},
-        dict(siz_b_DH_loop=128, num_warps_intra=8, siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_inter=8),
-        dict(siz_b_DH_loop=256, siz_b_L_parallel=32, num_warps_intra=8, siz_b_DHV_inter=128, num_warps_inter=8,
-             num_stages_inter=3),
-        dict(chunk_size_intra=256, chunk_size_inter=128, siz_b_DH_loop=128, num_warps_intra=8),
-        dict(siz_b_DH_loop=128, siz_b_DH_parallel=256, siz_b_L_parallel=128, num_warps_intra=8,
-             num_stages_intra=3, chunk_size_inter=64),
+        dict(chunk_size_intra=128),
+        dict(siz_b_DH_parallel=256, num_warps_intra=8),
+        dict(siz_b_L_parallel=128, num_warps_intra=8),
+        dict(siz_b_DH_parallel=64, chunk_size_inter=64, siz_b_DHV_inter=128, num_warps_inter=8),
     ],
     "nh16": [
         {},
-        dict(siz_b_DH_loop=128, num_warps_intra=8, siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_inter=8),
-        dict(chunk_size_intra=256, chunk_size_inter=128, siz_b_DH_loop=128, siz_b_DH_parallel=256, num_warps_intra=8),
+        dict(chunk_size_intra=128),
+        dict(siz_b_DH_parallel=256, num_warps_intra=8),
+        dict(siz_b_L_parallel=128, num_warps_intra=8, chunk_size_inter=64),
     ],
-    "nh32": [
-        {},
-        dict(siz_b_DH_loop=128, num_warps_intra=8, siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_inter=8),
-    ],
+    "nh32": [{}, dict(chunk_size_intra=128, num_warps_intra=8)],
 }
 KERNELS = ("states", "dC recurrence", "dq", "dk", "dv")
 
@@ -103,15 +103,31 @@ def forward_backward(name, **options):
     return fwbw
 
 
+def forward_then_backward(S, **bw_tuning):
+    """What the registry entry runs (S a multiple of its chunk, so no padding), with the default
+    forward and the backward tuned by ``bw_tuning``: gradients of q, k, v, i, f."""
+    fw_intra = autograd._chunk_size_intra(S, None, None)
+    bw_tuning = {"chunk_size_intra": fw_intra, **bw_tuning}
+
+    @jax.jit
+    def fwbw(q, k, v, i, f, dh):
+        fw = mlstm_chunkwise_fw_result(q, k, v, i, f, eps=EPS, chunk_size_intra=fw_intra)
+        grads = bw.mlstm_chunkwise_bw(q, k, v, i, f, None, None, None, fw.matH, fw.vecN, fw.vecM, fw.vecNQ, dh,
+                                      eps=EPS, **bw_tuning)
+        return grads[:5]
+
+    return fwbw, bw_tuning
+
+
 def kernel_timings(input_sets, tuning, reps) -> dict:
     """Median ms of each backward kernel for one configuration (residuals from the default forward)."""
     q, k, v, i, f, dh = input_sets[0]
     B, NH, S, K = q.shape
-    config = resolve_config(common.Dims(B, NH, S, K, v.shape[-1]), **tuning)
+    config = bw.resolve_bw_config(common.Dims(B, NH, S, K, v.shape[-1]), q.dtype, **tuning)
     s = K ** -0.5
     m0 = jnp.zeros((B, NH), jnp.float32)
-    fw = jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=1e-6))(q, k, v, i, f)
-    args, _ = jax.jit(lambda *a: bw.kernel_args(*a, eps=1e-6, chunk_size_intra=config.chunk_size_intra))(
+    fw = jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS))(q, k, v, i, f)
+    args, _ = jax.jit(lambda *a: bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra))(
         q, k, v, i, f, m0, fw.matH, fw.vecN, fw.vecM, fw.vecNQ, dh)
     states = jax.jit(lambda k, v, i, f: tuple(bw._heads_flat(x) for x in mlstm_chunkwise_states(
         k, v, i, f, **{n: getattr(config, n) for n in bw._STATE_TUNING})))
@@ -149,21 +165,24 @@ def tune_shape(name, input_sets, reps):
                  f"{100 * floor / jax_ms:.0f}", f"{jax_peak:.1f}", "-", "reference"])
     print(" | ".join(rows[-1]), flush=True)
     del jax_fwbw
+    runs = [("triton fw+bw (registry, defaults)", forward_backward("chunkwise--triton"), None)]
     for tuning in CONFIGS[name]:
-        label = ", ".join(f"{k}={v}" for k, v in tuning.items()) or "defaults"
+        fwbw, bw_tuning = forward_then_backward(S, **tuning)
+        label = "fw defaults + bw " + (", ".join(f"{k}={v}" for k, v in tuning.items()) or "defaults")
+        runs.append((label, fwbw, bw_tuning))
+    for label, fwbw, bw_tuning in runs:
         try:
-            fwbw = forward_backward("chunkwise--triton", **tuning)
             err = _rel_errors(fwbw(*input_sets[0]), want)
             ms = median_ms(fwbw, input_sets, reps=reps)
             peak = compiled_peak_bytes(fwbw, *input_sets[0]) / 2**30
-            per_kernel = kernel_timings(input_sets, tuning, reps)
+            per_kernel = "-" if bw_tuning is None else " / ".join(
+                f"{t:.2f}" for t in kernel_timings(input_sets, bw_tuning, reps).values())
         except Exception as exc:  # a configuration the GPU cannot run (e.g. too much shared memory)
             rows.append([name, label, "failed", "-", "-", "-", "-", f"{type(exc).__name__}: {str(exc)[:80]}"])
             print(f"{name} {label}: FAILED {exc}", flush=True)
             continue
-        kernels = " / ".join(f"{per_kernel[k]:.2f}" for k in KERNELS)
-        rows.append([name, f"triton fw+bw: {label}", f"{ms:.2f}", f"{flop / ms / 1e9:.0f}", f"{100 * floor / ms:.0f}",
-                     f"{peak:.1f}", kernels, f"{err:.1e} {'ok' if err <= BF16_TOL else 'WRONG'}"])
+        rows.append([name, label, f"{ms:.2f}", f"{flop / ms / 1e9:.0f}", f"{100 * floor / ms:.0f}", f"{peak:.1f}",
+                     per_kernel, f"{err:.1e} {'ok' if err <= BF16_TOL else 'WRONG'}"])
         print(" | ".join(rows[-1]), flush=True)
     target = f", target <= {TARGET_MS[name]} ms" if name in TARGET_MS else ""
     notes.append(f"- {name} (B, NH, S, DHQK, DHV) = {SHAPES[name]}: floor {floor:.2f} ms{target}")

@@ -33,6 +33,33 @@ _STATE_TUNING = ("chunk_size_inter", "chunk_size_intra", "siz_b_DHQK_inter", "si
                  "num_warps_inter", "num_stages_inter")
 
 
+def default_bw_tuning(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
+    """The backward's per-shape defaults of every tuning choice but chunk_size_intra.
+
+    Step blocks min(64, chunk_size_intra), chunk_size_inter = min(128, chunk_size_intra); owned
+    head-dim tile min(128, DHV padded) for 16-bit inputs, min(64, DHV padded) for fp32 (twice the
+    bytes per tile), loop blocks min(64, DHQK padded); recurrent tile min(64, padded head dims);
+    4 warps and 2 stages everywhere.
+    """
+    intra = chunk_size_intra
+    dhqk_pad, dhv_pad = max(fw.MIN_BLOCK, fw._next_pow2(DHQK)), max(fw.MIN_BLOCK, fw._next_pow2(DHV))
+    owned = 128 if jnp.dtype(dtype).itemsize <= 2 else 64
+    return dict(chunk_size_inter=min(128, intra), siz_b_L_parallel=min(64, intra), siz_b_L_loop=min(64, intra),
+                siz_b_DH_parallel=min(owned, dhv_pad), siz_b_DH_loop=min(64, dhqk_pad), num_warps_intra=4,
+                num_warps_inter=4, num_stages_intra=2, num_stages_inter=2, siz_b_DHQK_inter=min(64, dhqk_pad),
+                siz_b_DHV_inter=min(64, dhv_pad))
+
+
+def resolve_bw_config(dims: common.Dims, dtype, **given) -> fw.FwConfig:
+    """``given`` (None = default) over :func:`default_bw_tuning`, checked by the forward's rules
+    (``chunkwise_fw.resolve_config``, ValueError naming the rule); chunk_size_intra defaults to
+    ``chunkwise_fw.default_chunk_size``."""
+    given = {name: value for name, value in given.items() if value is not None}
+    intra = given.pop("chunk_size_intra", fw.default_chunk_size(dims.S))
+    defaults = default_bw_tuning(dims.DHQK, dims.DHV, dtype, intra)
+    return fw.resolve_config(dims, dtype, **{**defaults, **given, "chunk_size_intra": intra})
+
+
 def _heads_flat(x):
     """(B, NH, ...) -> (B * NH, ...): the kernels' layout."""
     return x.reshape(-1, *x.shape[2:])
@@ -94,24 +121,29 @@ def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config:
     )
 
 
-def _parallel_launch(args: KernelArgs, s: float, config: fw.FwConfig, columns: int, block: int):
-    """Grid over (head-dim blocks of ``block`` out of ``columns``, step blocks, heads) + options."""
+def _head_blocks(dims: int, block: int) -> int:
+    """``block`` clamped to ``dims`` padded to a power of two (>= the smallest dot tile)."""
+    return min(block, max(fw.MIN_BLOCK, fw._next_pow2(dims)))
+
+
+def _parallel_launch(args: KernelArgs, s: float, config: fw.FwConfig, owned_dims: int):
+    """Grid over (owned head-dim blocks, step blocks, heads) and the launch options shared by dq/dk/dv."""
     BH, S, _ = args.matQ.shape
-    grid = (-(-columns // block), S // config.siz_b_L_parallel, BH)
-    return dict(grid=grid, L=config.chunk_size_intra, BQ=config.siz_b_DH_loop, BV=config.siz_b_DH_parallel,
-                **_launch_options(args, s, config, intra=True))
+    grid = (-(-owned_dims // _head_blocks(owned_dims, config.siz_b_DH_parallel)), S // config.siz_b_L_parallel, BH)
+    return dict(grid=grid, L=config.chunk_size_intra, **_launch_options(args, s, config, intra=True))
 
 
 def dq_call(args: KernelArgs, states, s: float, config: fw.FwConfig):
     """dq (BH, S, DHQK) in q's dtype and the row sums q . dq (BH, S) fp32."""
     BH, S, DHQK = args.matQ.shape
-    launch = _parallel_launch(args, s, config, DHQK, config.siz_b_DH_loop)
+    launch = _parallel_launch(args, s, config, DHQK)
     matDQ, vecQDQ = triton_call(
         args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, args.matQ, *states,
         kernel=kernels.parallel_bw_dq_kernel,
         out_shape=(jax.ShapeDtypeStruct(args.matQ.shape, args.matQ.dtype),
                    jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32)),
-        BT=config.siz_b_L_parallel, BJ=config.siz_b_L_loop, **launch,
+        BT=config.siz_b_L_parallel, BJ=config.siz_b_L_loop, BQ=_head_blocks(DHQK, config.siz_b_DH_parallel),
+        BV=_head_blocks(args.matV.shape[-1], config.siz_b_DH_loop), **launch,
     )
     return matDQ, vecQDQ.sum(0)
 
@@ -119,25 +151,27 @@ def dq_call(args: KernelArgs, states, s: float, config: fw.FwConfig):
 def dk_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig):
     """dk (BH, S, DHQK) in k's dtype and the row sums k . dk (BH, S) fp32."""
     BH, S, DHQK = args.matK.shape
-    launch = _parallel_launch(args, s, config, DHQK, config.siz_b_DH_loop)
+    launch = _parallel_launch(args, s, config, DHQK)
     matDK, vecKDK = triton_call(
         args.matQ, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, args.matK, *dstates,
         kernel=kernels.parallel_bw_dk_kernel,
         out_shape=(jax.ShapeDtypeStruct(args.matK.shape, args.matK.dtype),
                    jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32)),
-        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, **launch,
+        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, BQ=_head_blocks(DHQK, config.siz_b_DH_parallel),
+        BV=_head_blocks(args.matV.shape[-1], config.siz_b_DH_loop), **launch,
     )
     return matDK, vecKDK.sum(0)
 
 
 def dv_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig):
     """dv (BH, S, DHV) in v's dtype."""
+    DHQK, DHV = args.matQ.shape[-1], args.matV.shape[-1]
     return triton_call(
         args.matQ, args.matK, args.matDNum, args.vecB, args.vecI, args.vecM, dstates[0],
         kernel=kernels.parallel_bw_dv_kernel,
         out_shape=jax.ShapeDtypeStruct(args.matV.shape, args.matV.dtype),
-        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop,
-        **_parallel_launch(args, s, config, args.matV.shape[-1], config.siz_b_DH_parallel),
+        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, BV=_head_blocks(DHV, config.siz_b_DH_parallel),
+        BQ=_head_blocks(DHQK, config.siz_b_DH_loop), **_parallel_launch(args, s, config, DHV),
     )
 
 
@@ -166,13 +200,14 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
     (its (C, n, m) at every intra boundary, as ``mlstm_chunkwise_states`` returns them; recomputed
     with the Triton recurrent kernel when None, memory O(S / chunk_size_intra * DHQK * DHV) per head).
     Cotangents: ``matDeltaH`` (B, NH, S, DHV) and, for the returned last states, ``matDeltaC_last``,
-    ``vecDeltaN_last``, ``scaDeltaM_last`` (None = 0). ``tuning``: the forward's keywords
-    (``chunkwise_fw.resolve_config``: same names, rules and defaults). In the backward,
+    ``vecDeltaN_last``, ``scaDeltaM_last`` (None = 0). ``tuning``: the forward's keywords and rules,
+    with the backward's own defaults (:func:`resolve_bw_config`). In the backward,
     ``siz_b_L_parallel`` is the block of steps one program owns (rows of dq, columns of dk/dv) and
-    ``siz_b_L_loop`` the block of the other steps it loops over; ``siz_b_DH_parallel`` blocks DHV
-    (owned by the dv kernel, looped over by dq/dk), ``siz_b_DH_loop`` blocks DHQK (owned by the dq/dk
-    kernels, looped over by dv); ``siz_b_DHQK_inter`` x ``siz_b_DHV_inter`` is the state tile of the
-    recurrent kernel; the ``*_intra`` warps/stages apply to the three parallel kernels.
+    ``siz_b_L_loop`` the block of the other steps it loops over; ``siz_b_DH_parallel`` is the
+    head-dim tile a program owns (of DHQK for dq and dk, of DHV for dv) and ``siz_b_DH_loop`` the
+    head-dim block its contractions loop over (DHV for dq and dk, DHQK for dv), each clamped to the
+    padded head dim; ``siz_b_DHQK_inter`` x ``siz_b_DHV_inter`` is the state tile of the recurrent
+    kernel; the ``*_intra`` warps/stages apply to the three parallel kernels.
 
     Returns (dq, dk, dv, di, df, dc0, dn0, dm0): dq, dk, dv, di, df in their inputs' dtypes, the
     initial states' gradients fp32.
@@ -181,7 +216,7 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
     fw._check_dtypes(matQ, jnp.float32)
     _check_residuals(dims, matH=matH, vecN=vecN, vecM=vecM, vecNQ=vecNQ, matDeltaH=matDeltaH,
                      matDeltaC_last=matDeltaC_last, vecDeltaN_last=vecDeltaN_last, scaDeltaM_last=scaDeltaM_last)
-    config = fw.resolve_config(dims, **tuning)
+    config = resolve_bw_config(dims, matQ.dtype, **tuning)
     B, NH, S, DHQK, DHV = dims
     s = common.default_qk_scale(DHQK, qk_scale)
     f32 = jnp.float32

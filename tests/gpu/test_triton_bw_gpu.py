@@ -16,26 +16,12 @@ import pytest
 
 from tests.grad_reference import GRAD_NAMES, linear_loss, random_cotangents, reference_gradients, relative_error
 from tests.reference import random_inputs
+from xlstm_flax.kernels import available_kernels, get_kernel
+from xlstm_flax.kernels.registry import triton_usable
 
 pytestmark = pytest.mark.gpu
-
-
-def _gpu_and_jax_triton() -> bool:
-    try:
-        if not jax.devices("gpu"):
-            return False
-        from xlstm_flax.kernels.triton import compat
-
-        compat.import_jax_triton()
-    except (RuntimeError, ImportError):
-        return False
-    return True
-
-
-if not _gpu_and_jax_triton():
+if not triton_usable():
     pytest.skip("needs a CUDA GPU with jax_triton", allow_module_level=True)
-
-from xlstm_flax.kernels import available_kernels, get_kernel  # noqa: E402
 
 TOL = {jnp.float32: 1e-3, jnp.bfloat16: 3e-2}
 TRITON_VS_JAX_TOL = {jnp.float32: 1e-3, jnp.bfloat16: 5e-2}
