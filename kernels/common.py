@@ -147,3 +147,16 @@ def check_step_inputs(q, k, v, i, f, c, n, m) -> Dims:
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     return Dims(B, NH, 1, DHQK, DHV)
+
+
+def segment_sums(x: jax.Array) -> jax.Array:
+    """``out[..., t, j] = sum_{l=j+1}^{t} x[..., l]`` for j <= t (0 on the diagonal), ``-inf`` above it.
+
+    (..., T) -> (..., T, T). Each entry is summed from l = j + 1 on, never taken as the difference of
+    two long cumulative sums, so log decays over long spans keep their precision.
+    """
+    T = x.shape[-1]
+    t = jnp.arange(T)[:, None]
+    j = jnp.arange(T)[None, :]
+    sums = jnp.cumsum(jnp.where(t > j, x[..., :, None], 0), axis=-2)
+    return jnp.where(t >= j, sums, -jnp.inf)

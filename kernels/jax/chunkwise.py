@@ -24,7 +24,7 @@ from jax import lax
 
 from ..common import (
     check_inputs, compute_dtype, default_qk_scale, initial_states_in, log_sigmoid_fp32, mixed_einsum,
-    pad_sequence,
+    pad_sequence, segment_sums,
 )
 
 DEFAULT_CHUNK_SIZE = 256
@@ -61,7 +61,8 @@ def mlstm_chunkwise(
     # log weights of the initial state (column 0) and of chunk j (column j + 1) in the state
     # entering chunk t = 0 .. NC (t = NC: the final state); m: the stabiliser of that state
     a_max = jnp.max(a, axis=-1)
-    log_w = _log_decays(g) + jnp.concatenate([m0[..., None], a_max], axis=-1)[..., None, :]
+    log_w = segment_sums(jnp.concatenate([jnp.zeros_like(g[..., :1]), g], axis=-1))
+    log_w = log_w + jnp.concatenate([m0[..., None], a_max], axis=-1)[..., None, :]
     m = jnp.max(log_w, axis=-1)  # (B, NH, NC + 1)
     w = jnp.exp(log_w - m[..., None])
     k_w = k * jnp.exp(a - a_max[..., None])[..., None]  # (B, NH, NC, L, DHQK)
@@ -81,17 +82,6 @@ def mlstm_chunkwise(
     c_last = w_last[..., 0, None, None] * c0 + mixed_einsum(
         "bhjld,bhjlv->bhdv", k_w * w_last[..., 1:, None, None], v, q.dtype)
     return h, (c_last, n_all[:, :, NC], m[..., NC])
-
-
-def _log_decays(g):
-    """Segment sums ``sum_{l=j+1}^{t-1} g_l`` for t = 0 .. NC, j = -1 .. NC - 1 (j = -1: the
-    initial state); ``-inf`` where j >= t. g: (..., NC) -> (..., NC + 1, NC + 1)."""
-    NC = g.shape[-1]
-    t = jnp.arange(NC + 1)[:, None]
-    j = jnp.arange(-1, NC)[None, :]
-    g_before_t = jnp.concatenate([jnp.zeros_like(g[..., :1]), g], axis=-1)[..., :, None]  # g_{t-1}
-    sums = jnp.cumsum(jnp.where(t - 1 > j, g_before_t, 0.0), axis=-2)
-    return jnp.where(j < t, sums, -jnp.inf)
 
 
 def _chunk_outputs(q, k, v, i, b, c_k, n_k, m_k, scale, eps):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from ..common import (
     check_inputs, compute_dtype, default_qk_scale, initial_states_in, log_sigmoid_fp32, mixed_einsum,
+    segment_sums,
 )
 
 
@@ -20,17 +21,16 @@ def mlstm_parallel(
     dtype = compute_dtype(q.dtype)
     c0, n0, m0 = initial_states_in(dtype, dims, c_initial, n_initial, m_initial)
     scale = default_qk_scale(dims.DHQK, qk_scale)
-    i = i.astype(dtype)
-    cum_logf = jnp.cumsum(log_sigmoid_fp32(f).astype(dtype), axis=-1)  # (B, NH, S)
+    logf = log_sigmoid_fp32(f).astype(dtype)
 
-    # log weight of token j in the (unnormalised) state at time t, and of the initial state
-    causal = jnp.tril(jnp.ones((dims.S, dims.S), bool))
-    log_w = jnp.where(causal, cum_logf[..., :, None] - cum_logf[..., None, :] + i[..., None, :], -jnp.inf)
-    log_w0 = cum_logf + m0[..., None]
-    m = jnp.maximum(log_w0, jnp.max(log_w, axis=-1))  # (B, NH, S) the stabiliser m_t
+    # log weight of the initial state (column 0) and of token j (column j + 1) in the state at step t
+    log_w = segment_sums(jnp.concatenate([jnp.zeros_like(logf[..., :1]), logf], axis=-1))[..., 1:, :]
+    log_w = log_w + jnp.concatenate([m0[..., None], i.astype(dtype)], axis=-1)[..., None, :]
+    m = jnp.max(log_w, axis=-1)  # (B, NH, S) the stabiliser m_t
+    w = jnp.exp(log_w - m[..., None])  # (B, NH, S, S + 1)
 
-    p = mixed_einsum("bhtd,bhjd->bhtj", q, k, q.dtype) * (scale * jnp.exp(log_w - m[..., None]))
-    w0 = scale * jnp.exp(log_w0 - m)  # (B, NH, S)
+    p = mixed_einsum("bhtd,bhjd->bhtj", q, k, q.dtype) * (scale * w[..., 1:])
+    w0 = scale * w[..., 0]  # (B, NH, S)
     nq = jnp.sum(p, axis=-1) + w0 * mixed_einsum("bhtd,bhd->bht", q, n0, dtype)
     inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), jnp.exp(-m)) + eps)
     h = mixed_einsum("bhtj,bhjv->bhtv", p * inv_den[..., None], v, q.dtype) + mixed_einsum(
@@ -39,9 +39,8 @@ def mlstm_parallel(
     if not return_last_states:
         return h.astype(q.dtype)
 
-    m_last = m[..., -1]
-    w_last = jnp.exp(cum_logf[..., -1:] - cum_logf + i - m_last[..., None])  # (B, NH, S)
-    decay0 = jnp.exp(cum_logf[..., -1] + m0 - m_last)
-    c_last = decay0[..., None, None] * c0 + mixed_einsum("bhjd,bhjv->bhdv", k * w_last[..., None], v, q.dtype)
-    n_last = decay0[..., None] * n0 + jnp.sum(k.astype(dtype) * w_last[..., None], axis=-2)
-    return h.astype(q.dtype), (c_last, n_last, m_last)
+    w_last = w[..., -1, :]  # (B, NH, S + 1): weights in the last state
+    c_last = w_last[..., 0, None, None] * c0 + mixed_einsum(
+        "bhjd,bhjv->bhdv", k * w_last[..., 1:, None], v, q.dtype)
+    n_last = w_last[..., 0, None] * n0 + jnp.einsum("bhj,bhjd->bhd", w_last[..., 1:], k.astype(dtype))
+    return h.astype(q.dtype), (c_last, n_last, m[..., -1])
