@@ -21,17 +21,12 @@ def normalize(x: jax.Array, *, center: bool, eps: float) -> jax.Array:
 class Norm(nnx.Module):
     """RMSNorm (``center=False``) or LayerNorm without bias (``center=True``) over the last axis."""
 
-    def __init__(self, dim: int, *, center: bool, eps: float = 1e-6, use_bias: bool = False,
-                 param_dtype=jnp.float32):
+    def __init__(self, dim: int, *, center: bool, eps: float = 1e-6, param_dtype=jnp.float32):
         self.center, self.eps = center, eps
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = normalize(x, center=self.center, eps=self.eps) * self.scale[...]
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y.astype(x.dtype)
+        return (normalize(x, center=self.center, eps=self.eps) * self.scale[...]).astype(x.dtype)
 
 
 def make_norm(kind: str, dim: int, *, eps: float, param_dtype=jnp.float32) -> Norm:
