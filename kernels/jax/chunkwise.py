@@ -17,7 +17,7 @@ With chunk length L and NC = S / L chunks (S padded to a multiple of L), per bat
 Matmul operands are in q's dtype (bf16: tensor cores, fp32 accumulation); gate math in fp32.
 Memory: O(S (DHQK + DHV) + S L + NC DHQK DHV + NC^2), no S x S matrix. Backward: JAX autodiff.
 The chunk mixing costs 2 NC^2 DHQK DHV FLOP per head, quadratic in NC but small next to the rest
-while NC << 2 L (about 10% of the forward at S = 131072, chunk 256, by the H100 table); for much
+while NC << 2 L (estimated ~10% of the forward at S = 131072, chunk 256, 8 x 8 heads); for much
 longer sequences, call in pieces and pass the states.
 """
 from __future__ import annotations
