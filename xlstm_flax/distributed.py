@@ -55,16 +55,15 @@ def state_sharding(shape: Sequence[int], mesh: Mesh, config: DistributedConfig) 
     return NamedSharding(mesh, PartitionSpec())
 
 
-def place_state(tree: Any, mesh: Mesh, config: DistributedConfig) -> Any:
-    """Put every array of ``tree`` on ``mesh`` with its :func:`state_sharding`."""
-    return jax.tree.map(lambda x: jax.device_put(x, state_sharding(np.shape(x), mesh, config)), tree)
+def state_shardings(tree: Any, mesh: Mesh, config: DistributedConfig) -> Any:
+    """The :func:`state_sharding` of every array (or ``jax.ShapeDtypeStruct``) of ``tree``."""
+    return jax.tree.map(lambda x: state_sharding(x.shape, mesh, config), tree)
 
 
 def constrain_state(tree: Any, mesh: Mesh, config: DistributedConfig) -> Any:
     """Inside ``jit``: pin each array to its :func:`state_sharding`, so a step returns its state laid
     out as it came in (and the next call hits the compiled executable)."""
-    return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, state_sharding(x.shape, mesh, config)), tree)
+    return jax.lax.with_sharding_constraint(tree, state_shardings(tree, mesh, config))
 
 
 def shard_batch(batch: np.ndarray, mesh: Mesh, batch_axis: int = 0) -> jax.Array:

@@ -117,3 +117,31 @@ def test_saved_config_loads_back_equal(tmp_path):
     cfg = load(tmp_path, "count: 4\ninner: {preset: small}\n", ["inner.sizes=[1, 2, 3]"])
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(path, Outer) == cfg
+
+
+@pytest.mark.parametrize("name", ["tiny", "125m", "350m", "1.3b", "7b"])
+def test_shipped_recipes_load(name):
+    from pathlib import Path
+
+    from xlstm_flax.presets import get_preset
+    from xlstm_flax.train import load_recipe
+
+    recipe = load_recipe(Path(__file__).parents[2] / "configs" / f"train_{name}.yaml")
+    assert recipe.model.vocab_size == get_preset(name).vocab_size
+    assert recipe.model.embedding_dim == get_preset(name).embedding_dim
+
+
+def test_recipe_errors_name_the_model_key_and_file(tmp_path):
+    from xlstm_flax.train import load_recipe
+
+    path = write(tmp_path, "model: {preset: tiny}\n")
+    with pytest.raises(ConfigError, match=r"recipe\.yaml\): unknown key 'model\.num_blcks'; did you mean 'num_blocks'"):
+        load_recipe(path, ["model.num_blcks=2"])
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: model: .*slstm_at.*out of range"):
+        load_recipe(path, ["model.slstm_at=[9]"])
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: model\.preset: unknown model preset 'huge'"):
+        load_recipe(path, ["model.preset=huge"])
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: <top level>: optim.warmup_steps=100 exceeds train.steps=10"):
+        load_recipe(path, ["train.steps=10"])
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: <top level>: missing required key\(s\): model"):
+        load_recipe(write(tmp_path, "seed: 1\n"))

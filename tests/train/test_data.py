@@ -1,4 +1,6 @@
 """Data readers: text, .npy, .bin memmaps, EOS boundaries, splits, errors, deterministic batches."""
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -121,3 +123,10 @@ def test_stdlib_corpus_is_found():
     names = {f.name for f in files}
     assert {"os.py", "functools.py"} <= names
     assert not any("site-packages" in f.parts for f in files)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is not None, reason="tokenizers is installed")
+def test_tokenizer_json_without_the_optional_package(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    with pytest.raises(DataError, match="needs the optional package 'tokenizers'"):
+        load_corpus(DataConfig(path=str(tmp_path / "a.txt"), tokenizer=str(tmp_path / "tok.json")), 1000)

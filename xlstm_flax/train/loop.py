@@ -98,7 +98,8 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | N
             loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
-        return distributed.constrain_state(new_state, mesh, layout), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return distributed.constrain_state(new_state, mesh, layout), metrics
 
     def eval_step(params, rest, tokens):
         return loss_fn(params, rest, tokens)
@@ -107,16 +108,28 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | N
 
 
 def init_train_state(config: RunConfig, mesh: Mesh):
-    """A freshly initialised model split into ``(graphdef, rest, state)``; ``state`` is
-    ``{"params": pure dict, "opt_state": ...}`` laid out on ``mesh`` as ``config.distributed`` says
-    (``rest``: non-Param variables, replicated)."""
-    model = xLSTMLMModel(config.model, rngs=nnx.Rngs(config.seed))
-    graphdef, param_state, rest = nnx.split(model, nnx.Param, ...)
-    params = nnx.to_pure_dict(param_state)
+    """A freshly initialised model as ``(graphdef, rest, state)``: ``state`` is ``{"params": pure
+    dict, "opt_state": ...}`` in the layout ``config.distributed`` asks for; ``rest`` holds the
+    non-Param variables, replicated. A sharded state is created sharded, never whole on one device."""
     optimizer = make_optimizer(config.optim, config.train.steps)
-    state = distributed.place_state({"params": params, "opt_state": optimizer.init(params)}, mesh,
-                                    config.distributed)
-    return graphdef, distributed.place_state(rest, mesh, DistributedConfig()), state
+
+    def new_model():
+        return xLSTMLMModel(config.model, rngs=nnx.Rngs(config.seed))
+
+    def init():
+        _, param_state, rest = nnx.split(new_model(), nnx.Param, ...)
+        params = nnx.to_pure_dict(param_state)
+        return {"params": params, "opt_state": optimizer.init(params)}, rest
+
+    graphdef = nnx.split(nnx.eval_shape(new_model), nnx.Param, ...)[0]
+    abstract_state, abstract_rest = jax.eval_shape(init)
+    shardings = (distributed.state_shardings(abstract_state, mesh, config.distributed),
+                 distributed.state_shardings(abstract_rest, mesh, DistributedConfig()))
+    if config.distributed.shard_params:
+        state, rest = jax.jit(init, out_shardings=shardings)()
+    else:  # eager: no compile, which is faster for a replicated (small enough) state
+        state, rest = jax.device_put(init(), shardings)
+    return graphdef, rest, state
 
 
 def load_trained_model(run_dir: str | Path, step: int | None = None):
@@ -149,7 +162,7 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     log(_corpus_summary(corpus))
     graphdef, rest, state = init_train_state(config, mesh)
     log(f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
-        f"device(s); {tc.tokens_per_step:,} tokens per step")
+        f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}")
     checkpointer = Checkpointer(ckpt_dir, config.checkpoint.keep)
     start = 0
     if config.resume and checkpointer.latest_step() is not None:
@@ -301,6 +314,12 @@ def sample_text(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, *
 
 def _count(params: Any) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def _layout(state: Any) -> str:
+    arrays = jax.tree.leaves(state)
+    sharded = sum(not x.sharding.is_fully_replicated for x in arrays)
+    return f"{sharded} of {len(arrays)} state arrays sharded" if sharded else "state replicated"
 
 
 def _corpus_summary(corpus: Corpus) -> str:
