@@ -7,6 +7,7 @@ import functools
 import math
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -285,13 +286,15 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, ckpt_dir: Path) -> None:
 
 
 class _StopSignal:
-    """Turns the first SIGINT/SIGTERM into a flag checked after each step (a second one acts as usual)."""
+    """Turns the first SIGINT/SIGTERM into a flag checked after each step (a second one acts as usual).
+    Only the main thread can handle signals: elsewhere nothing is installed."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.received: str | None = None
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS} if in_main_thread else {}
 
     def _handle(self, signum, _frame):
         self.received = signal.Signals(signum).name
