@@ -1,18 +1,18 @@
 """Tunes and times the Triton chunkwise backward (bf16) on the GPU, in one run: forward+backward of the
-registry entry ``chunkwise--triton`` with its defaults (what training runs), the default forward
-followed by the backward in a few configurations (each backward kernel also timed on its own),
-``chunkwise--jax`` forward+backward and cuDNN causal attention forward+backward on the same token
-count, and the compiled peak memory of forward+backward.
+registry entry ``chunkwise--triton`` with its defaults (what training runs) and with
+``save_states=True`` (chunk states kept from the forward), the default forward followed by the
+backward in a few configurations (each backward kernel also timed on its own), ``chunkwise--jax``
+forward+backward, and the compiled peak memory of forward+backward.
 
-    python -m benchmarks.tune_triton_bw [--shapes 7b,nh16,nh32] [--reps 20] [--out benchmarks/results/triton_bw.md]
+    python -m benchmarks.tune_triton_bw [--shapes 7b,nh16] [--reps 20] [--out benchmarks/results/triton_bw.md]
 
 Counting (B NH heads, S steps, K = DHQK, V = DHV, L = 128 for every configuration so that TFLOP/s
 compare):
 * FLOP, forward: 4 S K V (states K^T V, inter-chunk q C) + S L (K + V) (causal half of q k^T, P v).
   Backward: 8 S K V (the dC recurrence, and q's, k's and v's inter-chunk products with C / dC) +
   S L (3 K + 2 V) (causal halves of dnum v^T, q k^T and the three products with them). Not counted:
-  the states recomputed for the backward (2 S K V) and the repeated dnum v^T / q k^T tiles of head-dim
-  blocks. Forward+backward: B NH S (12 K V + L (4 K + 3 V)); 1.0e12 at 7b.
+  the states recomputed for the backward (2 S K V, unless saved) and the repeated dnum v^T / q k^T
+  tiles of head-dim blocks. Forward+backward: B NH S (12 K V + L (4 K + 3 V)); 1.0e12 at 7b.
 * Bytes, minimum (bf16): the forward reads q, k, v and writes h; the backward reads q, k, v, h, dh and
   writes dq, dk, dv: 2 B NH S (6 K + 6 V) (4.8 GB at 7b). The kernels also write and read fp32 states
   and state cotangents at every intra-chunk boundary, about 4 * 8 B NH (S / L) K V bytes.
@@ -43,8 +43,9 @@ FLOP_MODEL_CHUNK = 128
 SHAPES = {  # name: (B, NH, S, DHQK, DHV)
     "7b": (8, 8, 8192, 256, 512),
     "nh16": (8, 16, 8192, 128, 256),
-    "nh32": (8, 32, 8192, 128, 128),  # the token count and head size of the cuDNN comparison
+    "nh32": (8, 32, 8192, 128, 128),
 }
+DEFAULT_SHAPES = "7b,nh16"
 TARGET_MS = {"7b": 18.5, "nh16": 11.8}
 
 # Backward configurations per shape, each run after the default forward ({} = the backward's defaults,
@@ -52,22 +53,11 @@ TARGET_MS = {"7b": 18.5, "nh16": 11.8}
 # "states" and "dC recurrence" kernels and the others only dq/dk/dv, so one configuration may vary
 # both; each kernel is also timed on its own.
 CONFIGS = {
-    "7b": [
-        {},
-        dict(chunk_size_intra=128),
-        dict(siz_b_DH_parallel=256, num_warps_intra=8),
-        dict(siz_b_L_parallel=128, num_warps_intra=8),
-        dict(siz_b_DH_parallel=64, chunk_size_inter=64, siz_b_DHV_inter=128, num_warps_inter=8),
-    ],
-    "nh16": [
-        {},
-        dict(chunk_size_intra=128),
-        dict(siz_b_DH_parallel=256, num_warps_intra=8),
-        dict(siz_b_L_parallel=128, num_warps_intra=8, chunk_size_inter=64),
-    ],
-    "nh32": [{}, dict(chunk_size_intra=128, num_warps_intra=8)],
+    "7b": [{}, dict(siz_b_L_parallel=64), dict(siz_b_L_parallel=16, siz_b_DH_parallel=256)],
+    "nh16": [{}, dict(siz_b_L_parallel=64)],
+    "nh32": [{}, dict(siz_b_L_parallel=64)],
 }
-KERNELS = ("states", "dC recurrence", "dq", "dk", "dv")
+KERNELS = ("states", "dC recurrence", "dq", "dk+dv")
 
 
 def flops(B, NH, S, K, V) -> float:
@@ -138,8 +128,7 @@ def kernel_timings(input_sets, tuning, reps) -> dict:
         "states": (states, (k, v, i, f)),
         "dC recurrence": (dstates_fn, (args,)),
         "dq": (jax.jit(lambda a, st: bw.dq_call(a, st, s, config)), (args, all_states)),
-        "dk": (jax.jit(lambda a, ds: bw.dk_call(a, ds, s, config)), (args, dstates)),
-        "dv": (jax.jit(lambda a, ds: bw.dv_call(a, ds, s, config)), (args, dstates)),
+        "dk+dv": (jax.jit(lambda a, ds: bw.dkdv_call(a, ds, s, config)), (args, dstates)),
     }
     return {name: median_ms(fn, [call_args], reps=reps) for name, (fn, call_args) in calls.items()}
 
@@ -165,7 +154,9 @@ def tune_shape(name, input_sets, reps):
                  f"{100 * floor / jax_ms:.0f}", f"{jax_peak:.1f}", "-", "reference"])
     print(" | ".join(rows[-1]), flush=True)
     del jax_fwbw
-    runs = [("triton fw+bw (registry, defaults)", forward_backward("chunkwise--triton"), None)]
+    runs = [("triton fw+bw (registry, defaults)", forward_backward("chunkwise--triton"), None),
+            ("triton fw+bw (registry, save_states=True)", forward_backward("chunkwise--triton", save_states=True),
+             None)]
     for tuning in CONFIGS[name]:
         fwbw, bw_tuning = forward_then_backward(S, **tuning)
         label = "fw defaults + bw " + (", ".join(f"{k}={v}" for k, v in tuning.items()) or "defaults")
@@ -189,32 +180,14 @@ def tune_shape(name, input_sets, reps):
     return rows, notes
 
 
-def cudnn_attention_ms(reps) -> float:
-    """jax.nn.dot_product_attention, cuDNN, causal, B=8, S=8192, 32 heads x 128, bf16, forward+backward."""
-    keys = jax.random.split(jax.random.PRNGKey(1), 8)
-    sets = [tuple(jax.random.normal(kk, (8, 8192, 32, 128), jnp.bfloat16) for kk in keys[4 * n:4 * n + 4])
-            for n in range(2)]
-
-    @jax.jit
-    def fwbw(q, k, v, do):
-        out, vjp = jax.vjp(lambda *a: jax.nn.dot_product_attention(*a, is_causal=True, implementation="cudnn"),
-                           q, k, v)
-        return vjp(do)
-
-    return median_ms(fwbw, sets, reps=reps)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated names of SHAPES")
     parser.add_argument("--configs", type=int, default=None, help="only the first N configurations per shape")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", default=None, help="markdown file for the results table")
     args = parser.parse_args(argv)
     rows, notes = [], []
-    notes.append(f"- cuDNN causal attention (jax.nn.dot_product_attention), B=8, S=8192, 32 x 128 bf16, "
-                 f"forward+backward: {cudnn_attention_ms(args.reps):.2f} ms")
-    print(notes[-1], flush=True)
     for name in args.shapes.split(","):
         if args.configs is not None:
             CONFIGS[name] = CONFIGS[name][:args.configs]

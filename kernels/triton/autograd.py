@@ -2,7 +2,9 @@
 convention (``xlstm_flax.kernels``), wrapped in ``jax.custom_vjp``.
 
 The custom_vjp's forward saves what an exact backward needs (inputs, initial states, H and the
-per-step den, m and signed n.(s q)); the backward itself is :func:`_backward`.
+per-step den, m and signed n.(s q)); the backward itself is :func:`_backward`. It recomputes the
+chunk states by default; ``save_states=True`` keeps the forward's instead (more memory: fp32
+(S / chunk_size + 1) * DHQK * (DHV + 1) per head, about 1 GiB at B=8, NH=8, S=8192, 256 x 512).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ LONG_CHUNK_SIZE, LONG_SEQUENCE = 256, 2048
 class _Options:
     qk_scale: float
     eps: float
+    save_states: bool  # keep the forward's chunk states as a residual instead of recomputing them
     config: FwConfig  # the forward's choices, defaults filled in
     # What the caller chose (chunk_size_intra and impl_options): the backward fills in its own
     # defaults, because its kernels use the same names for other tiles than the forward's.
@@ -62,13 +65,15 @@ def _chunk_size_intra(S: int, chunk_size, chunk_size_intra) -> int:
 
 def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_initial=None,
                            return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=None,
-                           **impl_options):
+                           save_states=False, **impl_options):
     """mLSTM over any S with the Triton chunkwise kernels (S padded to a multiple of the intra chunk).
 
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S); optional initial states
     c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH). ``chunk_size`` is ``chunk_size_intra`` (default
     256 from S = 2048 on, else min(128, S rounded up to a power of two >= 16)); ``impl_options`` are
-    the other tuning keywords of ``mlstm_chunkwise_fw``. Returns h (B, NH, S, DHV) in q's dtype, or ``(h, (c, n, m))`` with fp32
+    the other tuning keywords of ``mlstm_chunkwise_fw``. ``save_states``: under differentiation,
+    keep the forward's chunk states for the backward instead of recomputing them (faster, fp32
+    states of every chunk boundary held until the backward). Returns h (B, NH, S, DHV) in q's dtype, or ``(h, (c, n, m))`` with fp32
     states when ``return_last_states``.
     """
     dims = common.check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
@@ -77,7 +82,9 @@ def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_i
     (q, k, v, i, f), S = common.pad_sequence(q, k, v, i, f, intra)
     config = resolve_config(dims._replace(S=q.shape[2]), q.dtype, chunk_size_intra=intra, **impl_options)
     chosen = tuple(sorted({**impl_options, "chunk_size_intra": intra}.items()))
-    options = _Options(common.default_qk_scale(dims.DHQK, qk_scale), float(eps), config, chosen)
+    if not isinstance(save_states, bool):
+        raise ValueError(f"{KERNEL_NAME}: save_states must be True or False, got {save_states!r}")
+    options = _Options(common.default_qk_scale(dims.DHQK, qk_scale), float(eps), save_states, config, chosen)
     _require_triton_backend()
     h, last_states = _chunkwise(q, k, v, i, f, *initial, options)
     h = h[:, :, :S]
@@ -101,16 +108,18 @@ def _chunkwise(q, k, v, i, f, c0, n0, m0, options):
 
 def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, options):
     result, last_states = _forward(q, k, v, i, f, c0, n0, m0, options)
-    residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecN, result.vecM, result.vecNQ)
+    saved_states = result.states if options.save_states else None
+    residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecN, result.vecM, result.vecNQ, saved_states)
     return (result.matH, last_states), residuals
 
 
 def _backward(options, residuals, cotangents):
     """Exact gradients (chunkwise_bw.py) for q, k, v, i, f and the initial states c0, n0, m0."""
     matH_bar, (matC_bar, vecN_bar, scaM_bar) = cotangents
+    *forward_residuals, saved_states = residuals
     return mlstm_chunkwise_bw(
-        *residuals, matH_bar, matC_bar, vecN_bar, scaM_bar, qk_scale=options.qk_scale, eps=options.eps,
-        **dict(options.chosen),
+        *forward_residuals, matH_bar, matC_bar, vecN_bar, scaM_bar, qk_scale=options.qk_scale, eps=options.eps,
+        all_states=saved_states, **dict(options.chosen),
     )
 
 

@@ -5,8 +5,8 @@ Math (per batch and head; s = qk_scale, F = cumulative log forget gate, m_t the 
 1. Per step (JAX here): dnum_t = dh_t / (den_t + eps); dden_t = -sum(dh_t * h_t) / (den_t + eps);
    dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)] (nq_t = n_t . s q_t, the forward's ``vecNQ``).
 2. Triton (``chunkwise_bw_kernels``): with n as one more value column, a recurrent kernel walks the
-   chunks backwards for the state cotangents (dC, dn) at every intra-chunk boundary, and three parallel
-   kernels give dq, dk, dv per chunk (plus the row sums q.dq and k.dk).
+   chunks backwards for the state cotangents (dC, dn) at every intra-chunk boundary, and two parallel
+   kernels give dq and, fused, dk and dv per chunk (plus the row sums q.dq and k.dk).
 3. Gates (JAX): di_j = k_j . dk_j; dF_t = q_t . dq_t - k_t . dk_t (+ sum(dC_S C_S) + dn_S . n_S at the
    last step); d log f = reverse cumsum of dF. Initial states: dC0, dn0 = the cotangents at boundary
    0, dm0 = sum(dC0 C0) + dn0 . n0.
@@ -36,16 +36,21 @@ _STATE_TUNING = ("chunk_size_inter", "chunk_size_intra", "siz_b_DHQK_inter", "si
 def default_bw_tuning(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     """The backward's per-shape defaults of every tuning choice but chunk_size_intra.
 
-    Step blocks min(64, chunk_size_intra), chunk_size_inter = min(128, chunk_size_intra); owned
-    head-dim tile min(128, DHV padded) for 16-bit inputs, min(64, DHV padded) for fp32 (twice the
-    bytes per tile), loop blocks min(64, DHQK padded); recurrent tile min(64, padded head dims);
-    4 warps and 2 stages everywhere.
+    chunk_size_inter = min(128, chunk_size_intra); loop step block min(64, chunk_size_intra), loop
+    head-dim block min(64, DHQK padded); recurrent tile min(64, padded head dims), 4 warps.
+    16-bit inputs: owned step block min(32, chunk_size_intra), owned head-dim tile min(128, DHV
+    padded), parallel kernels 8 warps. fp32 (twice the bytes per operand tile): 64, 64, 4 warps.
+    2 stages everywhere. With these the parallel kernels compile for sm_90 without register spills
+    at DHQK, DHV = 256, 512 and 128, 256 (bf16); owned step blocks of 64 spill (the fused dk/dv
+    kernel holds a (block, BQ + BV) fp32 accumulator).
     """
     intra = chunk_size_intra
-    dhqk_pad, dhv_pad = max(fw.MIN_BLOCK, fw._next_pow2(DHQK)), max(fw.MIN_BLOCK, fw._next_pow2(DHV))
-    owned = 128 if jnp.dtype(dtype).itemsize <= 2 else 64
-    return dict(chunk_size_inter=min(128, intra), siz_b_L_parallel=min(64, intra), siz_b_L_loop=min(64, intra),
-                siz_b_DH_parallel=min(owned, dhv_pad), siz_b_DH_loop=min(64, dhqk_pad), num_warps_intra=4,
+    dhqk_pad, dhv_pad = _padded(DHQK), _padded(DHV)
+    sixteen_bit = jnp.dtype(dtype).itemsize <= 2
+    owned_steps, owned_dims, warps = (32, 128, 8) if sixteen_bit else (64, 64, 4)
+    return dict(chunk_size_inter=min(128, intra), siz_b_L_parallel=min(owned_steps, intra),
+                siz_b_L_loop=min(64, intra), siz_b_DH_parallel=min(owned_dims, dhv_pad),
+                siz_b_DH_loop=min(64, dhqk_pad), num_warps_intra=warps,
                 num_warps_inter=4, num_stages_intra=2, num_stages_inter=2, siz_b_DHQK_inter=min(64, dhqk_pad),
                 siz_b_DHV_inter=min(64, dhv_pad))
 
@@ -101,7 +106,7 @@ def _launch_options(args: KernelArgs, s: float, config: fw.FwConfig, intra: bool
     warps, stages = ((config.num_warps_intra, config.num_stages_intra) if intra
                      else (config.num_warps_inter, config.num_stages_inter))
     return dict(num_warps=warps, num_stages=stages, qk_scale=s, S=S, DHQK=DHQK, DHV=args.matV.shape[-1],
-                PRECISION=fw._dot_precision(args.matQ.dtype))
+                PRECISION=fw.dot_precision(args.matQ.dtype))
 
 
 def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config: fw.FwConfig):
@@ -123,56 +128,62 @@ def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config:
 
 def _head_blocks(dims: int, block: int) -> int:
     """``block`` clamped to ``dims`` padded to a power of two (>= the smallest dot tile)."""
-    return min(block, max(fw.MIN_BLOCK, fw._next_pow2(dims)))
+    return min(block, _padded(dims))
 
 
-def _parallel_launch(args: KernelArgs, s: float, config: fw.FwConfig, owned_dims: int):
-    """Grid over (owned head-dim blocks, step blocks, heads) and the launch options shared by dq/dk/dv."""
+def _padded(dims: int) -> int:
+    return max(fw.MIN_BLOCK, fw.next_pow2(dims))
+
+
+def _parallel_launch(args: KernelArgs, s: float, config: fw.FwConfig, splits: int):
+    """Grid over (head-dim splits, step blocks, heads) and the launch options shared by dq and dk/dv."""
     BH, S, _ = args.matQ.shape
-    grid = (-(-owned_dims // _head_blocks(owned_dims, config.siz_b_DH_parallel)), S // config.siz_b_L_parallel, BH)
+    grid = (splits, S // config.siz_b_L_parallel, BH)
     return dict(grid=grid, L=config.chunk_size_intra, **_launch_options(args, s, config, intra=True))
 
 
 def dq_call(args: KernelArgs, states, s: float, config: fw.FwConfig):
     """dq (BH, S, DHQK) in q's dtype and the row sums q . dq (BH, S) fp32."""
     BH, S, DHQK = args.matQ.shape
-    launch = _parallel_launch(args, s, config, DHQK)
+    BQ = _head_blocks(DHQK, config.siz_b_DH_parallel)
+    launch = _parallel_launch(args, s, config, -(-DHQK // BQ))
     matDQ, vecQDQ = triton_call(
         args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, args.matQ, *states,
         kernel=kernels.parallel_bw_dq_kernel,
         out_shape=(jax.ShapeDtypeStruct(args.matQ.shape, args.matQ.dtype),
                    jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32)),
-        BT=config.siz_b_L_parallel, BJ=config.siz_b_L_loop, BQ=_head_blocks(DHQK, config.siz_b_DH_parallel),
+        BT=config.siz_b_L_parallel, BJ=config.siz_b_L_loop, BQ=BQ,
         BV=_head_blocks(args.matV.shape[-1], config.siz_b_DH_loop), **launch,
     )
     return matDQ, vecQDQ.sum(0)
 
 
-def dk_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig):
-    """dk (BH, S, DHQK) in k's dtype and the row sums k . dk (BH, S) fp32."""
+def dkdv_split(DHQK: int, DHV: int, siz_b_DH_parallel: int) -> tuple[int, int, int]:
+    """(splits, BQ, BV) of the fused dk/dv kernel: the smaller padded head dim is cut into tiles of
+    ``siz_b_DH_parallel`` (at most the whole of it), the larger into as many equal tiles. Each
+    split recomputes the dnum v^T and q k^T tiles, so fewer, wider splits do less work but hold a
+    (BJ, BQ + BV) fp32 accumulator."""
+    dhqk_pad, dhv_pad = _padded(DHQK), _padded(DHV)
+    splits = max(1, min(dhqk_pad, dhv_pad) // siz_b_DH_parallel)
+    return splits, dhqk_pad // splits, dhv_pad // splits
+
+
+def dkdv_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig):
+    """dk (BH, S, DHQK) and dv (BH, S, DHV) in k's and v's dtypes and the row sums k . dk (BH, S) fp32."""
     BH, S, DHQK = args.matK.shape
-    launch = _parallel_launch(args, s, config, DHQK)
-    matDK, vecKDK = triton_call(
-        args.matQ, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, args.matK, *dstates,
-        kernel=kernels.parallel_bw_dk_kernel,
+    DHV = args.matV.shape[-1]
+    splits, BQ, BV = dkdv_split(DHQK, DHV, config.siz_b_DH_parallel)
+    matDK, matDV, vecKDK = triton_call(
+        args.matQ, args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, *dstates,
+        kernel=kernels.parallel_bw_dkdv_kernel,
         out_shape=(jax.ShapeDtypeStruct(args.matK.shape, args.matK.dtype),
-                   jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32)),
-        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, BQ=_head_blocks(DHQK, config.siz_b_DH_parallel),
-        BV=_head_blocks(args.matV.shape[-1], config.siz_b_DH_loop), **launch,
+                   jax.ShapeDtypeStruct(args.matV.shape, args.matV.dtype),
+                   jax.ShapeDtypeStruct((splits, BH, S), jnp.float32)),
+        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, BQ=BQ, BV=BV,
+        BQ_LOOP=_head_blocks(DHQK, config.siz_b_DH_loop), BV_LOOP=_head_blocks(DHV, config.siz_b_DH_loop),
+        **_parallel_launch(args, s, config, splits),
     )
-    return matDK, vecKDK.sum(0)
-
-
-def dv_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig):
-    """dv (BH, S, DHV) in v's dtype."""
-    DHQK, DHV = args.matQ.shape[-1], args.matV.shape[-1]
-    return triton_call(
-        args.matQ, args.matK, args.matDNum, args.vecB, args.vecI, args.vecM, dstates[0],
-        kernel=kernels.parallel_bw_dv_kernel,
-        out_shape=jax.ShapeDtypeStruct(args.matV.shape, args.matV.dtype),
-        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, BV=_head_blocks(DHV, config.siz_b_DH_parallel),
-        BQ=_head_blocks(DHQK, config.siz_b_DH_loop), **_parallel_launch(args, s, config, DHV),
-    )
+    return matDK, matDV, vecKDK.sum(0)
 
 
 def kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecN, vecM, vecNQ, matDeltaH, eps: float,
@@ -204,16 +215,17 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
     with the backward's own defaults (:func:`resolve_bw_config`). In the backward,
     ``siz_b_L_parallel`` is the block of steps one program owns (rows of dq, columns of dk/dv) and
     ``siz_b_L_loop`` the block of the other steps it loops over; ``siz_b_DH_parallel`` is the
-    head-dim tile a program owns (of DHQK for dq and dk, of DHV for dv) and ``siz_b_DH_loop`` the
-    head-dim block its contractions loop over (DHV for dq and dk, DHQK for dv), each clamped to the
-    padded head dim; ``siz_b_DHQK_inter`` x ``siz_b_DHV_inter`` is the state tile of the recurrent
-    kernel; the ``*_intra`` warps/stages apply to the three parallel kernels.
+    head-dim tile a program owns: of DHQK for dq; for the fused dk/dv kernel the smaller padded head
+    dim is cut into tiles of this size and the larger one into as many (:func:`dkdv_split`);
+    ``siz_b_DH_loop`` is the head-dim block the contractions loop over, clamped to the padded head
+    dim; ``siz_b_DHQK_inter`` x ``siz_b_DHV_inter`` is the state tile of the recurrent kernel; the
+    ``*_intra`` warps/stages apply to the two parallel kernels.
 
     Returns (dq, dk, dv, di, df, dc0, dn0, dm0): dq, dk, dv, di, df in their inputs' dtypes, the
     initial states' gradients fp32.
     """
     dims = common.check_inputs(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
-    fw._check_dtypes(matQ, jnp.float32)
+    fw.check_dtypes(matQ, jnp.float32)
     _check_residuals(dims, matH=matH, vecN=vecN, vecM=vecM, vecNQ=vecNQ, matDeltaH=matDeltaH,
                      matDeltaC_last=matDeltaC_last, vecDeltaN_last=vecDeltaN_last, scaDeltaM_last=scaDeltaM_last)
     config = resolve_bw_config(dims, matQ.dtype, **tuning)
@@ -234,8 +246,7 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
     vecDN_last = jnp.zeros((B, NH, DHQK), f32) if vecDeltaN_last is None else vecDeltaN_last.astype(f32)
     dstates = state_cotangents(args, _heads_flat(matDC_last), _heads_flat(vecDN_last), s, config)
     matDQ, vecQDQ = dq_call(args, tuple(_heads_flat(x) for x in all_states), s, config)
-    matDK, vecKDK = dk_call(args, dstates, s, config)
-    matDV = dv_call(args, dstates, s, config)
+    matDK, matDV, vecKDK = dkdv_call(args, dstates, s, config)
     matDC_all, vecDN_all = (x.reshape(B, NH, *x.shape[1:]) for x in dstates)
 
     # 3. gates: dF and the initial states.

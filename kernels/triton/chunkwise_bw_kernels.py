@@ -49,18 +49,26 @@ def _rows_dot_tile(ptr_a, ptr_b, offs_a, offs_b, D: tl.constexpr, BD: tl.constex
 
 
 @triton.jit
-def _rows_times_state_tile(ptr_x, ptr_state, offs_x, offs_q, mask_q, DHQK: tl.constexpr,
-                           DHV: tl.constexpr, BX: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
-                           PRECISION: tl.constexpr):
-    """sum_v X[x, v] State[q, v] for a (DHQK, DHV) fp32 state (cast to X's dtype): fp32 (BX, BQ)."""
-    acc = tl.zeros((BX, BQ), tl.float32)
-    for v0 in range(0, DHV, BV):
-        offs_v = v0 + tl.arange(0, BV)
-        mask_v = offs_v < DHV
-        x = tl.load(ptr_x + offs_x[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-        state = tl.load(ptr_state + offs_q[:, None] * DHV + offs_v[None, :],
-                        mask=mask_q[:, None] & mask_v[None, :], other=0.0)
-        acc = tl.dot(x, tl.trans(state.to(x.dtype)), acc=acc, input_precision=PRECISION)
+def _rows_times_state_tile(ptr_x, ptr_state, offs_x, offs_own, mask_own, DHQK: tl.constexpr,
+                           DHV: tl.constexpr, BX: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
+                           OVER_DHV: tl.constexpr, PRECISION: tl.constexpr):
+    """Rows of X times a (DHQK, DHV) fp32 state (cast to X's dtype), as an fp32 (BX, BOWN) tile:
+    OVER_DHV: sum_v X[x, v] State[own, v] (X rows of width DHV, ``own`` indexes DHQK);
+    else:     sum_q X[x, q] State[q, own] (X rows of width DHQK, ``own`` indexes DHV).
+    The contraction runs in blocks of BLOOP."""
+    D: tl.constexpr = DHV if OVER_DHV else DHQK
+    acc = tl.zeros((BX, BOWN), tl.float32)
+    for d0 in range(0, D, BLOOP):
+        offs_d = d0 + tl.arange(0, BLOOP)
+        mask_d = offs_d < D
+        x = tl.load(ptr_x + offs_x[:, None] * D + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+        if OVER_DHV:
+            state = tl.trans(tl.load(ptr_state + offs_own[:, None] * DHV + offs_d[None, :],
+                                     mask=mask_own[:, None] & mask_d[None, :], other=0.0))
+        else:
+            state = tl.load(ptr_state + offs_d[:, None] * DHV + offs_own[None, :],
+                            mask=mask_d[:, None] & mask_own[None, :], other=0.0)
+        acc = tl.dot(x, state.to(x.dtype), acc=acc, input_precision=PRECISION)
     return acc
 
 
@@ -154,7 +162,7 @@ def parallel_bw_dq_kernel(
 
     m_prev = tl.load(scaM_all + bh * (NC + 1) + chunk)
     dq = _rows_times_state_tile(dnum_base, matC_all + (bh * (NC + 1) + chunk) * DHQK * DHV, offs_t,
-                                offs_q, mask_q, DHQK, DHV, BT, BQ, BV, PRECISION)
+                                offs_q, mask_q, DHQK, DHV, BT, BQ, BV, True, PRECISION)
     n = tl.load(vecN_all + (bh * (NC + 1) + chunk) * DHQK + offs_q, mask=mask_q, other=0.0)
     dq = (dq + dnq_t[:, None] * n[None, :]) * (qk_scale * tl.exp(F_t + m_prev - m_t))[:, None]
     for j0 in range(chunk_start, pid_t * BT + BT, BJ):
@@ -187,84 +195,61 @@ def _key_block(vecF_bh, vecI_bh, vecM_bh, pid_j, L: tl.constexpr, BJ: tl.constex
 
 
 @triton.jit
-def parallel_bw_dk_kernel(
-    matQ, matV, matDNum, vecDNQ, vecF, vecI, vecM, matK, matDC_all, vecDN_all,  # inputs
-    matDK, vecKDK,  # outputs: dk (BH, S, DHQK), k . dk partial sums (cdiv(DHQK, BQ), BH, S) fp32
+def parallel_bw_dkdv_kernel(
+    matQ, matK, matV, matDNum, vecDNQ, vecF, vecI, vecM, matDC_all, vecDN_all,  # inputs
+    matDK, matDV, vecKDK,  # outputs: dk, dv, k . dk partial sums (num_programs(0), BH, S) fp32
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr,
+    BQ_LOOP: tl.constexpr, BV_LOOP: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dk for BJ rows and BQ columns of k. Grid (cdiv(DHQK, BQ), S // BJ, BH)."""
-    pid_q = tl.program_id(0)
+    """dk and dv together for BJ key steps: program p owns columns [p BQ, (p+1) BQ) of dk and
+    [p BV, (p+1) BV) of dv (a range past the head dim is fully masked). Grid (splits, S // BJ, BH).
+
+    Each (t, j) tile builds the gate tile and the contractions dnum_t . v_j (over DHV, blocks of
+    BV_LOOP) and q_t . k_j (over DHQK, blocks of BQ_LOOP) once and feeds both accumulators.
+    """
+    pid_h = tl.program_id(0)
     pid_j = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
     NC: tl.constexpr = S // L
     vecF_bh, vecM_bh = vecF + bh * S, vecM + bh * S
     offs_j, F_j, i_j, chunk, chunk_end, w_j = _key_block(vecF_bh, vecI + bh * S, vecM_bh, pid_j, L, BJ)
-    offs_q = pid_q * BQ + tl.arange(0, BQ)
+    offs_q = pid_h * BQ + tl.arange(0, BQ)
+    offs_v = pid_h * BV + tl.arange(0, BV)
     mask_q = offs_q < DHQK
-    q_base = matQ + bh * S * DHQK
-    v_base = matV + bh * S * DHV
-    dnum_base = matDNum + bh * S * DHV
-
-    state_index = bh * (NC + 1) + chunk + 1
-    dk = _rows_times_state_tile(v_base, matDC_all + state_index * DHQK * DHV, offs_j, offs_q, mask_q,
-                                DHQK, DHV, BJ, BQ, BV, PRECISION)
-    dn = tl.load(vecDN_all + state_index * DHQK + offs_q, mask=mask_q, other=0.0)
-    dk = (dk + dn[None, :]) * w_j[:, None]
-    for t0 in range((pid_j * BJ) // BT * BT, chunk_end, BT):
-        offs_t = t0 + tl.arange(0, BT)
-        gates = _gate_tile(tl.load(vecF_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, F_j, i_j, offs_j)
-        dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
-        dnq_t = tl.load(vecDNQ + bh * S + offs_t)
-        q_t = tl.load(q_base + offs_t[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
-        dk = tl.dot(tl.trans(((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(q_t.dtype)), q_t, acc=dk,
-                    input_precision=PRECISION)
-
-    k_ptrs = matK + bh * S * DHQK + offs_j[:, None] * DHQK + offs_q[None, :]
-    tl.store(matDK + bh * S * DHQK + offs_j[:, None] * DHQK + offs_q[None, :],
-             dk.to(matDK.dtype.element_ty), mask=mask_q[None, :])
-    k = tl.load(k_ptrs, mask=mask_q[None, :], other=0.0).to(tl.float32)
-    tl.store(vecKDK + (pid_q * tl.num_programs(2) + bh) * S + offs_j, tl.sum(k * dk, axis=1))
-
-
-@triton.jit
-def parallel_bw_dv_kernel(
-    matQ, matK, matDNum, vecF, vecI, vecM, matDC_all,  # inputs
-    matDV,  # output (BH, S, DHV)
-    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
-    L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, BQ: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """dv for BJ rows and BV columns of v. Grid (cdiv(DHV, BV), S // BJ, BH)."""
-    pid_v = tl.program_id(0)
-    pid_j = tl.program_id(1)
-    bh = tl.program_id(2).to(tl.int64)
-    NC: tl.constexpr = S // L
-    vecF_bh, vecM_bh = vecF + bh * S, vecM + bh * S
-    offs_j, F_j, i_j, chunk, chunk_end, w_j = _key_block(vecF_bh, vecI + bh * S, vecM_bh, pid_j, L, BJ)
-    offs_v = pid_v * BV + tl.arange(0, BV)
     mask_v = offs_v < DHV
     q_base = matQ + bh * S * DHQK
     k_base = matK + bh * S * DHQK
+    v_base = matV + bh * S * DHV
     dnum_base = matDNum + bh * S * DHV
 
-    state_ptr = matDC_all + (bh * (NC + 1) + chunk + 1) * DHQK * DHV
-    dv = tl.zeros((BJ, BV), tl.float32)
-    for q0 in range(0, DHQK, BQ):
-        offs_q = q0 + tl.arange(0, BQ)
-        mask_q = offs_q < DHQK
-        k_j = tl.load(k_base + offs_j[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
-        dC = tl.load(state_ptr + offs_q[:, None] * DHV + offs_v[None, :], mask=mask_q[:, None] & mask_v[None, :],
-                     other=0.0)
-        dv = tl.dot(k_j, dC.to(k_j.dtype), acc=dv, input_precision=PRECISION)
-    dv *= w_j[:, None]
+    # Inter-chunk part: dk = w_j (v_j dC^T + dn), dv = w_j k_j dC, dC the state after the chunk.
+    state_index = bh * (NC + 1) + chunk + 1
+    state_ptr = matDC_all + state_index * DHQK * DHV
+    dk = _rows_times_state_tile(v_base, state_ptr, offs_j, offs_q, mask_q, DHQK, DHV, BJ, BQ, BV_LOOP, True,
+                                PRECISION)
+    dn = tl.load(vecDN_all + state_index * DHQK + offs_q, mask=mask_q, other=0.0)
+    dk = (dk + dn[None, :]) * w_j[:, None]
+    dv = _rows_times_state_tile(k_base, state_ptr, offs_j, offs_v, mask_v, DHQK, DHV, BJ, BV, BQ_LOOP, False,
+                                PRECISION) * w_j[:, None]
+
+    # Intra-chunk part: the steps t >= j of the same chunk.
     for t0 in range((pid_j * BJ) // BT * BT, chunk_end, BT):
         offs_t = t0 + tl.arange(0, BT)
         gates = _gate_tile(tl.load(vecF_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, F_j, i_j, offs_j)
-        q_k = _rows_dot_tile(q_base, k_base, offs_t, offs_j, DHQK, BQ, BT, BJ, PRECISION)
+        gates *= qk_scale
+        dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV_LOOP, BT, BJ, PRECISION)
+        q_k = _rows_dot_tile(q_base, k_base, offs_t, offs_j, DHQK, BQ_LOOP, BT, BJ, PRECISION)
+        dnq_t = tl.load(vecDNQ + bh * S + offs_t)
+        q_t = tl.load(q_base + offs_t[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
         dnum_t = tl.load(dnum_base + offs_t[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-        dv = tl.dot(tl.trans((q_k * gates * qk_scale).to(dnum_t.dtype)), dnum_t, acc=dv,
+        dk = tl.dot(tl.trans(((dnum_v + dnq_t[:, None]) * gates).to(q_t.dtype)), q_t, acc=dk,
                     input_precision=PRECISION)
+        dv = tl.dot(tl.trans((q_k * gates).to(dnum_t.dtype)), dnum_t, acc=dv, input_precision=PRECISION)
+
+    tl.store(matDK + bh * S * DHQK + offs_j[:, None] * DHQK + offs_q[None, :], dk.to(matDK.dtype.element_ty),
+             mask=mask_q[None, :])
     tl.store(matDV + bh * S * DHV + offs_j[:, None] * DHV + offs_v[None, :], dv.to(matDV.dtype.element_ty),
              mask=mask_v[None, :])
+    k = tl.load(k_base + offs_j[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
+    tl.store(vecKDK + (pid_h * tl.num_programs(2) + bh) * S + offs_j, tl.sum(k.to(tl.float32) * dk, axis=1))

@@ -26,7 +26,8 @@ MIN_BLOCK = 16  # the smallest tl.dot tile
 MAX_CHUNK = 1024
 
 
-def _next_pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(n - 1, 0).bit_length()
 
 
@@ -70,7 +71,7 @@ def default_tuning(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     tiles (those of the first GPU validation run), so shared memory stays within the H100's 227 KiB.
     """
     intra = chunk_size_intra
-    dhqk_pad, dhv_pad = max(MIN_BLOCK, _next_pow2(DHQK)), max(MIN_BLOCK, _next_pow2(DHV))
+    dhqk_pad, dhv_pad = max(MIN_BLOCK, next_pow2(DHQK)), max(MIN_BLOCK, next_pow2(DHV))
     both = dict(siz_b_DHQK_inter=min(64, dhqk_pad), siz_b_DHV_inter=min(64, dhv_pad), num_warps_inter=4,
                 num_stages_inter=2, num_stages_intra=2)
     if jnp.dtype(dtype).itemsize <= 2:
@@ -97,7 +98,7 @@ def resolve_config(dims: common.Dims, dtype=jnp.float32, **given) -> FwConfig:
     ``dtype`` defaults to fp32, whose defaults are the small, conservative tiles.
     """
     _, _, S, DHQK, DHV = dims
-    dhqk_pad, dhv_pad = max(MIN_BLOCK, _next_pow2(DHQK)), max(MIN_BLOCK, _next_pow2(DHV))
+    dhqk_pad, dhv_pad = max(MIN_BLOCK, next_pow2(DHQK)), max(MIN_BLOCK, next_pow2(DHV))
     unknown = set(given) - {f.name for f in dataclasses.fields(FwConfig)}
     if unknown:
         raise ValueError(f"unknown tuning option(s) {sorted(unknown)} for chunkwise--triton")
@@ -132,14 +133,15 @@ def _check_chunks(S: int, inter: int, intra: int) -> None:
         )
 
 
-def _check_dtypes(matQ, output_dtype) -> None:
+def check_dtypes(matQ, output_dtype) -> None:
+    """ValueError unless q's dtype and ``output_dtype`` are float32, bfloat16 or float16."""
     if not any(matQ.dtype == d for d in INPUT_DTYPES):
         raise ValueError(f"chunkwise--triton supports q/k/v in float32, bfloat16, float16; got {matQ.dtype}")
     if not any(jnp.dtype(output_dtype) == d for d in INPUT_DTYPES):
         raise ValueError(f"output_dtype must be float32, bfloat16 or float16; got {output_dtype}")
 
 
-def _dot_precision(dtype) -> str:
+def dot_precision(dtype) -> str:
     """fp32 operands use three TF32 products (about fp32 accuracy, on tensor cores); others ignore it."""
     return "tf32x3" if dtype == jnp.float32 else "tf32"
 
@@ -168,7 +170,7 @@ def _recurrent_states(matK, matV, vecB, vecI, initial, config: FwConfig):
         num_warps=config.num_warps_inter, num_stages=config.num_stages_inter,
         S=S, DHQK=DHQK, DHV=DHV, NC=NC, L_INTRA=config.chunk_size_intra, L_INTER=config.chunk_size_inter,
         BLOCK_DHQK=config.siz_b_DHQK_inter, BLOCK_DHV=config.siz_b_DHV_inter,
-        DOT_PRECISION=_dot_precision(matK.dtype),
+        DOT_PRECISION=dot_precision(matK.dtype),
     )
 
 
@@ -185,7 +187,7 @@ def mlstm_chunkwise_states(matK, matV, vecI, vecF, matC_initial=None, vecN_initi
     The same tuning names as :func:`mlstm_chunkwise_fw` pick the kernel's blocks/warps/stages.
     """
     dims = common.check_inputs(matK, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
-    _check_dtypes(matK, jnp.float32)
+    check_dtypes(matK, jnp.float32)
     config = resolve_config(
         dims, matK.dtype, chunk_size_inter=chunk_size_inter, chunk_size_intra=chunk_size_intra,
         siz_b_DHQK_inter=siz_b_DHQK_inter, siz_b_DHV_inter=siz_b_DHV_inter,
@@ -211,7 +213,7 @@ def mlstm_chunkwise_fw_result(matQ, matK, matV, vecI, vecF, matC_initial=None, v
                               **tuning) -> FwResult:
     """The forward with every output (:class:`FwResult`); ``tuning`` as in :func:`mlstm_chunkwise_fw`."""
     dims = common.check_inputs(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
-    _check_dtypes(matQ, output_dtype)
+    check_dtypes(matQ, output_dtype)
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
     config = resolve_config(dims, matQ.dtype, **tuning)
@@ -236,7 +238,7 @@ def mlstm_chunkwise_fw_result(matQ, matK, matV, vecI, vecF, matC_initial=None, v
         BLOCK_LQ=config.siz_b_L_parallel, BLOCK_LK=config.siz_b_L_loop,
         BLOCK_DHQK=config.siz_b_DH_loop, BLOCK_DHV=config.siz_b_DH_parallel,
         QK_SCALE=common.default_qk_scale(DHQK, qk_scale), EPS=float(eps),
-        DOT_PRECISION=_dot_precision(matQ.dtype),
+        DOT_PRECISION=dot_precision(matQ.dtype),
     )
     return FwResult(matH, vecN, vecM, vecNQ, tuple(states))
 

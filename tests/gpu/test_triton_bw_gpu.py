@@ -35,6 +35,7 @@ CASES = [
     (jnp.bfloat16, 256, 64, 64, True, False, dict(chunk_size=64)),
     (jnp.bfloat16, 512, 96, 48, True, True, dict(chunk_size=64, chunk_size_inter=16)),
     (jnp.bfloat16, 512, 256, 512, True, True, {}),
+    (jnp.bfloat16, 512, 256, 512, True, True, dict(save_states=True)),  # chunk states kept from the forward
 ]
 
 

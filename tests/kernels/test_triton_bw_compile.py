@@ -2,7 +2,7 @@
 arguments raise ValueError naming the problem. No GPU needed (shared/DESIGN.md 4.2).
 
 One case lowers ``jax.grad`` through the registry entry (forward + custom_vjp backward); the sweep
-lowers the backward alone (states recompute + the four backward kernels) and covers rather than
+lowers the backward alone (states recompute + the three backward kernels) and covers rather than
 multiplies: chunk sizes 16..256 (inter < intra included), block sizes 16..256, warps 2..8, stages
 1..3, fp32/bf16/fp16 and head dims 16, 48, 64, 96, 128, 256, 512. About a minute on 2 CPU cores with
 an empty Triton cache.
@@ -16,10 +16,9 @@ import pytest
 from tests.kernels.test_triton_fw_compile import assert_compiled_for_sm90, lowered_triton_calls
 from xlstm_flax.kernels import get_kernel
 from xlstm_flax.kernels.triton import autograd
-from xlstm_flax.kernels.triton.chunkwise_bw import mlstm_chunkwise_bw
+from xlstm_flax.kernels.triton.chunkwise_bw import dkdv_split, mlstm_chunkwise_bw
 
-BW_KERNELS = (b"recurrent_bw_kernel", b"parallel_bw_dq_kernel", b"parallel_bw_dk_kernel",
-              b"parallel_bw_dv_kernel")
+BW_KERNELS = (b"recurrent_bw_kernel", b"parallel_bw_dq_kernel", b"parallel_bw_dkdv_kernel")
 
 
 def _bw_shapes(dtype, S, DHQK, DHV, B=1, NH=2):
@@ -35,20 +34,29 @@ def _backward(**tuning):
     return lambda *args: mlstm_chunkwise_bw(*args, eps=1e-6, **tuning)
 
 
-def test_registry_gradient_lowers_forward_and_backward(monkeypatch):
-    """jax.grad through get_kernel("chunkwise--triton") (its GPU check off: this machine has none)."""
+@pytest.mark.parametrize("save_states", [False, True], ids=["recompute", "save_states"])
+def test_registry_gradient_lowers_forward_and_backward(monkeypatch, save_states):
+    """jax.grad through get_kernel("chunkwise--triton") (its GPU check off: this machine has none);
+    the chunk states are computed twice (forward, backward) unless the forward's are saved."""
     monkeypatch.setattr(autograd, "_require_triton_backend", lambda: None)
     sds = jax.ShapeDtypeStruct
     qk, gates = sds((1, 2, 128, 64), jnp.bfloat16), sds((1, 2, 128), jnp.float32)
     kernel = get_kernel("chunkwise--triton")
 
     def loss(q, k, v, i, f):
-        return jnp.sum(kernel(q, k, v, i, f).astype(jnp.float32))
+        return jnp.sum(kernel(q, k, v, i, f, save_states=save_states).astype(jnp.float32))
 
     payloads = lowered_triton_calls(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), qk, qk, qk, gates, gates)
     assert_compiled_for_sm90(payloads, BW_KERNELS + (b"parallel_fw_kernel",))
     recurrent_fw = [p for p in payloads if b"recurrent_fw_kernel" in p]
-    assert len(recurrent_fw) == 2, "the backward recomputes the chunk states with the forward's kernel"
+    assert len(recurrent_fw) == (1 if save_states else 2), "chunk-state kernel launches (forward + recompute)"
+
+
+def test_registry_rejects_bad_save_states():
+    sds = jax.ShapeDtypeStruct
+    qk, gates = sds((1, 2, 32, 16), jnp.float32), sds((1, 2, 32), jnp.float32)
+    with pytest.raises(ValueError, match=re.escape("save_states must be True or False, got 'yes'")):
+        jax.eval_shape(lambda *a: get_kernel("chunkwise--triton")(*a, save_states="yes"), qk, qk, qk, gates, gates)
 
 
 SWEEP = [
@@ -95,3 +103,15 @@ def test_backward_rejects_bad_arguments():
     wrong_dh = args[:12] + (jax.ShapeDtypeStruct((1, 2, 64, 32), jnp.bfloat16),) + args[13:]
     with pytest.raises(ValueError, match=r"matDeltaH has shape \(1, 2, 64, 32\)"):
         jax.eval_shape(_backward(), *wrong_dh)
+
+
+@pytest.mark.parametrize("DHQK, DHV, owned, expected", [
+    (256, 512, 128, (2, 128, 256)),  # the smaller head dim in tiles of `owned`, the larger in as many
+    (128, 256, 128, (1, 128, 256)),
+    (512, 64, 16, (4, 128, 16)),
+    (24, 40, 16, (2, 16, 32)),  # padded to 32, 64
+])
+def test_dkdv_split_covers_both_head_dims(DHQK, DHV, owned, expected):
+    splits, BQ, BV = dkdv_split(DHQK, DHV, owned)
+    assert (splits, BQ, BV) == expected
+    assert splits * BQ >= DHQK and splits * BV >= DHV, "every column of dk and dv has an owner"

@@ -86,8 +86,10 @@ def test_test_data_exercises_both_denominator_branches():
     assert floor_active.any() and not floor_active.all()
 
 
-def test_registry_gradients_with_padding_and_last_states():
-    """jax.grad through ``get_kernel("chunkwise--triton")`` (custom_vjp, S=40 padded to 48) under jit."""
+@pytest.mark.parametrize("save_states", [False, True], ids=["recompute", "save_states"])
+def test_registry_gradients_with_padding_and_last_states(save_states):
+    """jax.grad through ``get_kernel("chunkwise--triton")`` (custom_vjp, S=40 padded to 48) under jit,
+    with the chunk states recomputed in the backward (default) or kept from the forward."""
     x = random_inputs(jax.random.PRNGKey(3), B=1, NH=2, S=40, DHQK=16, DHV=16, with_states=True)
     cot = random_cotangents(jax.random.PRNGKey(4), x, last_states=True)
     kernel = get_kernel("chunkwise--triton")
@@ -95,7 +97,7 @@ def test_registry_gradients_with_padding_and_last_states():
     def loss(*args):
         q, k, v, i, f, c0, n0, m0 = args
         h, last = kernel(q, k, v, i, f, c_initial=c0, n_initial=n0, m_initial=m0, return_last_states=True,
-                         qk_scale=QK_SCALE, eps=EPS, chunk_size=16)
+                         qk_scale=QK_SCALE, eps=EPS, chunk_size=16, save_states=save_states)
         return linear_loss(h, last, cot)
 
     grads = jax.jit(jax.grad(loss, argnums=tuple(range(8))))(*(x[n] for n in GRAD_NAMES))
