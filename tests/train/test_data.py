@@ -1,5 +1,5 @@
 """Data readers: text, .npy, .bin memmaps, EOS boundaries, splits, errors, deterministic batches."""
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -125,8 +125,37 @@ def test_stdlib_corpus_is_found():
     assert not any("site-packages" in f.parts for f in files)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is not None, reason="tokenizers is installed")
-def test_tokenizer_json_without_the_optional_package(tmp_path):
+def test_tokenizer_json_without_the_optional_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` fail
     (tmp_path / "a.txt").write_text("hello")
     with pytest.raises(DataError, match="needs the optional package 'tokenizers'"):
         load_corpus(DataConfig(path=str(tmp_path / "a.txt"), tokenizer=str(tmp_path / "tok.json")), 1000)
+
+
+def _word_level_tokenizer(path, words):
+    """A tokenizer.json (Hugging Face ``tokenizers``) mapping whitespace-separated words to ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+    return vocab
+
+
+def test_tokenizer_json_documents_end_with_its_eos(tmp_path):
+    pytest.importorskip("tokenizers")
+    vocab = _word_level_tokenizer(tmp_path / "tok.json", ["alpha", "beta", "gamma", "delta"])
+    docs = ["alpha beta", "gamma delta alpha", "beta beta"]
+    for n, text in enumerate(docs):
+        (tmp_path / f"d{n}.txt").write_text(text)
+    config = DataConfig(path=str(tmp_path / "d*.txt"), val_path=str(tmp_path / "d0.txt"),
+                        tokenizer=str(tmp_path / "tok.json"))
+    corpus = load_corpus(config, 16)
+    tokens = np.concatenate(corpus.train)
+    expected = sorted(tuple(vocab[w] for w in d.split()) + (vocab["<|endoftext|>"],) for d in docs)
+    pieces = np.split(tokens, np.flatnonzero(tokens == vocab["<|endoftext|>"]) + 1)
+    assert sorted(tuple(int(t) for t in p) for p in pieces if len(p)) == expected
+    assert not corpus.byte_level
+    with pytest.raises(DataError, match="tokenizer has 6 ids but model.vocab_size is 5"):
+        load_corpus(config, 5)
