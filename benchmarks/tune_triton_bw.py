@@ -1,8 +1,8 @@
 """Tunes and times the Triton chunkwise backward (bf16) on the GPU, in one run: forward+backward of the
 registry entry ``chunkwise--triton`` with its defaults (what training runs) and with
 ``save_states=True`` (chunk states kept from the forward), the default forward followed by the
-backward in a few configurations (each backward kernel also timed on its own), ``chunkwise--jax``
-forward+backward, and the compiled peak memory of forward+backward.
+backward in the configurations of ``CONFIGS`` (each backward kernel also timed on its own),
+``chunkwise--jax`` forward+backward, and the compiled peak memory of forward+backward.
 
     python -m benchmarks.tune_triton_bw [--shapes 7b,nh16] [--reps 20] [--out benchmarks/results/triton_bw.md]
 
@@ -35,7 +35,7 @@ from benchmarks.timing import compiled_peak_bytes, environment_lines, floor_ms, 
 from xlstm_flax.kernels import common, get_kernel
 from xlstm_flax.kernels.triton import autograd
 from xlstm_flax.kernels.triton import chunkwise_bw as bw
-from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states
+from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states, state_tuning
 
 BF16_TOL = 5e-2
 EPS = 1e-6  # the registry's default
@@ -49,15 +49,10 @@ DEFAULT_SHAPES = "7b,nh16"
 TARGET_MS = {"7b": 18.5, "nh16": 11.8}
 
 # Backward configurations per shape, each run after the default forward ({} = the backward's defaults,
-# chunk_size_intra as the registry picks it). The recurrent-kernel choices (*_inter) only change the
-# "states" and "dC recurrence" kernels and the others only dq/dk/dv, so one configuration may vary
-# both; each kernel is also timed on its own.
-CONFIGS = {
-    "7b": [{}, dict(siz_b_L_parallel=64), dict(siz_b_L_parallel=16, siz_b_DH_parallel=256)],
-    "nh16": [{}, dict(siz_b_L_parallel=64)],
-    "nh32": [{}, dict(siz_b_L_parallel=64)],
-}
-KERNELS = ("states", "dC recurrence", "dq", "dk+dv")
+# chunk_size_intra as the registry picks it), each kernel also timed on its own. Add tuning dicts here
+# to compare configurations (benchmarks/results/triton_bw_h100.md lists those already measured).
+CONFIGS = {name: [{}] for name in SHAPES}
+KERNELS = ("states", "dC recurrence", "dq", "dk", "dv")
 
 
 def flops(B, NH, S, K, V) -> float:
@@ -120,7 +115,7 @@ def kernel_timings(input_sets, tuning, reps) -> dict:
     args, _ = jax.jit(lambda *a: bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra))(
         q, k, v, i, f, m0, fw.matH, fw.vecN, fw.vecM, fw.vecNQ, dh)
     states = jax.jit(lambda k, v, i, f: tuple(bw._heads_flat(x) for x in mlstm_chunkwise_states(
-        k, v, i, f, **{n: getattr(config, n) for n in bw._STATE_TUNING})))
+        k, v, i, f, **state_tuning(config))))
     zeros_c, zeros_n = jnp.zeros((B * NH, K, v.shape[-1]), jnp.float32), jnp.zeros((B * NH, K), jnp.float32)
     dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config))
     all_states, dstates = states(k, v, i, f), dstates_fn(args)
@@ -128,7 +123,8 @@ def kernel_timings(input_sets, tuning, reps) -> dict:
         "states": (states, (k, v, i, f)),
         "dC recurrence": (dstates_fn, (args,)),
         "dq": (jax.jit(lambda a, st: bw.dq_call(a, st, s, config)), (args, all_states)),
-        "dk+dv": (jax.jit(lambda a, ds: bw.dkdv_call(a, ds, s, config)), (args, dstates)),
+        "dk": (jax.jit(lambda a, ds: bw.dk_dv_call(a, ds, s, config, for_dk=True)), (args, dstates)),
+        "dv": (jax.jit(lambda a, ds: bw.dk_dv_call(a, ds, s, config, for_dk=False)[0]), (args, dstates)),
     }
     return {name: median_ms(fn, [call_args], reps=reps) for name, (fn, call_args) in calls.items()}
 
@@ -183,14 +179,11 @@ def tune_shape(name, input_sets, reps):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated names of SHAPES")
-    parser.add_argument("--configs", type=int, default=None, help="only the first N configurations per shape")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", default=None, help="markdown file for the results table")
     args = parser.parse_args(argv)
     rows, notes = [], []
     for name in args.shapes.split(","):
-        if args.configs is not None:
-            CONFIGS[name] = CONFIGS[name][:args.configs]
         B, NH, S, K, V = SHAPES[name]
         input_sets = [random_inputs(jax.random.PRNGKey(seed), B, NH, S, K, V) for seed in (0, 1)]
         shape_rows, shape_notes = tune_shape(name, input_sets, args.reps)

@@ -3,8 +3,10 @@ convention (``xlstm_flax.kernels``), wrapped in ``jax.custom_vjp``.
 
 The custom_vjp's forward saves what an exact backward needs (inputs, initial states, H and the
 per-step den, m and signed n.(s q)); the backward itself is :func:`_backward`. It recomputes the
-chunk states by default; ``save_states=True`` keeps the forward's instead (more memory: fp32
-(S / chunk_size + 1) * DHQK * (DHV + 1) per head, about 1 GiB at B=8, NH=8, S=8192, 256 x 512).
+chunk states by default, with the forward's exact call (same kernel configuration), so that XLA can
+merge the two when forward and backward are compiled together; ``save_states=True`` keeps the
+forward's instead (more memory held between forward and backward: fp32 (S / chunk_size + 1) * DHQK *
+(DHV + 1) per head, about 1 GiB at B=8, NH=8, S=8192, 256 x 512).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from .. import common
 from . import compat, launch
 from .chunkwise_bw import mlstm_chunkwise_bw
 from .chunkwise_fw import (
-    MAX_CHUNK, MIN_BLOCK, FwConfig, check_power_of_two, mlstm_chunkwise_fw_result, resolve_config,
+    MAX_CHUNK, MIN_BLOCK, FwConfig, check_power_of_two, mlstm_chunkwise_fw_result, mlstm_chunkwise_states,
+    resolve_config, state_tuning,
 )
 
 KERNEL_NAME = "chunkwise--triton"
@@ -116,10 +119,13 @@ def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, options):
 def _backward(options, residuals, cotangents):
     """Exact gradients (chunkwise_bw.py) for q, k, v, i, f and the initial states c0, n0, m0."""
     matH_bar, (matC_bar, vecN_bar, scaM_bar) = cotangents
-    *forward_residuals, saved_states = residuals
+    *forward_residuals, states = residuals
+    if states is None:  # recompute them with the forward's own call
+        _, k, v, i, f, c0, n0, m0 = forward_residuals[:8]
+        states = mlstm_chunkwise_states(k, v, i, f, c0, n0, m0, **state_tuning(options.config))
     return mlstm_chunkwise_bw(
         *forward_residuals, matH_bar, matC_bar, vecN_bar, scaM_bar, qk_scale=options.qk_scale, eps=options.eps,
-        all_states=saved_states, **dict(options.chosen),
+        all_states=states, **dict(options.chosen),
     )
 
 

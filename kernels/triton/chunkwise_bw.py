@@ -5,8 +5,9 @@ Math (per batch and head; s = qk_scale, F = cumulative log forget gate, m_t the 
 1. Per step (JAX here): dnum_t = dh_t / (den_t + eps); dden_t = -sum(dh_t * h_t) / (den_t + eps);
    dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)] (nq_t = n_t . s q_t, the forward's ``vecNQ``).
 2. Triton (``chunkwise_bw_kernels``): with n as one more value column, a recurrent kernel walks the
-   chunks backwards for the state cotangents (dC, dn) at every intra-chunk boundary, and two parallel
-   kernels give dq and, fused, dk and dv per chunk (plus the row sums q.dq and k.dk).
+   chunks backwards for the state cotangents (dC, dn) at every intra-chunk boundary, and parallel
+   kernels give dq, dk and dv per chunk (plus the row sums q.dq and k.dk); dk and dv are two launches
+   of one kernel.
 3. Gates (JAX): di_j = k_j . dk_j; dF_t = q_t . dq_t - k_t . dk_t (+ sum(dC_S C_S) + dn_S . n_S at the
    last step); d log f = reverse cumsum of dF. Initial states: dC0, dn0 = the cotangents at boundary
    0, dm0 = sum(dC0 C0) + dn0 . n0.
@@ -29,28 +30,23 @@ from . import chunkwise_bw_kernels as kernels
 from . import chunkwise_fw as fw
 from .launch import triton_call
 
-_STATE_TUNING = ("chunk_size_inter", "chunk_size_intra", "siz_b_DHQK_inter", "siz_b_DHV_inter",
-                 "num_warps_inter", "num_stages_inter")
 
 
 def default_bw_tuning(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     """The backward's per-shape defaults of every tuning choice but chunk_size_intra.
 
-    chunk_size_inter = min(128, chunk_size_intra); loop step block min(64, chunk_size_intra), loop
-    head-dim block min(64, DHQK padded); recurrent tile min(64, padded head dims), 4 warps.
-    16-bit inputs: owned step block min(32, chunk_size_intra), owned head-dim tile min(128, DHV
-    padded), parallel kernels 8 warps. fp32 (twice the bytes per operand tile): 64, 64, 4 warps.
-    2 stages everywhere. With these the parallel kernels compile for sm_90 without register spills
-    at DHQK, DHV = 256, 512 and 128, 256 (bf16); owned step blocks of 64 spill (the fused dk/dv
-    kernel holds a (block, BQ + BV) fp32 accumulator).
+    Step blocks min(64, chunk_size_intra), chunk_size_inter = min(128, chunk_size_intra); owned
+    head-dim tile min(128, DHV padded) for 16-bit inputs, min(64, DHV padded) for fp32 (twice the
+    bytes per tile), loop blocks min(64, DHQK padded); recurrent tile min(64, padded head dims);
+    4 warps and 2 stages everywhere (the fastest of the H100 runs in
+    benchmarks/results/triton_bw_h100.md; 8 warps and 32-step blocks avoid register spills but ran
+    slower).
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = _padded(DHQK), _padded(DHV)
-    sixteen_bit = jnp.dtype(dtype).itemsize <= 2
-    owned_steps, owned_dims, warps = (32, 128, 8) if sixteen_bit else (64, 64, 4)
-    return dict(chunk_size_inter=min(128, intra), siz_b_L_parallel=min(owned_steps, intra),
-                siz_b_L_loop=min(64, intra), siz_b_DH_parallel=min(owned_dims, dhv_pad),
-                siz_b_DH_loop=min(64, dhqk_pad), num_warps_intra=warps,
+    owned = 128 if jnp.dtype(dtype).itemsize <= 2 else 64
+    return dict(chunk_size_inter=min(128, intra), siz_b_L_parallel=min(64, intra), siz_b_L_loop=min(64, intra),
+                siz_b_DH_parallel=min(owned, dhv_pad), siz_b_DH_loop=min(64, dhqk_pad), num_warps_intra=4,
                 num_warps_inter=4, num_stages_intra=2, num_stages_inter=2, siz_b_DHQK_inter=min(64, dhqk_pad),
                 siz_b_DHV_inter=min(64, dhv_pad))
 
@@ -158,32 +154,24 @@ def dq_call(args: KernelArgs, states, s: float, config: fw.FwConfig):
     return matDQ, vecQDQ.sum(0)
 
 
-def dkdv_split(DHQK: int, DHV: int, siz_b_DH_parallel: int) -> tuple[int, int, int]:
-    """(splits, BQ, BV) of the fused dk/dv kernel: the smaller padded head dim is cut into tiles of
-    ``siz_b_DH_parallel`` (at most the whole of it), the larger into as many equal tiles. Each
-    split recomputes the dnum v^T and q k^T tiles, so fewer, wider splits do less work but hold a
-    (BJ, BQ + BV) fp32 accumulator."""
-    dhqk_pad, dhv_pad = _padded(DHQK), _padded(DHV)
-    splits = max(1, min(dhqk_pad, dhv_pad) // siz_b_DH_parallel)
-    return splits, dhqk_pad // splits, dhv_pad // splits
-
-
-def dkdv_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig):
-    """dk (BH, S, DHQK) and dv (BH, S, DHV) in k's and v's dtypes and the row sums k . dk (BH, S) fp32."""
+def dk_dv_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig, for_dk: bool):
+    """dk (BH, S, DHQK) in k's dtype with the row sums k . dk (BH, S) fp32 (``for_dk``), else
+    (dv (BH, S, DHV) in v's dtype, None)."""
     BH, S, DHQK = args.matK.shape
     DHV = args.matV.shape[-1]
-    splits, BQ, BV = dkdv_split(DHQK, DHV, config.siz_b_DH_parallel)
-    matDK, matDV, vecKDK = triton_call(
+    owned, looped = (DHQK, DHV) if for_dk else (DHV, DHQK)
+    BOWN = _head_blocks(owned, config.siz_b_DH_parallel)
+    splits = -(-owned // BOWN)
+    target = args.matK if for_dk else args.matV
+    row_sums = jax.ShapeDtypeStruct((splits, BH, S) if for_dk else (1,), jnp.float32)  # dv: not written
+    matDX, vecKDK = triton_call(
         args.matQ, args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, *dstates,
-        kernel=kernels.parallel_bw_dkdv_kernel,
-        out_shape=(jax.ShapeDtypeStruct(args.matK.shape, args.matK.dtype),
-                   jax.ShapeDtypeStruct(args.matV.shape, args.matV.dtype),
-                   jax.ShapeDtypeStruct((splits, BH, S), jnp.float32)),
-        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, BQ=BQ, BV=BV,
-        BQ_LOOP=_head_blocks(DHQK, config.siz_b_DH_loop), BV_LOOP=_head_blocks(DHV, config.siz_b_DH_loop),
-        **_parallel_launch(args, s, config, splits),
+        kernel=kernels.parallel_bw_dk_dv_kernel,
+        out_shape=(jax.ShapeDtypeStruct(target.shape, target.dtype), row_sums),
+        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, BOWN=BOWN,
+        BLOOP=_head_blocks(looped, config.siz_b_DH_loop), FOR_DK=for_dk, **_parallel_launch(args, s, config, splits),
     )
-    return matDK, matDV, vecKDK.sum(0)
+    return matDX, (vecKDK.sum(0) if for_dk else None)
 
 
 def kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecN, vecM, vecNQ, matDeltaH, eps: float,
@@ -215,11 +203,10 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
     with the backward's own defaults (:func:`resolve_bw_config`). In the backward,
     ``siz_b_L_parallel`` is the block of steps one program owns (rows of dq, columns of dk/dv) and
     ``siz_b_L_loop`` the block of the other steps it loops over; ``siz_b_DH_parallel`` is the
-    head-dim tile a program owns: of DHQK for dq; for the fused dk/dv kernel the smaller padded head
-    dim is cut into tiles of this size and the larger one into as many (:func:`dkdv_split`);
+    head-dim tile a program owns (of DHQK for dq and dk, of DHV for dv);
     ``siz_b_DH_loop`` is the head-dim block the contractions loop over, clamped to the padded head
     dim; ``siz_b_DHQK_inter`` x ``siz_b_DHV_inter`` is the state tile of the recurrent kernel; the
-    ``*_intra`` warps/stages apply to the two parallel kernels.
+    ``*_intra`` warps/stages apply to the parallel kernels.
 
     Returns (dq, dk, dv, di, df, dc0, dn0, dm0): dq, dk, dv, di, df in their inputs' dtypes, the
     initial states' gradients fp32.
@@ -236,7 +223,7 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
     if all_states is None:
         all_states = fw.mlstm_chunkwise_states(
             matK, matV, vecI, vecF, matC0, vecN0, scaM0,
-            **{name: getattr(config, name) for name in _STATE_TUNING},
+            **fw.state_tuning(config),
         )
 
     # 1. per-step cotangents; 2. the Triton kernels on (B * NH, ...) views.
@@ -246,7 +233,8 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
     vecDN_last = jnp.zeros((B, NH, DHQK), f32) if vecDeltaN_last is None else vecDeltaN_last.astype(f32)
     dstates = state_cotangents(args, _heads_flat(matDC_last), _heads_flat(vecDN_last), s, config)
     matDQ, vecQDQ = dq_call(args, tuple(_heads_flat(x) for x in all_states), s, config)
-    matDK, matDV, vecKDK = dkdv_call(args, dstates, s, config)
+    matDK, vecKDK = dk_dv_call(args, dstates, s, config, for_dk=True)
+    matDV, _ = dk_dv_call(args, dstates, s, config, for_dk=False)
     matDC_all, vecDN_all = (x.reshape(B, NH, *x.shape[1:]) for x in dstates)
 
     # 3. gates: dF and the initial states.

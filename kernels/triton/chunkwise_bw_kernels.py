@@ -195,61 +195,57 @@ def _key_block(vecF_bh, vecI_bh, vecM_bh, pid_j, L: tl.constexpr, BJ: tl.constex
 
 
 @triton.jit
-def parallel_bw_dkdv_kernel(
+def parallel_bw_dk_dv_kernel(
     matQ, matK, matV, matDNum, vecDNQ, vecF, vecI, vecM, matDC_all, vecDN_all,  # inputs
-    matDK, matDV, vecKDK,  # outputs: dk, dv, k . dk partial sums (num_programs(0), BH, S) fp32
+    matDX, vecKDK,  # outputs: dk (BH, S, DHQK) or dv (BH, S, DHV); for dk, k . dk partial sums
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
-    L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
-    BQ_LOOP: tl.constexpr, BV_LOOP: tl.constexpr, PRECISION: tl.constexpr,
+    L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
+    FOR_DK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dk and dv together for BJ key steps: program p owns columns [p BQ, (p+1) BQ) of dk and
-    [p BV, (p+1) BV) of dv (a range past the head dim is fully masked). Grid (splits, S // BJ, BH).
+    """dk (FOR_DK) or dv for BJ rows and BOWN columns. Grid (cdiv(DHQK or DHV, BOWN), S // BJ, BH).
 
-    Each (t, j) tile builds the gate tile and the contractions dnum_t . v_j (over DHV, blocks of
-    BV_LOOP) and q_t . k_j (over DHQK, blocks of BQ_LOOP) once and feeds both accumulators.
+    Both loop over the same (t >= j) tiles with the same gate tile; dk contracts dnum_t . v_j (over
+    DHV) and multiplies q_t, dv contracts q_t . k_j (over DHQK) and multiplies dnum_t; the other
+    head dim is looped over in blocks of BLOOP. ``vecKDK`` (cdiv(DHQK, BOWN), BH, S) fp32 is written
+    only for dk.
     """
-    pid_h = tl.program_id(0)
+    pid_own = tl.program_id(0)
     pid_j = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
     NC: tl.constexpr = S // L
+    D_OWN: tl.constexpr = DHQK if FOR_DK else DHV
     vecF_bh, vecM_bh = vecF + bh * S, vecM + bh * S
     offs_j, F_j, i_j, chunk, chunk_end, w_j = _key_block(vecF_bh, vecI + bh * S, vecM_bh, pid_j, L, BJ)
-    offs_q = pid_h * BQ + tl.arange(0, BQ)
-    offs_v = pid_h * BV + tl.arange(0, BV)
-    mask_q = offs_q < DHQK
-    mask_v = offs_v < DHV
+    offs_own = pid_own * BOWN + tl.arange(0, BOWN)
+    mask_own = offs_own < D_OWN
     q_base = matQ + bh * S * DHQK
     k_base = matK + bh * S * DHQK
     v_base = matV + bh * S * DHV
     dnum_base = matDNum + bh * S * DHV
+    # dk: scores dnum_t . v_j (+ dnq_t) times q_t; dv: scores q_t . k_j times dnum_t.
+    if FOR_DK:
+        score_a, score_b, score_width, rows_base, state_rows = dnum_base, v_base, DHV, q_base, v_base
+    else:
+        score_a, score_b, score_width, rows_base, state_rows = q_base, k_base, DHQK, dnum_base, k_base
 
     # Inter-chunk part: dk = w_j (v_j dC^T + dn), dv = w_j k_j dC, dC the state after the chunk.
     state_index = bh * (NC + 1) + chunk + 1
-    state_ptr = matDC_all + state_index * DHQK * DHV
-    dk = _rows_times_state_tile(v_base, state_ptr, offs_j, offs_q, mask_q, DHQK, DHV, BJ, BQ, BV_LOOP, True,
-                                PRECISION)
-    dn = tl.load(vecDN_all + state_index * DHQK + offs_q, mask=mask_q, other=0.0)
-    dk = (dk + dn[None, :]) * w_j[:, None]
-    dv = _rows_times_state_tile(k_base, state_ptr, offs_j, offs_v, mask_v, DHQK, DHV, BJ, BV, BQ_LOOP, False,
-                                PRECISION) * w_j[:, None]
-
-    # Intra-chunk part: the steps t >= j of the same chunk.
+    acc = _rows_times_state_tile(state_rows, matDC_all + state_index * DHQK * DHV, offs_j, offs_own, mask_own,
+                                 DHQK, DHV, BJ, BOWN, BLOOP, FOR_DK, PRECISION)
+    if FOR_DK:
+        acc += tl.load(vecDN_all + state_index * DHQK + offs_own, mask=mask_own, other=0.0)[None, :]
+    acc *= w_j[:, None]
     for t0 in range((pid_j * BJ) // BT * BT, chunk_end, BT):
         offs_t = t0 + tl.arange(0, BT)
         gates = _gate_tile(tl.load(vecF_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, F_j, i_j, offs_j)
-        gates *= qk_scale
-        dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV_LOOP, BT, BJ, PRECISION)
-        q_k = _rows_dot_tile(q_base, k_base, offs_t, offs_j, DHQK, BQ_LOOP, BT, BJ, PRECISION)
-        dnq_t = tl.load(vecDNQ + bh * S + offs_t)
-        q_t = tl.load(q_base + offs_t[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
-        dnum_t = tl.load(dnum_base + offs_t[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-        dk = tl.dot(tl.trans(((dnum_v + dnq_t[:, None]) * gates).to(q_t.dtype)), q_t, acc=dk,
-                    input_precision=PRECISION)
-        dv = tl.dot(tl.trans((q_k * gates).to(dnum_t.dtype)), dnum_t, acc=dv, input_precision=PRECISION)
+        scores = _rows_dot_tile(score_a, score_b, offs_t, offs_j, score_width, BLOOP, BT, BJ, PRECISION)
+        if FOR_DK:
+            scores += tl.load(vecDNQ + bh * S + offs_t)[:, None]
+        rows = tl.load(rows_base + offs_t[:, None] * D_OWN + offs_own[None, :], mask=mask_own[None, :], other=0.0)
+        acc = tl.dot(tl.trans((scores * gates * qk_scale).to(rows.dtype)), rows, acc=acc, input_precision=PRECISION)
 
-    tl.store(matDK + bh * S * DHQK + offs_j[:, None] * DHQK + offs_q[None, :], dk.to(matDK.dtype.element_ty),
-             mask=mask_q[None, :])
-    tl.store(matDV + bh * S * DHV + offs_j[:, None] * DHV + offs_v[None, :], dv.to(matDV.dtype.element_ty),
-             mask=mask_v[None, :])
-    k = tl.load(k_base + offs_j[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
-    tl.store(vecKDK + (pid_h * tl.num_programs(2) + bh) * S + offs_j, tl.sum(k.to(tl.float32) * dk, axis=1))
+    tl.store(matDX + bh * S * D_OWN + offs_j[:, None] * D_OWN + offs_own[None, :], acc.to(matDX.dtype.element_ty),
+             mask=mask_own[None, :])
+    if FOR_DK:
+        k = tl.load(k_base + offs_j[:, None] * DHQK + offs_own[None, :], mask=mask_own[None, :], other=0.0)
+        tl.store(vecKDK + (pid_own * tl.num_programs(2) + bh) * S + offs_j, tl.sum(k.to(tl.float32) * acc, axis=1))

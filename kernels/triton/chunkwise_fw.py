@@ -58,6 +58,15 @@ class FwConfig:
     siz_b_DHV_inter: int
 
 
+STATE_TUNING = ("chunk_size_inter", "chunk_size_intra", "siz_b_DHQK_inter", "siz_b_DHV_inter", "num_warps_inter",
+                "num_stages_inter")
+
+
+def state_tuning(config: FwConfig) -> dict:
+    """The choices of ``config`` that :func:`mlstm_chunkwise_states` takes (its recurrent kernel's)."""
+    return {name: getattr(config, name) for name in STATE_TUNING}
+
+
 def default_chunk_size(S: int) -> int:
     """min(256, the largest power of two dividing S)."""
     return min(256, S & -S)

@@ -2,7 +2,7 @@
 arguments raise ValueError naming the problem. No GPU needed (shared/DESIGN.md 4.2).
 
 One case lowers ``jax.grad`` through the registry entry (forward + custom_vjp backward); the sweep
-lowers the backward alone (states recompute + the three backward kernels) and covers rather than
+lowers the backward alone (states recompute + the backward kernels) and covers rather than
 multiplies: chunk sizes 16..256 (inter < intra included), block sizes 16..256, warps 2..8, stages
 1..3, fp32/bf16/fp16 and head dims 16, 48, 64, 96, 128, 256, 512. About a minute on 2 CPU cores with
 an empty Triton cache.
@@ -16,9 +16,17 @@ import pytest
 from tests.kernels.test_triton_fw_compile import assert_compiled_for_sm90, lowered_triton_calls
 from xlstm_flax.kernels import get_kernel
 from xlstm_flax.kernels.triton import autograd
-from xlstm_flax.kernels.triton.chunkwise_bw import dkdv_split, mlstm_chunkwise_bw
+from xlstm_flax.kernels.triton.chunkwise_bw import mlstm_chunkwise_bw
 
-BW_KERNELS = (b"recurrent_bw_kernel", b"parallel_bw_dq_kernel", b"parallel_bw_dkdv_kernel")
+BW_KERNELS = (b"recurrent_bw_kernel", b"parallel_bw_dq_kernel")  # one launch each
+DK_DV_KERNEL = b"parallel_bw_dk_dv_kernel"  # launched twice: dk, then dv
+
+
+def assert_backward_compiled(payloads: list[bytes], other_kernels: tuple) -> None:
+    assert_compiled_for_sm90(payloads, BW_KERNELS + other_kernels)
+    dk_dv = [p for p in payloads if DK_DV_KERNEL in p]
+    assert len(dk_dv) == 2, f"parallel_bw_dk_dv_kernel in {len(dk_dv)} lowered calls, expected 2 (dk, dv)"
+    assert all(b".target sm_90a" in p and b"mma" in p for p in dk_dv), "dk/dv PTX not sm_90a tensor-core code"
 
 
 def _bw_shapes(dtype, S, DHQK, DHV, B=1, NH=2):
@@ -47,7 +55,7 @@ def test_registry_gradient_lowers_forward_and_backward(monkeypatch, save_states)
         return jnp.sum(kernel(q, k, v, i, f, save_states=save_states).astype(jnp.float32))
 
     payloads = lowered_triton_calls(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), qk, qk, qk, gates, gates)
-    assert_compiled_for_sm90(payloads, BW_KERNELS + (b"parallel_fw_kernel",))
+    assert_backward_compiled(payloads, (b"parallel_fw_kernel",))
     recurrent_fw = [p for p in payloads if b"recurrent_fw_kernel" in p]
     assert len(recurrent_fw) == (1 if save_states else 2), "chunk-state kernel launches (forward + recompute)"
 
@@ -86,7 +94,7 @@ def _case_id(case):
 def test_backward_lowers_to_sm90_ptx(case):
     dtype, S, DHQK, DHV, tuning = case
     payloads = lowered_triton_calls(_backward(**tuning), *_bw_shapes(dtype, S, DHQK, DHV))
-    assert_compiled_for_sm90(payloads, BW_KERNELS + (b"recurrent_fw_kernel",))
+    assert_backward_compiled(payloads, (b"recurrent_fw_kernel",))
 
 
 def test_backward_rejects_bad_arguments():
@@ -104,14 +112,3 @@ def test_backward_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"matDeltaH has shape \(1, 2, 64, 32\)"):
         jax.eval_shape(_backward(), *wrong_dh)
 
-
-@pytest.mark.parametrize("DHQK, DHV, owned, expected", [
-    (256, 512, 128, (2, 128, 256)),  # the smaller head dim in tiles of `owned`, the larger in as many
-    (128, 256, 128, (1, 128, 256)),
-    (512, 64, 16, (4, 128, 16)),
-    (24, 40, 16, (2, 16, 32)),  # padded to 32, 64
-])
-def test_dkdv_split_covers_both_head_dims(DHQK, DHV, owned, expected):
-    splits, BQ, BV = dkdv_split(DHQK, DHV, owned)
-    assert (splits, BQ, BV) == expected
-    assert splits * BQ >= DHQK and splits * BV >= DHV, "every column of dk and dv has an owner"
