@@ -38,7 +38,7 @@ import jax.numpy as jnp
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
 from benchmarks.timing import (  # noqa: E402
-    compiled_peak_bytes, environment_lines, floor_ms, markdown_table, median_ms,
+    compiled_peak_bytes, floor_ms, markdown_table, median_ms, mlstm_inputs, write_report,
 )
 from xlstm_flax.kernels import get_kernel  # noqa: E402
 
@@ -93,19 +93,6 @@ def attention_work(B, S, N, H, dtype, mode: str) -> tuple[float, float]:
     if mode == "fw":
         return flop, 4 * tensor
     return 3.5 * flop, 4 * tensor + 8 * tensor
-
-
-def mlstm_inputs(shape, dtype, seed: int):
-    """One random input set (q, k, v, i, f, dh)."""
-    B, NH, S, K, V = shape
-    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
-    q = jax.random.normal(keys[0], (B, NH, S, K), dtype)
-    k = jax.random.normal(keys[1], (B, NH, S, K), dtype)
-    v = jax.random.normal(keys[2], (B, NH, S, V), dtype)
-    i = 2.0 * jax.random.normal(keys[3], (B, NH, S), jnp.float32)
-    f = 3.0 + jax.random.normal(keys[4], (B, NH, S), jnp.float32)
-    dh = jax.random.normal(keys[5], (B, NH, S, V), dtype)
-    return q, k, v, i, f, dh
 
 
 def timed_function(fn: Callable, n_inputs: int, mode: str) -> Callable:
@@ -197,13 +184,7 @@ def main(argv=None) -> str:
     rows = mlstm_rows(args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options)
     if args.attention:
         rows += attention_rows(shapes[0], modes)
-    report = "\n".join(["# mLSTM kernel benchmark", "", *environment_lines(), "",
-                        markdown_table(COLUMNS, rows), ""])
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(report)
-    return report
+    return write_report("mLSTM kernel benchmark", [[markdown_table(COLUMNS, rows)]], args.out)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import datetime
+import os
 import statistics
 import sys
 import time
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
 # Measured ceilings of the H100 machine (shared/GPU.md, device KINDS.md): bf16 dense matmul, HBM copy.
 H100_BF16_FLOPS = 790e12
@@ -25,6 +27,20 @@ def median_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 3, reps: 
         jax.block_until_ready(fn(*args))
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def mlstm_inputs(shape, dtype, seed: int):
+    """One random input set (q, k, v, i, f, dh) for shape (B, NH, S, DHQK, DHV): q, k, v, dh ~ N(0, 1)
+    in ``dtype``; gates fp32, i ~ 2 N(0, 1), f ~ 3 + N(0, 1) (never zeros)."""
+    B, NH, S, K, V = shape
+    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+    q = jax.random.normal(keys[0], (B, NH, S, K), dtype)
+    k = jax.random.normal(keys[1], (B, NH, S, K), dtype)
+    v = jax.random.normal(keys[2], (B, NH, S, V), dtype)
+    i = 2.0 * jax.random.normal(keys[3], (B, NH, S), jnp.float32)
+    f = 3.0 + jax.random.normal(keys[4], (B, NH, S), jnp.float32)
+    dh = jax.random.normal(keys[5], (B, NH, S, V), dtype)
+    return q, k, v, i, f, dh
 
 
 def floor_ms(flops: float, min_bytes: float) -> float:
@@ -58,3 +74,18 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_report(title: str, sections: Sequence[Sequence[str]], out: str | None) -> str:
+    """Joins a ``# title``, the environment lines and ``sections`` (lists of lines) into a markdown
+    report; prints it and writes it to ``out`` when given. Returns the text."""
+    parts = [f"# {title}", "", *environment_lines()]
+    for lines in sections:
+        parts += ["", *lines]
+    text = "\n".join(parts) + "\n"
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as fh:
+            fh.write(text)
+    return text

@@ -24,14 +24,13 @@ random data, relative Frobenius error <= 5e-2 (both bf16; see tests/gpu/test_tri
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import compiled_peak_bytes, environment_lines, floor_ms, markdown_table, median_ms
+from benchmarks.timing import compiled_peak_bytes, floor_ms, markdown_table, median_ms, mlstm_inputs, write_report
 from xlstm_flax.kernels import common, get_kernel
 from xlstm_flax.kernels.triton import autograd
 from xlstm_flax.kernels.triton import chunkwise_bw as bw
@@ -61,19 +60,6 @@ def flops(B, NH, S, K, V) -> float:
 
 def min_bytes(B, NH, S, K, V) -> float:
     return 2 * B * NH * S * (6 * K + 6 * V)
-
-
-def random_inputs(key, B, NH, S, K, V):
-    """bf16 q, k, v, dh ~ N(0, 1); input gate N(0, 4); forget gate N(3, 1) (never zeros)."""
-    kq, kk, kv, ki, kf, kh = jax.random.split(key, 6)
-    return (
-        jax.random.normal(kq, (B, NH, S, K), jnp.bfloat16),
-        jax.random.normal(kk, (B, NH, S, K), jnp.bfloat16),
-        jax.random.normal(kv, (B, NH, S, V), jnp.bfloat16),
-        2.0 * jax.random.normal(ki, (B, NH, S), jnp.float32),
-        3.0 + jax.random.normal(kf, (B, NH, S), jnp.float32),
-        jax.random.normal(kh, (B, NH, S, V), jnp.bfloat16),
-    )
 
 
 def forward_backward(name, **options):
@@ -185,20 +171,14 @@ def main(argv=None) -> int:
     rows, notes = [], []
     for name in args.shapes.split(","):
         B, NH, S, K, V = SHAPES[name]
-        input_sets = [random_inputs(jax.random.PRNGKey(seed), B, NH, S, K, V) for seed in (0, 1)]
+        input_sets = [mlstm_inputs((B, NH, S, K, V), jnp.bfloat16, seed) for seed in (0, 1)]
         shape_rows, shape_notes = tune_shape(name, input_sets, args.reps)
         rows += shape_rows
         notes += shape_notes
         del input_sets
     table = markdown_table(["shape", "what", "ms", "TFLOP/s", "% of floor", "peak GiB",
                             "bw kernels ms: " + " / ".join(KERNELS), "max rel err vs jax"], rows)
-    text = "\n".join(["# Triton chunkwise forward+backward, bf16", "", *environment_lines(), "", *notes, "",
-                      table, ""])
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report("Triton chunkwise forward+backward, bf16", [notes, [table]], args.out)
     return 0
 
 

@@ -19,13 +19,12 @@ Correctness: h of every configuration vs ``chunkwise--jax`` h (bf16 inputs, both
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.timing import environment_lines, floor_ms, markdown_table, median_ms
+from benchmarks.timing import floor_ms, markdown_table, median_ms, mlstm_inputs, write_report
 from xlstm_flax.kernels import get_kernel
 from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states
 
@@ -80,18 +79,6 @@ def min_bytes(B, NH, S, K, V) -> float:
     return 2 * B * NH * S * (2 * K + 2 * V)
 
 
-def random_inputs(key, B, NH, S, K, V):
-    """bf16 q, k, v ~ N(0, 1); input gate N(0, 4); forget gate N(3, 1) (never zeros)."""
-    kq, kk, kv, ki, kf = jax.random.split(key, 5)
-    return (
-        jax.random.normal(kq, (B, NH, S, K), jnp.bfloat16),
-        jax.random.normal(kk, (B, NH, S, K), jnp.bfloat16),
-        jax.random.normal(kv, (B, NH, S, V), jnp.bfloat16),
-        2.0 * jax.random.normal(ki, (B, NH, S), jnp.float32),
-        3.0 + jax.random.normal(kf, (B, NH, S), jnp.float32),
-    )
-
-
 def _forward(**tuning):
     @jax.jit
     def fw(q, k, v, i, f):
@@ -132,7 +119,7 @@ class ShapeTuner:
         B, NH, S, K, V = SHAPES[name]
         self.flops = flops(B, NH, S, K, V)
         self.floor = floor_ms(self.flops, min_bytes(B, NH, S, K, V))
-        self.inputs = [random_inputs(jax.random.PRNGKey(seed), B, NH, S, K, V) for seed in (0, 1)]
+        self.inputs = [mlstm_inputs((B, NH, S, K, V), jnp.bfloat16, seed)[:5] for seed in (0, 1)]
         self.want = jax.jit(get_kernel("chunkwise--jax"))(*self.inputs[0])
         self.rows = []
         self.best = None  # (ms, tuning) of the fastest correct whole forward
@@ -218,13 +205,7 @@ def main(argv=None) -> int:
     notes.append(f"- cuDNN causal attention (jax.nn.dot_product_attention), B=8, S=8192, 32 x 128 bf16, "
                  f"forward: {attention:.3f} ms")
     columns = ["shape", "kernel", "config", "ms", "TFLOP/s", "% of floor", "max rel err vs jax"]
-    text = "\n".join(["# Triton chunkwise forward, bf16", "", *environment_lines(), "", *notes, "",
-                      markdown_table(columns, rows), "", LEGEND, ""])
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    write_report("Triton chunkwise forward, bf16", [notes, [markdown_table(columns, rows)], [LEGEND]], args.out)
     return 0
 
 
