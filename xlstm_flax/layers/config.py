@@ -50,7 +50,7 @@ class mLSTMLayerConfig:
     num_heads: int = 4
     kernel: str = AUTO  # sequence kernel of xlstm_flax.kernels; swapping it changes only speed
     step_kernel: str = "step--jax"
-    chunk_size: int = 64
+    chunk_size: int | None = None  # sequence-kernel chunk; None: the kernel's own tuned default
     eps: float = 1e-6  # kernel denominator eps
     norm_eps: float = 1e-6  # per-head norm eps
     use_bias: bool = False  # biases of the q/k/v/o/up/down projections (gates always have one)
@@ -71,8 +71,10 @@ class mLSTMLayerConfig:
         owner = "mLSTMLayerConfig"
         _require(self.variant in MLSTM_VARIANTS, owner, "variant",
                  f"must be one of {MLSTM_VARIANTS}, got {self.variant!r}")
-        for name in ("num_heads", "chunk_size", "dim_round_to", "conv_kernel_size", "qkv_proj_blocksize"):
+        for name in ("num_heads", "dim_round_to", "conv_kernel_size", "qkv_proj_blocksize"):
             _require(getattr(self, name) >= 1, owner, name, f"must be >= 1, got {getattr(self, name)}")
+        _require(self.chunk_size is None or self.chunk_size >= 1, owner, "chunk_size",
+                 f"must be >= 1 or null, got {self.chunk_size}")
         for name in ("qk_dim_factor", "v_dim_factor", "proj_factor"):
             _require(getattr(self, name) > 0, owner, name, f"must be > 0, got {getattr(self, name)}")
         for name in ("eps", "norm_eps"):
