@@ -19,9 +19,11 @@ from flax import nnx
 
 from xlstm_flax import distributed
 from xlstm_flax.cli import main
-from xlstm_flax.train import NonFiniteLossError, load_recipe, load_trained_model, train
+from xlstm_flax.inference import load_trained_model
+from xlstm_flax.train import NonFiniteLossError, load_recipe, train
 from xlstm_flax.train.checkpoint import Checkpointer
-from xlstm_flax.train.loop import init_train_state, make_steps
+from xlstm_flax.train.loop import make_steps
+from xlstm_flax.train.state import init_train_state
 from xlstm_flax.train.metrics import latest_records, read_metrics
 
 STEPS = 16

@@ -22,18 +22,16 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..config import ConfigError, save_config, to_dict
 from ..distributed import DistributedConfig
-from ..config import ConfigError, load_config, save_config, to_dict
-from ..generate import generate
-from ..model import xLSTMLMModel
-from .checkpoint import Checkpointer
-from .data import Corpus, Tokenizer, load_corpus, sample_windows
+from ..inference import sample_text
+from .checkpoint import CHECKPOINT_DIR, Checkpointer
+from .data import Corpus, load_corpus, sample_windows
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
-from .recipe import RunConfig, TrainConfig
+from .recipe import CONFIG_FILE, RunConfig, TrainConfig
+from .state import init_train_state
 
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
 TRAIN_SPLIT, VAL_SPLIT = 0, 1  # data keys: (seed, split, index)
 
 
@@ -106,45 +104,6 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | N
         return loss_fn(params, rest, tokens)
 
     return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
-
-
-def init_train_state(config: RunConfig, mesh: Mesh):
-    """A freshly initialised model as ``(graphdef, rest, state)``: ``state`` is ``{"params": pure
-    dict, "opt_state": ...}`` in the layout ``config.distributed`` asks for; ``rest`` holds the
-    non-Param variables, replicated. A sharded state is created sharded, never whole on one device."""
-    optimizer = make_optimizer(config.optim, config.train.steps)
-
-    def new_model():
-        return xLSTMLMModel(config.model, rngs=nnx.Rngs(config.seed))
-
-    def init():
-        _, param_state, rest = nnx.split(new_model(), nnx.Param, ...)
-        params = nnx.to_pure_dict(param_state)
-        return {"params": params, "opt_state": optimizer.init(params)}, rest
-
-    graphdef = nnx.split(nnx.eval_shape(new_model), nnx.Param, ...)[0]
-    abstract_state, abstract_rest = jax.eval_shape(init)
-    shardings = (distributed.state_shardings(abstract_state, mesh, config.distributed),
-                 distributed.state_shardings(abstract_rest, mesh, DistributedConfig()))
-    if config.distributed.shard_params:
-        state, rest = jax.jit(init, out_shardings=shardings)()
-    else:  # eager: no compile, which is faster for a replicated (small enough) state
-        state, rest = jax.device_put(init(), shardings)
-    return graphdef, rest, state
-
-
-def load_trained_model(run_dir: str | Path, step: int | None = None):
-    """The model of a run directory with the weights of its latest (or given) checkpoint;
-    returns ``(model, config, step)``."""
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / CONFIG_FILE, RunConfig)
-    graphdef, rest, state = init_train_state(config, distributed.data_mesh())
-    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
-    try:
-        state, _, step = checkpointer.restore(state, step)
-    finally:
-        checkpointer.close()
-    return nnx.merge(graphdef, state["params"], rest), config, step
 
 
 def train(config: RunConfig, *, stop_at: int | None = None,
@@ -305,16 +264,6 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def sample_text(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, *, seed: int = 0,
-                temperature: float = 1.0, top_k: int | None = None) -> str:
-    """Prompt + ``max_new_tokens`` sampled tokens, decoded (invalid UTF-8 replaced)."""
-    ids = tokenizer.encode(prompt.encode())
-    ids = jnp.asarray(ids if len(ids) else [tokenizer.eos_id], dtype=jnp.int32)[None]
-    tokens = generate(model, ids, max_new_tokens, key=jax.random.key(seed), temperature=temperature,
-                      top_k=top_k)
-    return tokenizer.decode(np.asarray(tokens[0]))
-
-
 def _count(params: Any) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
@@ -326,7 +275,9 @@ def _layout(state: Any) -> str:
 
 
 def _corpus_summary(corpus: Corpus) -> str:
-    size = lambda streams: sum(len(s) for s in streams)
+    def size(streams):
+        return sum(len(s) for s in streams)
+
     unigram = corpus.unigram_entropy()
     text = (f"data: {size(corpus.train):,} train / {size(corpus.val):,} validation tokens; "
             f"unigram entropy of the train split {unigram:.4f} nats/token")

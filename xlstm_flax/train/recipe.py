@@ -23,6 +23,8 @@ from .checkpoint import CheckpointConfig
 from .data import DataConfig
 from .optim import OptimConfig
 
+CONFIG_FILE = "config.yaml"  # the resolved recipe, saved in the run directory
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
