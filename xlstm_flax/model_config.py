@@ -7,7 +7,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from .layers.config import FFNConfig, mLSTMLayerConfig, sLSTMLayerConfig
+from .layers.config import FFNConfig, mLSTMLayerConfig, runnable_kernel, sLSTMLayerConfig
 from .layers.norms import NORM_KINDS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -73,3 +73,12 @@ class xLSTMLMConfig:
     def jnp_param_dtype(self):
         return DTYPES[self.param_dtype]
 
+    def resolved_kernel(self) -> str | None:
+        """The mLSTM sequence kernel this model runs on this machine (``mlstm.kernel`` with "auto"
+        resolved), or None without mLSTM blocks; raises ValueError when the named kernel cannot run here."""
+        if "mlstm" not in self.block_kinds():
+            return None
+        try:
+            return runnable_kernel(self.mlstm.kernel)
+        except ValueError as err:
+            raise ValueError(f"mlstm.kernel: {err}") from None

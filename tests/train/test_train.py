@@ -1,9 +1,12 @@
-"""End-to-end training on CPU with a very small model: the CLI run learns and writes its artifacts,
-the train step compiles once, resume (after stop_at, SIGTERM, or a save killed midway) reproduces
-an uninterrupted run's losses bit for bit, and a NaN stops the run keeping the last good checkpoint.
+"""End-to-end training on CPU with a very small model: the CLI run learns and writes its artifacts
+(the resolved mLSTM kernel in the log and the saved config), the train step compiles once, resume
+(after stop_at, SIGTERM, or a save killed midway) reproduces an uninterrupted run's losses bit for bit, and a
+NaN stops the run keeping the last good checkpoint.
 
 Exactness: on CPU the same compiled step on the same inputs is deterministic, so resumed losses are
 compared with ``==`` (no tolerance)."""
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -58,8 +61,9 @@ def recipe(tmp_path_factory) -> Path:
 def reference(recipe, tmp_path_factory):
     """An uninterrupted run through the CLI; its per-step losses come from metrics.jsonl."""
     run_dir = tmp_path_factory.mktemp("reference")
-    assert main(["train", "--config", str(recipe), f"run_dir={run_dir}"]) == 0
-    return run_dir, train_losses(run_dir)
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:  # the run's log lines
+        assert main(["train", "--config", str(recipe), f"run_dir={run_dir}"]) == 0
+    return run_dir, train_losses(run_dir), stdout.getvalue().splitlines()
 
 
 def train_losses(run_dir) -> dict[int, float]:
@@ -71,7 +75,7 @@ def run(recipe, run_dir, *overrides, **kwargs):
 
 
 def test_cli_run_learns_and_writes_its_artifacts(recipe, reference):
-    run_dir, losses = reference
+    run_dir, losses, logged = reference
     assert sorted(losses) == list(range(1, STEPS + 1))
     first, last = losses[1], np.mean([losses[s] for s in range(STEPS - 3, STEPS + 1)])
     assert first > 5.0 and last < first - 1.5, (first, last)  # ln(258) = 5.55 at init
@@ -80,11 +84,14 @@ def test_cli_run_learns_and_writes_its_artifacts(recipe, reference):
     assert np.isclose(val[0]["bits_per_byte"], val[0]["loss"] / np.log(2))
     assert (run_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_recipe(run_dir / "config.yaml") == load_recipe(recipe, [f"run_dir={run_dir}"])
+    kernel = "mLSTM kernel: chunkwise--jax (model.mlstm.kernel: auto)"  # what "auto" picks without a GPU
+    assert (run_dir / "config.yaml").read_text().startswith(f"# {kernel}\n")
+    assert any(line.startswith("model: ") and line.endswith(kernel) for line in logged), logged
     assert Checkpointer(run_dir / "checkpoints", keep=2).all_steps() == [12, 16]  # keep the last 2
 
 
 def test_resume_after_stop_reproduces_losses_and_compiles_once(recipe, reference, tmp_path):
-    _, expected = reference
+    _, expected, _ = reference
     first = run(recipe, tmp_path, stop_at=6)
     assert first.interrupted and first.step == 6
     second = run(recipe, tmp_path, "resume=true")
@@ -96,7 +103,7 @@ def test_resume_after_stop_reproduces_losses_and_compiles_once(recipe, reference
 
 def test_sigterm_saves_then_resume_continues_exactly(recipe, reference, tmp_path):
     """SIGTERM arrives during the step-4 evaluation; the run finishes step 4, saves and stops."""
-    _, expected = reference
+    _, expected, _ = reference
 
     def log(message):
         if message.startswith("step 4: val"):
@@ -181,7 +188,7 @@ def test_two_cpu_devices_give_the_same_losses_as_one(recipe, tmp_path):
 
 
 def test_generate_command_samples_from_the_checkpoint(reference, capsys):
-    run_dir, _ = reference
+    run_dir, _, _ = reference
     assert main(["generate", "--run-dir", str(run_dir), "--prompt", "import ", "--tokens", "6"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("import ") and len(captured.out.encode()) > len("import ")

@@ -121,14 +121,15 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     corpus = load_corpus(config.data, config.model.vocab_size)
     log(_corpus_summary(corpus))
     graphdef, rest, state = init_train_state(config, mesh)
+    kernel = _kernel_summary(config)
     log(f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
-        f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}")
+        f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}")
     checkpointer = Checkpointer(ckpt_dir, config.checkpoint.keep)
     start = 0
     if config.resume and checkpointer.latest_step() is not None:
         state, meta, start = checkpointer.restore(state)
         log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
-    save_config(config, run_dir / CONFIG_FILE)
+    save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
     train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, tc.inject_nan_at_step, mesh,
                                        config.distributed)
@@ -272,6 +273,14 @@ def _layout(state: Any) -> str:
     arrays = jax.tree.leaves(state)
     sharded = sum(not x.sharding.is_fully_replicated for x in arrays)
     return f"{sharded} of {len(arrays)} state arrays sharded" if sharded else "state replicated"
+
+
+def _kernel_summary(config: RunConfig) -> str:
+    """The mLSTM sequence kernel the run uses here, as asked for and as resolved."""
+    resolved = config.model.resolved_kernel()
+    if resolved is None:
+        return "mLSTM kernel: none (no mLSTM blocks)"
+    return f"mLSTM kernel: {resolved} (model.mlstm.kernel: {config.model.mlstm.kernel})"
 
 
 def _corpus_summary(corpus: Corpus) -> str:

@@ -83,6 +83,10 @@ class RunConfig:
                              f"train.steps={self.train.steps}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite cannot both be true")
+        try:
+            self.model.resolved_kernel()  # the kernel must run here: fail before any data is read
+        except ValueError as err:
+            raise ValueError(f"model.{err}") from None
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
