@@ -23,11 +23,11 @@ from flax import nnx
 from xlstm_flax import distributed
 from xlstm_flax.cli import main
 from xlstm_flax.inference import load_trained_model
-from xlstm_flax.train import NonFiniteLossError, load_recipe, train
+from xlstm_flax.train import NonFiniteLossError, load_recipe, loop, train
 from xlstm_flax.train.checkpoint import Checkpointer
 from xlstm_flax.train.loop import make_steps
-from xlstm_flax.train.state import init_train_state
 from xlstm_flax.train.metrics import latest_records, read_metrics
+from xlstm_flax.train.state import init_train_state
 
 STEPS = 16
 STDLIB_JSON = f"{sysconfig.get_paths()['stdlib']}/json/*.py"
@@ -90,15 +90,24 @@ def test_cli_run_learns_and_writes_its_artifacts(recipe, reference):
     assert Checkpointer(run_dir / "checkpoints", keep=2).all_steps() == [12, 16]  # keep the last 2
 
 
-def test_resume_after_stop_reproduces_losses_and_compiles_once(recipe, reference, tmp_path):
+def test_resume_after_stop_reproduces_losses_and_compiles_once(recipe, reference, tmp_path, monkeypatch):
+    """Both sessions reuse the reference run's compiled steps: the loss function is never traced again."""
     _, expected, _ = reference
+    traced = []
+
+    def counted_cross_entropy(logits, targets):
+        traced.append(logits.shape)
+        return loop_cross_entropy(logits, targets)
+
+    loop_cross_entropy = loop.cross_entropy
+    monkeypatch.setattr(loop, "cross_entropy", counted_cross_entropy)
     first = run(recipe, tmp_path, stop_at=6)
     assert first.interrupted and first.step == 6
     second = run(recipe, tmp_path, "resume=true")
     assert second.start_step == 6 and second.step == STEPS
     assert first.train_losses == {s: expected[s] for s in range(1, 7)}
     assert second.train_losses == {s: expected[s] for s in range(7, STEPS + 1)}
-    assert second.train_step_compilations == 1  # same cached step for both sessions and the CLI run
+    assert traced == []  # same cached steps for both sessions and the CLI run
 
 
 def test_sigterm_saves_then_resume_continues_exactly(recipe, reference, tmp_path):
@@ -153,15 +162,43 @@ def test_save_killed_midway_keeps_last_good_checkpoint(recipe, tmp_path):
     assert not any("tmp" in p.name for p in (tmp_path / "checkpoints").iterdir())
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(recipe, tmp_path, capsys):
-    rc = main(["train", "--config", str(recipe), f"run_dir={tmp_path}", *CHEAP, "train.inject_nan_at_step=6"])
+def poison_step(monkeypatch, at_step: int) -> None:
+    """From then on, the update at step ``at_step`` returns a NaN loss and NaN parameters: the step is
+    read from the key of the train batch the loop samples just before (the compiled step is untouched)."""
+    make, sample = loop.make_steps, loop.sample_windows
+    batch_step = []
+
+    def sample_spy(streams, length, batch_size, key):
+        if key[1] == loop.TRAIN_SPLIT:  # (seed, split, step, micro-batch)
+            batch_step[:] = [key[2]]
+        return sample(streams, length, batch_size, key)
+
+    def make_poisoned(*args):
+        train_step, eval_step = make(*args)
+
+        def poisoned(state, rest, batches):
+            state, metrics = train_step(state, rest, batches)
+            if batch_step == [at_step]:
+                state = jax.tree.map(lambda x: x * jnp.nan, state)
+                metrics = {**metrics, "loss": metrics["loss"] * jnp.nan}
+            return state, metrics
+
+        return poisoned, eval_step
+
+    monkeypatch.setattr(loop, "sample_windows", sample_spy)
+    monkeypatch.setattr(loop, "make_steps", make_poisoned)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(recipe, tmp_path, capsys, monkeypatch):
+    poison_step(monkeypatch, at_step=6)
+    rc = main(["train", "--config", str(recipe), f"run_dir={tmp_path}", *CHEAP])
     assert rc == 1
     message = capsys.readouterr().err
     assert "loss is nan" in message and "at step 6" in message and "after step 4" in message, message
     checkpointer = Checkpointer(tmp_path / "checkpoints", keep=2)
     assert checkpointer.all_steps() == [4]
     with pytest.raises(NonFiniteLossError):
-        run(recipe, tmp_path, *CHEAP, "resume=true", "train.inject_nan_at_step=6")
+        run(recipe, tmp_path, *CHEAP, "resume=true")
     assert checkpointer.all_steps() == [4]
     model, _, step = load_trained_model(tmp_path)
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
@@ -202,15 +239,15 @@ def test_gradient_accumulation_equals_one_big_batch(recipe):
     config = load_recipe(recipe, [*CHEAP, "optim.warmup_steps=0"])
     mesh = distributed.data_mesh()
     graphdef, rest, state = init_train_state(config, mesh)
-    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, None, mesh, config.distributed)
+    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, mesh, config.distributed)
     tokens = np.random.default_rng(0).integers(0, 256, size=(8, config.train.seq_len + 1), dtype=np.int32)
     outs = {}
     for accum in (1, 2):
         current = jax.tree.map(jnp.copy, state)
         batches = tokens.reshape(accum, 8 // accum, -1)
         outs[accum] = []
-        for step in (1, 2):
-            current, out = train_step(current, rest, batches, np.int32(step))
+        for _ in range(2):
+            current, out = train_step(current, rest, batches)
             outs[accum].append({k: float(v) for k, v in out.items()})
     np.testing.assert_allclose(outs[2][0]["loss"], outs[1][0]["loss"], rtol=1e-5)
     np.testing.assert_allclose(outs[2][0]["grad_norm"], outs[1][0]["grad_norm"], rtol=1e-5)
@@ -224,10 +261,10 @@ def test_bf16_compute_keeps_fp32_params_and_optimiser_state(recipe):
     config = load_recipe(recipe, [*CHEAP, "model.compute_dtype=bfloat16"])
     mesh = distributed.data_mesh()
     graphdef, rest, state = init_train_state(config, mesh)
-    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, None, mesh, config.distributed)
+    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, mesh, config.distributed)
     batches = np.zeros((1, 4, config.train.seq_len + 1), np.int32)
-    new_state, out = jax.eval_shape(train_step, state, rest, batches, np.int32(1))
+    new_state, out = jax.eval_shape(train_step, state, rest, batches)
     float_dtypes = {x.dtype for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)}
     assert float_dtypes == {jnp.dtype(jnp.float32)} and out["loss"].dtype == jnp.float32
-    jaxpr = str(jax.make_jaxpr(train_step)(state, rest, batches, np.int32(1)))
+    jaxpr = str(jax.make_jaxpr(train_step)(state, rest, batches))
     assert "dot_general" in jaxpr and "bf16[" in jaxpr

@@ -50,7 +50,6 @@ class TrainResult:
     val_history: list[dict]
     unigram_entropy: float
     interrupted: bool = False
-    train_step_compilations: int = 0
     seconds: float = 0.0
     loss_curve: Path | None = None
     sample: str | None = None
@@ -66,9 +65,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=4)
-def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | None, mesh: Mesh,
-               layout: DistributedConfig):
-    """The jitted ``train_step(state, rest, batches, step)`` and ``eval_step(params, rest, tokens)``.
+def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, layout: DistributedConfig):
+    """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``.
 
     ``batches``: int32 (grad_accum, B, S + 1); each micro-batch's gradient is computed in a
     ``lax.scan`` and their mean drives one optimiser update. ``state`` is donated and comes back
@@ -81,7 +79,7 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | N
         model = nnx.merge(graphdef, params, rest)
         return cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
 
-    def train_step(state, rest, batches, step):
+    def train_step(state, rest, batches):
         params = state["params"]
 
         def accumulate(grad_sum, tokens):
@@ -92,9 +90,6 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | N
         grad_sum, losses = jax.lax.scan(accumulate, zeros, batches)
         grads = jax.tree.map(lambda g: g / batches.shape[0], grad_sum)
         loss = losses.mean()
-        if nan_step is not None:  # test hook: poison loss and gradients at one step
-            poison = jnp.where(step == nan_step, jnp.nan, 1.0)
-            loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -131,8 +126,7 @@ def train(config: RunConfig, *, stop_at: int | None = None,
         log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
     save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
-    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, tc.inject_nan_at_step, mesh,
-                                       config.distributed)
+    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, mesh, config.distributed)
     val_batches = [distributed.shard_batch(
         sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i)), mesh)
         for i in range(tc.eval_batches)]
@@ -145,8 +139,7 @@ def train(config: RunConfig, *, stop_at: int | None = None,
             batches = np.stack([sample_windows(corpus.train, tc.seq_len + 1, tc.batch_size,
                                                (config.seed, TRAIN_SPLIT, step, micro))
                                 for micro in range(tc.grad_accum_steps)])
-            state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1),
-                                    np.int32(step))
+            state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1))
             loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteLossError(
@@ -170,7 +163,6 @@ def train(config: RunConfig, *, stop_at: int | None = None,
                     f"in {ckpt_dir}; continue with resume=true")
                 break
     finally:
-        result.train_step_compilations = train_step._cache_size()
         stop_signal.restore()
         progress.close()
         checkpointer.close()

@@ -42,7 +42,6 @@ class TrainConfig:
     sample_temperature: float = 0.8
     sample_top_k: int | None = None
     tensorboard: bool = True       # write TensorBoard events if tensorboardX is installed
-    inject_nan_at_step: int | None = None  # test hook: make this step's loss and gradients NaN
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every",
