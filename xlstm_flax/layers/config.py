@@ -47,7 +47,7 @@ def runnable_kernel(name: str) -> str:
     resolved = resolve_kernel_name(name)
     if resolved == registry.TRITON_KERNEL and not registry.triton_usable():
         raise ValueError(f"{name!r} needs a CUDA GPU visible to JAX and the jax-triton package, and this "
-                         f"machine lacks one of them; use 'auto' (picks it where it runs) or 'chunkwise--jax'")
+                         "machine lacks one of them; use 'auto' (picks it where it runs) or 'chunkwise--jax'")
     return resolved
 
 
