@@ -15,6 +15,7 @@ from flax import nnx
 
 from .layers import GatedFFN, make_norm, mLSTMLayer, mLSTMPaperLayer, sLSTMLayer
 from .model_config import xLSTMLMConfig
+from .sharding import LAYERS
 
 
 def make_mixer(kind: str, config: xLSTMLMConfig, *, rngs: nnx.Rngs) -> nnx.Module:
@@ -81,7 +82,7 @@ class xLSTMBlockStack(nnx.Module):
         if config.scan_layers:
 
             @nnx.split_rngs(splits=config.num_blocks)
-            @nnx.vmap(in_axes=(0,), out_axes=0)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
             def make_stacked(rngs):
                 return xLSTMBlock(config, kinds[0], rngs=rngs)
 

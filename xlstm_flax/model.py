@@ -17,6 +17,7 @@ from .blocks import xLSTMBlockStack
 from .layers import make_norm
 from .layers.init import dense, small_init, soft_cap
 from .model_config import xLSTMLMConfig
+from .sharding import partitioned
 
 __all__ = ["xLSTMLMConfig", "xLSTMLMModel"]
 
@@ -37,13 +38,13 @@ class xLSTMLMModel(nnx.Module):
         self.config = config
         dim, cdt, pdt = config.embedding_dim, config.jnp_compute_dtype, config.jnp_param_dtype
         self.embedding = nnx.Embed(config.vocab_size, dim, dtype=cdt, param_dtype=pdt,
-                                   embedding_init=small_init(dim), rngs=rngs)
+                                   embedding_init=partitioned(small_init(dim), "vocab", "embed"), rngs=rngs)
         self.blocks = xLSTMBlockStack(config, rngs=rngs)
         self.out_norm = (make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt)
                          if config.add_out_norm else None)
         self.lm_head = (None if config.tie_embeddings else
-                        dense(dim, config.vocab_size, kernel_init=small_init(dim), use_bias=False,
-                              dtype=cdt, param_dtype=pdt, rngs=rngs))
+                        dense(dim, config.vocab_size, axes=("embed", "vocab"), kernel_init=small_init(dim),
+                              use_bias=False, dtype=cdt, param_dtype=pdt, rngs=rngs))
 
     def init_state(self, batch_size: int):
         """The recurrent state before the first token, for :meth:`step` or a chunked ``__call__``."""

@@ -14,9 +14,11 @@ class GatedFFN(nnx.Module):
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         hidden = config.hidden_dim(dim)
         common = dict(use_bias=config.use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.proj_up_gate = dense(dim, hidden, kernel_init=small_init(dim), **common)
-        self.proj_up = dense(dim, hidden, kernel_init=small_init(dim), **common)
-        self.proj_down = dense(hidden, dim, kernel_init=wang_init(hidden, num_blocks), **common)
+        up = dict(axes=("embed", "mlp"), kernel_init=small_init(dim), **common)
+        self.proj_up_gate = dense(dim, hidden, **up)
+        self.proj_up = dense(dim, hidden, **up)
+        self.proj_down = dense(hidden, dim, axes=("mlp", "embed"), kernel_init=wang_init(hidden, num_blocks),
+                               **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.proj_down(jax.nn.silu(self.proj_up_gate(x)) * self.proj_up(x))

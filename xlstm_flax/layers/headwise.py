@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..sharding import param
 from .init import small_init
 
 
@@ -18,7 +19,7 @@ class HeadwiseLinear(nnx.Module):
             )
         self.num_heads, self.dtype = num_heads, dtype
         din, dout = in_features // num_heads, out_features // num_heads
-        self.kernel = nnx.Param(small_init(din)(rngs.params(), (num_heads, din, dout), param_dtype))
+        self.kernel = param(small_init(din)(rngs.params(), (num_heads, din, dout), param_dtype), "heads", None, None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xh = x.astype(self.dtype).reshape(*x.shape[:-1], self.num_heads, -1)

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..sharding import partitioned
+
 
 def small_init(dim: int) -> nnx.Initializer:
     return nnx.initializers.normal(stddev=(2.0 / (5.0 * dim)) ** 0.5)
@@ -30,6 +32,7 @@ def dense(
     in_features: int,
     out_features: int,
     *,
+    axes: tuple[str | None, str | None],
     kernel_init: nnx.Initializer,
     use_bias: bool,
     dtype,
@@ -37,15 +40,16 @@ def dense(
     rngs: nnx.Rngs,
     bias_init: nnx.Initializer = nnx.initializers.zeros,
 ) -> nnx.Linear:
-    """``nnx.Linear`` computing in ``dtype`` with parameters stored in ``param_dtype``."""
+    """``nnx.Linear`` computing in ``dtype`` with parameters stored in ``param_dtype``; ``axes`` are the
+    logical names of (in_features, out_features) for :data:`xlstm_flax.sharding.RULES`."""
     return nnx.Linear(
         in_features,
         out_features,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=kernel_init,
-        bias_init=bias_init,
+        kernel_init=partitioned(kernel_init, *axes),
+        bias_init=partitioned(bias_init, axes[1]),
         rngs=rngs,
     )
 

@@ -25,18 +25,19 @@ class mLSTMLayer(mLSTMMixer):
         qk_dim, v_dim = config.qk_dim(dim), config.v_dim(dim)
         self.dhqk, self.dhv = qk_dim // nh, v_dim // nh
         proj = dict(use_bias=config.use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q = dense(dim, qk_dim, kernel_init=small_init(dim), **proj)
-        self.k = dense(dim, qk_dim, kernel_init=small_init(dim), **proj)
-        self.v = dense(dim, v_dim, kernel_init=small_init(dim), **proj)
-        self.ogate_preact = dense(dim, v_dim, kernel_init=small_init(dim), **proj)
-        gate = dict(kernel_init=nnx.initializers.zeros, use_bias=True, dtype=jnp.float32,
+        column = dict(axes=("embed", "heads"), kernel_init=small_init(dim), **proj)  # head-major outputs
+        self.q = dense(dim, qk_dim, **column)
+        self.k = dense(dim, qk_dim, **column)
+        self.v = dense(dim, v_dim, **column)
+        self.ogate_preact = dense(dim, v_dim, **column)
+        gate = dict(axes=("embed", "heads"), kernel_init=nnx.initializers.zeros, use_bias=True, dtype=jnp.float32,
                     param_dtype=param_dtype, rngs=rngs)
         self.igate_preact = dense(dim, nh, bias_init=nnx.initializers.constant(config.igate_bias_init),
                                   **gate)
         self.fgate_preact = dense(dim, nh, bias_init=linspace_init(config.fgate_bias_min,
                                                                    config.fgate_bias_max), **gate)
         self.multihead_norm = MultiHeadNorm(nh, self.dhv, eps=config.norm_eps, param_dtype=param_dtype)
-        self.out_proj = dense(v_dim, dim, kernel_init=wang_init(dim, num_blocks), **proj)
+        self.out_proj = dense(v_dim, dim, axes=("heads", "embed"), kernel_init=wang_init(dim, num_blocks), **proj)
 
     def init_state(self, batch_size: int) -> mLSTMState:
         return zero_state(batch_size, self.num_heads, self.dhqk, self.dhv)

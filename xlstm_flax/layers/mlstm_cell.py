@@ -3,6 +3,8 @@ kernel for single tokens, and the carried state (C, n, m).
 
 Shapes: q, k (B, NH, S, DHQK); v (B, NH, S, DHV); i, f (B, NH, S) fp32 gate pre-activations;
 h (B, NH, S, DHV) in q's dtype. State: c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH), fp32.
+Under a device mesh (``jax.set_mesh``) each device runs the kernel on its own batch and head slice
+(:func:`xlstm_flax.sharding.per_device_over_heads`).
 """
 from typing import NamedTuple
 
@@ -10,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xlstm_flax.kernels import get_kernel
+from xlstm_flax.kernels import get_kernel, resolve_kernel_name
 
+from ..sharding import per_device_over_heads
 from .config import mLSTMLayerConfig
 
 
@@ -32,10 +35,15 @@ def zero_state(batch_size: int, num_heads: int, dhqk: int, dhv: int) -> mLSTMSta
 
 def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | None, return_state: bool):
     """Runs ``config.kernel`` over the sequence; returns (h, last state or None)."""
-    kernel = get_kernel(config.kernel)
-    initial = {} if state is None else dict(c_initial=state.c, n_initial=state.n, m_initial=state.m)
-    out = kernel(q, k, v, i, f, **initial, return_last_states=return_state, eps=config.eps,
-                 chunk_size=config.chunk_size)
+    name = resolve_kernel_name(config.kernel)
+    kernel = get_kernel(name)
+
+    def sequence(q, k, v, i, f, *initial_state):
+        initial = dict(zip(("c_initial", "n_initial", "m_initial"), initial_state))
+        return kernel(q, k, v, i, f, **initial, return_last_states=return_state, eps=config.eps,
+                      chunk_size=config.chunk_size)
+
+    out = per_device_over_heads(sequence, name)(q, k, v, i, f, *(() if state is None else state))
     if return_state:
         h, last = out
         return h, mLSTMState(*last)
@@ -44,9 +52,14 @@ def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | No
 
 def run_step(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState):
     """One token (S = 1) through ``config.step_kernel``; returns (h (B, NH, 1, DHV), new state)."""
-    kernel = get_kernel(config.step_kernel)
-    h, (c, n, m) = kernel(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0],
-                          state.c, state.n, state.m, eps=config.eps)
+    name = resolve_kernel_name(config.step_kernel)
+    kernel = get_kernel(name)
+
+    def step(*args):
+        return kernel(*args, eps=config.eps)
+
+    h, (c, n, m) = per_device_over_heads(step, name)(
+        q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state.c, state.n, state.m)
     return h[:, :, None], mLSTMState(c, n, m)
 
 

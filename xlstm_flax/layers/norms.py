@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..sharding import param
+
 NORM_KINDS = ("rmsnorm", "layernorm")
 
 
@@ -45,7 +47,7 @@ class MultiHeadNorm(nnx.Module):
 
     def __init__(self, num_heads: int, head_dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32):
         self.num_heads, self.head_dim, self.eps = num_heads, head_dim, eps
-        self.scale = nnx.Param(jnp.ones((num_heads * head_dim,), param_dtype))
+        self.scale = param(jnp.ones((num_heads * head_dim,), param_dtype), "heads")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-2:] != (self.num_heads, self.head_dim):

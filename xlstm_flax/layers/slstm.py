@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..sharding import param
 from .config import sLSTMLayerConfig
 from .conv import CausalConv1d
 from .headwise import HeadwiseLinear
@@ -60,7 +61,8 @@ class sLSTMLayer(nnx.Module):
         self.num_heads = nh = config.num_heads
         self.head_dim = dh = dim // nh
         self.conv1d = (
-            CausalConv1d(dim, config.conv_kernel_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            CausalConv1d(dim, config.conv_kernel_size, channel_axis="heads", dtype=dtype, param_dtype=param_dtype,
+                         rngs=rngs)
             if config.conv_kernel_size > 0 else None
         )
         headwise = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -68,11 +70,11 @@ class sLSTMLayer(nnx.Module):
         self.fgate = HeadwiseLinear(dim, dim, nh, **headwise)
         self.zgate = HeadwiseLinear(dim, dim, nh, **headwise)
         self.ogate = HeadwiseLinear(dim, dim, nh, **headwise)
-        self.recurrent_kernel = nnx.Param(jnp.zeros((len(GATES), nh, dh, dh), param_dtype))
+        self.recurrent_kernel = param(jnp.zeros((len(GATES), nh, dh, dh), param_dtype), None, "heads", None, None)
         bias = jnp.zeros((len(GATES), nh, dh), param_dtype)
         bias = bias.at[0].set(config.igate_bias_init)
         bias = bias.at[1].set(jnp.linspace(config.fgate_bias_min, config.fgate_bias_max, dh))
-        self.bias = nnx.Param(bias)
+        self.bias = param(bias, None, "heads", None)
         self.group_norm = MultiHeadNorm(nh, dh, eps=config.norm_eps, param_dtype=param_dtype)
 
     def init_state(self, batch_size: int) -> sLSTMState:

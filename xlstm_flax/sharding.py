@@ -1,0 +1,112 @@
+"""Where every array lives on the device mesh.
+
+Parameters carry logical axis names (Flax partitioning metadata, set in the layers with
+:func:`partitioned` / :func:`param`); :data:`RULES` is the one table that maps those names to the mesh
+axes ``data``, ``fsdp`` and ``tensor``. Optimiser moments follow their parameters. Recurrence kernels
+that are custom calls (Triton through jax-triton: XLA cannot partition them and would gather their
+inputs) run per device inside ``shard_map`` (:func:`per_device_over_heads`): batch split over
+``data`` x ``fsdp``, heads over ``tensor``. The pure-JAX backends (names ending in ``--jax``) are plain
+XLA ops that the partitioner splits along the same axes by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA, FSDP, TENSOR = "data", "fsdp", "tensor"
+MESH_AXES = (DATA, FSDP, TENSOR)
+BATCH_AXES = (DATA, FSDP)  # the batch dimension is split over both
+
+# logical axis name -> mesh axis (None: not split)
+RULES: dict[str, str | None] = {
+    "embed": FSDP,  # the model width D: FSDP splits every parameter along it
+    "vocab": None,
+    "heads": TENSOR,  # head-major feature axes of mLSTM / sLSTM (NH, NH * DH): tensor parallel
+    "mlp": TENSOR,  # the FFN hidden axis (up column-parallel, down row-parallel)
+    "layers": None,  # the stacked-blocks axis of scan_layers
+}
+LAYERS = "layers"
+PURE_JAX_SUFFIX = "--jax"  # registry names of the backends written in plain JAX
+
+
+def partitioned(init: nnx.Initializer, *names: str | None) -> nnx.Initializer:
+    """``init`` whose parameter carries the logical axis ``names`` (one per dimension)."""
+    return nnx.with_partitioning(init, names, eager_sharding=False)
+
+
+def param(value: jax.Array, *names: str | None) -> nnx.Param:
+    """An ``nnx.Param`` holding ``value`` with the logical axis ``names`` (one per dimension)."""
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+def mesh_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """The mesh ``PartitionSpec`` of an array with logical axis ``names``; a dimension that the mesh axis
+    does not divide stays whole (small gate biases, say, when heads < tensor size)."""
+    axes = []
+    for name, size in zip(names, shape):
+        if name is not None and name not in RULES:
+            raise ValueError(f"logical axis {name!r} has no entry in xlstm_flax.sharding.RULES")
+        axis = RULES.get(name) if name is not None else None
+        divides = axis is not None and mesh.shape[axis] > 1 and size % mesh.shape[axis] == 0
+        axes.append(axis if divides else None)
+    return PartitionSpec(*axes)
+
+
+def logical_axes(graphdef: nnx.GraphDef, params: Any, rest: Any) -> Any:
+    """The logical axis names of every parameter, as a pure dict shaped like ``params``."""
+    model = nnx.merge(graphdef, params, rest)
+    specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+    return nnx.to_pure_dict(specs)
+
+
+def state_shardings(graphdef: nnx.GraphDef, state: Any, rest: Any, mesh: Mesh) -> Any:
+    """``NamedSharding`` of every array of ``state = {"params", "opt_state"}`` (arrays or
+    ``jax.ShapeDtypeStruct``): parameters by their logical axes and :data:`RULES`; an optimiser leaf
+    whose tree path ends with a parameter's path (AdamW moments) like that parameter; the rest
+    (step counts) replicated."""
+    names = logical_axes(graphdef, state["params"], rest)
+    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+    params = jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, mesh_spec(tuple(spec), x.shape, mesh)),
+        names,
+        state["params"],
+        is_leaf=is_spec,
+    )
+    by_path = {path: s for path, s in jax.tree_util.tree_flatten_with_path(params)[0]}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def follow(path, x):
+        del x
+        matches = (by_path.get(tuple(path[start:])) for start in range(len(path)))
+        return next((m for m in matches if m is not None), replicated)
+
+    return {"params": params, "opt_state": jax.tree_util.tree_map_with_path(follow, state["opt_state"])}
+
+
+def per_device_over_heads(fn: Callable, kernel_name: str) -> Callable:
+    """``fn`` (the kernel ``kernel_name`` with its options) run on each device's
+    (B / (data * fsdp), NH / tensor, ...) slice of its arguments, all of them arrays (B, NH, ...), under
+    the mesh set with ``jax.set_mesh`` (mLSTM heads are independent, so the kernel needs no
+    communication). ``fn`` itself for a pure-JAX backend, without such a mesh, or on one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    pure_jax = kernel_name.endswith(PURE_JAX_SUFFIX)
+    if pure_jax or mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names) or mesh.size == 1:
+        return fn
+    batch_split = mesh.shape[DATA] * mesh.shape[FSDP]
+    spec = PartitionSpec(BATCH_AXES, TENSOR)
+
+    def checked(*args):
+        batch, heads = args[0].shape[:2]
+        if batch % batch_split or heads % mesh.shape[TENSOR]:
+            raise ValueError(
+                f"kernel {kernel_name}: batch {batch} must be divisible by "
+                f"data x fsdp = {batch_split} and heads {heads} by tensor = {mesh.shape[TENSOR]}"
+            )
+        return jax.shard_map(fn, in_specs=spec, out_specs=spec, check_vma=False)(*args)
+
+    return checked
