@@ -44,8 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .train.loop import train
     from .train.recipe import load_recipe
+    # several processes (JAX_COORDINATOR_ADDRESS, ...) meet before the recipe's kernel check touches a device
+    distributed.initialize(distributed.DistributedConfig())
     result = train(load_recipe(args.config, args.overrides))
     return 130 if result.interrupted else 0
 

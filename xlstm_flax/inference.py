@@ -31,7 +31,8 @@ def load_trained_model(run_dir: str | Path, step: int | None = None) -> tuple[xL
     returns ``(model, config, step)``."""
     run_dir = Path(run_dir)
     config = load_config(run_dir / CONFIG_FILE, RunConfig)
-    graphdef, rest, state = init_train_state(config, distributed.data_mesh())
+    graphdef, rest, state = init_train_state(config, distributed.make_mesh(distributed.DistributedConfig(),
+                                                                           jax.local_devices()[:1]))
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
     try:
         state, _, step = checkpointer.restore(state, step)

@@ -168,10 +168,10 @@ def poison_step(monkeypatch, at_step: int) -> None:
     make, sample = loop.make_steps, loop.sample_windows
     batch_step = []
 
-    def sample_spy(streams, length, batch_size, key):
+    def sample_spy(streams, length, batch_size, key, rows=slice(None)):
         if key[1] == loop.TRAIN_SPLIT:  # (seed, split, step, micro-batch)
             batch_step[:] = [key[2]]
-        return sample(streams, length, batch_size, key)
+        return sample(streams, length, batch_size, key, rows)
 
     def make_poisoned(*args):
         train_step, eval_step = make(*args)
@@ -206,15 +206,14 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(recipe, tmp_
 
 
 def test_two_cpu_devices_give_the_same_losses_as_one(recipe, tmp_path):
-    """Data parallelism over 2 fake CPU devices (batch split in halves; params and optimiser state
-    sharded FSDP-style down to 256-element arrays) matches one device up to fp32 reduction order
-    (rtol 1e-5)."""
+    """FSDP over 2 fake CPU devices (batch split in halves; params and optimiser state split along
+    the model width) matches one device up to fp32 reduction order (rtol 1e-5)."""
     two = tmp_path / "two"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     code = ("import sys, jax; assert jax.device_count() == 2; from xlstm_flax.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     child = subprocess.run([sys.executable, "-c", code, "train", "--config", str(recipe), f"run_dir={two}",
-                            *CHEAP, "distributed.shard_params=true", "distributed.min_shard_size=256"],
+                            *CHEAP, "distributed.fsdp=2"],
                            capture_output=True, text=True, timeout=600, env=env)
     assert child.returncode == 0, child.stderr[-2000:]
     assert "on 2 cpu device(s)" in child.stdout and "state arrays sharded" in child.stdout
@@ -237,9 +236,9 @@ def test_gradient_accumulation_equals_one_big_batch(recipe):
     gradient norm at step 1 (rtol 1e-5, fp32 sums in another order) and the same loss after the
     update (rtol 1e-4)."""
     config = load_recipe(recipe, [*CHEAP, "optim.warmup_steps=0"])
-    mesh = distributed.data_mesh()
+    mesh = distributed.make_mesh(config.distributed)
     graphdef, rest, state = init_train_state(config, mesh)
-    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, mesh, config.distributed)
+    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, mesh)
     tokens = np.random.default_rng(0).integers(0, 256, size=(8, config.train.seq_len + 1), dtype=np.int32)
     outs = {}
     for accum in (1, 2):
@@ -259,9 +258,9 @@ def test_bf16_compute_keeps_fp32_params_and_optimiser_state(recipe):
     """With model.compute_dtype=bfloat16 the step's matmuls run in bf16 while params, optimiser
     moments and the loss stay fp32 (checked on the traced step, nothing compiled)."""
     config = load_recipe(recipe, [*CHEAP, "model.compute_dtype=bfloat16"])
-    mesh = distributed.data_mesh()
+    mesh = distributed.make_mesh(config.distributed)
     graphdef, rest, state = init_train_state(config, mesh)
-    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, mesh, config.distributed)
+    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, mesh)
     batches = np.zeros((1, 4, config.train.seq_len + 1), np.int32)
     new_state, out = jax.eval_shape(train_step, state, rest, batches)
     float_dtypes = {x.dtype for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)}

@@ -151,8 +151,9 @@ def load_corpus(config: DataConfig, vocab_size: int) -> Corpus:
 
 
 def sample_windows(streams: Sequence[np.ndarray], length: int, num: int,
-                   key: tuple[int, ...]) -> np.ndarray:
-    """``num`` random windows of ``length`` tokens, int32 ``(num, length)``, a pure function of ``key``.
+                   key: tuple[int, ...], rows: slice = slice(None)) -> np.ndarray:
+    """``num`` random windows of ``length`` tokens, int32 ``(num, length)``, a pure function of ``key``;
+    only the windows ``rows`` are read and returned (a process's part of a global batch).
 
     Every window start is equally likely over all streams (a window never crosses a stream's end).
     """
@@ -166,7 +167,7 @@ def sample_windows(streams: Sequence[np.ndarray], length: int, num: int,
     which = np.searchsorted(bounds, picks, side="right")
     offsets = picks - (bounds[which] - starts_per_stream[which])
     return np.stack([np.asarray(streams[w][o:o + length], dtype=np.int32)
-                     for w, o in zip(which, offsets)])
+                     for w, o in zip(which[rows], offsets[rows])])
 
 
 def stdlib_files() -> list[Path]:

@@ -21,9 +21,8 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import distributed, sharding
 from ..config import ConfigError, save_config, to_dict
-from ..distributed import DistributedConfig
 from ..inference import sample_text
 from .checkpoint import CHECKPOINT_DIR, Checkpointer
 from .data import Corpus, load_corpus, sample_windows
@@ -65,12 +64,13 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=4)
-def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, layout: DistributedConfig):
-    """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``.
+def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh):
+    """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``, run
+    under ``mesh`` (so the recurrence kernels run per device, see :mod:`xlstm_flax.sharding`).
 
     ``batches``: int32 (grad_accum, B, S + 1); each micro-batch's gradient is computed in a
     ``lax.scan`` and their mean drives one optimiser update. ``state`` is donated and comes back
-    with the ``layout`` of :func:`distributed.place_state`. Cached, so runs of the same model and
+    laid out as :func:`sharding.state_shardings` says. Cached, so runs of the same model and
     optimiser in one process (a resumed session, tests) compile once.
     """
     optimizer = make_optimizer(optim, total_steps)
@@ -93,12 +93,24 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, layou
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return distributed.constrain_state(new_state, mesh, layout), metrics
+        layout = sharding.state_shardings(graphdef, new_state, rest, mesh)
+        return distributed.constrain_state(new_state, layout), metrics
 
     def eval_step(params, rest, tokens):
         return loss_fn(params, rest, tokens)
 
-    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+    return _under_mesh(jax.jit(train_step, donate_argnums=0), mesh), _under_mesh(jax.jit(eval_step), mesh)
+
+
+def _under_mesh(jitted, mesh: Mesh):
+    """``jitted`` called (and traced) with ``mesh`` set as the context mesh."""
+
+    @functools.wraps(jitted)
+    def call(*args):
+        with jax.set_mesh(mesh):
+            return jitted(*args)
+
+    return call
 
 
 def train(config: RunConfig, *, stop_at: int | None = None,
@@ -106,40 +118,48 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     """Run (or resume) training as ``config`` says; ``stop_at`` ends the session after that step
     with a checkpoint, as SIGINT/SIGTERM do. Raises ``NonFiniteLossError`` on a NaN/inf loss."""
     started = time.perf_counter()
+    distributed.initialize(config.distributed)
+    main_process = distributed.is_main_process()
+    log = log if main_process else _silent
     tc = config.train
     run_dir = Path(config.run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    _prepare_run_dir(config, run_dir, ckpt_dir)
-    mesh = distributed.data_mesh()
-    distributed.check_batch_divisible(tc.batch_size, mesh)
+    if main_process:
+        _prepare_run_dir(config, run_dir, ckpt_dir)
+    distributed.sync("run directory prepared")
+    mesh = distributed.make_mesh(config.distributed)
+    distributed.check_layout(mesh, tc.batch_size, _head_counts(config))
+    rows = distributed.process_rows(mesh, tc.batch_size)
 
     corpus = load_corpus(config.data, config.model.vocab_size)
     log(_corpus_summary(corpus))
     graphdef, rest, state = init_train_state(config, mesh)
     kernel = _kernel_summary(config)
     log(f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
-        f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}")
+        f"device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
+        f"{tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}")
     checkpointer = Checkpointer(ckpt_dir, config.checkpoint.keep)
     start = 0
     if config.resume and checkpointer.latest_step() is not None:
         state, meta, start = checkpointer.restore(state)
         log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
-    save_config(config, run_dir / CONFIG_FILE, comment=kernel)
+    if main_process:
+        save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
-    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, mesh, config.distributed)
-    val_batches = [distributed.shard_batch(
-        sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i)), mesh)
-        for i in range(tc.eval_batches)]
+    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, mesh)
+    val_batches = [distributed.global_batch(
+        sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i), rows),
+        mesh, tc.batch_size) for i in range(tc.eval_batches)]
     schedule = make_schedule(config.optim, tc.steps)
     result = TrainResult(run_dir, start, start, {}, [], corpus.unigram_entropy())
-    progress = _Progress(run_dir, tc, start)
+    progress = _Progress(run_dir, tc, start) if main_process else None
     stop_signal = _StopSignal()
     try:
         for step in range(start + 1, tc.steps + 1):
             batches = np.stack([sample_windows(corpus.train, tc.seq_len + 1, tc.batch_size,
-                                               (config.seed, TRAIN_SPLIT, step, micro))
+                                               (config.seed, TRAIN_SPLIT, step, micro), rows)
                                 for micro in range(tc.grad_accum_steps)])
-            state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1))
+            state, out = train_step(state, rest, distributed.global_batch(batches, mesh, tc.batch_size, 1))
             loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteLossError(
@@ -148,10 +168,12 @@ def train(config: RunConfig, *, stop_at: int | None = None,
                     f"checkpoint, in {ckpt_dir}). Try a lower optim.lr, a smaller optim.grad_clip or "
                     "a longer optim.warmup_steps.")
             result.step, result.train_losses[step] = step, loss
-            progress.train(step, loss, grad_norm, float(schedule(step - 1)))
+            if progress:
+                progress.train(step, loss, grad_norm, float(schedule(step - 1)))
             if step % tc.eval_every == 0 or step == tc.steps:
                 values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
-                progress.metrics.write(step, "val", values)
+                if progress:
+                    progress.metrics.write(step, "val", values)
                 result.val_history.append({"step": step, **values})
                 log(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
             stopping = stop_signal.received or step == stop_at
@@ -164,15 +186,18 @@ def train(config: RunConfig, *, stop_at: int | None = None,
                 break
     finally:
         stop_signal.restore()
-        progress.close()
+        if progress:
+            progress.close()
         checkpointer.close()
 
     result.seconds = time.perf_counter() - started
-    if not result.interrupted:
+    if not result.interrupted and main_process:
         result.loss_curve = plot_loss_curve(run_dir / METRICS_FILE, run_dir / LOSS_CURVE_FILE,
                                             result.unigram_entropy)
         log(_final_summary(result))
-        if tc.sample_tokens:
+        if tc.sample_tokens and jax.process_count() > 1:
+            log("no end-of-run sample in a multi-process run; use `xlstm-flax generate` on the run directory")
+        elif tc.sample_tokens:
             result.sample = sample_text(nnx.merge(graphdef, state["params"], rest), corpus.tokenizer,
                                         tc.sample_prompt, tc.sample_tokens, seed=config.seed,
                                         temperature=tc.sample_temperature, top_k=tc.sample_top_k)
@@ -255,6 +280,16 @@ class _StopSignal:
     def restore(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _silent(_: str) -> None:
+    """The log of processes other than process 0."""
+
+
+def _head_counts(config: RunConfig) -> list[int]:
+    """The head counts of the model's mLSTM / sLSTM layers (tensor parallelism splits them)."""
+    kinds = set(config.model.block_kinds())
+    return [getattr(config.model, kind).num_heads for kind in sorted(kinds)]
 
 
 def _count(params: Any) -> int:

@@ -1,11 +1,10 @@
-"""The training state of a run: a freshly initialised model and optimiser state in the layout the run's
-``distributed`` section asks for (the target that checkpoints are restored into)."""
+"""The training state of a run: a freshly initialised model and optimiser state laid out on the mesh
+(:mod:`xlstm_flax.sharding`; the target that checkpoints are restored into)."""
 import jax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .. import distributed
-from ..distributed import DistributedConfig
+from .. import sharding
 from ..model import xLSTMLMModel
 from .optim import make_optimizer
 from .recipe import RunConfig
@@ -13,8 +12,8 @@ from .recipe import RunConfig
 
 def init_train_state(config: RunConfig, mesh: Mesh):
     """A freshly initialised model as ``(graphdef, rest, state)``: ``state`` is ``{"params": pure
-    dict, "opt_state": ...}`` in the layout ``config.distributed`` asks for; ``rest`` holds the
-    non-Param variables, replicated. A sharded state is created sharded, never whole on one device."""
+    dict, "opt_state": ...}`` laid out on ``mesh`` by the parameters' logical axes; ``rest`` holds the
+    non-Param variables, replicated. On several devices the state is created sharded, never whole on one."""
     optimizer = make_optimizer(config.optim, config.train.steps)
 
     def new_model():
@@ -27,10 +26,11 @@ def init_train_state(config: RunConfig, mesh: Mesh):
 
     graphdef = nnx.split(nnx.eval_shape(new_model), nnx.Param, ...)[0]
     abstract_state, abstract_rest = jax.eval_shape(init)
-    shardings = (distributed.state_shardings(abstract_state, mesh, config.distributed),
-                 distributed.state_shardings(abstract_rest, mesh, DistributedConfig()))
-    if config.distributed.shard_params:
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = (sharding.state_shardings(graphdef, abstract_state, abstract_rest, mesh),
+                 jax.tree.map(lambda _: replicated, abstract_rest))
+    if mesh.size > 1:
         state, rest = jax.jit(init, out_shardings=shardings)()
-    else:  # eager: no compile, which is faster for a replicated (small enough) state
+    else:  # eager: no compile, which is faster on one device
         state, rest = jax.device_put(init(), shardings)
     return graphdef, rest, state
