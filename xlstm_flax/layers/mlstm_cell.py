@@ -35,8 +35,8 @@ def zero_state(batch_size: int, num_heads: int, dhqk: int, dhv: int) -> mLSTMSta
 
 def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | None, return_state: bool):
     """Runs ``config.kernel`` over the sequence; returns (h, last state or None)."""
-    name = resolve_kernel_name(config.kernel)
-    kernel = get_kernel(name)
+    kernel = get_kernel(config.kernel)  # "auto" may be a per-shape dispatcher
+    name = resolve_kernel_name(config.kernel)  # pure JAX or not: decides the per-device wrapping
 
     def sequence(q, k, v, i, f, *initial_state):
         initial = dict(zip(("c_initial", "n_initial", "m_initial"), initial_state))
@@ -52,8 +52,8 @@ def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | No
 
 def run_step(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState):
     """One token (S = 1) through ``config.step_kernel``; returns (h (B, NH, 1, DHV), new state)."""
+    kernel = get_kernel(config.step_kernel)
     name = resolve_kernel_name(config.step_kernel)
-    kernel = get_kernel(name)
 
     def step(*args):
         return kernel(*args, eps=config.eps)
