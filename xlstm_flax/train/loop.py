@@ -65,8 +65,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 @functools.lru_cache(maxsize=4)
 def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh):
-    """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``, run
-    under ``mesh`` (so the recurrence kernels run per device, see :mod:`xlstm_flax.sharding`).
+    """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``; call them
+    inside ``jax.set_mesh(mesh)`` so that the recurrence kernels run per device (:mod:`xlstm_flax.sharding`).
 
     ``batches``: int32 (grad_accum, B, S + 1); each micro-batch's gradient is computed in a
     ``lax.scan`` and their mean drives one optimiser update. ``state`` is donated and comes back
@@ -99,18 +99,7 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh):
     def eval_step(params, rest, tokens):
         return loss_fn(params, rest, tokens)
 
-    return _under_mesh(jax.jit(train_step, donate_argnums=0), mesh), _under_mesh(jax.jit(eval_step), mesh)
-
-
-def _under_mesh(jitted, mesh: Mesh):
-    """``jitted`` called (and traced) with ``mesh`` set as the context mesh."""
-
-    @functools.wraps(jitted)
-    def call(*args):
-        with jax.set_mesh(mesh):
-            return jitted(*args)
-
-    return call
+    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
 
 
 def train(config: RunConfig, *, stop_at: int | None = None,
@@ -146,7 +135,7 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     if main_process:
         save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
-    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, mesh)
+    train_step, eval_step = (_under_mesh(step, mesh) for step in make_steps(graphdef, config.optim, tc.steps, mesh))
     val_batches = [distributed.global_batch(
         sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i), rows),
         mesh, tc.batch_size) for i in range(tc.eval_batches)]
@@ -280,6 +269,16 @@ class _StopSignal:
     def restore(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _under_mesh(jitted: Callable, mesh: Mesh) -> Callable:
+    """``jitted`` called (and traced) with ``mesh`` as the context mesh (``jax.set_mesh``)."""
+
+    def call(*args):
+        with jax.set_mesh(mesh):
+            return jitted(*args)
+
+    return call
 
 
 def _silent(_: str) -> None:
