@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import common
-from . import compat, launch
+from . import launch
 from .chunkwise_bw import mlstm_chunkwise_bw
 from .chunkwise_fw import (
     MAX_CHUNK, MIN_BLOCK, FwConfig, check_power_of_two, mlstm_chunkwise_fw_result, mlstm_chunkwise_states,
@@ -41,14 +41,7 @@ class _Options:
 
 
 def _require_triton_backend() -> None:
-    if launch.interpreter_enabled():
-        return
-    try:
-        compat.import_jax_triton()
-    except ImportError as err:
-        raise ImportError(f"{KERNEL_NAME} needs jax-triton ({err}); use kernel='chunkwise--jax'") from err
-    if not launch.gpu_visible():
-        raise RuntimeError(f"{KERNEL_NAME} needs a CUDA GPU visible to JAX; use kernel='chunkwise--jax'")
+    launch.require_triton_backend(KERNEL_NAME, "chunkwise--jax")
 
 
 def _chunk_size_intra(S: int, chunk_size, chunk_size_intra) -> int:

@@ -93,3 +93,16 @@ def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, co
 
     shapes = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in shapes]
     return jax.tree.unflatten(treedef, jax.pure_callback(run_on_host, shapes, *inputs))
+
+
+def require_triton_backend(kernel_name: str, fallback: str) -> None:
+    """Raises (ImportError / RuntimeError naming ``kernel_name`` and ``fallback``) unless jax-triton imports
+    and JAX sees a GPU; passes under the interpreter."""
+    if interpreter_enabled():
+        return
+    try:
+        compat.import_jax_triton()
+    except ImportError as err:
+        raise ImportError(f"{kernel_name} needs jax-triton ({err}); use kernel={fallback!r}") from err
+    if not gpu_visible():
+        raise RuntimeError(f"{kernel_name} needs a CUDA GPU visible to JAX; use kernel={fallback!r}")
