@@ -77,3 +77,20 @@ def check_against_reference(kernel, args, cotangents, tol_values: float, tol_gra
     for name, got, want in zip(ARG_NAMES, grads, ref_grads):
         if want is not None:
             assert_close(got, want, tol_grads, f"d {name}")
+
+
+def case_id(case) -> str:
+    """Test id of a case ``(R dtype, B, S, NH, DH, initial states, tuning)``."""
+    dtype, B, S, NH, DH, initial, tuning = case
+    return f"{jnp.dtype(dtype).name}-B{B}S{S}NH{NH}DH{DH}" + ("-initial" if initial else "") + (
+        f"-{len(tuning)}opts" if tuning else "")
+
+
+def check_triton_case(case, tolerances: dict) -> None:
+    """"recurrent--triton" on fresh inputs of ``case`` (see :func:`case_id`) vs the float64 reference,
+    within ``tolerances[R dtype] = (values, gradients)``."""
+    dtype, B, S, NH, DH, initial, tuning = case
+    seed = B + S + NH + DH
+    args = make_inputs(seed, B, S, NH, DH, dtype, initial=initial)
+    check_against_reference(get_slstm_kernel("recurrent--triton"), args, random_cotangents(seed + 1, args[0]),
+                            *tolerances[dtype], **tuning)

@@ -1,6 +1,6 @@
 """The fused sLSTM Triton kernels lower for CUDA on the CPU machine (jax-triton down to PTX for sm_90a,
 forward and backward through ``jax.grad`` of the registry entry), and bad arguments raise ValueError
-naming the problem. No GPU needed. The sweep covers every R dtype, head dims 16..256 (48: padded),
+naming the problem. No GPU needed. The sweep covers every R dtype, head dims 16..512 (48: padded),
 every tile option and warps / stages.
 """
 import re
@@ -40,6 +40,7 @@ SWEEP = [
     (jnp.bfloat16, 8, 16, 2, 16, dict(num_warps=2)),
     (jnp.bfloat16, 64, 16, 2, 128, dict(block_b=64, block_dh=128, block_k=32, num_stages=3)),
     (jnp.float32, 16, 16, 1, 256, dict(block_dh=32, block_k=128, num_warps=8)),
+    (jnp.bfloat16, 16, 16, 1, 512, {}),  # the 1.3b xLSTM[7:1] layer's head dim
 ]
 
 

@@ -9,9 +9,8 @@ import pytest
 from flax import nnx
 
 from tests.kernels.compare import assert_close
-from tests.kernels.slstm_checks import check_against_reference, make_inputs, random_cotangents
+from tests.kernels.slstm_checks import case_id, check_triton_case
 from tests.model.helpers import perturb_params
-from xlstm_flax.kernels.slstm import get_slstm_kernel
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
 # fp32: the interpreter's fp32 dots are exact; measured errors about 1e-7 (values) to 7e-7 (gradients),
@@ -27,13 +26,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{jnp.dtype(c[0]).name}-B{c[1]}S{c[2]}NH{c[3]}DH{c[4]}")
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_triton_slstm_matches_reference(case):
-    dtype, B, S, NH, DH, initial, tuning = case
-    seed = B + S + NH + DH
-    args = make_inputs(seed, B, S, NH, DH, dtype, initial=initial)
-    check_against_reference(get_slstm_kernel("recurrent--triton"), args, random_cotangents(seed + 1, args[0]),
-                            *TOL[dtype], **tuning)
+    check_triton_case(case, TOL)
 
 
 def _layer(kernel: str):
