@@ -1,14 +1,17 @@
 """sLSTM benchmark: one layer (scan vs fused Triton kernel), the all-mLSTM vs xLSTM[7:1] training
 step, and one decoding step of an sLSTM vs an mLSTM layer of the same width; writes markdown.
 
-    python benchmarks/slstm.py [--tiny] [--kernels recurrent--jax,recurrent--triton] [--out FILE]
+    python benchmarks/slstm.py [--tiny] [--kernels recurrent--jax,recurrent--triton] [--splits 1,4,8]
+        [--skip kernel,layer,train,decode] [--out FILE]
 
 Full size (one H100/H200): sLSTM layer at B=16, S=2048, D=1024, 4 heads, bf16 compute with fp32
 params (the kernel alone on its fp32 gate inputs, and the whole layer: gate projections, conv, group
 norm), forward and forward+backward; training step (forward, backward, AdamW update) of the "350m"
 and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto" (the mLSTM blocks use
 their default kernel); decoding step at B=16, D=1024. ``--tiny`` runs the same at B=2, S=16, D=64
-(layer), the "tiny" preset with and without its sLSTM block (step), on any machine.
+(layer), the "tiny" preset with and without its sLSTM block (step), on any machine. ``--splits``: extra
+kernel rows of "recurrent--triton" with its ``split`` option (programs per head, tiles of
+min(64, DH / split) columns).
 Training-step MFU counts 6 N FLOP per token (N = parameters) against a 989 TFLOP/s bf16 peak
 (H100/H200 SXM dense). A row that fails (no GPU for Triton, out of memory) holds its error.
 """
@@ -55,8 +58,15 @@ def _timed(fn, mode: str, n_inputs: int):
     return jax.jit(lambda *a: jax.vjp(fn, *a[:n_inputs])[1](a[n_inputs]))
 
 
-def kernel_rows(kernel_names, B, S, D, heads) -> list[list]:
-    """The recurrence alone: pre (B, S, 4, NH, DH) fp32, R bf16, h (B, S, NH, DH) fp32."""
+def split_options(splits, DH: int) -> list[dict]:
+    """Triton options for each split > 1: tiles of min(64, DH / split) columns."""
+    return [dict(split=n, block_dh=min(64, max(16, DH // n)), block_k=min(64, max(16, DH // n)))
+            for n in splits if n > 1]
+
+
+def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
+    """The recurrence alone: pre (B, S, 4, NH, DH) fp32, R bf16, h (B, S, NH, DH) fp32; ``kernels``
+    are (name, options) pairs."""
     DH = D // heads
 
     def inputs(seed):
@@ -67,13 +77,14 @@ def kernel_rows(kernel_names, B, S, D, heads) -> list[list]:
 
     input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
     rows = []
-    for name in kernel_names:
+    for name, options in kernels:
         for mode in ("fw", "fwbw"):
             def run():
                 kernel = get_slstm_kernel(name)
-                return median_ms(_timed(lambda pre, r: kernel(pre, r)[0], mode, 2), input_sets)
+                return median_ms(_timed(lambda pre, r: kernel(pre, r, **options)[0], mode, 2), input_sets)
 
-            rows.append(["kernel", name, mode, *_try(run)])
+            label = name + "".join(f" {k}={v}" for k, v in options.items())
+            rows.append(["kernel", label, mode, *_try(run)])
             print(rows[-1], flush=True)
     return rows
 
@@ -175,6 +186,7 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes that run on a CPU")
     parser.add_argument("--kernels", default="recurrent--jax,recurrent--triton", help="sLSTM kernel names")
+    parser.add_argument("--splits", default="", help="comma-separated Triton split values for extra kernel rows")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: kernel,layer,train,decode")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
@@ -183,7 +195,9 @@ def main(argv=None) -> str:
     names, skip = args.kernels.split(","), set(filter(None, args.skip.split(",")))
     sections = []
     if not {"kernel", "layer"} <= skip:
-        rows = ([] if "kernel" in skip else kernel_rows(names, B, S, D, heads)) + (
+        kernels = [(n, {}) for n in names] + [
+            ("recurrent--triton", o) for o in split_options(map(int, filter(None, args.splits.split(","))), D // heads)]
+        rows = ([] if "kernel" in skip else kernel_rows(kernels, B, S, D, heads)) + (
             [] if "layer" in skip else layer_rows(names, B, S, D, heads))
         sections.append([f"## sLSTM at B={B}, S={S}, D={D}, {heads} heads (ms, median)", "",
                          markdown_table(["what", "kernel", "mode", "ms", "note"], rows)])

@@ -25,7 +25,7 @@ KERNEL_NAME = "recurrent--triton"
 def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | None = None, **tuning):
     """pre (B, S, 4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH) fp32/bf16/fp16, optional initial
     :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``tuning``:
-    block_b, block_dh, block_k, num_warps, num_stages (see triton_launch.py)."""
+    block_b, block_dh, block_k, split, num_warps, num_stages (see triton_launch.py)."""
     if pre.dtype != jnp.float32:
         raise ValueError(f"{KERNEL_NAME}: pre must be float32, got {pre.dtype}")
     dims, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)

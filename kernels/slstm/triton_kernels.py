@@ -10,6 +10,13 @@ state histories ``c_all, n_all, m_all, h_all`` (B, S + 1, NH, DH) fp32 with slot
 and slot t + 1 = the state after step t; single states (B, NH, DH) fp32. A step writes its tiles to
 global memory and a ``tl.debug_barrier`` makes them visible to the whole program before the next step
 reads them, so the full h_{t-1} (or dg_t) is available to every tile.
+
+``SPLIT`` > 1 shares one (batch block, head) among SPLIT programs, each owning COLS columns of the
+output (so each reads only a DH x COLS slice of R per gate, which can stay in L1). Where a program
+reads the others' columns (the forward's h_{t-1}, the backward's dg_t in phase B) the programs of a
+group first meet at a barrier in global memory (``sync``, one int32 counter per group, zeroed before
+the launch; release/acquire atomics). All programs of a group must be resident at once,
+so the grid must fit on the GPU (checked by the launcher); under the interpreter only SPLIT = 1 runs.
 """
 import triton
 import triton.language as tl
@@ -31,11 +38,24 @@ def _tanh(x):
 
 
 @triton.jit
-def _copy_state(src, dst, offs_b, head, mask_b, dst_slot, DST_SLOTS: tl.constexpr, NH: tl.constexpr,
-                DH: tl.constexpr, BLOCK_DH: tl.constexpr):
-    """dst[b, dst_slot, head, :] = src[b, head, :] for the batch rows of one block (DST_SLOTS = 1: no
-    slot axis)."""
-    for e0 in range(0, DH, BLOCK_DH):
+def _group_barrier(sync, group, generation, SPLIT: tl.constexpr):
+    """Waits until every program of ``group`` has passed this barrier ``generation`` times (1, 2, ...);
+    their global stores before it are then visible. A block-wide barrier alone when SPLIT = 1."""
+    tl.debug_barrier()
+    if SPLIT > 1:
+        tl.atomic_add(sync + group, 1, sem="release")
+        arrived = tl.atomic_add(sync + group, 0, sem="acquire")
+        while arrived < generation * SPLIT:
+            arrived = tl.atomic_add(sync + group, 0, sem="acquire")
+        tl.debug_barrier()
+
+
+@triton.jit
+def _copy_state(src, dst, offs_b, head, mask_b, col0, dst_slot, DST_SLOTS: tl.constexpr, NH: tl.constexpr,
+                DH: tl.constexpr, COLS: tl.constexpr, BLOCK_DH: tl.constexpr):
+    """dst[b, dst_slot, head, col0:col0 + COLS] = src[b, head, same columns] for the batch rows of one
+    block (DST_SLOTS = 1: no slot axis)."""
+    for e0 in range(col0, col0 + COLS, BLOCK_DH):
         offs_e = e0 + tl.arange(0, BLOCK_DH)
         mask = mask_b[:, None] & (offs_e < DH)[None, :]
         value = tl.load(src + (offs_b[:, None] * NH + head) * DH + offs_e[None, :], mask=mask)
@@ -46,23 +66,26 @@ def _copy_state(src, dst, offs_b, head, mask_b, dst_slot, DST_SLOTS: tl.constexp
 @triton.jit
 def slstm_fw_kernel(
     pre, R, c0, n0, m0, h0,  # inputs
-    c_all, n_all, m_all, h_all,  # outputs
-    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    c_all, n_all, m_all, h_all, sync,  # outputs
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr,
+    COLS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (batch blocks, NH): the forward recurrence, every state stored (the backward needs them)."""
-    head = tl.program_id(1)
-    offs_b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state stored (the backward needs
+    them)."""
+    col0, head = tl.program_id(0) * COLS, tl.program_id(2)
+    group = tl.program_id(1) * NH + head
+    offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     mask_b = offs_b < B
-    _copy_state(c0, c_all, offs_b, head, mask_b, 0, S + 1, NH, DH, BLOCK_DH)
-    _copy_state(n0, n_all, offs_b, head, mask_b, 0, S + 1, NH, DH, BLOCK_DH)
-    _copy_state(m0, m_all, offs_b, head, mask_b, 0, S + 1, NH, DH, BLOCK_DH)
-    _copy_state(h0, h_all, offs_b, head, mask_b, 0, S + 1, NH, DH, BLOCK_DH)
-    tl.debug_barrier()
+    _copy_state(c0, c_all, offs_b, head, mask_b, col0, 0, S + 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(n0, n_all, offs_b, head, mask_b, col0, 0, S + 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(m0, m_all, offs_b, head, mask_b, col0, 0, S + 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(h0, h_all, offs_b, head, mask_b, col0, 0, S + 1, NH, DH, COLS, BLOCK_DH)
+    _group_barrier(sync, group, 1, SPLIT)
     for t in range(S):
         prev = ((offs_b[:, None] * (S + 1) + t) * NH + head) * DH  # slot t: the state before step t
         gates = ((offs_b[:, None] * S + t) * 4 * NH + head) * DH
-        for e0 in range(0, DH, BLOCK_DH):
+        for e0 in range(col0, col0 + COLS, BLOCK_DH):
             offs_e = e0 + tl.arange(0, BLOCK_DH)
             mask_e = offs_e < DH
             mask = mask_b[:, None] & mask_e[None, :]
@@ -98,35 +121,37 @@ def slstm_fw_kernel(
             tl.store(n_all + nxt, n_new, mask=mask)
             tl.store(m_all + nxt, m_new, mask=mask)
             tl.store(h_all + nxt, _sigmoid(g_o) * c_new / n_new, mask=mask)
-        tl.debug_barrier()
+        _group_barrier(sync, group, t + 2, SPLIT)
 
 
 @triton.jit
 def slstm_bw_kernel(
     g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last,  # inputs
-    dg, dc0, dn0, dm0, dh0,  # outputs
-    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    dg, dc0, dn0, dm0, dh0, sync,  # outputs
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr,
+    COLS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (batch blocks, NH): reverse-time walk from the cotangents of the last state and of every h
+    """Grid (SPLIT, batch blocks, NH): reverse-time walk from the cotangents of the last state and of every h
     (``dh_seq`` (B, S, NH, DH)), recomputing each step's c, n, m from the stored state before it and the
     full gate pre-activations ``g``. Writes ``dg`` (the gradient of every gate pre-activation) and uses
     dc0, dn0, dm0, dh0 as the running cotangents of the state, which end as the initial state's.
     The max of the stabiliser splits its cotangent evenly on ties, like ``jnp.maximum``."""
-    head = tl.program_id(1)
-    offs_b = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    col0, head = tl.program_id(0) * COLS, tl.program_id(2)
+    group = tl.program_id(1) * NH + head
+    offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     mask_b = offs_b < B
-    _copy_state(dc_last, dc0, offs_b, head, mask_b, 0, 1, NH, DH, BLOCK_DH)
-    _copy_state(dn_last, dn0, offs_b, head, mask_b, 0, 1, NH, DH, BLOCK_DH)
-    _copy_state(dm_last, dm0, offs_b, head, mask_b, 0, 1, NH, DH, BLOCK_DH)
-    _copy_state(dh_last, dh0, offs_b, head, mask_b, 0, 1, NH, DH, BLOCK_DH)
-    tl.debug_barrier()
+    _copy_state(dc_last, dc0, offs_b, head, mask_b, col0, 0, 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(dn_last, dn0, offs_b, head, mask_b, col0, 0, 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(dm_last, dm0, offs_b, head, mask_b, col0, 0, 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(dh_last, dh0, offs_b, head, mask_b, col0, 0, 1, NH, DH, COLS, BLOCK_DH)
+    tl.debug_barrier()  # each program reads back only its own columns until its first group barrier
     running = (offs_b[:, None] * NH + head) * DH
     for step in range(S):
         t = S - 1 - step
         prev = ((offs_b[:, None] * (S + 1) + t) * NH + head) * DH
         gates = ((offs_b[:, None] * S + t) * 4 * NH + head) * DH
-        for e0 in range(0, DH, BLOCK_DH):
+        for e0 in range(col0, col0 + COLS, BLOCK_DH):
             offs_e = e0 + tl.arange(0, BLOCK_DH)
             mask = mask_b[:, None] & (offs_e < DH)[None, :]
             g_i = tl.load(g + gates + offs_e[None, :], mask=mask, other=0.0)
@@ -171,9 +196,9 @@ def slstm_bw_kernel(
             tl.store(dc0 + running + offs_e[None, :], dc * f_gate, mask=mask)
             tl.store(dn0 + running + offs_e[None, :], dn * f_gate, mask=mask)
             tl.store(dm0 + running + offs_e[None, :], d_lf, mask=mask)  # log_f_plus_m = logsig(f) + m_prev
-        tl.debug_barrier()
-        # the cotangent of h_{t-1}: sum over gates of dg_t R^T
-        for k0 in range(0, DH, BLOCK_K):
+        _group_barrier(sync, group, step + 1, SPLIT)  # phase B reads every program's dg_t
+        # the cotangent of h_{t-1} (this program's columns): sum over gates of dg_t R^T
+        for k0 in range(col0, col0 + COLS, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < DH
             acc = tl.zeros((BLOCK_B, BLOCK_K), tl.float32)
@@ -189,4 +214,4 @@ def slstm_bw_kernel(
                     rt = tl.load(R + j * NH * DH * DH + rt_offs, mask=rt_mask, other=0.0)
                     acc += tl.dot(d, rt, input_precision=DOT_PRECISION)
             tl.store(dh0 + running + offs_k[None, :], acc, mask=mask_b[:, None] & mask_k[None, :])
-        tl.debug_barrier()
+        tl.debug_barrier()  # the next phase A reads only this program's columns of dh0

@@ -2,22 +2,25 @@
 
 Tuning (:class:`Tuning`, one set for forward and backward): ``block_b`` batch rows per program (the
 tl.dot M tile, >= 16), ``block_dh`` output columns and ``block_k`` rows of R per tile (powers of two
-in [16, DH padded]), ``num_warps``, ``num_stages``. Grid: (ceil(B / block_b), NH).
+in [16, DH padded]), ``split`` programs sharing one (batch block, head) (1..32; > 1 needs the whole
+grid resident on the GPU), ``num_warps``, ``num_stages``. Grid: (split, ceil(B / block_b), NH).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
 from ..triton.chunkwise_fw import MIN_BLOCK, check_power_of_two, dot_precision, next_pow2
-from ..triton.launch import triton_call
+from ..triton import launch
 from . import triton_kernels
 from .common import Dims, States
 
 TRITON_RECURRENT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 MAX_BLOCK_B = 128
+MAX_SPLIT = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,19 +28,29 @@ class Tuning:
     block_b: int
     block_dh: int
     block_k: int
+    split: int
     num_warps: int
     num_stages: int
 
+    def columns(self, DH: int) -> int:
+        """Columns per program: DH / split rounded up to a multiple of both tiles."""
+        tile = max(self.block_dh, self.block_k)
+        return -(-DH // (self.split * tile)) * tile
 
-def resolve_tuning(name: str, dims: Dims, block_b=None, block_dh=None, block_k=None, num_warps=None,
+    def grid(self, dims: Dims) -> tuple[int, int, int]:
+        return self.split, -(-dims.B // self.block_b), dims.NH
+
+
+def resolve_tuning(name: str, dims: Dims, block_b=None, block_dh=None, block_k=None, split=None, num_warps=None,
                    num_stages=None) -> Tuning:
-    """Fills ``None`` choices with the defaults (16 rows, 64-wide tiles or DH padded if smaller, 4 warps,
-    2 stages) and checks every rule (ValueError naming the kernel and the option)."""
+    """Fills ``None`` choices with the defaults (16 rows, 64-wide tiles or DH padded if smaller, split 1,
+    4 warps, 2 stages) and checks every rule (ValueError naming the kernel and the option)."""
     dh_pad = max(MIN_BLOCK, next_pow2(dims.DH))
     tuning = Tuning(
         block_b=MIN_BLOCK if block_b is None else block_b,
         block_dh=min(64, dh_pad) if block_dh is None else block_dh,
         block_k=min(64, dh_pad) if block_k is None else block_k,
+        split=1 if split is None else split,
         num_warps=4 if num_warps is None else num_warps,
         num_stages=2 if num_stages is None else num_stages,
     )
@@ -48,9 +61,24 @@ def resolve_tuning(name: str, dims: Dims, block_b=None, block_dh=None, block_k=N
         check_power_of_two("num_warps", tuning.num_warps, 1, 16)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    if not isinstance(tuning.num_stages, int) or not 1 <= tuning.num_stages <= 8:
-        raise ValueError(f"{name}: num_stages={tuning.num_stages!r} must be an int in [1, 8]")
+    for option, high in (("num_stages", 8), ("split", MAX_SPLIT)):
+        value = getattr(tuning, option)
+        if not isinstance(value, int) or not 1 <= value <= high:
+            raise ValueError(f"{name}: {option}={value!r} must be an int in [1, {high}]")
+    if tuning.split > 1 and launch.gpu_visible():
+        _check_resident(name, tuning, dims)
     return tuning
+
+
+def _check_resident(name: str, tuning: Tuning, dims: Dims) -> None:
+    """split > 1: the programs of a group wait for each other, so every program must run at once."""
+    programs = math.prod(tuning.grid(dims))
+    sms = jax.devices("gpu")[0].core_count
+    if programs > sms:
+        raise ValueError(
+            f"{name}: split={tuning.split} launches {programs} programs (split x batch blocks x heads) but the "
+            f"GPU has {sms} SMs; they must all be resident, use a smaller split or larger block_b"
+        )
 
 
 def check_recurrent_dtype(name: str, recurrent_kernel) -> None:
@@ -61,12 +89,16 @@ def check_recurrent_dtype(name: str, recurrent_kernel) -> None:
 
 
 def _launch(kernel, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype):
-    return triton_call(
-        *inputs, kernel=kernel, out_shape=out_shape, grid=(-(-dims.B // tuning.block_b), dims.NH),
+    """Launches ``kernel`` with ``out_shape`` plus the group counters (zeroed; dropped from the result)."""
+    split, batch_blocks, NH = grid = tuning.grid(dims)
+    sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
+    *outputs, _ = launch.triton_call(
+        *inputs, kernel=kernel, out_shape=(*out_shape, sync), grid=grid, zeroed_outputs=(len(out_shape),),
         num_warps=tuning.num_warps, num_stages=tuning.num_stages,
-        B=dims.B, S=dims.S, NH=dims.NH, DH=dims.DH, BLOCK_B=tuning.block_b, BLOCK_DH=tuning.block_dh,
-        BLOCK_K=tuning.block_k, DOT_PRECISION=dot_precision(recurrent_dtype),
+        B=dims.B, S=dims.S, NH=NH, DH=dims.DH, SPLIT=split, COLS=tuning.columns(dims.DH), BLOCK_B=tuning.block_b,
+        BLOCK_DH=tuning.block_dh, BLOCK_K=tuning.block_k, DOT_PRECISION=dot_precision(recurrent_dtype),
     )
+    return outputs
 
 
 def slstm_fw(pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning) -> States:

@@ -10,8 +10,9 @@ Error measure: max |error| / max |reference| per array (tests/kernels/compare.py
 import jax.numpy as jnp
 import pytest
 
-from tests.kernels.slstm_checks import case_id, check_triton_case
+from tests.kernels.slstm_checks import case_id, check_triton_case, make_inputs
 from xlstm_flax.kernels.registry import triton_usable
+from xlstm_flax.kernels.slstm import get_slstm_kernel
 
 pytestmark = pytest.mark.gpu
 if not triton_usable():
@@ -26,9 +27,17 @@ CASES = [
     (jnp.bfloat16, 16, 512, 4, 256, False, dict(block_dh=128, block_k=32, num_warps=8)),
     (jnp.float32, 37, 128, 2, 48, True, dict(block_b=32, block_dh=16)),
     (jnp.bfloat16, 64, 128, 8, 64, True, dict(block_b=64)),
+    (jnp.bfloat16, 16, 512, 4, 256, True, dict(split=8, block_dh=32, block_k=32)),  # group barriers
+    (jnp.float32, 37, 128, 2, 48, True, dict(split=2, block_dh=16, block_k=16)),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_triton_slstm_matches_reference_on_gpu(case):
     check_triton_case(case, TOL)
+
+
+def test_split_that_cannot_be_resident_is_refused():
+    args = make_inputs(0, 64, 4, 8, 64)
+    with pytest.raises(ValueError, match="split=32 launches 1024 programs"):
+        get_slstm_kernel("recurrent--triton")(args[0], args[1], split=32)

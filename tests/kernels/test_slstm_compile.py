@@ -1,7 +1,7 @@
 """The fused sLSTM Triton kernels lower for CUDA on the CPU machine (jax-triton down to PTX for sm_90a,
 forward and backward through ``jax.grad`` of the registry entry), and bad arguments raise ValueError
 naming the problem. No GPU needed. The sweep covers every R dtype, head dims 16..512 (48: padded),
-every tile option and warps / stages.
+every tile option, warps / stages and the split of a head over several programs.
 """
 import re
 
@@ -41,6 +41,8 @@ SWEEP = [
     (jnp.bfloat16, 64, 16, 2, 128, dict(block_b=64, block_dh=128, block_k=32, num_stages=3)),
     (jnp.float32, 16, 16, 1, 256, dict(block_dh=32, block_k=128, num_warps=8)),
     (jnp.bfloat16, 16, 16, 1, 512, {}),  # the 1.3b xLSTM[7:1] layer's head dim
+    (jnp.bfloat16, 16, 16, 4, 256, dict(split=8, block_dh=32, block_k=32)),  # programs meet at group barriers
+    (jnp.float32, 24, 16, 2, 48, dict(split=2, block_dh=16, block_k=16, num_warps=2)),
 ]
 
 
@@ -63,6 +65,7 @@ INVALID = [
     (dict(block_k=128), "block_k=128 must be a power of two in [16, 64]"),
     (dict(num_warps=3), "num_warps=3"),
     (dict(num_stages=0), "num_stages=0 must be an int in [1, 8]"),
+    (dict(split=0), "split=0 must be an int in [1, 32]"),
 ]
 
 
