@@ -15,10 +15,12 @@ min(64, DH / split) columns).
 Training-step MFU counts 6 N FLOP per token (N = parameters) against a 989 TFLOP/s bf16 peak
 (H100/H200 SXM dense). A row that fails (no GPU for Triton, out of memory) holds its error.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import sys
 
@@ -43,10 +45,10 @@ FULL = dict(B=16, S=2048, D=1024, heads=4, models=("350m", "350m-xlstm71"))
 TINY = dict(B=2, S=16, D=64, heads=2, models=("tiny-mlstm", "tiny"))
 
 
-def _try(run) -> tuple[float | str, str]:
-    """(median ms, "") or ("-", the error)."""
+def _try(run, *args) -> tuple:
+    """(``run(*args)``, "") or ("-", the error)."""
     try:
-        return run(), ""
+        return run(*args), ""
     except Exception as err:  # noqa: BLE001 -- a failing row is a result, not a crash
         return "-", failure_note(err)
 
@@ -60,8 +62,13 @@ def _timed(fn, mode: str, n_inputs: int):
 
 def split_options(splits, DH: int) -> list[dict]:
     """Triton options for each split > 1: tiles of min(64, DH / split) columns."""
-    return [dict(split=n, block_dh=min(64, max(16, DH // n)), block_k=min(64, max(16, DH // n)))
-            for n in splits if n > 1]
+    tile = [min(64, max(16, DH // n)) for n in splits]
+    return [dict(split=n, block_dh=t, block_k=t) for n, t in zip(splits, tile) if n > 1]
+
+
+def _kernel_ms(name: str, options: dict, mode: str, input_sets) -> float:
+    kernel = get_slstm_kernel(name)
+    return median_ms(_timed(lambda pre, r: kernel(pre, r, **options)[0], mode, 2), input_sets)
 
 
 def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
@@ -77,38 +84,30 @@ def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
 
     input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
     rows = []
-    for name, options in kernels:
-        for mode in ("fw", "fwbw"):
-            def run():
-                kernel = get_slstm_kernel(name)
-                return median_ms(_timed(lambda pre, r: kernel(pre, r, **options)[0], mode, 2), input_sets)
-
-            label = name + "".join(f" {k}={v}" for k, v in options.items())
-            rows.append(["kernel", label, mode, *_try(run)])
-            print(rows[-1], flush=True)
+    for (name, options), mode in itertools.product(kernels, ("fw", "fwbw")):
+        label = name + "".join(f" {k}={v}" for k, v in options.items())
+        rows.append(["kernel", label, mode, *_try(_kernel_ms, name, options, mode, input_sets)])
+        print(rows[-1], flush=True)
     return rows
+
+
+def _layer_ms(name: str, D: int, heads: int, mode: str, input_sets) -> float:
+    layer = sLSTMLayer(
+        D, sLSTMLayerConfig(num_heads=heads, kernel=name), num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)
+    )
+    graphdef, params = nnx.split(layer)
+    fn = _timed(lambda params, x: nnx.merge(graphdef, params)(x)[0], mode, 2)
+    return median_ms(lambda x, dy: fn(params, x, dy), input_sets)
 
 
 def layer_rows(kernel_names, B, S, D, heads) -> list[list]:
     """The whole sLSTM layer, bf16 compute, fp32 params; fw+bw gives gradients of x and the params."""
-    input_sets = [tuple(jax.random.normal(k, (B, S, D), jnp.bfloat16) for k in jax.random.split(jax.random.key(s)))
-                  for s in range(INPUT_SETS)]
+    keys = [jax.random.split(jax.random.key(seed)) for seed in range(INPUT_SETS)]
+    input_sets = [tuple(jax.random.normal(k, (B, S, D), jnp.bfloat16) for k in pair) for pair in keys]
     rows = []
-    for name in kernel_names:
-        config = sLSTMLayerConfig(num_heads=heads, kernel=name)
-        layer = sLSTMLayer(D, config, num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-        graphdef, params = nnx.split(layer)
-
-        def apply(params, x):
-            return nnx.merge(graphdef, params)(x)[0]
-
-        for mode in ("fw", "fwbw"):
-            def run():
-                fn = _timed(apply, mode, 2)
-                return median_ms(lambda x, dy: fn(params, x, dy), input_sets)
-
-            rows.append(["layer", name, mode, *_try(run)])
-            print(rows[-1], flush=True)
+    for name, mode in itertools.product(kernel_names, ("fw", "fwbw")):
+        rows.append(["layer", name, mode, *_try(_layer_ms, name, D, heads, mode, input_sets)])
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -118,41 +117,40 @@ def _model_config(name: str):
     return PRESETS[name]
 
 
+def _train_step_ms(config, B: int, S: int) -> tuple[float, int]:
+    """(median ms of one forward + backward + AdamW update, parameter count)."""
+    model = xLSTMLMModel(config, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optimizer = optax.adamw(1e-4)
+
+    def step(state, tokens):
+        params, opt_state = state
+
+        def loss_fn(params):
+            return cross_entropy(nnx.merge(graphdef, params, rest)(tokens[:, :-1]), tokens[:, 1:])
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    step = jax.jit(step, donate_argnums=0)
+    state = [(params, optimizer.init(params))]  # replaced by every (donating) call
+
+    def one(tokens):
+        state[0] = step(state[0], tokens)
+        return state[0]
+
+    tokens = [(jax.random.randint(jax.random.key(s), (B, S + 1), 0, config.vocab_size),) for s in range(3)]
+    return median_ms(one, tokens, reps=10), n_params
+
+
 def train_step_rows(model_names, B, S) -> list[list]:
     """Forward, backward and AdamW update of a preset, bf16 compute, fp32 params."""
     rows = []
     for name in model_names:
         config = dataclasses.replace(_model_config(name), compute_dtype="bfloat16")
-
-        def run():
-            model = xLSTMLMModel(config, rngs=nnx.Rngs(0))
-            graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-            optimizer = optax.adamw(1e-4)
-            state = (params, optimizer.init(params))
-
-            def step(state, tokens):
-                params, opt_state = state
-
-                def loss_fn(params):
-                    return cross_entropy(nnx.merge(graphdef, params, rest)(tokens[:, :-1]), tokens[:, 1:])
-
-                grads = jax.grad(loss_fn)(params)
-                updates, opt_state = optimizer.update(grads, opt_state, params)
-                return optax.apply_updates(params, updates), opt_state
-
-            step = jax.jit(step, donate_argnums=0)
-            tokens = [jax.random.randint(jax.random.key(s), (B, S + 1), 0, config.vocab_size) for s in range(3)]
-            holder = [state]
-
-            def one(tokens):
-                holder[0] = step(holder[0], tokens)
-                return holder[0]
-
-            ms = median_ms(one, [(t,) for t in tokens], reps=10)
-            n_params = sum(x.size for x in jax.tree.leaves(params))
-            return ms, n_params
-
-        result, note = _try(run)
+        result, note = _try(_train_step_ms, config, B, S)
         if note:
             rows.append([name, config.slstm_at, "-", "-", "-", note])
         else:
@@ -164,20 +162,24 @@ def train_step_rows(model_names, B, S) -> list[list]:
     return rows
 
 
+def _decode_ms(layer, B: int, input_sets) -> float:
+    graphdef, params = nnx.split(layer)
+    state = layer.init_state(B)
+    step = jax.jit(lambda params, x, state: nnx.merge(graphdef, params).step(x, state))
+    return median_ms(lambda x: step(params, x, state), input_sets, reps=50)
+
+
 def decode_rows(B, D, heads) -> list[list]:
     """One token through ``layer.step`` (jitted), bf16 compute, from a fresh state."""
     x = [(jax.random.normal(jax.random.key(s), (B, D), jnp.bfloat16),) for s in range(INPUT_SETS)]
+    common = dict(num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     layers = {
-        "sLSTM": sLSTMLayer(D, sLSTMLayerConfig(num_heads=heads), num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
-        "mLSTM": mLSTMLayer(D, mLSTMLayerConfig(num_heads=heads), num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
+        "sLSTM": sLSTMLayer(D, sLSTMLayerConfig(num_heads=heads), **common),
+        "mLSTM": mLSTMLayer(D, mLSTMLayerConfig(num_heads=heads), **common),
     }
     rows = []
     for name, layer in layers.items():
-        graphdef, params = nnx.split(layer)
-        state = layer.init_state(B)
-        step = jax.jit(lambda params, x, state: nnx.merge(graphdef, params).step(x, state))
-        ms, note = _try(lambda: median_ms(lambda x: step(params, x, state), x, reps=50))
-        rows.append([name, B, D, ms, note])
+        rows.append([name, B, D, *_try(_decode_ms, layer, B, x)])
         print(rows[-1], flush=True)
     return rows
 
@@ -195,19 +197,35 @@ def main(argv=None) -> str:
     names, skip = args.kernels.split(","), set(filter(None, args.skip.split(",")))
     sections = []
     if not {"kernel", "layer"} <= skip:
-        kernels = [(n, {}) for n in names] + [
-            ("recurrent--triton", o) for o in split_options(map(int, filter(None, args.splits.split(","))), D // heads)]
+        splits = [int(n) for n in filter(None, args.splits.split(","))]
+        kernels = [(n, {}) for n in names] + [("recurrent--triton", o) for o in split_options(splits, D // heads)]
         rows = ([] if "kernel" in skip else kernel_rows(kernels, B, S, D, heads)) + (
-            [] if "layer" in skip else layer_rows(names, B, S, D, heads))
-        sections.append([f"## sLSTM at B={B}, S={S}, D={D}, {heads} heads (ms, median)", "",
-                         markdown_table(["what", "kernel", "mode", "ms", "note"], rows)])
+            [] if "layer" in skip else layer_rows(names, B, S, D, heads)
+        )
+        sections.append(
+            [
+                f"## sLSTM at B={B}, S={S}, D={D}, {heads} heads (ms, median)",
+                "",
+                markdown_table(["what", "kernel", "mode", "ms", "note"], rows),
+            ]
+        )
     if "train" not in skip:
         rows = train_step_rows(size["models"], B, S)
-        sections.append([f"## Training step at B={B}, S={S} (bf16 compute, fp32 params, AdamW)", "",
-                         markdown_table(["model", "sLSTM at", "step ms", "tokens/s", "MFU (6N)", "note"], rows)])
+        sections.append(
+            [
+                f"## Training step at B={B}, S={S} (bf16 compute, fp32 params, AdamW)",
+                "",
+                markdown_table(["model", "sLSTM at", "step ms", "tokens/s", "MFU (6N)", "note"], rows),
+            ]
+        )
     if "decode" not in skip:
-        sections.append([f"## Decoding step (one token, B={B})", "",
-                         markdown_table(["layer", "B", "D", "ms", "note"], decode_rows(B, D, heads))])
+        sections.append(
+            [
+                f"## Decoding step (one token, B={B})",
+                "",
+                markdown_table(["layer", "B", "D", "ms", "note"], decode_rows(B, D, heads)),
+            ]
+        )
     return write_report("sLSTM benchmark", sections, args.out)
 
 

@@ -11,11 +11,12 @@ kernels' so that neither config accepts the other's names)::
 Names: ``"recurrent--jax"`` (lax.scan, the reference) and ``"recurrent--triton"`` (fused Triton
 forward and backward); ``"auto"`` picks the Triton one on a CUDA GPU with jax-triton, else the scan.
 """
+
 from __future__ import annotations
 
 import importlib
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from ..registry import AUTO, triton_usable
 from .common import M_INITIAL, NUM_GATES, States, initial_states
@@ -43,7 +44,9 @@ def resolve_slstm_kernel_name(name: str) -> str:
         logger.info("sLSTM kernel 'auto': no CUDA GPU with jax-triton here, using %r", FALLBACK_KERNEL)
         return FALLBACK_KERNEL
     if name not in _KERNELS:
-        raise ValueError(f"unknown sLSTM kernel {name!r}; available: {', '.join(available_slstm_kernels())} (or 'auto')")
+        raise ValueError(
+            f"unknown sLSTM kernel {name!r}; available: {', '.join(available_slstm_kernels())} (or 'auto')"
+        )
     return name
 
 

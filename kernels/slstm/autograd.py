@@ -7,6 +7,7 @@ time), runs the reverse-time kernel for ``dg`` and the initial state's cotangent
 recurrent kernel's gradient ``sum_t h_{t-1}^T dg_t`` as one fp32-accumulated matmul. Gradients equal
 autodiff of the scan (reference.py), including the stabiliser's path.
 """
+
 from __future__ import annotations
 
 import functools

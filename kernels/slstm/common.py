@@ -1,4 +1,5 @@
 """Input checks and initial states shared by every sLSTM backend (calling convention in ``__init__``)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

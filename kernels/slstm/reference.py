@@ -12,6 +12,7 @@ From the initial m = ``M_INITIAL`` either the input or the forget term of n has 
 step, so n_t >= 1 and c / n is always defined. The recurrent product ``h_{t-1} R`` takes h in R's
 dtype and accumulates in fp32.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,8 +25,9 @@ KERNEL_NAME = "recurrent--jax"
 
 def recurrent_product(h: jax.Array, recurrent_kernel: jax.Array) -> jax.Array:
     """h (..., NH, DH) times the head-wise R (4, NH, DH, DH) -> (..., 4, NH, DH) fp32."""
-    return jnp.einsum("...hd,ghde->...ghe", h.astype(recurrent_kernel.dtype), recurrent_kernel,
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+        "...hd,ghde->...ghe", h.astype(recurrent_kernel.dtype), recurrent_kernel, preferred_element_type=jnp.float32
+    )
 
 
 def cell_step(recurrent_kernel: jax.Array, state: States, pre: jax.Array) -> States:

@@ -18,6 +18,7 @@ group first meet at a barrier in global memory (``sync``, one int32 counter per 
 the launch; release/acquire atomics). All programs of a group must be resident at once,
 so the grid must fit on the GPU (checked by the launcher); under the interpreter only SPLIT = 1 runs.
 """
+
 import triton
 import triton.language as tl
 
@@ -51,8 +52,20 @@ def _group_barrier(sync, group, generation, SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _copy_state(src, dst, offs_b, head, mask_b, col0, dst_slot, DST_SLOTS: tl.constexpr, NH: tl.constexpr,
-                DH: tl.constexpr, COLS: tl.constexpr, BLOCK_DH: tl.constexpr):
+def _copy_state(
+    src,
+    dst,
+    offs_b,
+    head,
+    mask_b,
+    col0,
+    dst_slot,
+    DST_SLOTS: tl.constexpr,
+    NH: tl.constexpr,
+    DH: tl.constexpr,
+    COLS: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
+):
     """dst[b, dst_slot, head, col0:col0 + COLS] = src[b, head, same columns] for the batch rows of one
     block (DST_SLOTS = 1: no slot axis)."""
     for e0 in range(col0, col0 + COLS, BLOCK_DH):
@@ -65,10 +78,26 @@ def _copy_state(src, dst, offs_b, head, mask_b, col0, dst_slot, DST_SLOTS: tl.co
 
 @triton.jit
 def slstm_fw_kernel(
-    pre, R, c0, n0, m0, h0,  # inputs
-    c_all, n_all, m_all, h_all, sync,  # outputs
-    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr,
-    COLS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr,
+    pre,
+    R,
+    c0,
+    n0,
+    m0,
+    h0,  # inputs
+    c_all,
+    n_all,
+    m_all,
+    h_all,
+    sync,  # outputs
+    B: tl.constexpr,
+    S: tl.constexpr,
+    NH: tl.constexpr,
+    DH: tl.constexpr,
+    SPLIT: tl.constexpr,
+    COLS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state stored (the backward needs
@@ -101,12 +130,15 @@ def slstm_fw_kernel(
                 r_offs = (head * DH + offs_k[:, None]) * DH + offs_e[None, :]
                 r_mask = mask_k[:, None] & mask_e[None, :]
                 g_i += tl.dot(h, tl.load(R + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION)
-                g_f += tl.dot(h, tl.load(R + NH * DH * DH + r_offs, mask=r_mask, other=0.0),
-                              input_precision=DOT_PRECISION)
-                g_z += tl.dot(h, tl.load(R + 2 * NH * DH * DH + r_offs, mask=r_mask, other=0.0),
-                              input_precision=DOT_PRECISION)
-                g_o += tl.dot(h, tl.load(R + 3 * NH * DH * DH + r_offs, mask=r_mask, other=0.0),
-                              input_precision=DOT_PRECISION)
+                g_f += tl.dot(
+                    h, tl.load(R + NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
+                )
+                g_z += tl.dot(
+                    h, tl.load(R + 2 * NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
+                )
+                g_o += tl.dot(
+                    h, tl.load(R + 3 * NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
+                )
             c = tl.load(c_all + prev + offs_e[None, :], mask=mask, other=0.0)
             n = tl.load(n_all + prev + offs_e[None, :], mask=mask, other=0.0)
             m = tl.load(m_all + prev + offs_e[None, :], mask=mask, other=0.0)
@@ -126,10 +158,31 @@ def slstm_fw_kernel(
 
 @triton.jit
 def slstm_bw_kernel(
-    g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last,  # inputs
-    dg, dc0, dn0, dm0, dh0, sync,  # outputs
-    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr,
-    COLS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr,
+    g,
+    R,
+    c_all,
+    n_all,
+    m_all,
+    dh_seq,
+    dc_last,
+    dn_last,
+    dm_last,
+    dh_last,  # inputs
+    dg,
+    dc0,
+    dn0,
+    dm0,
+    dh0,
+    sync,  # outputs
+    B: tl.constexpr,
+    S: tl.constexpr,
+    NH: tl.constexpr,
+    DH: tl.constexpr,
+    SPLIT: tl.constexpr,
+    COLS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Grid (SPLIT, batch blocks, NH): reverse-time walk from the cotangents of the last state and of every h
@@ -165,8 +218,7 @@ def slstm_bw_kernel(
             dn = tl.load(dn0 + running + offs_e[None, :], mask=mask, other=0.0)
             dm = tl.load(dm0 + running + offs_e[None, :], mask=mask, other=0.0)
             dh = tl.load(dh0 + running + offs_e[None, :], mask=mask, other=0.0)
-            dh += tl.load(dh_seq + ((offs_b[:, None] * S + t) * NH + head) * DH + offs_e[None, :], mask=mask,
-                          other=0.0)
+            dh += tl.load(dh_seq + ((offs_b[:, None] * S + t) * NH + head) * DH + offs_e[None, :], mask=mask, other=0.0)
             # recompute the step
             log_f_plus_m = _log_sigmoid(g_f) + m_prev
             m = tl.maximum(log_f_plus_m, g_i)

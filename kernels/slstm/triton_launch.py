@@ -5,6 +5,7 @@ tl.dot M tile, >= 16), ``block_dh`` output columns and ``block_k`` rows of R per
 in [16, DH padded]), ``split`` programs sharing one (batch block, head) (1..32; > 1 needs the whole
 grid resident on the GPU), ``num_warps``, ``num_stages``. Grid: (split, ceil(B / block_b), NH).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..triton.chunkwise_fw import MIN_BLOCK, check_power_of_two, dot_precision, next_pow2
 from ..triton import launch
+from ..triton.chunkwise_fw import MIN_BLOCK, check_power_of_two, dot_precision, next_pow2
 from . import triton_kernels
 from .common import Dims, States
 
@@ -41,8 +42,9 @@ class Tuning:
         return self.split, -(-dims.B // self.block_b), dims.NH
 
 
-def resolve_tuning(name: str, dims: Dims, block_b=None, block_dh=None, block_k=None, split=None, num_warps=None,
-                   num_stages=None) -> Tuning:
+def resolve_tuning(
+    name: str, dims: Dims, block_b=None, block_dh=None, block_k=None, split=None, num_warps=None, num_stages=None
+) -> Tuning:
     """Fills ``None`` choices with the defaults (16 rows, 64-wide tiles or DH padded if smaller, split 1,
     4 warps, 2 stages) and checks every rule (ValueError naming the kernel and the option)."""
     dh_pad = max(MIN_BLOCK, next_pow2(dims.DH))
@@ -83,9 +85,7 @@ def _check_resident(name: str, tuning: Tuning, dims: Dims) -> None:
 
 def check_recurrent_dtype(name: str, recurrent_kernel) -> None:
     if not any(recurrent_kernel.dtype == d for d in TRITON_RECURRENT_DTYPES):
-        raise ValueError(
-            f"{name}: recurrent_kernel must be float32, bfloat16 or float16, got {recurrent_kernel.dtype}"
-        )
+        raise ValueError(f"{name}: recurrent_kernel must be float32, bfloat16 or float16, got {recurrent_kernel.dtype}")
 
 
 def _launch(kernel, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype):
@@ -93,10 +93,23 @@ def _launch(kernel, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dty
     split, batch_blocks, NH = grid = tuning.grid(dims)
     sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
     *outputs, _ = launch.triton_call(
-        *inputs, kernel=kernel, out_shape=(*out_shape, sync), grid=grid, zeroed_outputs=(len(out_shape),),
-        num_warps=tuning.num_warps, num_stages=tuning.num_stages,
-        B=dims.B, S=dims.S, NH=NH, DH=dims.DH, SPLIT=split, COLS=tuning.columns(dims.DH), BLOCK_B=tuning.block_b,
-        BLOCK_DH=tuning.block_dh, BLOCK_K=tuning.block_k, DOT_PRECISION=dot_precision(recurrent_dtype),
+        *inputs,
+        kernel=kernel,
+        out_shape=(*out_shape, sync),
+        grid=grid,
+        zeroed_outputs=(len(out_shape),),
+        num_warps=tuning.num_warps,
+        num_stages=tuning.num_stages,
+        B=dims.B,
+        S=dims.S,
+        NH=NH,
+        DH=dims.DH,
+        SPLIT=split,
+        COLS=tuning.columns(dims.DH),
+        BLOCK_B=tuning.block_b,
+        BLOCK_DH=tuning.block_dh,
+        BLOCK_K=tuning.block_k,
+        DOT_PRECISION=dot_precision(recurrent_dtype),
     )
     return outputs
 
@@ -106,8 +119,14 @@ def slstm_fw(pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning)
     slot 0 = ``initial`` and slot t + 1 = the state after step t."""
     B, S, NH, DH = dims
     history = jax.ShapeDtypeStruct((B, S + 1, NH, DH), jnp.float32)
-    out = _launch(triton_kernels.slstm_fw_kernel, (pre, recurrent_kernel, *initial), (history,) * 4, dims, tuning,
-                  recurrent_kernel.dtype)
+    out = _launch(
+        triton_kernels.slstm_fw_kernel,
+        (pre, recurrent_kernel, *initial),
+        (history,) * 4,
+        dims,
+        tuning,
+        recurrent_kernel.dtype,
+    )
     return States(*out)
 
 
@@ -118,7 +137,14 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
     B, S, NH, DH = dims
     state = jax.ShapeDtypeStruct((B, NH, DH), jnp.float32)
     out_shape = (jax.ShapeDtypeStruct(g.shape, jnp.float32),) + (state,) * 4
-    inputs = (g, recurrent_kernel, history.c, history.n, history.m, dh_seq.astype(jnp.float32),
-              *(d.astype(jnp.float32) for d in d_last))
+    inputs = (
+        g,
+        recurrent_kernel,
+        history.c,
+        history.n,
+        history.m,
+        dh_seq.astype(jnp.float32),
+        *(d.astype(jnp.float32) for d in d_last),
+    )
     dg, *d_initial = _launch(triton_kernels.slstm_bw_kernel, inputs, out_shape, dims, tuning, recurrent_kernel.dtype)
     return dg, States(*d_initial)

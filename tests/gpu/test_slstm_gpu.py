@@ -7,6 +7,7 @@ Error measure: max |error| / max |reference| per array (tests/kernels/compare.py
 * bf16 R: h_{t-1} and dg_t are rounded to bf16 (relative step 4e-3) before each product: <= 3e-2,
   the mLSTM GPU tests' bf16 bound.
 """
+
 import jax.numpy as jnp
 import pytest
 

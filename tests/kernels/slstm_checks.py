@@ -4,6 +4,7 @@ comparison of a backend's values, last state and gradients of every input agains
 
 Error measure: max |error| / max |reference| per array (tests/kernels/compare.py).
 """
+
 from __future__ import annotations
 
 import jax
@@ -60,8 +61,9 @@ def outputs_and_gradients(kernel, args, cotangents, **options):
 def reference(args, cotangents):
     """float64 outputs and gradients of the scan backend ("recurrent--jax")."""
     with jax.enable_x64():
-        args64 = [None if a is None else jnp.asarray(np.asarray(jnp.asarray(a, jnp.float32)), jnp.float64)
-                  for a in args]
+        args64 = [
+            None if a is None else jnp.asarray(np.asarray(jnp.asarray(a, jnp.float32)), jnp.float64) for a in args
+        ]
         cot64 = jax.tree.map(lambda c: jnp.asarray(c, jnp.float64), cotangents)
         outputs, grads = outputs_and_gradients(get_slstm_kernel("recurrent--jax"), args64, cot64)
         return jax.tree.map(np.asarray, outputs), [None if g is None else np.asarray(g) for g in grads]
@@ -82,15 +84,19 @@ def check_against_reference(kernel, args, cotangents, tol_values: float, tol_gra
 def case_id(case) -> str:
     """Test id of a case ``(R dtype, B, S, NH, DH, initial states, tuning)``."""
     dtype, B, S, NH, DH, initial, tuning = case
-    return f"{jnp.dtype(dtype).name}-B{B}S{S}NH{NH}DH{DH}" + ("-initial" if initial else "") + (
-        f"-{len(tuning)}opts" if tuning else "")
+    return (
+        f"{jnp.dtype(dtype).name}-B{B}S{S}NH{NH}DH{DH}"
+        + ("-initial" if initial else "")
+        + (f"-{len(tuning)}opts" if tuning else "")
+    )
 
 
 def check_triton_case(case, tolerances: dict) -> None:
-    """"recurrent--triton" on fresh inputs of ``case`` (see :func:`case_id`) vs the float64 reference,
+    """Runs "recurrent--triton" on fresh inputs of ``case`` (see :func:`case_id`) vs the float64 reference,
     within ``tolerances[R dtype] = (values, gradients)``."""
     dtype, B, S, NH, DH, initial, tuning = case
     seed = B + S + NH + DH
     args = make_inputs(seed, B, S, NH, DH, dtype, initial=initial)
-    check_against_reference(get_slstm_kernel("recurrent--triton"), args, random_cotangents(seed + 1, args[0]),
-                            *tolerances[dtype], **tuning)
+    check_against_reference(
+        get_slstm_kernel("recurrent--triton"), args, random_cotangents(seed + 1, args[0]), *tolerances[dtype], **tuning
+    )

@@ -3,6 +3,7 @@ forward and backward through ``jax.grad`` of the registry entry), and bad argume
 naming the problem. No GPU needed. The sweep covers every R dtype, head dims 16..512 (48: padded),
 every tile option, warps / stages and the split of a head over several programs.
 """
+
 import re
 
 import jax

@@ -1,5 +1,6 @@
 """sLSTM kernel registry and config key: names, "auto" without a GPU, errors naming the problem, and the
 scan backend's input checks."""
+
 import re
 
 import jax

@@ -3,6 +3,7 @@
 Run in their own process: ``TRITON_INTERPRET=1 .venv/bin/python -m pytest -q -p no:cacheprovider
 tests/triton_interpret``. Shapes stay tiny: the interpreter runs every program step by step in Python.
 """
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -36,24 +37,27 @@ def _layer(kernel: str):
     return perturb_params(sLSTMLayer(32, config, num_blocks=1, rngs=nnx.Rngs(0)), 1)
 
 
+def _outputs_and_gradients(kernel: str, x, weights):
+    """The layer's output and last state from a state after two tokens, and the gradients of a
+    linear loss on them w.r.t. every parameter."""
+    layer = _layer(kernel)
+    _, state = layer(x[:, :2], return_state=True)
+
+    def loss(layer):
+        y, last = layer(x, state, return_state=True)
+        return jnp.sum(y * weights) + jnp.sum(last.c) + jnp.sum(last.h), (y, last)
+
+    (_, outputs), grads = nnx.value_and_grad(loss, has_aux=True)(layer)
+    return outputs, nnx.to_pure_dict(grads)
+
+
 def test_layer_with_triton_kernel_equals_scan_layer():
     """Same parameters, input and a non-trivial initial state: the output, the last state and the
     gradients of every parameter agree with the scan layer to fp32 summation-order error (5e-6)."""
     x = jax.random.normal(jax.random.key(3), (2, 5, 32), jnp.float32)
     weights = jax.random.normal(jax.random.key(4), (2, 5, 32), jnp.float32)
-    results = {}
-    for kernel in ("recurrent--jax", "recurrent--triton"):
-        layer = _layer(kernel)
-        _, state = layer(x[:, :2], return_state=True)  # a state after two tokens
-
-        def loss(layer):
-            y, last = layer(x, state, return_state=True)
-            return jnp.sum(y * weights) + jnp.sum(last.c) + jnp.sum(last.h), (y, last)
-
-        (_, outputs), grads = nnx.value_and_grad(loss, has_aux=True)(layer)
-        results[kernel] = outputs, nnx.to_pure_dict(grads)
-    (y_ref, last_ref), grads_ref = results["recurrent--jax"]
-    (y, last), grads = results["recurrent--triton"]
+    (y_ref, last_ref), grads_ref = _outputs_and_gradients("recurrent--jax", x, weights)
+    (y, last), grads = _outputs_and_gradients("recurrent--triton", x, weights)
     assert_close(y, y_ref, 5e-6, "y")
     for name in ("c", "n", "m", "h"):
         assert_close(getattr(last, name), getattr(last_ref, name), 5e-6, f"last {name}")
