@@ -51,20 +51,11 @@ def _group_barrier(sync, group, generation, SPLIT: tl.constexpr):
         tl.debug_barrier()
 
 
+# fmt: off
 @triton.jit
 def _copy_state(
-    src,
-    dst,
-    offs_b,
-    head,
-    mask_b,
-    col0,
-    dst_slot,
-    DST_SLOTS: tl.constexpr,
-    NH: tl.constexpr,
-    DH: tl.constexpr,
-    COLS: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
+    src, dst, offs_b, head, mask_b, col0, dst_slot,
+    DST_SLOTS: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, COLS: tl.constexpr, BLOCK_DH: tl.constexpr,
 ):
     """dst[b, dst_slot, head, col0:col0 + COLS] = src[b, head, same columns] for the batch rows of one
     block (DST_SLOTS = 1: no slot axis)."""
@@ -74,31 +65,16 @@ def _copy_state(
         value = tl.load(src + (offs_b[:, None] * NH + head) * DH + offs_e[None, :], mask=mask)
         dst_offs = ((offs_b[:, None] * DST_SLOTS + dst_slot) * NH + head) * DH + offs_e[None, :]
         tl.store(dst + dst_offs, value, mask=mask)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def slstm_fw_kernel(
-    pre,
-    R,
-    c0,
-    n0,
-    m0,
-    h0,  # inputs
-    c_all,
-    n_all,
-    m_all,
-    h_all,
-    sync,  # outputs
-    B: tl.constexpr,
-    S: tl.constexpr,
-    NH: tl.constexpr,
-    DH: tl.constexpr,
-    SPLIT: tl.constexpr,
-    COLS: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    pre, R, c0, n0, m0, h0,  # inputs
+    c_all, n_all, m_all, h_all, sync,  # outputs
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state stored (the backward needs
     them)."""
@@ -154,36 +130,16 @@ def slstm_fw_kernel(
             tl.store(m_all + nxt, m_new, mask=mask)
             tl.store(h_all + nxt, _sigmoid(g_o) * c_new / n_new, mask=mask)
         _group_barrier(sync, group, t + 2, SPLIT)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def slstm_bw_kernel(
-    g,
-    R,
-    c_all,
-    n_all,
-    m_all,
-    dh_seq,
-    dc_last,
-    dn_last,
-    dm_last,
-    dh_last,  # inputs
-    dg,
-    dc0,
-    dn0,
-    dm0,
-    dh0,
-    sync,  # outputs
-    B: tl.constexpr,
-    S: tl.constexpr,
-    NH: tl.constexpr,
-    DH: tl.constexpr,
-    SPLIT: tl.constexpr,
-    COLS: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last,  # inputs
+    dg, dc0, dn0, dm0, dh0, sync,  # outputs
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Grid (SPLIT, batch blocks, NH): reverse-time walk from the cotangents of the last state and of every h
     (``dh_seq`` (B, S, NH, DH)), recomputing each step's c, n, m from the stored state before it and the
@@ -267,3 +223,4 @@ def slstm_bw_kernel(
                     acc += tl.dot(d, rt, input_precision=DOT_PRECISION)
             tl.store(dh0 + running + offs_k[None, :], acc, mask=mask_b[:, None] & mask_k[None, :])
         tl.debug_barrier()  # the next phase A reads only this program's columns of dh0
+# fmt: on
