@@ -10,8 +10,15 @@ import pytest
 from flax import nnx
 
 from tests.kernels.compare import assert_close
-from tests.kernels.slstm_checks import case_id, check_triton_case
+from tests.kernels.slstm_checks import (
+    case_id,
+    check_against_reference,
+    check_triton_case,
+    make_inputs,
+    random_cotangents,
+)
 from tests.model.helpers import perturb_params
+from xlstm_flax.kernels.slstm import get_slstm_kernel
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
 # fp32: the interpreter's fp32 dots are exact; measured errors about 1e-7 (values) to 7e-7 (gradients),
@@ -30,6 +37,17 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_triton_slstm_matches_reference(case):
     check_triton_case(case, TOL)
+
+
+def test_ties_of_the_stabiliser_split_its_gradient_like_jnp_maximum():
+    """At step 0 logsigmoid(f) + m0 == i exactly (f = 100: logsigmoid(f) is below half an ulp of m0, in
+    fp32 and in float64; h0 = 0 so the gates are pre exactly): the max splits the cotangent of m in
+    half, as autodiff of jnp.maximum does. A kernel sending it all to one side fails on di and dm0."""
+    pre, recurrent, c0, n0, m0, _ = make_inputs(21, 2, 3, 1, 16)
+    pre = pre.at[:, 0, 0].set(m0).at[:, 0, 1].set(100.0)
+    args = [pre, recurrent, c0, n0, m0, jnp.zeros_like(c0)]
+    assert bool(jnp.all(jax.nn.log_sigmoid(pre[:, 0, 1]) + m0 == pre[:, 0, 0])), "no tie in the test data"
+    check_against_reference(get_slstm_kernel("recurrent--triton"), args, random_cotangents(22, pre), 2e-6, 5e-6)
 
 
 def _layer(kernel: str):
