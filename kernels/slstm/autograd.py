@@ -4,8 +4,9 @@ calling convention, with an exact backward in ``jax.custom_vjp``.
 The forward kernel stores every state (c, n, m, h per step, fp32). The backward recomputes the full
 gate pre-activations ``g = pre + h_{t-1} R`` for all steps at once (one batched matmul, parallel over
 time), runs the reverse-time kernel for ``dg`` and the initial state's cotangents, and forms the
-recurrent kernel's gradient ``sum_t h_{t-1}^T dg_t`` as one fp32-accumulated matmul. Gradients equal
-autodiff of the scan (reference.py), including the stabiliser's path.
+recurrent kernel's gradient ``sum_t h_{t-1}^T dg_t`` as one fp32-accumulated matmul; with fp32 R both
+matmuls run at full fp32 precision (no TF32), like the kernels' 3xTF32 dots. Gradients equal autodiff
+of the scan (reference.py), including the stabiliser's path.
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ def _slstm_fwd(pre, recurrent_kernel, initial, config):
 def _slstm_bwd(config, residuals, cotangents):
     pre, recurrent_kernel, history = residuals
     dh_seq, d_last = cotangents
+    precision = jax.lax.Precision.HIGHEST if recurrent_kernel.dtype == jnp.float32 else None
     h_prev = history.h[:, :-1]  # (B, S, NH, DH): the h each step's gates saw
-    g = pre + recurrent_product(h_prev, recurrent_kernel)
+    g = pre + recurrent_product(h_prev, recurrent_kernel, precision)
     dg, d_initial = triton_launch.slstm_bw(g, recurrent_kernel, history, dh_seq, States(*d_last), *config)
-    d_recurrent = jnp.einsum("bshd,bsghe->ghde", h_prev, dg, preferred_element_type=jnp.float32)
+    d_recurrent = jnp.einsum("bshd,bsghe->ghde", h_prev, dg, precision=precision, preferred_element_type=jnp.float32)
     return dg, d_recurrent.astype(recurrent_kernel.dtype), d_initial
 
 

@@ -23,10 +23,14 @@ from .common import NUM_GATES, States, check_inputs
 KERNEL_NAME = "recurrent--jax"
 
 
-def recurrent_product(h: jax.Array, recurrent_kernel: jax.Array) -> jax.Array:
+def recurrent_product(h: jax.Array, recurrent_kernel: jax.Array, precision=None) -> jax.Array:
     """h (..., NH, DH) times the head-wise R (4, NH, DH, DH) -> (..., 4, NH, DH) fp32."""
     return jnp.einsum(
-        "...hd,ghde->...ghe", h.astype(recurrent_kernel.dtype), recurrent_kernel, preferred_element_type=jnp.float32
+        "...hd,ghde->...ghe",
+        h.astype(recurrent_kernel.dtype),
+        recurrent_kernel,
+        precision=precision,
+        preferred_element_type=jnp.float32,
     )
 
 
