@@ -1,5 +1,7 @@
 """Command line: ``xlstm-flax train --config FILE [key=value ...]`` and
-``xlstm-flax generate --run-dir DIR [--prompt TEXT]``."""
+``xlstm-flax generate --run-dir DIR [--prompt TEXT]`` (also ``python -m xlstm_flax ...``).
+
+The top of the package: the library never imports this module."""
 from __future__ import annotations
 
 import argparse
@@ -49,8 +51,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from .inference import load_trained_model, sample_text
     from .train.data import make_tokenizer
-    from .train.loop import load_trained_model, sample_text
     model, config, step = load_trained_model(args.run_dir, args.step)
     print(f"# {args.run_dir}, step {step}", file=sys.stderr)
     print(sample_text(model, make_tokenizer(config.data), args.prompt, args.tokens, seed=args.seed,

@@ -8,12 +8,13 @@ Parameter counts (see tests/model/test_presets.py): tiny ~0.9M, 125m ~125M, 350m
 """
 import dataclasses
 
-from .layers import mLSTMLayerConfig, sLSTMLayerConfig
-from .model import xLSTMLMConfig
+from .layers.config import mLSTMLayerConfig, sLSTMLayerConfig
+from .model_config import xLSTMLMConfig
+from .vocab import BYTE_VOCAB_SIZE
 
-BYTE_VOCAB_SIZE = 258  # 256 bytes + EOS + PAD
 GPT2_PADDED_VOCAB_SIZE = 50304
 SLSTM_EVERY, SLSTM_FIRST = 8, 3  # xLSTM[7:1]: sLSTM at blocks 3, 11, 19, ...
+
 
 def _mlstm_ffn_model(embedding_dim: int, num_blocks: int, num_heads: int, *,
                      tie_embeddings: bool) -> xLSTMLMConfig:
@@ -43,6 +44,7 @@ PRESETS: dict[str, xLSTMLMConfig] = {
     "7b": _mlstm_ffn_model(4096, 32, 8, tie_embeddings=False),  # as published: untied
 }
 PRESETS.update({f"{size}-xlstm71": xlstm71(PRESETS[size]) for size in ("125m", "350m", "1.3b")})
+
 
 def get_preset(name: str) -> xLSTMLMConfig:
     """The preset config called ``name``; unknown names raise ValueError listing the valid ones."""

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ..triton import launch
-from ..triton.chunkwise_fw import MIN_BLOCK, check_power_of_two, dot_precision, next_pow2
+from ..triton.shared import MIN_BLOCK, cdiv, check_int_range, check_power_of_two, dot_precision, padded_dim
 from . import triton_kernels
 from .common import Dims, States
 
@@ -36,10 +36,10 @@ class Tuning:
     def columns(self, DH: int) -> int:
         """Columns per program: DH / split rounded up to a multiple of both tiles."""
         tile = max(self.block_dh, self.block_k)
-        return -(-DH // (self.split * tile)) * tile
+        return cdiv(DH, self.split * tile) * tile
 
     def grid(self, dims: Dims) -> tuple[int, int, int]:
-        return self.split, -(-dims.B // self.block_b), dims.NH
+        return self.split, cdiv(dims.B, self.block_b), dims.NH
 
 
 def resolve_tuning(
@@ -47,7 +47,7 @@ def resolve_tuning(
 ) -> Tuning:
     """Fills ``None`` choices with the defaults (16 rows, 64-wide tiles or DH padded if smaller, split 1,
     4 warps, 2 stages) and checks every rule (ValueError naming the kernel and the option)."""
-    dh_pad = max(MIN_BLOCK, next_pow2(dims.DH))
+    dh_pad = padded_dim(dims.DH)
     tuning = Tuning(
         block_b=MIN_BLOCK if block_b is None else block_b,
         block_dh=min(64, dh_pad) if block_dh is None else block_dh,
@@ -61,12 +61,10 @@ def resolve_tuning(
         check_power_of_two("block_dh", tuning.block_dh, MIN_BLOCK, dh_pad)
         check_power_of_two("block_k", tuning.block_k, MIN_BLOCK, dh_pad)
         check_power_of_two("num_warps", tuning.num_warps, 1, 16)
+        check_int_range("num_stages", tuning.num_stages, 1, 8)
+        check_int_range("split", tuning.split, 1, MAX_SPLIT)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    for option, high in (("num_stages", 8), ("split", MAX_SPLIT)):
-        value = getattr(tuning, option)
-        if not isinstance(value, int) or not 1 <= value <= high:
-            raise ValueError(f"{name}: {option}={value!r} must be an int in [1, {high}]")
     if tuning.split > 1 and launch.gpu_visible():
         _check_resident(name, tuning, dims)
     return tuning

@@ -10,10 +10,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-# imported first: that module skips (at import) where jax-triton is missing or Triton interprets
-from tests.kernels.test_triton_fw_compile import assert_compiled_for_sm90, lowered_triton_calls
-from xlstm_flax.kernels.slstm import get_slstm_kernel
-from xlstm_flax.kernels.triton import launch
+from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_calls, skip_module_unless_lowerable
+
+skip_module_unless_lowerable()
+
+from xlstm_flax.kernels.slstm import get_slstm_kernel  # noqa: E402
+from xlstm_flax.kernels.triton import launch  # noqa: E402
 
 SLSTM_KERNELS = (b"slstm_fw_kernel", b"slstm_bw_kernel")
 
