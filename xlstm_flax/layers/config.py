@@ -8,6 +8,7 @@ import dataclasses
 import math
 
 from xlstm_flax.kernels import AUTO, registry, resolve_kernel_name
+from xlstm_flax.kernels.slstm import resolve_slstm_kernel_name
 
 MLSTM_VARIANTS = ("xlstm7b", "paper")
 
@@ -124,6 +125,7 @@ class sLSTMLayerConfig:
     """sLSTM layer: scalar memory, exponential gating, block-diagonal recurrent weights per head."""
 
     num_heads: int = 4
+    kernel: str = AUTO  # sLSTM kernel of xlstm_flax.kernels.slstm; swapping it changes only speed
     conv_kernel_size: int = 4  # causal conv feeding the i and f gates; 0 disables it
     igate_bias_init: float = 0.0
     fgate_bias_min: float = 3.0  # forget-gate biases spread over [min, max] within each head
@@ -137,6 +139,11 @@ class sLSTMLayerConfig:
                  f"must be >= 0 (0 disables the conv), got {self.conv_kernel_size}")
         _require(self.norm_eps >= 0, owner, "norm_eps", f"must be >= 0, got {self.norm_eps}")
         _check_bias_range(self, owner)
+        if self.kernel != AUTO:
+            try:
+                resolve_slstm_kernel_name(self.kernel)
+            except ValueError as err:
+                raise ValueError(f"{owner}.kernel: {err}") from None
 
     def check_width(self, width: int, owner: str) -> None:
         _require(width % self.num_heads == 0, owner, "slstm.num_heads",
