@@ -55,14 +55,14 @@ def hf_names(path: Path_, num_blocks: int) -> list[str]:
     return [".".join([_MODULES[modules[0]], *map(str, modules[1:]), _LEAVES[leaf]])]
 
 
-def _transposed(path: Path_) -> bool:
+def stored_transposed(path: Path_) -> bool:
     return path[-1] == "kernel"
 
 
 def _hf_shape(path: Path_, shape: tuple[int, ...], stacked: bool) -> tuple[int, ...]:
     """The shape of one HF tensor for our parameter of ``shape``."""
     shape = shape[1:] if stacked else shape
-    return shape[::-1] if _transposed(path) else shape
+    return shape[::-1] if stored_transposed(path) else shape
 
 
 def load_hf(path: str | Path, *, dtype: str | None = None, kernel: str | None = None,
@@ -74,7 +74,7 @@ def load_hf(path: str | Path, *, dtype: str | None = None, kernel: str | None = 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     with SafetensorsDir(path) as ckpt:
-        tied = _is_tied(ckpt)
+        tied = tied_in_checkpoint(ckpt)
         config = from_hf_config(ckpt.config, source=str(ckpt.path / CONFIG_FILE), tie_embeddings=tied,
                                 kernel=kernel, dtype=dtype)
         abstract = nnx.eval_shape(lambda: xLSTMLMModel(config, rngs=nnx.Rngs(0)))
@@ -93,7 +93,7 @@ def _sharding(shape, mesh: Mesh | None, layout):
     return distributed.state_sharding(shape, mesh, layout)
 
 
-def _is_tied(ckpt: SafetensorsDir) -> bool:
+def tied_in_checkpoint(ckpt: SafetensorsDir) -> bool:
     """Tied embeddings: ``tie_word_embeddings`` and no ``lm_head.weight``, or one equal to the embedding."""
     if not ckpt.config.get("tie_word_embeddings", False):
         return False
@@ -134,7 +134,7 @@ def _host_value(ckpt: SafetensorsDir, names: list[str], path: Path_, stacked: bo
     """One parameter on the host in our layout and ``dtype`` (stacked: one buffer, filled per block)."""
     def one(name):
         x = ckpt.read(name)
-        return (x.T if _transposed(path) else x).astype(dtype, copy=False)
+        return (x.T if stored_transposed(path) else x).astype(dtype, copy=False)
 
     if not stacked:
         return one(names[0])
@@ -172,12 +172,12 @@ def save_hf(model: xLSTMLMModel, path: str | Path, *, dtype: str | None = None,
         p, block = sources[name]
         x = flat[p] if block is None else flat[p][block]
         x = np.asarray(jax.device_get(x))
-        return (x.T if _transposed(p) else x).astype(store)
+        return (x.T if stored_transposed(p) else x).astype(store)
 
     def shape_of(name: str) -> tuple[int, ...]:
         p, block = sources[name]
         shape = tuple(flat[p].shape) if block is None else tuple(flat[p].shape[1:])
-        return shape[::-1] if _transposed(p) else shape
+        return shape[::-1] if stored_transposed(p) else shape
 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

@@ -136,9 +136,15 @@ def _factor(width: int, dim: int, hf_rule, field: str, preferred: float | None =
 
 def architecture_differences(a: xLSTMLMConfig, b: xLSTMLMConfig) -> list[str]:
     """Dotted fields where two configs build different networks (ignores kernels, chunking, dtypes,
-    remat / scan and init-only fields)."""
+    remat / scan, init-only fields, the factors behind equal widths, and the sLSTM section when
+    neither has sLSTM blocks)."""
     ignored = {"kernel", "step_kernel", "chunk_size", "compute_dtype", "param_dtype", "remat", "scan_layers",
-               "igate_bias_init", "fgate_bias_min", "fgate_bias_max"}
+               "igate_bias_init", "fgate_bias_min", "fgate_bias_max", "dim_round_to", "width_rounding",
+               "round_up_to", "qk_dim_factor", "v_dim_factor"}
+    if not (a.slstm_at or b.slstm_at):
+        ignored.add("slstm")
+    if a.mlstm.variant == b.mlstm.variant == "xlstm7b":
+        ignored.add("proj_factor")  # the paper variant's inner width factor; the FFN's is in its width
 
     def widths(c: xLSTMLMConfig) -> dict:
         d = c.embedding_dim
@@ -148,8 +154,7 @@ def architecture_differences(a: xLSTMLMConfig, b: xLSTMLMConfig) -> list[str]:
         out = {}
         for field in dataclasses.fields(c):
             value = getattr(c, field.name)
-            if field.name in ignored or field.name in ("dim_round_to", "width_rounding", "proj_factor",
-                                                       "round_up_to", "qk_dim_factor", "v_dim_factor"):
+            if field.name in ignored:
                 continue
             if dataclasses.is_dataclass(value):
                 out.update(flat(value, f"{prefix}{field.name}."))

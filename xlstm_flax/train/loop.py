@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..distributed import DistributedConfig
 from ..config import ConfigError, load_config, save_config, to_dict
+from ..convert.init_from import check_init_source, init_params_from
 from ..generate import generate
 from ..model import xLSTMLMModel
 from .checkpoint import Checkpointer
@@ -155,6 +156,8 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     tc = config.train
     run_dir = Path(config.run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
+    if tc.init_from:
+        check_init_source(tc.init_from)
     _prepare_run_dir(config, run_dir, ckpt_dir)
     mesh = distributed.data_mesh()
     distributed.check_batch_divisible(tc.batch_size, mesh)
@@ -169,6 +172,9 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     if config.resume and checkpointer.latest_step() is not None:
         state, meta, start = checkpointer.restore(state)
         log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
+    elif tc.init_from:
+        state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
+        log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
     save_config(config, run_dir / CONFIG_FILE)
 
     train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, tc.inject_nan_at_step, mesh,

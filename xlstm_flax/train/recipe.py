@@ -40,6 +40,7 @@ class TrainConfig:
     sample_temperature: float = 0.8
     sample_top_k: int | None = None
     tensorboard: bool = True       # write TensorBoard events if tensorboardX is installed
+    init_from: str | None = None   # HF xLSTMForCausalLM dir or run dir: its parameters, fresh optimiser, step 0
     inject_nan_at_step: int | None = None  # test hook: make this step's loss and gradients NaN
 
     def __post_init__(self):

@@ -1,0 +1,75 @@
+"""train.init_from: a run starts at step 0 with a fresh optimiser from the parameters of an HF
+directory or of another run (also across scan_layers), and refuses a checkpoint of another network.
+
+The runs take one step whose learning rate is 0 (linear warmup starts at 0), so the saved parameters
+must equal the source's bit for bit."""
+import sysconfig
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from xlstm_flax.config import ConfigError
+from xlstm_flax.convert import save_hf
+from xlstm_flax.model import xLSTMLMModel
+from xlstm_flax.train import load_recipe, load_trained_model, train
+
+from ..model.helpers import perturb_params
+
+RECIPE = f"""
+model:
+  preset: tiny
+  embedding_dim: 32
+  num_blocks: 2
+  slstm_at: []
+  mlstm: {{num_heads: 2, dim_round_to: 16, chunk_size: 16, kernel: parallel--jax}}
+data: {{path: "{sysconfig.get_paths()['stdlib']}/json/*.py", val_fraction: 0.2}}
+optim: {{lr: 1.0e-2, warmup_steps: 1}}
+train: {{steps: 1, batch_size: 2, seq_len: 16, eval_every: 1, eval_batches: 1, sample_tokens: 0,
+         tensorboard: false}}
+"""
+
+
+def hf_layout(model) -> dict:
+    """Parameters keyed by HF tensor name (so stacked and unstacked models compare)."""
+    from xlstm_flax.convert.init_from import ModelParams
+    source = ModelParams(model, "model")
+    return {name: source.read(name) for name in source.names}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A recipe file and an HF export of a perturbed model with the recipe's network."""
+    root = tmp_path_factory.mktemp("init_from")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    model = perturb_params(xLSTMLMModel(load_recipe(recipe).model, rngs=nnx.Rngs(5)), seed=6, scale=0.1)
+    return recipe, save_hf(model, root / "hf"), hf_layout(model)
+
+
+def test_run_starts_from_hf_then_from_a_scanned_run(pretrained, tmp_path):
+    recipe, hf_dir, expected = pretrained
+    first = train(load_recipe(recipe, [f"run_dir={tmp_path / 'a'}", f"train.init_from={hf_dir}"]))
+    assert first.start_step == 0 and first.step == 1
+    model, _, step = load_trained_model(tmp_path / "a")
+    assert step == 1
+    got = hf_layout(model)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    second = train(load_recipe(recipe, [f"run_dir={tmp_path / 'b'}", f"train.init_from={tmp_path / 'a'}",
+                                        "model.scan_layers=true"]))
+    assert second.start_step == 0
+    got = hf_layout(load_trained_model(tmp_path / "b")[0])
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_other_network_or_bad_path_is_refused(pretrained, tmp_path):
+    recipe, hf_dir, _ = pretrained
+    config = load_recipe(recipe, [f"run_dir={tmp_path / 'c'}", f"train.init_from={hf_dir}", "model.mlstm.num_heads=4"])
+    with pytest.raises(ConfigError, match=r"network differs .*mlstm\.num_heads: 2 vs 4"):
+        train(config)
+    config = load_recipe(recipe, [f"run_dir={tmp_path / 'd'}", f"train.init_from={tmp_path / 'nowhere'}"])
+    with pytest.raises(ConfigError, match="nowhere.*neither an HF checkpoint directory"):
+        train(config)
+    assert not (tmp_path / "d").exists()
