@@ -9,6 +9,7 @@ Needs jax + this package and torch + transformers in one environment:
 
 Prints one line per check with the max |error| / max |reference| and exits 1 if any check fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,9 @@ def check_fixture(fixture: Path, kernels: list[str], report: Report, on_gpu: boo
             model, _ = load_hf(fixture, kernel=kernel)
             for length in lengths:
                 err = rel_err(our_logits(model, reference[f"tokens_{length}"]), reference[f"logits_{length}"])
-                report.check(f"{fixture.name} S={length} {kernel} vs HF reference", err,
-                             TOL["gpu" if on_gpu else "cpu"])
+                report.check(
+                    f"{fixture.name} S={length} {kernel} vs HF reference", err, TOL["gpu" if on_gpu else "cpu"]
+                )
         except ValueError as err:  # a kernel that does not take these head widths says so
             print(f"skip {fixture.name} {kernel}: {err}")
     model, _ = load_hf(fixture, kernel="chunkwise--jax")
@@ -72,8 +74,11 @@ def check_fixture(fixture: Path, kernels: list[str], report: Report, on_gpu: boo
             tokens = reference[f"tokens_{length}"]
             with torch.no_grad():
                 hf_logits = hf_model(torch.as_tensor(tokens), use_cache=False).logits.numpy()
-            report.check(f"{fixture.name} S={length} our export in transformers vs our model",
-                         rel_err(hf_logits, our_logits(model, tokens)), TOL["cpu"])
+            report.check(
+                f"{fixture.name} S={length} our export in transformers vs our model",
+                rel_err(hf_logits, our_logits(model, tokens)),
+                TOL["cpu"],
+            )
 
 
 def check_7b_shapes(report: Report) -> None:
@@ -90,8 +95,11 @@ def check_7b_shapes(report: Report) -> None:
     mismatched = sorted(n for n in set(hf_shapes) | set(ours) if hf_shapes.get(n) != ours.get(n))
     for name in mismatched[:10]:
         print(f"     {name}: HF {hf_shapes.get(name)} vs ours {ours.get(name)}")
-    report.check(f"7b preset shapes vs HF default xLSTMConfig ({len(hf_shapes)} tensors; count of mismatches)",
-                 float(len(mismatched)), 0.0)
+    report.check(
+        f"7b preset shapes vs HF default xLSTMConfig ({len(hf_shapes)} tensors; count of mismatches)",
+        float(len(mismatched)),
+        0.0,
+    )
 
 
 def main() -> int:

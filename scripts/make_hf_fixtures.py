@@ -16,6 +16,7 @@ Every parameter is perturbed so that no init symmetry (zero gate weights, unit n
 mapping. ``weight_mode="fused"`` is not made: transformers cannot initialise such a model (its init
 slices the fused gate bias with mismatched shapes); the script checks that this is still so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,22 +28,50 @@ from transformers import xLSTMConfig, xLSTMForCausalLM
 
 LENGTHS = (32, 37)
 PROMPT_LEN, NEW_TOKENS = 5, 8
-RUNTIME = dict(mode="inference", chunk_size=16, autocast_kernel_dtype="float32", inference_state_dtype="float32",
-               chunkwise_kernel="chunkwise--native_autograd", sequence_kernel="native_sequence__native",
-               step_kernel="native", return_last_states=True)
+RUNTIME = dict(
+    mode="inference",
+    chunk_size=16,
+    autocast_kernel_dtype="float32",
+    inference_state_dtype="float32",
+    chunkwise_kernel="chunkwise--native_autograd",
+    sequence_kernel="native_sequence__native",
+    step_kernel="native",
+    return_last_states=True,
+)
 
 # name -> (HF config fields, save_pretrained max_shard_size or None)
 FIXTURES = {
     # tied flag, 2 heads, 2 blocks, qk width 32 (not a multiple of 64)
     "tied_h64": (dict(vocab_size=50, hidden_size=64, num_blocks=2, num_heads=2, tie_word_embeddings=True), None),
     # hidden 96, qk factor 0.5 -> 48-wide q/k; FFN 96 * 0.667 -> 64 under HF's rounding; sharded files
-    "h96_qk48_sharded": (dict(vocab_size=64, hidden_size=96, num_blocks=3, num_heads=4, ffn_proj_factor=0.667,
-                              tie_word_embeddings=False), "100KB"),
+    "h96_qk48_sharded": (
+        dict(
+            vocab_size=64, hidden_size=96, num_blocks=3, num_heads=4, ffn_proj_factor=0.667, tie_word_embeddings=False
+        ),
+        "100KB",
+    ),
     # widths 20 and 60, biases everywhere (incl. norms), other caps and eps, 4 blocks
-    "bias_w20_v60": (dict(vocab_size=48, hidden_size=40, num_blocks=4, num_heads=4, qk_dim_factor=0.5,
-                          v_dim_factor=1.5, use_bias=True, ffn_proj_factor=2.0, ffn_round_up_to_multiple_of=16,
-                          gate_soft_cap=5.0, output_logit_soft_cap=12.0, norm_eps=1e-5, eps=1e-4,
-                          tie_word_embeddings=False), None),
+    "bias_w20_v60": (
+        dict(
+            vocab_size=48,
+            hidden_size=40,
+            num_blocks=4,
+            num_heads=4,
+            qk_dim_factor=0.5,
+            v_dim_factor=1.5,
+            use_bias=True,
+            ffn_proj_factor=2.0,
+            ffn_round_up_to_multiple_of=16,
+            gate_soft_cap=5.0,
+            output_logit_soft_cap=12.0,
+            norm_eps=1e-5,
+            eps=1e-4,
+            tie_word_embeddings=False,
+        ),
+        None,
+    ),
+    # byte-level vocabulary (258): the README's fine-tuning example trains it on text
+    "bytes_h64": (dict(vocab_size=258, hidden_size=64, num_blocks=2, num_heads=2, tie_word_embeddings=False), None),
 }
 
 

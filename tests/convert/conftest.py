@@ -1,4 +1,5 @@
 """The HF fixtures (tests/fixtures/hf, made by scripts/make_hf_fixtures.py) and helpers to read them."""
+
 import functools
 import shutil
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 from safetensors.numpy import load_file
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
-FIXTURES = ("tied_h64", "h96_qk48_sharded", "bias_w20_v60")
+FIXTURES = ("tied_h64", "h96_qk48_sharded", "bias_w20_v60", "bytes_h64")
 
 
 @functools.cache

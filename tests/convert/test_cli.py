@@ -1,5 +1,6 @@
 """``xlstm-flax convert`` (HF -> run -> HF, bit for bit) and ``xlstm-flax generate --hf`` (token ids, or
 text through the checkpoint's tokenizer.json)."""
+
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -27,8 +28,17 @@ def test_generate_hf_greedy_token_ids(capsys):
     ref = reference("h96_qk48_sharded")
     prompt = ",".join(str(int(i)) for i in ref["prompt"][0])
     new = ref["greedy"].shape[1] - ref["prompt"].shape[1]
-    argv = ["generate", "--hf", str(FIXTURE_DIR / "h96_qk48_sharded"), "--prompt-ids", prompt,
-            "--tokens", str(new), "--temperature", "0"]
+    argv = [
+        "generate",
+        "--hf",
+        str(FIXTURE_DIR / "h96_qk48_sharded"),
+        "--prompt-ids",
+        prompt,
+        "--tokens",
+        str(new),
+        "--temperature",
+        "0",
+    ]
     assert main(argv) == 0
     printed = [int(t) for t in capsys.readouterr().out.split()]
     assert printed == [int(t) for t in ref["greedy"][0]]

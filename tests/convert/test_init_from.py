@@ -3,14 +3,16 @@ directory or of another run (also across scan_layers), and refuses a checkpoint 
 
 The runs take one step whose learning rate is 0 (linear warmup starts at 0), so the saved parameters
 must equal the source's bit for bit."""
+
 import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flax import nnx
 
 from xlstm_flax.config import ConfigError
-from xlstm_flax.convert import save_hf
+from xlstm_flax.convert import load_hf, save_hf
 from xlstm_flax.model import xLSTMLMModel
 from xlstm_flax.train import load_recipe, load_trained_model, train
 
@@ -23,7 +25,7 @@ model:
   num_blocks: 2
   slstm_at: []
   mlstm: {{num_heads: 2, dim_round_to: 16, chunk_size: 16, kernel: parallel--jax}}
-data: {{path: "{sysconfig.get_paths()['stdlib']}/json/*.py", val_fraction: 0.2}}
+data: {{path: "{sysconfig.get_paths()["stdlib"]}/json/*.py", val_fraction: 0.2}}
 optim: {{lr: 1.0e-2, warmup_steps: 1}}
 train: {{steps: 1, batch_size: 2, seq_len: 16, eval_every: 1, eval_batches: 1, sample_tokens: 0,
          tensorboard: false}}
@@ -33,6 +35,7 @@ train: {{steps: 1, batch_size: 2, seq_len: 16, eval_every: 1, eval_batches: 1, s
 def hf_layout(model) -> dict:
     """Parameters keyed by HF tensor name (so stacked and unstacked models compare)."""
     from xlstm_flax.convert.init_from import ModelParams
+
     source = ModelParams(model, "model")
     return {name: source.read(name) for name in source.names}
 
@@ -56,8 +59,11 @@ def test_run_starts_from_hf_then_from_a_scanned_run(pretrained, tmp_path):
     got = hf_layout(model)
     for name, value in expected.items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
-    second = train(load_recipe(recipe, [f"run_dir={tmp_path / 'b'}", f"train.init_from={tmp_path / 'a'}",
-                                        "model.scan_layers=true"]))
+    second = train(
+        load_recipe(
+            recipe, [f"run_dir={tmp_path / 'b'}", f"train.init_from={tmp_path / 'a'}", "model.scan_layers=true"]
+        )
+    )
     assert second.start_step == 0
     got = hf_layout(load_trained_model(tmp_path / "b")[0])
     for name, value in expected.items():
@@ -73,3 +79,15 @@ def test_other_network_or_bad_path_is_refused(pretrained, tmp_path):
     with pytest.raises(ConfigError, match="nowhere.*neither an HF checkpoint directory"):
         train(config)
     assert not (tmp_path / "d").exists()
+
+
+def test_finetune_recipe_fits_its_fixture():
+    """configs/finetune_hf.yaml (the README's example) describes the network of its init_from."""
+    from xlstm_flax.convert.hf_config import architecture_differences
+
+    from .conftest import FIXTURE_DIR
+
+    config = load_recipe(FIXTURE_DIR.parents[2] / "configs" / "finetune_hf.yaml")
+    assert Path(config.train.init_from) == Path("tests/fixtures/hf/bytes_h64")
+    _, hf_config = load_hf(FIXTURE_DIR / "bytes_h64")
+    assert architecture_differences(hf_config, config.model) == []

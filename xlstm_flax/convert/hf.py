@@ -10,6 +10,7 @@ Every HF tensor is used exactly once and every parameter filled exactly once, el
 names the tensors. Embedding tying follows the tensors: HF keeps its own ``lm_head.weight`` even with
 ``tie_word_embeddings``; our model is tied only when that tensor is absent or equal to the embedding.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ from .safetensors_dir import CONFIG_FILE, CheckpointError, SafetensorsDir, write
 
 EMBEDDING, LM_HEAD = "backbone.embeddings.weight", "lm_head.weight"
 NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-_MODULES = {"embedding": "backbone.embeddings", "out_norm": "backbone.out_norm", "lm_head": "lm_head",
-            "mixer": "mlstm_layer", "norm_mixer": "norm_mlstm", "norm_ffn": "norm_ffn", "ffn": "ffn"}
+_MODULES = {
+    "embedding": "backbone.embeddings",
+    "out_norm": "backbone.out_norm",
+    "lm_head": "lm_head",
+    "mixer": "mlstm_layer",
+    "norm_mixer": "norm_mlstm",
+    "norm_ffn": "norm_ffn",
+    "ffn": "ffn",
+}
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 Path_ = tuple  # a flat parameter path, e.g. ("blocks", "blocks", 0, "mixer", "q", "kernel")
@@ -65,8 +73,9 @@ def _hf_shape(path: Path_, shape: tuple[int, ...], stacked: bool) -> tuple[int, 
     return shape[::-1] if stored_transposed(path) else shape
 
 
-def load_hf(path: str | Path, *, dtype: str | None = None, kernel: str | None = None,
-            mesh: Mesh | None = None) -> tuple[xLSTMLMModel, xLSTMLMConfig]:
+def load_hf(
+    path: str | Path, *, dtype: str | None = None, kernel: str | None = None, mesh: Mesh | None = None
+) -> tuple[xLSTMLMModel, xLSTMLMConfig]:
     """An HF ``xLSTMForCausalLM`` directory as ``(model, config)``. ``dtype``: parameter and compute
     dtype ("float32" default, "bfloat16", "float16"); ``kernel``: our mLSTM sequence kernel (default:
     auto); ``mesh``: shard large parameters over its "data" axis (default: the default device)."""
@@ -75,8 +84,9 @@ def load_hf(path: str | Path, *, dtype: str | None = None, kernel: str | None = 
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     with SafetensorsDir(path) as ckpt:
         tied = tied_in_checkpoint(ckpt)
-        config = from_hf_config(ckpt.config, source=str(ckpt.path / CONFIG_FILE), tie_embeddings=tied,
-                                kernel=kernel, dtype=dtype)
+        config = from_hf_config(
+            ckpt.config, source=str(ckpt.path / CONFIG_FILE), tie_embeddings=tied, kernel=kernel, dtype=dtype
+        )
         abstract = nnx.eval_shape(lambda: xLSTMLMModel(config, rngs=nnx.Rngs(0)))
         graphdef, abstract_params = nnx.split(abstract, nnx.Param)
         pure = nnx.to_pure_dict(abstract_params)
@@ -102,8 +112,9 @@ def tied_in_checkpoint(ckpt: SafetensorsDir) -> bool:
     return EMBEDDING in ckpt.names and np.array_equal(ckpt.read(LM_HEAD), ckpt.read(EMBEDDING))
 
 
-def read_params(ckpt: SafetensorsDir, abstract: dict, shardings: Any, num_blocks: int,
-                skip: set[str] = frozenset()) -> dict:
+def read_params(
+    ckpt: SafetensorsDir, abstract: dict, shardings: Any, num_blocks: int, skip: set[str] = frozenset()
+) -> dict:
     """Fill the pure parameter dict ``abstract`` (arrays or ``ShapeDtypeStruct`` give shape and dtype)
     from ``ckpt``, placing each with the matching leaf of ``shardings``. ``skip``: HF tensors present
     but deliberately unused (a tied model's copy of the embedding). Checks names before reading."""
@@ -116,22 +127,26 @@ def read_params(ckpt: SafetensorsDir, abstract: dict, shardings: Any, num_blocks
         raise CheckpointError(f"{ckpt.path}: missing tensor(s) {', '.join(missing)}")
     extra = sorted(set(ckpt.names) - set(needed) - set(skip))
     if extra:
-        raise CheckpointError(f"{ckpt.path}: unused tensor(s) {', '.join(extra)} (not part of the model its "
-                              f"{CONFIG_FILE} describes)")
+        raise CheckpointError(
+            f"{ckpt.path}: unused tensor(s) {', '.join(extra)} (not part of the model its {CONFIG_FILE} describes)"
+        )
     out = {}
     for p, leaf in flat.items():
         stacked = _is_stacked(p)
         expected = _hf_shape(p, tuple(leaf.shape), stacked)
         for name in wanted[p]:
             if ckpt.shape(name) != expected:
-                raise CheckpointError(f"{ckpt.where(name)} has shape {ckpt.shape(name)}, expected {expected} "
-                                      f"(for parameter {'.'.join(map(str, p))})")
+                raise CheckpointError(
+                    f"{ckpt.where(name)} has shape {ckpt.shape(name)}, expected {expected} "
+                    f"(for parameter {'.'.join(map(str, p))})"
+                )
         out[p] = jax.device_put(_host_value(ckpt, wanted[p], p, stacked, leaf.dtype), flat_shardings[p])
     return traverse_util.unflatten_dict(out)
 
 
 def _host_value(ckpt: SafetensorsDir, names: list[str], path: Path_, stacked: bool, dtype) -> np.ndarray:
     """One parameter on the host in our layout and ``dtype`` (stacked: one buffer, filled per block)."""
+
     def one(name):
         x = ckpt.read(name)
         return (x.T if stored_transposed(path) else x).astype(dtype, copy=False)
@@ -146,8 +161,7 @@ def _host_value(ckpt: SafetensorsDir, names: list[str], path: Path_, stacked: bo
     return buffer
 
 
-def save_hf(model: xLSTMLMModel, path: str | Path, *, dtype: str | None = None,
-            max_shard_bytes: int = 2 << 30) -> Path:
+def save_hf(model: xLSTMLMModel, path: str | Path, *, dtype: str | None = None, max_shard_bytes: int = 2 << 30) -> Path:
     """Write ``model`` as an HF ``xLSTMForCausalLM`` directory (config.json + safetensors) that
     ``transformers`` loads. ``path`` must not exist yet (nothing is overwritten); the directory appears
     complete or not at all. ``dtype``: stored dtype (default: the parameters' own). A tied model gets

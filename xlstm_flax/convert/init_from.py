@@ -5,6 +5,7 @@ Both sources are read through HF tensor names, so a run saved with ``scan_layers
 without (and back), and the checkpoint's network must equal the recipe's model section (kernels,
 dtypes, remat / scan and init-only fields may differ).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,15 +48,17 @@ class ModelParams:
 
 
 def check_init_source(source: str | Path) -> str:
-    """"hf" or "run" for a usable ``train.init_from`` directory, else ``ConfigError`` (checked before a
+    """ "hf" or "run" for a usable ``train.init_from`` directory, else ``ConfigError`` (checked before a
     run touches its directory)."""
     source = Path(source)
     if (source / CONFIG_FILE).is_file():
         return "hf"
     if (source / RUN_CONFIG_FILE).is_file():
         return "run"
-    raise ConfigError(f"train.init_from={str(source)!r}: neither an HF checkpoint directory ({CONFIG_FILE}) "
-                      f"nor a run directory ({RUN_CONFIG_FILE})")
+    raise ConfigError(
+        f"train.init_from={str(source)!r}: neither an HF checkpoint directory ({CONFIG_FILE}) "
+        f"nor a run directory ({RUN_CONFIG_FILE})"
+    )
 
 
 def init_params_from(source: str | Path, model_config: xLSTMLMConfig, params: dict) -> dict:
@@ -66,10 +69,12 @@ def init_params_from(source: str | Path, model_config: xLSTMLMConfig, params: di
     if kind == "hf":
         with SafetensorsDir(source) as ckpt:
             tied = tied_in_checkpoint(ckpt)
-            _check_same_network(from_hf_config(ckpt.config, source=str(source / CONFIG_FILE),
-                                               tie_embeddings=tied), model_config, where)
+            _check_same_network(
+                from_hf_config(ckpt.config, source=str(source / CONFIG_FILE), tie_embeddings=tied), model_config, where
+            )
             return read_params(ckpt, params, shardings, model_config.num_blocks, skip={LM_HEAD} if tied else set())
     from ..train.loop import load_trained_model
+
     model, run_config, _ = load_trained_model(source)
     _check_same_network(run_config.model, model_config, where)
     return read_params(ModelParams(model, source), params, shardings, model_config.num_blocks)
@@ -78,5 +83,7 @@ def init_params_from(source: str | Path, model_config: xLSTMLMConfig, params: di
 def _check_same_network(checkpoint: xLSTMLMConfig, recipe: xLSTMLMConfig, where: str) -> None:
     differences = architecture_differences(checkpoint, recipe)
     if differences:
-        raise ConfigError(f"{where}: the checkpoint's network differs from the model section "
-                          f"(checkpoint vs recipe): {'; '.join(differences)}")
+        raise ConfigError(
+            f"{where}: the checkpoint's network differs from the model section "
+            f"(checkpoint vs recipe): {'; '.join(differences)}"
+        )

@@ -6,6 +6,7 @@ training sections) and a step-0 checkpoint with the parameters and a fresh optim
 ``generate --run-dir``, ``train.init_from`` and ``resume`` read it like any run. A run exports its
 parameters only (latest or chosen step), plus the run's ``tokenizer.json`` when it used one.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,11 @@ def hf_to_run(hf_dir: str | Path, run_dir: str | Path, *, dtype: str | None = No
         raise FileExistsError(f"{run_dir} already exists; choose a new run directory")
     model, config = load_hf(hf_dir, dtype=dtype)
     tokenizer = Path(hf_dir) / TOKENIZER_FILE
-    data = DataConfig(tokenizer=str(tokenizer.absolute()), eos_token=hf_eos_token(hf_dir)) if tokenizer.is_file() \
+    data = (
+        DataConfig(tokenizer=str(tokenizer.absolute()), eos_token=hf_eos_token(hf_dir))
+        if tokenizer.is_file()
         else DataConfig()
+    )
     run = RunConfig(model=config, data=data, run_dir=str(run_dir))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     opt_state = make_optimizer(run.optim, run.train.steps).init(params)
@@ -46,8 +50,11 @@ def hf_to_run(hf_dir: str | Path, run_dir: str | Path, *, dtype: str | None = No
         save_config(run, run_dir / RUN_CONFIG_FILE)
         checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, run.checkpoint.keep)
         try:
-            checkpointer.save(0, {"params": params, "opt_state": opt_state},
-                              {"step": 0, "loss": float("nan"), "converted_from": str(hf_dir)})
+            checkpointer.save(
+                0,
+                {"params": params, "opt_state": opt_state},
+                {"step": 0, "loss": float("nan"), "converted_from": str(hf_dir)},
+            )
         finally:
             checkpointer.close()
     except BaseException:
@@ -56,8 +63,9 @@ def hf_to_run(hf_dir: str | Path, run_dir: str | Path, *, dtype: str | None = No
     return run_dir
 
 
-def run_to_hf(run_dir: str | Path, hf_dir: str | Path, *, step: int | None = None,
-              dtype: str | None = None) -> tuple[Path, int]:
+def run_to_hf(
+    run_dir: str | Path, hf_dir: str | Path, *, step: int | None = None, dtype: str | None = None
+) -> tuple[Path, int]:
     """Export the parameters of run ``run_dir`` (latest or ``step``) as a new HF directory ``hf_dir``;
     returns (``hf_dir``, the step exported)."""
     from ..train.loop import load_trained_model

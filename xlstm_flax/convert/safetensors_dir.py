@@ -5,12 +5,13 @@ Reading: ``config.json`` plus ``model.safetensors`` or ``model.safetensors.index
 time, so a large model never sits twice in host memory. Writing: tensors are grouped into shards of
 at most ``max_shard_bytes`` and each shard is written as soon as it is complete.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from safetensors import safe_open
@@ -71,7 +72,7 @@ class SafetensorsDir(contextlib.AbstractContextManager):
             raise CheckpointError(f"missing {file} (listed in {self.path / INDEX_FILE})")
         handle = self._stack.enter_context(safe_open(str(file), framework="numpy"))
         keys = set(handle.keys())
-        for name in (keys if expected is None else expected):
+        for name in keys if expected is None else expected:
             if name not in keys:
                 raise CheckpointError(f"{file}: tensor {name!r} listed in {INDEX_FILE} is not in the file")
             if name in self.names:
@@ -94,8 +95,12 @@ class SafetensorsDir(contextlib.AbstractContextManager):
         return None
 
 
-def write_sharded(path: Path, entries: Iterable[tuple[str, tuple[int, ...], int]],
-                  produce: Callable[[str], np.ndarray], max_shard_bytes: int) -> list[Path]:
+def write_sharded(
+    path: Path,
+    entries: Iterable[tuple[str, tuple[int, ...], int]],
+    produce: Callable[[str], np.ndarray],
+    max_shard_bytes: int,
+) -> list[Path]:
     """Write tensors into ``path`` (an existing empty directory): ``entries`` are (name, shape,
     itemsize) in order, ``produce(name)`` returns the array. One file ``model.safetensors`` when all
     fit in ``max_shard_bytes``, else numbered shards plus the index. Returns the files written."""
@@ -111,8 +116,9 @@ def write_sharded(path: Path, entries: Iterable[tuple[str, tuple[int, ...], int]
         sizes[-1] += nbytes
         total += nbytes
     count = len(shards)
-    files = [path / (SINGLE_FILE if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors")
-             for i in range(count)]
+    files = [
+        path / (SINGLE_FILE if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors") for i in range(count)
+    ]
     for file, names in zip(files, shards):
         save_file({name: np.ascontiguousarray(produce(name)) for name in names}, str(file), metadata=METADATA)
     if count > 1:
