@@ -44,15 +44,15 @@ _MODULES = {
 }
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
-Path_ = tuple  # a flat parameter path, e.g. ("blocks", "blocks", 0, "mixer", "q", "kernel")
+ParamPath = tuple  # a flat parameter path, e.g. ("blocks", "blocks", 0, "mixer", "q", "kernel")
 
 
-def _is_stacked(path: Path_) -> bool:
+def _is_stacked(path: ParamPath) -> bool:
     """A ``scan_layers`` parameter: no block index in the path, a leading block axis instead."""
     return path[:2] == ("blocks", "blocks") and not isinstance(path[2], int)
 
 
-def hf_names(path: Path_, num_blocks: int) -> list[str]:
+def hf_names(path: ParamPath, num_blocks: int) -> list[str]:
     """The HF tensor name(s) of one of our parameters: one name, or one per block for a stacked
     (``scan_layers``) parameter, whose leading axis is the block index."""
     *modules, leaf = path
@@ -63,11 +63,11 @@ def hf_names(path: Path_, num_blocks: int) -> list[str]:
     return [".".join([_MODULES[modules[0]], *map(str, modules[1:]), _LEAVES[leaf]])]
 
 
-def stored_transposed(path: Path_) -> bool:
+def stored_transposed(path: ParamPath) -> bool:
     return path[-1] == "kernel"
 
 
-def _hf_shape(path: Path_, shape: tuple[int, ...], stacked: bool) -> tuple[int, ...]:
+def _hf_shape(path: ParamPath, shape: tuple[int, ...], stacked: bool) -> tuple[int, ...]:
     """The shape of one HF tensor for our parameter of ``shape``."""
     shape = shape[1:] if stacked else shape
     return shape[::-1] if stored_transposed(path) else shape
@@ -144,7 +144,7 @@ def read_params(
     return traverse_util.unflatten_dict(out)
 
 
-def _host_value(ckpt: SafetensorsDir, names: list[str], path: Path_, stacked: bool, dtype) -> np.ndarray:
+def _host_value(ckpt: SafetensorsDir, names: list[str], path: ParamPath, stacked: bool, dtype) -> np.ndarray:
     """One parameter on the host in our layout and ``dtype`` (stacked: one buffer, filled per block)."""
 
     def one(name):
