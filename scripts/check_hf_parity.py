@@ -66,6 +66,8 @@ def check_fixture(fixture: Path, kernels: list[str], report: Report, on_gpu: boo
                 )
         except ValueError as err:  # a kernel that does not take these head widths says so
             print(f"skip {fixture.name} {kernel}: {err}")
+        except Exception as err:  # noqa: BLE001 - report and go on with the other checks
+            report.check(f"{fixture.name} {kernel} raised {type(err).__name__}: {err}", float("inf"), 0.0)
     model, _ = load_hf(fixture, kernel="chunkwise--jax")
     with tempfile.TemporaryDirectory() as tmp:
         export = save_hf(model, Path(tmp) / "export")
