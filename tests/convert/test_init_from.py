@@ -7,9 +7,10 @@ must equal the source's bit for bit."""
 import sysconfig
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
-from flax import nnx
+from flax import nnx, traverse_util
 
 from xlstm_flax.config import ConfigError
 from xlstm_flax.convert import load_hf, save_hf
@@ -91,3 +92,20 @@ def test_finetune_recipe_fits_its_fixture():
     assert Path(config.train.init_from) == Path("tests/fixtures/hf/bytes_h64")
     _, hf_config = load_hf(FIXTURE_DIR / "bytes_h64")
     assert architecture_differences(hf_config, config.model) == []
+
+
+def test_any_model_refills_from_another_through_hf_names():
+    """Run directories seed runs through the same names, also for blocks HF lacks (sLSTM)."""
+    from xlstm_flax.convert.hf import read_params
+    from xlstm_flax.convert.init_from import ModelParams
+
+    from ..model.helpers import make_model, small_config
+
+    source = make_model(small_config(), seed=1)  # an mLSTM block and an sLSTM block
+    target = nnx.to_pure_dict(nnx.state(xLSTMLMModel(small_config(), rngs=nnx.Rngs(9)), nnx.Param))
+    shardings = jax.tree.map(lambda x: x.sharding, target)
+    filled = traverse_util.flatten_dict(read_params(ModelParams(source, "source"), target, shardings, 2))
+    expected = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(source, nnx.Param)))
+    assert filled.keys() == expected.keys()
+    for path, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(filled[path]), np.asarray(value), err_msg=str(path))

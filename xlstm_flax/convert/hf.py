@@ -54,13 +54,14 @@ def _is_stacked(path: ParamPath) -> bool:
 
 def hf_names(path: ParamPath, num_blocks: int) -> list[str]:
     """The HF tensor name(s) of one of our parameters: one name, or one per block for a stacked
-    (``scan_layers``) parameter, whose leading axis is the block index."""
+    (``scan_layers``) parameter, whose leading axis is the block index. Parameters HF's network lacks
+    (sLSTM, the paper's mLSTM; used between our own runs only) keep their module and leaf names."""
     *modules, leaf = path
     if modules[:2] == ["blocks", "blocks"]:
         blocks, rest = (list(range(num_blocks)), modules[2:]) if _is_stacked(path) else ([modules[2]], modules[3:])
-        inner = ".".join([_MODULES.get(rest[0], rest[0]), *map(str, rest[1:]), _LEAVES[leaf]])
+        inner = ".".join([_MODULES.get(rest[0], rest[0]), *map(str, rest[1:]), _LEAVES.get(leaf, leaf)])
         return [f"backbone.blocks.{i}.{inner}" for i in blocks]
-    return [".".join([_MODULES[modules[0]], *map(str, modules[1:]), _LEAVES[leaf]])]
+    return [".".join([_MODULES[modules[0]], *map(str, modules[1:]), _LEAVES.get(leaf, leaf)])]
 
 
 def stored_transposed(path: ParamPath) -> bool:
