@@ -137,7 +137,7 @@ def mlstm_rows(names, shapes, dtype, modes, options) -> list[list]:
 
             rows.append(row(name, "x".join(map(str, shape)), mode, options, run))
             print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
-        del input_sets
+        input_sets = None  # frees this shape's inputs before the next shape's are drawn
     return rows
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-# Measured ceilings of the H100 machine (shared/GPU.md, device KINDS.md): bf16 dense matmul, HBM copy.
+# Measured ceilings of the H100 machine the results in benchmarks/results/ come from: bf16 dense matmul, HBM copy.
 H100_BF16_FLOPS = 790e12
 H100_COPY_BYTES_PER_S = 3.0e12
 

@@ -4,7 +4,7 @@ registry entry ``chunkwise--triton`` with its defaults (what training runs) and 
 backward in the configurations of ``CONFIGS`` (each backward kernel also timed on its own),
 ``chunkwise--jax`` forward+backward, and the compiled peak memory of forward+backward.
 
-    python -m benchmarks.tune_triton_bw [--shapes 7b,nh16] [--reps 20] [--out benchmarks/results/triton_bw.md]
+    python benchmarks/tune_triton_bw.py [--shapes 7b,nh16] [--reps 20] [--out benchmarks/results/triton_bw.md]
 
 Counting (B NH heads, S steps, K = DHQK, V = DHV, L = 128 for every configuration so that TFLOP/s
 compare):
@@ -24,17 +24,23 @@ random data, relative Frobenius error <= 5e-2 (both bf16; see tests/gpu/test_tri
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import compiled_peak_bytes, floor_ms, markdown_table, median_ms, mlstm_inputs, write_report
-from xlstm_flax.kernels import common, get_kernel
-from xlstm_flax.kernels.triton import autograd
-from xlstm_flax.kernels.triton import chunkwise_bw as bw
-from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states, state_tuning
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
+
+from benchmarks.timing import (  # noqa: E402
+    compiled_peak_bytes, floor_ms, markdown_table, median_ms, mlstm_inputs, write_report,
+)
+from xlstm_flax.kernels import common, get_kernel  # noqa: E402
+from xlstm_flax.kernels.triton import chunkwise_bw as bw  # noqa: E402
+from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states  # noqa: E402
+from xlstm_flax.kernels.triton.shared import heads_flat  # noqa: E402
+from xlstm_flax.kernels.triton.tuning import resolve_bw_config, resolve_fw_config, state_tuning  # noqa: E402
 
 BF16_TOL = 5e-2
 EPS = 1e-6  # the registry's default
@@ -47,9 +53,9 @@ SHAPES = {  # name: (B, NH, S, DHQK, DHV)
 DEFAULT_SHAPES = "7b,nh16"
 TARGET_MS = {"7b": 18.5, "nh16": 11.8}
 
-# Backward configurations per shape, each run after the default forward ({} = the backward's defaults,
-# chunk_size_intra as the registry picks it), each kernel also timed on its own. Add tuning dicts here
-# to compare configurations (benchmarks/results/triton_bw_h100.md lists those already measured).
+# Backward configurations per shape (BwConfig field names), each run after the default forward ({} = the
+# backward's defaults, chunk_size_intra as the registry picks it), each kernel also timed on its own. Add
+# tuning dicts here to compare configurations (benchmarks/results/triton_bw_h100.md lists those already measured).
 CONFIGS = {name: [{}] for name in SHAPES}
 KERNELS = ("states", "dC recurrence", "dq", "dk", "dv")
 
@@ -77,13 +83,13 @@ def forward_backward(name, **options):
 def forward_then_backward(S, **bw_tuning):
     """What the registry entry runs (S a multiple of its chunk, so no padding), with the default
     forward and the backward tuned by ``bw_tuning``: gradients of q, k, v, i, f."""
-    fw_intra = autograd._chunk_size_intra(S, None, None)
+    fw_intra = common.default_chunk_size(S)
     bw_tuning = {"chunk_size_intra": fw_intra, **bw_tuning}
 
     @jax.jit
     def fwbw(q, k, v, i, f, dh):
         fw = mlstm_chunkwise_fw_result(q, k, v, i, f, eps=EPS, chunk_size_intra=fw_intra)
-        grads = bw.mlstm_chunkwise_bw(q, k, v, i, f, None, None, None, fw.matH, fw.vecN, fw.vecM, fw.vecNQ, dh,
+        grads = bw.mlstm_chunkwise_bw(q, k, v, i, f, None, None, None, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh,
                                       eps=EPS, **bw_tuning)
         return grads[:5]
 
@@ -94,14 +100,16 @@ def kernel_timings(input_sets, tuning, reps) -> dict:
     """Median ms of each backward kernel for one configuration (residuals from the default forward)."""
     q, k, v, i, f, dh = input_sets[0]
     B, NH, S, K = q.shape
-    config = bw.resolve_bw_config(common.Dims(B, NH, S, K, v.shape[-1]), q.dtype, **tuning)
+    dims = common.Dims(B, NH, S, K, v.shape[-1])
+    config = resolve_bw_config(dims, q.dtype, **tuning)
+    fw_config = resolve_fw_config(dims, q.dtype, chunk_size_intra=config.chunk_size_intra)
     s = K ** -0.5
     m0 = jnp.zeros((B, NH), jnp.float32)
     fw = jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS))(q, k, v, i, f)
     args, _ = jax.jit(lambda *a: bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra))(
-        q, k, v, i, f, m0, fw.matH, fw.vecN, fw.vecM, fw.vecNQ, dh)
-    states = jax.jit(lambda k, v, i, f: tuple(bw._heads_flat(x) for x in mlstm_chunkwise_states(
-        k, v, i, f, **state_tuning(config))))
+        q, k, v, i, f, m0, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh)
+    states = jax.jit(lambda k, v, i, f: tuple(heads_flat(x) for x in mlstm_chunkwise_states(
+        k, v, i, f, **state_tuning(fw_config))))
     zeros_c, zeros_n = jnp.zeros((B * NH, K, v.shape[-1]), jnp.float32), jnp.zeros((B * NH, K), jnp.float32)
     dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config))
     all_states, dstates = states(k, v, i, f), dstates_fn(args)

@@ -3,7 +3,7 @@ defaults, then recurrent-kernel candidates timed alone, then parallel-kernel can
 forward (each with the fastest recurrent candidate of its intra chunk), every forward checked against
 ``chunkwise--jax`` on the same random data; plus cuDNN causal attention on the same token count.
 
-    python -m benchmarks.tune_triton_fw [--quick] [--out benchmarks/results/triton_fw.md]
+    python benchmarks/tune_triton_fw.py [--quick] [--out benchmarks/results/triton_fw.md]
 
 Counting (per forward, B NH heads, S steps, K = DHQK, V = DHV):
 * FLOP: recurrent kernel 2 S K V (K^T V per chunk); parallel kernel 2 S K V (q C) plus the causal
@@ -19,14 +19,17 @@ Correctness: h of every configuration vs ``chunkwise--jax`` h (bf16 inputs, both
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.timing import floor_ms, markdown_table, median_ms, mlstm_inputs, write_report
-from xlstm_flax.kernels import get_kernel
-from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
+
+from benchmarks.timing import floor_ms, markdown_table, median_ms, mlstm_inputs, write_report  # noqa: E402
+from xlstm_flax.kernels import get_kernel  # noqa: E402
+from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states  # noqa: E402
 
 BF16_TOL = 3e-2
 FLOP_MODEL_CHUNK = 128
@@ -83,7 +86,7 @@ def _forward(**tuning):
     @jax.jit
     def fw(q, k, v, i, f):
         result = mlstm_chunkwise_fw_result(q, k, v, i, f, **tuning)
-        return result.matH, result.vecN, result.vecM
+        return result.matH, result.vecDen, result.vecM
 
     return fw
 

@@ -18,6 +18,7 @@ from .registry import (
     default_kernel,
     get_kernel,
     register_kernel,
+    registered_kernel,
     resolve_kernel_name,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "default_kernel",
     "get_kernel",
     "register_kernel",
+    "registered_kernel",
     "resolve_kernel_name",
 ]

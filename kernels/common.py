@@ -15,6 +15,10 @@ FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
 # Padding steps leave the state untouched: exp(i) = 0 and sigmoid(f) = 1 (log_sigmoid(f) = 0 in fp32).
 PAD_IGATE = -1e30
 PAD_FGATE = 1e30
+# The package's one chunk-size policy (every chunkwise backend): LONG_CHUNK from LONG_SEQUENCE steps on
+# (the H100-tuned choice), else SHORT_CHUNK, shortened for sequences shorter than that (less padding).
+LONG_CHUNK, SHORT_CHUNK, LONG_SEQUENCE = 256, 128, 2048
+MIN_CHUNK = 16  # the smallest tl.dot tile: the Triton kernels' smallest chunk
 
 
 class Dims(NamedTuple):
@@ -77,6 +81,18 @@ def initial_states_in(dtype, dims: Dims, c_initial=None, n_initial=None, m_initi
     return c, n, m
 
 
+def default_chunk_size(S: int) -> int:
+    """LONG_CHUNK for S >= LONG_SEQUENCE, else min(SHORT_CHUNK, S rounded up to a power of two >= MIN_CHUNK)."""
+    if S >= LONG_SEQUENCE:
+        return LONG_CHUNK
+    return min(SHORT_CHUNK, max(MIN_CHUNK, 1 << (S - 1).bit_length()))
+
+
+def padded_length(S: int, multiple: int) -> int:
+    """S rounded up to a multiple of ``multiple``."""
+    return -(-S // multiple) * multiple
+
+
 def pad_sequence(q, k, v, i, f, multiple: int):
     """Pads the time axis to a multiple of ``multiple`` with steps that leave the state unchanged.
 
@@ -86,7 +102,7 @@ def pad_sequence(q, k, v, i, f, multiple: int):
     gate_dtype = jnp.promote_types(i.dtype, jnp.float32)
     i, f = i.astype(gate_dtype), f.astype(gate_dtype)
     S = q.shape[2]
-    pad = (-S) % multiple
+    pad = padded_length(S, multiple) - S
     if pad == 0:
         return (q, k, v, i, f), S
     pad4 = ((0, 0), (0, 0), (0, pad), (0, 0))

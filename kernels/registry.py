@@ -11,9 +11,10 @@ never imports Triton.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from typing import Callable
+from typing import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,21 @@ def register_kernel(name: str, fn: Callable | str, *, overwrite: bool = False) -
     if name in _KERNELS and not overwrite:
         raise ValueError(f"kernel {name!r} is already registered (pass overwrite=True to replace it)")
     _KERNELS[name] = fn
+
+
+@contextlib.contextmanager
+def registered_kernel(name: str, fn: Callable | str, *, overwrite: bool = False) -> Iterator[str]:
+    """Registers ``fn`` under ``name`` for the ``with`` block only; afterwards the name is removed, or its
+    previous entry restored when ``overwrite`` replaced one. Yields ``name``."""
+    previous = _KERNELS.get(name)
+    register_kernel(name, fn, overwrite=overwrite)
+    try:
+        yield name
+    finally:
+        if previous is None:
+            _KERNELS.pop(name, None)
+        else:
+            _KERNELS[name] = previous
 
 
 def available_kernels(mode: str | None = None) -> list[str]:

@@ -1,4 +1,4 @@
-"""Float64 reference for the mLSTM recurrence (shared/DESIGN.md 3.3), written independently of the
+"""Float64 reference for the mLSTM recurrence (docs/math.md), written independently of the
 backends: the unstabilised quadratic form, with the stabiliser m_t only for eps and the returned
 (stabilised) states. Differentiable with jax (call under ``jax.enable_x64()``).
 

@@ -1,4 +1,4 @@
-"""The float64 quadratic reference agrees with a literal numpy loop over shared/DESIGN.md 3.3."""
+"""The float64 quadratic reference agrees with a literal numpy loop over the step recurrence of docs/math.md."""
 import jax
 import numpy as np
 from jax import enable_x64
@@ -7,7 +7,7 @@ from tests.reference import mlstm_reference, random_inputs
 
 
 def _step_loop(q, k, v, i, f, c, n, m, s, eps):
-    """DESIGN.md 3.3 step by step, float64 numpy, one (batch, head)."""
+    """The step recurrence of docs/math.md step by step, float64 numpy, one (batch, head)."""
     hs, dens, ms = [], [], []
     for t in range(q.shape[0]):
         logf = -np.log1p(np.exp(-f[t]))

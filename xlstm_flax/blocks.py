@@ -7,19 +7,14 @@ identical, stacked and run with ``nnx.scan`` (``config.scan_layers``: one compil
 Shapes: x (B, S, D) for sequences, (B, D) for single steps. The stack's state is a tuple of block
 states, or with ``scan_layers`` one block state whose leaves have a leading num_blocks axis.
 """
-from __future__ import annotations
-
 from functools import partial
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from .layers import GatedFFN, make_norm, mLSTMLayer, mLSTMPaperLayer, sLSTMLayer
-
-if TYPE_CHECKING:
-    from .model import xLSTMLMConfig
+from .model_config import xLSTMLMConfig
 
 
 def make_mixer(kind: str, config: xLSTMLMConfig, *, rngs: nnx.Rngs) -> nnx.Module:

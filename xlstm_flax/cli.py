@@ -1,6 +1,9 @@
 """Command line: ``xlstm-flax train --config FILE [key=value ...]``,
 ``xlstm-flax generate (--run-dir DIR | --hf DIR) [--prompt TEXT | --prompt-ids 1,2,3]`` and
-``xlstm-flax convert SOURCE DEST`` (HF checkpoint dir -> run dir, or run dir -> HF dir)."""
+``xlstm-flax convert SOURCE DEST`` (HF checkpoint dir -> run dir, or run dir -> HF dir); also
+``python -m xlstm_flax ...``.
+
+The top of the package: the library never imports this module."""
 from __future__ import annotations
 
 import argparse
@@ -62,14 +65,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .train.loop import sample_text
+    from .inference import sample_text
     model, tokenizer = _generation_model(args)
     sampling = dict(temperature=args.temperature, top_k=args.top_k)
     if args.prompt_ids is not None:
         import jax
         import jax.numpy as jnp
 
-        from .generate import generate
+        from .sampling import generate
         prompt = jnp.asarray([[int(i) for i in args.prompt_ids.split(",")]], jnp.int32)
         tokens = generate(model, prompt, args.tokens, key=jax.random.key(args.seed), **sampling)
         print(" ".join(str(int(i)) for i in tokens[0]))
@@ -88,8 +91,8 @@ def _generation_model(args: argparse.Namespace):
         model, _ = load_hf(args.hf, dtype=args.dtype)
         print(f"# {args.hf} (HF checkpoint)", file=sys.stderr)
         return model, hf_tokenizer(args.hf)
+    from .inference import load_trained_model
     from .train.data import make_tokenizer
-    from .train.loop import load_trained_model
     model, config, step = load_trained_model(args.run_dir, args.step)
     print(f"# {args.run_dir}, step {step}", file=sys.stderr)
     return model, make_tokenizer(config.data)

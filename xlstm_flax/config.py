@@ -119,11 +119,13 @@ def to_dict(config: Any) -> dict:
     return plain(config)
 
 
-def save_config(config: Any, path: str | Path) -> Path:
-    """Write the resolved config as YAML (loadable again with ``load_config``)."""
+def save_config(config: Any, path: str | Path, *, comment: str | None = None) -> Path:
+    """Write the resolved config as YAML (loadable again with ``load_config``), after ``comment``
+    (each line as a ``#`` comment) when given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    header = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
+    path.write_text(header + yaml.safe_dump(to_dict(config), sort_keys=False))
     return path
 
 

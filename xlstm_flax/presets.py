@@ -4,11 +4,12 @@ from xLSTM-7B-style blocks (mLSTM layer + gated FFN). "7b" is the published xLST
 Parameter counts (see tests/model/test_presets.py): tiny ~0.9M, 125m ~125M, 350m ~355M,
 1.3b ~1.32B, 7b ~6.87B (untied embeddings, as published).
 """
-from .layers import mLSTMLayerConfig, sLSTMLayerConfig
-from .model import xLSTMLMConfig
+from .layers.config import mLSTMLayerConfig, sLSTMLayerConfig
+from .model_config import xLSTMLMConfig
+from .vocab import BYTE_VOCAB_SIZE
 
-BYTE_VOCAB_SIZE = 258  # 256 bytes + EOS + PAD
 GPT2_PADDED_VOCAB_SIZE = 50304
+
 
 def _mlstm_ffn_model(embedding_dim: int, num_blocks: int, num_heads: int, *,
                      tie_embeddings: bool) -> xLSTMLMConfig:
@@ -29,6 +30,7 @@ PRESETS: dict[str, xLSTMLMConfig] = {
     "1.3b": _mlstm_ffn_model(2048, 24, 8, tie_embeddings=True),
     "7b": _mlstm_ffn_model(4096, 32, 8, tie_embeddings=False),  # as published: untied
 }
+
 
 def get_preset(name: str) -> xLSTMLMConfig:
     """The preset config called ``name``; unknown names raise ValueError listing the valid ones."""

@@ -26,11 +26,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..common import (
-    check_inputs, compute_dtype, default_qk_scale, initial_states_in, log_sigmoid_fp32, mixed_einsum,
-    pad_sequence, segment_sums,
+    check_inputs, compute_dtype, default_chunk_size, default_qk_scale, initial_states_in, log_sigmoid_fp32,
+    mixed_einsum, pad_sequence, segment_sums,
 )
-
-DEFAULT_CHUNK_SIZE = 256
 
 
 def mlstm_chunkwise(
@@ -38,14 +36,14 @@ def mlstm_chunkwise(
     return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=None,
 ):
     """mLSTM over a sequence, chunk by chunk (any S: padded to a multiple of ``min(chunk_size, S)``;
-    ``chunk_size=None`` takes DEFAULT_CHUNK_SIZE, the H100-tuned choice).
+    ``chunk_size=None`` takes the package's policy, ``common.default_chunk_size(S)``).
 
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S); optional initial states
     c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH). Returns h (B, NH, S, DHV) in q's dtype, or
     ``(h, (c, n, m))`` with fp32 states (fp64 for fp64 q) when ``return_last_states``.
     """
     dims = check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
-    chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    chunk_size = default_chunk_size(dims.S) if chunk_size is None else chunk_size
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     dtype = compute_dtype(q.dtype)

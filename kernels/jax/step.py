@@ -1,4 +1,4 @@
-"""One recurrent mLSTM step (shared/DESIGN.md 3.3): decoding, and the body of ``recurrent--jax``."""
+"""One recurrent mLSTM step (docs/math.md): decoding, and the body of ``recurrent--jax``."""
 from __future__ import annotations
 
 import jax.numpy as jnp

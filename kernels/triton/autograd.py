@@ -1,12 +1,12 @@
-"""Registry entry ``"chunkwise--triton"``: the Triton chunkwise forward behind the common calling
-convention (``xlstm_flax.kernels``), wrapped in ``jax.custom_vjp``.
+"""Registry entry ``"chunkwise--triton"``: the Triton chunkwise kernels behind the common calling convention
+(docs/kernels.md), wrapped in ``jax.custom_vjp``.
 
-The custom_vjp's forward saves what an exact backward needs (inputs, initial states, H and the
-per-step den, m and signed n.(s q)); the backward itself is :func:`_backward`. It recomputes the
-chunk states by default, with the forward's exact call (same kernel configuration), so that XLA can
-merge the two when forward and backward are compiled together; ``save_states=True`` keeps the
-forward's instead (more memory held between forward and backward: fp32 (S / chunk_size + 1) * DHQK *
-(DHV + 1) per head, about 1 GiB at B=8, NH=8, S=8192, 256 x 512).
+:func:`mlstm_chunkwise_triton` checks the inputs and resolves both tuning configs once; everything
+below it takes them as given. The custom_vjp's forward saves what the exact backward needs (inputs,
+initial states, h and the per-step den, m and signed n.(s q)). The backward recomputes the chunk states
+by default, with the forward's exact call (same config), so that XLA can merge the two when forward and
+backward are compiled together; ``save_states=True`` keeps the forward's instead (more memory held
+between forward and backward: fp32 (S / chunk_size + 1) * DHQK * (DHV + 1) per head).
 """
 from __future__ import annotations
 
@@ -18,15 +18,10 @@ import jax.numpy as jnp
 
 from .. import common
 from . import compat, launch
-from .chunkwise_bw import mlstm_chunkwise_bw
-from .chunkwise_fw import (
-    MAX_CHUNK, MIN_BLOCK, FwConfig, check_power_of_two, mlstm_chunkwise_fw_result, mlstm_chunkwise_states,
-    resolve_config, state_tuning,
-)
-
-KERNEL_NAME = "chunkwise--triton"
-DEFAULT_CHUNK_SIZE = 128
-LONG_CHUNK_SIZE, LONG_SEQUENCE = 256, 2048
+from .chunkwise_bw import launch_backward
+from .chunkwise_fw import launch_forward, recompute_states
+from .shared import KERNEL_NAME, MAX_CHUNK, MIN_BLOCK, check_dtypes, check_power_of_two
+from .tuning import BW_OPTIONS, FW_OPTIONS, BwConfig, FwConfig, resolve_bw_config, resolve_fw_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,10 +29,8 @@ class _Options:
     qk_scale: float
     eps: float
     save_states: bool  # keep the forward's chunk states as a residual instead of recomputing them
-    config: FwConfig  # the forward's choices, defaults filled in
-    # What the caller chose (chunk_size_intra and impl_options): the backward fills in its own
-    # defaults, because its kernels use the same names for other tiles than the forward's.
-    chosen: tuple
+    fw_config: FwConfig
+    bw_config: BwConfig
 
 
 def _require_triton_backend() -> None:
@@ -52,18 +45,28 @@ def _require_triton_backend() -> None:
 
 
 def _chunk_size_intra(S: int, chunk_size, chunk_size_intra) -> int:
-    """``chunk_size`` (alias ``chunk_size_intra``), else LONG_CHUNK_SIZE (the tuned choice) from
-    LONG_SEQUENCE steps on, DEFAULT_CHUNK_SIZE below that (less padding), or for a sequence shorter
-    than that the smallest power of two >= 16 that holds it."""
+    """``chunk_size`` (alias ``chunk_size_intra``), else the package's ``common.default_chunk_size(S)``."""
     if None not in (chunk_size, chunk_size_intra) and chunk_size != chunk_size_intra:
         raise ValueError(f"chunk_size={chunk_size} and chunk_size_intra={chunk_size_intra} disagree")
     chosen = chunk_size if chunk_size is not None else chunk_size_intra
     if chosen is None:
-        if S >= LONG_SEQUENCE:
-            return LONG_CHUNK_SIZE
-        return min(DEFAULT_CHUNK_SIZE, max(MIN_BLOCK, 1 << (S - 1).bit_length()))
+        return common.default_chunk_size(S)
     check_power_of_two("chunk_size", chosen, MIN_BLOCK, MAX_CHUNK)
     return chosen
+
+
+def _resolve_options(dims: common.Dims, dtype, intra: int, qk_scale, eps, save_states, impl_options) -> _Options:
+    """Both configs from ``impl_options`` (each name goes to the config that has it), checked once."""
+    unknown = set(impl_options) - FW_OPTIONS - BW_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown tuning option(s) {sorted(unknown)} for {KERNEL_NAME}")
+    if not isinstance(save_states, bool):
+        raise ValueError(f"{KERNEL_NAME}: save_states must be True or False, got {save_states!r}")
+    fw_given = {name: value for name, value in impl_options.items() if name in FW_OPTIONS}
+    bw_given = {name: value for name, value in impl_options.items() if name in BW_OPTIONS}
+    fw_config = resolve_fw_config(dims, dtype, KERNEL_NAME, **fw_given, chunk_size_intra=intra)
+    bw_config = resolve_bw_config(dims, dtype, KERNEL_NAME, **bw_given, chunk_size_intra=intra)
+    return _Options(common.default_qk_scale(dims.DHQK, qk_scale), float(eps), save_states, fw_config, bw_config)
 
 
 def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_initial=None,
@@ -73,32 +76,29 @@ def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_i
 
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S); optional initial states
     c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH). ``chunk_size`` is ``chunk_size_intra`` (default
-    256 from S = 2048 on, else min(128, S rounded up to a power of two >= 16)); ``impl_options`` are
-    the other tuning keywords of ``mlstm_chunkwise_fw``. ``save_states``: under differentiation,
-    keep the forward's chunk states for the backward instead of recomputing them (faster, fp32
-    states of every chunk boundary held until the backward). Returns h (B, NH, S, DHV) in q's dtype, or ``(h, (c, n, m))`` with fp32
+    ``common.default_chunk_size(S)``: 256 from S = 2048 on, else min(128, S rounded up to a power of
+    two >= 16)); ``impl_options`` are the fields of ``FwConfig`` (forward) and ``BwConfig`` (backward),
+    see ``kernels/triton/tuning.py``. ``save_states``: under differentiation, keep the forward's chunk
+    states for the backward instead of recomputing them (faster, fp32 states of every chunk boundary
+    held until the backward). Returns h (B, NH, S, DHV) in q's dtype, or ``(h, (c, n, m))`` with fp32
     states when ``return_last_states``.
     """
     dims = common.check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
+    check_dtypes(q, jnp.float32)
     intra = _chunk_size_intra(dims.S, chunk_size, impl_options.pop("chunk_size_intra", None))
+    padded = dims._replace(S=common.padded_length(dims.S, intra))
+    options = _resolve_options(padded, q.dtype, intra, qk_scale, eps, save_states, impl_options)
+    _require_triton_backend()
     initial = common.initial_states(dims, c_initial, n_initial, m_initial)
     (q, k, v, i, f), S = common.pad_sequence(q, k, v, i, f, intra)
-    config = resolve_config(dims._replace(S=q.shape[2]), q.dtype, chunk_size_intra=intra, **impl_options)
-    chosen = tuple(sorted({**impl_options, "chunk_size_intra": intra}.items()))
-    if not isinstance(save_states, bool):
-        raise ValueError(f"{KERNEL_NAME}: save_states must be True or False, got {save_states!r}")
-    options = _Options(common.default_qk_scale(dims.DHQK, qk_scale), float(eps), save_states, config, chosen)
-    _require_triton_backend()
     h, last_states = _chunkwise(q, k, v, i, f, *initial, options)
     h = h[:, :, :S]
     return (h, last_states) if return_last_states else h
 
 
 def _forward(q, k, v, i, f, c0, n0, m0, options: _Options):
-    result = mlstm_chunkwise_fw_result(
-        q, k, v, i, f, c0, n0, m0, qk_scale=options.qk_scale, eps=options.eps,
-        **dataclasses.asdict(options.config),
-    )
+    result = launch_forward(q, k, v, i, f, (c0, n0, m0), options.fw_config, options.qk_scale, options.eps,
+                            jnp.float32)
     last_states = tuple(x[:, :, -1] for x in result.states)
     return result, last_states
 
@@ -112,7 +112,7 @@ def _chunkwise(q, k, v, i, f, c0, n0, m0, options):
 def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, options):
     result, last_states = _forward(q, k, v, i, f, c0, n0, m0, options)
     saved_states = result.states if options.save_states else None
-    residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecN, result.vecM, result.vecNQ, saved_states)
+    residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecDen, result.vecM, result.vecNQ, saved_states)
     return (result.matH, last_states), residuals
 
 
@@ -122,11 +122,9 @@ def _backward(options, residuals, cotangents):
     *forward_residuals, states = residuals
     if states is None:  # recompute them with the forward's own call
         _, k, v, i, f, c0, n0, m0 = forward_residuals[:8]
-        states = mlstm_chunkwise_states(k, v, i, f, c0, n0, m0, **state_tuning(options.config))
-    return mlstm_chunkwise_bw(
-        *forward_residuals, matH_bar, matC_bar, vecN_bar, scaM_bar, qk_scale=options.qk_scale, eps=options.eps,
-        all_states=states, **dict(options.chosen),
-    )
+        states = recompute_states(k, v, i, f, (c0, n0, m0), options.fw_config)
+    return launch_backward(tuple(forward_residuals), states, (matH_bar, matC_bar, vecN_bar, scaM_bar),
+                           options.qk_scale, options.eps, options.bw_config)
 
 
 _chunkwise.defvjp(_chunkwise_fwd, _backward)

@@ -1,6 +1,7 @@
-"""Triton chunkwise mLSTM backward: exact gradients of ``mlstm_chunkwise_fw`` (shared/DESIGN.md 3.4).
+"""Triton chunkwise mLSTM backward: exact gradients of ``mlstm_chunkwise_fw`` (docs/math.md).
 
-Math (per batch and head; s = qk_scale, F = cumulative log forget gate, m_t the per-step stabiliser):
+Math (per batch and head; s = qk_scale, F = cumulative log forget gate over the whole sequence, m_t the
+per-step stabiliser; the kernels use ``b``, the chunk-local log-forget cumsum, in place of F):
 
 1. Per step (JAX here): dnum_t = dh_t / (den_t + eps); dden_t = -sum(dh_t * h_t) / (den_t + eps);
    dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)] (nq_t = n_t . s q_t, the forward's ``vecNQ``).
@@ -17,6 +18,7 @@ Math (per batch and head; s = qk_scale, F = cumulative log forget gate, m_t the 
 
 Shapes: q, k (B, NH, S, DHQK); v, h, dh (B, NH, S, DHV); i, f, den, m, nq (B, NH, S);
 C (B, NH, DHQK, DHV); n (B, NH, DHQK); m0 (B, NH). S is a multiple of chunk_size_intra.
+Tuning: :class:`~.tuning.BwConfig` (its own names; only chunk_size_intra is shared with the forward).
 """
 from __future__ import annotations
 
@@ -27,49 +29,16 @@ import jax.numpy as jnp
 
 from .. import common
 from . import chunkwise_bw_kernels as kernels
-from . import chunkwise_fw as fw
+from .chunkwise_fw import recompute_states
 from .launch import triton_call
-
-
-
-def default_bw_tuning(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
-    """The backward's per-shape defaults of every tuning choice but chunk_size_intra.
-
-    Step blocks min(64, chunk_size_intra), chunk_size_inter = min(128, chunk_size_intra); owned
-    head-dim tile min(128, DHV padded) for 16-bit inputs, min(64, DHV padded) for fp32 (twice the
-    bytes per tile), loop blocks min(64, DHQK padded); recurrent tile min(64, padded head dims);
-    4 warps and 2 stages everywhere (the fastest of the H100 runs in
-    benchmarks/results/triton_bw_h100.md; 8 warps and 32-step blocks avoid register spills but ran
-    slower).
-    """
-    intra = chunk_size_intra
-    dhqk_pad, dhv_pad = _padded(DHQK), _padded(DHV)
-    owned = 128 if jnp.dtype(dtype).itemsize <= 2 else 64
-    return dict(chunk_size_inter=min(128, intra), siz_b_L_parallel=min(64, intra), siz_b_L_loop=min(64, intra),
-                siz_b_DH_parallel=min(owned, dhv_pad), siz_b_DH_loop=min(64, dhqk_pad), num_warps_intra=4,
-                num_warps_inter=4, num_stages_intra=2, num_stages_inter=2, siz_b_DHQK_inter=min(64, dhqk_pad),
-                siz_b_DHV_inter=min(64, dhv_pad))
-
-
-def resolve_bw_config(dims: common.Dims, dtype, **given) -> fw.FwConfig:
-    """``given`` (None = default) over :func:`default_bw_tuning`, checked by the forward's rules
-    (``chunkwise_fw.resolve_config``, ValueError naming the rule); chunk_size_intra defaults to
-    ``chunkwise_fw.default_chunk_size``."""
-    given = {name: value for name, value in given.items() if value is not None}
-    intra = given.pop("chunk_size_intra", fw.default_chunk_size(dims.S))
-    defaults = default_bw_tuning(dims.DHQK, dims.DHV, dtype, intra)
-    return fw.resolve_config(dims, dtype, **{**defaults, **given, "chunk_size_intra": intra})
-
-
-def _heads_flat(x):
-    """(B, NH, ...) -> (B * NH, ...): the kernels' layout."""
-    return x.reshape(-1, *x.shape[2:])
+from .shared import cdiv, check_dtypes, chunk_log_forget_cumsum, dot_precision, heads_flat, padded_dim
+from .tuning import BwConfig, resolve_bw_config, resolve_fw_config
 
 
 def _check_residuals(dims: common.Dims, **arrays) -> None:
     """Shapes of the forward's outputs and of the cotangents (None = absent)."""
     B, NH, S, DHQK, DHV = dims
-    expected = dict(matH=(B, NH, S, DHV), vecN=(B, NH, S), vecM=(B, NH, S), vecNQ=(B, NH, S),
+    expected = dict(matH=(B, NH, S, DHV), vecDen=(B, NH, S), vecM=(B, NH, S), vecNQ=(B, NH, S),
                     matDeltaH=(B, NH, S, DHV), matDeltaC_last=(B, NH, DHQK, DHV), vecDeltaN_last=(B, NH, DHQK),
                     scaDeltaM_last=(B, NH))
     for name, x in arrays.items():
@@ -78,7 +47,8 @@ def _check_residuals(dims: common.Dims, **arrays) -> None:
 
 
 def _stabiliser(vecI, vecLogF, scaM0):
-    """m_t = F_t + max(m0, max_{j<=t}(i_j - F_j)) with F the cumulative log forget gate (fp32)."""
+    """m_t = F_t + max(m0, max_{j<=t}(i_j - F_j)) with F the cumulative log forget gate over the whole
+    sequence (fp32)."""
     F = jnp.cumsum(vecLogF, axis=-1)
     return F + jnp.maximum(scaM0[..., None], jax.lax.cummax(vecI - F, axis=vecI.ndim - 1))
 
@@ -91,21 +61,19 @@ class KernelArgs(NamedTuple):
     matV: jax.Array  # (BH, S, DHV)
     matDNum: jax.Array  # (BH, S, DHV) dh / (den + eps) in q's dtype
     vecDNQ: jax.Array  # (BH, S) fp32 cotangent of n_t . s q_t
-    vecB: jax.Array  # (BH, S) fp32 log forget gate cumsum restarted every intra chunk
+    vecB: jax.Array  # (BH, S) fp32 chunk-local log-forget cumsum (restarted every intra chunk)
     vecI: jax.Array  # (BH, S) fp32
     vecM: jax.Array  # (BH, S) fp32 m_t
     scaM0: jax.Array  # (BH,) fp32 initial m
 
 
-def _launch_options(args: KernelArgs, s: float, config: fw.FwConfig, intra: bool) -> dict:
+def _launch_options(args: KernelArgs, s: float, warps: int, stages: int) -> dict:
     BH, S, DHQK = args.matQ.shape
-    warps, stages = ((config.num_warps_intra, config.num_stages_intra) if intra
-                     else (config.num_warps_inter, config.num_stages_inter))
     return dict(num_warps=warps, num_stages=stages, qk_scale=s, S=S, DHQK=DHQK, DHV=args.matV.shape[-1],
-                PRECISION=fw.dot_precision(args.matQ.dtype))
+                PRECISION=dot_precision(args.matQ.dtype))
 
 
-def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config: fw.FwConfig):
+def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config: BwConfig):
     """Recurrent kernel: (dC_all (BH, NC+1, DHQK, DHV), dn_all (BH, NC+1, DHQK)) fp32, index c = the
     cotangent of the state after c intra chunks, stabilised like it."""
     BH, S, DHQK = args.matQ.shape
@@ -116,123 +84,127 @@ def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config:
         kernel=kernels.recurrent_bw_kernel,
         out_shape=(jax.ShapeDtypeStruct((BH, NC + 1, DHQK, DHV), jnp.float32),
                    jax.ShapeDtypeStruct((BH, NC + 1, DHQK), jnp.float32)),
-        grid=(-(-DHQK // config.siz_b_DHQK_inter), -(-DHV // config.siz_b_DHV_inter), BH),
-        L_INTRA=config.chunk_size_intra, L_INTER=config.chunk_size_inter, BQ=config.siz_b_DHQK_inter,
-        BV=config.siz_b_DHV_inter, **_launch_options(args, s, config, intra=False),
+        grid=(cdiv(DHQK, config.block_dhqk_recurrent), cdiv(DHV, config.block_dhv_recurrent), BH),
+        L_INTRA=config.chunk_size_intra, L_INTER=config.chunk_size_recurrent, BQ=config.block_dhqk_recurrent,
+        BV=config.block_dhv_recurrent,
+        **_launch_options(args, s, config.num_warps_recurrent, config.num_stages_recurrent),
     )
 
 
-def _head_blocks(dims: int, block: int) -> int:
-    """``block`` clamped to ``dims`` padded to a power of two (>= the smallest dot tile)."""
-    return min(block, _padded(dims))
+def _clamped(block: int, size: int) -> int:
+    """A head-dim ``block`` clamped to ``size`` padded like the kernels pad it."""
+    return min(block, padded_dim(size))
 
 
-def _padded(dims: int) -> int:
-    return max(fw.MIN_BLOCK, fw.next_pow2(dims))
-
-
-def _parallel_launch(args: KernelArgs, s: float, config: fw.FwConfig, splits: int):
-    """Grid over (head-dim splits, step blocks, heads) and the launch options shared by dq and dk/dv."""
+def _parallel_launch(args: KernelArgs, s: float, config: BwConfig, splits: int):
+    """Grid over (head-dim splits, owned step blocks, heads) and the launch options shared by dq and dk/dv."""
     BH, S, _ = args.matQ.shape
-    grid = (splits, S // config.siz_b_L_parallel, BH)
-    return dict(grid=grid, L=config.chunk_size_intra, **_launch_options(args, s, config, intra=True))
+    grid = (splits, S // config.block_steps_owned, BH)
+    return dict(grid=grid, L=config.chunk_size_intra,
+                **_launch_options(args, s, config.num_warps_parallel, config.num_stages_parallel))
 
 
-def dq_call(args: KernelArgs, states, s: float, config: fw.FwConfig):
+def dq_call(args: KernelArgs, states, s: float, config: BwConfig):
     """dq (BH, S, DHQK) in q's dtype and the row sums q . dq (BH, S) fp32."""
     BH, S, DHQK = args.matQ.shape
-    BQ = _head_blocks(DHQK, config.siz_b_DH_parallel)
-    launch = _parallel_launch(args, s, config, -(-DHQK // BQ))
+    BQ = _clamped(config.block_dh_owned, DHQK)
+    launch = _parallel_launch(args, s, config, cdiv(DHQK, BQ))
     matDQ, vecQDQ = triton_call(
         args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, args.matQ, *states,
         kernel=kernels.parallel_bw_dq_kernel,
         out_shape=(jax.ShapeDtypeStruct(args.matQ.shape, args.matQ.dtype),
                    jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32)),
-        BT=config.siz_b_L_parallel, BJ=config.siz_b_L_loop, BQ=BQ,
-        BV=_head_blocks(args.matV.shape[-1], config.siz_b_DH_loop), **launch,
+        BT=config.block_steps_owned, BJ=config.block_steps_looped, BQ=BQ,
+        BV=_clamped(config.block_dh_contracted, args.matV.shape[-1]), **launch,
     )
     return matDQ, vecQDQ.sum(0)
 
 
-def dk_dv_call(args: KernelArgs, dstates, s: float, config: fw.FwConfig, for_dk: bool):
+def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bool):
     """dk (BH, S, DHQK) in k's dtype with the row sums k . dk (BH, S) fp32 (``for_dk``), else
     (dv (BH, S, DHV) in v's dtype, None)."""
     BH, S, DHQK = args.matK.shape
     DHV = args.matV.shape[-1]
-    owned, looped = (DHQK, DHV) if for_dk else (DHV, DHQK)
-    BOWN = _head_blocks(owned, config.siz_b_DH_parallel)
-    splits = -(-owned // BOWN)
+    owned, contracted = (DHQK, DHV) if for_dk else (DHV, DHQK)
+    BOWN = _clamped(config.block_dh_owned, owned)
+    splits = cdiv(owned, BOWN)
     target = args.matK if for_dk else args.matV
     row_sums = jax.ShapeDtypeStruct((splits, BH, S) if for_dk else (1,), jnp.float32)  # dv: not written
     matDX, vecKDK = triton_call(
         args.matQ, args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, *dstates,
         kernel=kernels.parallel_bw_dk_dv_kernel,
         out_shape=(jax.ShapeDtypeStruct(target.shape, target.dtype), row_sums),
-        BJ=config.siz_b_L_parallel, BT=config.siz_b_L_loop, BOWN=BOWN,
-        BLOOP=_head_blocks(looped, config.siz_b_DH_loop), FOR_DK=for_dk, **_parallel_launch(args, s, config, splits),
+        BJ=config.block_steps_owned, BT=config.block_steps_looped, BOWN=BOWN,
+        BLOOP=_clamped(config.block_dh_contracted, contracted), FOR_DK=for_dk,
+        **_parallel_launch(args, s, config, splits),
     )
     return matDX, (vecKDK.sum(0) if for_dk else None)
 
 
-def kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecN, vecM, vecNQ, matDeltaH, eps: float,
+def kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecDen, vecM, vecNQ, matDeltaH, eps: float,
                 chunk_size_intra: int):
     """Step 1 (per-step cotangents) and the kernels' layout: (KernelArgs, dden (B, NH, S) fp32)."""
     f32 = jnp.float32
-    vecN, vecM, vecNQ = vecN.astype(f32), vecM.astype(f32), vecNQ.astype(f32)
-    den_eps = vecN + eps
+    vecDen, vecM, vecNQ = vecDen.astype(f32), vecM.astype(f32), vecNQ.astype(f32)
+    den_eps = vecDen + eps
     matDeltaH = matDeltaH.astype(f32)
     matDNum = (matDeltaH / den_eps[..., None]).astype(matQ.dtype)
     vecDDen = -jnp.sum(matDeltaH * matH.astype(f32), axis=-1) / den_eps
     vecDNQ = vecDDen * jnp.sign(vecNQ) * (jnp.abs(vecNQ) > jnp.exp(-vecM))
-    vecB = fw.chunk_log_forget_cumsum(vecF, chunk_size_intra)
+    vecB = chunk_log_forget_cumsum(vecF, chunk_size_intra)
     args = KernelArgs(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI.astype(f32), vecM, scaM0)
-    return KernelArgs(*(_heads_flat(x) for x in args)), vecDDen
+    return KernelArgs(*(heads_flat(x) for x in args)), vecDDen
 
 
 def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial,
-                       matH, vecN, vecM, vecNQ, matDeltaH, matDeltaC_last=None, vecDeltaN_last=None,
+                       matH, vecDen, vecM, vecNQ, matDeltaH, matDeltaC_last=None, vecDeltaN_last=None,
                        scaDeltaM_last=None, *, qk_scale=None, eps=0.0, all_states=None, **tuning):
     """Gradients of the chunkwise forward for its outputs' cotangents.
 
     Residuals: the forward's inputs (initial states may be None: zeros, m0 = 0), its outputs ``matH``,
-    ``vecN`` (den), ``vecM`` (m_t), ``vecNQ`` (signed n_t . s q_t) and, optionally, ``all_states``
-    (its (C, n, m) at every intra boundary, as ``mlstm_chunkwise_states`` returns them; recomputed
-    with the Triton recurrent kernel when None, memory O(S / chunk_size_intra * DHQK * DHV) per head).
-    Cotangents: ``matDeltaH`` (B, NH, S, DHV) and, for the returned last states, ``matDeltaC_last``,
-    ``vecDeltaN_last``, ``scaDeltaM_last`` (None = 0). ``tuning``: the forward's keywords and rules,
-    with the backward's own defaults (:func:`resolve_bw_config`). In the backward,
-    ``siz_b_L_parallel`` is the block of steps one program owns (rows of dq, columns of dk/dv) and
-    ``siz_b_L_loop`` the block of the other steps it loops over; ``siz_b_DH_parallel`` is the
-    head-dim tile a program owns (of DHQK for dq and dk, of DHV for dv);
-    ``siz_b_DH_loop`` is the head-dim block the contractions loop over, clamped to the padded head
-    dim; ``siz_b_DHQK_inter`` x ``siz_b_DHV_inter`` is the state tile of the recurrent kernel; the
-    ``*_intra`` warps/stages apply to the parallel kernels.
+    ``vecDen`` (den, the forward's second output), ``vecM`` (m_t), ``vecNQ`` (signed n_t . s q_t) and,
+    optionally, ``all_states`` (its (C, n, m) at every intra boundary, as ``mlstm_chunkwise_states``
+    returns them; else recomputed with the forward's default tuning, memory O(S / chunk_size_intra *
+    DHQK * DHV) per head). Cotangents: ``matDeltaH`` (B, NH, S, DHV) and, for the returned last states,
+    ``matDeltaC_last``, ``vecDeltaN_last``, ``scaDeltaM_last`` (None = 0). ``tuning``: the fields of
+    :class:`~.tuning.BwConfig` (None or absent = its defaults; rules: ``tuning.resolve_bw_config``).
 
     Returns (dq, dk, dv, di, df, dc0, dn0, dm0): dq, dk, dv, di, df in their inputs' dtypes, the
     initial states' gradients fp32.
     """
     dims = common.check_inputs(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
-    fw.check_dtypes(matQ, jnp.float32)
-    _check_residuals(dims, matH=matH, vecN=vecN, vecM=vecM, vecNQ=vecNQ, matDeltaH=matDeltaH,
+    check_dtypes(matQ, jnp.float32)
+    _check_residuals(dims, matH=matH, vecDen=vecDen, vecM=vecM, vecNQ=vecNQ, matDeltaH=matDeltaH,
                      matDeltaC_last=matDeltaC_last, vecDeltaN_last=vecDeltaN_last, scaDeltaM_last=scaDeltaM_last)
     config = resolve_bw_config(dims, matQ.dtype, **tuning)
-    B, NH, S, DHQK, DHV = dims
-    s = common.default_qk_scale(DHQK, qk_scale)
-    f32 = jnp.float32
-    matC0, vecN0, scaM0 = common.initial_states(dims, matC_initial, vecN_initial, scaM_initial)
+    initial = common.initial_states(dims, matC_initial, vecN_initial, scaM_initial)
     if all_states is None:
-        all_states = fw.mlstm_chunkwise_states(
-            matK, matV, vecI, vecF, matC0, vecN0, scaM0,
-            **fw.state_tuning(config),
-        )
+        fw_config = resolve_fw_config(dims, matQ.dtype, chunk_size_intra=config.chunk_size_intra)
+        all_states = recompute_states(matK, matV, vecI, vecF, initial, fw_config)
+    residuals = (matQ, matK, matV, vecI, vecF, *initial, matH, vecDen, vecM, vecNQ)
+    cotangents = (matDeltaH, matDeltaC_last, vecDeltaN_last, scaDeltaM_last)
+    return launch_backward(residuals, all_states, cotangents, common.default_qk_scale(dims.DHQK, qk_scale),
+                           float(eps), config)
+
+
+def launch_backward(residuals, all_states, cotangents, qk_scale: float, eps: float, config: BwConfig):
+    """The backward on checked arguments. ``residuals``: (q, k, v, i, f, c0, n0, m0, h, den, m, nq) with
+    fp32 initial states; ``cotangents``: (dh, dC_last, dn_last, dm_last), the last three may be None.
+    Returns what :func:`mlstm_chunkwise_bw` returns."""
+    matQ, matK, matV, vecI, vecF, matC0, vecN0, scaM0, matH, vecDen, vecM, vecNQ = residuals
+    matDeltaH, matDeltaC_last, vecDeltaN_last, scaDeltaM_last = cotangents
+    B, NH, S, DHQK = matQ.shape
+    DHV = matV.shape[-1]
+    s = qk_scale
+    f32 = jnp.float32
 
     # 1. per-step cotangents; 2. the Triton kernels on (B * NH, ...) views.
-    args, vecDDen = kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecN, vecM, vecNQ, matDeltaH, eps,
+    args, vecDDen = kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecDen, vecM, vecNQ, matDeltaH, eps,
                                 config.chunk_size_intra)
     matDC_last = jnp.zeros((B, NH, DHQK, DHV), f32) if matDeltaC_last is None else matDeltaC_last.astype(f32)
     vecDN_last = jnp.zeros((B, NH, DHQK), f32) if vecDeltaN_last is None else vecDeltaN_last.astype(f32)
-    dstates = state_cotangents(args, _heads_flat(matDC_last), _heads_flat(vecDN_last), s, config)
-    matDQ, vecQDQ = dq_call(args, tuple(_heads_flat(x) for x in all_states), s, config)
+    dstates = state_cotangents(args, heads_flat(matDC_last), heads_flat(vecDN_last), s, config)
+    matDQ, vecQDQ = dq_call(args, tuple(heads_flat(x) for x in all_states), s, config)
     matDK, vecKDK = dk_dv_call(args, dstates, s, config, for_dk=True)
     matDV, _ = dk_dv_call(args, dstates, s, config, for_dk=False)
     matDC_all, vecDN_all = (x.reshape(B, NH, *x.shape[1:]) for x in dstates)

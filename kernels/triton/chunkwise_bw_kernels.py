@@ -1,21 +1,21 @@
-"""Triton kernels of the chunkwise mLSTM backward (shared/DESIGN.md 3.4); launched by ``chunkwise_bw.py``.
+"""Triton kernels of the chunkwise mLSTM backward (docs/math.md); launched by ``chunkwise_bw.py``.
 
 Per (batch*head) ``bh`` all buffers are C-contiguous, time-major:
 q, k (BH, S, DHQK); v, dnum (BH, S, DHV); per-step vectors (BH, S) fp32; states at the chunk
 boundaries (BH, NC+1, DHQK, DHV) / (BH, NC+1, DHQK) / (BH, NC+1) fp32, index 0 = initial state.
 
 The normaliser n is handled as one more value column (its value is 1, its output cotangent dnq), so
-the backward is gated linear attention in stabilised units: with ``F`` the cumulative log forget gate
-inside an intra chunk (0 before its first step) and ``m`` the per-step stabiliser, every exponent
-below is <= 0 and no new stabiliser is needed:
+the backward is gated linear attention in stabilised units: with ``b`` the chunk-local log-forget
+cumsum (``vecB``: the cumulative log forget gate inside an intra chunk, 0 before its first step) and
+``m`` the per-step stabiliser, every exponent below is <= 0 and no new stabiliser is needed:
 
-    D[t, j]  = exp(F_t - F_j + i_j - m_t)              (j <= t in one chunk)
-    dq_t     = s (sum_j D[t, j] (dnum_t . v_j + dnq_t) k_j + exp(F_t + m_prev - m_t) (C dnum_t + n dnq_t))
-    dk_j     = s sum_t D[t, j] (dnum_t . v_j + dnq_t) q_t + exp(g - F_j + i_j - m_end) (dC v_j + dn)
-    dv_j     =   s sum_t D[t, j] (q_t . k_j) dnum_t       + exp(g - F_j + i_j - m_end) dC^T k_j
+    D[t, j]  = exp(b_t - b_j + i_j - m_t)              (j <= t in one chunk)
+    dq_t     = s (sum_j D[t, j] (dnum_t . v_j + dnq_t) k_j + exp(b_t + m_prev - m_t) (C dnum_t + n dnq_t))
+    dk_j     = s sum_t D[t, j] (dnum_t . v_j + dnq_t) q_t + exp(g - b_j + i_j - m_end) (dC v_j + dn)
+    dv_j     =   s sum_t D[t, j] (q_t . k_j) dnum_t       + exp(g - b_j + i_j - m_end) dC^T k_j
 
 (C, n, m_prev: state before the chunk; dC, dn: cotangent of the state after it, stabilised by m_end,
-the m of the chunk's last step; g = F at the chunk's last step.) Dots take operands in the input dtype
+the m of the chunk's last step; g = b at the chunk's last step.) Dots take operands in the input dtype
 (states are cast to it) and accumulate in fp32.
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _gate_tile(F_t, m_t, offs_t, F_j, i_j, offs_j):
-    """D[t, j] = exp(F_t - F_j + i_j - m_t) where j <= t, else 0: an fp32 (BT, BJ) tile."""
-    log_d = F_t[:, None] - F_j[None, :] + i_j[None, :] - m_t[:, None]
+def _gate_tile(b_t, m_t, offs_t, b_j, i_j, offs_j):
+    """D[t, j] = exp(b_t - b_j + i_j - m_t) where j <= t, else 0: an fp32 (BT, BJ) tile."""
+    log_d = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
     return tl.exp(tl.where(offs_j[None, :] <= offs_t[:, None], log_d, -float("inf")))
 
 
@@ -74,7 +74,7 @@ def _rows_times_state_tile(ptr_x, ptr_state, offs_x, offs_own, mask_own, DHQK: t
 
 @triton.jit
 def recurrent_bw_kernel(
-    matQ, matDNum, vecDNQ, vecF, vecM, scaM0, matDC_last, vecDN_last,  # inputs
+    matQ, matDNum, vecDNQ, vecB, vecM, scaM0, matDC_last, vecDN_last,  # inputs
     matDC_all, vecDN_all,  # outputs
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
@@ -83,8 +83,8 @@ def recurrent_bw_kernel(
     """Walks the chunks backwards accumulating (dC, dn); stores them at every intra boundary.
 
     Grid (cdiv(DHQK, BQ), cdiv(DHV, BV), BH). Step k of ``L_INTER`` steps from boundary tau to tau'
-    (tau' < tau), with F relative to tau' and m_tau' the m of step tau' (m0 at 0):
-    dC_tau' = exp(m_tau' + g - m_tau) dC_tau + sum_t exp(F_t + m_tau' - m_t) s q_t dnum_t^T, and dn
+    (tau' < tau), with b relative to tau' and m_tau' the m of step tau' (m0 at 0):
+    dC_tau' = exp(m_tau' + g - m_tau) dC_tau + sum_t exp(b_t + m_tau' - m_t) s q_t dnum_t^T, and dn
     alike with dnq_t. The dn of a DHQK block is stored by the programs of the first DHV block.
     """
     pid_q = tl.program_id(0)
@@ -115,12 +115,12 @@ def recurrent_bw_kernel(
         for cc in range(L_INTRA // L_INTER):
             start = chunk * L_INTRA + L_INTRA - (cc + 1) * L_INTER
             offs_t = start + tl.arange(0, L_INTER)
-            F_base = tl.load(vecF + gate_base + start - 1, mask=start % L_INTRA != 0, other=0.0)
+            b_base = tl.load(vecB + gate_base + start - 1, mask=start % L_INTRA != 0, other=0.0)
             m_prev = tl.load(vecM + gate_base + start - 1, mask=start > 0, other=0.0)
             m_prev = tl.where(start > 0, m_prev, m0)
-            F_t = tl.load(vecF + gate_base + offs_t) - F_base
-            g = tl.load(vecF + gate_base + start + L_INTER - 1) - F_base
-            coef = tl.exp(F_t + m_prev - tl.load(vecM + gate_base + offs_t)) * qk_scale
+            b_t = tl.load(vecB + gate_base + offs_t) - b_base
+            g = tl.load(vecB + gate_base + start + L_INTER - 1) - b_base
+            coef = tl.exp(b_t + m_prev - tl.load(vecM + gate_base + offs_t)) * qk_scale
             q = tl.load(q_base + offs_t[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
             dnum = tl.load(dnum_base + offs_t[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :],
                            other=0.0)
@@ -136,7 +136,7 @@ def recurrent_bw_kernel(
 
 @triton.jit
 def parallel_bw_dq_kernel(
-    matK, matV, matDNum, vecDNQ, vecF, vecI, vecM, matQ, matC_all, vecN_all, scaM_all,  # inputs
+    matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matQ, matC_all, vecN_all, scaM_all,  # inputs
     matDQ, vecQDQ,  # outputs: dq (BH, S, DHQK), q . dq partial sums (cdiv(DHQK, BQ), BH, S) fp32
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
@@ -156,7 +156,7 @@ def parallel_bw_dq_kernel(
     k_base = matK + bh * S * DHQK
     v_base = matV + bh * S * DHV
     dnum_base = matDNum + bh * S * DHV
-    F_t = tl.load(vecF + gate_base + offs_t)
+    b_t = tl.load(vecB + gate_base + offs_t)
     m_t = tl.load(vecM + gate_base + offs_t)
     dnq_t = tl.load(vecDNQ + gate_base + offs_t)
 
@@ -164,10 +164,10 @@ def parallel_bw_dq_kernel(
     dq = _rows_times_state_tile(dnum_base, matC_all + (bh * (NC + 1) + chunk) * DHQK * DHV, offs_t,
                                 offs_q, mask_q, DHQK, DHV, BT, BQ, BV, True, PRECISION)
     n = tl.load(vecN_all + (bh * (NC + 1) + chunk) * DHQK + offs_q, mask=mask_q, other=0.0)
-    dq = (dq + dnq_t[:, None] * n[None, :]) * (qk_scale * tl.exp(F_t + m_prev - m_t))[:, None]
+    dq = (dq + dnq_t[:, None] * n[None, :]) * (qk_scale * tl.exp(b_t + m_prev - m_t))[:, None]
     for j0 in range(chunk_start, pid_t * BT + BT, BJ):
         offs_j = j0 + tl.arange(0, BJ)
-        gates = _gate_tile(F_t, m_t, offs_t, tl.load(vecF + gate_base + offs_j),
+        gates = _gate_tile(b_t, m_t, offs_t, tl.load(vecB + gate_base + offs_j),
                            tl.load(vecI + gate_base + offs_j), offs_j)
         dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
         k_j = tl.load(k_base + offs_j[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
@@ -182,21 +182,21 @@ def parallel_bw_dq_kernel(
 
 
 @triton.jit
-def _key_block(vecF_bh, vecI_bh, vecM_bh, pid_j, L: tl.constexpr, BJ: tl.constexpr):
-    """The BJ key steps j of program ``pid_j``: (offs_j, F_j, i_j, chunk, chunk_end, w_j), with
-    w_j = exp(g - F_j + i_j - m_end) the weight of step j in the state after its chunk."""
+def _key_block(vecB_bh, vecI_bh, vecM_bh, pid_j, L: tl.constexpr, BJ: tl.constexpr):
+    """The BJ key steps j of program ``pid_j``: (offs_j, b_j, i_j, chunk, chunk_end, w_j), with
+    w_j = exp(g - b_j + i_j - m_end) the weight of step j in the state after its chunk."""
     chunk = pid_j // (L // BJ)
     chunk_end = chunk * L + L
     offs_j = pid_j * BJ + tl.arange(0, BJ)
-    F_j = tl.load(vecF_bh + offs_j)
+    b_j = tl.load(vecB_bh + offs_j)
     i_j = tl.load(vecI_bh + offs_j)
-    w_j = tl.exp(tl.load(vecF_bh + chunk_end - 1) - F_j + i_j - tl.load(vecM_bh + chunk_end - 1))
-    return offs_j, F_j, i_j, chunk, chunk_end, w_j
+    w_j = tl.exp(tl.load(vecB_bh + chunk_end - 1) - b_j + i_j - tl.load(vecM_bh + chunk_end - 1))
+    return offs_j, b_j, i_j, chunk, chunk_end, w_j
 
 
 @triton.jit
 def parallel_bw_dk_dv_kernel(
-    matQ, matK, matV, matDNum, vecDNQ, vecF, vecI, vecM, matDC_all, vecDN_all,  # inputs
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matDC_all, vecDN_all,  # inputs
     matDX, vecKDK,  # outputs: dk (BH, S, DHQK) or dv (BH, S, DHV); for dk, k . dk partial sums
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
@@ -214,8 +214,8 @@ def parallel_bw_dk_dv_kernel(
     bh = tl.program_id(2).to(tl.int64)
     NC: tl.constexpr = S // L
     D_OWN: tl.constexpr = DHQK if FOR_DK else DHV
-    vecF_bh, vecM_bh = vecF + bh * S, vecM + bh * S
-    offs_j, F_j, i_j, chunk, chunk_end, w_j = _key_block(vecF_bh, vecI + bh * S, vecM_bh, pid_j, L, BJ)
+    vecB_bh, vecM_bh = vecB + bh * S, vecM + bh * S
+    offs_j, b_j, i_j, chunk, chunk_end, w_j = _key_block(vecB_bh, vecI + bh * S, vecM_bh, pid_j, L, BJ)
     offs_own = pid_own * BOWN + tl.arange(0, BOWN)
     mask_own = offs_own < D_OWN
     q_base = matQ + bh * S * DHQK
@@ -237,7 +237,7 @@ def parallel_bw_dk_dv_kernel(
     acc *= w_j[:, None]
     for t0 in range((pid_j * BJ) // BT * BT, chunk_end, BT):
         offs_t = t0 + tl.arange(0, BT)
-        gates = _gate_tile(tl.load(vecF_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, F_j, i_j, offs_j)
+        gates = _gate_tile(tl.load(vecB_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, b_j, i_j, offs_j)
         scores = _rows_dot_tile(score_a, score_b, offs_t, offs_j, score_width, BLOOP, BT, BJ, PRECISION)
         if FOR_DK:
             scores += tl.load(vecDNQ + bh * S + offs_t)[:, None]

@@ -1,8 +1,9 @@
-"""Triton kernels of the chunkwise mLSTM forward (shared/DESIGN.md 3.3), launched by chunkwise_fw.py.
+"""Triton kernels of the chunkwise mLSTM forward (docs/math.md), launched by chunkwise_fw.py.
 
 Per (batch, head) ``bh``, all buffers C-contiguous, gates and states fp32:
 
-* ``vecB (B, NH, S)``: inclusive cumulative sum of log(sigmoid(f)) restarted at every intra chunk;
+* ``vecB (B, NH, S)``: the chunk-local log-forget cumsum, the inclusive cumulative sum of log(sigmoid(f))
+  restarted at every intra chunk;
 * ``vecI (B, NH, S)``: the raw input gate;
 * ``matC_all (B, NH, NC+1, DHQK, DHV)``, ``vecN_all (B, NH, NC+1, DHQK)``, ``scaM_all (B, NH, NC+1)``:
   the state at every intra-chunk boundary, index 0 = the initial state.
@@ -72,7 +73,7 @@ def recurrent_fw_kernel(
 @triton.jit
 def parallel_fw_kernel(
     matQ, matK, matV, vecB, vecI, matC_all, vecN_all, scaM_all,  # inputs
-    matH, vecN_out, vecM_out, vecNQ_out,  # outputs
+    matH, vecDen_out, vecM_out, vecNQ_out,  # outputs
     S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
     BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
     QK_SCALE: tl.constexpr, EPS: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -140,6 +141,6 @@ def parallel_fw_kernel(
     h = num / (den + EPS)[:, None]
     tl.store(matH + t_rows[:, None] * DHV + offs_v[None, :], h.to(matH.dtype.element_ty), mask=mask_v[None, :])
     first_v_block = pid_v == 0
-    tl.store(vecN_out + t_rows, den.to(vecN_out.dtype.element_ty), mask=first_v_block)
+    tl.store(vecDen_out + t_rows, den.to(vecDen_out.dtype.element_ty), mask=first_v_block)
     tl.store(vecM_out + t_rows, m_rows.to(vecM_out.dtype.element_ty), mask=first_v_block)
     tl.store(vecNQ_out + t_rows, nq, mask=first_v_block)

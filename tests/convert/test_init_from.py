@@ -15,7 +15,8 @@ from flax import nnx, traverse_util
 from xlstm_flax.config import ConfigError
 from xlstm_flax.convert import load_hf, save_hf
 from xlstm_flax.model import xLSTMLMModel
-from xlstm_flax.train import load_recipe, load_trained_model, train
+from xlstm_flax import load_trained_model
+from xlstm_flax.train import load_recipe, train
 
 from ..model.helpers import perturb_params
 

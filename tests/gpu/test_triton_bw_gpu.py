@@ -28,12 +28,13 @@ TRITON_VS_JAX_TOL = {jnp.float32: 1e-3, jnp.bfloat16: 5e-2}
 EPS = 1e-4
 
 CASES = [
-    # (dtype, S, DHQK, DHV, with_states, loss on last states, tuning)
+    # (dtype, S, DHQK, DHV, with_states, loss on last states, tuning: forward and backward names)
     (jnp.float32, 256, 64, 64, True, False, dict(chunk_size=64)),
-    (jnp.float32, 500, 48, 96, True, True, dict(chunk_size=128, chunk_size_inter=32)),
-    (jnp.float32, 256, 128, 256, False, True, dict(chunk_size=128, siz_b_L_parallel=32, siz_b_DH_loop=32)),
+    (jnp.float32, 500, 48, 96, True, True, dict(chunk_size=128, chunk_size_inter=32, chunk_size_recurrent=32)),
+    (jnp.float32, 256, 128, 256, False, True, dict(chunk_size=128, siz_b_L_parallel=32, siz_b_DH_loop=32,
+                                                   block_steps_owned=32, block_dh_contracted=32)),
     (jnp.bfloat16, 256, 64, 64, True, False, dict(chunk_size=64)),
-    (jnp.bfloat16, 512, 96, 48, True, True, dict(chunk_size=64, chunk_size_inter=16)),
+    (jnp.bfloat16, 512, 96, 48, True, True, dict(chunk_size=64, chunk_size_inter=16, chunk_size_recurrent=16)),
     (jnp.bfloat16, 512, 256, 512, True, True, {}),
     (jnp.bfloat16, 512, 256, 512, True, True, dict(save_states=True)),  # chunk states kept from the forward
 ]

@@ -5,6 +5,7 @@ import pytest
 
 from tests.reference import random_inputs
 from xlstm_flax.kernels import get_kernel
+from xlstm_flax.kernels.common import default_chunk_size, padded_length
 
 SEQUENCE_KERNELS = ("parallel--jax", "recurrent--jax", "chunkwise--jax")
 B, NH, S, DHQK, DHV = 2, 3, 5, 4, 6
@@ -72,3 +73,11 @@ def test_bad_step_inputs(inputs, arg, corrupt, message):
     args[arg] = corrupt(args)
     with pytest.raises(ValueError, match=message):
         get_kernel("step--jax")(**args)
+
+
+@pytest.mark.parametrize("S, chunk", [(1, 16), (10, 16), (100, 128), (1000, 128), (2047, 128), (2048, 256), (9000, 256)])
+def test_one_chunk_size_policy(S, chunk):
+    """Every chunkwise backend's default chunk: 256 from S = 2048 on, else min(128, S rounded up to a
+    power of two >= 16); S is padded up to a multiple of it."""
+    assert default_chunk_size(S) == chunk
+    assert padded_length(S, chunk) % chunk == 0 and 0 <= padded_length(S, chunk) - S < chunk

@@ -12,13 +12,6 @@ from xlstm_flax.kernels.jax.step import mlstm_step
 JAX_KERNELS = ["chunkwise--jax", "parallel--jax", "recurrent--jax", "step--jax"]
 
 
-@pytest.fixture
-def private_registry(monkeypatch):
-    """A copy of the registry for tests that register names (the global one stays untouched)."""
-    monkeypatch.setattr(registry, "_KERNELS", dict(registry._KERNELS))
-    monkeypatch.setattr(registry, "_warned_fallback", False)
-
-
 def test_builtin_kernels_are_listed():
     assert set(JAX_KERNELS) <= set(kernels.available_kernels())
     assert kernels.available_kernels() == sorted(kernels.available_kernels())
@@ -31,29 +24,43 @@ def test_lazy_entries_resolve_to_the_backends():
     assert kernels.get_kernel("step--jax") is mlstm_step
 
 
-def test_register_and_get(private_registry):
+def test_registered_kernel_scopes_a_registration():
     def my_kernel(*args, **kwargs):
         return "mine"
 
-    kernels.register_kernel("parallel--mine", my_kernel)
-    assert kernels.get_kernel("parallel--mine") is my_kernel
-    assert "parallel--mine" in kernels.available_kernels("parallel")
-    kernels.register_kernel("step--lazy", ".jax.step:mlstm_step")
-    assert kernels.get_kernel("step--lazy") is mlstm_step
+    with kernels.registered_kernel("parallel--mine", my_kernel) as name:
+        assert name == "parallel--mine"
+        assert kernels.get_kernel("parallel--mine") is my_kernel
+        assert "parallel--mine" in kernels.available_kernels("parallel")
+        with kernels.registered_kernel("step--lazy", ".jax.step:mlstm_step"):
+            assert kernels.get_kernel("step--lazy") is mlstm_step
+    assert "parallel--mine" not in kernels.available_kernels()
+    assert "step--lazy" not in kernels.available_kernels()
+    with pytest.raises(ValueError, match="unknown kernel 'parallel--mine'"):
+        kernels.get_kernel("parallel--mine")
 
 
-def test_register_refuses_duplicates_unless_overwrite(private_registry):
+def test_registered_kernel_removes_the_name_when_the_block_raises():
+    with pytest.raises(RuntimeError, match="inside"):
+        with kernels.registered_kernel("parallel--boom", lambda *a, **k: None):
+            raise RuntimeError("inside")
+    assert "parallel--boom" not in kernels.available_kernels()
+
+
+def test_register_refuses_duplicates_unless_overwrite():
     with pytest.raises(ValueError, match="already registered"):
         kernels.register_kernel("parallel--jax", lambda *a, **k: None)
     replacement = lambda *a, **k: None  # noqa: E731
-    kernels.register_kernel("parallel--jax", replacement, overwrite=True)
-    assert kernels.get_kernel("parallel--jax") is replacement
+    with kernels.registered_kernel("parallel--jax", replacement, overwrite=True):
+        assert kernels.get_kernel("parallel--jax") is replacement
+    assert kernels.get_kernel("parallel--jax") is mlstm_parallel  # the previous entry is back
 
 
 @pytest.mark.parametrize("bad_name", ["parallel", "auto", 3])
-def test_register_refuses_bad_names(private_registry, bad_name):
+def test_register_refuses_bad_names(bad_name):
     with pytest.raises(ValueError):
         kernels.register_kernel(bad_name, lambda *a, **k: None)
+    assert bad_name not in kernels.available_kernels()
 
 
 def test_unknown_name_lists_the_available_kernels():
@@ -63,7 +70,8 @@ def test_unknown_name_lists_the_available_kernels():
         assert name in str(info.value)
 
 
-def test_auto_falls_back_to_chunkwise_jax_without_gpu(private_registry, caplog):
+def test_auto_falls_back_to_chunkwise_jax_without_gpu(monkeypatch, caplog):
+    monkeypatch.setattr(registry, "_warned_fallback", False)  # the warning is logged once per process
     assert not registry.triton_usable()
     assert kernels.default_kernel() == "chunkwise--jax"
     with caplog.at_level(logging.WARNING, logger=registry.__name__):

@@ -1,5 +1,5 @@
 """The Triton backward lowers for CUDA on the CPU machine (jax-triton down to PTX for sm_90a), and bad
-arguments raise ValueError naming the problem. No GPU needed (shared/DESIGN.md 4.2).
+arguments raise ValueError naming the problem. No GPU needed (docs/testing.md).
 
 One case lowers ``jax.grad`` through the registry entry (forward + custom_vjp backward); the sweep
 lowers the backward alone (states recompute + the backward kernels) and covers rather than
@@ -13,10 +13,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tests.kernels.test_triton_fw_compile import assert_compiled_for_sm90, lowered_triton_calls
-from xlstm_flax.kernels import get_kernel
-from xlstm_flax.kernels.triton import autograd
-from xlstm_flax.kernels.triton.chunkwise_bw import mlstm_chunkwise_bw
+from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_calls, skip_module_unless_lowerable
+
+skip_module_unless_lowerable()
+
+from xlstm_flax.kernels import get_kernel  # noqa: E402
+from xlstm_flax.kernels.triton import autograd  # noqa: E402
+from xlstm_flax.kernels.triton.chunkwise_bw import mlstm_chunkwise_bw  # noqa: E402
 
 BW_KERNELS = (b"recurrent_bw_kernel", b"parallel_bw_dq_kernel")  # one launch each
 DK_DV_KERNEL = b"parallel_bw_dk_dv_kernel"  # launched twice: dk, then dv
@@ -60,6 +63,17 @@ def test_registry_gradient_lowers_forward_and_backward(monkeypatch, save_states)
     assert len(recurrent_fw) == (1 if save_states else 2), "chunk-state kernel launches (forward + recompute)"
 
 
+def test_registry_entry_checks_backward_options_before_any_work():
+    """Backward names go to the backward's config, checked when the entry is called (no gradient taken)."""
+    sds = jax.ShapeDtypeStruct
+    qk, gates = sds((1, 2, 64, 16), jnp.float32), sds((1, 2, 64), jnp.float32)
+    kernel = get_kernel("chunkwise--triton")
+    with pytest.raises(ValueError, match=re.escape("block_steps_owned=24 must be a power of two")):
+        jax.eval_shape(lambda *a: kernel(*a, block_steps_owned=24), qk, qk, qk, gates, gates)
+    with pytest.raises(ValueError, match=re.escape("chunk_size_recurrent=64 must be <= chunk_size_intra=32")):
+        jax.eval_shape(lambda *a: kernel(*a, chunk_size=32, chunk_size_recurrent=64), qk, qk, qk, gates, gates)
+
+
 def test_registry_rejects_bad_save_states():
     sds = jax.ShapeDtypeStruct
     qk, gates = sds((1, 2, 32, 16), jnp.float32), sds((1, 2, 32), jnp.float32)
@@ -70,18 +84,18 @@ def test_registry_rejects_bad_save_states():
 SWEEP = [
     # (dtype, S, DHQK, DHV, tuning)
     (jnp.bfloat16, 256, 256, 512, {}),
-    (jnp.float32, 64, 48, 96, dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16,
-                                   siz_b_L_loop=32, siz_b_DH_parallel=32, siz_b_DH_loop=16)),
-    (jnp.float16, 128, 96, 48, dict(chunk_size_inter=32, chunk_size_intra=128, siz_b_L_parallel=32,
-                                    siz_b_L_loop=64, siz_b_DH_parallel=64, siz_b_DH_loop=32,
-                                    siz_b_DHQK_inter=32, siz_b_DHV_inter=16)),
-    (jnp.bfloat16, 256, 128, 256, dict(chunk_size_inter=64, chunk_size_intra=256, siz_b_L_parallel=128,
-                                       siz_b_L_loop=64, siz_b_DH_parallel=128, siz_b_DH_loop=128,
-                                       siz_b_DHQK_inter=128, siz_b_DHV_inter=128, num_warps_intra=8,
-                                       num_stages_intra=3, num_warps_inter=8, num_stages_inter=3)),
-    (jnp.bfloat16, 32, 16, 16, dict(chunk_size_inter=16, chunk_size_intra=16, num_warps_intra=2,
-                                    num_stages_intra=1, num_warps_inter=2, num_stages_inter=1)),
-    (jnp.bfloat16, 128, 512, 512, dict(siz_b_DH_parallel=256, siz_b_DH_loop=256, siz_b_DHV_inter=128)),
+    (jnp.float32, 64, 48, 96, dict(chunk_size_recurrent=16, chunk_size_intra=64, block_steps_owned=16,
+                                   block_steps_looped=32, block_dh_owned=32, block_dh_contracted=16)),
+    (jnp.float16, 128, 96, 48, dict(chunk_size_recurrent=32, chunk_size_intra=128, block_steps_owned=32,
+                                    block_steps_looped=64, block_dh_owned=64, block_dh_contracted=32,
+                                    block_dhqk_recurrent=32, block_dhv_recurrent=16)),
+    (jnp.bfloat16, 256, 128, 256, dict(chunk_size_recurrent=64, chunk_size_intra=256, block_steps_owned=128,
+                                       block_steps_looped=64, block_dh_owned=128, block_dh_contracted=128,
+                                       block_dhqk_recurrent=128, block_dhv_recurrent=128, num_warps_parallel=8,
+                                       num_stages_parallel=3, num_warps_recurrent=8, num_stages_recurrent=3)),
+    (jnp.bfloat16, 32, 16, 16, dict(chunk_size_recurrent=16, chunk_size_intra=16, num_warps_parallel=2,
+                                    num_stages_parallel=1, num_warps_recurrent=2, num_stages_recurrent=1)),
+    (jnp.bfloat16, 128, 512, 512, dict(block_dh_owned=256, block_dh_contracted=256, block_dhv_recurrent=128)),
 ]
 
 
@@ -101,9 +115,10 @@ def test_backward_rejects_bad_arguments():
     args = _bw_shapes(jnp.bfloat16, 64, 64, 64)
     bad = [
         (dict(chunk_size_intra=48), "chunk_size_intra=48 must be a power of two"),
-        (dict(chunk_size_inter=64, chunk_size_intra=32), "chunk_size_inter=64 must be <= chunk_size_intra=32"),
-        (dict(siz_b_L_parallel=128), "siz_b_L_parallel=128"),
+        (dict(chunk_size_recurrent=64, chunk_size_intra=32), "chunk_size_recurrent=64 must be <= chunk_size_intra=32"),
+        (dict(block_steps_owned=128), "block_steps_owned=128"),
         (dict(siz_b_LQ=16), "unknown tuning option(s) ['siz_b_LQ']"),
+        (dict(siz_b_DH_parallel=64), "unknown tuning option(s) ['siz_b_DH_parallel'] for mlstm_chunkwise_bw"),
     ]
     for tuning, message in bad:
         with pytest.raises(ValueError, match=re.escape(message)):

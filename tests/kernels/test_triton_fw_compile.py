@@ -1,27 +1,20 @@
 """The Triton forward lowers for CUDA on the CPU machine (jax-triton down to PTX for sm_90a), and bad
-tuning arguments raise ValueError naming the rule. No GPU needed (shared/DESIGN.md 4.2).
+tuning arguments raise ValueError naming the rule. No GPU needed (docs/testing.md).
 
 The sweep covers rather than multiplies: every chunk size 16..256 (inter < intra included), block
 sizes from 16 up to the padded head dim, warps 2..8, stages 1..4, fp32/bf16/fp16 and head dims 16, 48,
 64, 96, 128, 256, 512 each appear at least once. About a minute on 2 CPU cores with an empty Triton
 cache (Triton caches compiled kernels, so reruns are faster).
 """
-import os
 import re
-import zlib
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from xlstm_flax.kernels.triton import compat
+from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_calls, skip_module_unless_lowerable
 
-try:
-    compat.import_jax_triton()
-except ImportError as err:  # pragma: no cover - depends on the environment
-    pytest.skip(f"jax_triton not importable: {err}", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    pytest.skip("compile tests need compiled (not interpreted) Triton kernels", allow_module_level=True)
+skip_module_unless_lowerable()
 
 from xlstm_flax.kernels.triton import mlstm_chunkwise_fw  # noqa: E402
 
@@ -42,46 +35,13 @@ def _forward(**tuning):
     return fw
 
 
-def _unescape_mlir_string(text: str) -> bytes:
-    """MLIR string literal body -> bytes (``\\XX`` hex escapes, ``\\\\`` and ``\\"``)."""
-    out, pos = bytearray(), 0
-    while pos < len(text):
-        if text[pos] != "\\":
-            out += text[pos].encode()
-            pos += 1
-        elif text[pos + 1] in '\\"':
-            out.append(ord(text[pos + 1]))
-            pos += 2
-        else:
-            out.append(int(text[pos + 1:pos + 3], 16))
-            pos += 3
-    return bytes(out)
-
-
-def lowered_triton_calls(fn, *args) -> list[bytes]:
-    """Lowers ``jax.jit(fn)`` for CUDA; returns the decompressed payload of every Triton call."""
-    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert "triton_kernel_call" in text, "the lowering holds no Triton kernel call"
-    payloads = re.findall(r'opaque = "((?:[^"\\]|\\.)*)"', text)
-    return [zlib.decompress(_unescape_mlir_string(p)) for p in payloads]
-
-
-def assert_compiled_for_sm90(payloads: list[bytes], names=KERNEL_NAMES) -> None:
-    """Each named kernel appears in exactly one call whose PTX targets sm_90a and uses tensor cores."""
-    for name in names:
-        calls = [p for p in payloads if name in p]
-        assert len(calls) == 1, f"{name.decode()} in {len(calls)} lowered calls, expected 1"
-        assert b".target sm_90a" in calls[0], f"{name.decode()}: PTX not for sm_90a"
-        assert b"mma" in calls[0], f"{name.decode()}: no tensor-core instruction in the PTX"
-
-
 SWEEP = [
     # (dtype, S, DHQK, DHV, tuning)
     (jnp.bfloat16, 128, 64, 64, {}),  # all defaults
     (jnp.float32, 64, 16, 16, {}),
     (jnp.float16, 128, 48, 96, {}),
-    (jnp.bfloat16, 512, 256, 512, {}),  # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256)
-    (jnp.float32, 512, 256, 512, {}),  # fp32 defaults (smaller parallel tiles)
+    (jnp.bfloat16, 2048, 256, 512, {}),  # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256)
+    (jnp.float32, 2048, 256, 512, {}),  # fp32 defaults (smaller parallel tiles, chunk 256)
     (jnp.float16, 512, 128, 256, {}),
     (jnp.bfloat16, 128, 512, 512, {}),
     (jnp.bfloat16, 64, 96, 48, dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16,
@@ -109,7 +69,7 @@ def _case_id(case):
 def test_forward_lowers_to_sm90_ptx(case):
     dtype, S, DHQK, DHV, tuning = case
     payloads = lowered_triton_calls(_forward(**tuning), *_shapes(dtype, 1, 2, S, DHQK, DHV))
-    assert_compiled_for_sm90(payloads)
+    assert_compiled_for_sm90(payloads, KERNEL_NAMES)
 
 
 INVALID = [
@@ -118,6 +78,8 @@ INVALID = [
     (64, 64, dict(chunk_size_intra=8), "chunk_size_intra=8 must be a power of two in [16"),
     (64, 64, dict(chunk_size_inter=64, chunk_size_intra=32), "chunk_size_inter=64 must be <= chunk_size_intra=32"),
     (96, 64, dict(chunk_size_intra=64), "S=96 must be a multiple of chunk_size_intra=64"),
+    (1000, 64, {}, "S=1000: S must be a multiple of 16 for mlstm_chunkwise_fw; the registry entry "
+                   "'chunkwise--triton' pads any S"),
     (64, 64, dict(chunk_size_intra=32, siz_b_L_parallel=64), "siz_b_L_parallel=64"),
     (64, 64, dict(siz_b_L_loop=8), "siz_b_L_loop=8"),
     (64, 48, dict(siz_b_DH_loop=128), "siz_b_DH_loop=128"),

@@ -5,10 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xlstm_flax.generate import generate
+from xlstm_flax.sampling import generate
 
 from .helpers import VOCAB, make_model, random_tokens, small_config
-from .test_model import logits_fn
 
 PROMPT_LEN, NEW = 5, 7
 
@@ -27,7 +26,7 @@ def test_greedy_generation_equals_argmax_of_full_sequence_logits(model, prompt):
     out = generate(model, prompt, NEW, key=jax.random.key(0), temperature=0.0)
     assert out.shape == (2, PROMPT_LEN + NEW) and out.dtype == jnp.int32
     np.testing.assert_array_equal(out[:, :PROMPT_LEN], prompt)
-    logits = logits_fn(model, out)
+    logits = model(out)
     # each generated token is the argmax of the logits of the whole sequence one position earlier
     np.testing.assert_array_equal(out[:, PROMPT_LEN:], jnp.argmax(logits[:, PROMPT_LEN - 1 : -1], axis=-1))
 
@@ -36,7 +35,7 @@ def test_top_k_sampling_stays_in_the_top_k(model, prompt):
     k = 3
     out = generate(model, prompt, NEW, key=jax.random.key(1), temperature=1.0, top_k=k)
     assert out.shape == (2, PROMPT_LEN + NEW)
-    logits = logits_fn(model, out)[:, PROMPT_LEN - 1 : -1]
+    logits = model(out)[:, PROMPT_LEN - 1 : -1]
     top = jax.lax.top_k(logits, k)[1]
     assert bool((top == out[:, PROMPT_LEN:, None]).any(-1).all()), "a token outside the top k was drawn"
     different_key = generate(model, prompt, NEW, key=jax.random.key(2), temperature=1.0, top_k=k)

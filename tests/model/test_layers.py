@@ -8,8 +8,8 @@ from flax import nnx
 from tests.reference import mlstm_reference
 from xlstm_flax.layers import (
     CausalConv1d,
-    GatedFFN,
     FFNConfig,
+    GatedFFN,
     MultiHeadNorm,
     make_norm,
     mLSTMLayer,

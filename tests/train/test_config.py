@@ -115,7 +115,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_saved_config_loads_back_equal(tmp_path):
     cfg = load(tmp_path, "count: 4\ninner: {preset: small}\n", ["inner.sizes=[1, 2, 3]"])
-    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    path = save_config(cfg, tmp_path / "run" / "config.yaml", comment="resolved here\nsecond line")
+    assert path.read_text().startswith("# resolved here\n# second line\ncount: 4\n")
     assert load_config(path, Outer) == cfg
 
 

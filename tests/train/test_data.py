@@ -4,8 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from xlstm_flax.train.data import (ByteTokenizer, DataConfig, DataError, load_corpus, sample_windows,
-                                   stdlib_files)
+from xlstm_flax.train.data import ByteTokenizer, DataConfig, DataError, load_corpus, sample_windows, stdlib_files
 
 EOS = ByteTokenizer.eos_id
 VOCAB = ByteTokenizer.vocab_size

@@ -9,7 +9,10 @@ from xlstm_flax.train.optim import OptimConfig, decay_mask, make_optimizer, make
 
 def fake_params():
     rng = np.random.default_rng(0)
-    leaf = lambda *shape: jnp.asarray(rng.normal(size=shape), dtype=jnp.float32)
+
+    def leaf(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype=jnp.float32)
+
     return {
         "embedding": {"embedding": leaf(10, 4)},
         "blocks": {0: {"mlstm": {"q": {"kernel": leaf(4, 4)}, "igate": {"bias": leaf(4)}},

@@ -1,9 +1,12 @@
-"""End-to-end training on CPU with a very small model: the CLI run learns and writes its artifacts,
-the train step compiles once, resume (after stop_at, SIGTERM, or a save killed midway) reproduces
-an uninterrupted run's losses bit for bit, and a NaN stops the run keeping the last good checkpoint.
+"""End-to-end training on CPU with a very small model: the CLI run learns and writes its artifacts
+(the resolved mLSTM kernel in the log and the saved config), the train step compiles once, resume
+(after stop_at, SIGTERM, or a save killed midway) reproduces an uninterrupted run's losses bit for bit, and a
+NaN stops the run keeping the last good checkpoint.
 
 Exactness: on CPU the same compiled step on the same inputs is deterministic, so resumed losses are
 compared with ``==`` (no tolerance)."""
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -19,10 +22,12 @@ from flax import nnx
 
 from xlstm_flax import distributed
 from xlstm_flax.cli import main
-from xlstm_flax.train import NonFiniteLossError, load_recipe, load_trained_model, train
+from xlstm_flax.inference import load_trained_model
+from xlstm_flax.train import NonFiniteLossError, load_recipe, loop, train
 from xlstm_flax.train.checkpoint import Checkpointer
-from xlstm_flax.train.loop import init_train_state, make_steps
+from xlstm_flax.train.loop import make_steps
 from xlstm_flax.train.metrics import latest_records, read_metrics
+from xlstm_flax.train.state import init_train_state
 
 STEPS = 16
 STDLIB_JSON = f"{sysconfig.get_paths()['stdlib']}/json/*.py"
@@ -56,8 +61,9 @@ def recipe(tmp_path_factory) -> Path:
 def reference(recipe, tmp_path_factory):
     """An uninterrupted run through the CLI; its per-step losses come from metrics.jsonl."""
     run_dir = tmp_path_factory.mktemp("reference")
-    assert main(["train", "--config", str(recipe), f"run_dir={run_dir}"]) == 0
-    return run_dir, train_losses(run_dir)
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:  # the run's log lines
+        assert main(["train", "--config", str(recipe), f"run_dir={run_dir}"]) == 0
+    return run_dir, train_losses(run_dir), stdout.getvalue().splitlines()
 
 
 def train_losses(run_dir) -> dict[int, float]:
@@ -69,7 +75,7 @@ def run(recipe, run_dir, *overrides, **kwargs):
 
 
 def test_cli_run_learns_and_writes_its_artifacts(recipe, reference):
-    run_dir, losses = reference
+    run_dir, losses, logged = reference
     assert sorted(losses) == list(range(1, STEPS + 1))
     first, last = losses[1], np.mean([losses[s] for s in range(STEPS - 3, STEPS + 1)])
     assert first > 5.0 and last < first - 1.5, (first, last)  # ln(258) = 5.55 at init
@@ -78,23 +84,35 @@ def test_cli_run_learns_and_writes_its_artifacts(recipe, reference):
     assert np.isclose(val[0]["bits_per_byte"], val[0]["loss"] / np.log(2))
     assert (run_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_recipe(run_dir / "config.yaml") == load_recipe(recipe, [f"run_dir={run_dir}"])
+    kernel = "mLSTM kernel: chunkwise--jax (model.mlstm.kernel: auto)"  # what "auto" picks without a GPU
+    assert (run_dir / "config.yaml").read_text().startswith(f"# {kernel}\n")
+    assert any(line.startswith("model: ") and line.endswith(kernel) for line in logged), logged
     assert Checkpointer(run_dir / "checkpoints", keep=2).all_steps() == [12, 16]  # keep the last 2
 
 
-def test_resume_after_stop_reproduces_losses_and_compiles_once(recipe, reference, tmp_path):
-    _, expected = reference
+def test_resume_after_stop_reproduces_losses_and_compiles_once(recipe, reference, tmp_path, monkeypatch):
+    """Both sessions reuse the reference run's compiled steps: the loss function is never traced again."""
+    _, expected, _ = reference
+    traced = []
+
+    def counted_cross_entropy(logits, targets):
+        traced.append(logits.shape)
+        return loop_cross_entropy(logits, targets)
+
+    loop_cross_entropy = loop.cross_entropy
+    monkeypatch.setattr(loop, "cross_entropy", counted_cross_entropy)
     first = run(recipe, tmp_path, stop_at=6)
     assert first.interrupted and first.step == 6
     second = run(recipe, tmp_path, "resume=true")
     assert second.start_step == 6 and second.step == STEPS
     assert first.train_losses == {s: expected[s] for s in range(1, 7)}
     assert second.train_losses == {s: expected[s] for s in range(7, STEPS + 1)}
-    assert second.train_step_compilations == 1  # same cached step for both sessions and the CLI run
+    assert traced == []  # same cached steps for both sessions and the CLI run
 
 
 def test_sigterm_saves_then_resume_continues_exactly(recipe, reference, tmp_path):
     """SIGTERM arrives during the step-4 evaluation; the run finishes step 4, saves and stops."""
-    _, expected = reference
+    _, expected, _ = reference
 
     def log(message):
         if message.startswith("step 4: val"):
@@ -144,15 +162,43 @@ def test_save_killed_midway_keeps_last_good_checkpoint(recipe, tmp_path):
     assert not any("tmp" in p.name for p in (tmp_path / "checkpoints").iterdir())
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(recipe, tmp_path, capsys):
-    rc = main(["train", "--config", str(recipe), f"run_dir={tmp_path}", *CHEAP, "train.inject_nan_at_step=6"])
+def poison_step(monkeypatch, at_step: int) -> None:
+    """From then on, the update at step ``at_step`` returns a NaN loss and NaN parameters: the step is
+    read from the key of the train batch the loop samples just before (the compiled step is untouched)."""
+    make, sample = loop.make_steps, loop.sample_windows
+    batch_step = []
+
+    def sample_spy(streams, length, batch_size, key):
+        if key[1] == loop.TRAIN_SPLIT:  # (seed, split, step, micro-batch)
+            batch_step[:] = [key[2]]
+        return sample(streams, length, batch_size, key)
+
+    def make_poisoned(*args):
+        train_step, eval_step = make(*args)
+
+        def poisoned(state, rest, batches):
+            state, metrics = train_step(state, rest, batches)
+            if batch_step == [at_step]:
+                state = jax.tree.map(lambda x: x * jnp.nan, state)
+                metrics = {**metrics, "loss": metrics["loss"] * jnp.nan}
+            return state, metrics
+
+        return poisoned, eval_step
+
+    monkeypatch.setattr(loop, "sample_windows", sample_spy)
+    monkeypatch.setattr(loop, "make_steps", make_poisoned)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(recipe, tmp_path, capsys, monkeypatch):
+    poison_step(monkeypatch, at_step=6)
+    rc = main(["train", "--config", str(recipe), f"run_dir={tmp_path}", *CHEAP])
     assert rc == 1
     message = capsys.readouterr().err
     assert "loss is nan" in message and "at step 6" in message and "after step 4" in message, message
     checkpointer = Checkpointer(tmp_path / "checkpoints", keep=2)
     assert checkpointer.all_steps() == [4]
     with pytest.raises(NonFiniteLossError):
-        run(recipe, tmp_path, *CHEAP, "resume=true", "train.inject_nan_at_step=6")
+        run(recipe, tmp_path, *CHEAP, "resume=true")
     assert checkpointer.all_steps() == [4]
     model, _, step = load_trained_model(tmp_path)
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
@@ -179,7 +225,7 @@ def test_two_cpu_devices_give_the_same_losses_as_one(recipe, tmp_path):
 
 
 def test_generate_command_samples_from_the_checkpoint(reference, capsys):
-    run_dir, _ = reference
+    run_dir, _, _ = reference
     assert main(["generate", "--run-dir", str(run_dir), "--prompt", "import ", "--tokens", "6"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("import ") and len(captured.out.encode()) > len("import ")
@@ -193,15 +239,15 @@ def test_gradient_accumulation_equals_one_big_batch(recipe):
     config = load_recipe(recipe, [*CHEAP, "optim.warmup_steps=0"])
     mesh = distributed.data_mesh()
     graphdef, rest, state = init_train_state(config, mesh)
-    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, None, mesh, config.distributed)
+    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, mesh, config.distributed)
     tokens = np.random.default_rng(0).integers(0, 256, size=(8, config.train.seq_len + 1), dtype=np.int32)
     outs = {}
     for accum in (1, 2):
         current = jax.tree.map(jnp.copy, state)
         batches = tokens.reshape(accum, 8 // accum, -1)
         outs[accum] = []
-        for step in (1, 2):
-            current, out = train_step(current, rest, batches, np.int32(step))
+        for _ in range(2):
+            current, out = train_step(current, rest, batches)
             outs[accum].append({k: float(v) for k, v in out.items()})
     np.testing.assert_allclose(outs[2][0]["loss"], outs[1][0]["loss"], rtol=1e-5)
     np.testing.assert_allclose(outs[2][0]["grad_norm"], outs[1][0]["grad_norm"], rtol=1e-5)
@@ -215,10 +261,10 @@ def test_bf16_compute_keeps_fp32_params_and_optimiser_state(recipe):
     config = load_recipe(recipe, [*CHEAP, "model.compute_dtype=bfloat16"])
     mesh = distributed.data_mesh()
     graphdef, rest, state = init_train_state(config, mesh)
-    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, None, mesh, config.distributed)
+    train_step, _ = make_steps(graphdef, config.optim, config.train.steps, mesh, config.distributed)
     batches = np.zeros((1, 4, config.train.seq_len + 1), np.int32)
-    new_state, out = jax.eval_shape(train_step, state, rest, batches, np.int32(1))
+    new_state, out = jax.eval_shape(train_step, state, rest, batches)
     float_dtypes = {x.dtype for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)}
     assert float_dtypes == {jnp.dtype(jnp.float32)} and out["loss"].dtype == jnp.float32
-    jaxpr = str(jax.make_jaxpr(train_step)(state, rest, batches, np.int32(1)))
+    jaxpr = str(jax.make_jaxpr(train_step)(state, rest, batches))
     assert "dot_general" in jaxpr and "bf16[" in jaxpr

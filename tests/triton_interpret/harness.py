@@ -1,4 +1,4 @@
-"""Makes Triton 3.6.0's interpreter run kernels on host numpy buffers (shared/DESIGN.md 4.3).
+"""Makes Triton 3.6.0's interpreter run kernels on host numpy buffers (docs/testing.md).
 
 Everything here touches private interpreter API, which is why it lives in tests/ and triton is
 pinned. :func:`install` applies the patches and hands :func:`run_interpreted` to the library's

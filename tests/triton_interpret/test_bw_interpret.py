@@ -26,19 +26,25 @@ EPS = 1e-2
 QK_SCALE = 0.3
 
 CASES = [
-    # (dtype, S, DHQK, DHV, with_states, loss on last states, tuning)
-    (jnp.float32, 32, 16, 24, True, False, dict(chunk_size_inter=16, chunk_size_intra=16)),
+    # (dtype, S, DHQK, DHV, with_states, loss on last states, forward tuning, backward tuning)
+    (jnp.float32, 32, 16, 24, True, False, dict(chunk_size_inter=16, chunk_size_intra=16),
+     dict(chunk_size_recurrent=16, chunk_size_intra=16)),
     (jnp.float32, 64, 24, 40, False, True, dict(chunk_size_inter=16, chunk_size_intra=32, siz_b_L_parallel=32,
-                                                siz_b_L_loop=16, siz_b_DH_parallel=16, siz_b_DH_loop=16)),
+                                                siz_b_L_loop=16, siz_b_DH_parallel=16, siz_b_DH_loop=16),
+     dict(chunk_size_recurrent=16, chunk_size_intra=32, block_steps_owned=32, block_steps_looped=16,
+          block_dh_owned=16, block_dh_contracted=16)),
     (jnp.float32, 64, 16, 16, True, True, dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16,
-                                               siz_b_L_loop=32)),
-    (jnp.float16, 32, 16, 16, True, False, dict(chunk_size_inter=16, chunk_size_intra=32)),
+                                               siz_b_L_loop=32),
+     dict(chunk_size_recurrent=16, chunk_size_intra=64, block_steps_owned=16, block_steps_looped=32)),
+    (jnp.float16, 32, 16, 16, True, False, dict(chunk_size_inter=16, chunk_size_intra=32),
+     dict(chunk_size_recurrent=16, chunk_size_intra=32)),
 ]
 
 
 def _case_id(case):
-    dtype, S, DHQK, DHV, with_states, last, tuning = case
-    return (f"{jnp.dtype(dtype).name}-S{S}-{DHQK}x{DHV}-{tuning['chunk_size_inter']}of{tuning['chunk_size_intra']}"
+    dtype, S, DHQK, DHV, with_states, last, fw_tuning, _ = case
+    return (f"{jnp.dtype(dtype).name}-S{S}-{DHQK}x{DHV}-"
+            f"{fw_tuning['chunk_size_inter']}of{fw_tuning['chunk_size_intra']}"
             + ("-states" if with_states else "") + ("-lastloss" if last else ""))
 
 
@@ -49,26 +55,25 @@ def _assert_gradients(got: dict, want: dict, tol: float):
     assert not bad, f"relative gradient errors above {tol}: {bad}"
 
 
-@functools.partial(jax.jit, static_argnames=("tuning",))
-def _forward_backward(inputs, states, cot, tuning):
+@functools.partial(jax.jit, static_argnames=("fw_tuning", "bw_tuning"))
+def _forward_backward(inputs, states, cot, fw_tuning, bw_tuning):
     """The Triton forward's residuals, then the Triton backward: the eight gradients."""
-    tuning = dict(tuning)
-    fw = mlstm_chunkwise_fw_result(*inputs, *states, qk_scale=QK_SCALE, eps=EPS, **tuning)
+    fw = mlstm_chunkwise_fw_result(*inputs, *states, qk_scale=QK_SCALE, eps=EPS, **dict(fw_tuning))
     return mlstm_chunkwise_bw(
-        *inputs, *states, fw.matH, fw.vecN, fw.vecM, fw.vecNQ, cot["h"], cot.get("c"), cot.get("n"),
-        cot.get("m"), qk_scale=QK_SCALE, eps=EPS, **tuning,
+        *inputs, *states, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, cot["h"], cot.get("c"), cot.get("n"),
+        cot.get("m"), qk_scale=QK_SCALE, eps=EPS, **dict(bw_tuning),
     )
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_backward_matches_reference_gradients(case):
-    dtype, S, DHQK, DHV, with_states, last, tuning = case
+    dtype, S, DHQK, DHV, with_states, last, fw_tuning, bw_tuning = case
     x = random_inputs(jax.random.PRNGKey(S + DHQK + DHV), B=1, NH=2, S=S, DHQK=DHQK, DHV=DHV, dtype=dtype,
                       with_states=with_states)
     cot = random_cotangents(jax.random.PRNGKey(7), x, last_states=last)
     grads = _forward_backward(tuple(x[n] for n in ("q", "k", "v", "i", "f")),
                               tuple(x.get(n) for n in ("c_initial", "n_initial", "m_initial")), cot,
-                              tuple(sorted(tuning.items())))
+                              tuple(sorted(fw_tuning.items())), tuple(sorted(bw_tuning.items())))
     for name, grad in zip(GRAD_NAMES, grads):
         expected = x[name].dtype if name in ("q", "k", "v", "i", "f") else jnp.float32
         assert grad.dtype == expected, f"d{name} has dtype {grad.dtype}, expected {expected}"

@@ -61,7 +61,9 @@ def test_states_entry_point_matches_reference():
 
 def test_forward_under_jit_matches_eager():
     x, _ = make_inputs(3, jnp.float32, 1, 32, 16, 16, False)
-    fw = lambda q, k, v, i, f: mlstm_chunkwise_fw(q, k, v, i, f, chunk_size_intra=16)[0]
+    def fw(q, k, v, i, f):
+        return mlstm_chunkwise_fw(q, k, v, i, f, chunk_size_intra=16)[0]
+
     np.testing.assert_array_equal(np.asarray(jax.jit(fw)(**x)), np.asarray(fw(**x)))
 
 

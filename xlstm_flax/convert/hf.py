@@ -27,7 +27,8 @@ from flax import nnx, traverse_util
 from jax.sharding import Mesh
 
 from .. import distributed
-from ..model import DTYPES, xLSTMLMConfig, xLSTMLMModel
+from ..model import xLSTMLMModel
+from ..model_config import DTYPES, xLSTMLMConfig
 from .hf_config import from_hf_config, to_hf_config
 from .safetensors_dir import CONFIG_FILE, CheckpointError, SafetensorsDir, write_sharded
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..layers import FFNConfig, mLSTMLayerConfig
 from ..layers.config import hf_ffn_width
-from ..model import xLSTMLMConfig
+from ..model_config import xLSTMLMConfig
 
 MODEL_TYPE = "xlstm"
 ARCHITECTURE = "xLSTMForCausalLM"

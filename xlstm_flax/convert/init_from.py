@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from ..config import ConfigError
-from ..model import xLSTMLMConfig
+from ..model_config import xLSTMLMConfig
 from .hf import LM_HEAD, hf_names, read_params, stored_transposed, tied_in_checkpoint
 from .hf_config import architecture_differences, from_hf_config
 from .safetensors_dir import CONFIG_FILE, SafetensorsDir
@@ -73,7 +73,7 @@ def init_params_from(source: str | Path, model_config: xLSTMLMConfig, params: di
                 from_hf_config(ckpt.config, source=str(source / CONFIG_FILE), tie_embeddings=tied), model_config, where
             )
             return read_params(ckpt, params, shardings, model_config.num_blocks, skip={LM_HEAD} if tied else set())
-    from ..train.loop import load_trained_model
+    from ..inference import load_trained_model
 
     model, run_config, _ = load_trained_model(source)
     _check_same_network(run_config.model, model_config, where)

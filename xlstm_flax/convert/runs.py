@@ -28,8 +28,8 @@ def hf_to_run(hf_dir: str | Path, run_dir: str | Path, *, dtype: str | None = No
     """Write HF checkpoint ``hf_dir`` as a new run directory ``run_dir`` (refuses an existing one)."""
     from ..train.checkpoint import Checkpointer
     from ..train.data import DataConfig
-    from ..train.loop import CHECKPOINT_DIR
-    from ..train.loop import CONFIG_FILE as RUN_CONFIG_FILE
+    from ..train.checkpoint import CHECKPOINT_DIR
+    from ..train.recipe import CONFIG_FILE as RUN_CONFIG_FILE
     from ..train.optim import make_optimizer
     from ..train.recipe import RunConfig
 
@@ -68,7 +68,7 @@ def run_to_hf(
 ) -> tuple[Path, int]:
     """Export the parameters of run ``run_dir`` (latest or ``step``) as a new HF directory ``hf_dir``;
     returns (``hf_dir``, the step exported)."""
-    from ..train.loop import load_trained_model
+    from ..inference import load_trained_model
 
     hf_dir = Path(hf_dir)
     if hf_dir.exists():  # checked before the (possibly long) restore

@@ -7,7 +7,7 @@ with a message naming the field; checks that need the model width live in ``chec
 import dataclasses
 import math
 
-from xlstm_flax.kernels import AUTO, resolve_kernel_name
+from xlstm_flax.kernels import AUTO, registry, resolve_kernel_name
 
 MLSTM_VARIANTS = ("xlstm7b", "paper")
 # How a width ``factor * D`` becomes an integer: "up" rounds up to the configured multiple (this
@@ -53,6 +53,16 @@ def _check_kernel_name(name: str, field: str, step: bool) -> None:
     is_step = name.startswith("step--")
     kind = "a step kernel ('step--...')" if step else "a sequence kernel (not 'step--...')"
     _require(is_step == step, owner, field, f"must name {kind}, got {name!r}")
+
+
+def runnable_kernel(name: str) -> str:
+    """``name`` with "auto" resolved; raises ValueError when it names the Triton kernel on a machine
+    without a CUDA GPU visible to JAX and jax-triton (the name itself is checked by the config)."""
+    resolved = resolve_kernel_name(name)
+    if resolved == registry.TRITON_KERNEL and not registry.triton_usable():
+        raise ValueError(f"{name!r} needs a CUDA GPU visible to JAX and the jax-triton package, and this "
+                         "machine lacks one of them; use 'auto' (picks it where it runs) or 'chunkwise--jax'")
+    return resolved
 
 
 @dataclasses.dataclass(frozen=True)

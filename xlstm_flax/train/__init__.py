@@ -11,7 +11,7 @@ the model.
 import importlib
 
 _EXPORTS = {
-    "NonFiniteLossError": "loop", "TrainResult": "loop", "load_trained_model": "loop", "train": "loop",
+    "NonFiniteLossError": "loop", "TrainResult": "loop", "train": "loop",
     "RunConfig": "recipe", "TrainConfig": "recipe", "load_recipe": "recipe",
 }
 __all__ = sorted(_EXPORTS)

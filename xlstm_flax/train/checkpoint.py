@@ -12,6 +12,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+CHECKPOINT_DIR = "checkpoints"  # inside a run directory
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:

@@ -23,6 +23,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from ..vocab import BYTE_EOS_ID, BYTE_VOCAB_SIZE
+
 STDLIB = "stdlib"
 TOKEN_SUFFIXES = (".npy", ".bin")
 BIN_DTYPES = ("uint16", "uint32")
@@ -63,11 +65,10 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """Bytes 0..255 are their own ids; 256 = EOS, 257 = PAD (vocab 258)."""
+    """Bytes 0..255 are their own ids, then EOS (``xlstm_flax.vocab``)."""
 
-    vocab_size = 258
-    eos_id = 256
-    pad_id = 257
+    vocab_size = BYTE_VOCAB_SIZE
+    eos_id = BYTE_EOS_ID
     is_byte_level = True
 
     def encode(self, data: bytes) -> np.ndarray:

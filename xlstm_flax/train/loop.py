@@ -22,19 +22,17 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..config import ConfigError, save_config, to_dict
 from ..distributed import DistributedConfig
-from ..config import ConfigError, load_config, save_config, to_dict
 from ..convert.init_from import check_init_source, init_params_from
-from ..generate import generate
-from ..model import xLSTMLMModel
-from .checkpoint import Checkpointer
-from .data import Corpus, Tokenizer, load_corpus, sample_windows
+from ..inference import sample_text
+from .checkpoint import CHECKPOINT_DIR, Checkpointer
+from .data import Corpus, load_corpus, sample_windows
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
-from .recipe import RunConfig, TrainConfig
+from .recipe import CONFIG_FILE, RunConfig, TrainConfig
+from .state import init_train_state
 
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
 TRAIN_SPLIT, VAL_SPLIT = 0, 1  # data keys: (seed, split, index)
 
 
@@ -53,7 +51,6 @@ class TrainResult:
     val_history: list[dict]
     unigram_entropy: float
     interrupted: bool = False
-    train_step_compilations: int = 0
     seconds: float = 0.0
     loss_curve: Path | None = None
     sample: str | None = None
@@ -69,9 +66,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=4)
-def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | None, mesh: Mesh,
-               layout: DistributedConfig):
-    """The jitted ``train_step(state, rest, batches, step)`` and ``eval_step(params, rest, tokens)``.
+def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, layout: DistributedConfig):
+    """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``.
 
     ``batches``: int32 (grad_accum, B, S + 1); each micro-batch's gradient is computed in a
     ``lax.scan`` and their mean drives one optimiser update. ``state`` is donated and comes back
@@ -84,7 +80,7 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | N
         model = nnx.merge(graphdef, params, rest)
         return cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
 
-    def train_step(state, rest, batches, step):
+    def train_step(state, rest, batches):
         params = state["params"]
 
         def accumulate(grad_sum, tokens):
@@ -95,9 +91,6 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | N
         grad_sum, losses = jax.lax.scan(accumulate, zeros, batches)
         grads = jax.tree.map(lambda g: g / batches.shape[0], grad_sum)
         loss = losses.mean()
-        if nan_step is not None:  # test hook: poison loss and gradients at one step
-            poison = jnp.where(step == nan_step, jnp.nan, 1.0)
-            loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -107,45 +100,6 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, nan_step: int | N
         return loss_fn(params, rest, tokens)
 
     return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
-
-
-def init_train_state(config: RunConfig, mesh: Mesh):
-    """A freshly initialised model as ``(graphdef, rest, state)``: ``state`` is ``{"params": pure
-    dict, "opt_state": ...}`` in the layout ``config.distributed`` asks for; ``rest`` holds the
-    non-Param variables, replicated. A sharded state is created sharded, never whole on one device."""
-    optimizer = make_optimizer(config.optim, config.train.steps)
-
-    def new_model():
-        return xLSTMLMModel(config.model, rngs=nnx.Rngs(config.seed))
-
-    def init():
-        _, param_state, rest = nnx.split(new_model(), nnx.Param, ...)
-        params = nnx.to_pure_dict(param_state)
-        return {"params": params, "opt_state": optimizer.init(params)}, rest
-
-    graphdef = nnx.split(nnx.eval_shape(new_model), nnx.Param, ...)[0]
-    abstract_state, abstract_rest = jax.eval_shape(init)
-    shardings = (distributed.state_shardings(abstract_state, mesh, config.distributed),
-                 distributed.state_shardings(abstract_rest, mesh, DistributedConfig()))
-    if config.distributed.shard_params:
-        state, rest = jax.jit(init, out_shardings=shardings)()
-    else:  # eager: no compile, which is faster for a replicated (small enough) state
-        state, rest = jax.device_put(init(), shardings)
-    return graphdef, rest, state
-
-
-def load_trained_model(run_dir: str | Path, step: int | None = None):
-    """The model of a run directory with the weights of its latest (or given) checkpoint;
-    returns ``(model, config, step)``."""
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / CONFIG_FILE, RunConfig)
-    graphdef, rest, state = init_train_state(config, distributed.data_mesh())
-    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
-    try:
-        state, _, step = checkpointer.restore(state, step)
-    finally:
-        checkpointer.close()
-    return nnx.merge(graphdef, state["params"], rest), config, step
 
 
 def train(config: RunConfig, *, stop_at: int | None = None,
@@ -165,8 +119,9 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     corpus = load_corpus(config.data, config.model.vocab_size)
     log(_corpus_summary(corpus))
     graphdef, rest, state = init_train_state(config, mesh)
+    kernel = _kernel_summary(config)
     log(f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
-        f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}")
+        f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}")
     checkpointer = Checkpointer(ckpt_dir, config.checkpoint.keep)
     start = 0
     if config.resume and checkpointer.latest_step() is not None:
@@ -175,10 +130,9 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     elif tc.init_from:
         state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
         log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
-    save_config(config, run_dir / CONFIG_FILE)
+    save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
-    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, tc.inject_nan_at_step, mesh,
-                                       config.distributed)
+    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, mesh, config.distributed)
     val_batches = [distributed.shard_batch(
         sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i)), mesh)
         for i in range(tc.eval_batches)]
@@ -191,8 +145,7 @@ def train(config: RunConfig, *, stop_at: int | None = None,
             batches = np.stack([sample_windows(corpus.train, tc.seq_len + 1, tc.batch_size,
                                                (config.seed, TRAIN_SPLIT, step, micro))
                                 for micro in range(tc.grad_accum_steps)])
-            state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1),
-                                    np.int32(step))
+            state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1))
             loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteLossError(
@@ -216,7 +169,6 @@ def train(config: RunConfig, *, stop_at: int | None = None,
                     f"in {ckpt_dir}; continue with resume=true")
                 break
     finally:
-        result.train_step_compilations = train_step._cache_size()
         stop_signal.restore()
         progress.close()
         checkpointer.close()
@@ -311,16 +263,6 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def sample_text(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, *, seed: int = 0,
-                temperature: float = 1.0, top_k: int | None = None) -> str:
-    """Prompt + ``max_new_tokens`` sampled tokens, decoded (invalid UTF-8 replaced)."""
-    ids = tokenizer.encode(prompt.encode())
-    ids = jnp.asarray(ids if len(ids) else [tokenizer.eos_id], dtype=jnp.int32)[None]
-    tokens = generate(model, ids, max_new_tokens, key=jax.random.key(seed), temperature=temperature,
-                      top_k=top_k)
-    return tokenizer.decode(np.asarray(tokens[0]))
-
-
 def _count(params: Any) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
@@ -331,8 +273,18 @@ def _layout(state: Any) -> str:
     return f"{sharded} of {len(arrays)} state arrays sharded" if sharded else "state replicated"
 
 
+def _kernel_summary(config: RunConfig) -> str:
+    """The mLSTM sequence kernel the run uses here, as asked for and as resolved."""
+    resolved = config.model.resolved_kernel()
+    if resolved is None:
+        return "mLSTM kernel: none (no mLSTM blocks)"
+    return f"mLSTM kernel: {resolved} (model.mlstm.kernel: {config.model.mlstm.kernel})"
+
+
 def _corpus_summary(corpus: Corpus) -> str:
-    size = lambda streams: sum(len(s) for s in streams)
+    def size(streams):
+        return sum(len(s) for s in streams)
+
     unigram = corpus.unigram_entropy()
     text = (f"data: {size(corpus.train):,} train / {size(corpus.val):,} validation tokens; "
             f"unigram entropy of the train split {unigram:.4f} nats/token")

@@ -23,6 +23,8 @@ from .checkpoint import CheckpointConfig
 from .data import DataConfig
 from .optim import OptimConfig
 
+CONFIG_FILE = "config.yaml"  # the resolved recipe, saved in the run directory
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -41,7 +43,6 @@ class TrainConfig:
     sample_top_k: int | None = None
     tensorboard: bool = True       # write TensorBoard events if tensorboardX is installed
     init_from: str | None = None   # HF xLSTMForCausalLM dir or run dir: its parameters, fresh optimiser, step 0
-    inject_nan_at_step: int | None = None  # test hook: make this step's loss and gradients NaN
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every",
@@ -82,6 +83,10 @@ class RunConfig:
                              f"train.steps={self.train.steps}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite cannot both be true")
+        try:
+            self.model.resolved_kernel()  # the kernel must run here: fail before any data is read
+        except ValueError as err:
+            raise ValueError(f"model.{err}") from None
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:

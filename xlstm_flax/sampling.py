@@ -43,7 +43,7 @@ def _generate(graphdef, params, prompt, key, *, max_new_tokens, temperature, top
 def generate(model: nnx.Module, prompt: jax.Array, max_new_tokens: int, *, key: jax.Array,
              temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
     """Samples ``max_new_tokens`` tokens after ``prompt`` (int (B, S0), S0 >= 1) from ``model``
-    (an :class:`xlstm_flax.model.xLSTMLMModel`); returns int32 (B, S0 + max_new_tokens)."""
+    (an :class:`xlstm_flax.xLSTMLMModel`); returns int32 (B, S0 + max_new_tokens)."""
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"prompt must be an integer array (B, S0) with S0 >= 1, got "

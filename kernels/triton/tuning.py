@@ -1,0 +1,184 @@
+"""Tuning of the Triton chunkwise kernels: one config per direction, defaults filled and rules checked once.
+
+:class:`FwConfig` tiles the forward (its names are the public keywords of ``mlstm_chunkwise_fw``);
+:class:`BwConfig` tiles the backward with names that say what each block covers. Both share only
+``chunk_size_intra``, the spacing of the chunk states the backward reads. The default values are the
+fastest of the H100 runs in ``benchmarks/results/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from .. import common
+from .shared import KERNEL_NAME, MAX_CHUNK, MIN_BLOCK, check_int_range, check_power_of_two, padded_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class FwConfig:
+    """Every tuning choice of one forward call.
+
+    Recurrent kernel (chunk states): ``chunk_size_inter`` steps per update, a ``siz_b_DHQK_inter`` x
+    ``siz_b_DHV_inter`` state tile per program. Parallel kernel (outputs): ``siz_b_L_parallel`` query
+    steps and ``siz_b_DH_parallel`` columns of DHV per program, key steps in blocks of ``siz_b_L_loop``,
+    DHQK contracted in blocks of ``siz_b_DH_loop``. ``chunk_size_intra``: steps between stored states.
+    """
+
+    chunk_size_inter: int
+    chunk_size_intra: int
+    siz_b_L_parallel: int
+    siz_b_L_loop: int
+    siz_b_DH_parallel: int
+    siz_b_DH_loop: int
+    num_warps_intra: int
+    num_warps_inter: int
+    num_stages_intra: int
+    num_stages_inter: int
+    siz_b_DHQK_inter: int
+    siz_b_DHV_inter: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BwConfig:
+    """Every tuning choice of one backward call.
+
+    Recurrent kernel (state cotangents, walked backwards): ``chunk_size_recurrent`` steps per update, a
+    ``block_dhqk_recurrent`` x ``block_dhv_recurrent`` tile per program. Parallel kernels (dq; dk and
+    dv): a program owns ``block_steps_owned`` steps (rows of dq, of dk / dv) and ``block_dh_owned``
+    columns of the gradient (of DHQK for dq and dk, of DHV for dv, clamped to it), loops over the
+    other steps in blocks of ``block_steps_looped`` and contracts the other head dim in blocks of
+    ``block_dh_contracted`` (clamped to it). ``chunk_size_intra``: the forward's, the states' spacing.
+    """
+
+    chunk_size_intra: int
+    chunk_size_recurrent: int
+    block_dhqk_recurrent: int
+    block_dhv_recurrent: int
+    num_warps_recurrent: int
+    num_stages_recurrent: int
+    block_steps_owned: int
+    block_steps_looped: int
+    block_dh_owned: int
+    block_dh_contracted: int
+    num_warps_parallel: int
+    num_stages_parallel: int
+
+
+FW_OPTIONS = frozenset(f.name for f in dataclasses.fields(FwConfig))
+BW_OPTIONS = frozenset(f.name for f in dataclasses.fields(BwConfig))
+STATE_OPTIONS = ("chunk_size_inter", "chunk_size_intra", "siz_b_DHQK_inter", "siz_b_DHV_inter", "num_warps_inter",
+                 "num_stages_inter")
+
+
+def state_tuning(config: FwConfig) -> dict:
+    """The choices of ``config`` that ``mlstm_chunkwise_states`` takes (its recurrent kernel's)."""
+    return {name: getattr(config, name) for name in STATE_OPTIONS}
+
+
+def fitting_chunk_size(S: int, caller: str) -> int:
+    """The package's chunk size (``common.default_chunk_size``) shortened to divide S, for the low-level
+    functions that do not pad; ValueError unless S is a multiple of MIN_BLOCK."""
+    if S % MIN_BLOCK:
+        raise ValueError(
+            f"S={S}: S must be a multiple of {MIN_BLOCK} for {caller}; the registry entry '{KERNEL_NAME}' pads any S"
+        )
+    return min(common.default_chunk_size(S), S & -S)
+
+
+def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
+    """Per-shape forward defaults of every choice but chunk_size_intra.
+
+    bf16/fp16: the fastest configuration of the H100 sweep at (DHQK, DHV) = (256, 512) and (128, 256).
+    fp32 operands are twice as large: smaller parallel-kernel tiles, so shared memory stays within the
+    H100's 227 KiB. Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages.
+    """
+    intra = chunk_size_intra
+    dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
+    both = dict(siz_b_DHQK_inter=min(64, dhqk_pad), siz_b_DHV_inter=min(64, dhv_pad), num_warps_inter=4,
+                num_stages_inter=2, num_stages_intra=2)
+    if jnp.dtype(dtype).itemsize <= 2:
+        return dict(both, chunk_size_inter=intra if DHQK >= 256 else min(128, intra),
+                    siz_b_L_parallel=min(128, intra), siz_b_L_loop=min(64, intra),
+                    siz_b_DH_parallel=min(256, dhv_pad), siz_b_DH_loop=dhqk_pad if dhqk_pad <= 128 else 64,
+                    num_warps_intra=8)
+    return dict(both, chunk_size_inter=min(128, intra), siz_b_L_parallel=min(64, intra),
+                siz_b_L_loop=min(64, intra), siz_b_DH_parallel=min(128, dhv_pad), siz_b_DH_loop=min(64, dhqk_pad),
+                num_warps_intra=4)
+
+
+def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
+    """Per-shape backward defaults of every choice but chunk_size_intra.
+
+    Step blocks min(64, intra), recurrent chunk min(128, intra); owned head-dim tile min(128, padded DHV)
+    for 16-bit inputs, min(64, padded DHV) for fp32 (twice the bytes per tile); contracted blocks
+    min(64, padded DHQK); recurrent tile min(64, padded head dims); 4 warps and 2 stages everywhere.
+    """
+    intra = chunk_size_intra
+    dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
+    owned = 128 if jnp.dtype(dtype).itemsize <= 2 else 64
+    return dict(chunk_size_recurrent=min(128, intra), block_dhqk_recurrent=min(64, dhqk_pad),
+                block_dhv_recurrent=min(64, dhv_pad), num_warps_recurrent=4, num_stages_recurrent=2,
+                block_steps_owned=min(64, intra), block_steps_looped=min(64, intra),
+                block_dh_owned=min(owned, dhv_pad), block_dh_contracted=min(64, dhqk_pad),
+                num_warps_parallel=4, num_stages_parallel=2)
+
+
+def _filled(given: dict, allowed: frozenset, dims: common.Dims, caller: str) -> tuple[dict, int]:
+    """``given`` without None values (ValueError on unknown names) and the chunk_size_intra to use."""
+    unknown = set(given) - allowed
+    if unknown:
+        raise ValueError(f"unknown tuning option(s) {sorted(unknown)} for {caller}")
+    given = {name: value for name, value in given.items() if value is not None}
+    intra = given.pop("chunk_size_intra", None)
+    return given, fitting_chunk_size(dims.S, caller) if intra is None else intra
+
+
+def _check_chunks(S: int, intra: int, name_inter: str, inter: int) -> None:
+    check_power_of_two("chunk_size_intra", intra, MIN_BLOCK, MAX_CHUNK)
+    check_power_of_two(name_inter, inter, MIN_BLOCK, MAX_CHUNK)
+    if inter > intra:  # both powers of two: inter <= intra is the same as inter dividing intra
+        raise ValueError(f"{name_inter}={inter} must be <= chunk_size_intra={intra} (and divide it)")
+    if S % intra:
+        raise ValueError(
+            f"sequence length S={S} must be a multiple of chunk_size_intra={intra} "
+            f"(the registry entry '{KERNEL_NAME}' pads any S)"
+        )
+
+
+def _check_launch(config, warps: tuple[str, ...], stages: tuple[str, ...]) -> None:
+    for name in warps:
+        check_power_of_two(name, getattr(config, name), 1, 16)
+    for name in stages:
+        check_int_range(name, getattr(config, name), 1, 8)
+
+
+def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm_chunkwise_fw", **given) -> FwConfig:
+    """``given`` choices (None = default) over :func:`fw_defaults` for q/k/v of ``dtype``, every rule
+    checked (ValueError naming it). chunk_size_intra defaults to :func:`fitting_chunk_size`."""
+    given, intra = _filled(given, FW_OPTIONS, dims, caller)
+    config = FwConfig(**{**fw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra})
+    _check_chunks(dims.S, intra, "chunk_size_inter", config.chunk_size_inter)
+    dhqk_pad, dhv_pad = padded_dim(dims.DHQK), padded_dim(dims.DHV)
+    for name, high in (("siz_b_L_parallel", intra), ("siz_b_L_loop", intra), ("siz_b_DH_parallel", dhv_pad),
+                       ("siz_b_DH_loop", dhqk_pad), ("siz_b_DHQK_inter", dhqk_pad), ("siz_b_DHV_inter", dhv_pad)):
+        check_power_of_two(name, getattr(config, name), MIN_BLOCK, high)
+    _check_launch(config, ("num_warps_intra", "num_warps_inter"), ("num_stages_intra", "num_stages_inter"))
+    return config
+
+
+def resolve_bw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm_chunkwise_bw", **given) -> BwConfig:
+    """``given`` choices (None = default) over :func:`bw_defaults`, every rule checked (ValueError naming
+    it). chunk_size_intra defaults to :func:`fitting_chunk_size`."""
+    given, intra = _filled(given, BW_OPTIONS, dims, caller)
+    config = BwConfig(**{**bw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra})
+    _check_chunks(dims.S, intra, "chunk_size_recurrent", config.chunk_size_recurrent)
+    dhqk_pad, dhv_pad = padded_dim(dims.DHQK), padded_dim(dims.DHV)
+    dh_pad = max(dhqk_pad, dhv_pad)
+    for name, high in (("block_steps_owned", intra), ("block_steps_looped", intra), ("block_dh_owned", dh_pad),
+                       ("block_dh_contracted", dh_pad), ("block_dhqk_recurrent", dhqk_pad),
+                       ("block_dhv_recurrent", dhv_pad)):
+        check_power_of_two(name, getattr(config, name), MIN_BLOCK, high)
+    _check_launch(config, ("num_warps_parallel", "num_warps_recurrent"),
+                  ("num_stages_parallel", "num_stages_recurrent"))
+    return config
