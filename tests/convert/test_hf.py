@@ -13,8 +13,8 @@ import pytest
 from flax import nnx, traverse_util
 from safetensors.numpy import load_file, save_file
 
-from xlstm_flax.convert import CheckpointError, HFConfigError, load_hf, save_hf
 from xlstm_flax import generate
+from xlstm_flax.convert import CheckpointError, HFConfigError, load_hf, save_hf
 
 from ..model.helpers import assert_close_to_scale, make_model, small_config
 from .conftest import FIXTURE_DIR, FIXTURES, copy_fixture, reference

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
+from xlstm_flax import load_trained_model
 from xlstm_flax.config import ConfigError
 from xlstm_flax.convert import load_hf, save_hf
 from xlstm_flax.model import xLSTMLMModel
-from xlstm_flax import load_trained_model
 from xlstm_flax.train import load_recipe, train
 
 from ..model.helpers import perturb_params

@@ -26,11 +26,10 @@ DEFAULT_EOS = "<|endoftext|>"
 
 def hf_to_run(hf_dir: str | Path, run_dir: str | Path, *, dtype: str | None = None) -> Path:
     """Write HF checkpoint ``hf_dir`` as a new run directory ``run_dir`` (refuses an existing one)."""
-    from ..train.checkpoint import Checkpointer
+    from ..train.checkpoint import CHECKPOINT_DIR, Checkpointer
     from ..train.data import DataConfig
-    from ..train.checkpoint import CHECKPOINT_DIR
-    from ..train.recipe import CONFIG_FILE as RUN_CONFIG_FILE
     from ..train.optim import make_optimizer
+    from ..train.recipe import CONFIG_FILE as RUN_CONFIG_FILE
     from ..train.recipe import RunConfig
 
     run_dir = Path(run_dir)
