@@ -15,6 +15,7 @@ from flax import nnx, traverse_util
 from xlstm_flax import load_trained_model
 from xlstm_flax.config import ConfigError
 from xlstm_flax.convert import load_hf, save_hf
+from xlstm_flax.convert.hf import ModelTensors, read_params
 from xlstm_flax.model import xLSTMLMModel
 from xlstm_flax.train import load_recipe, train
 
@@ -36,9 +37,7 @@ train: {{steps: 1, batch_size: 2, seq_len: 16, eval_every: 1, eval_batches: 1, s
 
 def hf_layout(model) -> dict:
     """Parameters keyed by HF tensor name (so stacked and unstacked models compare)."""
-    from xlstm_flax.convert.init_from import ModelParams
-
-    source = ModelParams(model, "model")
+    source = ModelTensors(model, "model")
     return {name: source.read(name) for name in source.names}
 
 
@@ -97,15 +96,13 @@ def test_finetune_recipe_fits_its_fixture():
 
 def test_any_model_refills_from_another_through_hf_names():
     """Run directories seed runs through the same names, also for blocks HF lacks (sLSTM)."""
-    from xlstm_flax.convert.hf import read_params
-    from xlstm_flax.convert.init_from import ModelParams
 
     from ..model.helpers import make_model, small_config
 
     source = make_model(small_config(), seed=1)  # an mLSTM block and an sLSTM block
     target = nnx.to_pure_dict(nnx.state(xLSTMLMModel(small_config(), rngs=nnx.Rngs(9)), nnx.Param))
     shardings = jax.tree.map(lambda x: x.sharding, target)
-    filled = traverse_util.flatten_dict(read_params(ModelParams(source, "source"), target, shardings, 2))
+    filled = traverse_util.flatten_dict(read_params(ModelTensors(source, "source"), target, shardings, 2))
     expected = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(source, nnx.Param)))
     assert filled.keys() == expected.keys()
     for path, value in expected.items():

@@ -163,6 +163,32 @@ def _host_value(ckpt: SafetensorsDir, names: list[str], path: ParamPath, stacked
     return buffer
 
 
+class ModelTensors:
+    """A model's parameters seen under HF tensor names, with :class:`SafetensorsDir`'s interface
+    (``names``, ``shape``, ``read``, ``where``): the source of an export and of ``train.init_from``
+    from a run. Each ``read`` copies one tensor (one block of a stacked parameter) to the host."""
+
+    def __init__(self, model: xLSTMLMModel, label: str | Path = "model"):
+        self.path = label
+        flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        self.names: dict[str, tuple] = {}  # HF name -> (array, our path, block index or None)
+        for p, leaf in flat.items():
+            for i, name in enumerate(hf_names(p, model.config.num_blocks)):
+                self.names[name] = (leaf, p, i if _is_stacked(p) else None)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        leaf, p, block = self.names[name]
+        return _hf_shape(p, tuple(leaf.shape), block is not None)
+
+    def read(self, name: str) -> np.ndarray:
+        leaf, p, block = self.names[name]
+        x = np.asarray(jax.device_get(leaf if block is None else leaf[block]))
+        return x.T if stored_transposed(p) else x
+
+    def where(self, name: str) -> str:
+        return f"{self.path}: parameter {name!r}"
+
+
 def save_hf(model: xLSTMLMModel, path: str | Path, *, dtype: str | None = None, max_shard_bytes: int = 2 << 30) -> Path:
     """Write ``model`` as an HF ``xLSTMForCausalLM`` directory (config.json + safetensors) that
     ``transformers`` loads. ``path`` must not exist yet (nothing is overwritten); the directory appears
@@ -176,30 +202,14 @@ def save_hf(model: xLSTMLMModel, path: str | Path, *, dtype: str | None = None, 
     store = np.dtype(NUMPY_DTYPES[dtype or config.param_dtype])
     if dtype:
         hf_config["dtype"] = dtype
-    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    sources = {}  # HF name -> (our path, block index or None)
-    for p in flat:
-        for i, name in enumerate(hf_names(p, config.num_blocks)):
-            sources[name] = (p, i if _is_stacked(p) else None)
+    tensors = ModelTensors(model)
     if config.tie_embeddings:
-        sources[LM_HEAD] = (("embedding", "embedding"), None)
-
-    def produce(name: str) -> np.ndarray:
-        p, block = sources[name]
-        x = flat[p] if block is None else flat[p][block]
-        x = np.asarray(jax.device_get(x))
-        return (x.T if stored_transposed(p) else x).astype(store)
-
-    def shape_of(name: str) -> tuple[int, ...]:
-        p, block = sources[name]
-        shape = tuple(flat[p].shape) if block is None else tuple(flat[p].shape[1:])
-        return shape[::-1] if stored_transposed(p) else shape
-
+        tensors.names[LM_HEAD] = tensors.names[EMBEDDING]  # both (vocab, width)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        entries = [(name, shape_of(name), store.itemsize) for name in sorted(sources)]
-        write_sharded(staging, entries, produce, max_shard_bytes)
+        entries = [(name, tensors.shape(name), store.itemsize) for name in sorted(tensors.names)]
+        write_sharded(staging, entries, lambda name: tensors.read(name).astype(store), max_shard_bytes)
         (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         os.replace(staging, path)
     except BaseException:

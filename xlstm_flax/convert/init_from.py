@@ -11,44 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
-import numpy as np
-from flax import nnx, traverse_util
 
 from ..config import ConfigError
 from ..model_config import xLSTMLMConfig
-from .hf import LM_HEAD, hf_names, read_params, stored_transposed, tied_in_checkpoint
+from .hf import LM_HEAD, ModelTensors, read_params, tied_in_checkpoint
 from .hf_config import architecture_differences, from_hf_config
 from .safetensors_dir import CONFIG_FILE, SafetensorsDir
 
 RUN_CONFIG_FILE = "config.yaml"
 
 
-class ModelParams:
-    """A model's parameters seen as an HF checkpoint (``names``, ``shape``, ``read``, ``where``)."""
-
-    def __init__(self, model: nnx.Module, source: Path):
-        self.path = source
-        self.names: dict[str, tuple] = {}
-        flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-        for p, leaf in flat.items():
-            names = hf_names(p, model.config.num_blocks)
-            for i, name in enumerate(names):
-                self.names[name] = (leaf, p, i if len(names) > 1 else None)
-
-    def read(self, name: str) -> np.ndarray:
-        leaf, p, block = self.names[name]
-        x = np.asarray(jax.device_get(leaf if block is None else leaf[block]))
-        return x.T if stored_transposed(p) else x
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.read(name).shape
-
-    def where(self, name: str) -> str:
-        return f"{self.path}: parameter {name!r}"
-
-
 def check_init_source(source: str | Path) -> str:
-    """ "hf" or "run" for a usable ``train.init_from`` directory, else ``ConfigError`` (checked before a
+    """The kind ("hf" or "run") of a usable ``train.init_from`` directory, else ``ConfigError`` (checked before a
     run touches its directory)."""
     source = Path(source)
     if (source / CONFIG_FILE).is_file():
@@ -77,7 +51,7 @@ def init_params_from(source: str | Path, model_config: xLSTMLMConfig, params: di
 
     model, run_config, _ = load_trained_model(source)
     _check_same_network(run_config.model, model_config, where)
-    return read_params(ModelParams(model, source), params, shardings, model_config.num_blocks)
+    return read_params(ModelTensors(model, source), params, shardings, model_config.num_blocks)
 
 
 def _check_same_network(checkpoint: xLSTMLMConfig, recipe: xLSTMLMConfig, where: str) -> None:
