@@ -64,19 +64,23 @@ def logical_axes(graphdef: nnx.GraphDef, params: Any, rest: Any) -> Any:
     return nnx.to_pure_dict(specs)
 
 
+def param_shardings(names: Any, params: Any, mesh: Mesh) -> Any:
+    """``NamedSharding`` of every parameter of the pure dict ``params`` from its logical axis ``names``
+    (a pure dict of ``PartitionSpec`` of logical names, as :func:`logical_axes` gives)."""
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, mesh_spec(tuple(spec), x.shape, mesh)),
+        names,
+        params,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
 def state_shardings(graphdef: nnx.GraphDef, state: Any, rest: Any, mesh: Mesh) -> Any:
     """``NamedSharding`` of every array of ``state = {"params", "opt_state"}`` (arrays or
     ``jax.ShapeDtypeStruct``): parameters by their logical axes and :data:`RULES`; an optimiser leaf
     whose tree path ends with a parameter's path (AdamW moments) like that parameter; the rest
     (step counts) replicated."""
-    names = logical_axes(graphdef, state["params"], rest)
-    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
-    params = jax.tree.map(
-        lambda spec, x: NamedSharding(mesh, mesh_spec(tuple(spec), x.shape, mesh)),
-        names,
-        state["params"],
-        is_leaf=is_spec,
-    )
+    params = param_shardings(logical_axes(graphdef, state["params"], rest), state["params"], mesh)
     by_path = {path: s for path, s in jax.tree_util.tree_flatten_with_path(params)[0]}
     replicated = NamedSharding(mesh, PartitionSpec())
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed, sharding
 from ..config import ConfigError, save_config, to_dict
+from ..convert.init_from import check_init_source, init_params_from
 from ..inference import sample_text
 from .checkpoint import CHECKPOINT_DIR, Checkpointer
 from .data import Corpus, load_corpus, sample_windows
@@ -113,6 +114,8 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     tc = config.train
     run_dir = Path(config.run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
+    if tc.init_from:
+        check_init_source(tc.init_from)
     if main_process:
         _prepare_run_dir(config, run_dir, ckpt_dir)
     distributed.sync("run directory prepared")
@@ -132,6 +135,9 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     if config.resume and checkpointer.latest_step() is not None:
         state, meta, start = checkpointer.restore(state)
         log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
+    elif tc.init_from:
+        state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
+        log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
     if main_process:
         save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
