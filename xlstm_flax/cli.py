@@ -2,11 +2,12 @@
 ``xlstm-flax generate --run-dir DIR [--prompt TEXT]`` (also ``python -m xlstm_flax ...``).
 
 The top of the package: the library never imports this module."""
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,8 +16,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model from a YAML recipe")
     train.add_argument("--config", required=True, help="recipe YAML, e.g. configs/train_tiny.yaml")
-    train.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="dotted overrides parsed as YAML, e.g. optim.lr=1e-3 train.steps=100")
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides parsed as YAML, e.g. optim.lr=1e-3 train.steps=100",
+    )
 
     gen = commands.add_parser("generate", help="sample text from a run's checkpoint")
     gen.add_argument("--run-dir", required=True, help="run directory written by `train`")
@@ -24,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tokens", type=int, default=200, help="new tokens to generate")
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep this probability mass")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     return parser
@@ -34,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
     from .train.data import DataError
     from .train.loop import NonFiniteLossError
+
     try:
         if args.command == "train":
             return run_train(args)
@@ -46,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from .train.loop import train
     from .train.recipe import load_recipe
+
     result = train(load_recipe(args.config, args.overrides))
     return 130 if result.interrupted else 0
 
@@ -53,10 +61,22 @@ def run_train(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from .inference import load_trained_model, sample_text
     from .train.data import make_tokenizer
+
     model, config, step = load_trained_model(args.run_dir, args.step)
     print(f"# {args.run_dir}, step {step}", file=sys.stderr)
-    print(sample_text(model, make_tokenizer(config.data), args.prompt, args.tokens, seed=args.seed,
-                      temperature=args.temperature, top_k=args.top_k))
+    print(args.prompt, end="", flush=True)  # then the text as it is generated (stops after an EOS)
+    sample_text(
+        model,
+        make_tokenizer(config.data),
+        args.prompt,
+        args.tokens,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        on_text=lambda piece: print(piece, end="", flush=True),
+    )
+    print()
     return 0
 
 
