@@ -36,7 +36,10 @@ def logits_alone(model, tokens):
 def configs():
     yield "xlstm7b + sLSTM", small_config("xlstm7b", kernel="recurrent--jax")
     yield "paper + sLSTM", small_config("paper", kernel="recurrent--jax")
-    yield "paper, chunkwise", small_config("paper", kernel="chunkwise--jax", slstm_at=())
+    yield (
+        "paper, chunkwise, scan+remat",
+        small_config("paper", kernel="chunkwise--jax", slstm_at=(), scan_layers=True, remat=True),
+    )
     yield "sLSTM only", small_config(slstm_at=(0, 1))
 
 
@@ -57,7 +60,8 @@ def test_packed_logits_equal_per_document_logits(name, config):
     for d, (row, begin, end) in enumerate(spans):
         alone_rows = alone_rows.at[d, : end - begin].set(tokens[row, begin:end])
     packed = packed_logits(model, tokens, segment_ids)
-    alone = logits_alone(model, alone_rows)
+    alone = logits_alone(model, jnp.concatenate([alone_rows, tokens]))  # + the rows without resets
+    alone, unpacked = alone[: len(spans)], alone[len(spans) :]
     for d, (row, begin, end) in enumerate(spans):
         assert_close_to_scale(
             packed[row, begin:end],
@@ -65,7 +69,7 @@ def test_packed_logits_equal_per_document_logits(name, config):
             PACKED_REL_TOL,
             f"{name}: document {begin}:{end} of row {row}",
         )
-    unpacked = logits_alone(model, tokens)  # without resets the documents see each other: the test must tell
+    # without resets the documents see each other: the test must tell
     assert float(jnp.abs(unpacked[0, 5:] - packed[0, 5:]).max()) > 1e-3, "the resets changed nothing"
 
 
