@@ -30,41 +30,49 @@ class Generation(NamedTuple):
     lengths: jax.Array  # int32 (B,): new tokens per row, its EOS included
 
 
-def sample_token(
-    logits: jax.Array, keys: jax.Array, temperature: float, top_k: int | None, top_p: float | None
-) -> jax.Array:
+def sample_token(logits: jax.Array, keys: jax.Array, temperature, top_k: int | None, top_p=1.0) -> jax.Array:
     """logits (B, V), keys (B,) -> int32 (B,): argmax for temperature 0, else a draw from
     softmax(logits / T) restricted to the ``top_k`` largest logits and then to the smallest set of
-    tokens whose probability reaches ``top_p`` (nucleus)."""
-    if temperature == 0.0:
+    tokens whose probability reaches ``top_p`` (nucleus; 1 keeps all). ``temperature`` and ``top_p``
+    may be traced scalars (one compilation serves all their values)."""
+
+    def draw(logits):
+        logits = logits.astype(jnp.float32) / temperature
+        if top_k is not None:
+            kth_largest = jax.lax.top_k(logits, top_k)[0][..., -1:]
+            logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+        logits = jax.lax.cond(top_p < 1.0, _nucleus, lambda logits, _: logits, logits, top_p)
+        return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+    def greedy(logits):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / temperature
-    if top_k is not None:
-        kth_largest = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-    if top_p is not None and top_p < 1.0:
-        descending = -jnp.sort(-logits, axis=-1)
-        probs = jax.nn.softmax(descending, axis=-1)
-        keep = jnp.cumsum(probs, axis=-1) - probs < top_p  # the mass before a token is below top_p
-        smallest_kept = jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < smallest_kept, -jnp.inf, logits)
-    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, draw, greedy, logits)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "callback"))
+def _nucleus(logits: jax.Array, top_p) -> jax.Array:
+    """logits (B, V) with all but the most likely tokens whose mass before them is < top_p at -inf."""
+    descending = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(descending, axis=-1)
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p
+    smallest_kept = jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < smallest_kept, -jnp.inf, logits)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "callback"))
 def _generate(
-    graphdef, params, prompt, segment_ids, row_keys, *, max_new_tokens, temperature, top_k, top_p, eos_id, callback
+    graphdef, params, prompt, segment_ids, row_keys, temperature, top_p, eos_id, *, max_new_tokens, top_k, callback
 ):
+    """eos_id: int32 scalar, -1 for none."""
     model = nnx.merge(graphdef, params)
     logits, state = model(prompt, segment_ids=segment_ids, return_state=True)
 
     def sample(logits, t, done):
-        token = sample_token(logits, jax.vmap(jax.random.fold_in, (0, None))(row_keys, t), temperature, top_k, top_p)
-        if eos_id is not None:
-            token = jnp.where(done, eos_id, token)
+        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
+        token = jnp.where(done, eos_id, sample_token(logits, keys, temperature, top_k, top_p))
         if callback is not None:
             jax.debug.callback(callback, token, ~done, ordered=True)
-        return token, done if eos_id is None else done | (token == eos_id)
+        return token, done | (token == eos_id)
 
     no_row_done = jnp.zeros(prompt.shape[0], bool)
     first, done = sample(logits[:, -1], 0, no_row_done)
@@ -120,11 +128,11 @@ def generate(
         jnp.asarray(prompt),
         segment_ids,
         row_keys,
+        jnp.float32(temperature),
+        jnp.float32(1.0 if top_p is None else top_p),
+        jnp.int32(-1 if eos_id is None else eos_id),
         max_new_tokens=max_new_tokens,
-        temperature=float(temperature),
         top_k=top_k,
-        top_p=None if top_p is None else float(top_p),
-        eos_id=eos_id,
         callback=callback,
     )
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from xlstm_flax.inference import sample_text
 from xlstm_flax.sampling import generate
@@ -38,13 +39,18 @@ def test_greedy_generation_equals_argmax_of_full_sequence_logits(model, prompt):
     out = generate(model, prompt, NEW, key=jax.random.key(0), temperature=0.0)
     assert out.tokens.shape == (2, NEW) and out.tokens.dtype == jnp.int32
     np.testing.assert_array_equal(out.lengths, [NEW, NEW])
-    logits = model(jnp.concatenate([prompt, out.tokens], axis=1))
+    logits = logits_of(model, jnp.concatenate([prompt, out.tokens], axis=1))
     # each generated token is the argmax of the logits of the whole sequence one position earlier
     np.testing.assert_array_equal(out.tokens, jnp.argmax(logits[:, PROMPT_LEN - 1 : -1], axis=-1))
 
 
+@nnx.jit
+def logits_of(model, tokens):
+    return model(tokens)
+
+
 def teacher_forced_logits(model, prompt, tokens):
-    return model(jnp.concatenate([prompt, tokens], axis=1))[:, PROMPT_LEN - 1 : -1]
+    return logits_of(model, jnp.concatenate([prompt, tokens], axis=1))[:, PROMPT_LEN - 1 : -1]
 
 
 def test_top_k_sampling_stays_in_the_top_k(model, prompt):
@@ -82,7 +88,7 @@ def test_ragged_batch_equals_rows_generated_alone(model, ragged, temperature):
     """Prompts of lengths 3, 8, 1 in one call (as a list, and as a left-aligned padded array plus
     lengths) give each row the tokens it gets alone with its own key."""
     keys = jax.random.split(jax.random.key(11), len(ragged))
-    sampling = dict(temperature=temperature, top_k=20)
+    sampling = dict(temperature=temperature, top_p=0.9)
     batch = generate(model, ragged, NEW, key=keys, **sampling)
     padded = np.zeros((len(ragged), max(RAGGED_LENGTHS) + 2), np.int32)
     for b, row in enumerate(ragged):
