@@ -3,18 +3,20 @@
 Sequence kernels share one calling convention (see ``xlstm_flax.kernels`` docs):
 
     h = kernel(q, k, v, i, f, *, c_initial=None, n_initial=None, m_initial=None,
-               return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=..., **impl_options)
+               return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=..., segment_ids=None,
+               **impl_options)
 
 Step kernels ("step--*") advance one token: ``h, (c, n, m) = kernel(q, k, v, i, f, c, n, m, ...)``.
 Backends may be registered lazily as ``"module:attribute"`` strings so that importing the registry
 never imports Triton.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +95,7 @@ def resolve_kernel_name(name: str) -> str:
             _warned_fallback = True
         return chosen
     if name not in _KERNELS:
-        raise ValueError(
-            f"unknown kernel {name!r}; available kernels: {', '.join(available_kernels())} (or 'auto')"
-        )
+        raise ValueError(f"unknown kernel {name!r}; available kernels: {', '.join(available_kernels())} (or 'auto')")
     return name
 
 
