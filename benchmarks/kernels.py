@@ -2,11 +2,13 @@
 
     python benchmarks/kernels.py --kernels chunkwise--jax,parallel--jax \
         --shapes 8x8x8192x256x512,8x16x8192x128x256 --dtype bfloat16 --modes fw,fwbw \
-        [--attention] [--kernel-options chunk_size=128] [--out benchmarks/results/NAME.md]
+        [--attention] [--kernel-options chunk_size=128] [--segments 0,16] [--out benchmarks/results/NAME.md]
 
 Shapes are BxNHxSxDHQKxDHV. Inputs: q, k, v random normal in ``--dtype``; gates i ~ 2 N(0, 1),
 f ~ N(3, 1) in fp32 (as a layer passes them); three input sets rotated (tests/reference.py's draw).
 "fwbw" times ``jax.vjp`` of the kernel with a random cotangent on h (gradients for q, k, v, i, f).
+``--segments 0,16``: rows without document resets (0: no ``segment_ids`` passed) and with 16 documents
+per row, cut at random places (seeded; the same cuts for every kernel), to compare reset and no-reset speed.
 
 Work model (chunkwise algorithm, per token of one head, K = DHQK, V = DHV, chunk L = 128 for every
 row so that TFLOP/s compares kernels on the same work; the same count as benchmarks/tune_triton_fw.py):
@@ -24,28 +26,47 @@ the first shape (B=8, S=8192 with 32 heads x 128 for the default shapes), bf16, 
 FLOP 2 B N S^2 H forward (causal half of q k^T and P v), 3.5 x that forward+backward.
 A kernel that fails (out of memory, unsupported) gets its error in its row; the run goes on.
 """
+
 from __future__ import annotations
 
 import argparse
 import functools
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
 from benchmarks.timing import (  # noqa: E402
-    compiled_peak_bytes, floor_ms, markdown_table, median_ms, mlstm_inputs, write_report,
+    compiled_peak_bytes,
+    floor_ms,
+    markdown_table,
+    median_ms,
+    mlstm_inputs,
+    write_report,
 )
 from xlstm_flax.kernels import get_kernel  # noqa: E402
 
 FLOP_MODEL_CHUNK = 128
 INPUT_SETS = 3
-COLUMNS = ["kernel", "shape", "mode", "options", "ms", "TFLOP/s", "floor ms", "% of floor",
-           "GFLOP", "min GB", "peak GiB", "note"]
+COLUMNS = [
+    "kernel",
+    "shape",
+    "mode",
+    "options",
+    "ms",
+    "TFLOP/s",
+    "floor ms",
+    "% of floor",
+    "GFLOP",
+    "min GB",
+    "peak GiB",
+    "note",
+]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -107,8 +128,15 @@ def measure(fn: Callable, input_sets, flop: float, min_bytes: float) -> dict:
     peak = compiled_peak_bytes(fn, *input_sets[0])
     ms = median_ms(fn, input_sets)
     floor = floor_ms(flop, min_bytes)
-    return {"ms": ms, "TFLOP/s": flop / ms / 1e9, "floor ms": floor, "% of floor": 100 * floor / ms,
-            "GFLOP": flop / 1e9, "min GB": min_bytes / 1e9, "peak GiB": peak / 2**30}
+    return {
+        "ms": ms,
+        "TFLOP/s": flop / ms / 1e9,
+        "floor ms": floor,
+        "% of floor": 100 * floor / ms,
+        "GFLOP": flop / 1e9,
+        "min GB": min_bytes / 1e9,
+        "peak GiB": peak / 2**30,
+    }
 
 
 def failure_note(err: Exception) -> str:
@@ -126,16 +154,30 @@ def row(kernel: str, shape: str, mode: str, options: dict, run: Callable) -> lis
     return [kernel, shape, mode, opts] + [numbers.get(c, "-") for c in COLUMNS[4:-1]] + [note]
 
 
-def mlstm_rows(names, shapes, dtype, modes, options) -> list[list]:
+def random_segment_ids(B: int, S: int, documents: int, seed: int = 0) -> np.ndarray:
+    """(B, S) int32 ids of ``documents`` documents per row, cut at distinct random places."""
+    rng = np.random.default_rng(seed)
+    resets = np.zeros((B, S), bool)
+    for b in range(B):
+        resets[b, rng.choice(np.arange(1, S), size=documents - 1, replace=False)] = True
+    return np.cumsum(resets, axis=1).astype(np.int32)
+
+
+def measure_mlstm(name, shape, dtype, mode, options, documents, input_sets) -> dict:
+    """:func:`measure` of kernel ``name`` (with ``documents`` random documents per row when > 0)."""
+    ids = random_segment_ids(shape[0], shape[2], documents) if documents else None
+    fn = functools.partial(get_kernel(name), segment_ids=ids, **options)
+    return measure(timed_function(fn, 5, mode), input_sets, *mlstm_work(shape, dtype, mode))
+
+
+def mlstm_rows(names, shapes, dtype, modes, options, segment_counts=(0,)) -> list[list]:
     rows = []
     for shape in shapes:
         input_sets = [mlstm_inputs(shape, dtype, seed) for seed in range(INPUT_SETS)]
-        for name, mode in ((n, m) for n in names for m in modes):
-            def run():
-                fn = functools.partial(get_kernel(name), **options)
-                return measure(timed_function(fn, 5, mode), input_sets, *mlstm_work(shape, dtype, mode))
-
-            rows.append(row(name, "x".join(map(str, shape)), mode, options, run))
+        for name, mode, documents in ((n, m, d) for n in names for m in modes for d in segment_counts):
+            run = functools.partial(measure_mlstm, name, shape, dtype, mode, options, documents, input_sets)
+            row_options = dict(options, segments=documents) if documents else options
+            rows.append(row(name, "x".join(map(str, shape)), mode, row_options, run))
             print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
         input_sets = None  # frees this shape's inputs before the next shape's are drawn
     return rows
@@ -153,13 +195,13 @@ def attention_rows(shape, modes) -> list[list]:
     def attention(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
+    def run(mode):
+        input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
+        return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
+
     rows = []
     for mode in modes:
-        def run():
-            input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
-            return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
-
-        rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, run))
+        rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, functools.partial(run, mode)))
         print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
@@ -167,21 +209,31 @@ def attention_rows(shape, modes) -> list[list]:
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="chunkwise--jax", help="comma-separated registry names")
-    parser.add_argument("--shapes", default="8x8x8192x256x512,8x16x8192x128x256",
-                        help="comma-separated BxNHxSxDHQKxDHV")
+    parser.add_argument(
+        "--shapes", default="8x8x8192x256x512,8x16x8192x128x256", help="comma-separated BxNHxSxDHQKxDHV"
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--modes", default="fw,fwbw", help="comma-separated subset of fw,fwbw")
     parser.add_argument("--attention", action="store_true", help="add cuDNN causal attention rows")
     parser.add_argument("--kernel-options", default="", type=parse_options, help="key=value,... for every kernel")
+    parser.add_argument("--segments", default="0", help="comma-separated documents per row (0: no segment_ids)")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
+    try:
+        segment_counts = [int(x) for x in args.segments.split(",")]
+    except ValueError:
+        segment_counts = [-1]
+    if min(segment_counts) < 0:
+        parser.error(f"--segments must be comma-separated ints >= 0, got {args.segments!r}")
     shapes = [parse_shape(s) for s in args.shapes.split(",")]
     modes = args.modes.split(",")
     if not set(modes) <= {"fw", "fwbw"}:
         parser.error(f"--modes must be a subset of fw,fwbw, got {args.modes!r}")
 
     print("| " + " | ".join(COLUMNS) + " |", flush=True)
-    rows = mlstm_rows(args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options)
+    rows = mlstm_rows(
+        args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options, segment_counts
+    )
     if args.attention:
         rows += attention_rows(shapes[0], modes)
     return write_report("mLSTM kernel benchmark", [[markdown_table(COLUMNS, rows)]], args.out)
