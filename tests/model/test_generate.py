@@ -16,7 +16,7 @@ from xlstm_flax.train.data import ByteTokenizer
 from .helpers import VOCAB, make_model, random_tokens, small_config
 
 PROMPT_LEN, NEW = 5, 7
-RAGGED_LENGTHS = (3, 8, 1)
+RAGGED_LENGTHS = (2, 6, 2)  # rows 0 and 2 alone share a compilation
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_zero_new_tokens(model, prompt):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_ragged_batch_equals_rows_generated_alone(model, ragged, temperature):
-    """Prompts of lengths 3, 8, 1 in one call (as a list, and as a left-aligned padded array plus
+    """Prompts of lengths 2, 6, 2 in one call (as a list, and as a left-aligned padded array plus
     lengths) give each row the tokens it gets alone with its own key."""
     keys = jax.random.split(jax.random.key(11), len(ragged))
     sampling = dict(temperature=temperature, top_p=0.9)

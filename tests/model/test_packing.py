@@ -34,13 +34,13 @@ def logits_alone(model, tokens):
 
 
 def configs():
+    """Both mLSTM variants (the paper one with its causal conv, in a scanned + rematerialised stack) and
+    sLSTM blocks (scan and conv)."""
     yield "xlstm7b + sLSTM", small_config("xlstm7b", kernel="recurrent--jax")
-    yield "paper + sLSTM", small_config("paper", kernel="recurrent--jax")
     yield (
         "paper, chunkwise, scan+remat",
         small_config("paper", kernel="chunkwise--jax", slstm_at=(), scan_layers=True, remat=True),
     )
-    yield "sLSTM only", small_config(slstm_at=(0, 1))
 
 
 @pytest.mark.parametrize("name, config", list(configs()), ids=[name for name, _ in configs()])
