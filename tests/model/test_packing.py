@@ -3,7 +3,8 @@ logits of its document run alone from a zero state: mLSTM (both variants, incl. 
 causal conv), sLSTM (scan, with its conv) and a mix; also with an initial state (first document only).
 
 Tolerance: fp32 logits within PACKED_REL_TOL of their scale (documents sit at other chunk offsets
-inside a packed row, so the kernels sum in another order)."""
+inside a packed row, so the kernels sum in another order); with chunkwise--triton on a GPU (``-m gpu``)
+within GPU_REL_TOL, the fp32 tolerance of the Triton kernel tests."""
 
 import itertools
 
@@ -12,9 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from .helpers import assert_close_to_scale, make_model, random_tokens, small_config
+from xlstm_flax.kernels import default_kernel
+
+from .helpers import assert_close_to_scale, make_model, random_tokens, replace_mlstm, small_config
 
 PACKED_REL_TOL = 1e-5
+GPU_REL_TOL = 1e-4
+ON_GPU = default_kernel() == "chunkwise--triton"
 # two rows of 14 tokens: documents of lengths 5, 1, 8 and 9, 5
 DOCUMENTS = ((5, 1, 8), (9, 5))
 
@@ -36,15 +41,17 @@ def logits_alone(model, tokens):
 def configs():
     """Both mLSTM variants (the paper one with its causal conv, in a scanned + rematerialised stack) and
     sLSTM blocks (scan and conv)."""
-    yield "xlstm7b + sLSTM", small_config("xlstm7b", kernel="recurrent--jax")
-    yield (
-        "paper, chunkwise, scan+remat",
-        small_config("paper", kernel="chunkwise--jax", slstm_at=(), scan_layers=True, remat=True),
-    )
+    yield pytest.param(small_config("xlstm7b", kernel="recurrent--jax"), PACKED_REL_TOL, id="xlstm7b + sLSTM")
+    scanned = small_config("paper", kernel="chunkwise--jax", slstm_at=(), scan_layers=True, remat=True)
+    yield pytest.param(scanned, PACKED_REL_TOL, id="paper, chunkwise, scan+remat")
+    gpu = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU with jax-triton")]
+    for variant in ("xlstm7b", "paper"):
+        config = replace_mlstm(small_config(variant, embedding_dim=64), kernel="chunkwise--triton", chunk_size=16)
+        yield pytest.param(config, GPU_REL_TOL, id=f"{variant} + sLSTM, triton", marks=gpu)
 
 
-@pytest.mark.parametrize("name, config", list(configs()), ids=[name for name, _ in configs()])
-def test_packed_logits_equal_per_document_logits(name, config):
+@pytest.mark.parametrize("config, tolerance", configs())
+def test_packed_logits_equal_per_document_logits(config, tolerance):
     """Each document alone is a row of its own starting at position 0, right-padded with other tokens
     (causality: the padding cannot change the document's logits), all in one call."""
     model = make_model(config, seed=3)
@@ -66,8 +73,8 @@ def test_packed_logits_equal_per_document_logits(name, config):
         assert_close_to_scale(
             packed[row, begin:end],
             alone[d, : end - begin],
-            PACKED_REL_TOL,
-            f"{name}: document {begin}:{end} of row {row}",
+            tolerance,
+            f"document {begin}:{end} of row {row}",
         )
     # without resets the documents see each other: the test must tell
     assert float(jnp.abs(unpacked[0, 5:] - packed[0, 5:]).max()) > 1e-3, "the resets changed nothing"
