@@ -58,7 +58,7 @@ def sample_text(
     piece as it is produced."""
     ids = tokenizer.encode(prompt.encode())
     ids = np.asarray(ids if len(ids) else [tokenizer.eos_id], dtype=np.int32)
-    stream = None if on_text is None else _TextStream(tokenizer, on_text)
+    stream = None if on_text is None else _TextStream(tokenizer, on_text, ids.tolist())
     out = generate(
         model,
         ids[None],
@@ -80,10 +80,10 @@ class _TextStream:
     """A ``generate`` callback for one row: decodes the tokens so far and passes on the new text, holding
     back an incomplete UTF-8 character (shown as U+FFFD) until its next bytes arrive."""
 
-    def __init__(self, tokenizer: Tokenizer, on_text: Callable[[str], None]):
+    def __init__(self, tokenizer: Tokenizer, on_text: Callable[[str], None], prompt_ids: list[int]):
         self.tokenizer, self.on_text = tokenizer, on_text
-        self.ids: list[int] = []
-        self.sent = ""
+        self.ids = list(prompt_ids)  # decoded with the prompt, so word-level tokenizers space the words
+        self.sent = tokenizer.decode(self.ids)
 
     def __call__(self, tokens: np.ndarray, active: np.ndarray) -> None:
         if active[0]:
