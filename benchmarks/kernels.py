@@ -17,8 +17,9 @@ row so that TFLOP/s compares kernels on the same work; the same count as benchma
   8x8x8192x256x512; forward+backward: 3 x forward (each matmul has two gradient matmuls).
 * minimum bytes: forward reads q, k, v (dtype), i, f (fp32) and writes h once; forward+backward also
   reads q, k, v, i, f and the cotangent dh and writes dq, dk, dv, di, df once.
-* floor = max(FLOP / 790 TFLOP/s, bytes / 3.0 TB/s) (H100 bf16 matmul and copy ceilings,
-  benchmarks/timing.py); "% of floor" = floor / measured.
+* floor = max(FLOP / matmul ceiling, bytes / copy ceiling), with the measured ceilings of the card
+  (benchmarks/timing.py ``card_ceilings``: H200 790 TFLOP/s and 4.3 TB/s, H100 790 TFLOP/s and 3.0 TB/s;
+  printed first); "% of floor" = floor / measured.
 * peak memory: XLA's compiled memory analysis, arguments + outputs + temporaries of one call.
 
 ``--attention`` adds cuDNN causal attention (``jax.nn.dot_product_attention``) at the token count of
@@ -42,6 +43,7 @@ import numpy as np
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
 from benchmarks.timing import (  # noqa: E402
+    ceilings_line,
     compiled_peak_bytes,
     floor_ms,
     markdown_table,
@@ -195,13 +197,14 @@ def attention_rows(shape, modes) -> list[list]:
     def attention(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
-    def run(mode):
-        input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
-        return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
-
     rows = []
     for mode in modes:
-        rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, functools.partial(run, mode)))
+
+        def run(mode=mode):
+            input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
+            return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
+
+        rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, run))
         print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
@@ -230,6 +233,7 @@ def main(argv=None) -> str:
     if not set(modes) <= {"fw", "fwbw"}:
         parser.error(f"--modes must be a subset of fw,fwbw, got {args.modes!r}")
 
+    print(ceilings_line(), flush=True)
     print("| " + " | ".join(COLUMNS) + " |", flush=True)
     rows = mlstm_rows(
         args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options, segment_counts

@@ -100,7 +100,13 @@ def resolve_kernel_name(name: str) -> str:
 
 
 def get_kernel(name: str) -> Callable:
-    """The callable registered under ``name`` (``"auto"`` picks :func:`default_kernel`)."""
+    """The callable registered under ``name``. ``"auto"``: where :func:`default_kernel` is the Triton
+    kernel, a dispatcher that picks the faster backend per call shape (``kernels/auto.py``), else the
+    fallback kernel."""
+    if name == AUTO and default_kernel() == TRITON_KERNEL:
+        from .auto import auto_chunkwise  # auto.py imports this module
+
+        return auto_chunkwise
     name = resolve_kernel_name(name)
     fn = _KERNELS[name]
     if isinstance(fn, str):

@@ -31,6 +31,8 @@ _EXPORTS = {
     "generate": "sampling",
     "load_trained_model": "inference",
     "sample_text": "inference",
+    "load_hf": "convert",
+    "save_hf": "convert",
 }
 __all__ = sorted(_EXPORTS)
 

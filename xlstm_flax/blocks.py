@@ -31,14 +31,15 @@ class xLSTMBlock(nnx.Module):
     """Pre-norm residual block around one mLSTM or sLSTM layer and an optional gated FFN."""
 
     def __init__(self, config: xLSTMLMConfig, kind: str, *, rngs: nnx.Rngs):
-        dim, pdt = config.embedding_dim, config.jnp_param_dtype
-        self.norm_mixer = make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt)
+        norm = dict(eps=config.norm_eps, use_bias=config.norm_bias, param_dtype=config.jnp_param_dtype)
+        dim = config.embedding_dim
+        self.norm_mixer = make_norm(config.norm, dim, **norm)
         self.mixer = make_mixer(kind, config, rngs=rngs)
         has_ffn = config.ffn.in_slstm_blocks if kind == "slstm" else config.ffn.in_mlstm_blocks
-        self.norm_ffn = make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt) if has_ffn else None
+        self.norm_ffn = make_norm(config.norm, dim, **norm) if has_ffn else None
         self.ffn = (
             GatedFFN(dim, config.ffn, num_blocks=config.num_blocks, dtype=config.jnp_compute_dtype,
-                     param_dtype=pdt, rngs=rngs)
+                     param_dtype=config.jnp_param_dtype, rngs=rngs)
             if has_ffn else None
         )
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import common
-from . import compat, launch
+from . import launch
 from .chunkwise_bw import launch_backward
 from .chunkwise_fw import launch_forward, recompute_states
 from .shared import KERNEL_NAME, MAX_CHUNK, MIN_BLOCK, check_dtypes, check_power_of_two
@@ -35,14 +35,7 @@ class _Options:
 
 
 def _require_triton_backend() -> None:
-    if launch.interpreter_enabled():
-        return
-    try:
-        compat.import_jax_triton()
-    except ImportError as err:
-        raise ImportError(f"{KERNEL_NAME} needs jax-triton ({err}); use kernel='chunkwise--jax'") from err
-    if not launch.gpu_visible():
-        raise RuntimeError(f"{KERNEL_NAME} needs a CUDA GPU visible to JAX; use kernel='chunkwise--jax'")
+    launch.require_triton_backend(KERNEL_NAME, "chunkwise--jax")
 
 
 def _chunk_size_intra(S: int, chunk_size, chunk_size_intra) -> int:

@@ -35,7 +35,8 @@ class mLSTMLayer(mLSTMMixer):
                                   **gate)
         self.fgate_preact = dense(dim, nh, bias_init=linspace_init(config.fgate_bias_min,
                                                                    config.fgate_bias_max), **gate)
-        self.multihead_norm = MultiHeadNorm(nh, self.dhv, eps=config.norm_eps, param_dtype=param_dtype)
+        self.multihead_norm = MultiHeadNorm(nh, self.dhv, eps=config.norm_eps, use_bias=config.use_bias,
+                                            param_dtype=param_dtype)
         self.out_proj = dense(v_dim, dim, kernel_init=wang_init(dim, num_blocks), **proj)
 
     def init_state(self, batch_size: int) -> mLSTMState:

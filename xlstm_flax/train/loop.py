@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..config import ConfigError, save_config, to_dict
 from ..distributed import DistributedConfig
+from ..convert.init_from import check_init_source, init_params_from
 from ..inference import sample_text
 from .checkpoint import CHECKPOINT_DIR, Checkpointer
 from .data import Corpus, load_corpus, sample_windows
@@ -109,6 +110,8 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     tc = config.train
     run_dir = Path(config.run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
+    if tc.init_from:
+        check_init_source(tc.init_from)
     _prepare_run_dir(config, run_dir, ckpt_dir)
     mesh = distributed.data_mesh()
     distributed.check_batch_divisible(tc.batch_size, mesh)
@@ -124,6 +127,9 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     if config.resume and checkpointer.latest_step() is not None:
         state, meta, start = checkpointer.restore(state)
         log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
+    elif tc.init_from:
+        state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
+        log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
     save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
     train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, mesh, config.distributed)
