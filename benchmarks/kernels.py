@@ -197,6 +197,10 @@ def attention_rows(shape, modes) -> list[list]:
     def attention(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
+    def run(mode):
+        input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
+        return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
+
     rows = []
     for mode in modes:
         rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, functools.partial(run, mode)))
