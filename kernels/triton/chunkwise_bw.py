@@ -105,6 +105,7 @@ def _gates(args: KernelArgs, *names: str):
 
 
 def _variant(args: KernelArgs, kernel, segments_kernel):
+    """``kernel``, or its ``*_segments_kernel`` entry when there are resets."""
     return kernel if args.vecSeg is None else segments_kernel
 
 
