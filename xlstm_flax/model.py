@@ -2,6 +2,7 @@
 
     model = xLSTMLMModel(config, rngs=nnx.Rngs(0))
     logits = model(tokens)                                  # int (B, S) -> float32 (B, S, V)
+    logits = model(tokens, segment_ids=segment_ids)         # packed documents: int (B, S) ids
     logits, state = model(tokens, state, return_state=True)  # carry the recurrent state
     state = model.init_state(batch_size)
     logits, state = model.step(token, state)                # int (B,) -> float32 (B, V)
@@ -9,6 +10,7 @@
 Precision: parameters in ``param_dtype`` (fp32), matmuls in ``compute_dtype``; gate pre-activations,
 norm statistics, recurrent states and logits in fp32.
 """
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,8 +27,9 @@ __all__ = ["xLSTMLMConfig", "xLSTMLMModel"]
 def _check_tokens(tokens: jax.Array, rank: int, name: str) -> None:
     if tokens.ndim != rank or not jnp.issubdtype(tokens.dtype, jnp.integer):
         expected = "(B, S)" if rank == 2 else "(B,)"
-        raise ValueError(f"{name} must be an integer array of shape {expected}, got "
-                         f"{tokens.dtype} {tuple(tokens.shape)}")
+        raise ValueError(
+            f"{name} must be an integer array of shape {expected}, got {tokens.dtype} {tuple(tokens.shape)}"
+        )
 
 
 class xLSTMLMModel(nnx.Module):
@@ -50,10 +53,23 @@ class xLSTMLMModel(nnx.Module):
         """The recurrent state before the first token, for :meth:`step` or a chunked ``__call__``."""
         return self.blocks.init_state(batch_size)
 
-    def __call__(self, tokens: jax.Array, state=None, *, return_state: bool = False):
-        """tokens int (B, S) -> logits float32 (B, S, V) [, state after the last token]."""
+    def __call__(
+        self, tokens: jax.Array, state=None, *, segment_ids: jax.Array | None = None, return_state: bool = False
+    ):
+        """tokens int (B, S) -> logits float32 (B, S, V) [, state after the last token].
+
+        ``segment_ids`` int (B, S) or None (one document per row): a new document starts where the id
+        changes from the previous position; there every layer restarts from its zero state, as if the
+        document were a row of its own. ``state`` (e.g. from an earlier call) applies to the first
+        document of each row only."""
         _check_tokens(tokens, 2, "tokens")
-        x, state = self.blocks(self.embedding(tokens), state, return_state=return_state)
+        if segment_ids is not None:
+            _check_tokens(segment_ids, 2, "segment_ids")
+            if segment_ids.shape != tokens.shape:
+                raise ValueError(
+                    f"segment_ids shape {tuple(segment_ids.shape)} differs from tokens shape {tuple(tokens.shape)}"
+                )
+        x, state = self.blocks(self.embedding(tokens), state, return_state=return_state, segment_ids=segment_ids)
         logits = self._head(x)
         return (logits, state) if return_state else logits
 

@@ -92,11 +92,13 @@ def state_shardings(graphdef: nnx.GraphDef, state: Any, rest: Any, mesh: Mesh) -
     return {"params": params, "opt_state": jax.tree_util.tree_map_with_path(follow, state["opt_state"])}
 
 
-def per_device_over_heads(fn: Callable, kernel_name: str) -> Callable:
+def per_device_over_heads(fn: Callable, kernel_name: str, batch_only: Sequence[int] = ()) -> Callable:
     """``fn`` (the kernel ``kernel_name`` with its options) run on each device's
     (B / (data * fsdp), NH / tensor, ...) slice of its arguments, all of them arrays (B, NH, ...), under
     the mesh set with ``jax.set_mesh`` (mLSTM heads are independent, so the kernel needs no
-    communication). ``fn`` itself for a pure-JAX backend, without such a mesh, or on one device."""
+    communication); the positional arguments ``batch_only`` (arrays (B, ...) without a head axis, such
+    as segment ids) are split over the batch only. ``fn`` itself for a pure-JAX backend, without such
+    a mesh, or on one device."""
     mesh = jax.sharding.get_abstract_mesh()
     pure_jax = kernel_name.endswith(PURE_JAX_SUFFIX)
     if pure_jax or mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names) or mesh.size == 1:
@@ -111,6 +113,7 @@ def per_device_over_heads(fn: Callable, kernel_name: str) -> Callable:
                 f"kernel {kernel_name}: batch {batch} must be divisible by "
                 f"data x fsdp = {batch_split} and heads {heads} by tensor = {mesh.shape[TENSOR]}"
             )
-        return jax.shard_map(fn, in_specs=spec, out_specs=spec, check_vma=False)(*args)
+        in_specs = tuple(PartitionSpec(BATCH_AXES) if n in batch_only else spec for n in range(len(args)))
+        return jax.shard_map(fn, in_specs=in_specs, out_specs=spec, check_vma=False)(*args)
 
     return checked

@@ -16,5 +16,5 @@ def test_readme_hf_snippet_runs(monkeypatch, tmp_path):
     namespace = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["logits"].shape == (1, 4, namespace["config"].vocab_size)
-    assert namespace["tokens"].shape == (1, 11)
+    assert namespace["tokens"].shape == (1, 8)  # the new tokens
     assert (namespace["export"] / "config.json").is_file()

@@ -6,6 +6,7 @@ h (B, NH, S, DHV) in q's dtype. State: c (B, NH, DHQK, DHV), n (B, NH, DHQK), m 
 Under a device mesh (``jax.set_mesh``) each device runs the kernel on its own batch and head slice
 (:func:`xlstm_flax.sharding.per_device_over_heads`).
 """
+
 from typing import NamedTuple
 
 import jax
@@ -33,17 +34,26 @@ def zero_state(batch_size: int, num_heads: int, dhqk: int, dhv: int) -> mLSTMSta
     )
 
 
-def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | None, return_state: bool):
-    """Runs ``config.kernel`` over the sequence; returns (h, last state or None)."""
+def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | None, return_state: bool,
+                 segment_ids: jax.Array | None = None):
+    """Runs ``config.kernel`` over the sequence (restarting at segment starts when ``segment_ids``
+    (B, S) is given); returns (h, last state or None)."""
     kernel = get_kernel(config.kernel)  # "auto" may be a per-shape dispatcher
     name = resolve_kernel_name(config.kernel)  # pure JAX or not: decides the per-device wrapping
+    resets = () if segment_ids is None else (segment_ids,)
 
-    def sequence(q, k, v, i, f, *initial_state):
+    def sequence(q, k, v, i, f, *rest):
+        segments, initial_state = rest[:len(resets)], rest[len(resets):]
         initial = dict(zip(("c_initial", "n_initial", "m_initial"), initial_state))
+        if segments:
+            initial["segment_ids"] = segments[0]
         return kernel(q, k, v, i, f, **initial, return_last_states=return_state, eps=config.eps,
                       chunk_size=config.chunk_size)
 
-    out = per_device_over_heads(sequence, name)(q, k, v, i, f, *(() if state is None else state))
+    # segment_ids (B, S) has no head axis: each device takes its batch rows, all of them (argument 5)
+    batch_only = (5,) if resets else ()
+    out = per_device_over_heads(sequence, name, batch_only=batch_only)(
+        q, k, v, i, f, *resets, *(() if state is None else state))
     if return_state:
         h, last = out
         return h, mLSTMState(*last)
@@ -66,18 +76,19 @@ def run_step(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState):
 class mLSTMMixer(nnx.Module):
     """Shared call/step plumbing of the mLSTM layer variants.
 
-    Subclasses set ``self.config`` and implement ``_forward(x, cell, state) -> (y, new_state)``, where
-    ``cell(q, k, v, i, f, cell_state) -> (h, new_cell_state)`` is the recurrence to use and ``state``
-    is the layer state (or None for a fresh sequence).
+    Subclasses set ``self.config`` and implement ``_forward(x, cell, state, segment_ids) -> (y,
+    new_state)``, where ``cell(q, k, v, i, f, cell_state) -> (h, new_cell_state)`` is the recurrence to
+    use, ``state`` is the layer state (or None for a fresh sequence) and ``segment_ids`` (B, S) int or
+    None marks the documents of packed rows (the state restarts at each).
     """
 
-    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False):
+    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False, segment_ids: jax.Array | None = None):
         """x (B, S, D) -> (y (B, S, D), the state after the last token if ``return_state`` else None)."""
 
         def cell(q, k, v, i, f, cell_state):
-            return run_sequence(self.config, q, k, v, i, f, cell_state, return_state)
+            return run_sequence(self.config, q, k, v, i, f, cell_state, return_state, segment_ids)
 
-        y, new_state = self._forward(x, cell, state)
+        y, new_state = self._forward(x, cell, state, segment_ids)
         return y, (new_state if return_state else None)
 
     def step(self, x: jax.Array, state):
@@ -86,5 +97,5 @@ class mLSTMMixer(nnx.Module):
         def cell(q, k, v, i, f, cell_state):
             return run_step(self.config, q, k, v, i, f, cell_state)
 
-        y, new_state = self._forward(x[:, None], cell, state)
+        y, new_state = self._forward(x[:, None], cell, state, None)
         return y[:, 0], new_state

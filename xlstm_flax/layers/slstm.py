@@ -6,6 +6,7 @@ The recurrence (gates i, f, z, o; stabiliser m; fp32 state c, n, m, h) runs in a
 recurrent product takes h and R in the layer's compute dtype and accumulates in fp32.
 x (B, S, D) -> y (B, S, D); state :class:`sLSTMState`.
 """
+
 from typing import NamedTuple
 
 import jax
@@ -20,6 +21,7 @@ from .config import sLSTMLayerConfig
 from .conv import CausalConv1d
 from .headwise import HeadwiseLinear
 from .norms import MultiHeadNorm
+from .segments import segment_starts
 
 
 class sLSTMState(NamedTuple):
@@ -30,12 +32,34 @@ class sLSTMState(NamedTuple):
     conv: jax.Array | None  # (B, K - 1, D) last conv inputs, None without conv
 
 
+def _scan_with_resets(recurrent_kernel, initial: States, fresh: States, pre, segment_ids):
+    """pre (B, S, 4, NH, DH) -> (h (B, S, NH, DH), last :class:`States`); the carry becomes ``fresh``
+    (the zero state) at every segment start."""
+
+    def step(carry, inputs):
+        pre_t, reset = inputs
+        carry = States(*(jnp.where(reset[:, None, None], f, c) for f, c in zip(fresh, carry)))
+        new = cell_step(recurrent_kernel, carry, pre_t)
+        return new, new.h
+
+    last, hs = jax.lax.scan(step, initial, (pre.swapaxes(0, 1), segment_starts(segment_ids).T))
+    return hs.swapaxes(0, 1), last
+
+
 class sLSTMLayer(nnx.Module):
     """Parameters: conv1d (optional), igate, fgate, zgate, ogate (head-wise), recurrent_kernel
     (4, NH, DH, DH), bias (4, NH, DH), group_norm."""
 
-    def __init__(self, dim: int, config: sLSTMLayerConfig, *, num_blocks: int, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        config: sLSTMLayerConfig,
+        *,
+        num_blocks: int,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         del num_blocks  # no projection into the residual stream here
         self.config, self.dtype = config, dtype
         self.num_heads = nh = config.num_heads
@@ -61,12 +85,12 @@ class sLSTMLayer(nnx.Module):
         conv = None if self.conv1d is None else self.conv1d.init_state(batch_size)
         return sLSTMState(*initial_states(batch_size, self.num_heads, self.head_dim), conv)
 
-    def _gate_inputs(self, x: jax.Array, conv_state):
+    def _gate_inputs(self, x: jax.Array, conv_state, segment_ids=None):
         """x (B, S, D) -> (pre (B, S, 4, NH, DH) fp32 input parts of the gates plus bias, new conv state)."""
         B, S, _ = x.shape
         x_gates, new_conv_state = x, None
         if self.conv1d is not None:
-            x_gates, new_conv_state = self.conv1d(x, conv_state)
+            x_gates, new_conv_state = self.conv1d(x, conv_state, segment_ids)
             x_gates = jax.nn.silu(x_gates)
         pre = jnp.stack([self.igate(x_gates), self.fgate(x_gates), self.zgate(x), self.ogate(x)], axis=2)
         pre = pre.astype(jnp.float32).reshape(B, S, NUM_GATES, self.num_heads, self.head_dim)
@@ -76,13 +100,27 @@ class sLSTMLayer(nnx.Module):
         """R (4, NH, DH, DH) in the compute dtype."""
         return self.recurrent_kernel[...].astype(self.dtype)
 
-    def __call__(self, x: jax.Array, state: sLSTMState | None = None, *, return_state: bool = False):
-        """x (B, S, D) -> (y (B, S, D), the state after the last token if ``return_state`` else None)."""
+    def __call__(
+        self,
+        x: jax.Array,
+        state: sLSTMState | None = None,
+        *,
+        return_state: bool = False,
+        segment_ids: jax.Array | None = None,
+    ):
+        """x (B, S, D) -> (y (B, S, D), the state after the last token if ``return_state`` else None).
+
+        ``segment_ids`` (B, S) int: the state (and the conv window) restarts at each new segment; the
+        sLSTM kernels take no resets, so then the layer runs its own scan of :func:`cell_step`."""
         if state is None:
             state = self.init_state(x.shape[0])
-        pre, conv_state = self._gate_inputs(x, state.conv)
-        kernel = get_slstm_kernel(self.config.kernel)
-        hs, last = kernel(pre, self._recurrent_kernel(), States(*state[:4]))
+        pre, conv_state = self._gate_inputs(x, state.conv, segment_ids)
+        if segment_ids is None:
+            kernel = get_slstm_kernel(self.config.kernel)
+            hs, last = kernel(pre, self._recurrent_kernel(), States(*state[:4]))
+        else:
+            fresh = initial_states(x.shape[0], self.num_heads, self.head_dim)
+            hs, last = _scan_with_resets(self._recurrent_kernel(), States(*state[:4]), fresh, pre, segment_ids)
         y = self.group_norm(hs).astype(self.dtype)
         return y, (sLSTMState(*last, conv_state) if return_state else None)
 

@@ -1,5 +1,6 @@
 """The training loop: one jitted update step (gradient accumulation inside), periodic evaluation,
 checkpoints, metrics, a NaN guard, SIGINT/SIGTERM handling and an end-of-run sample."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,9 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ from ..config import ConfigError, save_config, to_dict
 from ..convert.init_from import check_init_source, init_params_from
 from ..inference import sample_text
 from .checkpoint import CHECKPOINT_DIR, Checkpointer
-from .data import Corpus, load_corpus, sample_windows
+from .data import Corpus, Packing, document_packing, document_segment_ids, load_corpus, sample_windows
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
 from .recipe import CONFIG_FILE, RunConfig, TrainConfig
@@ -59,26 +61,36 @@ class TrainResult:
         return self.val_history[-1]["loss"] if self.val_history else None
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-token loss in nats; logits (B, S, V) are promoted to fp32."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean next-token loss in nats (over the targets with weight 1 when ``weights`` (B, S) is given);
+    logits (B, S, V) are promoted to fp32."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1)
 
 
 @functools.lru_cache(maxsize=4)
-def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh):
+def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, packing: Packing | None = None):
     """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``; call them
     inside ``jax.set_mesh(mesh)`` so that the recurrence kernels run per device (:mod:`xlstm_flax.sharding`).
 
     ``batches``: int32 (grad_accum, B, S + 1); each micro-batch's gradient is computed in a
     ``lax.scan`` and their mean drives one optimiser update. ``state`` is donated and comes back
-    laid out as :func:`sharding.state_shardings` says. Cached, so runs of the same model and
-    optimiser in one process (a resumed session, tests) compile once.
+    laid out as :func:`sharding.state_shardings` says. With ``packing`` the model restarts its
+    state after every EOS (segment ids from :func:`document_segment_ids`). Cached, so runs of the
+    same model and optimiser in one process (a resumed session, tests) compile once.
     """
     optimizer = make_optimizer(optim, total_steps)
 
     def loss_fn(params, rest, tokens):
         model = nnx.merge(graphdef, params, rest)
-        return cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if packing is None:
+            return cross_entropy(model(inputs), targets)
+        logits = model(inputs, segment_ids=document_segment_ids(inputs, packing.eos_id))
+        weights = (inputs != packing.eos_id).astype(jnp.float32) if packing.mask_first_target else None
+        return cross_entropy(logits, targets, weights)
 
     def train_step(state, rest, batches):
         params = state["params"]
@@ -103,8 +115,7 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh):
     return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
 
 
-def train(config: RunConfig, *, stop_at: int | None = None,
-          log: Callable[[str], None] = tqdm.write) -> TrainResult:
+def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str], None] = tqdm.write) -> TrainResult:
     """Run (or resume) training as ``config`` says; ``stop_at`` ends the session after that step
     with a checkpoint, as SIGINT/SIGTERM do. Raises ``NonFiniteLossError`` on a NaN/inf loss."""
     started = time.perf_counter()
@@ -141,7 +152,8 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     if main_process:
         save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
-    train_step, eval_step = (_under_mesh(step, mesh) for step in make_steps(graphdef, config.optim, tc.steps, mesh))
+    steps = make_steps(graphdef, config.optim, tc.steps, mesh, document_packing(config.data, corpus.tokenizer))
+    train_step, eval_step = (_under_mesh(step, mesh) for step in steps)
     val_batches = [distributed.global_batch(
         sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i), rows),
         mesh, tc.batch_size) for i in range(tc.eval_batches)]
@@ -161,7 +173,8 @@ def train(config: RunConfig, *, stop_at: int | None = None,
                     f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; "
                     f"nothing was saved after step {checkpointer.latest_step()} (the last good "
                     f"checkpoint, in {ckpt_dir}). Try a lower optim.lr, a smaller optim.grad_clip or "
-                    "a longer optim.warmup_steps.")
+                    "a longer optim.warmup_steps."
+                )
             result.step, result.train_losses[step] = step, loss
             if progress:
                 progress.train(step, loss, grad_norm, float(schedule(step - 1)))
@@ -176,8 +189,10 @@ def train(config: RunConfig, *, stop_at: int | None = None,
                 checkpointer.save(step, state, {"step": step, "loss": loss})
             if stopping:
                 result.interrupted = True
-                log(f"stopped after step {step} ({stop_signal.received or 'stop_at'}); checkpoint saved "
-                    f"in {ckpt_dir}; continue with resume=true")
+                log(
+                    f"stopped after step {step} ({stop_signal.received or 'stop_at'}); checkpoint saved "
+                    f"in {ckpt_dir}; continue with resume=true"
+                )
                 break
     finally:
         stop_signal.restore()
@@ -226,8 +241,9 @@ class _Progress:
             now = time.perf_counter()
             tokens_per_s = len(self._losses) * self._tc.tokens_per_step / max(now - self._since, 1e-9)
             mean_loss = float(np.mean(self._losses))
-            self.metrics.write(step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
-                                               "tokens_per_s": tokens_per_s})
+            self.metrics.write(
+                step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
+            )
             self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
             self._losses, self._since = [], now
         self._bar.update(1)
@@ -247,13 +263,17 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, ckpt_dir: Path) -> None:
         for name in (METRICS_FILE, LOSS_CURVE_FILE, CONFIG_FILE):
             (run_dir / name).unlink(missing_ok=True)
     elif has_checkpoints and not config.resume:
-        raise ConfigError(f"run_dir={str(run_dir)!r} already holds checkpoints of an earlier run: pass "
-                          "resume=true to continue it or overwrite=true to start over")
+        raise ConfigError(
+            f"run_dir={str(run_dir)!r} already holds checkpoints of an earlier run: pass "
+            "resume=true to continue it or overwrite=true to start over"
+        )
     elif config.resume and saved_config.is_file():
         saved_model = yaml.safe_load(saved_config.read_text()).get("model")
         if saved_model != to_dict(config.model):
-            raise ConfigError(f"resume=true but the model section differs from the run saved in "
-                              f"{saved_config}; resume with the same model config")
+            raise ConfigError(
+                f"resume=true but the model section differs from the run saved in "
+                f"{saved_config}; resume with the same model config"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -320,8 +340,10 @@ def _corpus_summary(corpus: Corpus) -> str:
         return sum(len(s) for s in streams)
 
     unigram = corpus.unigram_entropy()
-    text = (f"data: {size(corpus.train):,} train / {size(corpus.val):,} validation tokens; "
-            f"unigram entropy of the train split {unigram:.4f} nats/token")
+    text = (
+        f"data: {size(corpus.train):,} train / {size(corpus.val):,} validation tokens; "
+        f"unigram entropy of the train split {unigram:.4f} nats/token"
+    )
     if corpus.byte_level:
         text += f" = {unigram / math.log(2):.4f} bits/byte"
     return text
@@ -329,10 +351,14 @@ def _corpus_summary(corpus: Corpus) -> str:
 
 def _final_summary(result: TrainResult) -> str:
     val = result.final_val_loss
-    lines = [f"finished step {result.step} in {result.seconds:.1f} s; "
-             f"last train loss {result.train_losses.get(result.step, math.nan):.4f}"]
+    lines = [
+        f"finished step {result.step} in {result.seconds:.1f} s; "
+        f"last train loss {result.train_losses.get(result.step, math.nan):.4f}"
+    ]
     if val is not None:
-        lines.append(f"validation loss {val:.4f} nats/token vs unigram baseline "
-                     f"{result.unigram_entropy:.4f} ({val / result.unigram_entropy:.1%} of it)")
+        lines.append(
+            f"validation loss {val:.4f} nats/token vs unigram baseline "
+            f"{result.unigram_entropy:.4f} ({val / result.unigram_entropy:.1%} of it)"
+        )
     lines.append(f"loss curve: {result.loss_curve}")
     return "\n".join(lines)
