@@ -61,9 +61,7 @@ def check_fixture(fixture: Path, kernels: list[str], report: Report) -> None:
             model, _ = load_hf(fixture, kernel=kernel)
             for length in lengths:
                 err = rel_err(our_logits(model, reference[f"tokens_{length}"]), reference[f"logits_{length}"])
-                report.check(
-                    f"{fixture.name} S={length} {kernel} vs HF reference", err, TOL
-                )
+                report.check(f"{fixture.name} S={length} {kernel} vs HF reference", err, TOL)
         except ValueError as err:  # a kernel that does not take these head widths says so
             print(f"skip {fixture.name} {kernel}: {err}")
         except Exception as err:  # noqa: BLE001 - report and go on with the other checks
