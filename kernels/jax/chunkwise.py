@@ -23,11 +23,17 @@ longer sequences, call in pieces and pass the states.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 
 from ..common import (
-    check_inputs, compute_dtype, default_chunk_size, default_qk_scale, initial_states_in, log_sigmoid_fp32,
-    mixed_einsum, pad_sequence, segment_sums,
+    check_inputs,
+    compute_dtype,
+    default_chunk_size,
+    default_qk_scale,
+    initial_states_in,
+    log_sigmoid_fp32,
+    mixed_einsum,
+    pad_sequence,
+    segment_sums,
 )
 
 
@@ -94,11 +100,13 @@ def _chunk_outputs(q, k, v, i, b, c_k, n_k, m_k, scale, eps):
     c_k: (B, NH, NC, DHQK, DHV); n_k: (B, NH, NC, DHQK); m_k: (B, NH, NC).
     """
     m_k = m_k[..., None]
-    m = jnp.maximum(b + m_k, b + lax.cummax(i - b, axis=b.ndim - 1))  # (B, NH, NC, L)
     L = b.shape[-1]
     causal = jnp.tril(jnp.ones((L, L), bool))
-    log_w = jnp.where(causal, b[..., :, None] - b[..., None, :] + i[..., None, :] - m[..., None], -jnp.inf)
-    p = mixed_einsum("bhcid,bhcjd->bhcij", q, k, q.dtype) * (scale * jnp.exp(log_w))
+    log_d = jnp.where(causal, b[..., :, None] - b[..., None, :] + i[..., None, :], -jnp.inf)  # (B, NH, NC, L, L)
+    # m is the row max of the very log weights it stabilises, so every exponent below is <= 0 in floats too
+    # (b_i - b_j rounds differently from b_i + (i_j - b_j): for huge gates an exponent > 0 overflowed)
+    m = jnp.maximum(b + m_k, jnp.max(log_d, axis=-1))  # (B, NH, NC, L)
+    p = mixed_einsum("bhcid,bhcjd->bhcij", q, k, q.dtype) * (scale * jnp.exp(log_d - m[..., None]))
     r = scale * jnp.exp(b + m_k - m)
     nq = jnp.sum(p, axis=-1) + r * mixed_einsum("bhcid,bhcd->bhci", q, n_k, m.dtype)
     inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), jnp.exp(-m)) + eps)
