@@ -15,8 +15,9 @@ row so that TFLOP/s compares kernels on the same work; the same count as benchma
   8x8x8192x256x512; forward+backward: 3 x forward (each matmul has two gradient matmuls).
 * minimum bytes: forward reads q, k, v (dtype), i, f (fp32) and writes h once; forward+backward also
   reads q, k, v, i, f and the cotangent dh and writes dq, dk, dv, di, df once.
-* floor = max(FLOP / 790 TFLOP/s, bytes / 3.0 TB/s) (H100 bf16 matmul and copy ceilings,
-  benchmarks/timing.py); "% of floor" = floor / measured.
+* floor = max(FLOP / matmul ceiling, bytes / copy ceiling), with the measured ceilings of the card
+  (benchmarks/timing.py ``card_ceilings``: H200 790 TFLOP/s and 4.3 TB/s, H100 790 TFLOP/s and 3.0 TB/s;
+  printed first); "% of floor" = floor / measured.
 * peak memory: XLA's compiled memory analysis, arguments + outputs + temporaries of one call.
 
 ``--attention`` adds cuDNN causal attention (``jax.nn.dot_product_attention``) at the token count of
@@ -24,13 +25,14 @@ the first shape (B=8, S=8192 with 32 heads x 128 for the default shapes), bf16, 
 FLOP 2 B N S^2 H forward (causal half of q k^T and P v), 3.5 x that forward+backward.
 A kernel that fails (out of memory, unsupported) gets its error in its row; the run goes on.
 """
+
 from __future__ import annotations
 
 import argparse
 import functools
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -38,14 +40,32 @@ import jax.numpy as jnp
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
 from benchmarks.timing import (  # noqa: E402
-    compiled_peak_bytes, floor_ms, markdown_table, median_ms, mlstm_inputs, write_report,
+    ceilings_line,
+    compiled_peak_bytes,
+    floor_ms,
+    markdown_table,
+    median_ms,
+    mlstm_inputs,
+    write_report,
 )
 from xlstm_flax.kernels import get_kernel  # noqa: E402
 
 FLOP_MODEL_CHUNK = 128
 INPUT_SETS = 3
-COLUMNS = ["kernel", "shape", "mode", "options", "ms", "TFLOP/s", "floor ms", "% of floor",
-           "GFLOP", "min GB", "peak GiB", "note"]
+COLUMNS = [
+    "kernel",
+    "shape",
+    "mode",
+    "options",
+    "ms",
+    "TFLOP/s",
+    "floor ms",
+    "% of floor",
+    "GFLOP",
+    "min GB",
+    "peak GiB",
+    "note",
+]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -107,8 +127,15 @@ def measure(fn: Callable, input_sets, flop: float, min_bytes: float) -> dict:
     peak = compiled_peak_bytes(fn, *input_sets[0])
     ms = median_ms(fn, input_sets)
     floor = floor_ms(flop, min_bytes)
-    return {"ms": ms, "TFLOP/s": flop / ms / 1e9, "floor ms": floor, "% of floor": 100 * floor / ms,
-            "GFLOP": flop / 1e9, "min GB": min_bytes / 1e9, "peak GiB": peak / 2**30}
+    return {
+        "ms": ms,
+        "TFLOP/s": flop / ms / 1e9,
+        "floor ms": floor,
+        "% of floor": 100 * floor / ms,
+        "GFLOP": flop / 1e9,
+        "min GB": min_bytes / 1e9,
+        "peak GiB": peak / 2**30,
+    }
 
 
 def failure_note(err: Exception) -> str:
@@ -131,7 +158,8 @@ def mlstm_rows(names, shapes, dtype, modes, options) -> list[list]:
     for shape in shapes:
         input_sets = [mlstm_inputs(shape, dtype, seed) for seed in range(INPUT_SETS)]
         for name, mode in ((n, m) for n in names for m in modes):
-            def run():
+
+            def run(name=name, mode=mode, shape=shape, input_sets=input_sets):
                 fn = functools.partial(get_kernel(name), **options)
                 return measure(timed_function(fn, 5, mode), input_sets, *mlstm_work(shape, dtype, mode))
 
@@ -155,7 +183,8 @@ def attention_rows(shape, modes) -> list[list]:
 
     rows = []
     for mode in modes:
-        def run():
+
+        def run(mode=mode):
             input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
             return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
 
@@ -167,8 +196,9 @@ def attention_rows(shape, modes) -> list[list]:
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="chunkwise--jax", help="comma-separated registry names")
-    parser.add_argument("--shapes", default="8x8x8192x256x512,8x16x8192x128x256",
-                        help="comma-separated BxNHxSxDHQKxDHV")
+    parser.add_argument(
+        "--shapes", default="8x8x8192x256x512,8x16x8192x128x256", help="comma-separated BxNHxSxDHQKxDHV"
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--modes", default="fw,fwbw", help="comma-separated subset of fw,fwbw")
     parser.add_argument("--attention", action="store_true", help="add cuDNN causal attention rows")
@@ -180,6 +210,7 @@ def main(argv=None) -> str:
     if not set(modes) <= {"fw", "fwbw"}:
         parser.error(f"--modes must be a subset of fw,fwbw, got {args.modes!r}")
 
+    print(ceilings_line(), flush=True)
     print("| " + " | ".join(COLUMNS) + " |", flush=True)
     rows = mlstm_rows(args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options)
     if args.attention:

@@ -1,4 +1,5 @@
 """Shared benchmark helpers: median timing on rotated random inputs, roofline numbers, markdown output."""
+
 from __future__ import annotations
 
 import datetime
@@ -6,14 +7,34 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-# Measured ceilings of the H100 machine the results in benchmarks/results/ come from: bf16 dense matmul, HBM copy.
-H100_BF16_FLOPS = 790e12
-H100_COPY_BYTES_PER_S = 3.0e12
+
+class Ceilings(NamedTuple):
+    """Measured ceilings of one card: bf16 dense matmul on random data and device-to-device copy (bytes
+    read + written per second)."""
+
+    card: str
+    bf16_flops: float
+    copy_bytes_per_s: float
+
+
+# Measured on the machines the results in benchmarks/results/ come from (H200: 788 TFLOP/s on an
+# 8192^3 bf16 product, 670-790 across runs, 4.3 TB/s copy; H100: 790 TFLOP/s, 3.0 TB/s). Keyed by a
+# substring of jax's device_kind; "H200" is checked before "H100" because neither contains the other.
+CEILINGS = (Ceilings("H200", 790e12, 4.3e12), Ceilings("H100", 790e12, 3.0e12))
+DEFAULT_CEILINGS = CEILINGS[1]
+
+
+def card_ceilings(device_kind: str | None = None) -> Ceilings:
+    """The ceilings of the card named ``device_kind`` (default: jax's first device); H100's for an
+    unknown card, so that rooflines stay comparable with the H100 results."""
+    kind = jax.devices()[0].device_kind if device_kind is None else device_kind
+    return next((c for c in CEILINGS if c.card in kind.upper()), DEFAULT_CEILINGS)
 
 
 def median_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 3, reps: int = 20) -> float:
@@ -43,9 +64,18 @@ def mlstm_inputs(shape, dtype, seed: int):
     return q, k, v, i, f, dh
 
 
-def floor_ms(flops: float, min_bytes: float) -> float:
-    """Roofline floor: the larger of compute time and minimum memory time, in ms."""
-    return max(flops / H100_BF16_FLOPS, min_bytes / H100_COPY_BYTES_PER_S) * 1e3
+def ceilings_line() -> str:
+    """Which ceilings the rooflines use, for a report header."""
+    c = card_ceilings()
+    rates = f"{c.bf16_flops / 1e12:.0f} TFLOP/s bf16 matmul, {c.copy_bytes_per_s / 1e12:.1f} TB/s copy"
+    return f"roofline ceilings: {c.card} ({rates})"
+
+
+def floor_ms(flops: float, min_bytes: float, ceilings: Ceilings | None = None) -> float:
+    """Roofline floor on ``ceilings`` (default: this card's, :func:`card_ceilings`): the larger of compute
+    time and minimum memory time, in ms."""
+    ceilings = ceilings or card_ceilings()
+    return max(flops / ceilings.bf16_flops, min_bytes / ceilings.copy_bytes_per_s) * 1e3
 
 
 def compiled_peak_bytes(jitted: Callable, *args) -> int:
@@ -59,8 +89,9 @@ def environment_lines() -> list[str]:
     import triton
 
     return [
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- card: {jax.devices()[0].device_kind}",
+        f"- {ceilings_line()}",
         f"- jax {jax.__version__}, triton {triton.__version__}, python {sys.version.split()[0]}",
         f"- command: `{' '.join(sys.argv)}`",
     ]
@@ -68,6 +99,7 @@ def environment_lines() -> list[str]:
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A markdown table; floats are written with 3 significant decimals."""
+
     def cell(x):
         return f"{x:.3f}" if isinstance(x, float) else str(x)
 

@@ -16,11 +16,12 @@ compare):
 * Bytes, minimum (bf16): the forward reads q, k, v and writes h; the backward reads q, k, v, h, dh and
   writes dq, dk, dv: 2 B NH S (6 K + 6 V) (4.8 GB at 7b). The kernels also write and read fp32 states
   and state cotangents at every intra-chunk boundary, about 4 * 8 B NH (S / L) K V bytes.
-* Floor = max(FLOP / 790e12, minimum bytes / 3.0e12) (benchmarks/timing.py); 1.6 ms at 7b.
+* Floor = max(FLOP / matmul ceiling, minimum bytes / copy ceiling) of the card (benchmarks/timing.py); 1.6 ms at 7b.
 
 Correctness: every configuration's gradients (q, k, v, i, f) vs ``chunkwise--jax``'s on the same
 random data, relative Frobenius error <= 5e-2 (both bf16; see tests/gpu/test_triton_bw_gpu.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,18 @@ import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
+from benchmarks.kernel_breakdown import BW_KERNELS, kernel_timings  # noqa: E402
 from benchmarks.timing import (  # noqa: E402
-    compiled_peak_bytes, floor_ms, markdown_table, median_ms, mlstm_inputs, write_report,
+    compiled_peak_bytes,
+    floor_ms,
+    markdown_table,
+    median_ms,
+    mlstm_inputs,
+    write_report,
 )
 from xlstm_flax.kernels import common, get_kernel  # noqa: E402
 from xlstm_flax.kernels.triton import chunkwise_bw as bw  # noqa: E402
-from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states  # noqa: E402
-from xlstm_flax.kernels.triton.shared import heads_flat  # noqa: E402
-from xlstm_flax.kernels.triton.tuning import resolve_bw_config, resolve_fw_config, state_tuning  # noqa: E402
+from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result  # noqa: E402
 
 BF16_TOL = 5e-2
 EPS = 1e-6  # the registry's default
@@ -57,7 +62,12 @@ TARGET_MS = {"7b": 18.5, "nh16": 11.8}
 # backward's defaults, chunk_size_intra as the registry picks it), each kernel also timed on its own. Add
 # tuning dicts here to compare configurations (benchmarks/results/triton_bw_h100.md lists those already measured).
 CONFIGS = {name: [{}] for name in SHAPES}
-KERNELS = ("states", "dC recurrence", "dq", "dk", "dv")
+CONFIGS["7b"] = [
+    {},
+    {"block_dh_owned": 256, "num_warps_parallel": 8},
+    {"num_warps_parallel": 8},
+    {"chunk_size_recurrent": 256, "num_stages_parallel": 3},
+]
 
 
 def flops(B, NH, S, K, V) -> float:
@@ -89,38 +99,12 @@ def forward_then_backward(S, **bw_tuning):
     @jax.jit
     def fwbw(q, k, v, i, f, dh):
         fw = mlstm_chunkwise_fw_result(q, k, v, i, f, eps=EPS, chunk_size_intra=fw_intra)
-        grads = bw.mlstm_chunkwise_bw(q, k, v, i, f, None, None, None, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh,
-                                      eps=EPS, **bw_tuning)
+        grads = bw.mlstm_chunkwise_bw(
+            q, k, v, i, f, None, None, None, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh, eps=EPS, **bw_tuning
+        )
         return grads[:5]
 
     return fwbw, bw_tuning
-
-
-def kernel_timings(input_sets, tuning, reps) -> dict:
-    """Median ms of each backward kernel for one configuration (residuals from the default forward)."""
-    q, k, v, i, f, dh = input_sets[0]
-    B, NH, S, K = q.shape
-    dims = common.Dims(B, NH, S, K, v.shape[-1])
-    config = resolve_bw_config(dims, q.dtype, **tuning)
-    fw_config = resolve_fw_config(dims, q.dtype, chunk_size_intra=config.chunk_size_intra)
-    s = K ** -0.5
-    m0 = jnp.zeros((B, NH), jnp.float32)
-    fw = jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS))(q, k, v, i, f)
-    args, _ = jax.jit(lambda *a: bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra))(
-        q, k, v, i, f, m0, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh)
-    states = jax.jit(lambda k, v, i, f: tuple(heads_flat(x) for x in mlstm_chunkwise_states(
-        k, v, i, f, **state_tuning(fw_config))))
-    zeros_c, zeros_n = jnp.zeros((B * NH, K, v.shape[-1]), jnp.float32), jnp.zeros((B * NH, K), jnp.float32)
-    dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config))
-    all_states, dstates = states(k, v, i, f), dstates_fn(args)
-    calls = {
-        "states": (states, (k, v, i, f)),
-        "dC recurrence": (dstates_fn, (args,)),
-        "dq": (jax.jit(lambda a, st: bw.dq_call(a, st, s, config)), (args, all_states)),
-        "dk": (jax.jit(lambda a, ds: bw.dk_dv_call(a, ds, s, config, for_dk=True)), (args, dstates)),
-        "dv": (jax.jit(lambda a, ds: bw.dk_dv_call(a, ds, s, config, for_dk=False)[0]), (args, dstates)),
-    }
-    return {name: median_ms(fn, [call_args], reps=reps) for name, (fn, call_args) in calls.items()}
 
 
 def _rel_errors(got, want) -> float:
@@ -140,13 +124,24 @@ def tune_shape(name, input_sets, reps):
     want = jax_fwbw(*input_sets[0])
     jax_peak = compiled_peak_bytes(jax_fwbw, *input_sets[0]) / 2**30
     jax_ms = median_ms(jax_fwbw, input_sets, reps=reps)
-    rows.append([name, "chunkwise--jax fw+bw", f"{jax_ms:.2f}", f"{flop / jax_ms / 1e9:.0f}",
-                 f"{100 * floor / jax_ms:.0f}", f"{jax_peak:.1f}", "-", "reference"])
+    rows.append(
+        [
+            name,
+            "chunkwise--jax fw+bw",
+            f"{jax_ms:.2f}",
+            f"{flop / jax_ms / 1e9:.0f}",
+            f"{100 * floor / jax_ms:.0f}",
+            f"{jax_peak:.1f}",
+            "-",
+            "reference",
+        ]
+    )
     print(" | ".join(rows[-1]), flush=True)
     del jax_fwbw
-    runs = [("triton fw+bw (registry, defaults)", forward_backward("chunkwise--triton"), None),
-            ("triton fw+bw (registry, save_states=True)", forward_backward("chunkwise--triton", save_states=True),
-             None)]
+    runs = [
+        ("triton fw+bw (registry, defaults)", forward_backward("chunkwise--triton"), None),
+        ("triton fw+bw (registry, save_states=True)", forward_backward("chunkwise--triton", save_states=True), None),
+    ]
     for tuning in CONFIGS[name]:
         fwbw, bw_tuning = forward_then_backward(S, **tuning)
         label = "fw defaults + bw " + (", ".join(f"{k}={v}" for k, v in tuning.items()) or "defaults")
@@ -156,14 +151,27 @@ def tune_shape(name, input_sets, reps):
             err = _rel_errors(fwbw(*input_sets[0]), want)
             ms = median_ms(fwbw, input_sets, reps=reps)
             peak = compiled_peak_bytes(fwbw, *input_sets[0]) / 2**30
-            per_kernel = "-" if bw_tuning is None else " / ".join(
-                f"{t:.2f}" for t in kernel_timings(input_sets, bw_tuning, reps).values())
+            per_kernel = (
+                "-"
+                if bw_tuning is None
+                else " / ".join(f"{t:.2f}" for t in kernel_timings(input_sets, bw_tuning, reps).values())
+            )
         except Exception as exc:  # a configuration the GPU cannot run (e.g. too much shared memory)
             rows.append([name, label, "failed", "-", "-", "-", "-", f"{type(exc).__name__}: {str(exc)[:80]}"])
             print(f"{name} {label}: FAILED {exc}", flush=True)
             continue
-        rows.append([name, label, f"{ms:.2f}", f"{flop / ms / 1e9:.0f}", f"{100 * floor / ms:.0f}", f"{peak:.1f}",
-                     per_kernel, f"{err:.1e} {'ok' if err <= BF16_TOL else 'WRONG'}"])
+        rows.append(
+            [
+                name,
+                label,
+                f"{ms:.2f}",
+                f"{flop / ms / 1e9:.0f}",
+                f"{100 * floor / ms:.0f}",
+                f"{peak:.1f}",
+                per_kernel,
+                f"{err:.1e} {'ok' if err <= BF16_TOL else 'WRONG'}",
+            ]
+        )
         print(" | ".join(rows[-1]), flush=True)
     target = f", target <= {TARGET_MS[name]} ms" if name in TARGET_MS else ""
     notes.append(f"- {name} (B, NH, S, DHQK, DHV) = {SHAPES[name]}: floor {floor:.2f} ms{target}")
@@ -184,8 +192,19 @@ def main(argv=None) -> int:
         rows += shape_rows
         notes += shape_notes
         del input_sets
-    table = markdown_table(["shape", "what", "ms", "TFLOP/s", "% of floor", "peak GiB",
-                            "bw kernels ms: " + " / ".join(KERNELS), "max rel err vs jax"], rows)
+    table = markdown_table(
+        [
+            "shape",
+            "what",
+            "ms",
+            "TFLOP/s",
+            "% of floor",
+            "peak GiB",
+            "bw kernels ms: " + " / ".join(BW_KERNELS),
+            "max rel err vs jax",
+        ],
+        rows,
+    )
     write_report("Triton chunkwise forward+backward, bf16", [notes, [table]], args.out)
     return 0
 

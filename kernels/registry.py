@@ -9,12 +9,13 @@ Step kernels ("step--*") advance one token: ``h, (c, n, m) = kernel(q, k, v, i, 
 Backends may be registered lazily as ``"module:attribute"`` strings so that importing the registry
 never imports Triton.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,18 @@ def resolve_kernel_name(name: str) -> str:
             _warned_fallback = True
         return chosen
     if name not in _KERNELS:
-        raise ValueError(
-            f"unknown kernel {name!r}; available kernels: {', '.join(available_kernels())} (or 'auto')"
-        )
+        raise ValueError(f"unknown kernel {name!r}; available kernels: {', '.join(available_kernels())} (or 'auto')")
     return name
 
 
 def get_kernel(name: str) -> Callable:
-    """The callable registered under ``name`` (``"auto"`` picks :func:`default_kernel`)."""
+    """The callable registered under ``name``. ``"auto"``: where :func:`default_kernel` is the Triton
+    kernel, a dispatcher that picks the faster backend per call shape (``kernels/auto.py``), else the
+    fallback kernel."""
+    if name == AUTO and default_kernel() == TRITON_KERNEL:
+        from .auto import auto_chunkwise  # auto.py imports this module
+
+        return auto_chunkwise
     name = resolve_kernel_name(name)
     fn = _KERNELS[name]
     if isinstance(fn, str):

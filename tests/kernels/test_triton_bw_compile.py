@@ -7,6 +7,7 @@ multiplies: chunk sizes 16..256 (inter < intra included), block sizes 16..256, w
 1..3, fp32/bf16/fp16 and head dims 16, 48, 64, 96, 128, 256, 512. About a minute on 2 CPU cores with
 an empty Triton cache.
 """
+
 import re
 
 import jax
@@ -83,18 +84,71 @@ def test_registry_rejects_bad_save_states():
 
 SWEEP = [
     # (dtype, S, DHQK, DHV, tuning)
-    (jnp.bfloat16, 256, 256, 512, {}),
-    (jnp.float32, 64, 48, 96, dict(chunk_size_recurrent=16, chunk_size_intra=64, block_steps_owned=16,
-                                   block_steps_looped=32, block_dh_owned=32, block_dh_contracted=16)),
-    (jnp.float16, 128, 96, 48, dict(chunk_size_recurrent=32, chunk_size_intra=128, block_steps_owned=32,
-                                    block_steps_looped=64, block_dh_owned=64, block_dh_contracted=32,
-                                    block_dhqk_recurrent=32, block_dhv_recurrent=16)),
-    (jnp.bfloat16, 256, 128, 256, dict(chunk_size_recurrent=64, chunk_size_intra=256, block_steps_owned=128,
-                                       block_steps_looped=64, block_dh_owned=128, block_dh_contracted=128,
-                                       block_dhqk_recurrent=128, block_dhv_recurrent=128, num_warps_parallel=8,
-                                       num_stages_parallel=3, num_warps_recurrent=8, num_stages_recurrent=3)),
-    (jnp.bfloat16, 32, 16, 16, dict(chunk_size_recurrent=16, chunk_size_intra=16, num_warps_parallel=2,
-                                    num_stages_parallel=1, num_warps_recurrent=2, num_stages_recurrent=1)),
+    (jnp.bfloat16, 2048, 256, 512, {}),  # the xLSTM-7B head dims' bf16 defaults (chunk 256, recurrent 256, 3 stages)
+    (
+        jnp.float32,
+        64,
+        48,
+        96,
+        dict(
+            chunk_size_recurrent=16,
+            chunk_size_intra=64,
+            block_steps_owned=16,
+            block_steps_looped=32,
+            block_dh_owned=32,
+            block_dh_contracted=16,
+        ),
+    ),
+    (
+        jnp.float16,
+        128,
+        96,
+        48,
+        dict(
+            chunk_size_recurrent=32,
+            chunk_size_intra=128,
+            block_steps_owned=32,
+            block_steps_looped=64,
+            block_dh_owned=64,
+            block_dh_contracted=32,
+            block_dhqk_recurrent=32,
+            block_dhv_recurrent=16,
+        ),
+    ),
+    (
+        jnp.bfloat16,
+        256,
+        128,
+        256,
+        dict(
+            chunk_size_recurrent=64,
+            chunk_size_intra=256,
+            block_steps_owned=128,
+            block_steps_looped=64,
+            block_dh_owned=128,
+            block_dh_contracted=128,
+            block_dhqk_recurrent=128,
+            block_dhv_recurrent=128,
+            num_warps_parallel=8,
+            num_stages_parallel=3,
+            num_warps_recurrent=8,
+            num_stages_recurrent=3,
+        ),
+    ),
+    (
+        jnp.bfloat16,
+        32,
+        16,
+        16,
+        dict(
+            chunk_size_recurrent=16,
+            chunk_size_intra=16,
+            num_warps_parallel=2,
+            num_stages_parallel=1,
+            num_warps_recurrent=2,
+            num_stages_recurrent=1,
+        ),
+    ),
     (jnp.bfloat16, 128, 512, 512, dict(block_dh_owned=256, block_dh_contracted=256, block_dhv_recurrent=128)),
 ]
 
@@ -126,4 +180,3 @@ def test_backward_rejects_bad_arguments():
     wrong_dh = args[:12] + (jax.ShapeDtypeStruct((1, 2, 64, 32), jnp.bfloat16),) + args[13:]
     with pytest.raises(ValueError, match=r"matDeltaH has shape \(1, 2, 64, 32\)"):
         jax.eval_shape(_backward(), *wrong_dh)
-

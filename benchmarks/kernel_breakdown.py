@@ -1,0 +1,211 @@
+"""Per-kernel breakdown of the Triton chunkwise mLSTM (bf16) at one shape: time, FLOP, bytes and % of each
+kernel's own roofline floor, for the forward's two kernels, the backward's four and the JAX glue.
+
+    python benchmarks/kernel_breakdown.py [--shape 8x8x8192x256x512] [--reps 20] [--out benchmarks/results/NAME.md]
+    python benchmarks/kernel_breakdown.py --profile-once   # one forward+backward, e.g. under ncu
+
+Each kernel is jitted and timed on its own (median, benchmarks/timing.py) with the library's default
+tuning. "forward parallel" is the whole forward minus the states kernel and the gate cumsum (one XLA
+program holds all three); "glue" rows are the jnp work around the kernels; the last rows compare the sum
+with the registry's forward and forward+backward (where XLA merges the backward's recomputed chunk states
+with the forward's identical call).
+
+Counting (per kernel, B NH heads of S steps, K = DHQK, V = DHV, L = chunk_size_intra, tiles of the
+resolved configs; FLOP as the kernel's tiles do them, so recomputed score tiles count):
+* states (forward): 2 S K V (K^T V); bytes: read k, v and the gates, write the fp32 states at the NC + 1
+  boundaries (the state store dominates at 7B).
+* parallel (forward): 2 S K V (q C) + per causal tile pair 2 LQ LK (K splits_V + V), splits_V = DHV
+  blocks (q k^T is recomputed for each); bytes: read q, k, v, gates, states once, write h, den, m, nq.
+* dC recurrence: 2 S K V; bytes: read q, dnum, three gate vectors, write the fp32 dC, dn states.
+* dq: 2 S K V (dnum C^T) + per tile pair 2 BT BJ (V splits + K), splits = DHQK blocks (dnum v^T is
+  recomputed for each); dk likewise (dnum v^T per DHQK block, times q); dv: q k^T per DHV block, times dnum.
+  Bytes: each kernel's inputs read once (states included) and its outputs written once.
+Floor = max(FLOP / matmul ceiling, bytes / copy ceiling), the card's ceilings (benchmarks/timing.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
+
+from benchmarks.timing import floor_ms, markdown_table, median_ms, mlstm_inputs, write_report  # noqa: E402
+from xlstm_flax.kernels import common, get_kernel  # noqa: E402
+from xlstm_flax.kernels.triton import chunkwise_bw as bw  # noqa: E402
+from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states  # noqa: E402
+from xlstm_flax.kernels.triton.shared import cdiv, chunk_log_forget_cumsum, heads_flat  # noqa: E402
+from xlstm_flax.kernels.triton.tuning import resolve_bw_config, resolve_fw_config, state_tuning  # noqa: E402
+
+EPS = 1e-6  # the registry's default
+BW_KERNELS = ("states", "dC recurrence", "dq", "dk", "dv")
+
+
+def causal_pairs(L: int, rows: int, cols: int) -> int:
+    """Tile pairs per chunk of L steps that a kernel with ``rows``-step owned blocks and ``cols``-step
+    looped blocks computes: for owned block r, the looped blocks up to its last step."""
+    return sum(cdiv((r + 1) * rows, cols) for r in range(L // rows))
+
+
+def kernel_work(shape, fw, bwc, itemsize: int = 2) -> dict:
+    """{kernel: (FLOP, minimum bytes)} of the counting in the module docstring."""
+    B, NH, S, K, V = shape
+    H, L = B * NH, fw.chunk_size_intra
+    NC, chunks = S // L, S // L
+    states = H * (NC + 1) * (K * V + K + 1) * 4
+    qk, v, gate = H * S * K * itemsize, H * S * V * itemsize, H * S * 4
+    kv_flop = 2 * H * S * K * V
+    splits_v = cdiv(V, fw.siz_b_DH_parallel)
+    par_pairs = causal_pairs(L, fw.siz_b_L_parallel, fw.siz_b_L_loop) * chunks * H
+    par_flop = 2 * fw.siz_b_L_parallel * fw.siz_b_L_loop * (K * splits_v + V) * par_pairs
+    bw_pairs = causal_pairs(L, bwc.block_steps_owned, bwc.block_steps_looped) * chunks * H
+    tile = 2 * bwc.block_steps_owned * bwc.block_steps_looped
+    own_q, own_v = min(bwc.block_dh_owned, K), min(bwc.block_dh_owned, V)
+    return {
+        "states": (kv_flop, qk + v + 2 * gate + states),
+        "forward parallel": (kv_flop + par_flop, 2 * qk + 2 * v + 2 * gate + states + v + 3 * gate),
+        "dC recurrence": (kv_flop, qk + v + 3 * gate + H * (NC + 1) * (K * V + K) * 4),
+        "dq": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 5 * gate + states),
+        "dk": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 6 * gate + states),
+        "dv": (kv_flop + tile * (K * cdiv(V, own_v) + V) * bw_pairs, 2 * qk + 3 * v + 4 * gate + states),
+    }
+
+
+def backward_kernel_calls(input_sets, tuning: dict) -> dict:
+    """{name: (jitted fn, args)} for the backward's kernels alone (residuals from the default forward)."""
+    q, k, v, i, f, dh = input_sets[0]
+    B, NH, S, K = q.shape
+    dims = common.Dims(B, NH, S, K, v.shape[-1])
+    config = resolve_bw_config(dims, q.dtype, **tuning)
+    fw_config = resolve_fw_config(dims, q.dtype, chunk_size_intra=config.chunk_size_intra)
+    s = K**-0.5
+    m0 = jnp.zeros((B, NH), jnp.float32)
+    fw = jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS))(q, k, v, i, f)
+    args, _ = jax.jit(lambda *a: bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra))(
+        q, k, v, i, f, m0, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh
+    )
+    states = jax.jit(
+        lambda k, v, i, f: tuple(heads_flat(x) for x in mlstm_chunkwise_states(k, v, i, f, **state_tuning(fw_config)))
+    )
+    zeros_c, zeros_n = jnp.zeros((B * NH, K, v.shape[-1]), jnp.float32), jnp.zeros((B * NH, K), jnp.float32)
+    dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config))
+    all_states, dstates = states(k, v, i, f), dstates_fn(args)
+
+    def step_one(*a):  # only what step 1 computes (returning q, k, v again would time copies of them)
+        computed, vecDDen = bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra)
+        return computed.matDNum, computed.vecDNQ, computed.vecB, vecDDen
+
+    return {
+        "states": (states, (k, v, i, f)),
+        "dC recurrence": (dstates_fn, (args,)),
+        "dq": (jax.jit(lambda a, st: bw.dq_call(a, st, s, config)), (args, all_states)),
+        "dk": (jax.jit(lambda a, ds: bw.dk_dv_call(a, ds, s, config, for_dk=True)), (args, dstates)),
+        "dv": (jax.jit(lambda a, ds: bw.dk_dv_call(a, ds, s, config, for_dk=False)[0]), (args, dstates)),
+        "glue: backward step 1 (dnum, dnq, vecB)": (
+            jax.jit(step_one),
+            (q, k, v, i, f, m0, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh),
+        ),
+    }
+
+
+def kernel_timings(input_sets, tuning: dict, reps: int) -> dict:
+    """Median ms of each backward kernel (BW_KERNELS) for one backward configuration."""
+    calls = backward_kernel_calls(input_sets, tuning)
+    return {name: median_ms(fn, [args], reps=reps) for name, (fn, args) in calls.items() if name in BW_KERNELS}
+
+
+def registry_call(mode: str):
+    """The registry's chunkwise--triton, jitted: forward h, or the gradients of q, k, v, i, f."""
+    kernel = get_kernel("chunkwise--triton")
+    if mode == "fw":
+        return jax.jit(lambda q, k, v, i, f, dh: kernel(q, k, v, i, f))
+
+    def fwbw(q, k, v, i, f, dh):
+        h, vjp = jax.vjp(kernel, q, k, v, i, f)
+        return vjp(dh.astype(h.dtype))
+
+    return jax.jit(fwbw)
+
+
+def breakdown(shape, reps: int) -> tuple[list, list]:
+    """(rows, notes) of the per-kernel table at ``shape``."""
+    B, NH, S, K, V = shape
+    dims = common.Dims(B, NH, S, K, V)
+    fw_config = resolve_fw_config(dims, jnp.bfloat16, chunk_size_intra=common.default_chunk_size(S))
+    bw_config = resolve_bw_config(dims, jnp.bfloat16, chunk_size_intra=fw_config.chunk_size_intra)
+    input_sets = [mlstm_inputs(shape, jnp.bfloat16, seed) for seed in (0, 1)]
+    work = kernel_work(shape, fw_config, bw_config)
+    rows = []
+
+    def add(name, ms, flop_bytes=None):
+        if flop_bytes is None:
+            rows.append([name, ms, "-", "-", "-", "-", "-"])
+        else:
+            flop, nbytes = flop_bytes
+            floor = floor_ms(flop, nbytes)
+            rows.append([name, ms, flop / 1e9, nbytes / 1e9, floor, 100 * floor / ms, flop / ms / 1e9])
+        print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
+
+    five = [x[:5] for x in input_sets]
+    cumsum = jax.jit(lambda f: chunk_log_forget_cumsum(f, fw_config.chunk_size_intra))
+    glue_fw = median_ms(cumsum, [(x[4],) for x in input_sets], reps=reps)
+    whole_fw = median_ms(jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS).matH), five, reps=reps)
+    calls = backward_kernel_calls(input_sets, {})
+    per_kernel = {name: median_ms(fn, [args], reps=reps) for name, (fn, args) in calls.items()}
+    add("forward: states (recurrent)", per_kernel["states"], work["states"])
+    add(
+        "forward: parallel (whole forward - states - glue)",
+        whole_fw - per_kernel["states"] - glue_fw,
+        work["forward parallel"],
+    )
+    add("glue: forward gate cumsum", glue_fw)
+    for name in BW_KERNELS[1:]:
+        add(f"backward: {name}", per_kernel[name], work[name])
+    glue_name = next(name for name in per_kernel if name.startswith("glue: backward"))
+    add(glue_name, per_kernel[glue_name])
+    kernel_sum = whole_fw + sum(per_kernel[name] for name in BW_KERNELS[1:]) + per_kernel[glue_name]
+    add("sum: forward + backward kernels + glue above", kernel_sum)
+    for mode in ("fw", "fwbw"):
+        add(f"registry chunkwise--triton {mode}", median_ms(registry_call(mode), input_sets, reps=reps))
+    notes = [
+        f"- shape B x NH x S x DHQK x DHV = {'x'.join(map(str, shape))}, bf16, library defaults",
+        f"- forward config: {fw_config}",
+        f"- backward config: {bw_config}",
+        "- registry fw+bw - sum = the rest of the glue (gate gradients, the m-path vjp, reshapes) "
+        "minus what XLA overlaps or merges",
+    ]
+    return rows, notes
+
+
+COLUMNS = ["kernel", "ms", "GFLOP", "min GB", "floor ms", "% of floor", "TFLOP/s"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="8x8x8192x256x512", help="BxNHxSxDHQKxDHV")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument(
+        "--profile-once",
+        action="store_true",
+        help="run one registry forward+backward (compiled first) and exit, e.g. under ncu",
+    )
+    parser.add_argument("--out", default=None, help="markdown file for the table")
+    args = parser.parse_args(argv)
+    shape = tuple(int(x) for x in args.shape.split("x"))
+    if len(shape) != 5:
+        parser.error(f"--shape {args.shape!r} is not BxNHxSxDHQKxDHV")
+    if args.profile_once:
+        inputs = mlstm_inputs(shape, jnp.bfloat16, 0)
+        jax.block_until_ready(registry_call("fwbw")(*inputs))
+        return 0
+    rows, notes = breakdown(shape, args.reps)
+    write_report("Per-kernel breakdown, Triton chunkwise mLSTM", [notes, [markdown_table(COLUMNS, rows)]], args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
