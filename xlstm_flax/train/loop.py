@@ -134,7 +134,7 @@ def train(config: RunConfig, *, stop_at: int | None = None,
         sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i)), mesh)
         for i in range(tc.eval_batches)]
     schedule = make_schedule(config.optim, tc.steps)
-    with run.session(start, skipped, comment=kernel), logging_redirect_tqdm():
+    with run.session(start, skipped, comment=kernel), logging_redirect_tqdm(tqdm_class=tqdm):
         progress = _Progress(run.path, tc, start, window)
         checkpointer = Checkpointer(run.checkpoint_dir, config.checkpoint.keep)
         stop_signal = _StopSignal()
