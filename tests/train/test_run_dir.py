@@ -2,7 +2,9 @@
 data, tokenizer, model build, Ctrl-C during start-up, the first step) leaves it byte for byte as it was;
 overwrite=true replaces it only after the new run's first step; a start killed in between is undone by
 the next one. The CLI prints one ``error:`` line for each failure."""
+import os
 import shutil
+import signal
 
 import pytest
 
@@ -98,6 +100,23 @@ def test_ctrl_c_in_first_step_moves_previous_run_back(recipe, run_dir, capsys, m
     before = snapshot(run_dir)
     assert start(recipe, run_dir, "overwrite=true") == 130
     assert seen == [[ASIDE_DIR, "checkpoints", "config.yaml", "metrics.jsonl"]]  # old run aside, new one begun
+    assert snapshot(run_dir) == before
+
+
+def test_ctrl_c_before_the_first_step_finishes_moves_previous_run_back(recipe, run_dir, capsys, monkeypatch):
+    """SIGINT while the first step's batch is sampled (during start-up, as during its compilation): the
+    step finishes, but the start is undone and the CLI exits with 130."""
+    sample = loop.sample_windows
+
+    def sigint_at_step_1(streams, length, num, key):
+        if key[1] == loop.TRAIN_SPLIT and key[2] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return sample(streams, length, num, key)
+
+    monkeypatch.setattr(loop, "sample_windows", sigint_at_step_1)
+    before = snapshot(run_dir)
+    assert start(recipe, run_dir, "overwrite=true") == 130
+    assert f"stopped before the first step finished (SIGINT); {run_dir} is as it was" in capsys.readouterr().out
     assert snapshot(run_dir) == before
 
 

@@ -147,6 +147,10 @@ def train(config: RunConfig, *, stop_at: int | None = None,
                 loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     raise NonFiniteLossError(_non_finite_message(loss, grad_norm, step, checkpointer, run))
+                if stop_signal.received and not run.committed:  # stopped during start-up: undo the start
+                    result.interrupted, result.stopped_by = True, stop_signal.received
+                    log(f"stopped before the first step finished ({stop_signal.received}); {run.path} is as it was")
+                    break
                 run.commit()
                 result.step, result.train_losses[step] = step, loss
                 progress.train(step, loss, grad_norm, float(schedule(step - 1)))
