@@ -1,6 +1,7 @@
 """Every bad command-line argument gets one ``error:`` line and exit code 2 (usage) or 1 (config, data,
 run directory), before anything is loaded and without writing a file; ``--help`` shows the whole
 description; an interrupted training run exits with 128 + the signal number."""
+
 import os
 import signal
 import subprocess
@@ -91,12 +92,17 @@ def test_bad_argument_gives_one_error_line_and_writes_nothing(workspace, capsys,
 
 def test_undecodable_prompt_bytes_from_the_shell(workspace):
     """The real thing: a byte that is not UTF-8 in argv (Python hands it over as a lone surrogate)."""
-    child = subprocess.run([sys.executable, "-m", "xlstm_flax", *GENERATE, "--prompt", b"caf\xe9"],
-                           capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-m", "xlstm_flax", *GENERATE, "--prompt", b"caf\xe9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == 2
     assert child.stderr.splitlines() == [
         "error: xlstm-flax generate: argument --prompt: is not valid UTF-8 text: 'caf\\udce9' "
-        "(see xlstm-flax generate --help)"]
+        "(see xlstm-flax generate --help)"
+    ]
 
 
 def test_help_shows_the_whole_description(capsys):

@@ -17,6 +17,7 @@ How each runs, in a scratch directory that links every top-level entry of the re
 - Any other command fails the test: teach ``run_command`` how to run it.
 - A Python snippet runs with ``exec`` in a fresh namespace; ``tempfile`` writes into the scratch directory.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SHELL_LANGUAGES = ("", "bash", "sh", "shell", "console")
 NOT_RUN = (["make", "train"], ["make", "test"])
-TINY_RUN = ["train.steps=4", "train.batch_size=2", "train.seq_len=32", "train.eval_every=4", "train.eval_batches=1",
-            "train.log_every=2", "train.sample_tokens=0", "checkpoint.every=2", "optim.warmup_steps=1"]
+TINY_RUN = [
+    "train.steps=4",
+    "train.batch_size=2",
+    "train.seq_len=32",
+    "train.eval_every=4",
+    "train.eval_batches=1",
+    "train.log_every=2",
+    "train.sample_tokens=0",
+    "checkpoint.every=2",
+    "optim.warmup_steps=1",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +66,7 @@ def readme_blocks(markdown: str) -> list[Block]:
             language = fence.group(2).lower()
             kind = "python" if language in ("python", "py") else "shell" if language in SHELL_LANGUAGES else None
             if kind:
-                blocks.append(Block(kind, n + 2, "\n".join(lines[n + 1:end])))
+                blocks.append(Block(kind, n + 2, "\n".join(lines[n + 1 : end])))
             n = end + 1
         elif lines[n].startswith("    ") and lines[n].strip() and (n == 0 or not lines[n - 1].strip()):
             end = n

@@ -7,6 +7,7 @@ forget gate is 0 to fp32 precision, so each step sees only itself: m_t = i_t, C_
 and h_t = v_t (s q_t.k_t) / (max(|s q_t.k_t|, e^-i_t) + eps), computed here in float64; tolerance 2e-5
 of the largest |h| (the fp32 tolerance of test_jax_kernels.py).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np

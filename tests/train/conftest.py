@@ -1,4 +1,5 @@
 """The small training recipe of tests/train/test_train.py, for the other training test modules."""
+
 import pytest
 
 from tests.train.test_train import RECIPE

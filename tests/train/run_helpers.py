@@ -1,4 +1,5 @@
 """Helpers for the run-directory tests: a byte-exact picture of a directory and a damaged checkpoint."""
+
 from pathlib import Path
 
 

@@ -1,5 +1,6 @@
 """Log records emitted while the progress bar is shown (the kernel fallback warning, say) are printed
 above the bar through ``tqdm.write``, not into the bar's line."""
+
 import logging
 
 from tests.train.test_train import CHEAP

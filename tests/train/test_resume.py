@@ -3,6 +3,7 @@
 averages the same steps as an uninterrupted run and no step is logged twice; a finished run has nothing
 to do; a corrupt newest checkpoint is skipped (named, kept) for the newest one that restores, by resume
 and by generate. Exactness as in test_train.py: the same compiled step on the same inputs, ``==``."""
+
 import json
 import logging
 import shutil
@@ -69,8 +70,15 @@ def test_more_steps_are_allowed_under_a_constant_schedule(recipe, tmp_path):
 
 def test_allowed_changes_are_recorded_and_saved(recipe, reference, tmp_path):
     run(recipe, tmp_path, *LOG_EVERY_3, stop_at=5)
-    resumed = run(recipe, tmp_path, *LOG_EVERY_3, "resume=true", "train.log_every=2", "checkpoint.every=3",
-                  "model.mlstm.kernel=parallel--jax")
+    resumed = run(
+        recipe,
+        tmp_path,
+        *LOG_EVERY_3,
+        "resume=true",
+        "train.log_every=2",
+        "checkpoint.every=3",
+        "model.mlstm.kernel=parallel--jax",
+    )
     assert resumed.start_step == 5 and resumed.step == 8
     changes = {"train.log_every": [3, 2], "checkpoint.every": [4, 3], "model.mlstm.kernel": ["auto", "parallel--jax"]}
     assert json.loads((tmp_path / CHANGES_FILE).read_text()) == {"resumed_after_step": 5, "changes": changes}
@@ -78,8 +86,9 @@ def test_allowed_changes_are_recorded_and_saved(recipe, reference, tmp_path):
     assert (saved.train.log_every, saved.checkpoint.every) == (2, 3)
 
 
-def test_resume_after_a_crash_logs_each_step_once_with_the_uninterrupted_windows(recipe, reference, tmp_path,
-                                                                                 monkeypatch):
+def test_resume_after_a_crash_logs_each_step_once_with_the_uninterrupted_windows(
+    recipe, reference, tmp_path, monkeypatch
+):
     """A crash in step 7 (after the step-6 record, with the last checkpoint at step 4): the resumed run
     replays steps 5..8; its step-6 record averages steps 4..6 (step 4's loss came with the checkpoint)
     and replaces the crashed run's record instead of repeating it."""

@@ -2,6 +2,7 @@
 data, tokenizer, model build, Ctrl-C during start-up, the first step) leaves it byte for byte as it was;
 overwrite=true replaces it only after the new run's first step; a start killed in between is undone by
 the next one. The CLI prints one ``error:`` line for each failure."""
+
 import os
 import shutil
 import signal
@@ -43,15 +44,19 @@ def one_error_line(capsys) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.path=missing.txt"], "data.path='missing.txt': no such file"),
-    (["model.vocab_size=100"], "tokenizer has 258 ids but model.vocab_size is 100"),
-    (["seed=-1"], "seed must be in [0, 2**63), got -1"),
-    (["train.seq_len=50000"], "the train split of data.path="),
-    (["train.seq_len=4000"], "the validation split of data.path="),  # 3,340 validation tokens
-    (["data.tokenizer=missing.json"], "data.tokenizer"),
-    (["model.slstm_at=[5]"], "slstm_at"),
-], ids=["data-path", "vocab", "seed", "train-too-short", "validation-too-short", "tokenizer", "model"])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.path=missing.txt"], "data.path='missing.txt': no such file"),
+        (["model.vocab_size=100"], "tokenizer has 258 ids but model.vocab_size is 100"),
+        (["seed=-1"], "seed must be in [0, 2**63), got -1"),
+        (["train.seq_len=50000"], "the train split of data.path="),
+        (["train.seq_len=4000"], "the validation split of data.path="),  # 3,340 validation tokens
+        (["data.tokenizer=missing.json"], "data.tokenizer"),
+        (["model.slstm_at=[5]"], "slstm_at"),
+    ],
+    ids=["data-path", "vocab", "seed", "train-too-short", "validation-too-short", "tokenizer", "model"],
+)
 def test_failed_start_leaves_previous_run_unchanged(recipe, run_dir, capsys, overrides, message):
     before = snapshot(run_dir)
     assert start(recipe, run_dir, "overwrite=true", *overrides) == 1
@@ -78,6 +83,7 @@ def test_ctrl_c_while_loading_leaves_previous_run_unchanged(recipe, run_dir, cap
 
 def interrupt_first_step(monkeypatch, seen: list) -> None:
     """The first train step raises KeyboardInterrupt, once the run directory is prepared for the new run."""
+
     def interrupted(state, rest, batches):
         seen.append(sorted(p.name for p in run_dirs[0].iterdir()))
         raise KeyboardInterrupt

@@ -1,6 +1,7 @@
 """The Triton forward stays finite for gate pre-activations of +-1e30, and matches the single-step
 closed form under full forget gates (tests/kernels/test_huge_gates.py has the pure-JAX backends and
 the details; same tolerance, 2e-5 of the largest |h|, fp32)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

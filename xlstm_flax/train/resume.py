@@ -17,6 +17,7 @@ these keys may differ (the run directory records each change, see ``xlstm_flax.t
 
 ``resume``, ``overwrite`` and ``run_dir`` say how to start, not what to train: they are not compared.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,10 +27,20 @@ from ..config import ConfigError, load_config, to_dict
 from .recipe import RunConfig
 
 ALLOWED_CHANGES = (
-    "train.log_every", "train.eval_every", "train.eval_batches", "train.sample_tokens", "train.sample_prompt",
-    "train.sample_temperature", "train.sample_top_k", "train.tensorboard",
-    "checkpoint.", "distributed.",  # a trailing dot: every key of the section
-    "model.mlstm.kernel", "model.mlstm.chunk_size", "model.mlstm.step_kernel", "model.remat",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.sample_tokens",
+    "train.sample_prompt",
+    "train.sample_temperature",
+    "train.sample_top_k",
+    "train.tensorboard",
+    "checkpoint.",
+    "distributed.",  # a trailing dot: every key of the section
+    "model.mlstm.kernel",
+    "model.mlstm.chunk_size",
+    "model.mlstm.step_kernel",
+    "model.remat",
 )
 NOT_COMPARED = ("resume", "overwrite", "run_dir")
 STEPS_KEY = "train.steps"
@@ -53,7 +64,8 @@ def resume_changes(saved: RunConfig, current: RunConfig, saved_path: Path) -> di
         raise ConfigError(
             f"resume=true, but the config differs from the run saved in {saved_path} where it would change "
             f"the training trajectory: {listed}. Resume with the saved values (e.g. xlstm-flax train "
-            f"--config {saved_path} resume=true) or start a new run (another run_dir, or overwrite=true)")
+            f"--config {saved_path} resume=true) or start a new run (another run_dir, or overwrite=true)"
+        )
     return differences
 
 

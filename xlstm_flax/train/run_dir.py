@@ -17,6 +17,7 @@ Until the commit, any failure (an exception, Ctrl-C) rolls the directory back: w
 removed and every moved file goes back. A process killed before its commit leaves ``.replaced-run/``;
 the next start in that directory moves the replaced run back first.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,15 @@ from .resume import load_saved_config, resume_changes
 
 CHANGES_FILE = "config_changes.jsonl"  # one record per resume that changed allowed keys
 UNRESTORABLE_DIR = "unrestorable-checkpoints"
-RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, LOSS_CURVE_FILE, TENSORBOARD_DIR, CHANGES_FILE,
-             UNRESTORABLE_DIR)
+RUN_FILES = (
+    CONFIG_FILE,
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    LOSS_CURVE_FILE,
+    TENSORBOARD_DIR,
+    CHANGES_FILE,
+    UNRESTORABLE_DIR,
+)
 ASIDE_DIR = ".replaced-run"  # the replaced run, until the new one commits
 DELETING_DIR = ".replaced-run.deleting"  # renamed from ASIDE_DIR at the commit, then deleted
 
@@ -134,12 +142,15 @@ def open_run_dir(config: RunConfig, log: Callable[[str], None]) -> RunDirectory:
     if config.overwrite:
         return RunDirectory(path, config, REPLACE, {}, found)
     if not config.resume:
-        raise ConfigError(f"run_dir={str(path)!r} already holds a run ({', '.join(found)}): pass resume=true "
-                          "to continue it or overwrite=true to replace it")
+        raise ConfigError(
+            f"run_dir={str(path)!r} already holds a run ({', '.join(found)}): pass resume=true "
+            "to continue it or overwrite=true to replace it"
+        )
     saved = path / CONFIG_FILE
     if not saved.is_file():
-        raise ConfigError(f"resume=true, but {path} holds no {CONFIG_FILE} to check this config against "
-                          f"(it holds {', '.join(found)})")
+        raise ConfigError(
+            f"resume=true, but {path} holds no {CONFIG_FILE} to check this config against (it holds {', '.join(found)})"
+        )
     return RunDirectory(path, config, RESUME, resume_changes(load_saved_config(saved), config, saved), found)
 
 
