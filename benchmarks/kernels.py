@@ -2,11 +2,13 @@
 
     python benchmarks/kernels.py --kernels chunkwise--jax,parallel--jax \
         --shapes 8x8x8192x256x512,8x16x8192x128x256 --dtype bfloat16 --modes fw,fwbw \
-        [--attention] [--kernel-options chunk_size=128] [--out benchmarks/results/NAME.md]
+        [--attention] [--kernel-options chunk_size=128] [--segments 0,16] [--out benchmarks/results/NAME.md]
 
 Shapes are BxNHxSxDHQKxDHV. Inputs: q, k, v random normal in ``--dtype``; gates i ~ 2 N(0, 1),
 f ~ N(3, 1) in fp32 (as a layer passes them); three input sets rotated (tests/reference.py's draw).
 "fwbw" times ``jax.vjp`` of the kernel with a random cotangent on h (gradients for q, k, v, i, f).
+``--segments 0,16``: rows without document resets (0: no ``segment_ids`` passed) and with 16 documents
+per row, cut at random places (seeded; the same cuts for every kernel), to compare reset and no-reset speed.
 
 Work model (chunkwise algorithm, per token of one head, K = DHQK, V = DHV, chunk L = 128 for every
 row so that TFLOP/s compares kernels on the same work; the same count as benchmarks/tune_triton_fw.py):
@@ -36,6 +38,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
@@ -153,17 +156,30 @@ def row(kernel: str, shape: str, mode: str, options: dict, run: Callable) -> lis
     return [kernel, shape, mode, opts] + [numbers.get(c, "-") for c in COLUMNS[4:-1]] + [note]
 
 
-def mlstm_rows(names, shapes, dtype, modes, options) -> list[list]:
+def random_segment_ids(B: int, S: int, documents: int, seed: int = 0) -> np.ndarray:
+    """(B, S) int32 ids of ``documents`` documents per row, cut at distinct random places."""
+    rng = np.random.default_rng(seed)
+    resets = np.zeros((B, S), bool)
+    for b in range(B):
+        resets[b, rng.choice(np.arange(1, S), size=documents - 1, replace=False)] = True
+    return np.cumsum(resets, axis=1).astype(np.int32)
+
+
+def measure_mlstm(name, shape, dtype, mode, options, documents, input_sets) -> dict:
+    """:func:`measure` of kernel ``name`` (with ``documents`` random documents per row when > 0)."""
+    ids = random_segment_ids(shape[0], shape[2], documents) if documents else None
+    fn = functools.partial(get_kernel(name), segment_ids=ids, **options)
+    return measure(timed_function(fn, 5, mode), input_sets, *mlstm_work(shape, dtype, mode))
+
+
+def mlstm_rows(names, shapes, dtype, modes, options, segment_counts=(0,)) -> list[list]:
     rows = []
     for shape in shapes:
         input_sets = [mlstm_inputs(shape, dtype, seed) for seed in range(INPUT_SETS)]
-        for name, mode in ((n, m) for n in names for m in modes):
-
-            def run(name=name, mode=mode, shape=shape, input_sets=input_sets):
-                fn = functools.partial(get_kernel(name), **options)
-                return measure(timed_function(fn, 5, mode), input_sets, *mlstm_work(shape, dtype, mode))
-
-            rows.append(row(name, "x".join(map(str, shape)), mode, options, run))
+        for name, mode, documents in ((n, m, d) for n in names for m in modes for d in segment_counts):
+            run = functools.partial(measure_mlstm, name, shape, dtype, mode, options, documents, input_sets)
+            row_options = dict(options, segments=documents) if documents else options
+            rows.append(row(name, "x".join(map(str, shape)), mode, row_options, run))
             print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
         input_sets = None  # frees this shape's inputs before the next shape's are drawn
     return rows
@@ -181,14 +197,13 @@ def attention_rows(shape, modes) -> list[list]:
     def attention(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
+    def run(mode):
+        input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
+        return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
+
     rows = []
     for mode in modes:
-
-        def run(mode=mode):
-            input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
-            return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
-
-        rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, run))
+        rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, functools.partial(run, mode)))
         print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
@@ -203,8 +218,15 @@ def main(argv=None) -> str:
     parser.add_argument("--modes", default="fw,fwbw", help="comma-separated subset of fw,fwbw")
     parser.add_argument("--attention", action="store_true", help="add cuDNN causal attention rows")
     parser.add_argument("--kernel-options", default="", type=parse_options, help="key=value,... for every kernel")
+    parser.add_argument("--segments", default="0", help="comma-separated documents per row (0: no segment_ids)")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
+    try:
+        segment_counts = [int(x) for x in args.segments.split(",")]
+    except ValueError:
+        segment_counts = [-1]
+    if min(segment_counts) < 0:
+        parser.error(f"--segments must be comma-separated ints >= 0, got {args.segments!r}")
     shapes = [parse_shape(s) for s in args.shapes.split(",")]
     modes = args.modes.split(",")
     if not set(modes) <= {"fw", "fwbw"}:
@@ -212,7 +234,9 @@ def main(argv=None) -> str:
 
     print(ceilings_line(), flush=True)
     print("| " + " | ".join(COLUMNS) + " |", flush=True)
-    rows = mlstm_rows(args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options)
+    rows = mlstm_rows(
+        args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options, segment_counts
+    )
     if args.attention:
         rows += attention_rows(shapes[0], modes)
     return write_report("mLSTM kernel benchmark", [[markdown_table(COLUMNS, rows)]], args.out)

@@ -3,6 +3,7 @@
 Shapes: q, k (B, NH, S, DHQK); v (B, NH, S, DHV); i, f (B, NH, S);
 c (B, NH, DHQK, DHV); n (B, NH, DHQK); m (B, NH).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -140,8 +141,11 @@ def mixed_einsum(subscripts: str, a: jax.Array, b: jax.Array, operand_dtype, out
     acc = compute_dtype(operand_dtype)
     precision = lax.Precision.HIGHEST if acc == operand_dtype else lax.Precision.DEFAULT
     return jnp.einsum(
-        subscripts, a.astype(operand_dtype), b.astype(operand_dtype),
-        preferred_element_type=out_dtype or acc, precision=precision,
+        subscripts,
+        a.astype(operand_dtype),
+        b.astype(operand_dtype),
+        preferred_element_type=out_dtype or acc,
+        precision=precision,
     )
 
 
@@ -154,8 +158,13 @@ def check_step_inputs(q, k, v, i, f, c, n, m) -> Dims:
     B, NH, DHQK = q.shape
     DHV = v.shape[-1]
     expected = {
-        "k": (B, NH, DHQK), "v": (B, NH, DHV), "i": (B, NH), "f": (B, NH),
-        "c": (B, NH, DHQK, DHV), "n": (B, NH, DHQK), "m": (B, NH),
+        "k": (B, NH, DHQK),
+        "v": (B, NH, DHV),
+        "i": (B, NH),
+        "f": (B, NH),
+        "c": (B, NH, DHQK, DHV),
+        "n": (B, NH, DHQK),
+        "m": (B, NH),
     }
     for name, x, _ in arrays[1:]:
         if tuple(x.shape) != expected[name]:
@@ -163,6 +172,50 @@ def check_step_inputs(q, k, v, i, f, c, n, m) -> Dims:
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     return Dims(B, NH, 1, DHQK, DHV)
+
+
+def segment_resets(segment_ids, dims: Dims) -> jax.Array | None:
+    """Checks ``segment_ids`` (B, S) int (None = one segment) and returns where a new segment starts:
+    (B, S) bool, ``resets[:, t] = segment_ids[:, t] != segment_ids[:, t-1]`` for t >= 1, False at t = 0
+    (an initial state applies to the first segment). None stays None."""
+    if segment_ids is None:
+        return None
+    segment_ids = jnp.asarray(segment_ids)
+    if tuple(segment_ids.shape) != (dims.B, dims.S):
+        raise _shape_error("segment_ids", segment_ids.shape, f"(B, S) = {(dims.B, dims.S)}")
+    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+        raise ValueError(f"segment_ids must be an integer array, got dtype {segment_ids.dtype}")
+    changed = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return jnp.concatenate([jnp.zeros_like(changed[:, :1]), changed], axis=1)
+
+
+def pad_resets(resets: jax.Array | None, length: int) -> jax.Array | None:
+    """(B, S) resets padded with False to (B, length): padding steps continue the last segment."""
+    if resets is None or resets.shape[1] == length:
+        return resets
+    return jnp.pad(resets, ((0, 0), (0, length - resets.shape[1])))
+
+
+def _segmented_scan(op, x: jax.Array, resets: jax.Array) -> jax.Array:
+    """Inclusive scan of ``op`` over the last axis restarting at every ``resets`` position (broadcast to x)."""
+    resets = jnp.broadcast_to(resets, x.shape)
+
+    def combine(left, right):
+        return jnp.where(right[1], right[0], op(left[0], right[0])), left[1] | right[1]
+
+    return lax.associative_scan(combine, (x, resets), axis=x.ndim - 1)[0]
+
+
+def segmented_cumsum(x: jax.Array, resets: jax.Array) -> jax.Array:
+    """Inclusive cumulative sum over the last axis that restarts at every ``resets`` position
+    (``out[t] = x[t]`` there); ``resets`` broadcasts to ``x``. Only steps of one segment are ever
+    added, so no sum spans a reset."""
+    return _segmented_scan(jnp.add, x, resets)
+
+
+def segmented_cummax(x: jax.Array, resets: jax.Array) -> jax.Array:
+    """Inclusive cumulative max over the last axis, restarting at every ``resets`` position."""
+    return _segmented_scan(jnp.maximum, x, resets)
 
 
 def segment_sums(x: jax.Array) -> jax.Array:

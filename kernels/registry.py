@@ -3,7 +3,8 @@
 Sequence kernels share one calling convention (see ``xlstm_flax.kernels`` docs):
 
     h = kernel(q, k, v, i, f, *, c_initial=None, n_initial=None, m_initial=None,
-               return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=..., **impl_options)
+               return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=..., segment_ids=None,
+               **impl_options)
 
 Step kernels ("step--*") advance one token: ``h, (c, n, m) = kernel(q, k, v, i, f, c, n, m, ...)``.
 Backends may be registered lazily as ``"module:attribute"`` strings so that importing the registry

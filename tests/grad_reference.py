@@ -4,6 +4,7 @@ for a random linear loss on raw h and, optionally, on the returned last states (
 Input dicts are those of ``tests.reference.random_inputs`` (q, k, v, i, f and optionally c_initial,
 n_initial, m_initial); gradients are returned for all eight, zeros standing in for absent states.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,20 +47,23 @@ def linear_loss(h, last_states, cot: dict):
     return loss
 
 
-@functools.partial(jax.jit, static_argnames=("qk_scale", "eps"))
-def _reference_grads(args, cot, qk_scale, eps):
+@functools.partial(jax.jit, static_argnames=("qk_scale", "eps", "segment_ids"))
+def _reference_grads(args, cot, qk_scale, eps, segment_ids):
     def loss(*args):
-        h, _, _, last = mlstm_reference(*args, qk_scale=qk_scale, eps=eps)
+        ids = None if segment_ids is None else np.array(segment_ids)
+        h, _, _, last = mlstm_reference(*args, qk_scale=qk_scale, eps=eps, segment_ids=ids)
         return linear_loss(h, last, cot)
 
     return jax.grad(loss, argnums=tuple(range(8)))(*args)
 
 
-def reference_gradients(x: dict, cot: dict, qk_scale=None, eps=1e-6) -> dict:
-    """float64 gradients of :func:`linear_loss` w.r.t. the eight inputs, by name."""
+def reference_gradients(x: dict, cot: dict, qk_scale=None, eps=1e-6, segment_ids=None) -> dict:
+    """float64 gradients of :func:`linear_loss` w.r.t. the eight inputs, by name (``segment_ids``: (B, S)
+    document ids, see tests/reference.py)."""
+    ids = None if segment_ids is None else tuple(map(tuple, np.asarray(segment_ids).tolist()))
     with jax.enable_x64():
         cot64 = {n: jnp.asarray(c, jnp.float64) for n, c in cot.items()}
-        grads = _reference_grads(tuple(jnp.asarray(a) for a in _with_states(x)), cot64, qk_scale, eps)
+        grads = _reference_grads(tuple(jnp.asarray(a) for a in _with_states(x)), cot64, qk_scale, eps, ids)
         return {n: np.asarray(g) for n, g in zip(GRAD_NAMES, grads)}
 
 

@@ -4,7 +4,7 @@
     from xlstm_flax import xLSTMLMModel, generate, get_preset
 
     model = xLSTMLMModel(get_preset("tiny"), rngs=nnx.Rngs(0))
-    tokens = generate(model, prompt, 32, key=jax.random.key(0))   # prompt int (B, S0)
+    out = generate(model, prompts, 32, key=jax.random.key(0))  # int (B, S0) or token lists; out.tokens, out.lengths
 
 The names below load on first use, so ``import xlstm_flax`` stays light (no JAX model code, never
 Triton). Kernels: ``xlstm_flax.kernels``; training: ``xlstm_flax.train``.
@@ -31,6 +31,8 @@ _EXPORTS = {
     "generate": "sampling",
     "load_trained_model": "inference",
     "sample_text": "inference",
+    "load_hf": "convert",
+    "save_hf": "convert",
 }
 __all__ = sorted(_EXPORTS)
 

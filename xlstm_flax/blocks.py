@@ -7,6 +7,7 @@ identical, stacked and run with ``nnx.scan`` (``config.scan_layers``: one compil
 Shapes: x (B, S, D) for sequences, (B, D) for single steps. The stack's state is a tuple of block
 states, or with ``scan_layers`` one block state whose leaves have a leading num_blocks axis.
 """
+
 from functools import partial
 
 import jax
@@ -19,8 +20,9 @@ from .model_config import xLSTMLMConfig
 
 def make_mixer(kind: str, config: xLSTMLMConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     """The sequence-mixing layer of a block of ``kind`` "mlstm" or "slstm"."""
-    common = dict(num_blocks=config.num_blocks, dtype=config.jnp_compute_dtype,
-                  param_dtype=config.jnp_param_dtype, rngs=rngs)
+    common = dict(
+        num_blocks=config.num_blocks, dtype=config.jnp_compute_dtype, param_dtype=config.jnp_param_dtype, rngs=rngs
+    )
     if kind == "slstm":
         return sLSTMLayer(config.embedding_dim, config.slstm, **common)
     layer_cls = mLSTMLayer if config.mlstm.variant == "xlstm7b" else mLSTMPaperLayer
@@ -31,23 +33,31 @@ class xLSTMBlock(nnx.Module):
     """Pre-norm residual block around one mLSTM or sLSTM layer and an optional gated FFN."""
 
     def __init__(self, config: xLSTMLMConfig, kind: str, *, rngs: nnx.Rngs):
-        dim, pdt = config.embedding_dim, config.jnp_param_dtype
-        self.norm_mixer = make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt)
+        norm = dict(eps=config.norm_eps, use_bias=config.norm_bias, param_dtype=config.jnp_param_dtype)
+        dim = config.embedding_dim
+        self.norm_mixer = make_norm(config.norm, dim, **norm)
         self.mixer = make_mixer(kind, config, rngs=rngs)
         has_ffn = config.ffn.in_slstm_blocks if kind == "slstm" else config.ffn.in_mlstm_blocks
-        self.norm_ffn = make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt) if has_ffn else None
+        self.norm_ffn = make_norm(config.norm, dim, **norm) if has_ffn else None
         self.ffn = (
-            GatedFFN(dim, config.ffn, num_blocks=config.num_blocks, dtype=config.jnp_compute_dtype,
-                     param_dtype=pdt, rngs=rngs)
-            if has_ffn else None
+            GatedFFN(
+                dim,
+                config.ffn,
+                num_blocks=config.num_blocks,
+                dtype=config.jnp_compute_dtype,
+                param_dtype=config.jnp_param_dtype,
+                rngs=rngs,
+            )
+            if has_ffn
+            else None
         )
 
     def init_state(self, batch_size: int):
         return self.mixer.init_state(batch_size)
 
-    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False):
-        """x (B, S, D) -> (x (B, S, D), block state or None)."""
-        return self._residual(x, lambda h: self.mixer(h, state, return_state=return_state))
+    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False, segment_ids: jax.Array | None = None):
+        """x (B, S, D) -> (x (B, S, D), block state or None); the mixer restarts at segment starts."""
+        return self._residual(x, lambda h: self.mixer(h, state, return_state=return_state, segment_ids=segment_ids))
 
     def step(self, x: jax.Array, state):
         """x (B, D) -> (x (B, D), new block state)."""
@@ -61,9 +71,13 @@ class xLSTMBlock(nnx.Module):
         return x, state
 
 
-def _run_block(graphdef: nnx.GraphDef, params, x, state, return_state: bool):
+def _run_block(graphdef: nnx.GraphDef, params, x, state, segment_ids, return_state: bool):
     """A block as a pure function of its parameters (so that plain JAX transforms apply to it)."""
-    return nnx.merge(graphdef, params)(x, state, return_state=return_state)
+    return nnx.merge(graphdef, params)(x, state, return_state=return_state, segment_ids=segment_ids)
+
+
+def _with_segments(run, segment_ids, graphdef, params, x, state):
+    return run(graphdef, params, x, state, segment_ids)
 
 
 class xLSTMBlockStack(nnx.Module):
@@ -96,12 +110,13 @@ class xLSTMBlockStack(nnx.Module):
             return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.num_blocks, *a.shape)), one)
         return tuple(block.init_state(batch_size) for block in self.blocks)
 
-    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False):
-        """x (B, S, D) -> (x (B, S, D), stack state or None); ``state`` None starts from zeros."""
+    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False, segment_ids: jax.Array | None = None):
+        """x (B, S, D) -> (x (B, S, D), stack state or None); ``state`` None starts from zeros;
+        ``segment_ids`` (B, S) int or None: every block restarts its state at each new segment."""
         run = partial(_run_block, return_state=return_state)
         if self.remat:
             run = jax.checkpoint(run, static_argnums=(0,))
-        x, new_state = self._run_blocks(run, x, state)
+        x, new_state = self._run_blocks(partial(_with_segments, run, segment_ids), x, state)
         return x, (new_state if return_state else None)
 
     def step(self, x: jax.Array, state):

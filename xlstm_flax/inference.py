@@ -4,14 +4,15 @@ sampled from a prompt (both used by ``xlstm-flax generate`` and the end-of-run s
     model, config, step = load_trained_model("runs/tiny")
     text = sample_text(model, make_tokenizer(config.data), "def ", 200, temperature=0.8)
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -56,12 +57,60 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return load_config(path, RunConfig)
 
 
-def sample_text(model: xLSTMLMModel, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, *,
-                seed: int = 0, temperature: float = 1.0, top_k: int | None = None) -> str:
-    """Prompt + ``max_new_tokens`` sampled tokens, decoded (invalid UTF-8 replaced); an empty prompt
-    starts from the EOS token."""
+def sample_text(
+    model: xLSTMLMModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> str:
+    """Prompt + up to ``max_new_tokens`` sampled tokens (stopping after an EOS), decoded (invalid UTF-8
+    replaced); an empty prompt starts from the EOS token. ``on_text`` receives the new text piece by
+    piece as it is produced."""
     ids = tokenizer.encode(prompt.encode())
-    ids = jnp.asarray(ids if len(ids) else [tokenizer.eos_id], dtype=jnp.int32)[None]
-    tokens = generate(model, ids, max_new_tokens, key=jax.random.key(seed), temperature=temperature,
-                      top_k=top_k)
-    return tokenizer.decode(np.asarray(tokens[0]))
+    ids = np.asarray(ids if len(ids) else [tokenizer.eos_id], dtype=np.int32)
+    stream = None if on_text is None else _TextStream(tokenizer, on_text, ids.tolist())
+    out = generate(
+        model,
+        ids[None],
+        max_new_tokens,
+        key=jax.random.key(seed),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=tokenizer.eos_id,
+        callback=stream,
+    )
+    new = np.asarray(out.tokens[0, : int(out.lengths[0])])
+    if stream is not None:
+        stream.flush()
+    return tokenizer.decode(np.concatenate([ids, new]))
+
+
+class _TextStream:
+    """A ``generate`` callback for one row: decodes the tokens so far and passes on the new text, holding
+    back an incomplete UTF-8 character (shown as U+FFFD) until its next bytes arrive."""
+
+    def __init__(self, tokenizer: Tokenizer, on_text: Callable[[str], None], prompt_ids: list[int]):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids = list(prompt_ids)  # decoded with the prompt, so word-level tokenizers space the words
+        self.sent = tokenizer.decode(self.ids)
+
+    def __call__(self, tokens: np.ndarray, active: np.ndarray) -> None:
+        if active[0]:
+            self.ids.append(int(tokens[0]))
+            self._send(final=False)
+
+    def flush(self) -> None:
+        self._send(final=True)
+
+    def _send(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.sent) and (final or not text.endswith("\ufffd")):
+            self.on_text(text[len(self.sent) :])
+            self.sent = text

@@ -2,6 +2,7 @@
 
     model = xLSTMLMModel(config, rngs=nnx.Rngs(0))
     logits = model(tokens)                                  # int (B, S) -> float32 (B, S, V)
+    logits = model(tokens, segment_ids=segment_ids)         # packed documents: int (B, S) ids
     logits, state = model(tokens, state, return_state=True)  # carry the recurrent state
     state = model.init_state(batch_size)
     logits, state = model.step(token, state)                # int (B,) -> float32 (B, V)
@@ -9,6 +10,7 @@
 Precision: parameters in ``param_dtype`` (fp32), matmuls in ``compute_dtype``; gate pre-activations,
 norm statistics, recurrent states and logits in fp32.
 """
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -24,8 +26,9 @@ __all__ = ["xLSTMLMConfig", "xLSTMLMModel"]
 def _check_tokens(tokens: jax.Array, rank: int, name: str) -> None:
     if tokens.ndim != rank or not jnp.issubdtype(tokens.dtype, jnp.integer):
         expected = "(B, S)" if rank == 2 else "(B,)"
-        raise ValueError(f"{name} must be an integer array of shape {expected}, got "
-                         f"{tokens.dtype} {tuple(tokens.shape)}")
+        raise ValueError(
+            f"{name} must be an integer array of shape {expected}, got {tokens.dtype} {tuple(tokens.shape)}"
+        )
 
 
 class xLSTMLMModel(nnx.Module):
@@ -36,23 +39,48 @@ class xLSTMLMModel(nnx.Module):
             raise TypeError(f"config must be an xLSTMLMConfig, got {type(config).__name__}")
         self.config = config
         dim, cdt, pdt = config.embedding_dim, config.jnp_compute_dtype, config.jnp_param_dtype
-        self.embedding = nnx.Embed(config.vocab_size, dim, dtype=cdt, param_dtype=pdt,
-                                   embedding_init=small_init(dim), rngs=rngs)
+        self.embedding = nnx.Embed(
+            config.vocab_size, dim, dtype=cdt, param_dtype=pdt, embedding_init=small_init(dim), rngs=rngs
+        )
         self.blocks = xLSTMBlockStack(config, rngs=rngs)
-        self.out_norm = (make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt)
-                         if config.add_out_norm else None)
-        self.lm_head = (None if config.tie_embeddings else
-                        dense(dim, config.vocab_size, kernel_init=small_init(dim), use_bias=False,
-                              dtype=cdt, param_dtype=pdt, rngs=rngs))
+        self.out_norm = (
+            make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt) if config.add_out_norm else None
+        )
+        self.lm_head = (
+            None
+            if config.tie_embeddings
+            else dense(
+                dim,
+                config.vocab_size,
+                kernel_init=small_init(dim),
+                use_bias=False,
+                dtype=cdt,
+                param_dtype=pdt,
+                rngs=rngs,
+            )
+        )
 
     def init_state(self, batch_size: int):
         """The recurrent state before the first token, for :meth:`step` or a chunked ``__call__``."""
         return self.blocks.init_state(batch_size)
 
-    def __call__(self, tokens: jax.Array, state=None, *, return_state: bool = False):
-        """tokens int (B, S) -> logits float32 (B, S, V) [, state after the last token]."""
+    def __call__(
+        self, tokens: jax.Array, state=None, *, segment_ids: jax.Array | None = None, return_state: bool = False
+    ):
+        """tokens int (B, S) -> logits float32 (B, S, V) [, state after the last token].
+
+        ``segment_ids`` int (B, S) or None (one document per row): a new document starts where the id
+        changes from the previous position; there every layer restarts from its zero state, as if the
+        document were a row of its own. ``state`` (e.g. from an earlier call) applies to the first
+        document of each row only."""
         _check_tokens(tokens, 2, "tokens")
-        x, state = self.blocks(self.embedding(tokens), state, return_state=return_state)
+        if segment_ids is not None:
+            _check_tokens(segment_ids, 2, "segment_ids")
+            if segment_ids.shape != tokens.shape:
+                raise ValueError(
+                    f"segment_ids shape {tuple(segment_ids.shape)} differs from tokens shape {tuple(tokens.shape)}"
+                )
+        x, state = self.blocks(self.embedding(tokens), state, return_state=return_state, segment_ids=segment_ids)
         logits = self._head(x)
         return (logits, state) if return_state else logits
 

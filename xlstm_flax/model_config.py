@@ -31,6 +31,7 @@ class xLSTMLMConfig:
     ffn: FFNConfig = dataclasses.field(default_factory=FFNConfig)
     norm: str = "rmsnorm"  # "rmsnorm" | "layernorm" (block and output norms)
     norm_eps: float = 1e-6
+    norm_bias: bool = False  # additive bias in the block norms (HF's use_bias; never in the output norm)
     add_out_norm: bool = True
     tie_embeddings: bool = False
     logit_soft_cap: float | None = 30.0

@@ -1,62 +1,199 @@
-"""Autoregressive sampling: prefill the prompt with the sequence kernel (returning the recurrent
+"""Autoregressive sampling: prefill the prompts with the sequence kernel (returning the recurrent
 states), then O(1)-memory recurrent steps in a ``lax.scan``, all under one ``jax.jit``.
 
-    tokens = generate(model, prompt, max_new_tokens, key=key, temperature=1.0, top_k=None)
-    # prompt int (B, S0) -> int32 (B, S0 + max_new_tokens); temperature 0 = greedy (argmax)
+    out = generate(model, prompts, max_new_tokens, key=key, temperature=1.0, top_k=None, top_p=None,
+                   eos_id=None)
+    # prompts: int (B, S0), or a list of B token lists of any lengths (ragged), or (B, S0) plus
+    # prompt_lengths (B,) for left-aligned padded prompts; temperature 0 = greedy (argmax)
+    # out.tokens int32 (B, max_new_tokens) new tokens (eos_id after a row's end), out.lengths int32 (B,)
+
+Ragged prompts are right-aligned to the longest one; the padding in front of a row is a segment of
+its own (``segment_ids``), so every layer restarts from its zero state where the prompt begins: a
+row's state after the prefill, hence its output, is that of the row generated alone. Sampling draws
+row b's token at step t with ``fold_in(row_key[b], t)``: a row's draws depend on its key only.
 """
+
+from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+PAD_ID = 0  # token in front of shorter prompts (its segment is discarded)
 
-def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None) -> jax.Array:
-    """logits (B, V) -> int32 (B,): argmax for temperature 0, else a draw from softmax(logits / T)
-    restricted to the ``top_k`` largest logits."""
-    if temperature == 0.0:
+
+class Generation(NamedTuple):
+    tokens: jax.Array  # int32 (B, max_new_tokens): new tokens, ``eos_id`` after a row's end
+    lengths: jax.Array  # int32 (B,): new tokens per row, its EOS included
+
+
+def sample_token(logits: jax.Array, keys: jax.Array, temperature, top_k: int | None, top_p=1.0) -> jax.Array:
+    """logits (B, V), keys (B,) -> int32 (B,): argmax for temperature 0, else a draw from
+    softmax(logits / T) restricted to the ``top_k`` largest logits and then to the smallest set of
+    tokens whose probability reaches ``top_p`` (nucleus; 1 keeps all). ``temperature`` and ``top_p``
+    may be traced scalars (one compilation serves all their values)."""
+
+    def draw(logits):
+        logits = logits.astype(jnp.float32) / temperature
+        if top_k is not None:
+            kth_largest = jax.lax.top_k(logits, top_k)[0][..., -1:]
+            logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+        logits = jax.lax.cond(top_p < 1.0, _nucleus, lambda logits, _: logits, logits, top_p)
+        return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+    def greedy(logits):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / temperature
-    if top_k is not None:
-        kth_largest = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, draw, greedy, logits)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
-def _generate(graphdef, params, prompt, key, *, max_new_tokens, temperature, top_k):
+def _nucleus(logits: jax.Array, top_p) -> jax.Array:
+    """logits (B, V) with all but the most likely tokens whose mass before them is < top_p at -inf."""
+    descending = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(descending, axis=-1)
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p
+    smallest_kept = jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < smallest_kept, -jnp.inf, logits)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "callback"))
+def _generate(
+    graphdef, params, prompt, segment_ids, row_keys, temperature, top_p, eos_id, *, max_new_tokens, top_k, callback
+):
+    """eos_id: int32 scalar, -1 for none."""
     model = nnx.merge(graphdef, params)
-    logits, state = model(prompt, return_state=True)
-    keys = jax.random.split(key, max_new_tokens)
-    first = sample_token(logits[:, -1], keys[0], temperature, top_k)
+    logits, state = model(prompt, segment_ids=segment_ids, return_state=True)
 
-    def step(carry, step_key):
-        token, state = carry
+    def sample(logits, t, done):
+        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
+        token = jnp.where(done, eos_id, sample_token(logits, keys, temperature, top_k, top_p))
+        if callback is not None:
+            jax.debug.callback(callback, token, ~done, ordered=True)
+        return token, done | (token == eos_id)
+
+    no_row_done = jnp.zeros(prompt.shape[0], bool)
+    first, done = sample(logits[:, -1], 0, no_row_done)
+
+    def step(carry, t):
+        token, done, state = carry
+        active = ~done  # the token drawn now belongs to the row's output
         logits, state = model.step(token, state)
-        token = sample_token(logits, step_key, temperature, top_k)
-        return (token, state), token
+        token, done = sample(logits, t, done)
+        return (token, done, state), (token, active)
 
-    _, rest = jax.lax.scan(step, (first, state), keys[1:])
-    return jnp.concatenate([prompt.astype(jnp.int32), first[:, None], rest.T], axis=1)
+    _, (rest, active) = jax.lax.scan(step, (first, done, state), jnp.arange(1, max_new_tokens))
+    tokens = jnp.concatenate([first[:, None], rest.T], axis=1)
+    lengths = 1 + active.sum(axis=0, dtype=jnp.int32)
+    return Generation(tokens, lengths)
 
 
-def generate(model: nnx.Module, prompt: jax.Array, max_new_tokens: int, *, key: jax.Array,
-             temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
-    """Samples ``max_new_tokens`` tokens after ``prompt`` (int (B, S0), S0 >= 1) from ``model``
-    (an :class:`xlstm_flax.xLSTMLMModel`); returns int32 (B, S0 + max_new_tokens)."""
-    prompt = jnp.asarray(prompt)
-    if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
-        raise ValueError(f"prompt must be an integer array (B, S0) with S0 >= 1, got "
-                         f"{prompt.dtype} {tuple(prompt.shape)}")
+def generate(
+    model: nnx.Module,
+    prompts,
+    max_new_tokens: int,
+    *,
+    key: jax.Array,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    prompt_lengths=None,
+    callback: Callable[[np.ndarray, np.ndarray], None] | None = None,
+) -> Generation:
+    """Samples up to ``max_new_tokens`` tokens after each prompt from ``model`` (an
+    :class:`xlstm_flax.xLSTMLMModel`).
+
+    ``prompts``: int (B, S0), or B token lists of any lengths >= 1, or int (B, S0) holding row b's
+    prompt in its first ``prompt_lengths[b]`` positions. ``key``: one PRNG key (split into B row keys)
+    or B keys, one per row. A row ends after it produced ``eos_id`` (if given). ``callback(tokens,
+    active)`` runs on the host after each step with that step's int32 (B,) tokens and bool (B,)
+    ``active`` (the token belongs to the row's output), in order. Returns :class:`Generation`.
+    """
+    vocab_size = model.config.vocab_size
+    prompt, lengths = _padded_prompts(prompts, prompt_lengths, vocab_size)
+    row_keys = _row_keys(key, len(lengths))
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_id, vocab_size)
+    if max_new_tokens == 0:
+        return Generation(jnp.zeros((len(lengths), 0), jnp.int32), jnp.zeros(len(lengths), jnp.int32))
+    segment_ids = None  # right-aligned: the prompt of row b is segment 1 after a padding segment 0
+    if (lengths < prompt.shape[1]).any():
+        segment_ids = jnp.asarray(np.arange(prompt.shape[1]) >= prompt.shape[1] - lengths[:, None], jnp.int32)
+    graphdef, params = nnx.split(model)
+    return _generate(
+        graphdef,
+        params,
+        jnp.asarray(prompt),
+        segment_ids,
+        row_keys,
+        jnp.float32(temperature),
+        jnp.float32(1.0 if top_p is None else top_p),
+        jnp.int32(-1 if eos_id is None else eos_id),
+        max_new_tokens=max_new_tokens,
+        top_k=top_k,
+        callback=callback,
+    )
+
+
+def _padded_prompts(prompts, prompt_lengths, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prompts right-aligned in int32 (B, max length) and their lengths (B,); checks them."""
+    if isinstance(prompts, (list, tuple)):
+        if prompt_lengths is not None:
+            raise ValueError("prompt_lengths goes with a padded prompt array, not with a list of prompts")
+        rows = [np.asarray(p) for p in prompts]
+        if not rows or any(r.ndim != 1 or not np.issubdtype(r.dtype, np.integer) for r in rows if r.size):
+            raise ValueError("prompts must be a non-empty list of 1-D integer token lists")
+    else:
+        array = np.asarray(prompts)
+        if array.ndim != 2 or array.shape[0] < 1 or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"prompt must be an integer array (B, S0) or a list of token lists, got {array.dtype} {array.shape}"
+            )
+        lengths = np.full(array.shape[0], array.shape[1]) if prompt_lengths is None else np.asarray(prompt_lengths)
+        if (
+            lengths.shape != array.shape[:1]
+            or not np.issubdtype(lengths.dtype, np.integer)
+            or (lengths > array.shape[1]).any()
+        ):
+            raise ValueError(
+                f"prompt_lengths must be {array.shape[0]} integers <= {array.shape[1]}, got {lengths.tolist()}"
+            )
+        rows = [row[:n] for row, n in zip(array, lengths)]
+    for b, row in enumerate(rows):
+        if row.size == 0:
+            raise ValueError(f"prompt {b} is empty (a prompt needs >= 1 token, e.g. the EOS id)")
+        if row.min() < 0 or row.max() >= vocab_size:
+            bad = row.max() if row.max() >= vocab_size else row.min()
+            raise ValueError(f"prompt {b} holds token id {bad}, outside the vocabulary [0, {vocab_size})")
+    lengths = np.array([row.size for row in rows])
+    padded = np.full((len(rows), lengths.max()), PAD_ID, np.int32)
+    for b, row in enumerate(rows):
+        padded[b, padded.shape[1] - row.size :] = row
+    return padded, lengths
+
+
+def _row_keys(key: jax.Array, batch: int) -> jax.Array:
+    """One typed PRNG key per row: ``key`` split, or ``key`` itself when it already holds B keys."""
+    key = jnp.asarray(key)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise ValueError(f"key must be a jax.random.key (new-style typed key), got {key.dtype}")
+    if key.shape == ():
+        return jax.random.split(key, batch)
+    if key.shape != (batch,):
+        raise ValueError(f"key must be one key or {batch} keys (one per row), got shape {key.shape}")
+    return key
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_id, vocab_size: int) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    vocab_size = model.config.vocab_size
     if top_k is not None and not 1 <= top_k <= vocab_size:
         raise ValueError(f"top_k must be in [1, vocab_size={vocab_size}] or None, got {top_k}")
-    if max_new_tokens == 0:
-        return prompt.astype(jnp.int32)
-    graphdef, params = nnx.split(model)
-    return _generate(graphdef, params, prompt, key, max_new_tokens=max_new_tokens,
-                     temperature=float(temperature), top_k=top_k)
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if eos_id is not None and not 0 <= eos_id < vocab_size:
+        raise ValueError(f"eos_id must be in [0, vocab_size={vocab_size}) or None, got {eos_id}")

@@ -20,6 +20,7 @@ The chunk mixing costs 2 NC^2 DHQK DHV FLOP per head, quadratic in NC but small 
 while NC << 2 L (estimated ~10% of the forward at S = 131072, chunk 256, 8 x 8 heads); for much
 longer sequences, call in pieces and pass the states.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -32,23 +33,40 @@ from ..common import (
     initial_states_in,
     log_sigmoid_fp32,
     mixed_einsum,
+    pad_resets,
     pad_sequence,
+    segment_resets,
     segment_sums,
+    segmented_cumsum,
 )
 
 
 def mlstm_chunkwise(
-    q, k, v, i, f, *, c_initial=None, n_initial=None, m_initial=None,
-    return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=None,
+    q,
+    k,
+    v,
+    i,
+    f,
+    *,
+    c_initial=None,
+    n_initial=None,
+    m_initial=None,
+    return_last_states=False,
+    qk_scale=None,
+    eps=1e-6,
+    chunk_size=None,
+    segment_ids=None,
 ):
     """mLSTM over a sequence, chunk by chunk (any S: padded to a multiple of ``min(chunk_size, S)``;
     ``chunk_size=None`` takes the package's policy, ``common.default_chunk_size(S)``).
 
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S); optional initial states
-    c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH). Returns h (B, NH, S, DHV) in q's dtype, or
-    ``(h, (c, n, m))`` with fp32 states (fp64 for fp64 q) when ``return_last_states``.
+    c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH); ``segment_ids`` (B, S) int: the state restarts
+    from zero (m = 0) where the id changes (docs/math.md, "Document resets"). Returns h (B, NH, S, DHV)
+    in q's dtype, or ``(h, (c, n, m))`` with fp32 states (fp64 for fp64 q) when ``return_last_states``.
     """
     dims = check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
+    resets = segment_resets(segment_ids, dims)
     chunk_size = default_chunk_size(dims.S) if chunk_size is None else chunk_size
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -59,57 +77,81 @@ def mlstm_chunkwise(
     NC = q.shape[2] // L
 
     def chunked(x):  # (B, NH, NC * L, ...) -> (B, NH, NC, L, ...)
-        return x.reshape(dims.B, dims.NH, NC, L, *x.shape[3:])
+        return x.reshape(x.shape[0], x.shape[1], NC, L, *x.shape[3:])
 
     q, k, v = chunked(q), chunked(k), chunked(v)
     i = chunked(i).astype(dtype)
-    b = jnp.cumsum(log_sigmoid_fp32(chunked(f)).astype(dtype), axis=-1)  # (B, NH, NC, L)
+    logf = log_sigmoid_fp32(chunked(f)).astype(dtype)
+    if resets is None:
+        seg = None
+        b = jnp.cumsum(logf, axis=-1)  # (B, NH, NC, L)
+    else:  # seg: the chunk-local segment counter (0 until the chunk's first reset); b restarts at resets
+        resets = chunked(pad_resets(resets, NC * L)[:, None])  # (B, 1, NC, L)
+        seg = jnp.cumsum(resets, axis=-1)
+        b = segmented_cumsum(logf, resets)
     g = b[..., -1]  # (B, NH, NC)
     a = i + g[..., None] - b
+    if seg is not None:  # only the chunk's last segment reaches its end state
+        a = jnp.where(seg == seg[..., -1:], a, -jnp.inf)
 
     # log weights of the initial state (column 0) and of chunk j (column j + 1) in the state
     # entering chunk t = 0 .. NC (t = NC: the final state); m: the stabiliser of that state
     a_max = jnp.max(a, axis=-1)
     log_w = segment_sums(jnp.concatenate([jnp.zeros_like(g[..., :1]), g], axis=-1))
+    if seg is not None:  # a chunk with a reset also holds the restarted zero state (m = 0)
+        restarts = seg[..., -1] > 0  # (B, 1, NC)
+        a_max = jnp.where(restarts, jnp.maximum(a_max, g), a_max)
+        crossed = jnp.cumsum(jnp.concatenate([jnp.zeros_like(restarts[..., :1]), restarts], axis=-1), axis=-1)
+        log_w = jnp.where(crossed[..., :, None] == crossed[..., None, :], log_w, -jnp.inf)  # no reset between
     log_w = log_w + jnp.concatenate([m0[..., None], a_max], axis=-1)[..., None, :]
     m = jnp.max(log_w, axis=-1)  # (B, NH, NC + 1)
     w = jnp.exp(log_w - m[..., None])
     k_w = k * jnp.exp(a - a_max[..., None])[..., None]  # (B, NH, NC, L, DHQK)
 
     c_local = mixed_einsum("bhjld,bhjlv->bhjdv", k_w, v, q.dtype, out_dtype=q.dtype)  # (B, NH, NC, DHQK, DHV)
-    c_k = mixed_einsum("bhtj,bhjdv->bhtdv", w[..., :NC, 1:], c_local, q.dtype,
-                       out_dtype=q.dtype if c_initial is None else None)
+    c_k = mixed_einsum(
+        "bhtj,bhjdv->bhtdv", w[..., :NC, 1:], c_local, q.dtype, out_dtype=q.dtype if c_initial is None else None
+    )
     if c_initial is not None:  # sum in fp32, round once
         c_k = (c_k + w[..., :NC, 0, None, None] * c0[:, :, None]).astype(q.dtype)
     n_local = jnp.sum(k_w, axis=-2)
     n_all = mixed_einsum("bhtj,bhjd->bhtd", w, jnp.concatenate([n0[:, :, None], n_local], axis=2), dtype)
-    h = _chunk_outputs(q, k, v, i, b, c_k, n_all[:, :, :NC], m[..., :NC], default_qk_scale(dims.DHQK, qk_scale), eps)
+    h = _chunk_outputs(
+        q, k, v, i, b, seg, c_k, n_all[:, :, :NC], m[..., :NC], default_qk_scale(dims.DHQK, qk_scale), eps
+    )
     h = h.reshape(dims.B, dims.NH, NC * L, dims.DHV)[:, :, : dims.S]
     if not return_last_states:
         return h
     w_last = w[..., NC, :]  # (B, NH, NC + 1)
     c_last = w_last[..., 0, None, None] * c0 + mixed_einsum(
-        "bhjld,bhjlv->bhdv", k_w * w_last[..., 1:, None, None], v, q.dtype)
+        "bhjld,bhjlv->bhdv", k_w * w_last[..., 1:, None, None], v, q.dtype
+    )
     return h, (c_last, n_all[:, :, NC], m[..., NC])
 
 
-def _chunk_outputs(q, k, v, i, b, c_k, n_k, m_k, scale, eps):
+def _chunk_outputs(q, k, v, i, b, seg, c_k, n_k, m_k, scale, eps):
     """h (B, NH, NC, L, DHV) in q's dtype from the states entering every chunk.
 
-    q, k: (B, NH, NC, L, DHQK); v: (B, NH, NC, L, DHV); i, b: (B, NH, NC, L);
-    c_k: (B, NH, NC, DHQK, DHV); n_k: (B, NH, NC, DHQK); m_k: (B, NH, NC).
+    q, k: (B, NH, NC, L, DHQK); v: (B, NH, NC, L, DHV); i, b: (B, NH, NC, L); seg: None or the
+    chunk-local segment counter (B, 1, NC, L); c_k: (B, NH, NC, DHQK, DHV); n_k: (B, NH, NC, DHQK);
+    m_k: (B, NH, NC).
     """
-    m_k = m_k[..., None]
     L = b.shape[-1]
-    causal = jnp.tril(jnp.ones((L, L), bool))
-    log_d = jnp.where(causal, b[..., :, None] - b[..., None, :] + i[..., None, :], -jnp.inf)  # (B, NH, NC, L, L)
-    # m is the row max of the very log weights it stabilises, so every exponent below is <= 0 in floats too
-    # (b_i - b_j rounds differently from b_i + (i_j - b_j): for huge gates an exponent > 0 overflowed)
-    m = jnp.maximum(b + m_k, jnp.max(log_d, axis=-1))  # (B, NH, NC, L)
+    pairs = jnp.tril(jnp.ones((L, L), bool))  # j <= i (and, with resets, j in i's segment)
+    if seg is not None:
+        pairs = pairs & (seg[..., :, None] == seg[..., None, :])
+    log_d = jnp.where(pairs, b[..., :, None] - b[..., None, :] + i[..., None, :], -jnp.inf)
+    log_r = b + m_k[..., None]  # log weight of the entering state in row i
+    if seg is None:
+        m = jnp.maximum(log_r, jnp.max(log_d, axis=-1))
+    else:  # rows from the chunk's first reset on see the restarted zero state (log weight b + 0) instead
+        m = jnp.maximum(jnp.where(seg == 0, log_r, b), jnp.max(log_d, axis=-1))
+        log_r = jnp.where(seg == 0, log_r, -jnp.inf)
     p = mixed_einsum("bhcid,bhcjd->bhcij", q, k, q.dtype) * (scale * jnp.exp(log_d - m[..., None]))
-    r = scale * jnp.exp(b + m_k - m)
+    r = scale * jnp.exp(log_r - m)
     nq = jnp.sum(p, axis=-1) + r * mixed_einsum("bhcid,bhcd->bhci", q, n_k, m.dtype)
     inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), jnp.exp(-m)) + eps)
     h = mixed_einsum("bhcij,bhcjv->bhciv", p * inv_den[..., None], v, q.dtype) + mixed_einsum(
-        "bhcid,bhcdv->bhciv", q * (r * inv_den)[..., None], c_k, q.dtype)
+        "bhcid,bhcdv->bhciv", q * (r * inv_den)[..., None], c_k, q.dtype
+    )
     return h.astype(q.dtype)

@@ -8,6 +8,7 @@ by default, with the forward's exact call (same config), so that XLA can merge t
 backward are compiled together; ``save_states=True`` keeps the forward's instead (more memory held
 between forward and backward: fp32 (S / chunk_size + 1) * DHQK * (DHV + 1) per head).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import common
-from . import compat, launch
+from . import launch
 from .chunkwise_bw import launch_backward
 from .chunkwise_fw import launch_forward, recompute_states
 from .shared import KERNEL_NAME, MAX_CHUNK, MIN_BLOCK, check_dtypes, check_power_of_two
@@ -34,14 +35,7 @@ class _Options:
 
 
 def _require_triton_backend() -> None:
-    if launch.interpreter_enabled():
-        return
-    try:
-        compat.import_jax_triton()
-    except ImportError as err:
-        raise ImportError(f"{KERNEL_NAME} needs jax-triton ({err}); use kernel='chunkwise--jax'") from err
-    if not launch.gpu_visible():
-        raise RuntimeError(f"{KERNEL_NAME} needs a CUDA GPU visible to JAX; use kernel='chunkwise--jax'")
+    launch.require_triton_backend(KERNEL_NAME, "chunkwise--jax")
 
 
 def _chunk_size_intra(S: int, chunk_size, chunk_size_intra) -> int:
@@ -69,9 +63,24 @@ def _resolve_options(dims: common.Dims, dtype, intra: int, qk_scale, eps, save_s
     return _Options(common.default_qk_scale(dims.DHQK, qk_scale), float(eps), save_states, fw_config, bw_config)
 
 
-def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_initial=None,
-                           return_last_states=False, qk_scale=None, eps=1e-6, chunk_size=None,
-                           save_states=False, **impl_options):
+def mlstm_chunkwise_triton(
+    q,
+    k,
+    v,
+    i,
+    f,
+    *,
+    c_initial=None,
+    n_initial=None,
+    m_initial=None,
+    return_last_states=False,
+    qk_scale=None,
+    eps=1e-6,
+    chunk_size=None,
+    segment_ids=None,
+    save_states=False,
+    **impl_options,
+):
     """mLSTM over any S with the Triton chunkwise kernels (S padded to a multiple of the intra chunk).
 
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S); optional initial states
@@ -80,10 +89,12 @@ def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_i
     two >= 16)); ``impl_options`` are the fields of ``FwConfig`` (forward) and ``BwConfig`` (backward),
     see ``kernels/triton/tuning.py``. ``save_states``: under differentiation, keep the forward's chunk
     states for the backward instead of recomputing them (faster, fp32 states of every chunk boundary
-    held until the backward). Returns h (B, NH, S, DHV) in q's dtype, or ``(h, (c, n, m))`` with fp32
-    states when ``return_last_states``.
+    held until the backward). ``segment_ids`` (B, S) int: document resets (docs/math.md section 5; the
+    ``*_segments_kernel`` variants run only when given). Returns h (B, NH, S, DHV) in q's dtype, or
+    ``(h, (c, n, m))`` with fp32 states when ``return_last_states``.
     """
     dims = common.check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
+    resets = common.segment_resets(segment_ids, dims)
     check_dtypes(q, jnp.float32)
     intra = _chunk_size_intra(dims.S, chunk_size, impl_options.pop("chunk_size_intra", None))
     padded = dims._replace(S=common.padded_length(dims.S, intra))
@@ -91,40 +102,50 @@ def mlstm_chunkwise_triton(q, k, v, i, f, *, c_initial=None, n_initial=None, m_i
     _require_triton_backend()
     initial = common.initial_states(dims, c_initial, n_initial, m_initial)
     (q, k, v, i, f), S = common.pad_sequence(q, k, v, i, f, intra)
-    h, last_states = _chunkwise(q, k, v, i, f, *initial, options)
+    h, last_states = _chunkwise(q, k, v, i, f, *initial, common.pad_resets(resets, padded.S), options)
     h = h[:, :, :S]
     return (h, last_states) if return_last_states else h
 
 
-def _forward(q, k, v, i, f, c0, n0, m0, options: _Options):
-    result = launch_forward(q, k, v, i, f, (c0, n0, m0), options.fw_config, options.qk_scale, options.eps,
-                            jnp.float32)
+def _forward(q, k, v, i, f, c0, n0, m0, resets, options: _Options):
+    result = launch_forward(
+        q, k, v, i, f, (c0, n0, m0), options.fw_config, options.qk_scale, options.eps, jnp.float32, resets
+    )
     last_states = tuple(x[:, :, -1] for x in result.states)
     return result, last_states
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def _chunkwise(q, k, v, i, f, c0, n0, m0, options):
-    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, options)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
+def _chunkwise(q, k, v, i, f, c0, n0, m0, resets, options):
+    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options)
     return result.matH, last_states
 
 
-def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, options):
-    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, options)
+def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, resets, options):
+    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options)
     saved_states = result.states if options.save_states else None
-    residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecDen, result.vecM, result.vecNQ, saved_states)
+    residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecDen, result.vecM, result.vecNQ, resets, saved_states)
     return (result.matH, last_states), residuals
 
 
 def _backward(options, residuals, cotangents):
-    """Exact gradients (chunkwise_bw.py) for q, k, v, i, f and the initial states c0, n0, m0."""
+    """Exact gradients (chunkwise_bw.py) for q, k, v, i, f and the initial states c0, n0, m0 (none for
+    the segment starts ``resets``)."""
     matH_bar, (matC_bar, vecN_bar, scaM_bar) = cotangents
-    *forward_residuals, states = residuals
+    *forward_residuals, resets, states = residuals
     if states is None:  # recompute them with the forward's own call
         _, k, v, i, f, c0, n0, m0 = forward_residuals[:8]
-        states = recompute_states(k, v, i, f, (c0, n0, m0), options.fw_config)
-    return launch_backward(tuple(forward_residuals), states, (matH_bar, matC_bar, vecN_bar, scaM_bar),
-                           options.qk_scale, options.eps, options.bw_config)
+        states = recompute_states(k, v, i, f, (c0, n0, m0), options.fw_config, resets)
+    grads = launch_backward(
+        tuple(forward_residuals),
+        states,
+        (matH_bar, matC_bar, vecN_bar, scaM_bar),
+        options.qk_scale,
+        options.eps,
+        options.bw_config,
+        resets,
+    )
+    return (*grads, None)
 
 
 _chunkwise.defvjp(_chunkwise_fwd, _backward)

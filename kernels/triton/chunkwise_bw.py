@@ -20,6 +20,7 @@ Shapes: q, k (B, NH, S, DHQK); v, h, dh (B, NH, S, DHV); i, f, den, m, nq (B, NH
 C (B, NH, DHQK, DHV); n (B, NH, DHQK); m0 (B, NH). S is a multiple of chunk_size_intra.
 Tuning: :class:`~.tuning.BwConfig` (its own names; only chunk_size_intra is shared with the forward).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -31,26 +32,55 @@ from .. import common
 from . import chunkwise_bw_kernels as kernels
 from .chunkwise_fw import recompute_states
 from .launch import triton_call
-from .shared import cdiv, check_dtypes, chunk_log_forget_cumsum, dot_precision, heads_flat, padded_dim
+from .shared import (
+    cdiv,
+    check_dtypes,
+    chunk_log_forget_cumsum,
+    chunk_segment_counter,
+    dot_precision,
+    heads_flat,
+    padded_dim,
+)
 from .tuning import BwConfig, resolve_bw_config, resolve_fw_config
 
 
 def _check_residuals(dims: common.Dims, **arrays) -> None:
     """Shapes of the forward's outputs and of the cotangents (None = absent)."""
     B, NH, S, DHQK, DHV = dims
-    expected = dict(matH=(B, NH, S, DHV), vecDen=(B, NH, S), vecM=(B, NH, S), vecNQ=(B, NH, S),
-                    matDeltaH=(B, NH, S, DHV), matDeltaC_last=(B, NH, DHQK, DHV), vecDeltaN_last=(B, NH, DHQK),
-                    scaDeltaM_last=(B, NH))
+    expected = dict(
+        matH=(B, NH, S, DHV),
+        vecDen=(B, NH, S),
+        vecM=(B, NH, S),
+        vecNQ=(B, NH, S),
+        matDeltaH=(B, NH, S, DHV),
+        matDeltaC_last=(B, NH, DHQK, DHV),
+        vecDeltaN_last=(B, NH, DHQK),
+        scaDeltaM_last=(B, NH),
+    )
     for name, x in arrays.items():
         if x is not None and tuple(x.shape) != expected[name]:
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {expected[name]}")
 
 
-def _stabiliser(vecI, vecLogF, scaM0):
+def _stabiliser(vecI, vecLogF, scaM0, resets):
     """m_t = F_t + max(m0, max_{j<=t}(i_j - F_j)) with F the cumulative log forget gate over the whole
-    sequence (fp32)."""
-    F = jnp.cumsum(vecLogF, axis=-1)
-    return F + jnp.maximum(scaM0[..., None], jax.lax.cummax(vecI - F, axis=vecI.ndim - 1))
+    sequence (fp32); with ``resets`` (B, S) bool, F and the max restart at every segment start and later
+    segments take 0 for m0 (docs/math.md 5.1)."""
+    if resets is None:
+        F = jnp.cumsum(vecLogF, axis=-1)
+        return F + jnp.maximum(scaM0[..., None], jax.lax.cummax(vecI - F, axis=vecI.ndim - 1))
+    resets = resets[:, None]
+    F = common.segmented_cumsum(vecLogF, resets)
+    base = jnp.where(jnp.cumsum(resets, axis=-1) == 0, scaM0[..., None], 0.0)
+    return F + jnp.maximum(base, common.segmented_cummax(vecI - F, resets))
+
+
+def _reverse_segment_sums(x, resets):
+    """out_l = sum of x_t over t >= l in l's segment (the whole row without ``resets``): (B, NH, S)."""
+    if resets is None:
+        return jnp.flip(jnp.cumsum(jnp.flip(x, -1), -1), -1)
+    ends = jnp.concatenate([resets[:, 1:], jnp.zeros_like(resets[:, :1])], axis=1)  # last step of a segment
+    return jnp.flip(common.segmented_cumsum(jnp.flip(x, -1), jnp.flip(ends, -1)[:, None]), -1)
 
 
 class KernelArgs(NamedTuple):
@@ -61,16 +91,35 @@ class KernelArgs(NamedTuple):
     matV: jax.Array  # (BH, S, DHV)
     matDNum: jax.Array  # (BH, S, DHV) dh / (den + eps) in q's dtype
     vecDNQ: jax.Array  # (BH, S) fp32 cotangent of n_t . s q_t
-    vecB: jax.Array  # (BH, S) fp32 chunk-local log-forget cumsum (restarted every intra chunk)
+    vecB: jax.Array  # (BH, S) fp32 chunk-local log-forget cumsum (restarted every intra chunk, and segment)
     vecI: jax.Array  # (BH, S) fp32
     vecM: jax.Array  # (BH, S) fp32 m_t
     scaM0: jax.Array  # (BH,) fp32 initial m
+    vecSeg: jax.Array | None  # (BH, S) int32 chunk-local segment counter; None without resets
+
+
+def _gates(args: KernelArgs, *names: str):
+    """The named per-step inputs, with ``vecSeg`` after the last of them when there are resets."""
+    gates = tuple(getattr(args, name) for name in names)
+    return gates if args.vecSeg is None else (*gates, args.vecSeg)
+
+
+def _variant(args: KernelArgs, kernel, segments_kernel):
+    """``kernel``, or its ``*_segments_kernel`` entry when there are resets."""
+    return kernel if args.vecSeg is None else segments_kernel
 
 
 def _launch_options(args: KernelArgs, s: float, warps: int, stages: int) -> dict:
     BH, S, DHQK = args.matQ.shape
-    return dict(num_warps=warps, num_stages=stages, qk_scale=s, S=S, DHQK=DHQK, DHV=args.matV.shape[-1],
-                PRECISION=dot_precision(args.matQ.dtype))
+    return dict(
+        num_warps=warps,
+        num_stages=stages,
+        qk_scale=s,
+        S=S,
+        DHQK=DHQK,
+        DHV=args.matV.shape[-1],
+        PRECISION=dot_precision(args.matQ.dtype),
+    )
 
 
 def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config: BwConfig):
@@ -80,12 +129,23 @@ def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config:
     DHV = args.matV.shape[-1]
     NC = S // config.chunk_size_intra
     return triton_call(
-        args.matQ, args.matDNum, args.vecDNQ, args.vecB, args.vecM, args.scaM0, matDC_last, vecDN_last,
-        kernel=kernels.recurrent_bw_kernel,
-        out_shape=(jax.ShapeDtypeStruct((BH, NC + 1, DHQK, DHV), jnp.float32),
-                   jax.ShapeDtypeStruct((BH, NC + 1, DHQK), jnp.float32)),
+        args.matQ,
+        args.matDNum,
+        args.vecDNQ,
+        *_gates(args, "vecB"),
+        args.vecM,
+        args.scaM0,
+        matDC_last,
+        vecDN_last,
+        kernel=_variant(args, kernels.recurrent_bw_kernel, kernels.recurrent_bw_segments_kernel),
+        out_shape=(
+            jax.ShapeDtypeStruct((BH, NC + 1, DHQK, DHV), jnp.float32),
+            jax.ShapeDtypeStruct((BH, NC + 1, DHQK), jnp.float32),
+        ),
         grid=(cdiv(DHQK, config.block_dhqk_recurrent), cdiv(DHV, config.block_dhv_recurrent), BH),
-        L_INTRA=config.chunk_size_intra, L_INTER=config.chunk_size_recurrent, BQ=config.block_dhqk_recurrent,
+        L_INTRA=config.chunk_size_intra,
+        L_INTER=config.chunk_size_recurrent,
+        BQ=config.block_dhqk_recurrent,
         BV=config.block_dhv_recurrent,
         **_launch_options(args, s, config.num_warps_recurrent, config.num_stages_recurrent),
     )
@@ -100,8 +160,11 @@ def _parallel_launch(args: KernelArgs, s: float, config: BwConfig, splits: int):
     """Grid over (head-dim splits, owned step blocks, heads) and the launch options shared by dq and dk/dv."""
     BH, S, _ = args.matQ.shape
     grid = (splits, S // config.block_steps_owned, BH)
-    return dict(grid=grid, L=config.chunk_size_intra,
-                **_launch_options(args, s, config.num_warps_parallel, config.num_stages_parallel))
+    return dict(
+        grid=grid,
+        L=config.chunk_size_intra,
+        **_launch_options(args, s, config.num_warps_parallel, config.num_stages_parallel),
+    )
 
 
 def dq_call(args: KernelArgs, states, s: float, config: BwConfig):
@@ -110,12 +173,24 @@ def dq_call(args: KernelArgs, states, s: float, config: BwConfig):
     BQ = _clamped(config.block_dh_owned, DHQK)
     launch = _parallel_launch(args, s, config, cdiv(DHQK, BQ))
     matDQ, vecQDQ = triton_call(
-        args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, args.matQ, *states,
-        kernel=kernels.parallel_bw_dq_kernel,
-        out_shape=(jax.ShapeDtypeStruct(args.matQ.shape, args.matQ.dtype),
-                   jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32)),
-        BT=config.block_steps_owned, BJ=config.block_steps_looped, BQ=BQ,
-        BV=_clamped(config.block_dh_contracted, args.matV.shape[-1]), **launch,
+        args.matK,
+        args.matV,
+        args.matDNum,
+        args.vecDNQ,
+        *_gates(args, "vecB", "vecI"),
+        args.vecM,
+        args.matQ,
+        *states,
+        kernel=_variant(args, kernels.parallel_bw_dq_kernel, kernels.parallel_bw_dq_segments_kernel),
+        out_shape=(
+            jax.ShapeDtypeStruct(args.matQ.shape, args.matQ.dtype),
+            jax.ShapeDtypeStruct((launch["grid"][0], BH, S), jnp.float32),
+        ),
+        BT=config.block_steps_owned,
+        BJ=config.block_steps_looped,
+        BQ=BQ,
+        BV=_clamped(config.block_dh_contracted, args.matV.shape[-1]),
+        **launch,
     )
     return matDQ, vecQDQ.sum(0)
 
@@ -131,19 +206,44 @@ def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bo
     target = args.matK if for_dk else args.matV
     row_sums = jax.ShapeDtypeStruct((splits, BH, S) if for_dk else (1,), jnp.float32)  # dv: not written
     matDX, vecKDK = triton_call(
-        args.matQ, args.matK, args.matV, args.matDNum, args.vecDNQ, args.vecB, args.vecI, args.vecM, *dstates,
-        kernel=kernels.parallel_bw_dk_dv_kernel,
+        args.matQ,
+        args.matK,
+        args.matV,
+        args.matDNum,
+        args.vecDNQ,
+        *_gates(args, "vecB", "vecI"),
+        args.vecM,
+        *dstates,
+        kernel=_variant(args, kernels.parallel_bw_dk_dv_kernel, kernels.parallel_bw_dk_dv_segments_kernel),
         out_shape=(jax.ShapeDtypeStruct(target.shape, target.dtype), row_sums),
-        BJ=config.block_steps_owned, BT=config.block_steps_looped, BOWN=BOWN,
-        BLOOP=_clamped(config.block_dh_contracted, contracted), FOR_DK=for_dk,
+        BJ=config.block_steps_owned,
+        BT=config.block_steps_looped,
+        BOWN=BOWN,
+        BLOOP=_clamped(config.block_dh_contracted, contracted),
+        FOR_DK=for_dk,
         **_parallel_launch(args, s, config, splits),
     )
     return matDX, (vecKDK.sum(0) if for_dk else None)
 
 
-def kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecDen, vecM, vecNQ, matDeltaH, eps: float,
-                chunk_size_intra: int):
-    """Step 1 (per-step cotangents) and the kernels' layout: (KernelArgs, dden (B, NH, S) fp32)."""
+def kernel_args(
+    matQ,
+    matK,
+    matV,
+    vecI,
+    vecF,
+    scaM0,
+    matH,
+    vecDen,
+    vecM,
+    vecNQ,
+    matDeltaH,
+    eps: float,
+    chunk_size_intra: int,
+    resets=None,
+):
+    """Step 1 (per-step cotangents) and the kernels' layout: (KernelArgs, dden (B, NH, S) fp32);
+    ``resets`` (B, S) bool segment starts or None."""
     f32 = jnp.float32
     vecDen, vecM, vecNQ = vecDen.astype(f32), vecM.astype(f32), vecNQ.astype(f32)
     den_eps = vecDen + eps
@@ -151,14 +251,35 @@ def kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecDen, vecM, vecNQ, 
     matDNum = (matDeltaH / den_eps[..., None]).astype(matQ.dtype)
     vecDDen = -jnp.sum(matDeltaH * matH.astype(f32), axis=-1) / den_eps
     vecDNQ = vecDDen * jnp.sign(vecNQ) * (jnp.abs(vecNQ) > jnp.exp(-vecM))
-    vecB = chunk_log_forget_cumsum(vecF, chunk_size_intra)
-    args = KernelArgs(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI.astype(f32), vecM, scaM0)
-    return KernelArgs(*(heads_flat(x) for x in args)), vecDDen
+    vecB = chunk_log_forget_cumsum(vecF, chunk_size_intra, resets)
+    vecSeg = chunk_segment_counter(resets, matQ.shape[1], chunk_size_intra)
+    args = KernelArgs(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI.astype(f32), vecM, scaM0, vecSeg)
+    return KernelArgs(*(None if x is None else heads_flat(x) for x in args)), vecDDen
 
 
-def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial,
-                       matH, vecDen, vecM, vecNQ, matDeltaH, matDeltaC_last=None, vecDeltaN_last=None,
-                       scaDeltaM_last=None, *, qk_scale=None, eps=0.0, all_states=None, **tuning):
+def mlstm_chunkwise_bw(
+    matQ,
+    matK,
+    matV,
+    vecI,
+    vecF,
+    matC_initial,
+    vecN_initial,
+    scaM_initial,
+    matH,
+    vecDen,
+    vecM,
+    vecNQ,
+    matDeltaH,
+    matDeltaC_last=None,
+    vecDeltaN_last=None,
+    scaDeltaM_last=None,
+    *,
+    qk_scale=None,
+    eps=0.0,
+    all_states=None,
+    **tuning,
+):
     """Gradients of the chunkwise forward for its outputs' cotangents.
 
     Residuals: the forward's inputs (initial states may be None: zeros, m0 = 0), its outputs ``matH``,
@@ -174,8 +295,17 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
     """
     dims = common.check_inputs(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
     check_dtypes(matQ, jnp.float32)
-    _check_residuals(dims, matH=matH, vecDen=vecDen, vecM=vecM, vecNQ=vecNQ, matDeltaH=matDeltaH,
-                     matDeltaC_last=matDeltaC_last, vecDeltaN_last=vecDeltaN_last, scaDeltaM_last=scaDeltaM_last)
+    _check_residuals(
+        dims,
+        matH=matH,
+        vecDen=vecDen,
+        vecM=vecM,
+        vecNQ=vecNQ,
+        matDeltaH=matDeltaH,
+        matDeltaC_last=matDeltaC_last,
+        vecDeltaN_last=vecDeltaN_last,
+        scaDeltaM_last=scaDeltaM_last,
+    )
     config = resolve_bw_config(dims, matQ.dtype, **tuning)
     initial = common.initial_states(dims, matC_initial, vecN_initial, scaM_initial)
     if all_states is None:
@@ -183,14 +313,15 @@ def mlstm_chunkwise_bw(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial,
         all_states = recompute_states(matK, matV, vecI, vecF, initial, fw_config)
     residuals = (matQ, matK, matV, vecI, vecF, *initial, matH, vecDen, vecM, vecNQ)
     cotangents = (matDeltaH, matDeltaC_last, vecDeltaN_last, scaDeltaM_last)
-    return launch_backward(residuals, all_states, cotangents, common.default_qk_scale(dims.DHQK, qk_scale),
-                           float(eps), config)
+    return launch_backward(
+        residuals, all_states, cotangents, common.default_qk_scale(dims.DHQK, qk_scale), float(eps), config
+    )
 
 
-def launch_backward(residuals, all_states, cotangents, qk_scale: float, eps: float, config: BwConfig):
+def launch_backward(residuals, all_states, cotangents, qk_scale: float, eps: float, config: BwConfig, resets=None):
     """The backward on checked arguments. ``residuals``: (q, k, v, i, f, c0, n0, m0, h, den, m, nq) with
-    fp32 initial states; ``cotangents``: (dh, dC_last, dn_last, dm_last), the last three may be None.
-    Returns what :func:`mlstm_chunkwise_bw` returns."""
+    fp32 initial states; ``cotangents``: (dh, dC_last, dn_last, dm_last), the last three may be None;
+    ``resets``: (B, S) bool segment starts or None. Returns what :func:`mlstm_chunkwise_bw` returns."""
     matQ, matK, matV, vecI, vecF, matC0, vecN0, scaM0, matH, vecDen, vecM, vecNQ = residuals
     matDeltaH, matDeltaC_last, vecDeltaN_last, scaDeltaM_last = cotangents
     B, NH, S, DHQK = matQ.shape
@@ -199,8 +330,9 @@ def launch_backward(residuals, all_states, cotangents, qk_scale: float, eps: flo
     f32 = jnp.float32
 
     # 1. per-step cotangents; 2. the Triton kernels on (B * NH, ...) views.
-    args, vecDDen = kernel_args(matQ, matK, matV, vecI, vecF, scaM0, matH, vecDen, vecM, vecNQ, matDeltaH, eps,
-                                config.chunk_size_intra)
+    args, vecDDen = kernel_args(
+        matQ, matK, matV, vecI, vecF, scaM0, matH, vecDen, vecM, vecNQ, matDeltaH, eps, config.chunk_size_intra, resets
+    )
     matDC_last = jnp.zeros((B, NH, DHQK, DHV), f32) if matDeltaC_last is None else matDeltaC_last.astype(f32)
     vecDN_last = jnp.zeros((B, NH, DHQK), f32) if vecDeltaN_last is None else vecDeltaN_last.astype(f32)
     dstates = state_cotangents(args, heads_flat(matDC_last), heads_flat(vecDN_last), s, config)
@@ -212,10 +344,11 @@ def launch_backward(residuals, all_states, cotangents, qk_scale: float, eps: flo
     # 3. gates: dF and the initial states.
     matC_all, vecN_all, _ = all_states
     last_state_term = jnp.sum(matDC_last * matC_all[:, :, -1], axis=(-2, -1)) + jnp.sum(
-        vecDN_last * vecN_all[:, :, -1], axis=-1)
+        vecDN_last * vecN_all[:, :, -1], axis=-1
+    )
     vecQDQ, vecKDK = vecQDQ.reshape(B, NH, S), vecKDK.reshape(B, NH, S)
     vecDF = (vecQDQ - vecKDK).at[..., -1].add(last_state_term)
-    vecDLogF = jnp.flip(jnp.cumsum(jnp.flip(vecDF, -1), -1), -1)
+    vecDLogF = _reverse_segment_sums(vecDF, resets)
     matDC0, vecDN0 = matDC_all[:, :, 0], vecDN_all[:, :, 0]
     scaDM0 = jnp.sum(matDC0 * matC0, axis=(-2, -1)) + jnp.sum(vecDN0 * vecN0, axis=-1)
 
@@ -223,9 +356,17 @@ def launch_backward(residuals, all_states, cotangents, qk_scale: float, eps: flo
     scaDM_last = jnp.zeros((B, NH), f32) if scaDeltaM_last is None else scaDeltaM_last.astype(f32)
     vecDM = (eps * vecDDen).at[..., -1].add(scaDM_last - last_state_term)
     vecLogF = common.log_sigmoid_fp32(vecF).astype(f32)
-    _, stabiliser_vjp = jax.vjp(_stabiliser, vecI.astype(f32), vecLogF, scaM0)
+    _, stabiliser_vjp = jax.vjp(lambda *x: _stabiliser(*x, resets), vecI.astype(f32), vecLogF, scaM0)
     vecDI_m, vecDLogF_m, scaDM0_m = stabiliser_vjp(vecDM)
     vecDI = vecKDK + vecDI_m
     vecDFgate = (vecDLogF + vecDLogF_m) * jax.nn.sigmoid(-vecF.astype(f32))
-    return (matDQ.reshape(matQ.shape), matDK.reshape(matK.shape), matDV.reshape(matV.shape),
-            vecDI.astype(vecI.dtype), vecDFgate.astype(vecF.dtype), matDC0, vecDN0, scaDM0 + scaDM0_m)
+    return (
+        matDQ.reshape(matQ.shape),
+        matDK.reshape(matK.shape),
+        matDV.reshape(matV.shape),
+        vecDI.astype(vecI.dtype),
+        vecDFgate.astype(vecF.dtype),
+        matDC0,
+        vecDN0,
+        scaDM0 + scaDM0_m,
+    )

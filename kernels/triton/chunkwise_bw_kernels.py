@@ -17,7 +17,17 @@ cumsum (``vecB``: the cumulative log forget gate inside an intra chunk, 0 before
 (C, n, m_prev: state before the chunk; dC, dn: cotangent of the state after it, stabilised by m_end,
 the m of the chunk's last step; g = b at the chunk's last step.) Dots take operands in the input dtype
 (states are cast to it) and accumulate in fp32.
+
+Document resets (docs/math.md 5.4): the ``*_segments_kernel`` entries take ``vecSeg`` (BH, S) int32, the
+chunk-local segment counter, and ``vecB`` restarted at every segment start; D keeps only pairs of one
+segment, the state terms only rows before the chunk's first segment start (dq) or steps of its last
+segment (dk, dv), and the state-cotangent recurrence stops at a segment start. Each entry is a thin
+wrapper around one body with a ``HAS_SEGMENTS`` constexpr, so the entries without segments compile to
+the same code as before resets existed. Not run through ``ruff format``: it would put each of the
+kernels' many parameters on a line of its own.
 """
+
+# fmt: off
 from __future__ import annotations
 
 import triton
@@ -25,10 +35,23 @@ import triton.language as tl
 
 
 @triton.jit
-def _gate_tile(b_t, m_t, offs_t, b_j, i_j, offs_j):
-    """D[t, j] = exp(b_t - b_j + i_j - m_t) where j <= t, else 0: an fp32 (BT, BJ) tile."""
+def _gate_tile(b_t, m_t, offs_t, b_j, i_j, offs_j, seg_t, seg_j, HAS_SEGMENTS: tl.constexpr):
+    """D[t, j] = exp(b_t - b_j + i_j - m_t) where j <= t (and, HAS_SEGMENTS, seg_t = seg_j), else 0: an
+    fp32 (BT, BJ) tile."""
     log_d = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
-    return tl.exp(tl.where(offs_j[None, :] <= offs_t[:, None], log_d, -float("inf")))
+    pairs = offs_j[None, :] <= offs_t[:, None]
+    if HAS_SEGMENTS:
+        pairs = pairs & (seg_t[:, None] == seg_j[None, :])
+    return tl.exp(tl.where(pairs, log_d, -float("inf")))
+
+
+@triton.jit
+def _segment_of(vecSeg_bh, offs, HAS_SEGMENTS: tl.constexpr):
+    """The chunk-local segment counter of steps ``offs`` (HAS_SEGMENTS), else ``offs`` (never read)."""
+    if HAS_SEGMENTS:
+        return tl.load(vecSeg_bh + offs)
+    else:
+        return offs
 
 
 @triton.jit
@@ -87,6 +110,32 @@ def recurrent_bw_kernel(
     dC_tau' = exp(m_tau' + g - m_tau) dC_tau + sum_t exp(b_t + m_tau' - m_t) s q_t dnum_t^T, and dn
     alike with dnq_t. The dn of a DHQK block is stored by the programs of the first DHV block.
     """
+    _recurrent_bw(matQ, matDNum, vecDNQ, vecB, vecB, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
+                  qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, False)
+
+
+@triton.jit
+def recurrent_bw_segments_kernel(
+    matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last,  # inputs
+    matDC_all, vecDN_all,  # outputs
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """:func:`recurrent_bw_kernel` with document resets: a step sends its cotangent to the state before
+    its sub-chunk only if no segment starts in between, and a sub-chunk holding a segment start passes
+    nothing of (dC, dn) back (decay 0)."""
+    _recurrent_bw(matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
+                  qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, True)
+
+
+@triton.jit
+def _recurrent_bw(
+    matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
     pid_q = tl.program_id(0)
     pid_v = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
@@ -120,12 +169,20 @@ def recurrent_bw_kernel(
             m_prev = tl.where(start > 0, m_prev, m0)
             b_t = tl.load(vecB + gate_base + offs_t) - b_base
             g = tl.load(vecB + gate_base + start + L_INTER - 1) - b_base
-            coef = tl.exp(b_t + m_prev - tl.load(vecM + gate_base + offs_t)) * qk_scale
+            log_coef = b_t + m_prev - tl.load(vecM + gate_base + offs_t)
+            if HAS_SEGMENTS:  # rows after a segment start do not see the state before the sub-chunk
+                seg_t = tl.load(vecSeg + gate_base + offs_t)
+                seg_before = tl.load(vecSeg + gate_base + start - 1, mask=start % L_INTRA != 0, other=0)
+                log_coef = tl.where(seg_t == seg_before, log_coef, -float("inf"))
+            coef = tl.exp(log_coef) * qk_scale
             q = tl.load(q_base + offs_t[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
             dnum = tl.load(dnum_base + offs_t[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :],
                            other=0.0)
             dnq = tl.load(vecDNQ + gate_base + offs_t)
-            decay = tl.exp(m_prev + g - m_next)
+            log_decay = m_prev + g - m_next
+            if HAS_SEGMENTS:  # a segment start in the sub-chunk: the state after it ignores the one before
+                log_decay = tl.where(tl.max(seg_t, axis=0) == seg_before, log_decay, -float("inf"))
+            decay = tl.exp(log_decay)
             weighted_dnum = (dnum.to(tl.float32) * coef[:, None]).to(q.dtype)
             dC = tl.dot(tl.trans(q), weighted_dnum, acc=dC * decay, input_precision=PRECISION)
             dn = dn * decay + tl.sum(q.to(tl.float32) * (coef * dnq)[:, None], axis=0)
@@ -143,6 +200,31 @@ def parallel_bw_dq_kernel(
     PRECISION: tl.constexpr,
 ):
     """dq for BT rows and BQ columns of q. Grid (cdiv(DHQK, BQ), S // BT, BH)."""
+    _parallel_bw_dq(matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matQ, matC_all, vecN_all, scaM_all, matDQ,
+                    vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, False)
+
+
+@triton.jit
+def parallel_bw_dq_segments_kernel(
+    matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all,  # inputs
+    matDQ, vecQDQ,  # outputs as parallel_bw_dq_kernel
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """:func:`parallel_bw_dq_kernel` with document resets (pairs within one segment; the chunk's state
+    only for rows before its first segment start)."""
+    _parallel_bw_dq(matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all,
+                    matDQ, vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, True)
+
+
+@triton.jit
+def _parallel_bw_dq(
+    matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all, matDQ, vecQDQ,
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
     pid_q = tl.program_id(0)
     pid_t = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
@@ -159,16 +241,21 @@ def parallel_bw_dq_kernel(
     b_t = tl.load(vecB + gate_base + offs_t)
     m_t = tl.load(vecM + gate_base + offs_t)
     dnq_t = tl.load(vecDNQ + gate_base + offs_t)
+    seg_t = _segment_of(vecSeg + gate_base, offs_t, HAS_SEGMENTS)
 
     m_prev = tl.load(scaM_all + bh * (NC + 1) + chunk)
     dq = _rows_times_state_tile(dnum_base, matC_all + (bh * (NC + 1) + chunk) * DHQK * DHV, offs_t,
                                 offs_q, mask_q, DHQK, DHV, BT, BQ, BV, True, PRECISION)
     n = tl.load(vecN_all + (bh * (NC + 1) + chunk) * DHQK + offs_q, mask=mask_q, other=0.0)
-    dq = (dq + dnq_t[:, None] * n[None, :]) * (qk_scale * tl.exp(b_t + m_prev - m_t))[:, None]
+    dq = dq + dnq_t[:, None] * n[None, :]
+    log_inter = b_t + m_prev - m_t
+    if HAS_SEGMENTS:  # rows after a segment start in the chunk do not see its state
+        log_inter = tl.where(seg_t == 0, log_inter, -float("inf"))
+    dq = dq * (qk_scale * tl.exp(log_inter))[:, None]
     for j0 in range(chunk_start, pid_t * BT + BT, BJ):
         offs_j = j0 + tl.arange(0, BJ)
-        gates = _gate_tile(b_t, m_t, offs_t, tl.load(vecB + gate_base + offs_j),
-                           tl.load(vecI + gate_base + offs_j), offs_j)
+        gates = _gate_tile(b_t, m_t, offs_t, tl.load(vecB + gate_base + offs_j), tl.load(vecI + gate_base + offs_j),
+                           offs_j, seg_t, _segment_of(vecSeg + gate_base, offs_j, HAS_SEGMENTS), HAS_SEGMENTS)
         dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
         k_j = tl.load(k_base + offs_j[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
         dq = tl.dot(((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(k_j.dtype), k_j, acc=dq,
@@ -182,16 +269,21 @@ def parallel_bw_dq_kernel(
 
 
 @triton.jit
-def _key_block(vecB_bh, vecI_bh, vecM_bh, pid_j, L: tl.constexpr, BJ: tl.constexpr):
-    """The BJ key steps j of program ``pid_j``: (offs_j, b_j, i_j, chunk, chunk_end, w_j), with
-    w_j = exp(g - b_j + i_j - m_end) the weight of step j in the state after its chunk."""
+def _key_block(vecB_bh, vecI_bh, vecSeg_bh, vecM_bh, pid_j, L: tl.constexpr, BJ: tl.constexpr,
+               HAS_SEGMENTS: tl.constexpr):
+    """The BJ key steps j of program ``pid_j``: (offs_j, b_j, i_j, seg_j, chunk, chunk_end, w_j), with
+    w_j = exp(g - b_j + i_j - m_end) the weight of step j in the state after its chunk (0 outside the
+    chunk's last segment) and seg_j as :func:`_segment_of` gives it."""
     chunk = pid_j // (L // BJ)
     chunk_end = chunk * L + L
     offs_j = pid_j * BJ + tl.arange(0, BJ)
     b_j = tl.load(vecB_bh + offs_j)
     i_j = tl.load(vecI_bh + offs_j)
-    w_j = tl.exp(tl.load(vecB_bh + chunk_end - 1) - b_j + i_j - tl.load(vecM_bh + chunk_end - 1))
-    return offs_j, b_j, i_j, chunk, chunk_end, w_j
+    seg_j = _segment_of(vecSeg_bh, offs_j, HAS_SEGMENTS)
+    log_w = tl.load(vecB_bh + chunk_end - 1) - b_j + i_j - tl.load(vecM_bh + chunk_end - 1)
+    if HAS_SEGMENTS:
+        log_w = tl.where(seg_j == tl.load(vecSeg_bh + chunk_end - 1), log_w, -float("inf"))
+    return offs_j, b_j, i_j, seg_j, chunk, chunk_end, tl.exp(log_w)
 
 
 @triton.jit
@@ -209,13 +301,40 @@ def parallel_bw_dk_dv_kernel(
     head dim is looped over in blocks of BLOOP. ``vecKDK`` (cdiv(DHQK, BOWN), BH, S) fp32 is written
     only for dk.
     """
+    _parallel_bw_dk_dv(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matDC_all, vecDN_all, matDX,
+                       vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION, False)
+
+
+@triton.jit
+def parallel_bw_dk_dv_segments_kernel(
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all,  # inputs
+    matDX, vecKDK,  # outputs as parallel_bw_dk_dv_kernel
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
+    FOR_DK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """:func:`parallel_bw_dk_dv_kernel` with document resets (pairs within one segment; the state after
+    the chunk only for steps of its last segment)."""
+    _parallel_bw_dk_dv(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matDX,
+                       vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION, True)
+
+
+@triton.jit
+def _parallel_bw_dk_dv(
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matDX, vecKDK,
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
+    FOR_DK: tl.constexpr, PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
     pid_own = tl.program_id(0)
     pid_j = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
     NC: tl.constexpr = S // L
     D_OWN: tl.constexpr = DHQK if FOR_DK else DHV
     vecB_bh, vecM_bh = vecB + bh * S, vecM + bh * S
-    offs_j, b_j, i_j, chunk, chunk_end, w_j = _key_block(vecB_bh, vecI + bh * S, vecM_bh, pid_j, L, BJ)
+    vecSeg_bh = vecSeg + bh * S
+    offs_j, b_j, i_j, seg_j, chunk, chunk_end, w_j = _key_block(vecB_bh, vecI + bh * S, vecSeg_bh, vecM_bh, pid_j, L,
+                                                                BJ, HAS_SEGMENTS)
     offs_own = pid_own * BOWN + tl.arange(0, BOWN)
     mask_own = offs_own < D_OWN
     q_base = matQ + bh * S * DHQK
@@ -237,7 +356,8 @@ def parallel_bw_dk_dv_kernel(
     acc *= w_j[:, None]
     for t0 in range((pid_j * BJ) // BT * BT, chunk_end, BT):
         offs_t = t0 + tl.arange(0, BT)
-        gates = _gate_tile(tl.load(vecB_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, b_j, i_j, offs_j)
+        gates = _gate_tile(tl.load(vecB_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, b_j, i_j, offs_j,
+                           _segment_of(vecSeg_bh, offs_t, HAS_SEGMENTS), seg_j, HAS_SEGMENTS)
         scores = _rows_dot_tile(score_a, score_b, offs_t, offs_j, score_width, BLOOP, BT, BJ, PRECISION)
         if FOR_DK:
             scores += tl.load(vecDNQ + bh * S + offs_t)[:, None]

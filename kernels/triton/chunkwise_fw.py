@@ -9,6 +9,7 @@ sum restarted at every intra chunk (``vecB``, the chunk-local log-forget cumsum)
 Shapes: matQ, matK (B, NH, S, DHQK); matV (B, NH, S, DHV); vecI, vecF (B, NH, S) raw gates;
 matC_initial (B, NH, DHQK, DHV), vecN_initial (B, NH, DHQK), scaM_initial (B, NH).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -19,9 +20,8 @@ import jax.numpy as jnp
 from .. import common
 from . import chunkwise_fw_kernels as kernels
 from .launch import triton_call
-from .shared import cdiv, check_dtypes, chunk_log_forget_cumsum, dot_precision
+from .shared import cdiv, check_dtypes, chunk_log_forget_cumsum, chunk_segment_counter, dot_precision
 from .tuning import FwConfig, resolve_fw_config
-
 
 
 class FwResult(NamedTuple):
@@ -34,9 +34,10 @@ class FwResult(NamedTuple):
     states: tuple  # (matC_all, vecN_all, scaM_all), see mlstm_chunkwise_states
 
 
-def launch_states(matK, matV, vecB, vecI, initial, config: FwConfig):
+def launch_states(matK, matV, vecB, vecI, vecSeg, initial, config: FwConfig):
     """The recurrent kernel on checked inputs: (matC_all, vecN_all, scaM_all) from ``vecB`` (the
-    chunk-local log-forget cumsum), fp32 ``vecI`` and the fp32 initial states (c, n, m)."""
+    chunk-local log-forget cumsum), fp32 ``vecI``, ``vecSeg`` (the chunk-local segment counter, or None
+    without resets) and the fp32 initial states (c, n, m)."""
     B, NH, S, DHQK = matK.shape
     DHV = matV.shape[-1]
     NC = S // config.chunk_size_intra
@@ -46,31 +47,52 @@ def launch_states(matK, matV, vecB, vecI, initial, config: FwConfig):
         jax.ShapeDtypeStruct((B, NH, NC + 1), jnp.float32),
     )
     grid = (cdiv(DHQK, config.siz_b_DHQK_inter), cdiv(DHV, config.siz_b_DHV_inter), B * NH)
+    gates, kernel = (vecB, vecI), kernels.recurrent_fw_kernel
+    if vecSeg is not None:
+        gates, kernel = (vecB, vecI, vecSeg), kernels.recurrent_fw_segments_kernel
     return triton_call(
-        matK, matV, vecB, vecI, *initial,
-        kernel=kernels.recurrent_fw_kernel, out_shape=out_shape, grid=grid,
-        num_warps=config.num_warps_inter, num_stages=config.num_stages_inter,
-        S=S, DHQK=DHQK, DHV=DHV, NC=NC, L_INTRA=config.chunk_size_intra, L_INTER=config.chunk_size_inter,
-        BLOCK_DHQK=config.siz_b_DHQK_inter, BLOCK_DHV=config.siz_b_DHV_inter,
+        matK,
+        matV,
+        *gates,
+        *initial,
+        kernel=kernel,
+        out_shape=out_shape,
+        grid=grid,
+        num_warps=config.num_warps_inter,
+        num_stages=config.num_stages_inter,
+        S=S,
+        DHQK=DHQK,
+        DHV=DHV,
+        NC=NC,
+        L_INTRA=config.chunk_size_intra,
+        L_INTER=config.chunk_size_inter,
+        BLOCK_DHQK=config.siz_b_DHQK_inter,
+        BLOCK_DHV=config.siz_b_DHV_inter,
         DOT_PRECISION=dot_precision(matK.dtype),
     )
 
 
-def recompute_states(matK, matV, vecI, vecF, initial, config: FwConfig):
-    """The chunk states of checked inputs from raw gates, as the forward computes them."""
-    vecB = chunk_log_forget_cumsum(vecF, config.chunk_size_intra)
-    return launch_states(matK, matV, vecB, vecI.astype(jnp.float32), initial, config)
+def recompute_states(matK, matV, vecI, vecF, initial, config: FwConfig, resets=None):
+    """The chunk states of checked inputs from raw gates (and ``resets`` (B, S) bool or None), as the
+    forward computes them."""
+    L = config.chunk_size_intra
+    vecB = chunk_log_forget_cumsum(vecF, L, resets)
+    vecSeg = chunk_segment_counter(resets, matK.shape[1], L)
+    return launch_states(matK, matV, vecB, vecI.astype(jnp.float32), vecSeg, initial, config)
 
 
-def launch_forward(matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale: float, eps: float,
-                   output_dtype) -> FwResult:
-    """Both forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states)."""
+def launch_forward(
+    matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale: float, eps: float, output_dtype, resets=None
+) -> FwResult:
+    """Both forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
+    ``resets`` (B, S) bool segment starts or None)."""
     B, NH, S, DHQK = matQ.shape
     DHV = matV.shape[-1]
     NC, L = S // config.chunk_size_intra, config.chunk_size_intra
-    vecB = chunk_log_forget_cumsum(vecF, L)
+    vecB = chunk_log_forget_cumsum(vecF, L, resets)
+    vecSeg = chunk_segment_counter(resets, NH, L)
     vecI = vecI.astype(jnp.float32)
-    states = launch_states(matK, matV, vecB, vecI, initial, config)
+    states = launch_states(matK, matV, vecB, vecI, vecSeg, initial, config)
     out_shape = (
         jax.ShapeDtypeStruct((B, NH, S, DHV), matQ.dtype),
         jax.ShapeDtypeStruct((B, NH, S), output_dtype),
@@ -78,21 +100,52 @@ def launch_forward(matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_s
         jax.ShapeDtypeStruct((B, NH, S), jnp.float32),
     )
     grid = (cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_parallel, B * NH)
+    gates, kernel = (vecB, vecI), kernels.parallel_fw_kernel
+    if vecSeg is not None:
+        gates, kernel = (vecB, vecI, vecSeg), kernels.parallel_fw_segments_kernel
     matH, vecDen, vecM, vecNQ = triton_call(
-        matQ, matK, matV, vecB, vecI, *states,
-        kernel=kernels.parallel_fw_kernel, out_shape=out_shape, grid=grid,
-        num_warps=config.num_warps_intra, num_stages=config.num_stages_intra,
-        S=S, DHQK=DHQK, DHV=DHV, NC=NC, L=L,
-        BLOCK_LQ=config.siz_b_L_parallel, BLOCK_LK=config.siz_b_L_loop,
-        BLOCK_DHQK=config.siz_b_DH_loop, BLOCK_DHV=config.siz_b_DH_parallel,
-        QK_SCALE=qk_scale, EPS=eps, DOT_PRECISION=dot_precision(matQ.dtype),
+        matQ,
+        matK,
+        matV,
+        *gates,
+        *states,
+        kernel=kernel,
+        out_shape=out_shape,
+        grid=grid,
+        num_warps=config.num_warps_intra,
+        num_stages=config.num_stages_intra,
+        S=S,
+        DHQK=DHQK,
+        DHV=DHV,
+        NC=NC,
+        L=L,
+        BLOCK_LQ=config.siz_b_L_parallel,
+        BLOCK_LK=config.siz_b_L_loop,
+        BLOCK_DHQK=config.siz_b_DH_loop,
+        BLOCK_DHV=config.siz_b_DH_parallel,
+        QK_SCALE=qk_scale,
+        EPS=eps,
+        DOT_PRECISION=dot_precision(matQ.dtype),
     )
     return FwResult(matH, vecDen, vecM, vecNQ, tuple(states))
 
 
-def mlstm_chunkwise_states(matK, matV, vecI, vecF, matC_initial=None, vecN_initial=None, scaM_initial=None,
-                           *, chunk_size_inter, chunk_size_intra, siz_b_DHQK_inter=None,
-                           siz_b_DHV_inter=None, num_warps_inter=None, num_stages_inter=None):
+def mlstm_chunkwise_states(
+    matK,
+    matV,
+    vecI,
+    vecF,
+    matC_initial=None,
+    vecN_initial=None,
+    scaM_initial=None,
+    *,
+    chunk_size_inter,
+    chunk_size_intra,
+    siz_b_DHQK_inter=None,
+    siz_b_DHV_inter=None,
+    num_warps_inter=None,
+    num_stages_inter=None,
+):
     """Runs only the recurrent kernel: the state at every ``chunk_size_intra`` boundary.
 
     Returns ``matC_all (B, NH, NC+1, DHQK, DHV)``, ``vecN_all (B, NH, NC+1, DHQK)``,
@@ -105,17 +158,34 @@ def mlstm_chunkwise_states(matK, matV, vecI, vecF, matC_initial=None, vecN_initi
     dims = common.check_inputs(matK, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
     check_dtypes(matK, jnp.float32)
     config = resolve_fw_config(
-        dims, matK.dtype, "mlstm_chunkwise_states", chunk_size_inter=chunk_size_inter,
-        chunk_size_intra=chunk_size_intra, siz_b_DHQK_inter=siz_b_DHQK_inter, siz_b_DHV_inter=siz_b_DHV_inter,
-        num_warps_inter=num_warps_inter, num_stages_inter=num_stages_inter,
+        dims,
+        matK.dtype,
+        "mlstm_chunkwise_states",
+        chunk_size_inter=chunk_size_inter,
+        chunk_size_intra=chunk_size_intra,
+        siz_b_DHQK_inter=siz_b_DHQK_inter,
+        siz_b_DHV_inter=siz_b_DHV_inter,
+        num_warps_inter=num_warps_inter,
+        num_stages_inter=num_stages_inter,
     )
     initial = common.initial_states(dims, matC_initial, vecN_initial, scaM_initial)
     return recompute_states(matK, matV, vecI, vecF, initial, config)
 
 
-def mlstm_chunkwise_fw_result(matQ, matK, matV, vecI, vecF, matC_initial=None, vecN_initial=None,
-                              scaM_initial=None, qk_scale=None, output_dtype=jnp.float32, eps=0.0,
-                              **tuning) -> FwResult:
+def mlstm_chunkwise_fw_result(
+    matQ,
+    matK,
+    matV,
+    vecI,
+    vecF,
+    matC_initial=None,
+    vecN_initial=None,
+    scaM_initial=None,
+    qk_scale=None,
+    output_dtype=jnp.float32,
+    eps=0.0,
+    **tuning,
+) -> FwResult:
     """The forward with every output (:class:`FwResult`); ``tuning`` as in :func:`mlstm_chunkwise_fw`."""
     dims = common.check_inputs(matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial)
     check_dtypes(matQ, output_dtype)
@@ -123,16 +193,45 @@ def mlstm_chunkwise_fw_result(matQ, matK, matV, vecI, vecF, matC_initial=None, v
         raise ValueError(f"eps must be >= 0, got {eps!r}")
     config = resolve_fw_config(dims, matQ.dtype, **tuning)
     initial = common.initial_states(dims, matC_initial, vecN_initial, scaM_initial)
-    return launch_forward(matQ, matK, matV, vecI, vecF, initial, config, common.default_qk_scale(dims.DHQK, qk_scale),
-                          float(eps), output_dtype)
+    return launch_forward(
+        matQ,
+        matK,
+        matV,
+        vecI,
+        vecF,
+        initial,
+        config,
+        common.default_qk_scale(dims.DHQK, qk_scale),
+        float(eps),
+        output_dtype,
+    )
 
 
-def mlstm_chunkwise_fw(matQ, matK, matV, vecI, vecF, matC_initial=None, vecN_initial=None,
-                       scaM_initial=None, qk_scale=None, return_last_states=False,
-                       return_all_states=False, chunk_size_inter=None, chunk_size_intra=None,
-                       siz_b_L_parallel=None, siz_b_L_loop=None, siz_b_DH_parallel=None,
-                       siz_b_DH_loop=None, num_warps_intra=None, num_warps_inter=None,
-                       num_stages_intra=None, num_stages_inter=None, output_dtype=jnp.float32, eps=0.0):
+def mlstm_chunkwise_fw(
+    matQ,
+    matK,
+    matV,
+    vecI,
+    vecF,
+    matC_initial=None,
+    vecN_initial=None,
+    scaM_initial=None,
+    qk_scale=None,
+    return_last_states=False,
+    return_all_states=False,
+    chunk_size_inter=None,
+    chunk_size_intra=None,
+    siz_b_L_parallel=None,
+    siz_b_L_loop=None,
+    siz_b_DH_parallel=None,
+    siz_b_DH_loop=None,
+    num_warps_intra=None,
+    num_warps_inter=None,
+    num_stages_intra=None,
+    num_stages_inter=None,
+    output_dtype=jnp.float32,
+    eps=0.0,
+):
     """Chunkwise mLSTM forward with Triton (math: docs/math.md; calling convention: docs/kernels.md).
 
     Returns ``(matH, vecN, vecM, last_states_or_None, all_states_or_None)``:
@@ -151,11 +250,26 @@ def mlstm_chunkwise_fw(matQ, matK, matV, vecI, vecF, matC_initial=None, vecN_ini
     size / padded head dim; warps a power of two <= 16; stages in [1, 8].
     """
     result = mlstm_chunkwise_fw_result(
-        matQ, matK, matV, vecI, vecF, matC_initial, vecN_initial, scaM_initial, qk_scale=qk_scale,
-        output_dtype=output_dtype, eps=eps, chunk_size_inter=chunk_size_inter,
-        chunk_size_intra=chunk_size_intra, siz_b_L_parallel=siz_b_L_parallel, siz_b_L_loop=siz_b_L_loop,
-        siz_b_DH_parallel=siz_b_DH_parallel, siz_b_DH_loop=siz_b_DH_loop, num_warps_intra=num_warps_intra,
-        num_warps_inter=num_warps_inter, num_stages_intra=num_stages_intra,
+        matQ,
+        matK,
+        matV,
+        vecI,
+        vecF,
+        matC_initial,
+        vecN_initial,
+        scaM_initial,
+        qk_scale=qk_scale,
+        output_dtype=output_dtype,
+        eps=eps,
+        chunk_size_inter=chunk_size_inter,
+        chunk_size_intra=chunk_size_intra,
+        siz_b_L_parallel=siz_b_L_parallel,
+        siz_b_L_loop=siz_b_L_loop,
+        siz_b_DH_parallel=siz_b_DH_parallel,
+        siz_b_DH_loop=siz_b_DH_loop,
+        num_warps_intra=num_warps_intra,
+        num_warps_inter=num_warps_inter,
+        num_stages_intra=num_stages_intra,
         num_stages_inter=num_stages_inter,
     )
     last_states = tuple(x[:, :, -1] for x in result.states) if return_last_states else None

@@ -5,13 +5,22 @@ Per (batch, head) ``bh``, all buffers C-contiguous, gates and states fp32:
 * ``vecB (B, NH, S)``: the chunk-local log-forget cumsum, the inclusive cumulative sum of log(sigmoid(f))
   restarted at every intra chunk;
 * ``vecI (B, NH, S)``: the raw input gate;
+* ``vecSeg (B, NH, S)`` int32 (the ``*_segments_kernel`` variants only): the chunk-local segment
+  counter, the number of segment starts in the intra chunk up to and including the step (docs/math.md
+  section 5.3); ``vecB`` then also restarts at every segment start;
 * ``matC_all (B, NH, NC+1, DHQK, DHV)``, ``vecN_all (B, NH, NC+1, DHQK)``, ``scaM_all (B, NH, NC+1)``:
   the state at every intra-chunk boundary, index 0 = the initial state.
 
 Head dims need not be powers of two: DH blocks are padded and their loads/stores masked. Chunk and
 block sizes are powers of two >= 16 (the smallest ``tl.dot`` tile). Dots take q/k/v's dtype (states are
 cast to it) and accumulate in fp32; ``DOT_PRECISION`` only matters for fp32 operands.
+
+Each kernel is a thin entry around one body with a ``HAS_SEGMENTS`` constexpr: the entries without
+segments keep their names and compile to the same code as before resets existed. Not run through
+``ruff format``: it would put each of the kernels' many parameters on a line of its own.
 """
+
+# fmt: off
 import triton
 import triton.language as tl
 
@@ -28,6 +37,32 @@ def recurrent_fw_kernel(
     in registers and stores them at every L_INTRA boundary. For a chunk with local cumulative log
     forget gate b (from b_prev, the value before the chunk) and total g = b_end - b_prev:
     a_j = i_j + b_end - b_j, m' = max(g + m, max_j a_j), C' = e^(g+m-m') C + K^T diag(e^(a-m')) V."""
+    _recurrent_fw(matK, matV, vecB, vecI, vecI, matC_initial, vecN_initial, scaM_initial, matC_all, vecN_all,
+                  scaM_all, S, DHQK, DHV, NC, L_INTRA, L_INTER, BLOCK_DHQK, BLOCK_DHV, DOT_PRECISION, False)
+
+
+@triton.jit
+def recurrent_fw_segments_kernel(
+    matK, matV, vecB, vecI, vecSeg, matC_initial, vecN_initial, scaM_initial,  # inputs
+    matC_all, vecN_all, scaM_all,  # outputs
+    S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr,
+    L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """:func:`recurrent_fw_kernel` with document resets: a chunk holding a segment start drops the
+    carried state (decay 0), takes only the steps of its last segment and restarts m from the zero
+    state, m' = max(b_end, max_{last segment} a_j) with b restarted at the segment start."""
+    _recurrent_fw(matK, matV, vecB, vecI, vecSeg, matC_initial, vecN_initial, scaM_initial, matC_all, vecN_all,
+                  scaM_all, S, DHQK, DHV, NC, L_INTRA, L_INTER, BLOCK_DHQK, BLOCK_DHV, DOT_PRECISION, True)
+
+
+@triton.jit
+def _recurrent_fw(
+    matK, matV, vecB, vecI, vecSeg, matC_initial, vecN_initial, scaM_initial, matC_all, vecN_all, scaM_all,
+    S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr,
+    L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
     pid_q, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     offs_q = pid_q * BLOCK_DHQK + tl.arange(0, BLOCK_DHQK)
     offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
@@ -54,8 +89,17 @@ def recurrent_fw_kernel(
         b_end = tl.load(vecB + gates + L_INTER - 1)
         b_prev = tl.load(vecB + gates - 1, mask=t0 % L_INTRA != 0, other=0.0)
         a = tl.load(vecI + gates + offs_t) + b_end - b
-        m_new = tl.maximum(b_end - b_prev + scaM, tl.max(a, axis=0))
-        decay = tl.exp(b_end - b_prev + scaM - m_new)
+        log_carry = b_end - b_prev + scaM  # log weight of the carried state in the new one
+        if HAS_SEGMENTS:  # a segment start in this chunk: the zero state (m = 0) replaces the carried one
+            seg = tl.load(vecSeg + gates + offs_t)
+            seg_end = tl.load(vecSeg + gates + L_INTER - 1)
+            restarted = seg_end != tl.load(vecSeg + gates - 1, mask=t0 % L_INTRA != 0, other=0)
+            log_carry = tl.where(restarted, b_end, log_carry)
+            a = tl.where(seg == seg_end, a, float("-inf"))
+        m_new = tl.maximum(log_carry, tl.max(a, axis=0))
+        decay = tl.exp(log_carry - m_new)
+        if HAS_SEGMENTS:
+            decay = tl.where(restarted, 0.0, decay)
         weight = tl.exp(a - m_new)
         k = tl.load(matK + (gates + offs_t)[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
         v = tl.load(matV + (gates + offs_t)[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
@@ -83,6 +127,34 @@ def parallel_fw_kernel(
     m_i = max(b_i + m, max_{j<=i}(b_i - b_j + i_j)) (the step recurrence's m_i exactly) and
     num_i = s e^(b_i+m-m_i) q_i C + sum_{j<=i} s (q_i.k_j) e^(b_i-b_j+i_j-m_i) v_j; likewise nq_i with
     n and 1 for C and v_j. Writes h = num / (max(|nq|, e^-m_i) + eps), den, m_i and the signed nq."""
+    _parallel_fw(matQ, matK, matV, vecB, vecI, vecI, matC_all, vecN_all, scaM_all, matH, vecDen_out, vecM_out,
+                 vecNQ_out, S, DHQK, DHV, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, BLOCK_DHV, QK_SCALE, EPS,
+                 DOT_PRECISION, False)
+
+
+@triton.jit
+def parallel_fw_segments_kernel(
+    matQ, matK, matV, vecB, vecI, vecSeg, matC_all, vecN_all, scaM_all,  # inputs
+    matH, vecDen_out, vecM_out, vecNQ_out,  # outputs
+    S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
+    BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
+    QK_SCALE: tl.constexpr, EPS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """:func:`parallel_fw_kernel` with document resets: pairs (i, j) only within one segment, the chunk's
+    state only for rows before the chunk's first segment start; later rows start from the zero state
+    (m = 0 in the max for m_i)."""
+    _parallel_fw(matQ, matK, matV, vecB, vecI, vecSeg, matC_all, vecN_all, scaM_all, matH, vecDen_out, vecM_out,
+                 vecNQ_out, S, DHQK, DHV, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, BLOCK_DHV, QK_SCALE, EPS,
+                 DOT_PRECISION, True)
+
+
+@triton.jit
+def _parallel_fw(
+    matQ, matK, matV, vecB, vecI, vecSeg, matC_all, vecN_all, scaM_all, matH, vecDen_out, vecM_out, vecNQ_out,
+    S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
+    BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
+    QK_SCALE: tl.constexpr, EPS: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
     pid_v, pid_l, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     chunk = pid_l // (L // BLOCK_LQ)
     row0 = (pid_l % (L // BLOCK_LQ)) * BLOCK_LQ
@@ -97,13 +169,18 @@ def parallel_fw_kernel(
     b_rows = tl.load(vecB + t_rows)
     state = bh * (NC + 1) + chunk
     m_chunk = tl.load(scaM_all + state)
-    # Pass 1 (gates only): the per-row stabiliser m_i, the row max of the same log weights that pass 2
-    # exponentiates (so every exponent is <= 0 after rounding too, even for huge gates).
+    # Pass 1 (gates only): the per-row stabiliser m_i, the row max of the same masked log weights that
+    # pass 2 exponentiates (so every exponent is <= 0 after rounding too, even for huge gates).
     m_rows = b_rows + m_chunk
+    if HAS_SEGMENTS:  # rows after a segment start in the chunk begin from the zero state (m = 0)
+        seg_rows = tl.load(vecSeg + t_rows)
+        m_rows = tl.where(seg_rows == 0, m_rows, b_rows)
     for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
         t_cols = t_chunk + col0 + cols
         log_w = b_rows[:, None] - tl.load(vecB + t_cols)[None, :] + tl.load(vecI + t_cols)[None, :]
         causal = (row0 + rows)[:, None] >= (col0 + cols)[None, :]
+        if HAS_SEGMENTS:
+            causal = causal & (seg_rows[:, None] == tl.load(vecSeg + t_cols)[None, :])
         m_rows = tl.maximum(m_rows, tl.max(tl.where(causal, log_w, float("-inf")), axis=1))
 
     # Inter-chunk part: s q_i C and s q_i . n, weighted by e^(b_i + m - m_i).
@@ -117,7 +194,10 @@ def parallel_fw_kernel(
         n = tl.load(vecN_all + state * DHQK + d0 + offs_d, mask=mask_d, other=0.0)
         num += tl.dot(q, c.to(q.dtype), input_precision=DOT_PRECISION)
         nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
-    inter_weight = QK_SCALE * tl.exp(b_rows + m_chunk - m_rows)
+    log_inter = b_rows + m_chunk - m_rows
+    if HAS_SEGMENTS:
+        log_inter = tl.where(seg_rows == 0, log_inter, float("-inf"))
+    inter_weight = QK_SCALE * tl.exp(log_inter)
     num *= inter_weight[:, None]
     nq *= inter_weight
 
@@ -132,6 +212,8 @@ def parallel_fw_kernel(
             scores += tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         log_w = b_rows[:, None] - tl.load(vecB + t_cols)[None, :] + tl.load(vecI + t_cols)[None, :]
         causal = (row0 + rows)[:, None] >= (col0 + cols)[None, :]
+        if HAS_SEGMENTS:
+            causal = causal & (seg_rows[:, None] == tl.load(vecSeg + t_cols)[None, :])
         log_w = tl.where(causal, log_w - m_rows[:, None], float("-inf"))
         weighted = scores * QK_SCALE * tl.exp(log_w)
         nq += tl.sum(weighted, axis=1)

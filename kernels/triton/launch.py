@@ -4,6 +4,8 @@
 input arrays, then one pointer per output (in ``out_shape`` order), then the keywords, to the kernel
 and returns the output arrays (a single array when ``out_shape`` is a single shape).
 
+* ``zeroed_outputs``: indices (into the flattened ``out_shape``) of outputs set to zero before the
+  launch (jax-triton's option of that name), e.g. counters the kernel increments.
 * Normally it calls ``jax_triton.triton_call``. Without a GPU visible to JAX it compiles for sm_90
   (``compute_capability=90``), which is what lowering for CUDA on a CPU machine needs.
 * Under Triton's interpreter (``TRITON_INTERPRET=1``, set before any kernel is defined) jax-triton
@@ -16,6 +18,7 @@ and returns the output arrays (a single array when ``out_shape`` is a single sha
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, Protocol, Sequence
 
 import jax
@@ -57,24 +60,28 @@ def gpu_visible() -> bool:
 
 
 def triton_call(*inputs: jax.Array, kernel, out_shape, grid: tuple[int, ...] | Callable,
-                num_warps: int = 4, num_stages: int = 3, **constexprs):
+                num_warps: int = 4, num_stages: int = 3, zeroed_outputs: tuple[int, ...] = (), **constexprs):
     """Launches ``kernel`` over ``grid`` on ``inputs``; returns arrays shaped like ``out_shape``."""
     if interpreter_enabled():
-        return _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, constexprs)
+        return _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, constexprs)
     jax_triton = compat.import_jax_triton()
-    return jax_triton.triton_call(
-        *inputs,
-        kernel=kernel,
-        out_type=out_shape,
-        grid=grid,
-        num_warps=num_warps,
-        num_stages=num_stages,
-        compute_capability=None if gpu_visible() else HOPPER_COMPUTE_CAPABILITY,
-        **constexprs,
-    )
+    if zeroed_outputs:
+        constexprs = dict(constexprs, zeroed_outputs=tuple(zeroed_outputs))
+    with warnings.catch_warnings():  # jax-triton 0.4 marks zeroed_outputs deprecated (in favour of Refs)
+        warnings.filterwarnings("ignore", "zeroed_outputs is deprecated", DeprecationWarning)
+        return jax_triton.triton_call(
+            *inputs,
+            kernel=kernel,
+            out_type=out_shape,
+            grid=grid,
+            num_warps=num_warps,
+            num_stages=num_stages,
+            compute_capability=None if gpu_visible() else HOPPER_COMPUTE_CAPABILITY,
+            **constexprs,
+        )
 
 
-def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, constexprs):
+def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, constexprs):
     if _interpreter_runner is None:
         raise RuntimeError(
             "TRITON_INTERPRET=1 but no interpreter runner is installed: call "
@@ -87,9 +94,23 @@ def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, co
     grid = tuple(grid(meta)) if callable(grid) else tuple(np.atleast_1d(grid).tolist())
 
     def run_on_host(*host_inputs):
-        outputs = [np.full(s.shape, np.nan, s.dtype) for s in shapes]
+        outputs = [np.zeros(s.shape, s.dtype) if k in zeroed_outputs else np.full(s.shape, np.nan, s.dtype)
+                   for k, s in enumerate(shapes)]
         runner(kernel, grid, [np.ascontiguousarray(x) for x in host_inputs], outputs, meta)
         return outputs
 
     shapes = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in shapes]
     return jax.tree.unflatten(treedef, jax.pure_callback(run_on_host, shapes, *inputs))
+
+
+def require_triton_backend(kernel_name: str, fallback: str) -> None:
+    """Raises (ImportError / RuntimeError naming ``kernel_name`` and ``fallback``) unless jax-triton imports
+    and JAX sees a GPU; passes under the interpreter."""
+    if interpreter_enabled():
+        return
+    try:
+        compat.import_jax_triton()
+    except ImportError as err:
+        raise ImportError(f"{kernel_name} needs jax-triton ({err}); use kernel={fallback!r}") from err
+    if not gpu_visible():
+        raise RuntimeError(f"{kernel_name} needs a CUDA GPU visible to JAX; use kernel={fallback!r}")

@@ -1,5 +1,6 @@
 """Pieces shared by the Triton forward and backward: block-size rules, padded head dims, dtype rules, dot
 precision, the chunk-local log-forget cumsum and launch-geometry helpers (no kernels, no launches)."""
+
 from __future__ import annotations
 
 import jax
@@ -54,12 +55,24 @@ def dot_precision(dtype) -> str:
     return "tf32x3" if dtype == jnp.float32 else "tf32"
 
 
-def chunk_log_forget_cumsum(vecF: jax.Array, chunk_size: int) -> jax.Array:
+def chunk_log_forget_cumsum(vecF: jax.Array, chunk_size: int, resets: jax.Array | None = None) -> jax.Array:
     """``vecB (B, NH, S)`` fp32: the chunk-local log-forget cumsum, the cumulative sum of log(sigmoid(f))
-    restarted every ``chunk_size`` steps."""
+    restarted every ``chunk_size`` steps and, with ``resets`` (B, S) bool, at every segment start."""
     B, NH, S = vecF.shape
-    logf = common.log_sigmoid_fp32(vecF).astype(jnp.float32)
-    return jnp.cumsum(logf.reshape(B, NH, S // chunk_size, chunk_size), axis=-1).reshape(B, NH, S)
+    logf = common.log_sigmoid_fp32(vecF).astype(jnp.float32).reshape(B, NH, S // chunk_size, chunk_size)
+    if resets is None:
+        return jnp.cumsum(logf, axis=-1).reshape(B, NH, S)
+    return common.segmented_cumsum(logf, resets.reshape(B, 1, S // chunk_size, chunk_size)).reshape(B, NH, S)
+
+
+def chunk_segment_counter(resets: jax.Array | None, NH: int, chunk_size: int) -> jax.Array | None:
+    """``vecSeg (B, NH, S)`` int32 from ``resets`` (B, S) bool: the number of segment starts in the step's
+    chunk of ``chunk_size`` steps up to and including the step (docs/math.md 5.3); None stays None."""
+    if resets is None:
+        return None
+    B, S = resets.shape
+    counter = jnp.cumsum(resets.reshape(B, 1, S // chunk_size, chunk_size), axis=-1, dtype=jnp.int32)
+    return jnp.broadcast_to(counter, (B, NH, S // chunk_size, chunk_size)).reshape(B, NH, S)
 
 
 def heads_flat(x: jax.Array) -> jax.Array:

@@ -1,4 +1,5 @@
 """Helpers shared by the kernel tests: the float64 reference on an input dict, and error measures."""
+
 from __future__ import annotations
 
 import functools
@@ -26,11 +27,17 @@ def as_float64(x) -> np.ndarray:
     return np.asarray(jnp.asarray(x, jnp.float32) if x.dtype != np.float64 else x, np.float64)
 
 
-def reference_outputs(x: dict, **options):
-    """float64 ``(h, (c, n, m))`` of tests/reference.py for an input dict as built by random_inputs."""
+def reference_outputs(x: dict, segment_ids=None, **options):
+    """float64 ``(h, (c, n, m))`` of tests/reference.py for an input dict as built by random_inputs
+    (``segment_ids``: (B, S) document ids, a numpy array)."""
     args = [None if x.get(name) is None else as_float64(x[name]) for name in INPUT_NAMES + STATE_NAMES]
+    reference = _reference
+    if segment_ids is not None:
+        reference = jax.jit(
+            functools.partial(mlstm_reference, segment_ids=np.asarray(segment_ids)), static_argnames=("qk_scale", "eps")
+        )
     with jax.enable_x64():
-        h, _, _, last = _reference(*args, **options)
+        h, _, _, last = reference(*args, **options)
         return np.asarray(h), tuple(np.asarray(s) for s in last)
 
 

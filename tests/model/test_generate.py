@@ -1,20 +1,27 @@
-"""generate(): shapes, greedy decoding equals the argmax of full-sequence logits (teacher forcing),
-top-k sampling stays inside the top k, argument errors."""
+"""generate(): greedy decoding equals the argmax of full-sequence logits (teacher forcing), top-k and
+top-p sampling stay inside their sets, ragged batches equal rows generated alone (greedy and seeded
+sampling, list and padded-array forms), per-row EOS stops with lengths, the streaming callback, and
+argument errors before any work. Token comparisons are exact (same tokens)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from xlstm_flax.inference import sample_text
 from xlstm_flax.sampling import generate
+from xlstm_flax.train.data import ByteTokenizer
 
 from .helpers import VOCAB, make_model, random_tokens, small_config
 
 PROMPT_LEN, NEW = 5, 7
+RAGGED_LENGTHS = (2, 6, 2)  # rows 0 and 2 alone share a compilation
 
 
 @pytest.fixture(scope="module")
 def model():
-    return make_model(small_config(kernel="chunkwise--jax"))
+    return make_model(small_config("paper", kernel="chunkwise--jax"))
 
 
 @pytest.fixture(scope="module")
@@ -22,40 +29,137 @@ def prompt():
     return random_tokens(5, 2, PROMPT_LEN)
 
 
+@pytest.fixture(scope="module")
+def ragged():
+    rows = random_tokens(6, len(RAGGED_LENGTHS), max(RAGGED_LENGTHS))
+    return [np.asarray(row[:n]).tolist() for row, n in zip(rows, RAGGED_LENGTHS)]
+
+
 def test_greedy_generation_equals_argmax_of_full_sequence_logits(model, prompt):
     out = generate(model, prompt, NEW, key=jax.random.key(0), temperature=0.0)
-    assert out.shape == (2, PROMPT_LEN + NEW) and out.dtype == jnp.int32
-    np.testing.assert_array_equal(out[:, :PROMPT_LEN], prompt)
-    logits = model(out)
+    assert out.tokens.shape == (2, NEW) and out.tokens.dtype == jnp.int32
+    np.testing.assert_array_equal(out.lengths, [NEW, NEW])
+    logits = logits_of(model, jnp.concatenate([prompt, out.tokens], axis=1))
     # each generated token is the argmax of the logits of the whole sequence one position earlier
-    np.testing.assert_array_equal(out[:, PROMPT_LEN:], jnp.argmax(logits[:, PROMPT_LEN - 1 : -1], axis=-1))
+    np.testing.assert_array_equal(out.tokens, jnp.argmax(logits[:, PROMPT_LEN - 1 : -1], axis=-1))
+
+
+@nnx.jit
+def logits_of(model, tokens):
+    return model(tokens)
+
+
+def teacher_forced_logits(model, prompt, tokens):
+    return logits_of(model, jnp.concatenate([prompt, tokens], axis=1))[:, PROMPT_LEN - 1 : -1]
 
 
 def test_top_k_sampling_stays_in_the_top_k(model, prompt):
     k = 3
     out = generate(model, prompt, NEW, key=jax.random.key(1), temperature=1.0, top_k=k)
-    assert out.shape == (2, PROMPT_LEN + NEW)
-    logits = model(out)[:, PROMPT_LEN - 1 : -1]
-    top = jax.lax.top_k(logits, k)[1]
-    assert bool((top == out[:, PROMPT_LEN:, None]).any(-1).all()), "a token outside the top k was drawn"
+    top = jax.lax.top_k(teacher_forced_logits(model, prompt, out.tokens), k)[1]
+    assert bool((top == out.tokens[..., None]).any(-1).all()), "a token outside the top k was drawn"
     different_key = generate(model, prompt, NEW, key=jax.random.key(2), temperature=1.0, top_k=k)
-    assert not bool((different_key == out).all()), "sampling ignores the key"
+    assert not bool((different_key.tokens == out.tokens).all()), "sampling ignores the key"
 
 
-def test_zero_new_tokens_returns_the_prompt(model, prompt):
-    np.testing.assert_array_equal(generate(model, prompt, 0, key=jax.random.key(0)), prompt)
+def test_top_p_sampling_stays_in_the_nucleus(model, prompt):
+    """Every drawn token is among the most likely tokens whose mass before it is < top_p; a tiny top_p
+    keeps only the most likely token (= greedy); top_p 1 is plain sampling."""
+    top_p = 0.6
+    out = generate(model, prompt, NEW, key=jax.random.key(3), top_p=top_p)
+    probs = jax.nn.softmax(teacher_forced_logits(model, prompt, out.tokens), axis=-1)
+    drawn = jnp.take_along_axis(probs, out.tokens[..., None], axis=-1)
+    mass_before = jnp.where(probs > drawn, probs, 0).sum(-1, keepdims=True)
+    assert bool((mass_before < top_p).all()), "a token outside the nucleus was drawn"
+    greedy = generate(model, prompt, NEW, key=jax.random.key(0), temperature=0.0)
+    tiny = generate(model, prompt, NEW, key=jax.random.key(3), top_p=1e-6)
+    np.testing.assert_array_equal(tiny.tokens, greedy.tokens)
+    full = generate(model, prompt, NEW, key=jax.random.key(3), top_p=1.0)
+    np.testing.assert_array_equal(full.tokens, generate(model, prompt, NEW, key=jax.random.key(3)).tokens)
 
 
-@pytest.mark.parametrize(
-    "args, kwargs, match",
-    [
-        ((jnp.zeros((2,), jnp.int32), 3), {}, "prompt must be an integer array"),
-        ((jnp.zeros((2, 3), jnp.float32), 3), {}, "prompt must be an integer array"),
-        ((jnp.zeros((2, 3), jnp.int32), -1), {}, "max_new_tokens"),
-        ((jnp.zeros((2, 3), jnp.int32), 3), {"temperature": -1.0}, "temperature"),
-        ((jnp.zeros((2, 3), jnp.int32), 3), {"top_k": VOCAB + 1}, "top_k"),
-    ],
-)
-def test_bad_arguments_raise(model, args, kwargs, match):
+def test_zero_new_tokens(model, prompt):
+    out = generate(model, prompt, 0, key=jax.random.key(0))
+    assert out.tokens.shape == (2, 0) and out.lengths.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_ragged_batch_equals_rows_generated_alone(model, ragged, temperature):
+    """Prompts of lengths 2, 6, 2 in one call (as a list, and as a left-aligned padded array plus
+    lengths) give each row the tokens it gets alone with its own key."""
+    keys = jax.random.split(jax.random.key(11), len(ragged))
+    sampling = dict(temperature=temperature, top_p=0.9)
+    batch = generate(model, ragged, NEW, key=keys, **sampling)
+    padded = np.zeros((len(ragged), max(RAGGED_LENGTHS) + 2), np.int32)
+    for b, row in enumerate(ragged):
+        padded[b, : len(row)] = row
+    from_array = generate(model, padded, NEW, key=keys, prompt_lengths=np.array(RAGGED_LENGTHS), **sampling)
+    np.testing.assert_array_equal(from_array.tokens, batch.tokens)
+    for b, row in enumerate(ragged):
+        alone = generate(model, [row], NEW, key=keys[b : b + 1], **sampling)
+        np.testing.assert_array_equal(batch.tokens[b], alone.tokens[0], err_msg=f"row {b} (length {len(row)})")
+
+
+def test_rows_stop_at_eos_with_their_lengths(model, ragged):
+    """eos_id = a token that row 0 produces at step 2: each row ends at its first EOS (length counts
+    it, later positions hold eos_id); rows without it run to max_new_tokens."""
+    free = generate(model, ragged, NEW, key=jax.random.key(0), temperature=0.0)
+    eos_id = int(free.tokens[0, 2])
+    out = generate(model, ragged, NEW, key=jax.random.key(0), temperature=0.0, eos_id=eos_id)
+    for b in range(len(ragged)):
+        hits = np.flatnonzero(np.asarray(free.tokens[b]) == eos_id)
+        length = int(hits[0]) + 1 if hits.size else NEW
+        assert int(out.lengths[b]) == length, b
+        np.testing.assert_array_equal(out.tokens[b, :length], free.tokens[b, :length])
+        assert bool((out.tokens[b, length:] == eos_id).all())
+    assert int(out.lengths[0]) <= 3
+
+
+def test_streaming_callback_sees_every_step_in_order(model, ragged):
+    steps = []
+    out = generate(
+        model,
+        ragged,
+        NEW,
+        key=jax.random.key(4),
+        eos_id=3,
+        callback=lambda tokens, active: steps.append((np.array(tokens), np.array(active))),
+    )
+    tokens, active = (np.stack(parts, axis=1) for parts in zip(*steps))
+    np.testing.assert_array_equal(tokens, out.tokens)
+    np.testing.assert_array_equal(active.sum(axis=1), out.lengths)
+
+
+def test_sample_text_streams_the_text_it_returns():
+    model = make_model(small_config(vocab_size=ByteTokenizer.vocab_size), seed=2)
+    pieces = []
+    text = sample_text(model, ByteTokenizer(), "déf ", 12, seed=1, on_text=pieces.append)
+    assert text.startswith("déf ") and "".join(pieces) == text[len("déf ") :]
+    assert text == sample_text(model, ByteTokenizer(), "déf ", 12, seed=1)
+
+
+BAD_ARGUMENTS = [
+    ((jnp.zeros((2,), jnp.int32), 3), {}, "prompt must be an integer array"),
+    ((jnp.zeros((2, 3), jnp.float32), 3), {}, "prompt must be an integer array"),
+    (([[1, 2], []], 3), {}, "prompt 1 is empty"),
+    (([], 3), {}, "non-empty list"),
+    (([[1, VOCAB]], 3), {}, f"token id {VOCAB}, outside the vocabulary"),
+    ((jnp.full((1, 2), -1, jnp.int32), 3), {}, "token id -1"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"prompt_lengths": np.array([1, 4])}, "prompt_lengths"),
+    ((jnp.zeros((2, 3), jnp.int32), -1), {}, "max_new_tokens"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"temperature": -1.0}, "temperature"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"top_k": VOCAB + 1}, "top_k"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"top_p": 0.0}, "top_p"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"top_p": 1.5}, "top_p"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"eos_id": VOCAB}, "eos_id"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"key": jax.random.split(jax.random.key(0), 3)}, "one per row"),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, match", BAD_ARGUMENTS)
+def test_bad_arguments_raise_before_any_work(model, args, kwargs, match, monkeypatch):
+    import xlstm_flax.sampling as sampling
+
+    monkeypatch.setattr(sampling, "_generate", None)  # any work would fail with a TypeError
     with pytest.raises(ValueError, match=match):
-        generate(model, *args, key=jax.random.key(0), **kwargs)
+        generate(model, *args, **{"key": jax.random.key(0), **kwargs})

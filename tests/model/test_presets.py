@@ -11,6 +11,7 @@ from xlstm_flax.presets import PRESETS
 from .helpers import param_count
 
 NOMINAL = {"125m": 125e6, "350m": 350e6, "1.3b": 1.3e9, "7b": 7e9}
+NOMINAL.update({f"{size}-xlstm71": NOMINAL[size] for size in ("125m", "350m", "1.3b")})
 
 
 def abstract_model(name):
@@ -62,3 +63,12 @@ def test_tiny_preset_runs_on_cpu():
     logits = nnx.jit(lambda m, t: m(t))(model, tokens)
     assert logits.shape == (2, 16, 258) and logits.dtype == jnp.float32
     assert bool(jnp.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("size", ["125m", "350m", "1.3b"])
+def test_xlstm71_presets_put_slstm_at_one_block_in_eight(size):
+    base, mixed = PRESETS[size], PRESETS[f"{size}-xlstm71"]
+    kinds = mixed.block_kinds()
+    assert [i for i, k in enumerate(kinds) if k == "slstm"] == list(range(3, base.num_blocks, 8))
+    assert mixed.slstm.num_heads == 4 and mixed.slstm.conv_kernel_size == 4 and mixed.slstm.kernel == "auto"
+    assert (mixed.embedding_dim, mixed.num_blocks, mixed.mlstm) == (base.embedding_dim, base.num_blocks, base.mlstm)

@@ -26,7 +26,7 @@ HOMES = {  # public name -> the module that defines it
     "sLSTMLayerConfig": "layers.config", "mLSTMLayer": "layers.mlstm", "mLSTMPaperLayer": "layers.mlstm_paper",
     "mLSTMState": "layers.mlstm_cell", "sLSTMLayer": "layers.slstm", "sLSTMState": "layers.slstm",
     "PRESETS": "presets", "get_preset": "presets", "generate": "sampling", "load_trained_model": "inference",
-    "sample_text": "inference",
+    "sample_text": "inference", "load_hf": "convert.hf", "save_hf": "convert.hf",
 }
 
 

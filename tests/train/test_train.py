@@ -5,6 +5,7 @@ NaN stops the run keeping the last good checkpoint.
 
 Exactness: on CPU the same compiled step on the same inputs is deterministic, so resumed losses are
 compared with ``==`` (no tolerance)."""
+
 import contextlib
 import io
 import os
@@ -127,6 +128,16 @@ def test_sigterm_saves_then_resume_continues_exactly(recipe, reference, tmp_path
     assert resumed.train_losses == {s: expected[s] for s in range(5, STEPS + 1)}
 
 
+def test_resume_with_document_packing_reproduces_losses(recipe, tmp_path):
+    """With data.pack_documents (and the first-target mask) a resumed run repeats an uninterrupted one."""
+    packing = [*CHEAP, "data.pack_documents=true", "data.mask_first_target=true"]
+    whole = run(recipe, tmp_path / "whole", *packing)
+    first = run(recipe, tmp_path / "split", *packing, stop_at=3)
+    second = run(recipe, tmp_path / "split", *packing, "resume=true")
+    assert second.start_step == 3
+    assert {**first.train_losses, **second.train_losses} == whole.train_losses
+
+
 KILLED_SAVE = """
 import os, signal, sys
 from orbax.checkpoint._src.path import atomicity
@@ -148,8 +159,12 @@ train(load_recipe(sys.argv[1], sys.argv[2:]))
 def test_save_killed_midway_keeps_last_good_checkpoint(recipe, tmp_path):
     """A process killed while saving step 8 leaves step 4 intact; resuming from it replays steps
     5..8 with exactly the losses the killed process logged."""
-    child = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(recipe), f"run_dir={tmp_path}", *CHEAP],
-                           capture_output=True, text=True, timeout=600)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, str(recipe), f"run_dir={tmp_path}", *CHEAP],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     entries = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert "4" in entries and "8" not in entries
@@ -211,17 +226,34 @@ def test_two_cpu_devices_give_the_same_losses_as_one(recipe, tmp_path):
     (rtol 1e-5)."""
     two = tmp_path / "two"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    code = ("import sys, jax; assert jax.device_count() == 2; from xlstm_flax.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    child = subprocess.run([sys.executable, "-c", code, "train", "--config", str(recipe), f"run_dir={two}",
-                            *CHEAP, "distributed.shard_params=true", "distributed.min_shard_size=256"],
-                           capture_output=True, text=True, timeout=600, env=env)
+    code = (
+        "import sys, jax; assert jax.device_count() == 2; from xlstm_flax.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "train",
+            "--config",
+            str(recipe),
+            f"run_dir={two}",
+            *CHEAP,
+            "distributed.shard_params=true",
+            "distributed.min_shard_size=256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     assert "on 2 cpu device(s)" in child.stdout and "state arrays sharded" in child.stdout
     one = run(recipe, tmp_path / "one", *CHEAP)
     two_losses = train_losses(two)
-    np.testing.assert_allclose([two_losses[s] for s in range(1, 9)], [one.train_losses[s] for s in range(1, 9)],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [two_losses[s] for s in range(1, 9)], [one.train_losses[s] for s in range(1, 9)], rtol=1e-5
+    )
 
 
 def test_generate_command_samples_from_the_checkpoint(reference, capsys):

@@ -8,13 +8,28 @@ import dataclasses
 import math
 
 from xlstm_flax.kernels import AUTO, registry, resolve_kernel_name
+from xlstm_flax.kernels.slstm import resolve_slstm_kernel_name
 
 MLSTM_VARIANTS = ("xlstm7b", "paper")
+# How a width ``factor * D`` becomes an integer: "up" rounds up to the configured multiple (this
+# library's presets); "hf" reproduces HF transformers' xLSTMForCausalLM, whose checkpoints carry
+# those widths (see ``hf_ffn_width`` and ``mLSTMLayerConfig.qk_dim``).
+WIDTH_ROUNDINGS = ("up", "hf")
 
 
 def round_up(x: float, multiple: int) -> int:
     """The smallest multiple of ``multiple`` that is >= x."""
     return math.ceil(x / multiple) * multiple
+
+
+def hf_ffn_width(x: float, multiple: int) -> int:
+    """HF's FFN width rule ``floor((x + multiple - 1) / multiple) * multiple`` on the float ``x``: it
+    rounds *down* when x lies less than 1 above a multiple (96 * 0.667 = 64.03 -> 64, not 128)."""
+    return int(((x + multiple - 1) // multiple) * multiple)
+
+
+def _check_rounding(value: str, owner: str) -> None:
+    _require(value in WIDTH_ROUNDINGS, owner, "width_rounding", f"must be one of {WIDTH_ROUNDINGS}, got {value!r}")
 
 
 def _require(ok: bool, owner: str, field: str, message: str) -> None:
@@ -63,11 +78,12 @@ class mLSTMLayerConfig:
     chunk_size: int | None = None  # sequence-kernel chunk; None: the kernel's own tuned default
     eps: float = 1e-6  # kernel denominator eps
     norm_eps: float = 1e-6  # per-head norm eps
-    use_bias: bool = False  # biases of the q/k/v/o/up/down projections (gates always have one)
+    use_bias: bool = False  # biases of the q/k/v/o/out projections and (xlstm7b) the per-head norm; gates have one
     igate_bias_init: float = -10.0
     fgate_bias_min: float = 3.0  # forget-gate biases spread linearly over [min, max] across heads
     fgate_bias_max: float = 6.0
     dim_round_to: int = 64  # qk/v (xlstm7b) and inner (paper) widths are rounded up to this
+    width_rounding: str = "up"  # xlstm7b qk/v widths: "up" (to dim_round_to) or "hf" (int(D * factor))
     # xlstm7b variant
     qk_dim_factor: float = 0.5
     v_dim_factor: float = 1.0
@@ -92,14 +108,18 @@ class mLSTMLayerConfig:
         _require(self.gate_soft_cap is None or self.gate_soft_cap > 0, owner, "gate_soft_cap",
                  f"must be > 0 or null, got {self.gate_soft_cap}")
         _check_bias_range(self, owner)
+        _check_rounding(self.width_rounding, owner)
         _check_kernel_name(self.kernel, "kernel", step=False)
         _check_kernel_name(self.step_kernel, "step_kernel", step=True)
 
     def qk_dim(self, width: int) -> int:
-        return round_up(width * self.qk_dim_factor, self.dim_round_to)
+        return self._xlstm7b_dim(width * self.qk_dim_factor)
 
     def v_dim(self, width: int) -> int:
-        return round_up(width * self.v_dim_factor, self.dim_round_to)
+        return self._xlstm7b_dim(width * self.v_dim_factor)
+
+    def _xlstm7b_dim(self, x: float) -> int:
+        return int(x) if self.width_rounding == "hf" else round_up(x, self.dim_round_to)
 
     def inner_dim(self, width: int) -> int:
         return round_up(width * self.proj_factor, self.dim_round_to)
@@ -124,6 +144,7 @@ class sLSTMLayerConfig:
     """sLSTM layer: scalar memory, exponential gating, block-diagonal recurrent weights per head."""
 
     num_heads: int = 4
+    kernel: str = AUTO  # sLSTM kernel of xlstm_flax.kernels.slstm; swapping it changes only speed
     conv_kernel_size: int = 4  # causal conv feeding the i and f gates; 0 disables it
     igate_bias_init: float = 0.0
     fgate_bias_min: float = 3.0  # forget-gate biases spread over [min, max] within each head
@@ -137,6 +158,11 @@ class sLSTMLayerConfig:
                  f"must be >= 0 (0 disables the conv), got {self.conv_kernel_size}")
         _require(self.norm_eps >= 0, owner, "norm_eps", f"must be >= 0, got {self.norm_eps}")
         _check_bias_range(self, owner)
+        if self.kernel != AUTO:
+            try:
+                resolve_slstm_kernel_name(self.kernel)
+            except ValueError as err:
+                raise ValueError(f"{owner}.kernel: {err}") from None
 
     def check_width(self, width: int, owner: str) -> None:
         _require(width % self.num_heads == 0, owner, "slstm.num_heads",
@@ -149,6 +175,7 @@ class FFNConfig:
 
     proj_factor: float = 2.667
     round_up_to: int = 64
+    width_rounding: str = "up"  # "up": smallest multiple >= D * proj_factor; "hf": see hf_ffn_width
     use_bias: bool = False
     in_mlstm_blocks: bool = True
     in_slstm_blocks: bool = True
@@ -156,6 +183,8 @@ class FFNConfig:
     def __post_init__(self):
         _require(self.proj_factor > 0, "FFNConfig", "proj_factor", f"must be > 0, got {self.proj_factor}")
         _require(self.round_up_to >= 1, "FFNConfig", "round_up_to", f"must be >= 1, got {self.round_up_to}")
+        _check_rounding(self.width_rounding, "FFNConfig")
 
     def hidden_dim(self, width: int) -> int:
-        return round_up(width * self.proj_factor, self.round_up_to)
+        rounding = hf_ffn_width if self.width_rounding == "hf" else round_up
+        return rounding(width * self.proj_factor, self.round_up_to)

@@ -4,6 +4,7 @@ x (B, S, D) -> q, k (B, NH, S, DHQK), v (B, NH, S, DHV), output gate (B, S, NH *
 forget gate pre-activations (B, NH, S) in fp32, soft-capped -> mLSTM kernel -> per-head norm
 -> h * sigmoid(o) -> out_proj -> (B, S, D).
 """
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -18,8 +19,16 @@ class mLSTMLayer(mLSTMMixer):
     """Parameters (names as in the HF checkpoint): q, k, v, ogate_preact, igate_preact, fgate_preact,
     multihead_norm, out_proj. State: :class:`mLSTMState`."""
 
-    def __init__(self, dim: int, config: mLSTMLayerConfig, *, num_blocks: int, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        config: mLSTMLayerConfig,
+        *,
+        num_blocks: int,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.config = config
         self.num_heads = nh = config.num_heads
         qk_dim, v_dim = config.qk_dim(dim), config.v_dim(dim)
@@ -29,19 +38,23 @@ class mLSTMLayer(mLSTMMixer):
         self.k = dense(dim, qk_dim, kernel_init=small_init(dim), **proj)
         self.v = dense(dim, v_dim, kernel_init=small_init(dim), **proj)
         self.ogate_preact = dense(dim, v_dim, kernel_init=small_init(dim), **proj)
-        gate = dict(kernel_init=nnx.initializers.zeros, use_bias=True, dtype=jnp.float32,
-                    param_dtype=param_dtype, rngs=rngs)
-        self.igate_preact = dense(dim, nh, bias_init=nnx.initializers.constant(config.igate_bias_init),
-                                  **gate)
-        self.fgate_preact = dense(dim, nh, bias_init=linspace_init(config.fgate_bias_min,
-                                                                   config.fgate_bias_max), **gate)
-        self.multihead_norm = MultiHeadNorm(nh, self.dhv, eps=config.norm_eps, param_dtype=param_dtype)
+        gate = dict(
+            kernel_init=nnx.initializers.zeros, use_bias=True, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs
+        )
+        self.igate_preact = dense(dim, nh, bias_init=nnx.initializers.constant(config.igate_bias_init), **gate)
+        self.fgate_preact = dense(
+            dim, nh, bias_init=linspace_init(config.fgate_bias_min, config.fgate_bias_max), **gate
+        )
+        self.multihead_norm = MultiHeadNorm(
+            nh, self.dhv, eps=config.norm_eps, use_bias=config.use_bias, param_dtype=param_dtype
+        )
         self.out_proj = dense(v_dim, dim, kernel_init=wang_init(dim, num_blocks), **proj)
 
     def init_state(self, batch_size: int) -> mLSTMState:
         return zero_state(batch_size, self.num_heads, self.dhqk, self.dhv)
 
-    def _forward(self, x, cell, state):
+    def _forward(self, x, cell, state, segment_ids):
+        del segment_ids  # no state besides the cell's
         B, S, _ = x.shape
 
         def heads(t):  # (B, S, NH * DH) -> (B, NH, S, DH)
@@ -50,7 +63,13 @@ class mLSTMLayer(mLSTMMixer):
         def gate(linear):  # fp32 pre-activation (B, NH, S)
             return soft_cap(linear(x.astype(jnp.float32)), self.config.gate_soft_cap).transpose(0, 2, 1)
 
-        h, new_state = cell(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)),
-                            gate(self.igate_preact), gate(self.fgate_preact), state)
+        h, new_state = cell(
+            heads(self.q(x)),
+            heads(self.k(x)),
+            heads(self.v(x)),
+            gate(self.igate_preact),
+            gate(self.fgate_preact),
+            state,
+        )
         h = self.multihead_norm(h.transpose(0, 2, 1, 3))  # (B, S, NH * DHV)
         return self.out_proj(jax.nn.sigmoid(self.ogate_preact(x)) * h), new_state

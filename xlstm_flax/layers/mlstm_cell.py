@@ -4,6 +4,7 @@ kernel for single tokens, and the carried state (C, n, m).
 Shapes: q, k (B, NH, S, DHQK); v (B, NH, S, DHV); i, f (B, NH, S) fp32 gate pre-activations;
 h (B, NH, S, DHV) in q's dtype. State: c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH), fp32.
 """
+
 from typing import NamedTuple
 
 import jax
@@ -30,12 +31,26 @@ def zero_state(batch_size: int, num_heads: int, dhqk: int, dhv: int) -> mLSTMSta
     )
 
 
-def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | None, return_state: bool):
-    """Runs ``config.kernel`` over the sequence; returns (h, last state or None)."""
+def run_sequence(
+    config: mLSTMLayerConfig,
+    q,
+    k,
+    v,
+    i,
+    f,
+    state: mLSTMState | None,
+    return_state: bool,
+    segment_ids: jax.Array | None = None,
+):
+    """Runs ``config.kernel`` over the sequence (restarting at segment starts); returns (h, last state
+    or None)."""
     kernel = get_kernel(config.kernel)
     initial = {} if state is None else dict(c_initial=state.c, n_initial=state.n, m_initial=state.m)
-    out = kernel(q, k, v, i, f, **initial, return_last_states=return_state, eps=config.eps,
-                 chunk_size=config.chunk_size)
+    if segment_ids is not None:
+        initial["segment_ids"] = segment_ids
+    out = kernel(
+        q, k, v, i, f, **initial, return_last_states=return_state, eps=config.eps, chunk_size=config.chunk_size
+    )
     if return_state:
         h, last = out
         return h, mLSTMState(*last)
@@ -45,26 +60,28 @@ def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | No
 def run_step(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState):
     """One token (S = 1) through ``config.step_kernel``; returns (h (B, NH, 1, DHV), new state)."""
     kernel = get_kernel(config.step_kernel)
-    h, (c, n, m) = kernel(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0],
-                          state.c, state.n, state.m, eps=config.eps)
+    h, (c, n, m) = kernel(
+        q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state.c, state.n, state.m, eps=config.eps
+    )
     return h[:, :, None], mLSTMState(c, n, m)
 
 
 class mLSTMMixer(nnx.Module):
     """Shared call/step plumbing of the mLSTM layer variants.
 
-    Subclasses set ``self.config`` and implement ``_forward(x, cell, state) -> (y, new_state)``, where
-    ``cell(q, k, v, i, f, cell_state) -> (h, new_cell_state)`` is the recurrence to use and ``state``
-    is the layer state (or None for a fresh sequence).
+    Subclasses set ``self.config`` and implement ``_forward(x, cell, state, segment_ids) -> (y,
+    new_state)``, where ``cell(q, k, v, i, f, cell_state) -> (h, new_cell_state)`` is the recurrence to
+    use, ``state`` is the layer state (or None for a fresh sequence) and ``segment_ids`` (B, S) int or
+    None marks the documents of packed rows (the state restarts at each).
     """
 
-    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False):
+    def __call__(self, x: jax.Array, state=None, *, return_state: bool = False, segment_ids: jax.Array | None = None):
         """x (B, S, D) -> (y (B, S, D), the state after the last token if ``return_state`` else None)."""
 
         def cell(q, k, v, i, f, cell_state):
-            return run_sequence(self.config, q, k, v, i, f, cell_state, return_state)
+            return run_sequence(self.config, q, k, v, i, f, cell_state, return_state, segment_ids)
 
-        y, new_state = self._forward(x, cell, state)
+        y, new_state = self._forward(x, cell, state, segment_ids)
         return y, (new_state if return_state else None)
 
     def step(self, x: jax.Array, state):
@@ -73,5 +90,5 @@ class mLSTMMixer(nnx.Module):
         def cell(q, k, v, i, f, cell_state):
             return run_step(self.config, q, k, v, i, f, cell_state)
 
-        y, new_state = self._forward(x[:, None], cell, state)
+        y, new_state = self._forward(x[:, None], cell, state, None)
         return y[:, 0], new_state

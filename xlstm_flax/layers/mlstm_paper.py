@@ -4,6 +4,7 @@ x (B, S, D) -> up-projection to (x_in, z), each (B, S, DI) -> causal conv + swis
 (head-wise projections), v from x_in -> gates from [q, k, v] (fp32) -> mLSTM kernel -> multi-head
 group norm -> + learnable_skip * conv output -> * swish(z) -> down-projection -> (B, S, D).
 """
+
 from typing import NamedTuple
 
 import jax
@@ -27,39 +28,44 @@ class mLSTMPaperLayer(mLSTMMixer):
     """Parameters: proj_up, conv1d, q_proj, k_proj, v_proj, igate, fgate, outnorm, learnable_skip,
     proj_down. State: :class:`mLSTMPaperState`."""
 
-    def __init__(self, dim: int, config: mLSTMLayerConfig, *, num_blocks: int, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        config: mLSTMLayerConfig,
+        *,
+        num_blocks: int,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.config = config
         self.num_heads = nh = config.num_heads
         self.inner = inner = config.inner_dim(dim)
         proj = dict(use_bias=config.use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.proj_up = dense(dim, 2 * inner, kernel_init=small_init(dim), **proj)
-        self.conv1d = CausalConv1d(inner, config.conv_kernel_size, dtype=dtype, param_dtype=param_dtype,
-                                   rngs=rngs)
+        self.conv1d = CausalConv1d(inner, config.conv_kernel_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         qkv_heads = inner // config.qkv_proj_blocksize
         headwise = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
         self.k_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
         self.v_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
-        gate = dict(kernel_init=nnx.initializers.zeros, use_bias=True, dtype=jnp.float32,
-                    param_dtype=param_dtype, rngs=rngs)
-        self.igate = dense(3 * inner, nh, bias_init=nnx.initializers.constant(config.igate_bias_init),
-                           **gate)
-        self.fgate = dense(3 * inner, nh, bias_init=linspace_init(config.fgate_bias_min,
-                                                                  config.fgate_bias_max), **gate)
+        gate = dict(
+            kernel_init=nnx.initializers.zeros, use_bias=True, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs
+        )
+        self.igate = dense(3 * inner, nh, bias_init=nnx.initializers.constant(config.igate_bias_init), **gate)
+        self.fgate = dense(3 * inner, nh, bias_init=linspace_init(config.fgate_bias_min, config.fgate_bias_max), **gate)
         self.outnorm = MultiHeadNorm(nh, inner // nh, eps=config.norm_eps, param_dtype=param_dtype)
         self.learnable_skip = nnx.Param(jnp.ones((inner,), param_dtype))
         self.proj_down = dense(inner, dim, kernel_init=wang_init(dim, num_blocks), **proj)
 
     def init_state(self, batch_size: int) -> mLSTMPaperState:
         dh = self.inner // self.num_heads
-        return mLSTMPaperState(zero_state(batch_size, self.num_heads, dh, dh),
-                               self.conv1d.init_state(batch_size))
+        return mLSTMPaperState(zero_state(batch_size, self.num_heads, dh, dh), self.conv1d.init_state(batch_size))
 
-    def _forward(self, x, cell, state):
+    def _forward(self, x, cell, state, segment_ids):
         B, S, _ = x.shape
         x_in, z = jnp.split(self.proj_up(x), 2, axis=-1)
-        x_conv, conv_state = self.conv1d(x_in, None if state is None else state.conv)
+        x_conv, conv_state = self.conv1d(x_in, None if state is None else state.conv, segment_ids)
         x_conv = jax.nn.silu(x_conv)
         q, k, v = self.q_proj(x_conv), self.k_proj(x_conv), self.v_proj(x_in)
 

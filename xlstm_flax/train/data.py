@@ -9,7 +9,12 @@ Sources (``DataConfig.path``):
 
 Documents are joined with an EOS token after each one. A batch is a pure function of
 ``(seed, split, index)``: resuming at step k replays exactly the batches an uninterrupted run sees.
+
+Packing (``pack_documents``): a window of the stream holds the end of one document, whole documents
+and the start of another; each EOS closes its document, and the model restarts its state after it
+(:func:`document_segment_ids`, computed inside the train / eval step from the tokens themselves).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,18 +41,26 @@ SCAN_CHUNK = 1 << 24  # tokens per chunk when scanning token files
 class DataConfig:
     """Where the tokens come from and how they are split into train / validation."""
 
-    path: str = STDLIB            # "stdlib", a text file/glob, or .npy/.bin token file(s)/glob
-    val_path: str | None = None   # separate validation data; None: split ``path``
-    val_fraction: float = 0.05    # share of files (text) or stream tail held out for validation
-    tokenizer: str = "bytes"      # "bytes" or the path of a Hugging Face tokenizer.json
+    path: str = STDLIB  # "stdlib", a text file/glob, or .npy/.bin token file(s)/glob
+    val_path: str | None = None  # separate validation data; None: split ``path``
+    val_fraction: float = 0.05  # share of files (text) or stream tail held out for validation
+    tokenizer: str = "bytes"  # "bytes" or the path of a Hugging Face tokenizer.json
     eos_token: str = "<|endoftext|>"  # EOS token of a tokenizer.json
-    bin_dtype: str = "uint16"     # element type of raw .bin token files
+    bin_dtype: str = "uint16"  # element type of raw .bin token files
+    pack_documents: bool = False  # reset the model's state after every EOS (documents do not see each other)
+    mask_first_target: bool = False  # with packing: no loss on each document's first token (it is
+    # predicted from the previous document's EOS)
+    eos_id: int | None = None  # EOS id that ends documents in token files (default: the tokenizer's)
 
     def __post_init__(self):
         if not self.path:
             raise ValueError("path must not be empty")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.mask_first_target and not self.pack_documents:
+            raise ValueError("mask_first_target needs pack_documents: true")
+        if self.eos_id is not None and self.eos_id < 0:
+            raise ValueError(f"eos_id must be >= 0 or null, got {self.eos_id}")
         if self.bin_dtype not in BIN_DTYPES:
             raise ValueError(f"bin_dtype must be one of {BIN_DTYPES}, got {self.bin_dtype!r}")
 
@@ -88,8 +101,10 @@ class HFTokenizer:
         try:
             from tokenizers import Tokenizer as _Tokenizer
         except ImportError:
-            raise DataError(f"data.tokenizer={path!r} needs the optional package 'tokenizers' "
-                            "(pip install 'xlstm-flax[tokenizers]')") from None
+            raise DataError(
+                f"data.tokenizer={path!r} needs the optional package 'tokenizers' "
+                "(pip install 'xlstm-flax[tokenizers]')"
+            ) from None
         if not Path(path).is_file():
             raise DataError(f"data.tokenizer: file not found: {path}")
         try:
@@ -122,12 +137,36 @@ class Corpus:
     val: list[np.ndarray]
     tokenizer: Tokenizer
     unigram_counts: np.ndarray  # (vocab_size,) int64, train split
-    byte_level: bool            # one token per byte of text (losses convert to bits per byte)
+    byte_level: bool  # one token per byte of text (losses convert to bits per byte)
 
     def unigram_entropy(self) -> float:
         """Entropy of the train split's token frequencies, in nats per token."""
         p = self.unigram_counts[self.unigram_counts > 0] / self.unigram_counts.sum()
         return float(-(p * np.log(p)).sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """How the train / eval steps split windows into documents: ``eos_id`` ends a document; with
+    ``mask_first_target`` the target right after each EOS carries no loss."""
+
+    eos_id: int
+    mask_first_target: bool = False
+
+
+def document_packing(config: DataConfig, tokenizer: Tokenizer) -> Packing | None:
+    """The packing of a run (None without ``pack_documents``)."""
+    if not config.pack_documents:
+        return None
+    eos_id = tokenizer.eos_id if config.eos_id is None else config.eos_id
+    return Packing(eos_id, config.mask_first_target)
+
+
+def document_segment_ids(tokens, eos_id: int):
+    """tokens int (B, L) -> int32 (B, L) segment ids: the number of EOS tokens before each position,
+    so an EOS ends its document and the next token starts a new one (numpy or jax arrays)."""
+    is_eos = (tokens == eos_id).astype(np.int32)
+    return is_eos.cumsum(axis=-1, dtype=np.int32) - is_eos
 
 
 def load_corpus(config: DataConfig, vocab_size: int) -> Corpus:
@@ -139,6 +178,8 @@ def load_corpus(config: DataConfig, vocab_size: int) -> Corpus:
     tokenizer = make_tokenizer(config)
     if tokenizer.vocab_size > vocab_size:
         raise DataError(f"tokenizer has {tokenizer.vocab_size} ids but model.vocab_size is {vocab_size}")
+    if config.eos_id is not None and config.eos_id >= vocab_size:
+        raise DataError(f"data.eos_id={config.eos_id} is outside the model vocabulary [0, {vocab_size})")
     files = _resolve(config.path, "data.path")
     if config.val_path is not None:
         train = _read_streams(files, config, tokenizer)
@@ -157,18 +198,24 @@ def load_corpus(config: DataConfig, vocab_size: int) -> Corpus:
 def check_window_length(corpus: Corpus, length: int, config: DataConfig) -> None:
     """Both splits need a stream of at least ``length`` tokens (``train.seq_len + 1``): a DataError names
     the split, its source and its longest stream otherwise."""
-    val_source = f"data.val_path={config.val_path!r}" if config.val_path is not None else (
-        f"data.path={config.path!r} (data.val_fraction={config.val_fraction})")
-    for split, streams, source in (("train", corpus.train, f"data.path={config.path!r}"),
-                                   ("validation", corpus.val, val_source)):
+    val_source = (
+        f"data.val_path={config.val_path!r}"
+        if config.val_path is not None
+        else (f"data.path={config.path!r} (data.val_fraction={config.val_fraction})")
+    )
+    for split, streams, source in (
+        ("train", corpus.train, f"data.path={config.path!r}"),
+        ("validation", corpus.val, val_source),
+    ):
         longest = max((len(s) for s in streams), default=0)
         if longest < length:
-            raise DataError(f"the {split} split of {source} is too short: its longest stream holds {longest} "
-                            f"tokens, a training window needs {length} (train.seq_len + 1)")
+            raise DataError(
+                f"the {split} split of {source} is too short: its longest stream holds {longest} "
+                f"tokens, a training window needs {length} (train.seq_len + 1)"
+            )
 
 
-def sample_windows(streams: Sequence[np.ndarray], length: int, num: int,
-                   key: tuple[int, ...]) -> np.ndarray:
+def sample_windows(streams: Sequence[np.ndarray], length: int, num: int, key: tuple[int, ...]) -> np.ndarray:
     """``num`` random windows of ``length`` tokens, int32 ``(num, length)``, a pure function of ``key``.
 
     Every window start is equally likely over all streams (a window never crosses a stream's end).
@@ -182,8 +229,7 @@ def sample_windows(streams: Sequence[np.ndarray], length: int, num: int,
     bounds = np.cumsum(starts_per_stream)
     which = np.searchsorted(bounds, picks, side="right")
     offsets = picks - (bounds[which] - starts_per_stream[which])
-    return np.stack([np.asarray(streams[w][o:o + length], dtype=np.int32)
-                     for w, o in zip(which, offsets)])
+    return np.stack([np.asarray(streams[w][o : o + length], dtype=np.int32) for w, o in zip(which, offsets)])
 
 
 def stdlib_files() -> list[Path]:
@@ -268,20 +314,23 @@ def _open_token_file(path: Path, bin_dtype: str) -> np.ndarray:
         return tokens
     itemsize = np.dtype(bin_dtype).itemsize
     if path.stat().st_size % itemsize:
-        raise DataError(f"{path}: size {path.stat().st_size} is not a multiple of {bin_dtype} "
-                        f"({itemsize} bytes); is data.bin_dtype right?")
+        raise DataError(
+            f"{path}: size {path.stat().st_size} is not a multiple of {bin_dtype} "
+            f"({itemsize} bytes); is data.bin_dtype right?"
+        )
     return np.memmap(path, dtype=bin_dtype, mode="r")
 
 
 def _check_ids(stream: np.ndarray, vocab_size: int, counts: np.ndarray | None, source: str) -> None:
     """Scan ``stream`` in chunks: every id must be in [0, vocab_size); add to ``counts`` if given."""
     for begin in range(0, len(stream), SCAN_CHUNK):
-        chunk = np.asarray(stream[begin:begin + SCAN_CHUNK])
+        chunk = np.asarray(stream[begin : begin + SCAN_CHUNK])
         low, high = int(chunk.min()), int(chunk.max())
         if low < 0 or high >= vocab_size:
             bad = high if high >= vocab_size else low
             where = getattr(stream, "filename", None) or source
-            raise DataError(f"token id {bad} in {where} is outside the model vocabulary "
-                            f"[0, {vocab_size}) (model.vocab_size)")
+            raise DataError(
+                f"token id {bad} in {where} is outside the model vocabulary [0, {vocab_size}) (model.vocab_size)"
+            )
         if counts is not None:
             counts += np.bincount(chunk, minlength=vocab_size)

@@ -1,5 +1,6 @@
 """The training loop: one jitted update step (gradient accumulation inside), periodic evaluation,
 checkpoints, metrics, a NaN guard, SIGINT/SIGTERM handling and an end-of-run sample."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,19 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed
+from ..convert.init_from import check_init_source, init_params_from
 from ..distributed import DistributedConfig
 from ..inference import sample_text
 from .checkpoint import Checkpointer
-from .data import Corpus, check_window_length, load_corpus, sample_windows
+from .data import (
+    Corpus,
+    Packing,
+    check_window_length,
+    document_packing,
+    document_segment_ids,
+    load_corpus,
+    sample_windows,
+)
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
 from .recipe import RunConfig, TrainConfig
@@ -61,25 +71,42 @@ class TrainResult:
         return self.val_history[-1]["loss"] if self.val_history else None
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-token loss in nats; logits (B, S, V) are promoted to fp32."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean next-token loss in nats (over the targets with weight 1 when ``weights`` (B, S) is given);
+    logits (B, S, V) are promoted to fp32."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1)
 
 
 @functools.lru_cache(maxsize=4)
-def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, layout: DistributedConfig):
+def make_steps(
+    graphdef,
+    optim: OptimConfig,
+    total_steps: int,
+    mesh: Mesh,
+    layout: DistributedConfig,
+    packing: Packing | None = None,
+):
     """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``.
 
     ``batches``: int32 (grad_accum, B, S + 1); each micro-batch's gradient is computed in a
     ``lax.scan`` and their mean drives one optimiser update. ``state`` is donated and comes back
-    with the ``layout`` of :func:`distributed.place_state`. Cached, so runs of the same model and
-    optimiser in one process (a resumed session, tests) compile once.
+    with the ``layout`` of :func:`distributed.place_state`. With ``packing`` the model restarts its
+    state after every EOS (segment ids from :func:`document_segment_ids`). Cached, so runs of the
+    same model and optimiser in one process (a resumed session, tests) compile once.
     """
     optimizer = make_optimizer(optim, total_steps)
 
     def loss_fn(params, rest, tokens):
         model = nnx.merge(graphdef, params, rest)
-        return cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if packing is None:
+            return cross_entropy(model(inputs), targets)
+        logits = model(inputs, segment_ids=document_segment_ids(inputs, packing.eos_id))
+        weights = (inputs != packing.eos_id).astype(jnp.float32) if packing.mask_first_target else None
+        return cross_entropy(logits, targets, weights)
 
     def train_step(state, rest, batches):
         params = state["params"]
@@ -103,8 +130,7 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, layou
     return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
 
 
-def train(config: RunConfig, *, stop_at: int | None = None,
-          log: Callable[[str], None] = tqdm.write) -> TrainResult:
+def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str], None] = tqdm.write) -> TrainResult:
     """Run (or resume) training as ``config`` says; ``stop_at`` ends the session after that step
     with a checkpoint, as SIGINT/SIGTERM do. Raises ``NonFiniteLossError`` on a NaN/inf loss.
 
@@ -112,6 +138,8 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     changes, and a start that fails before its first step leaves it as it was (``run_dir`` module)."""
     started = time.perf_counter()
     tc = config.train
+    if tc.init_from:
+        check_init_source(tc.init_from)
     run = open_run_dir(config, log)
     mesh = distributed.data_mesh()
     distributed.check_batch_divisible(tc.batch_size, mesh)
@@ -121,18 +149,28 @@ def train(config: RunConfig, *, stop_at: int | None = None,
     log(_corpus_summary(corpus))
     graphdef, rest, state = init_train_state(config, mesh)
     kernel = _kernel_summary(config)
-    log(f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
-        f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}")
+    log(
+        f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
+        f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}"
+    )
     state, start, window, skipped = _resume_point(run, state, log)
     result = TrainResult(run.path, start, start, {}, [], corpus.unigram_entropy())
     if start >= tc.steps:
         log(f"nothing to do: the run in {run.path} has finished step {start} (train.steps={tc.steps})")
         return result
+    if start == 0 and tc.init_from:  # a fresh start (nothing resumed) takes its weights from init_from
+        state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
+        log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
 
-    train_step, eval_step = make_steps(graphdef, config.optim, tc.steps, mesh, config.distributed)
-    val_batches = [distributed.shard_batch(
-        sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i)), mesh)
-        for i in range(tc.eval_batches)]
+    train_step, eval_step = make_steps(
+        graphdef, config.optim, tc.steps, mesh, config.distributed, document_packing(config.data, corpus.tokenizer)
+    )
+    val_batches = [
+        distributed.shard_batch(
+            sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i)), mesh
+        )
+        for i in range(tc.eval_batches)
+    ]
     schedule = make_schedule(config.optim, tc.steps)
     with run.session(start, skipped, comment=kernel), logging_redirect_tqdm(tqdm_class=tqdm):
         progress = _Progress(run.path, tc, start, window)
@@ -140,9 +178,14 @@ def train(config: RunConfig, *, stop_at: int | None = None,
         stop_signal = _StopSignal()
         try:
             for step in range(start + 1, tc.steps + 1):
-                batches = np.stack([sample_windows(corpus.train, tc.seq_len + 1, tc.batch_size,
-                                                   (config.seed, TRAIN_SPLIT, step, micro))
-                                    for micro in range(tc.grad_accum_steps)])
+                batches = np.stack(
+                    [
+                        sample_windows(
+                            corpus.train, tc.seq_len + 1, tc.batch_size, (config.seed, TRAIN_SPLIT, step, micro)
+                        )
+                        for micro in range(tc.grad_accum_steps)
+                    ]
+                )
                 state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1))
                 loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -164,8 +207,10 @@ def train(config: RunConfig, *, stop_at: int | None = None,
                     checkpointer.save(step, state, {"step": step, "loss": loss, LOG_WINDOW: progress.window})
                 if stopping:
                     result.interrupted, result.stopped_by = True, stop_signal.received or "stop_at"
-                    log(f"stopped after step {step} ({result.stopped_by}); checkpoint saved "
-                        f"in {run.checkpoint_dir}; continue with resume=true")
+                    log(
+                        f"stopped after step {step} ({result.stopped_by}); checkpoint saved "
+                        f"in {run.checkpoint_dir}; continue with resume=true"
+                    )
                     break
         finally:
             stop_signal.restore()
@@ -174,13 +219,18 @@ def train(config: RunConfig, *, stop_at: int | None = None,
 
     result.seconds = time.perf_counter() - started
     if not result.interrupted:
-        result.loss_curve = plot_loss_curve(run.path / METRICS_FILE, run.path / LOSS_CURVE_FILE,
-                                            result.unigram_entropy)
+        result.loss_curve = plot_loss_curve(run.path / METRICS_FILE, run.path / LOSS_CURVE_FILE, result.unigram_entropy)
         log(_final_summary(result))
         if tc.sample_tokens:
-            result.sample = sample_text(nnx.merge(graphdef, state["params"], rest), corpus.tokenizer,
-                                        tc.sample_prompt, tc.sample_tokens, seed=config.seed,
-                                        temperature=tc.sample_temperature, top_k=tc.sample_top_k)
+            result.sample = sample_text(
+                nnx.merge(graphdef, state["params"], rest),
+                corpus.tokenizer,
+                tc.sample_prompt,
+                tc.sample_tokens,
+                seed=config.seed,
+                temperature=tc.sample_temperature,
+                top_k=tc.sample_top_k,
+            )
             log(f"sample (prompt {tc.sample_prompt!r}, {tc.sample_tokens} tokens):\n{result.sample}")
     return result
 
@@ -204,8 +254,7 @@ def _resume_point(run: RunDirectory, state, log: Callable[[str], None]):
     return state, start, meta.get(LOG_WINDOW, []), skipped
 
 
-def _non_finite_message(loss: float, grad_norm: float, step: int, checkpointer: Checkpointer,
-                        run: RunDirectory) -> str:
+def _non_finite_message(loss: float, grad_norm: float, step: int, checkpointer: Checkpointer, run: RunDirectory) -> str:
     last = checkpointer.latest_step()
     if last is not None:
         kept = f"nothing was saved after step {last} (the last good checkpoint, in {run.checkpoint_dir})"
@@ -213,8 +262,10 @@ def _non_finite_message(loss: float, grad_norm: float, step: int, checkpointer: 
         kept = f"no checkpoint was saved yet in {run.checkpoint_dir}"
     else:
         kept = f"{run.path} was left as it was before this start"
-    return (f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; {kept}. "
-            "Try a lower optim.lr, a smaller optim.grad_clip or a longer optim.warmup_steps.")
+    return (
+        f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; {kept}. "
+        "Try a lower optim.lr, a smaller optim.grad_clip or a longer optim.warmup_steps."
+    )
 
 
 def _evaluate(eval_step, params, rest, val_batches, byte_level: bool) -> dict[str, float]:
@@ -247,8 +298,9 @@ class _Progress:
             now = time.perf_counter()
             tokens_per_s = self._timed_steps * self._tc.tokens_per_step / max(now - self._since, 1e-9)
             mean_loss = float(np.mean(self.window))
-            self.metrics.write(step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
-                                               "tokens_per_s": tokens_per_s})
+            self.metrics.write(
+                step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
+            )
             self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
             self.window, self._timed_steps, self._since = [], 0, now
         self._bar.update(1)
@@ -301,8 +353,10 @@ def _corpus_summary(corpus: Corpus) -> str:
         return sum(len(s) for s in streams)
 
     unigram = corpus.unigram_entropy()
-    text = (f"data: {size(corpus.train):,} train / {size(corpus.val):,} validation tokens; "
-            f"unigram entropy of the train split {unigram:.4f} nats/token")
+    text = (
+        f"data: {size(corpus.train):,} train / {size(corpus.val):,} validation tokens; "
+        f"unigram entropy of the train split {unigram:.4f} nats/token"
+    )
     if corpus.byte_level:
         text += f" = {unigram / math.log(2):.4f} bits/byte"
     return text
@@ -310,10 +364,14 @@ def _corpus_summary(corpus: Corpus) -> str:
 
 def _final_summary(result: TrainResult) -> str:
     val = result.final_val_loss
-    lines = [f"finished step {result.step} in {result.seconds:.1f} s; "
-             f"last train loss {result.train_losses.get(result.step, math.nan):.4f}"]
+    lines = [
+        f"finished step {result.step} in {result.seconds:.1f} s; "
+        f"last train loss {result.train_losses.get(result.step, math.nan):.4f}"
+    ]
     if val is not None:
-        lines.append(f"validation loss {val:.4f} nats/token vs unigram baseline "
-                     f"{result.unigram_entropy:.4f} ({val / result.unigram_entropy:.1%} of it)")
+        lines.append(
+            f"validation loss {val:.4f} nats/token vs unigram baseline "
+            f"{result.unigram_entropy:.4f} ({val / result.unigram_entropy:.1%} of it)"
+        )
     lines.append(f"loss curve: {result.loss_curve}")
     return "\n".join(lines)

@@ -43,6 +43,7 @@ class TrainConfig:
     sample_temperature: float = 0.8
     sample_top_k: int | None = None
     tensorboard: bool = True       # write TensorBoard events if tensorboardX is installed
+    init_from: str | None = None   # HF xLSTMForCausalLM dir or run dir: its parameters, fresh optimiser, step 0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every",

@@ -1,0 +1,233 @@
+"""sLSTM benchmark: one layer (scan vs fused Triton kernel), the all-mLSTM vs xLSTM[7:1] training
+step, and one decoding step of an sLSTM vs an mLSTM layer of the same width; writes markdown.
+
+    python benchmarks/slstm.py [--tiny] [--kernels recurrent--jax,recurrent--triton] [--splits 1,4,8]
+        [--skip kernel,layer,train,decode] [--out FILE]
+
+Full size (one H100/H200): sLSTM layer at B=16, S=2048, D=1024, 4 heads, bf16 compute with fp32
+params (the kernel alone on its fp32 gate inputs, and the whole layer: gate projections, conv, group
+norm), forward and forward+backward; training step (forward, backward, AdamW update) of the "350m"
+and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto" (the mLSTM blocks use
+their default kernel); decoding step at B=16, D=1024. ``--tiny`` runs the same at B=2, S=16, D=64
+(layer), the "tiny" preset with and without its sLSTM block (step), on any machine. ``--splits``: extra
+kernel rows of "recurrent--triton" with its ``split`` option (programs per head, tiles of
+min(64, DH / split) columns).
+Training-step MFU counts 6 N FLOP per token (N = parameters) against a 989 TFLOP/s bf16 peak
+(H100/H200 SXM dense). A row that fails (no GPU for Triton, out of memory) holds its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
+
+from benchmarks.kernels import failure_note  # noqa: E402
+from benchmarks.timing import markdown_table, median_ms, write_report  # noqa: E402
+from xlstm_flax.kernels.slstm import NUM_GATES, get_slstm_kernel  # noqa: E402
+from xlstm_flax.layers import mLSTMLayer, mLSTMLayerConfig, sLSTMLayer, sLSTMLayerConfig  # noqa: E402
+from xlstm_flax.model import xLSTMLMModel  # noqa: E402
+from xlstm_flax.presets import PRESETS  # noqa: E402
+from xlstm_flax.train.loop import cross_entropy  # noqa: E402
+
+BF16_PEAK_FLOPS = 989e12
+INPUT_SETS = 3
+FULL = dict(B=16, S=2048, D=1024, heads=4, models=("350m", "350m-xlstm71"))
+TINY = dict(B=2, S=16, D=64, heads=2, models=("tiny-mlstm", "tiny"))
+
+
+def _try(run, *args) -> tuple:
+    """(``run(*args)``, "") or ("-", the error)."""
+    try:
+        return run(*args), ""
+    except Exception as err:  # noqa: BLE001 -- a failing row is a result, not a crash
+        return "-", failure_note(err)
+
+
+def _timed(fn, mode: str, n_inputs: int):
+    """A jitted forward, or the vjp of the forward with the last argument as cotangent."""
+    if mode == "fw":
+        return jax.jit(lambda *a: fn(*a[:n_inputs]))
+    return jax.jit(lambda *a: jax.vjp(fn, *a[:n_inputs])[1](a[n_inputs]))
+
+
+def split_options(splits, DH: int) -> list[dict]:
+    """Triton options for each split > 1: tiles of min(64, DH / split) columns."""
+    tile = [min(64, max(16, DH // n)) for n in splits]
+    return [dict(split=n, block_dh=t, block_k=t) for n, t in zip(splits, tile) if n > 1]
+
+
+def _kernel_ms(name: str, options: dict, mode: str, input_sets) -> float:
+    kernel = get_slstm_kernel(name)
+    return median_ms(_timed(lambda pre, r: kernel(pre, r, **options)[0], mode, 2), input_sets)
+
+
+def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
+    """The recurrence alone: pre (B, S, 4, NH, DH) fp32, R bf16, h (B, S, NH, DH) fp32; ``kernels``
+    are (name, options) pairs."""
+    DH = D // heads
+
+    def inputs(seed):
+        ks = jax.random.split(jax.random.key(seed), 3)
+        pre = jax.random.normal(ks[0], (B, S, NUM_GATES, heads, DH), jnp.float32)
+        recurrent = (jax.random.normal(ks[1], (NUM_GATES, heads, DH, DH)) / DH**0.5).astype(jnp.bfloat16)
+        return pre, recurrent, jax.random.normal(ks[2], (B, S, heads, DH), jnp.float32)
+
+    input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
+    rows = []
+    for (name, options), mode in itertools.product(kernels, ("fw", "fwbw")):
+        label = name + "".join(f" {k}={v}" for k, v in options.items())
+        rows.append(["kernel", label, mode, *_try(_kernel_ms, name, options, mode, input_sets)])
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _layer_ms(name: str, D: int, heads: int, mode: str, input_sets) -> float:
+    layer = sLSTMLayer(
+        D, sLSTMLayerConfig(num_heads=heads, kernel=name), num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)
+    )
+    graphdef, params = nnx.split(layer)
+    fn = _timed(lambda params, x: nnx.merge(graphdef, params)(x)[0], mode, 2)
+    return median_ms(lambda x, dy: fn(params, x, dy), input_sets)
+
+
+def layer_rows(kernel_names, B, S, D, heads) -> list[list]:
+    """The whole sLSTM layer, bf16 compute, fp32 params; fw+bw gives gradients of x and the params."""
+    keys = [jax.random.split(jax.random.key(seed)) for seed in range(INPUT_SETS)]
+    input_sets = [tuple(jax.random.normal(k, (B, S, D), jnp.bfloat16) for k in pair) for pair in keys]
+    rows = []
+    for name, mode in itertools.product(kernel_names, ("fw", "fwbw")):
+        rows.append(["layer", name, mode, *_try(_layer_ms, name, D, heads, mode, input_sets)])
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _model_config(name: str):
+    if name == "tiny-mlstm":
+        return dataclasses.replace(PRESETS["tiny"], slstm_at=())
+    return PRESETS[name]
+
+
+def _train_step_ms(config, B: int, S: int) -> tuple[float, int]:
+    """(median ms of one forward + backward + AdamW update, parameter count)."""
+    model = xLSTMLMModel(config, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optimizer = optax.adamw(1e-4)
+
+    def step(state, tokens):
+        params, opt_state = state
+
+        def loss_fn(params):
+            return cross_entropy(nnx.merge(graphdef, params, rest)(tokens[:, :-1]), tokens[:, 1:])
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    step = jax.jit(step, donate_argnums=0)
+    state = [(params, optimizer.init(params))]  # replaced by every (donating) call
+
+    def one(tokens):
+        state[0] = step(state[0], tokens)
+        return state[0]
+
+    tokens = [(jax.random.randint(jax.random.key(s), (B, S + 1), 0, config.vocab_size),) for s in range(3)]
+    return median_ms(one, tokens, reps=10), n_params
+
+
+def train_step_rows(model_names, B, S) -> list[list]:
+    """Forward, backward and AdamW update of a preset, bf16 compute, fp32 params."""
+    rows = []
+    for name in model_names:
+        config = dataclasses.replace(_model_config(name), compute_dtype="bfloat16")
+        result, note = _try(_train_step_ms, config, B, S)
+        if note:
+            rows.append([name, config.slstm_at, "-", "-", "-", note])
+        else:
+            ms, n_params = result
+            tokens_per_s = B * S / (ms / 1e3)
+            mfu = 100 * 6 * n_params * tokens_per_s / BF16_PEAK_FLOPS
+            rows.append([name, config.slstm_at, ms, f"{tokens_per_s / 1e3:.1f}k", f"{mfu:.1f}%", ""])
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _decode_ms(layer, B: int, input_sets) -> float:
+    graphdef, params = nnx.split(layer)
+    state = layer.init_state(B)
+    step = jax.jit(lambda params, x, state: nnx.merge(graphdef, params).step(x, state))
+    return median_ms(lambda x: step(params, x, state), input_sets, reps=50)
+
+
+def decode_rows(B, D, heads) -> list[list]:
+    """One token through ``layer.step`` (jitted), bf16 compute, from a fresh state."""
+    x = [(jax.random.normal(jax.random.key(s), (B, D), jnp.bfloat16),) for s in range(INPUT_SETS)]
+    common = dict(num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    layers = {
+        "sLSTM": sLSTMLayer(D, sLSTMLayerConfig(num_heads=heads), **common),
+        "mLSTM": mLSTMLayer(D, mLSTMLayerConfig(num_heads=heads), **common),
+    }
+    rows = []
+    for name, layer in layers.items():
+        rows.append([name, B, D, *_try(_decode_ms, layer, B, x)])
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes that run on a CPU")
+    parser.add_argument("--kernels", default="recurrent--jax,recurrent--triton", help="sLSTM kernel names")
+    parser.add_argument("--splits", default="", help="comma-separated Triton split values for extra kernel rows")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: kernel,layer,train,decode")
+    parser.add_argument("--out", help="markdown file to write")
+    args = parser.parse_args(argv)
+    size = TINY if args.tiny else FULL
+    B, S, D, heads = size["B"], size["S"], size["D"], size["heads"]
+    names, skip = args.kernels.split(","), set(filter(None, args.skip.split(",")))
+    sections = []
+    if not {"kernel", "layer"} <= skip:
+        splits = [int(n) for n in filter(None, args.splits.split(","))]
+        kernels = [(n, {}) for n in names] + [("recurrent--triton", o) for o in split_options(splits, D // heads)]
+        rows = ([] if "kernel" in skip else kernel_rows(kernels, B, S, D, heads)) + (
+            [] if "layer" in skip else layer_rows(names, B, S, D, heads)
+        )
+        sections.append(
+            [
+                f"## sLSTM at B={B}, S={S}, D={D}, {heads} heads (ms, median)",
+                "",
+                markdown_table(["what", "kernel", "mode", "ms", "note"], rows),
+            ]
+        )
+    if "train" not in skip:
+        rows = train_step_rows(size["models"], B, S)
+        sections.append(
+            [
+                f"## Training step at B={B}, S={S} (bf16 compute, fp32 params, AdamW)",
+                "",
+                markdown_table(["model", "sLSTM at", "step ms", "tokens/s", "MFU (6N)", "note"], rows),
+            ]
+        )
+    if "decode" not in skip:
+        sections.append(
+            [
+                f"## Decoding step (one token, B={B})",
+                "",
+                markdown_table(["layer", "B", "D", "ms", "note"], decode_rows(B, D, heads)),
+            ]
+        )
+    return write_report("sLSTM benchmark", sections, args.out)
+
+
+if __name__ == "__main__":
+    main()

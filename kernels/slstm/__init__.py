@@ -1,0 +1,67 @@
+"""sLSTM kernel backends behind one calling convention, in their own registry (separate from the mLSTM
+kernels' so that neither config accepts the other's names)::
+
+    h, last = kernel(pre, recurrent_kernel, initial=None, **impl_options)
+
+    pre: (B, S, 4, NH, DH) fp32 gate pre-activations (input projections + bias), gates i, f, z, o
+    recurrent_kernel: (4, NH, DH, DH), head-wise R; the product h_{t-1} R takes h in R's dtype
+    initial / last: States(c, n, m, h), each (B, NH, DH) fp32 (None: zeros, m = M_INITIAL)
+    returns h (B, S, NH, DH) fp32 and the state after the last step.
+
+Names: ``"recurrent--jax"`` (lax.scan, the reference) and ``"recurrent--triton"`` (fused Triton
+forward and backward); ``"auto"`` picks the Triton one on a CUDA GPU with jax-triton, else the scan.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+
+from ..registry import AUTO, triton_usable
+from .common import M_INITIAL, NUM_GATES, States, initial_states
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_KERNEL = "recurrent--jax"
+TRITON_KERNEL = "recurrent--triton"
+_KERNELS = {
+    FALLBACK_KERNEL: "xlstm_flax.kernels.slstm.reference:slstm_scan",
+    TRITON_KERNEL: "xlstm_flax.kernels.slstm.autograd:slstm_triton",
+}
+
+
+def available_slstm_kernels() -> list[str]:
+    return sorted(_KERNELS)
+
+
+def resolve_slstm_kernel_name(name: str) -> str:
+    """Maps ``"auto"`` to the Triton kernel where usable (else the scan, with one log line); checks
+    other names (ValueError listing the valid ones)."""
+    if name == AUTO:
+        if triton_usable():
+            return TRITON_KERNEL
+        logger.info("sLSTM kernel 'auto': no CUDA GPU with jax-triton here, using %r", FALLBACK_KERNEL)
+        return FALLBACK_KERNEL
+    if name not in _KERNELS:
+        raise ValueError(
+            f"unknown sLSTM kernel {name!r}; available: {', '.join(available_slstm_kernels())} (or 'auto')"
+        )
+    return name
+
+
+def get_slstm_kernel(name: str) -> Callable:
+    """The sLSTM kernel registered under ``name`` (``"auto"``: see :func:`resolve_slstm_kernel_name`)."""
+    module_name, attr = _KERNELS[resolve_slstm_kernel_name(name)].split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+__all__ = [
+    "M_INITIAL",
+    "NUM_GATES",
+    "States",
+    "available_slstm_kernels",
+    "get_slstm_kernel",
+    "initial_states",
+    "resolve_slstm_kernel_name",
+]

@@ -1,0 +1,66 @@
+"""Registry entry ``"recurrent--triton"``: the fused Triton sLSTM (triton_launch.py) behind the sLSTM
+calling convention, with an exact backward in ``jax.custom_vjp``.
+
+The forward kernel stores every state (c, n, m, h per step, fp32). The backward recomputes the full
+gate pre-activations ``g = pre + h_{t-1} R`` for all steps at once (one batched matmul, parallel over
+time), runs the reverse-time kernel for ``dg`` and the initial state's cotangents, and forms the
+recurrent kernel's gradient ``sum_t h_{t-1}^T dg_t`` as one fp32-accumulated matmul; with fp32 R both
+matmuls run at full fp32 precision (no TF32), like the kernels' 3xTF32 dots. Gradients equal autodiff
+of the scan (reference.py), including the stabiliser's path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ..triton import launch
+from . import triton_launch
+from .common import States, check_inputs
+from .reference import recurrent_product
+
+KERNEL_NAME = "recurrent--triton"
+
+
+def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | None = None, **tuning):
+    """pre (B, S, 4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH) fp32/bf16/fp16, optional initial
+    :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``tuning``:
+    block_b, block_dh, block_k, split, num_warps, num_stages (see triton_launch.py)."""
+    if pre.dtype != jnp.float32:
+        raise ValueError(f"{KERNEL_NAME}: pre must be float32, got {pre.dtype}")
+    dims, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
+    triton_launch.check_recurrent_dtype(KERNEL_NAME, recurrent_kernel)
+    config = (dims, triton_launch.resolve_tuning(KERNEL_NAME, dims, **tuning))
+    launch.require_triton_backend(KERNEL_NAME, "recurrent--jax")
+    return _slstm(pre, recurrent_kernel, initial, config)
+
+
+def _forward(pre, recurrent_kernel, initial, config):
+    history = triton_launch.slstm_fw(pre, recurrent_kernel, initial, *config)
+    return history, (history.h[:, 1:], States(*(x[:, -1] for x in history)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _slstm(pre, recurrent_kernel, initial, config):  # config: (Dims, Tuning)
+    return _forward(pre, recurrent_kernel, initial, config)[1]
+
+
+def _slstm_fwd(pre, recurrent_kernel, initial, config):
+    history, outputs = _forward(pre, recurrent_kernel, initial, config)
+    return outputs, (pre, recurrent_kernel, history)
+
+
+def _slstm_bwd(config, residuals, cotangents):
+    pre, recurrent_kernel, history = residuals
+    dh_seq, d_last = cotangents
+    precision = jax.lax.Precision.HIGHEST if recurrent_kernel.dtype == jnp.float32 else None
+    h_prev = history.h[:, :-1]  # (B, S, NH, DH): the h each step's gates saw
+    g = pre + recurrent_product(h_prev, recurrent_kernel, precision)
+    dg, d_initial = triton_launch.slstm_bw(g, recurrent_kernel, history, dh_seq, States(*d_last), *config)
+    d_recurrent = jnp.einsum("bshd,bsghe->ghde", h_prev, dg, precision=precision, preferred_element_type=jnp.float32)
+    return dg, d_recurrent.astype(recurrent_kernel.dtype), d_initial
+
+
+_slstm.defvjp(_slstm_fwd, _slstm_bwd)

@@ -1,0 +1,60 @@
+"""Registry entry ``"recurrent--jax"``: the sLSTM recurrence as a ``lax.scan`` over time (the reference
+backend; its autodiff defines the exact gradients the Triton backward reproduces).
+
+Per head and unit, with gate pre-activations ``g_t = pre_t + h_{t-1} R`` (fp32)::
+
+    m_t = max(logsigmoid(f_t) + m_{t-1}, i_t)
+    c_t = exp(logsigmoid(f_t) + m_{t-1} - m_t) c_{t-1} + exp(i_t - m_t) tanh(z_t)
+    n_t = exp(logsigmoid(f_t) + m_{t-1} - m_t) n_{t-1} + exp(i_t - m_t)
+    h_t = sigmoid(o_t) c_t / n_t
+
+From the initial m = ``M_INITIAL`` either the input or the forget term of n has weight 1 at every
+step, so n_t >= 1 and c / n is always defined. The recurrent product ``h_{t-1} R`` takes h in R's
+dtype and accumulates in fp32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .common import NUM_GATES, States, check_inputs
+
+KERNEL_NAME = "recurrent--jax"
+
+
+def recurrent_product(h: jax.Array, recurrent_kernel: jax.Array, precision=None) -> jax.Array:
+    """h (..., NH, DH) times the head-wise R (4, NH, DH, DH) -> (..., 4, NH, DH) fp32."""
+    return jnp.einsum(
+        "...hd,ghde->...ghe",
+        h.astype(recurrent_kernel.dtype),
+        recurrent_kernel,
+        precision=precision,
+        preferred_element_type=jnp.float32,
+    )
+
+
+def cell_step(recurrent_kernel: jax.Array, state: States, pre: jax.Array) -> States:
+    """One time step: state (c, n, m, h) each (B, NH, DH) fp32; pre (B, 4, NH, DH) fp32."""
+    c, n, m, h = state
+    g = pre + recurrent_product(h, recurrent_kernel)
+    i, f, z, o = (g[:, j] for j in range(NUM_GATES))
+    log_f_plus_m = jax.nn.log_sigmoid(f) + m
+    m_new = jnp.maximum(log_f_plus_m, i)
+    f_gate, i_gate = jnp.exp(log_f_plus_m - m_new), jnp.exp(i - m_new)
+    c_new = f_gate * c + i_gate * jnp.tanh(z)
+    n_new = f_gate * n + i_gate
+    return States(c_new, n_new, m_new, jax.nn.sigmoid(o) * c_new / n_new)
+
+
+def slstm_scan(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | None = None):
+    """pre (B, S, 4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH), optional initial
+    :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step)."""
+    _, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
+
+    def step(state, pre_t):
+        new = cell_step(recurrent_kernel, state, pre_t)
+        return new, new.h
+
+    last, hs = jax.lax.scan(step, initial, pre.swapaxes(0, 1))
+    return hs.swapaxes(0, 1), last

@@ -1,0 +1,227 @@
+"""Triton kernels of the fused sLSTM recurrence (launched by triton_launch.py; math in docs/slstm.md).
+
+One program per (batch block of BLOCK_B rows, head) walks the whole sequence. Per step it computes the
+four gate pre-activations ``g = pre_t + h_{t-1} R`` tile by tile: BLOCK_DH output columns at a time,
+summing ``tl.dot`` over BLOCK_K rows of R, with the tiles of R (4 x DH x DH per head, too large for
+one SM when DH = 256) streamed from L2 at every step. h in R's dtype, accumulation and gates in fp32.
+
+Buffers (C-contiguous): ``pre``/``g``/``dg`` (B, S, 4, NH, DH) fp32; ``R`` (4, NH, DH, DH);
+state histories ``c_all, n_all, m_all, h_all`` (B, S + 1, NH, DH) fp32 with slot 0 = the initial state
+and slot t + 1 = the state after step t; single states (B, NH, DH) fp32. A step writes its tiles to
+global memory and a ``tl.debug_barrier`` makes them visible to the whole program before the next step
+reads them, so the full h_{t-1} (or dg_t) is available to every tile.
+
+``SPLIT`` > 1 shares one (batch block, head) among SPLIT programs, each owning COLS columns of the
+output (so each reads only a DH x COLS slice of R per gate, which can stay in L1). Where a program
+reads the others' columns (the forward's h_{t-1}, the backward's dg_t in phase B) the programs of a
+group first meet at a barrier in global memory (``sync``, one int32 counter per group, zeroed before
+the launch; release/acquire atomics). All programs of a group must be resident at once,
+so the grid must fit on the GPU (checked by the launcher); under the interpreter only SPLIT = 1 runs.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(x):
+    e = tl.exp(-tl.abs(x))  # never overflows
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _log_sigmoid(x):
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * _sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _group_barrier(sync, group, generation, SPLIT: tl.constexpr):
+    """Waits until every program of ``group`` has passed this barrier ``generation`` times (1, 2, ...);
+    their global stores before it are then visible. A block-wide barrier alone when SPLIT = 1."""
+    tl.debug_barrier()
+    if SPLIT > 1:
+        tl.atomic_add(sync + group, 1, sem="release")
+        arrived = tl.atomic_add(sync + group, 0, sem="acquire")
+        while arrived < generation * SPLIT:
+            arrived = tl.atomic_add(sync + group, 0, sem="acquire")
+        tl.debug_barrier()
+
+
+# fmt: off
+@triton.jit
+def _copy_state(
+    src, dst, offs_b, head, mask_b, col0, dst_slot,
+    DST_SLOTS: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, COLS: tl.constexpr, BLOCK_DH: tl.constexpr,
+):
+    """dst[b, dst_slot, head, col0:col0 + COLS] = src[b, head, same columns] for the batch rows of one
+    block (DST_SLOTS = 1: no slot axis)."""
+    for e0 in range(col0, col0 + COLS, BLOCK_DH):
+        offs_e = e0 + tl.arange(0, BLOCK_DH)
+        mask = mask_b[:, None] & (offs_e < DH)[None, :]
+        value = tl.load(src + (offs_b[:, None] * NH + head) * DH + offs_e[None, :], mask=mask)
+        dst_offs = ((offs_b[:, None] * DST_SLOTS + dst_slot) * NH + head) * DH + offs_e[None, :]
+        tl.store(dst + dst_offs, value, mask=mask)
+# fmt: on
+
+
+# fmt: off
+@triton.jit
+def slstm_fw_kernel(
+    pre, R, c0, n0, m0, h0,  # inputs
+    c_all, n_all, m_all, h_all, sync,  # outputs
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state stored (the backward needs
+    them)."""
+    col0, head = tl.program_id(0) * COLS, tl.program_id(2)
+    group = tl.program_id(1) * NH + head
+    offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    mask_b = offs_b < B
+    _copy_state(c0, c_all, offs_b, head, mask_b, col0, 0, S + 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(n0, n_all, offs_b, head, mask_b, col0, 0, S + 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(m0, m_all, offs_b, head, mask_b, col0, 0, S + 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(h0, h_all, offs_b, head, mask_b, col0, 0, S + 1, NH, DH, COLS, BLOCK_DH)
+    _group_barrier(sync, group, 1, SPLIT)
+    for t in range(S):
+        prev = ((offs_b[:, None] * (S + 1) + t) * NH + head) * DH  # slot t: the state before step t
+        gates = ((offs_b[:, None] * S + t) * 4 * NH + head) * DH
+        for e0 in range(col0, col0 + COLS, BLOCK_DH):
+            offs_e = e0 + tl.arange(0, BLOCK_DH)
+            mask_e = offs_e < DH
+            mask = mask_b[:, None] & mask_e[None, :]
+            g_i = tl.load(pre + gates + offs_e[None, :], mask=mask, other=0.0)
+            g_f = tl.load(pre + gates + NH * DH + offs_e[None, :], mask=mask, other=0.0)
+            g_z = tl.load(pre + gates + 2 * NH * DH + offs_e[None, :], mask=mask, other=0.0)
+            g_o = tl.load(pre + gates + 3 * NH * DH + offs_e[None, :], mask=mask, other=0.0)
+            for k0 in range(0, DH, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                mask_k = offs_k < DH
+                h = tl.load(h_all + prev + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+                h = h.to(R.dtype.element_ty)
+                r_offs = (head * DH + offs_k[:, None]) * DH + offs_e[None, :]
+                r_mask = mask_k[:, None] & mask_e[None, :]
+                g_i += tl.dot(h, tl.load(R + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION)
+                g_f += tl.dot(
+                    h, tl.load(R + NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
+                )
+                g_z += tl.dot(
+                    h, tl.load(R + 2 * NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
+                )
+                g_o += tl.dot(
+                    h, tl.load(R + 3 * NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
+                )
+            c = tl.load(c_all + prev + offs_e[None, :], mask=mask, other=0.0)
+            n = tl.load(n_all + prev + offs_e[None, :], mask=mask, other=0.0)
+            m = tl.load(m_all + prev + offs_e[None, :], mask=mask, other=0.0)
+            log_f_plus_m = _log_sigmoid(g_f) + m
+            m_new = tl.maximum(log_f_plus_m, g_i)
+            f_gate = tl.exp(log_f_plus_m - m_new)
+            i_gate = tl.exp(g_i - m_new)
+            c_new = f_gate * c + i_gate * _tanh(g_z)
+            n_new = f_gate * n + i_gate
+            nxt = prev + NH * DH + offs_e[None, :]  # slot t + 1
+            tl.store(c_all + nxt, c_new, mask=mask)
+            tl.store(n_all + nxt, n_new, mask=mask)
+            tl.store(m_all + nxt, m_new, mask=mask)
+            tl.store(h_all + nxt, _sigmoid(g_o) * c_new / n_new, mask=mask)
+        _group_barrier(sync, group, t + 2, SPLIT)
+# fmt: on
+
+
+# fmt: off
+@triton.jit
+def slstm_bw_kernel(
+    g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last,  # inputs
+    dg, dc0, dn0, dm0, dh0, sync,  # outputs
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid (SPLIT, batch blocks, NH): reverse-time walk from the cotangents of the last state and of every h
+    (``dh_seq`` (B, S, NH, DH)), recomputing each step's c, n, m from the stored state before it and the
+    full gate pre-activations ``g``. Writes ``dg`` (the gradient of every gate pre-activation) and uses
+    dc0, dn0, dm0, dh0 as the running cotangents of the state, which end as the initial state's.
+    The max of the stabiliser splits its cotangent evenly on ties, like ``jnp.maximum``."""
+    col0, head = tl.program_id(0) * COLS, tl.program_id(2)
+    group = tl.program_id(1) * NH + head
+    offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    mask_b = offs_b < B
+    _copy_state(dc_last, dc0, offs_b, head, mask_b, col0, 0, 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(dn_last, dn0, offs_b, head, mask_b, col0, 0, 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(dm_last, dm0, offs_b, head, mask_b, col0, 0, 1, NH, DH, COLS, BLOCK_DH)
+    _copy_state(dh_last, dh0, offs_b, head, mask_b, col0, 0, 1, NH, DH, COLS, BLOCK_DH)
+    tl.debug_barrier()  # each program reads back only its own columns until its first group barrier
+    running = (offs_b[:, None] * NH + head) * DH
+    for step in range(S):
+        t = S - 1 - step
+        prev = ((offs_b[:, None] * (S + 1) + t) * NH + head) * DH
+        gates = ((offs_b[:, None] * S + t) * 4 * NH + head) * DH
+        for e0 in range(col0, col0 + COLS, BLOCK_DH):
+            offs_e = e0 + tl.arange(0, BLOCK_DH)
+            mask = mask_b[:, None] & (offs_e < DH)[None, :]
+            g_i = tl.load(g + gates + offs_e[None, :], mask=mask, other=0.0)
+            g_f = tl.load(g + gates + NH * DH + offs_e[None, :], mask=mask, other=0.0)
+            g_z = tl.load(g + gates + 2 * NH * DH + offs_e[None, :], mask=mask, other=0.0)
+            g_o = tl.load(g + gates + 3 * NH * DH + offs_e[None, :], mask=mask, other=0.0)
+            c_prev = tl.load(c_all + prev + offs_e[None, :], mask=mask, other=0.0)
+            n_prev = tl.load(n_all + prev + offs_e[None, :], mask=mask, other=0.0)
+            m_prev = tl.load(m_all + prev + offs_e[None, :], mask=mask, other=0.0)
+            dc = tl.load(dc0 + running + offs_e[None, :], mask=mask, other=0.0)
+            dn = tl.load(dn0 + running + offs_e[None, :], mask=mask, other=0.0)
+            dm = tl.load(dm0 + running + offs_e[None, :], mask=mask, other=0.0)
+            dh = tl.load(dh0 + running + offs_e[None, :], mask=mask, other=0.0)
+            dh += tl.load(dh_seq + ((offs_b[:, None] * S + t) * NH + head) * DH + offs_e[None, :], mask=mask, other=0.0)
+            # recompute the step
+            log_f_plus_m = _log_sigmoid(g_f) + m_prev
+            m = tl.maximum(log_f_plus_m, g_i)
+            f_gate = tl.exp(log_f_plus_m - m)
+            i_gate = tl.exp(g_i - m)
+            z_act = _tanh(g_z)
+            o_act = _sigmoid(g_o)
+            c = f_gate * c_prev + i_gate * z_act
+            n = f_gate * n_prev + i_gate
+            # h = o_act c / n
+            d_o = dh * (c / n) * o_act * (1.0 - o_act)
+            dc += dh * o_act / n
+            dn -= dh * o_act * c / (n * n)
+            # c, n = f_gate (c_prev, n_prev) + i_gate (z_act, 1)
+            d_fgate = (dc * c_prev + dn * n_prev) * f_gate  # d f_gate times f_gate: the exp's backward
+            d_igate = (dc * z_act + dn) * i_gate
+            d_z = dc * i_gate * (1.0 - z_act * z_act)
+            # f_gate = exp(log_f_plus_m - m), i_gate = exp(i - m), m = max(log_f_plus_m, i)
+            dm_total = dm - d_fgate - d_igate
+            to_lf = tl.where(log_f_plus_m > g_i, 1.0, tl.where(log_f_plus_m == g_i, 0.5, 0.0))
+            d_lf = d_fgate + dm_total * to_lf
+            d_i = d_igate + dm_total * (1.0 - to_lf)
+            tl.store(dg + gates + offs_e[None, :], d_i, mask=mask)
+            tl.store(dg + gates + NH * DH + offs_e[None, :], d_lf * _sigmoid(-g_f), mask=mask)
+            tl.store(dg + gates + 2 * NH * DH + offs_e[None, :], d_z, mask=mask)
+            tl.store(dg + gates + 3 * NH * DH + offs_e[None, :], d_o, mask=mask)
+            tl.store(dc0 + running + offs_e[None, :], dc * f_gate, mask=mask)
+            tl.store(dn0 + running + offs_e[None, :], dn * f_gate, mask=mask)
+            tl.store(dm0 + running + offs_e[None, :], d_lf, mask=mask)  # log_f_plus_m = logsig(f) + m_prev
+        _group_barrier(sync, group, step + 1, SPLIT)  # phase B reads every program's dg_t
+        # the cotangent of h_{t-1} (this program's columns): sum over gates of dg_t R^T
+        for k0 in range(col0, col0 + COLS, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < DH
+            acc = tl.zeros((BLOCK_B, BLOCK_K), tl.float32)
+            for e0 in range(0, DH, BLOCK_DH):
+                offs_e = e0 + tl.arange(0, BLOCK_DH)
+                mask_e = offs_e < DH
+                dg_offs = gates + offs_e[None, :]
+                dg_mask = mask_b[:, None] & mask_e[None, :]
+                rt_offs = (head * DH + offs_k[None, :]) * DH + offs_e[:, None]  # R^T tile (BLOCK_DH, BLOCK_K)
+                rt_mask = mask_e[:, None] & mask_k[None, :]
+                for j in tl.static_range(4):
+                    d = tl.load(dg + dg_offs + j * NH * DH, mask=dg_mask, other=0.0).to(R.dtype.element_ty)
+                    rt = tl.load(R + j * NH * DH * DH + rt_offs, mask=rt_mask, other=0.0)
+                    acc += tl.dot(d, rt, input_precision=DOT_PRECISION)
+            tl.store(dh0 + running + offs_k[None, :], acc, mask=mask_b[:, None] & mask_k[None, :])
+        tl.debug_barrier()  # the next phase A reads only this program's columns of dh0
+# fmt: on

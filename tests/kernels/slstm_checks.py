@@ -1,0 +1,102 @@
+"""Shared sLSTM kernel checks: random inputs, the float64 reference (autodiff of the scan backend,
+itself checked against a literal numpy loop in tests/kernels/test_slstm_reference.py) and the
+comparison of a backend's values, last state and gradients of every input against it.
+
+Error measure: max |error| / max |reference| per array (tests/kernels/compare.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tests.kernels.compare import assert_close
+from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel
+
+ARG_NAMES = ("pre", "recurrent_kernel", "c0", "n0", "m0", "h0")
+
+
+def make_inputs(seed: int, B: int, S: int, NH: int, DH: int, recurrent_dtype=jnp.float32, *, initial=True):
+    """Fresh random inputs as a list in ARG_NAMES order (initial states None unless ``initial``): gates
+    ~ N(0, 1.5^2) plus a forget bias of 2, R ~ N(0, 1/DH), c0, h0 ~ N(0, 1), n0 in [1, 3), m0 ~ N(0, 1)."""
+    ks = jax.random.split(jax.random.key(seed), 6)
+    pre = 1.5 * jax.random.normal(ks[0], (B, S, NUM_GATES, NH, DH), jnp.float32)
+    pre = pre.at[:, :, 1].add(2.0)
+    recurrent = (jax.random.normal(ks[1], (NUM_GATES, NH, DH, DH), jnp.float32) / np.sqrt(DH)).astype(recurrent_dtype)
+    if not initial:
+        return [pre, recurrent, None, None, None, None]
+    shape = (B, NH, DH)
+    c0, m0, h0 = (jax.random.normal(k, shape, jnp.float32) for k in ks[2:5])
+    n0 = 1.0 + 2.0 * jax.random.uniform(ks[5], shape, jnp.float32)
+    return [pre, recurrent, c0, n0, m0, h0]
+
+
+def random_cotangents(seed: int, pre) -> tuple:
+    """Weights of a linear loss on h (B, S, NH, DH) and on each of the last c, n, m, h."""
+    B, S, _, NH, DH = pre.shape
+    ks = jax.random.split(jax.random.key(seed), 5)
+    return jax.random.normal(ks[0], (B, S, NH, DH)), States(*(jax.random.normal(k, (B, NH, DH)) for k in ks[1:]))
+
+
+def outputs_and_gradients(kernel, args, cotangents, **options):
+    """(h, last States) and the gradients of the linear loss w.r.t. every non-None arg (None elsewhere)."""
+    present = [i for i, a in enumerate(args) if a is not None]
+
+    def run(*xs):
+        full = list(args)
+        for i, x in zip(present, xs):
+            full[i] = x
+        initial = None if full[2] is None else States(*full[2:])
+        return kernel(full[0], full[1], initial, **options)
+
+    outputs, vjp = jax.vjp(run, *(args[i] for i in present))
+    grads = vjp(cotangents)
+    full_grads = [None] * len(args)
+    for i, g in zip(present, grads):
+        full_grads[i] = g
+    return outputs, full_grads
+
+
+def reference(args, cotangents):
+    """float64 outputs and gradients of the scan backend ("recurrent--jax")."""
+    with jax.enable_x64():
+        args64 = [
+            None if a is None else jnp.asarray(np.asarray(jnp.asarray(a, jnp.float32)), jnp.float64) for a in args
+        ]
+        cot64 = jax.tree.map(lambda c: jnp.asarray(c, jnp.float64), cotangents)
+        outputs, grads = outputs_and_gradients(get_slstm_kernel("recurrent--jax"), args64, cot64)
+        return jax.tree.map(np.asarray, outputs), [None if g is None else np.asarray(g) for g in grads]
+
+
+def check_against_reference(kernel, args, cotangents, tol_values: float, tol_grads: float, **options) -> None:
+    """Values (h and every last state) within ``tol_values``, gradients of every input within ``tol_grads``."""
+    (h, last), grads = outputs_and_gradients(kernel, args, cotangents, **options)
+    (ref_h, ref_last), ref_grads = reference(args, cotangents)
+    assert_close(h, ref_h, tol_values, "h")
+    for name, got, want in zip(States._fields, last, ref_last):
+        assert_close(got, want, tol_values, f"last {name}")
+    for name, got, want in zip(ARG_NAMES, grads, ref_grads):
+        if want is not None:
+            assert_close(got, want, tol_grads, f"d {name}")
+
+
+def case_id(case) -> str:
+    """Test id of a case ``(R dtype, B, S, NH, DH, initial states, tuning)``."""
+    dtype, B, S, NH, DH, initial, tuning = case
+    return (
+        f"{jnp.dtype(dtype).name}-B{B}S{S}NH{NH}DH{DH}"
+        + ("-initial" if initial else "")
+        + (f"-{len(tuning)}opts" if tuning else "")
+    )
+
+
+def check_triton_case(case, tolerances: dict) -> None:
+    """Runs "recurrent--triton" on fresh inputs of ``case`` (see :func:`case_id`) vs the float64 reference,
+    within ``tolerances[R dtype] = (values, gradients)``."""
+    dtype, B, S, NH, DH, initial, tuning = case
+    seed = B + S + NH + DH
+    args = make_inputs(seed, B, S, NH, DH, dtype, initial=initial)
+    check_against_reference(
+        get_slstm_kernel("recurrent--triton"), args, random_cotangents(seed + 1, args[0]), *tolerances[dtype], **tuning
+    )

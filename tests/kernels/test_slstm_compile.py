@@ -1,0 +1,99 @@
+"""The fused sLSTM Triton kernels lower for CUDA on the CPU machine (jax-triton down to PTX for sm_90a,
+forward and backward through ``jax.grad`` of the registry entry), and bad arguments raise ValueError
+naming the problem. No GPU needed. The sweep covers every R dtype, head dims 16..512 (48: padded),
+every tile option, warps / stages and the split of a head over several programs.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_calls, skip_module_unless_lowerable
+
+skip_module_unless_lowerable()
+
+from xlstm_flax.kernels.slstm import get_slstm_kernel  # noqa: E402
+from xlstm_flax.kernels.triton import launch  # noqa: E402
+
+SLSTM_KERNELS = (b"slstm_fw_kernel", b"slstm_bw_kernel")
+
+
+def _shapes(dtype, B, S, NH, DH):
+    sds = jax.ShapeDtypeStruct
+    return sds((B, S, 4, NH, DH), jnp.float32), sds((4, NH, DH, DH), dtype)
+
+
+def _loss(**tuning):
+    kernel = get_slstm_kernel("recurrent--triton")
+
+    def loss(pre, recurrent_kernel):
+        h, last = kernel(pre, recurrent_kernel, **tuning)
+        return jnp.sum(h) + sum(jnp.sum(s) for s in last)
+
+    return jax.grad(loss, argnums=(0, 1))
+
+
+SWEEP = [
+    # (R dtype, B, S, NH, DH, tuning)
+    (jnp.bfloat16, 16, 32, 4, 256, {}),  # the 350m xLSTM[7:1] layer's head dim, defaults
+    (jnp.float32, 4, 16, 2, 64, {}),
+    (jnp.float16, 40, 16, 1, 48, dict(block_b=32, block_dh=16, block_k=32, num_warps=8, num_stages=1)),
+    (jnp.bfloat16, 8, 16, 2, 16, dict(num_warps=2)),
+    (jnp.bfloat16, 64, 16, 2, 128, dict(block_b=64, block_dh=128, block_k=32, num_stages=3)),
+    (jnp.float32, 16, 16, 1, 256, dict(block_dh=32, block_k=128, num_warps=8)),
+    (jnp.bfloat16, 16, 16, 1, 512, {}),  # the 1.3b xLSTM[7:1] layer's head dim
+    (jnp.bfloat16, 16, 16, 4, 256, dict(split=8, block_dh=32, block_k=32)),  # programs meet at group barriers
+    (jnp.float32, 24, 16, 2, 48, dict(split=2, block_dh=16, block_k=16, num_warps=2)),
+]
+
+
+def _case_id(case):
+    dtype, B, S, NH, DH, tuning = case
+    return f"{jnp.dtype(dtype).name}-B{B}-DH{DH}-" + ("defaults" if not tuning else f"{len(tuning)}opts")
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=_case_id)
+def test_forward_and_backward_lower_to_sm90_ptx(monkeypatch, case):
+    monkeypatch.setattr(launch, "require_triton_backend", lambda *args: None)  # this machine has no GPU
+    dtype, B, S, NH, DH, tuning = case
+    payloads = lowered_triton_calls(_loss(**tuning), *_shapes(dtype, B, S, NH, DH))
+    assert_compiled_for_sm90(payloads, SLSTM_KERNELS)
+
+
+INVALID = [
+    (dict(block_b=8), "block_b=8 must be a power of two in [16, 128]"),
+    (dict(block_dh=24), "block_dh=24 must be a power of two in [16, 64]"),
+    (dict(block_k=128), "block_k=128 must be a power of two in [16, 64]"),
+    (dict(num_warps=3), "num_warps=3"),
+    (dict(num_stages=0), "num_stages=0 must be an int in [1, 8]"),
+    (dict(split=0), "split=0 must be an int in [1, 32]"),
+]
+
+
+@pytest.mark.parametrize("tuning, message", INVALID, ids=[c[1][:20] for c in INVALID])
+def test_invalid_tuning_raises(tuning, message):
+    with pytest.raises(ValueError, match=re.escape("recurrent--triton: " + message)):
+        jax.eval_shape(_loss(**tuning), *_shapes(jnp.bfloat16, 2, 8, 2, 64))
+
+
+def test_bad_inputs_raise():
+    kernel = get_slstm_kernel("recurrent--triton")
+    pre, recurrent = _shapes(jnp.float32, 2, 8, 2, 16)
+    with pytest.raises(ValueError, match=re.escape("recurrent_kernel must be (4, 2, 16, 16)")):
+        jax.eval_shape(kernel, pre, jax.ShapeDtypeStruct((4, 2, 16, 8), jnp.float32))
+    with pytest.raises(ValueError, match=re.escape("pre must be (B, S, 4, NH, DH)")):
+        jax.eval_shape(kernel, jax.ShapeDtypeStruct((2, 8, 3, 2, 16), jnp.float32), recurrent)
+    with pytest.raises(ValueError, match="recurrent--triton: pre must be float32, got bfloat16"):
+        jax.eval_shape(kernel, jax.ShapeDtypeStruct(pre.shape, jnp.bfloat16), recurrent)
+    with jax.enable_x64(), pytest.raises(ValueError, match="recurrent_kernel must be float32, bfloat16 or float16"):
+        jax.eval_shape(kernel, pre, jax.ShapeDtypeStruct(recurrent.shape, jnp.float64))
+
+
+def test_registry_entry_without_gpu_names_the_fallback():
+    if launch.gpu_visible():
+        pytest.skip("a GPU is visible")
+    pre, recurrent = (jnp.ones(s.shape, s.dtype) for s in _shapes(jnp.float32, 1, 2, 1, 16))
+    with pytest.raises(RuntimeError, match="recurrent--triton needs a CUDA GPU.*recurrent--jax"):
+        get_slstm_kernel("recurrent--triton")(pre, recurrent)

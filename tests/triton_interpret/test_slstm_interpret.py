@@ -1,0 +1,85 @@
+"""The fused sLSTM Triton kernels in Triton's interpreter vs the float64 reference (tests/kernels/slstm_checks.py).
+
+Run in their own process: ``TRITON_INTERPRET=1 .venv/bin/python -m pytest -q -p no:cacheprovider
+tests/triton_interpret``. Shapes stay tiny: the interpreter runs every program step by step in Python.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from tests.kernels.compare import assert_close
+from tests.kernels.slstm_checks import (
+    case_id,
+    check_against_reference,
+    check_triton_case,
+    make_inputs,
+    random_cotangents,
+)
+from tests.model.helpers import perturb_params
+from xlstm_flax.kernels.slstm import get_slstm_kernel
+from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
+
+# fp32: the interpreter's fp32 dots are exact; measured errors about 1e-7 (values) to 7e-7 (gradients),
+# 10x margin. bf16 R: h and dg are rounded to bf16 before each product (measured up to 5e-3).
+TOL = {jnp.float32: (2e-6, 5e-6), jnp.bfloat16: (1e-2, 2e-2)}
+
+CASES = [
+    # (R dtype, B, S, NH, DH, initial states, tuning)
+    (jnp.float32, 2, 7, 2, 16, True, {}),  # one tile, B < block_b
+    (jnp.float32, 3, 5, 1, 40, True, dict(block_dh=16, block_k=32)),  # DH not a power of two, several tiles
+    (jnp.float32, 17, 4, 1, 16, False, dict(block_b=16)),  # two batch blocks, default initial states
+    (jnp.bfloat16, 2, 6, 2, 32, True, dict(block_dh=16, block_k=16)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_triton_slstm_matches_reference(case):
+    check_triton_case(case, TOL)
+
+
+def test_ties_of_the_stabiliser_split_its_gradient_like_jnp_maximum():
+    """At step 0 logsigmoid(f) + m0 == i exactly (f = 100: logsigmoid(f) is below half an ulp of m0, in
+    fp32 and in float64; h0 = 0 so the gates are pre exactly): the max splits the cotangent of m in
+    half, as autodiff of jnp.maximum does. A kernel sending it all to one side fails on di and dm0."""
+    pre, recurrent, c0, n0, m0, _ = make_inputs(21, 2, 3, 1, 16)
+    pre = pre.at[:, 0, 0].set(m0).at[:, 0, 1].set(100.0)
+    args = [pre, recurrent, c0, n0, m0, jnp.zeros_like(c0)]
+    assert bool(jnp.all(jax.nn.log_sigmoid(pre[:, 0, 1]) + m0 == pre[:, 0, 0])), "no tie in the test data"
+    check_against_reference(get_slstm_kernel("recurrent--triton"), args, random_cotangents(22, pre), 2e-6, 5e-6)
+
+
+def _layer(kernel: str):
+    config = sLSTMLayerConfig(num_heads=2, conv_kernel_size=3, kernel=kernel)
+    return perturb_params(sLSTMLayer(32, config, num_blocks=1, rngs=nnx.Rngs(0)), 1)
+
+
+def _outputs_and_gradients(kernel: str, x, weights):
+    """The layer's output and last state from a state after two tokens, and the gradients of a
+    linear loss on them w.r.t. every parameter."""
+    layer = _layer(kernel)
+    _, state = layer(x[:, :2], return_state=True)
+
+    def loss(layer):
+        y, last = layer(x, state, return_state=True)
+        return jnp.sum(y * weights) + jnp.sum(last.c) + jnp.sum(last.h), (y, last)
+
+    (_, outputs), grads = nnx.value_and_grad(loss, has_aux=True)(layer)
+    return outputs, nnx.to_pure_dict(grads)
+
+
+def test_layer_with_triton_kernel_equals_scan_layer():
+    """Same parameters, input and a non-trivial initial state: the output, the last state and the
+    gradients of every parameter agree with the scan layer to fp32 summation-order error (5e-6)."""
+    x = jax.random.normal(jax.random.key(3), (2, 5, 32), jnp.float32)
+    weights = jax.random.normal(jax.random.key(4), (2, 5, 32), jnp.float32)
+    (y_ref, last_ref), grads_ref = _outputs_and_gradients("recurrent--jax", x, weights)
+    (y, last), grads = _outputs_and_gradients("recurrent--triton", x, weights)
+    assert_close(y, y_ref, 5e-6, "y")
+    for name in ("c", "n", "m", "h"):
+        assert_close(getattr(last, name), getattr(last_ref, name), 5e-6, f"last {name}")
+    flat, flat_ref = jax.tree.leaves_with_path(grads), jax.tree.leaves(grads_ref)
+    assert len(flat) == len(flat_ref) >= 8
+    for (path, g), g_ref in zip(flat, flat_ref):
+        assert_close(g, g_ref, 5e-6, f"grad {jax.tree_util.keystr(path)}")
