@@ -21,7 +21,7 @@ $(STAMP): setup.cfg requirements/ci.txt requirements/ci-nodeps.txt
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(VENV)/bin/xlstm-flax train --config configs/train_tiny.yaml
+	$(VENV)/bin/xlstm-flax train --config configs/train_tiny.yaml overwrite=true
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not gpu" tests --ignore=tests/triton_interpret

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import shutil
 import signal
 import threading
 import time
@@ -18,24 +17,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed
-from ..config import ConfigError, save_config, to_dict
-from ..distributed import DistributedConfig
 from ..convert.init_from import check_init_source, init_params_from
+from ..distributed import DistributedConfig
 from ..inference import sample_text
-from .checkpoint import CHECKPOINT_DIR, Checkpointer
-from .data import Corpus, Packing, document_packing, document_segment_ids, load_corpus, sample_windows
+from .checkpoint import Checkpointer
+from .data import (
+    Corpus,
+    Packing,
+    check_window_length,
+    document_packing,
+    document_segment_ids,
+    load_corpus,
+    sample_windows,
+)
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
-from .recipe import CONFIG_FILE, RunConfig, TrainConfig
+from .recipe import RunConfig, TrainConfig
+from .run_dir import RESUME, UNRESTORABLE_DIR, RunDirectory, open_run_dir
 from .state import init_train_state
 
 TRAIN_SPLIT, VAL_SPLIT = 0, 1  # data keys: (seed, split, index)
+LOG_WINDOW = "log_window"  # checkpoint metadata: train losses since the last train record
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,6 +61,7 @@ class TrainResult:
     val_history: list[dict]
     unigram_entropy: float
     interrupted: bool = False
+    stopped_by: str | None = None  # "SIGINT", "SIGTERM" or "stop_at" when interrupted
     seconds: float = 0.0
     loss_curve: Path | None = None
     sample: str | None = None
@@ -123,18 +132,20 @@ def make_steps(
 
 def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str], None] = tqdm.write) -> TrainResult:
     """Run (or resume) training as ``config`` says; ``stop_at`` ends the session after that step
-    with a checkpoint, as SIGINT/SIGTERM do. Raises ``NonFiniteLossError`` on a NaN/inf loss."""
+    with a checkpoint, as SIGINT/SIGTERM do. Raises ``NonFiniteLossError`` on a NaN/inf loss.
+
+    Everything (config, run directory, data, model, checkpoint) is checked before the run directory
+    changes, and a start that fails before its first step leaves it as it was (``run_dir`` module)."""
     started = time.perf_counter()
     tc = config.train
-    run_dir = Path(config.run_dir)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
     if tc.init_from:
         check_init_source(tc.init_from)
-    _prepare_run_dir(config, run_dir, ckpt_dir)
+    run = open_run_dir(config, log)
     mesh = distributed.data_mesh()
     distributed.check_batch_divisible(tc.batch_size, mesh)
 
     corpus = load_corpus(config.data, config.model.vocab_size)
+    check_window_length(corpus, tc.seq_len + 1, config.data)
     log(_corpus_summary(corpus))
     graphdef, rest, state = init_train_state(config, mesh)
     kernel = _kernel_summary(config)
@@ -142,15 +153,14 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
         f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
         f"device(s); {tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}"
     )
-    checkpointer = Checkpointer(ckpt_dir, config.checkpoint.keep)
-    start = 0
-    if config.resume and checkpointer.latest_step() is not None:
-        state, meta, start = checkpointer.restore(state)
-        log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
-    elif tc.init_from:
+    state, start, window, skipped = _resume_point(run, state, log)
+    result = TrainResult(run.path, start, start, {}, [], corpus.unigram_entropy())
+    if start >= tc.steps:
+        log(f"nothing to do: the run in {run.path} has finished step {start} (train.steps={tc.steps})")
+        return result
+    if start == 0 and tc.init_from:  # a fresh start (nothing resumed) takes its weights from init_from
         state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
         log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
-    save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
     train_step, eval_step = make_steps(
         graphdef, config.optim, tc.steps, mesh, config.distributed, document_packing(config.data, corpus.tokenizer)
@@ -162,51 +172,54 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
         for i in range(tc.eval_batches)
     ]
     schedule = make_schedule(config.optim, tc.steps)
-    result = TrainResult(run_dir, start, start, {}, [], corpus.unigram_entropy())
-    progress = _Progress(run_dir, tc, start)
-    stop_signal = _StopSignal()
-    try:
-        for step in range(start + 1, tc.steps + 1):
-            batches = np.stack(
-                [
-                    sample_windows(corpus.train, tc.seq_len + 1, tc.batch_size, (config.seed, TRAIN_SPLIT, step, micro))
-                    for micro in range(tc.grad_accum_steps)
-                ]
-            )
-            state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1))
-            loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise NonFiniteLossError(
-                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; "
-                    f"nothing was saved after step {checkpointer.latest_step()} (the last good "
-                    f"checkpoint, in {ckpt_dir}). Try a lower optim.lr, a smaller optim.grad_clip or "
-                    "a longer optim.warmup_steps."
+    with run.session(start, skipped, comment=kernel), logging_redirect_tqdm(tqdm_class=tqdm):
+        progress = _Progress(run.path, tc, start, window)
+        checkpointer = Checkpointer(run.checkpoint_dir, config.checkpoint.keep)
+        stop_signal = _StopSignal()
+        try:
+            for step in range(start + 1, tc.steps + 1):
+                batches = np.stack(
+                    [
+                        sample_windows(
+                            corpus.train, tc.seq_len + 1, tc.batch_size, (config.seed, TRAIN_SPLIT, step, micro)
+                        )
+                        for micro in range(tc.grad_accum_steps)
+                    ]
                 )
-            result.step, result.train_losses[step] = step, loss
-            progress.train(step, loss, grad_norm, float(schedule(step - 1)))
-            if step % tc.eval_every == 0 or step == tc.steps:
-                values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
-                progress.metrics.write(step, "val", values)
-                result.val_history.append({"step": step, **values})
-                log(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-            stopping = stop_signal.received or step == stop_at
-            if step % config.checkpoint.every == 0 or step == tc.steps or stopping:
-                checkpointer.save(step, state, {"step": step, "loss": loss})
-            if stopping:
-                result.interrupted = True
-                log(
-                    f"stopped after step {step} ({stop_signal.received or 'stop_at'}); checkpoint saved "
-                    f"in {ckpt_dir}; continue with resume=true"
-                )
-                break
-    finally:
-        stop_signal.restore()
-        progress.close()
-        checkpointer.close()
+                state, out = train_step(state, rest, distributed.shard_batch(batches, mesh, batch_axis=1))
+                loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    raise NonFiniteLossError(_non_finite_message(loss, grad_norm, step, checkpointer, run))
+                if stop_signal.received and not run.committed:  # stopped during start-up: undo the start
+                    result.interrupted, result.stopped_by = True, stop_signal.received
+                    log(f"stopped before the first step finished ({stop_signal.received}); {run.path} is as it was")
+                    break
+                run.commit()
+                result.step, result.train_losses[step] = step, loss
+                progress.train(step, loss, grad_norm, float(schedule(step - 1)))
+                if step % tc.eval_every == 0 or step == tc.steps:
+                    values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
+                    progress.metrics.write(step, "val", values)
+                    result.val_history.append({"step": step, **values})
+                    log(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+                stopping = stop_signal.received or step == stop_at
+                if step % config.checkpoint.every == 0 or step == tc.steps or stopping:
+                    checkpointer.save(step, state, {"step": step, "loss": loss, LOG_WINDOW: progress.window})
+                if stopping:
+                    result.interrupted, result.stopped_by = True, stop_signal.received or "stop_at"
+                    log(
+                        f"stopped after step {step} ({result.stopped_by}); checkpoint saved "
+                        f"in {run.checkpoint_dir}; continue with resume=true"
+                    )
+                    break
+        finally:
+            stop_signal.restore()
+            progress.close()
+            checkpointer.close()
 
     result.seconds = time.perf_counter() - started
     if not result.interrupted:
-        result.loss_curve = plot_loss_curve(run_dir / METRICS_FILE, run_dir / LOSS_CURVE_FILE, result.unigram_entropy)
+        result.loss_curve = plot_loss_curve(run.path / METRICS_FILE, run.path / LOSS_CURVE_FILE, result.unigram_entropy)
         log(_final_summary(result))
         if tc.sample_tokens:
             result.sample = sample_text(
@@ -222,6 +235,39 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
     return result
 
 
+def _resume_point(run: RunDirectory, state, log: Callable[[str], None]):
+    """``(state, step, log window, skipped checkpoints)`` to continue from: the newest checkpoint of a
+    resumed run that restores (a fresh ``state`` and step 0 otherwise). Reads only."""
+    if run.mode != RESUME:
+        return state, 0, [], []
+    reader = Checkpointer(run.checkpoint_dir, run.config.checkpoint.keep, read_only=True)
+    try:
+        if not reader.all_steps():
+            log(f"resume=true, but {run.checkpoint_dir} holds no checkpoint: starting at step 0")
+            return state, 0, [], []
+        state, meta, start, skipped = reader.restore_newest(state)
+    finally:
+        reader.close()
+    for checkpoint in skipped:
+        log(f"skipped {checkpoint}; it will be kept in {run.path / UNRESTORABLE_DIR}")
+    log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {run.checkpoint_dir}")
+    return state, start, meta.get(LOG_WINDOW, []), skipped
+
+
+def _non_finite_message(loss: float, grad_norm: float, step: int, checkpointer: Checkpointer, run: RunDirectory) -> str:
+    last = checkpointer.latest_step()
+    if last is not None:
+        kept = f"nothing was saved after step {last} (the last good checkpoint, in {run.checkpoint_dir})"
+    elif run.committed:
+        kept = f"no checkpoint was saved yet in {run.checkpoint_dir}"
+    else:
+        kept = f"{run.path} was left as it was before this start"
+    return (
+        f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; {kept}. "
+        "Try a lower optim.lr, a smaller optim.grad_clip or a longer optim.warmup_steps."
+    )
+
+
 def _evaluate(eval_step, params, rest, val_batches, byte_level: bool) -> dict[str, float]:
     """Mean loss over the fixed validation batches, its perplexity and (byte-level) bits per byte."""
     loss = float(np.mean([eval_step(params, rest, tokens) for tokens in val_batches]))
@@ -235,53 +281,33 @@ class _Progress:
     """Progress bar (step, loss, lr, tokens/s, ETA) and train records: every ``log_every`` steps the
     mean loss of those steps, the lr, the gradient norm and the throughput."""
 
-    def __init__(self, run_dir: Path, tc: TrainConfig, start: int):
-        self.metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard)
+    def __init__(self, run_dir: Path, tc: TrainConfig, start: int, window: list[float]):
+        """``window``: the losses of the steps since the last record before ``start`` (a resumed run's
+        checkpoint keeps them), so that its first record averages the same steps as an uninterrupted run."""
+        self.metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, purge_step=start + 1 if start else None)
         self._bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
         self._tc = tc
-        self._losses: list[float] = []
+        self.window: list[float] = list(window)
+        self._timed_steps = 0
         self._since = time.perf_counter()
 
     def train(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
-        self._losses.append(loss)
+        self.window.append(loss)
+        self._timed_steps += 1
         if step % self._tc.log_every == 0 or step == self._tc.steps:
             now = time.perf_counter()
-            tokens_per_s = len(self._losses) * self._tc.tokens_per_step / max(now - self._since, 1e-9)
-            mean_loss = float(np.mean(self._losses))
+            tokens_per_s = self._timed_steps * self._tc.tokens_per_step / max(now - self._since, 1e-9)
+            mean_loss = float(np.mean(self.window))
             self.metrics.write(
                 step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
             )
             self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-            self._losses, self._since = [], now
+            self.window, self._timed_steps, self._since = [], 0, now
         self._bar.update(1)
 
     def close(self) -> None:
         self._bar.close()
         self.metrics.close()
-
-
-def _prepare_run_dir(config: RunConfig, run_dir: Path, ckpt_dir: Path) -> None:
-    """Refuse to mix runs: an earlier run in ``run_dir`` needs ``resume`` (same model) or ``overwrite``."""
-    has_checkpoints = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
-    saved_config = run_dir / CONFIG_FILE
-    if config.overwrite:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-        for name in (METRICS_FILE, LOSS_CURVE_FILE, CONFIG_FILE):
-            (run_dir / name).unlink(missing_ok=True)
-    elif has_checkpoints and not config.resume:
-        raise ConfigError(
-            f"run_dir={str(run_dir)!r} already holds checkpoints of an earlier run: pass "
-            "resume=true to continue it or overwrite=true to start over"
-        )
-    elif config.resume and saved_config.is_file():
-        saved_model = yaml.safe_load(saved_config.read_text()).get("model")
-        if saved_model != to_dict(config.model):
-            raise ConfigError(
-                f"resume=true but the model section differs from the run saved in "
-                f"{saved_config}; resume with the same model config"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 class _StopSignal:

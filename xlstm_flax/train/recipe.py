@@ -12,8 +12,8 @@ run_dir: runs/tiny
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..config import load_config
 from ..distributed import DistributedConfig
@@ -24,6 +24,7 @@ from .data import DataConfig
 from .optim import OptimConfig
 
 CONFIG_FILE = "config.yaml"  # the resolved recipe, saved in the run directory
+MAX_SEED = 2**63  # seeds are non-negative 64-bit ints (numpy's and JAX's generators)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +64,10 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """The whole run. ``resume``: continue from the latest checkpoint in ``run_dir`` (a fresh start if
-    there is none); ``overwrite``: delete an earlier run's checkpoints and logs in ``run_dir``."""
+    """The whole run. ``resume``: continue the run in ``run_dir`` from its newest checkpoint that restores
+    (a fresh start if there is none), with the saved config (only the changes ``train.resume`` allows);
+    ``overwrite``: replace an earlier run in ``run_dir`` once this one has started (``train.run_dir``).
+    Without either, a ``run_dir`` that holds a run is refused."""
 
     model: xLSTMLMConfig
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -82,7 +85,13 @@ class RunConfig:
             raise ValueError(f"optim.warmup_steps={self.optim.warmup_steps} exceeds "
                              f"train.steps={self.train.steps}")
         if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite cannot both be true")
+            raise ValueError("resume=true (continue the run in run_dir) and overwrite=true (replace it) "
+                             "contradict each other: set one of them to false")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        top_k = self.train.sample_top_k
+        if top_k is not None and top_k > self.model.vocab_size:
+            raise ValueError(f"train.sample_top_k={top_k} exceeds model.vocab_size={self.model.vocab_size}")
         try:
             self.model.resolved_kernel()  # the kernel must run here: fail before any data is read
         except ValueError as err:
