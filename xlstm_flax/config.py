@@ -8,6 +8,7 @@ an impossible value rejected by a ``__post_init__`` -- raises ``ConfigError`` na
 file. A section may start from a named preset (``model: {preset: tiny, num_blocks: 2}``) when the
 caller passes a preset lookup for that section's class.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,9 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the source."""
 
 
-def load_config[T](path: str | Path, cls: type[T], overrides: Sequence[str] = (),
-                presets: PresetLookup | None = None) -> T:
+def load_config[T](
+    path: str | Path, cls: type[T], overrides: Sequence[str] = (), presets: PresetLookup | None = None
+) -> T:
     """Read ``path`` (YAML), apply ``overrides`` (``"a.b=value"``) and build a ``cls`` instance."""
     path = Path(path)
     if not path.is_file():
@@ -87,8 +89,7 @@ def apply_override(data: dict, override: str, cls: type, *, source: str) -> None
         node, node_cls = child, _dataclass_in(hints.get(part))
 
 
-def from_dict[T](cls: type[T], data: Any, *, source: str, presets: PresetLookup | None = None,
-              prefix: str = "") -> T:
+def from_dict[T](cls: type[T], data: Any, *, source: str, presets: PresetLookup | None = None, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a raw mapping, validating every key; ``prefix`` is the dotted
     path of this section (for messages)."""
     where = f"{source}: {prefix.rstrip('.') or '<top level>'}"
@@ -117,12 +118,14 @@ def from_dict[T](cls: type[T], data: Any, *, source: str, presets: PresetLookup 
 
 def to_dict(config: Any) -> dict:
     """A dataclass tree as plain YAML-friendly data (tuples become lists)."""
+
     def plain(value):
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
         return value
+
     return plain(config)
 
 
@@ -179,8 +182,9 @@ def _convert(value: Any, annotation: Any, *, dotted: str, source: str, presets: 
         item_type = args[0]
         if len(args) != 2 or args[1] is not Ellipsis:
             raise TypeError(f"config field {dotted}: only tuple[T, ...] is supported, got {annotation}")
-        return tuple(_convert(v, item_type, dotted=f"{dotted}[{i}]", source=source, presets=presets)
-                     for i, v in enumerate(value))
+        return tuple(
+            _convert(v, item_type, dotted=f"{dotted}[{i}]", source=source, presets=presets) for i, v in enumerate(value)
+        )
     if annotation is bool:
         if not isinstance(value, bool):
             raise _type_error(dotted, source, "bool", value)

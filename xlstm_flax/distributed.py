@@ -1,10 +1,12 @@
 """Data parallelism over a ``jax.sharding.Mesh`` with one axis, "data": batches are split over it;
 parameters and optimiser state are replicated, or (``shard_params``, FSDP-style) each large array is
 split along one dimension and XLA gathers it where it is used. Works unchanged on one CPU device."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -17,8 +19,8 @@ DATA_AXIS = "data"
 class DistributedConfig:
     """How the training state is laid out over the devices."""
 
-    shard_params: bool = False      # split params + optimiser state over the devices (FSDP-style)
-    min_shard_size: int = 1 << 18   # arrays with fewer elements stay replicated
+    shard_params: bool = False  # split params + optimiser state over the devices (FSDP-style)
+    min_shard_size: int = 1 << 18  # arrays with fewer elements stay replicated
 
     def __post_init__(self):
         if self.min_shard_size < 1:
@@ -39,8 +41,9 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
     devices = mesh.shape[DATA_AXIS]
     if batch_size % devices:
-        raise ValueError(f"train.batch_size={batch_size} must be divisible by the {devices} devices "
-                         f"of the '{DATA_AXIS}' mesh axis")
+        raise ValueError(
+            f"train.batch_size={batch_size} must be divisible by the {devices} devices of the '{DATA_AXIS}' mesh axis"
+        )
 
 
 def state_sharding(shape: Sequence[int], mesh: Mesh, config: DistributedConfig) -> NamedSharding:

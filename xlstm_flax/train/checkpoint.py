@@ -8,6 +8,7 @@ A checkpoint that does not restore (a truncated file, a disk error) is skipped b
 :meth:`Checkpointer.restore_newest`, which falls back to the newest one that does and reports what it
 skipped and why; nothing is ever deleted for being unreadable.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,8 @@ class CheckpointConfig:
     """When to save and how many checkpoints to keep (saves also happen at the end and on
     SIGINT/SIGTERM)."""
 
-    every: int = 1000   # save every N steps
-    keep: int = 3       # keep the last K checkpoints
+    every: int = 1000  # save every N steps
+    keep: int = 3  # keep the last K checkpoints
 
     def __post_init__(self):
         if self.every < 1:
@@ -80,8 +81,11 @@ class Checkpointer:
         """Write ``state`` (a pytree of arrays) and ``metadata`` (JSON) for ``step``; blocks until done."""
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)), force=True)
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)),
+            force=True,
+        )
         self._manager.wait_until_finished()
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
@@ -95,8 +99,9 @@ class Checkpointer:
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (steps: {steps})")
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+            )
             return restored.state, restored.meta, step
         except Exception as err:  # orbax / tensorstore raise bare Exception and ValueError for bad data
             failed = SkippedCheckpoint(step, self.step_dir(step), _reason(err))

@@ -1,5 +1,6 @@
 """Metric logs of a run: JSONL (always), TensorBoard events (if tensorboardX is installed), and a
 loss-curve PNG drawn from the JSONL at the end."""
+
 from __future__ import annotations
 
 import json
@@ -64,11 +65,11 @@ def latest_records(records: list[dict], split: str) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_loss_curve(metrics_path: str | Path, png_path: str | Path,
-                    baseline: float | None = None) -> Path:
+def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, baseline: float | None = None) -> Path:
     """Train and validation loss against step (nats/token), with an optional horizontal baseline
     (e.g. the unigram entropy)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,5 +1,6 @@
 """The training state of a run: a freshly initialised model and optimiser state in the layout the run's
 ``distributed`` section asks for (the target that checkpoints are restored into)."""
+
 import jax
 from flax import nnx
 from jax.sharding import Mesh
@@ -27,8 +28,10 @@ def init_train_state(config: RunConfig, mesh: Mesh):
 
     graphdef = nnx.split(nnx.eval_shape(new_model), nnx.Param, ...)[0]
     abstract_state, abstract_rest = jax.eval_shape(init)
-    shardings = (distributed.state_shardings(abstract_state, mesh, config.distributed),
-                 distributed.state_shardings(abstract_rest, mesh, DistributedConfig()))
+    shardings = (
+        distributed.state_shardings(abstract_state, mesh, config.distributed),
+        distributed.state_shardings(abstract_rest, mesh, DistributedConfig()),
+    )
     if config.distributed.shard_params:
         state, rest = jax.jit(init, out_shardings=shardings)()
     else:  # eager: no compile, which is faster for a replicated (small enough) state
