@@ -21,9 +21,11 @@ $(STAMP): setup.cfg requirements/ci.txt requirements/ci-nodeps.txt
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(VENV)/bin/xlstm-flax train --config configs/train_tiny.yaml
+	$(VENV)/bin/xlstm-flax train --config configs/train_tiny.yaml overwrite=true
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not gpu" tests --ignore=tests/triton_interpret
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/triton_interpret
 

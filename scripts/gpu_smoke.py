@@ -1,4 +1,5 @@
 """GPU environment check: jax sees the GPU, jax-triton launches a kernel, the registry imports."""
+
 import jax
 import jax.numpy as jnp
 import triton

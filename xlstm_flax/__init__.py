@@ -9,6 +9,7 @@
 The names below load on first use, so ``import xlstm_flax`` stays light (no JAX model code, never
 Triton). Kernels: ``xlstm_flax.kernels``; training: ``xlstm_flax.train``.
 """
+
 import importlib
 
 __version__ = "0.1.0"

@@ -8,19 +8,21 @@ an impossible value rejected by a ``__post_init__`` -- raises ``ConfigError`` na
 file. A section may start from a named preset (``model: {preset: tiny, num_blocks: 2}``) when the
 caller passes a preset lookup for that section's class.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any
 
 import yaml
 
-T = TypeVar("T")
 PresetLookup = Mapping[type, Callable[[str], Any]]
 PRESET_KEY = "preset"
 _FLOAT_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -30,16 +32,23 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the source."""
 
 
-def load_config(path: str | Path, cls: type[T], overrides: Sequence[str] = (),
-                presets: PresetLookup | None = None) -> T:
+def load_config[T](
+    path: str | Path, cls: type[T], overrides: Sequence[str] = (), presets: PresetLookup | None = None
+) -> T:
     """Read ``path`` (YAML), apply ``overrides`` (``"a.b=value"``) and build a ``cls`` instance."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" if not path.exists() else f"config {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a YAML text file (byte {err.start} is not UTF-8)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     for override in overrides:
@@ -56,7 +65,7 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"bad override {override!r}: value is not valid YAML: {err}") from None
+        raise ConfigError(f"bad override {override!r}: value is not valid YAML: {_one_line(err)}") from None
     return parts, value
 
 
@@ -80,8 +89,7 @@ def apply_override(data: dict, override: str, cls: type, *, source: str) -> None
         node, node_cls = child, _dataclass_in(hints.get(part))
 
 
-def from_dict(cls: type[T], data: Any, *, source: str, presets: PresetLookup | None = None,
-              prefix: str = "") -> T:
+def from_dict[T](cls: type[T], data: Any, *, source: str, presets: PresetLookup | None = None, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a raw mapping, validating every key; ``prefix`` is the dotted
     path of this section (for messages)."""
     where = f"{source}: {prefix.rstrip('.') or '<top level>'}"
@@ -110,12 +118,14 @@ def from_dict(cls: type[T], data: Any, *, source: str, presets: PresetLookup | N
 
 def to_dict(config: Any) -> dict:
     """A dataclass tree as plain YAML-friendly data (tuples become lists)."""
+
     def plain(value):
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
         return value
+
     return plain(config)
 
 
@@ -172,8 +182,9 @@ def _convert(value: Any, annotation: Any, *, dotted: str, source: str, presets: 
         item_type = args[0]
         if len(args) != 2 or args[1] is not Ellipsis:
             raise TypeError(f"config field {dotted}: only tuple[T, ...] is supported, got {annotation}")
-        return tuple(_convert(v, item_type, dotted=f"{dotted}[{i}]", source=source, presets=presets)
-                     for i, v in enumerate(value))
+        return tuple(
+            _convert(v, item_type, dotted=f"{dotted}[{i}]", source=source, presets=presets) for i, v in enumerate(value)
+        )
     if annotation is bool:
         if not isinstance(value, bool):
             raise _type_error(dotted, source, "bool", value)
@@ -184,9 +195,11 @@ def _convert(value: Any, annotation: Any, *, dotted: str, source: str, presets: 
         return value
     if annotation is float:
         if isinstance(value, str) and _FLOAT_STRING.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
+            value = float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _type_error(dotted, source, "float", value)
+        if not math.isfinite(value):
+            raise _type_error(dotted, source, "a finite float", value)
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -221,6 +234,10 @@ def _unknown_key_message(dotted: str, key: str, valid: Mapping[str, Any], where:
 
 def _type_error(dotted: str, source: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(f"{source}: {dotted}: expected {expected}, got {_describe(value)}")
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _describe(value: Any) -> str:

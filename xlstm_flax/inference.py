@@ -7,6 +7,7 @@ sampled from a prompt (both used by ``xlstm-flax generate`` and the end-of-run s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,20 +27,35 @@ if TYPE_CHECKING:
     from .model import xLSTMLMModel
     from .train.data import Tokenizer
 
+logger = logging.getLogger(__name__)
+
 
 def load_trained_model(run_dir: str | Path, step: int | None = None) -> tuple[xLSTMLMModel, RunConfig, int]:
-    """The model of a run directory with the weights of its latest (or given) checkpoint;
-    returns ``(model, config, step)``."""
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / CONFIG_FILE, RunConfig)
-    graphdef, rest, state = init_train_state(config, distributed.make_mesh(distributed.DistributedConfig(),
-                                                                           jax.local_devices()[:1]))
-    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
+    """The model of a run directory with the weights of its newest checkpoint that restores (a warning
+    names each newer one skipped and why), or of checkpoint ``step``; returns ``(model, config, step)``.
+    Reads only."""
+    config = load_run_config(run_dir)
+    mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
+    graphdef, rest, state = init_train_state(config, mesh)
+    checkpointer = Checkpointer(Path(run_dir) / CHECKPOINT_DIR, config.checkpoint.keep, read_only=True)
     try:
-        state, _, step = checkpointer.restore(state, step)
+        if step is None:
+            state, _, step, skipped = checkpointer.restore_newest(state)
+            for checkpoint in skipped:
+                logger.warning("skipped %s; using step %d", checkpoint, step)
+        else:
+            state, _, step = checkpointer.restore(state, step)
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, state["params"], rest), config, step
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The config saved in a run directory (FileNotFoundError when ``run_dir`` holds none)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {CONFIG_FILE}")
+    return load_config(path, RunConfig)
 
 
 def sample_text(

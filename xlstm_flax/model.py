@@ -40,14 +40,32 @@ class xLSTMLMModel(nnx.Module):
             raise TypeError(f"config must be an xLSTMLMConfig, got {type(config).__name__}")
         self.config = config
         dim, cdt, pdt = config.embedding_dim, config.jnp_compute_dtype, config.jnp_param_dtype
-        self.embedding = nnx.Embed(config.vocab_size, dim, dtype=cdt, param_dtype=pdt,
-                                   embedding_init=partitioned(small_init(dim), "vocab", "embed"), rngs=rngs)
+        self.embedding = nnx.Embed(
+            config.vocab_size,
+            dim,
+            dtype=cdt,
+            param_dtype=pdt,
+            embedding_init=partitioned(small_init(dim), "vocab", "embed"),
+            rngs=rngs,
+        )
         self.blocks = xLSTMBlockStack(config, rngs=rngs)
-        self.out_norm = (make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt)
-                         if config.add_out_norm else None)
-        self.lm_head = (None if config.tie_embeddings else
-                        dense(dim, config.vocab_size, axes=("embed", "vocab"), kernel_init=small_init(dim),
-                              use_bias=False, dtype=cdt, param_dtype=pdt, rngs=rngs))
+        self.out_norm = (
+            make_norm(config.norm, dim, eps=config.norm_eps, param_dtype=pdt) if config.add_out_norm else None
+        )
+        self.lm_head = (
+            None
+            if config.tie_embeddings
+            else dense(
+                dim,
+                config.vocab_size,
+                axes=("embed", "vocab"),
+                kernel_init=small_init(dim),
+                use_bias=False,
+                dtype=cdt,
+                param_dtype=pdt,
+                rngs=rngs,
+            )
+        )
 
     def init_state(self, batch_size: int):
         """The recurrent state before the first token, for :meth:`step` or a chunked ``__call__``."""

@@ -3,6 +3,7 @@
 Used by the blocks (``xlstm_flax.blocks``) and the model (``xlstm_flax.model``); the YAML loader in
 ``xlstm_flax.config`` builds it from a recipe's ``model`` section.
 """
+
 import dataclasses
 
 import jax.numpy as jnp
@@ -45,25 +46,31 @@ class xLSTMLMConfig:
             _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         bad = [i for i in self.slstm_at if not 0 <= i < self.num_blocks]
         _require(not bad, "slstm_at", f"indices {bad} out of range for num_blocks={self.num_blocks}")
-        _require(len(set(self.slstm_at)) == len(self.slstm_at), "slstm_at",
-                 f"has repeated indices: {self.slstm_at}")
+        _require(len(set(self.slstm_at)) == len(self.slstm_at), "slstm_at", f"has repeated indices: {self.slstm_at}")
         _require(self.norm in NORM_KINDS, "norm", f"must be one of {NORM_KINDS}, got {self.norm!r}")
         _require(self.norm_eps >= 0, "norm_eps", f"must be >= 0, got {self.norm_eps}")
-        _require(self.logit_soft_cap is None or self.logit_soft_cap > 0, "logit_soft_cap",
-                 f"must be > 0 or null, got {self.logit_soft_cap}")
+        _require(
+            self.logit_soft_cap is None or self.logit_soft_cap > 0,
+            "logit_soft_cap",
+            f"must be > 0 or null, got {self.logit_soft_cap}",
+        )
         for name in ("compute_dtype", "param_dtype"):
-            _require(getattr(self, name) in DTYPES, name,
-                     f"must be one of {tuple(DTYPES)}, got {getattr(self, name)!r}")
-        _require(not (self.scan_layers and 0 < len(self.slstm_at) < self.num_blocks), "scan_layers",
-                 "needs identical blocks, but slstm_at mixes sLSTM and mLSTM blocks; set "
-                 "scan_layers: false or make slstm_at empty")
+            _require(
+                getattr(self, name) in DTYPES, name, f"must be one of {tuple(DTYPES)}, got {getattr(self, name)!r}"
+            )
+        _require(
+            not (self.scan_layers and 0 < len(self.slstm_at) < self.num_blocks),
+            "scan_layers",
+            "needs identical blocks, but slstm_at mixes sLSTM and mLSTM blocks; set "
+            "scan_layers: false or make slstm_at empty",
+        )
         if len(self.slstm_at) < self.num_blocks:
             self.mlstm.check_width(self.embedding_dim, "xLSTMLMConfig")
         if self.slstm_at:
             self.slstm.check_width(self.embedding_dim, "xLSTMLMConfig")
 
     def block_kinds(self) -> tuple[str, ...]:
-        """"mlstm" or "slstm" for each block position."""
+        """ "mlstm" or "slstm" for each block position."""
         return tuple("slstm" if i in self.slstm_at else "mlstm" for i in range(self.num_blocks))
 
     @property

@@ -1,4 +1,5 @@
 """One recurrent mLSTM step (docs/math.md): decoding, and the body of ``recurrent--jax``."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp

@@ -124,7 +124,7 @@ def parallel_fw_kernel(
 ):
     """Grid (DHV blocks, NC * L / BLOCK_LQ, B*NH): BLOCK_LQ rows i of one chunk of L steps, from the
     state (C, n, m) at the chunk start. With b the chunk-local cumulative log forget gate,
-    m_i = b_i + max(m, max_{j<=i}(i_j - b_j)) (the step recurrence's m_i exactly) and
+    m_i = max(b_i + m, max_{j<=i}(b_i - b_j + i_j)) (the step recurrence's m_i exactly) and
     num_i = s e^(b_i+m-m_i) q_i C + sum_{j<=i} s (q_i.k_j) e^(b_i-b_j+i_j-m_i) v_j; likewise nq_i with
     n and 1 for C and v_j. Writes h = num / (max(|nq|, e^-m_i) + eps), den, m_i and the signed nq."""
     _parallel_fw(matQ, matK, matV, vecB, vecI, vecI, matC_all, vecN_all, scaM_all, matH, vecDen_out, vecM_out,
@@ -169,18 +169,19 @@ def _parallel_fw(
     b_rows = tl.load(vecB + t_rows)
     state = bh * (NC + 1) + chunk
     m_chunk = tl.load(scaM_all + state)
-    # Pass 1 (gates only): the per-row stabiliser m_i.
-    max_a = tl.zeros([BLOCK_LQ], tl.float32) + m_chunk
+    # Pass 1 (gates only): the per-row stabiliser m_i, the row max of the same masked log weights that
+    # pass 2 exponentiates (so every exponent is <= 0 after rounding too, even for huge gates).
+    m_rows = b_rows + m_chunk
     if HAS_SEGMENTS:  # rows after a segment start in the chunk begin from the zero state (m = 0)
         seg_rows = tl.load(vecSeg + t_rows)
-        max_a = tl.where(seg_rows == 0, max_a, 0.0)
+        m_rows = tl.where(seg_rows == 0, m_rows, b_rows)
     for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
-        a_cols = tl.load(vecI + t_chunk + col0 + cols) - tl.load(vecB + t_chunk + col0 + cols)
+        t_cols = t_chunk + col0 + cols
+        log_w = b_rows[:, None] - tl.load(vecB + t_cols)[None, :] + tl.load(vecI + t_cols)[None, :]
         causal = (row0 + rows)[:, None] >= (col0 + cols)[None, :]
         if HAS_SEGMENTS:
-            causal = causal & (seg_rows[:, None] == tl.load(vecSeg + t_chunk + col0 + cols)[None, :])
-        max_a = tl.maximum(max_a, tl.max(tl.where(causal, a_cols[None, :], float("-inf")), axis=1))
-    m_rows = b_rows + max_a
+            causal = causal & (seg_rows[:, None] == tl.load(vecSeg + t_cols)[None, :])
+        m_rows = tl.maximum(m_rows, tl.max(tl.where(causal, log_w, float("-inf")), axis=1))
 
     # Inter-chunk part: s q_i C and s q_i . n, weighted by e^(b_i + m - m_i).
     num = tl.zeros([BLOCK_LQ, BLOCK_DHV], tl.float32)

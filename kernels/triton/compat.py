@@ -4,6 +4,7 @@ jax-triton 0.4.1 reads ``triton.backends.nvidia.driver.TMA_TF32``, which Triton 
 Triton defines it as 11). Without it jax-triton silently falls back to stub classes and fails at the
 first launch, so the constant is set before jax_triton is imported.
 """
+
 from __future__ import annotations
 
 import functools

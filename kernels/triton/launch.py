@@ -15,11 +15,13 @@ and returns the output arrays (a single array when ``out_shape`` is a single sha
   buffers; the test harness (``tests/triton_interpret/``) installs one. Outputs start as NaN there,
   so an element the kernel forgets to write shows up in a test.
 """
+
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import jax
 import numpy as np
@@ -31,8 +33,9 @@ HOPPER_COMPUTE_CAPABILITY = 90
 
 
 class InterpreterRunner(Protocol):
-    def __call__(self, kernel, grid: tuple[int, ...], inputs: Sequence[np.ndarray],
-                 outputs: Sequence[np.ndarray], meta: dict) -> None:
+    def __call__(
+        self, kernel, grid: tuple[int, ...], inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], meta: dict
+    ) -> None:
         """Runs ``kernel[grid](*inputs, *outputs, **meta)`` in place on host buffers."""
 
 
@@ -59,8 +62,16 @@ def gpu_visible() -> bool:
         return False
 
 
-def triton_call(*inputs: jax.Array, kernel, out_shape, grid: tuple[int, ...] | Callable,
-                num_warps: int = 4, num_stages: int = 3, zeroed_outputs: tuple[int, ...] = (), **constexprs):
+def triton_call(
+    *inputs: jax.Array,
+    kernel,
+    out_shape,
+    grid: tuple[int, ...] | Callable,
+    num_warps: int = 4,
+    num_stages: int = 3,
+    zeroed_outputs: tuple[int, ...] = (),
+    **constexprs,
+):
     """Launches ``kernel`` over ``grid`` on ``inputs``; returns arrays shaped like ``out_shape``."""
     if interpreter_enabled():
         return _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, constexprs)
@@ -94,8 +105,10 @@ def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, ze
     grid = tuple(grid(meta)) if callable(grid) else tuple(np.atleast_1d(grid).tolist())
 
     def run_on_host(*host_inputs):
-        outputs = [np.zeros(s.shape, s.dtype) if k in zeroed_outputs else np.full(s.shape, np.nan, s.dtype)
-                   for k, s in enumerate(shapes)]
+        outputs = [
+            np.zeros(s.shape, s.dtype) if k in zeroed_outputs else np.full(s.shape, np.nan, s.dtype)
+            for k, s in enumerate(shapes)
+        ]
         runner(kernel, grid, [np.ascontiguousarray(x) for x in host_inputs], outputs, meta)
         return outputs
 

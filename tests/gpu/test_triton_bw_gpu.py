@@ -8,6 +8,7 @@ Errors are relative Frobenius norms per gradient, ``||got - want|| / ||want||``:
   mantissa, relative step 4e-3) before their dots, and the gradients themselves are bf16.
 * Triton vs chunkwise--jax, both bf16: <= 5e-2 (each side within about 2e-2 of the exact gradients).
 """
+
 import functools
 
 import jax
@@ -31,8 +32,15 @@ CASES = [
     # (dtype, S, DHQK, DHV, with_states, loss on last states, tuning: forward and backward names)
     (jnp.float32, 256, 64, 64, True, False, dict(chunk_size=64)),
     (jnp.float32, 500, 48, 96, True, True, dict(chunk_size=128, chunk_size_inter=32, chunk_size_recurrent=32)),
-    (jnp.float32, 256, 128, 256, False, True, dict(chunk_size=128, siz_b_L_parallel=32, siz_b_DH_loop=32,
-                                                   block_steps_owned=32, block_dh_contracted=32)),
+    (
+        jnp.float32,
+        256,
+        128,
+        256,
+        False,
+        True,
+        dict(chunk_size=128, siz_b_L_parallel=32, siz_b_DH_loop=32, block_steps_owned=32, block_dh_contracted=32),
+    ),
     (jnp.bfloat16, 256, 64, 64, True, False, dict(chunk_size=64)),
     (jnp.bfloat16, 512, 96, 48, True, True, dict(chunk_size=64, chunk_size_inter=16, chunk_size_recurrent=16)),
     (jnp.bfloat16, 512, 256, 512, True, True, {}),
@@ -42,8 +50,12 @@ CASES = [
 
 def _case_id(case):
     dtype, S, DHQK, DHV, with_states, last, tuning = case
-    return f"{jnp.dtype(dtype).name}-S{S}-{DHQK}x{DHV}" + ("-states" if with_states else "") + (
-        "-lastloss" if last else "") + (f"-{len(tuning)}opts" if tuning else "")
+    return (
+        f"{jnp.dtype(dtype).name}-S{S}-{DHQK}x{DHV}"
+        + ("-states" if with_states else "")
+        + ("-lastloss" if last else "")
+        + (f"-{len(tuning)}opts" if tuning else "")
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("name", "tuning"))
@@ -54,9 +66,19 @@ def _gradients(x, cot, name, tuning):
 
     def loss(*args):
         a = dict(zip(names, args))
-        h, last = kernel(a["q"], a["k"], a["v"], a["i"], a["f"], c_initial=a.get("c_initial"),
-                         n_initial=a.get("n_initial"), m_initial=a.get("m_initial"), return_last_states=True,
-                         eps=EPS, **dict(tuning))
+        h, last = kernel(
+            a["q"],
+            a["k"],
+            a["v"],
+            a["i"],
+            a["f"],
+            c_initial=a.get("c_initial"),
+            n_initial=a.get("n_initial"),
+            m_initial=a.get("m_initial"),
+            return_last_states=True,
+            eps=EPS,
+            **dict(tuning),
+        )
         return linear_loss(h.astype(jnp.float32), last, cot)
 
     grads = jax.grad(loss, argnums=tuple(range(len(names))))(*(x[n] for n in names))
@@ -72,8 +94,9 @@ def _assert_close(got: dict, want: dict, tol: float):
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_gradients_match_reference(case):
     dtype, S, DHQK, DHV, with_states, last, tuning = case
-    x = random_inputs(jax.random.PRNGKey(S + DHQK), B=2, NH=2, S=S, DHQK=DHQK, DHV=DHV, dtype=dtype,
-                      with_states=with_states)
+    x = random_inputs(
+        jax.random.PRNGKey(S + DHQK), B=2, NH=2, S=S, DHQK=DHQK, DHV=DHV, dtype=dtype, with_states=with_states
+    )
     cot = random_cotangents(jax.random.PRNGKey(S), x, last_states=last)
     got = _gradients(x, cot, "chunkwise--triton", tuple(sorted(tuning.items())))
     for name, grad in got.items():

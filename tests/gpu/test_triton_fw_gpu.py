@@ -5,6 +5,7 @@ Tolerances (relative to each output's largest reference magnitude, tests/kernels
 fp32 dots use 3xTF32 (about fp32); bf16 casts the states and weighted scores to bf16 (8-bit mantissa)
 before its dots and rounds h to bf16.
 """
+
 import jax
 import jax.numpy as jnp
 import pytest

@@ -1,5 +1,6 @@
 """Helpers of the CUDA-lowering tests (docs/testing.md): lower a jitted function for CUDA on this CPU
 machine and read the PTX of its Triton calls."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def _unescape_mlir_string(text: str) -> bytes:
             out.append(ord(text[pos + 1]))
             pos += 2
         else:
-            out.append(int(text[pos + 1:pos + 3], 16))
+            out.append(int(text[pos + 1 : pos + 3], 16))
             pos += 3
     return bytes(out)
 

@@ -4,6 +4,7 @@ The loss is a random linear function of the raw h and of the last states (c, n, 
 taken w.r.t. q, k, v, i, f and the initial states c0, n0, m0. Tolerance per gradient,
 ||g - g_ref|| / ||g_ref||: 1e-10 for backends run in fp64 (seen ~1e-14), 1e-4 in fp32 (seen <= 5e-6).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +21,7 @@ DIMS = dict(B=2, NH=3, S=37, DHQK=24, DHV=40)
 
 def linear_loss(kernel, weights):
     """sum(h * w_h) + sum(c * w_c) + sum(n * w_n) + sum(m * w_m) as a function of the 8 arguments."""
+
     def loss(q, k, v, i, f, c0, n0, m0):
         h, last = kernel(q, k, v, i, f, c0, n0, m0)
         return sum(jnp.sum(out * w) for out, w in zip((h, *last), weights))
@@ -37,7 +39,15 @@ def backend_kernel(name, chunk_size=16):
 
     def call(q, k, v, i, f, c0, n0, m0):
         return kernel(
-            q, k, v, i, f, c_initial=c0, n_initial=n0, m_initial=m0, return_last_states=True,
+            q,
+            k,
+            v,
+            i,
+            f,
+            c_initial=c0,
+            n_initial=n0,
+            m_initial=m0,
+            return_last_states=True,
             chunk_size=chunk_size,
         )
 

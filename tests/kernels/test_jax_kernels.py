@@ -4,6 +4,7 @@ Tolerances (max |error| / max |reference|, inputs identical on both sides):
 fp64 1e-12; fp32 2e-5 (seen <= 3e-6); fp16 h 1e-2, states 2e-3; bf16 h 3e-2, states 1e-2 (the
 matmuls take fp16/bf16 operands: probabilities and chunk states are rounded before the matmul).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np

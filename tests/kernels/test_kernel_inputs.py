@@ -1,4 +1,5 @@
 """Bad inputs to the pure-JAX backends raise ValueErrors that name the offending argument."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -50,8 +51,14 @@ def test_bad_chunk_size(inputs, chunk_size):
 
 def step_args(x):
     return dict(
-        q=x["q"][:, :, 0], k=x["k"][:, :, 0], v=x["v"][:, :, 0], i=x["i"][:, :, 0], f=x["f"][:, :, 0],
-        c=x["c_initial"], n=x["n_initial"], m=x["m_initial"],
+        q=x["q"][:, :, 0],
+        k=x["k"][:, :, 0],
+        v=x["v"][:, :, 0],
+        i=x["i"][:, :, 0],
+        f=x["f"][:, :, 0],
+        c=x["c_initial"],
+        n=x["n_initial"],
+        m=x["m_initial"],
     )
 
 
@@ -75,7 +82,9 @@ def test_bad_step_inputs(inputs, arg, corrupt, message):
         get_kernel("step--jax")(**args)
 
 
-@pytest.mark.parametrize("S, chunk", [(1, 16), (10, 16), (100, 128), (1000, 128), (2047, 128), (2048, 256), (9000, 256)])
+@pytest.mark.parametrize(
+    "S, chunk", [(1, 16), (10, 16), (100, 128), (1000, 128), (2047, 128), (2048, 256), (9000, 256)]
+)
 def test_one_chunk_size_policy(S, chunk):
     """Every chunkwise backend's default chunk: 256 from S = 2048 on, else min(128, S rounded up to a
     power of two >= 16); S is padded up to a multiple of it."""

@@ -6,6 +6,8 @@ sizes from 16 up to the padded head dim, warps 2..8, stages 1..4, fp32/bf16/fp16
 64, 96, 128, 256, 512 each appear at least once. About a minute on 2 CPU cores with an empty Triton
 cache (Triton caches compiled kernels, so reruns are faster).
 """
+
+import functools
 import re
 
 import jax
@@ -44,19 +46,81 @@ SWEEP = [
     (jnp.float32, 2048, 256, 512, {}),  # fp32 defaults (smaller parallel tiles, chunk 256)
     (jnp.float16, 512, 128, 256, {}),
     (jnp.bfloat16, 128, 512, 512, {}),
-    (jnp.bfloat16, 64, 96, 48, dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16,
-                                    siz_b_L_loop=16, siz_b_DH_parallel=16, siz_b_DH_loop=16)),
-    (jnp.bfloat16, 256, 128, 128, dict(chunk_size_inter=256, chunk_size_intra=256, siz_b_L_parallel=128,
-                                       siz_b_L_loop=64, siz_b_DH_parallel=128, siz_b_DH_loop=128,
-                                       num_warps_intra=8, num_stages_intra=3, num_warps_inter=8,
-                                       num_stages_inter=4)),
-    (jnp.float16, 128, 128, 256, dict(chunk_size_inter=32, chunk_size_intra=128, num_warps_intra=2,
-                                      num_stages_intra=1, num_warps_inter=2, num_stages_inter=1)),
-    (jnp.float32, 128, 128, 128, dict(chunk_size_inter=64, chunk_size_intra=128, siz_b_L_parallel=32,
-                                      siz_b_L_loop=32, siz_b_DH_parallel=32, siz_b_DH_loop=32)),
+    (
+        jnp.bfloat16,
+        64,
+        96,
+        48,
+        dict(
+            chunk_size_inter=16,
+            chunk_size_intra=64,
+            siz_b_L_parallel=16,
+            siz_b_L_loop=16,
+            siz_b_DH_parallel=16,
+            siz_b_DH_loop=16,
+        ),
+    ),
+    (
+        jnp.bfloat16,
+        256,
+        128,
+        128,
+        dict(
+            chunk_size_inter=256,
+            chunk_size_intra=256,
+            siz_b_L_parallel=128,
+            siz_b_L_loop=64,
+            siz_b_DH_parallel=128,
+            siz_b_DH_loop=128,
+            num_warps_intra=8,
+            num_stages_intra=3,
+            num_warps_inter=8,
+            num_stages_inter=4,
+        ),
+    ),
+    (
+        jnp.float16,
+        128,
+        128,
+        256,
+        dict(
+            chunk_size_inter=32,
+            chunk_size_intra=128,
+            num_warps_intra=2,
+            num_stages_intra=1,
+            num_warps_inter=2,
+            num_stages_inter=1,
+        ),
+    ),
+    (
+        jnp.float32,
+        128,
+        128,
+        128,
+        dict(
+            chunk_size_inter=64,
+            chunk_size_intra=128,
+            siz_b_L_parallel=32,
+            siz_b_L_loop=32,
+            siz_b_DH_parallel=32,
+            siz_b_DH_loop=32,
+        ),
+    ),
     (jnp.bfloat16, 32, 16, 16, dict(chunk_size_inter=16, chunk_size_intra=16)),
-    (jnp.bfloat16, 256, 64, 64, dict(chunk_size_inter=128, chunk_size_intra=256, siz_b_L_parallel=64,
-                                     siz_b_L_loop=128, siz_b_DH_parallel=64, siz_b_DH_loop=64)),
+    (
+        jnp.bfloat16,
+        256,
+        64,
+        64,
+        dict(
+            chunk_size_inter=128,
+            chunk_size_intra=256,
+            siz_b_L_parallel=64,
+            siz_b_L_loop=128,
+            siz_b_DH_parallel=64,
+            siz_b_DH_loop=64,
+        ),
+    ),
 ]
 
 
@@ -78,8 +142,12 @@ INVALID = [
     (64, 64, dict(chunk_size_intra=8), "chunk_size_intra=8 must be a power of two in [16"),
     (64, 64, dict(chunk_size_inter=64, chunk_size_intra=32), "chunk_size_inter=64 must be <= chunk_size_intra=32"),
     (96, 64, dict(chunk_size_intra=64), "S=96 must be a multiple of chunk_size_intra=64"),
-    (1000, 64, {}, "S=1000: S must be a multiple of 16 for mlstm_chunkwise_fw; the registry entry "
-                   "'chunkwise--triton' pads any S"),
+    (
+        1000,
+        64,
+        {},
+        "S=1000: S must be a multiple of 16 for mlstm_chunkwise_fw; the registry entry 'chunkwise--triton' pads any S",
+    ),
     (64, 64, dict(chunk_size_intra=32, siz_b_L_parallel=64), "siz_b_L_parallel=64"),
     (64, 64, dict(siz_b_L_loop=8), "siz_b_L_loop=8"),
     (64, 48, dict(siz_b_DH_loop=128), "siz_b_DH_loop=128"),
@@ -130,4 +198,4 @@ def test_registry_entry_rejects_bad_options():
     ]
     for options, message in bad:
         with pytest.raises(ValueError, match=re.escape(message)):
-            jax.eval_shape(lambda *a: mlstm_chunkwise_triton(*a, **options), *args)
+            jax.eval_shape(functools.partial(mlstm_chunkwise_triton, **options), *args)

@@ -4,6 +4,7 @@ interpreter tests (tests/triton_interpret) and the GPU tests (tests/gpu).
 Errors are measured relative to the largest reference magnitude of each output:
 ``max|got - want| <= tol * max(1, max|want|)``.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -28,8 +29,10 @@ class FwCase(NamedTuple):
     tuning: dict
 
     def id(self) -> str:
-        return (f"{jnp.dtype(self.dtype).name}-B{self.B}-S{self.S}-{self.DHQK}x{self.DHV}-"
-                f"{self.chunk_size_inter}of{self.chunk_size_intra}{'-states' if self.with_states else ''}")
+        return (
+            f"{jnp.dtype(self.dtype).name}-B{self.B}-S{self.S}-{self.DHQK}x{self.DHV}-"
+            f"{self.chunk_size_inter}of{self.chunk_size_intra}{'-states' if self.with_states else ''}"
+        )
 
 
 def assert_close(name, got, want, tol):
@@ -42,8 +45,9 @@ def assert_close(name, got, want, tol):
 
 def make_inputs(seed, dtype, B, S, DHQK, DHV, with_states, NH=2):
     """Fresh random (q, k, v, i, f) dict and initial states dict (c0, n0, m0; empty without states)."""
-    x = random_inputs(jax.random.PRNGKey(seed), B=B, NH=NH, S=S, DHQK=DHQK, DHV=DHV, dtype=dtype,
-                      with_states=with_states)
+    x = random_inputs(
+        jax.random.PRNGKey(seed), B=B, NH=NH, S=S, DHQK=DHQK, DHV=DHV, dtype=dtype, with_states=with_states
+    )
     states = {}
     if with_states:
         states = dict(c0=x.pop("c_initial"), n0=x.pop("n_initial"), m0=x.pop("m_initial"))
@@ -67,11 +71,14 @@ def reference_states_at(x, chunk, states, boundaries):
     reference's last states of each prefix (boundary 0 = the initial state, zeros / m = 0 if absent)."""
     B, NH, S, DHQK = x["q"].shape
     DHV = x["v"].shape[-1]
-    first = (states.get("c0", np.zeros((B, NH, DHQK, DHV))), states.get("n0", np.zeros((B, NH, DHQK))),
-             states.get("m0", np.zeros((B, NH))))
+    first = (
+        states.get("c0", np.zeros((B, NH, DHQK, DHV))),
+        states.get("n0", np.zeros((B, NH, DHQK))),
+        states.get("m0", np.zeros((B, NH))),
+    )
     out = []
     for c in boundaries:
-        prefix = {key: x[key][:, :, :c * chunk] for key in ("q", "k", "v", "i", "f")}
+        prefix = {key: x[key][:, :, : c * chunk] for key in ("q", "k", "v", "i", "f")}
         out.append(tuple(np.asarray(a) for a in first) if c == 0 else reference(prefix, 0.0, **states)[1])
     return tuple(np.stack([o[j] for o in out], axis=2) for j in range(3))
 
@@ -81,9 +88,20 @@ def check_forward(case: FwCase, tol: float, seed: int, eps: float = 1e-6) -> Non
     the float64 reference."""
     x, states = make_inputs(seed, case.dtype, case.B, case.S, case.DHQK, case.DHV, case.with_states)
     h, den, m, last, all_states = mlstm_chunkwise_fw(
-        x["q"], x["k"], x["v"], x["i"], x["f"], states.get("c0"), states.get("n0"), states.get("m0"),
-        return_last_states=True, return_all_states=True, chunk_size_inter=case.chunk_size_inter,
-        chunk_size_intra=case.chunk_size_intra, eps=eps, **case.tuning,
+        x["q"],
+        x["k"],
+        x["v"],
+        x["i"],
+        x["f"],
+        states.get("c0"),
+        states.get("n0"),
+        states.get("m0"),
+        return_last_states=True,
+        return_all_states=True,
+        chunk_size_inter=case.chunk_size_inter,
+        chunk_size_intra=case.chunk_size_intra,
+        eps=eps,
+        **case.tuning,
     )
     (ref_h, ref_den, ref_m), ref_last = reference(x, eps, **states)
     assert h.dtype == case.dtype and den.dtype == jnp.float32 and m.dtype == jnp.float32

@@ -1,4 +1,5 @@
 """Small model configs and helpers shared by the model tests (CPU-sized: width 32, a few blocks)."""
+
 import dataclasses
 
 import jax
@@ -15,10 +16,24 @@ VOCAB = 40
 def small_config(variant: str = "xlstm7b", *, kernel: str = "parallel--jax", **overrides) -> xLSTMLMConfig:
     """Width 32, 2 blocks (an mLSTM block, then an sLSTM block), 2 mLSTM heads, chunk size 4 (so short
     sequences take the kernels' padding and multi-chunk paths); input-gate bias 0 so the gates move."""
-    mlstm = mLSTMLayerConfig(variant=variant, num_heads=2, kernel=kernel, chunk_size=4, dim_round_to=8,
-                             igate_bias_init=0.0, proj_factor=2.0, qkv_proj_blocksize=4)
-    fields = dict(vocab_size=VOCAB, embedding_dim=32, num_blocks=2, slstm_at=(1,), mlstm=mlstm,
-                  slstm=sLSTMLayerConfig(num_heads=2, conv_kernel_size=3))
+    mlstm = mLSTMLayerConfig(
+        variant=variant,
+        num_heads=2,
+        kernel=kernel,
+        chunk_size=4,
+        dim_round_to=8,
+        igate_bias_init=0.0,
+        proj_factor=2.0,
+        qkv_proj_blocksize=4,
+    )
+    fields = dict(
+        vocab_size=VOCAB,
+        embedding_dim=32,
+        num_blocks=2,
+        slstm_at=(1,),
+        mlstm=mlstm,
+        slstm=sLSTMLayerConfig(num_heads=2, conv_kernel_size=3),
+    )
     fields.update(overrides)
     return xLSTMLMConfig(**fields)
 
@@ -29,9 +44,7 @@ def perturb_params(model: nnx.Module, seed: int, scale: float = 0.3) -> nnx.Modu
     from numpy (no per-shape XLA compilations)."""
     rng = np.random.default_rng(seed)
     state = nnx.state(model, nnx.Param)
-    noisy = jax.tree.map(
-        lambda x: jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape), x.dtype), state
-    )
+    noisy = jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape), x.dtype), state)
     nnx.update(model, noisy)
     return model
 

@@ -1,5 +1,6 @@
 """Config validation: impossible values raise errors naming the field; field types stay simple so
 the YAML loader can build every config; the presets round-trip through that loader."""
+
 import dataclasses
 import types
 import typing
@@ -21,8 +22,10 @@ SIMPLE = {int, float, bool, str}
         (lambda: xLSTMLMConfig(embedding_dim=100, mlstm=mLSTMLayerConfig(num_heads=3)), "mlstm.num_heads"),
         (lambda: xLSTMLMConfig(num_blocks=4, slstm_at=(4,)), "slstm_at"),
         (lambda: xLSTMLMConfig(num_blocks=4, slstm_at=(1, 1)), "slstm_at"),
-        (lambda: xLSTMLMConfig(embedding_dim=30, slstm_at=(0,), slstm=sLSTMLayerConfig(num_heads=4)),
-         "slstm.num_heads"),
+        (
+            lambda: xLSTMLMConfig(embedding_dim=30, slstm_at=(0,), slstm=sLSTMLayerConfig(num_heads=4)),
+            "slstm.num_heads",
+        ),
         (lambda: xLSTMLMConfig(num_blocks=4, slstm_at=(1,), scan_layers=True), "scan_layers"),
         (lambda: xLSTMLMConfig(compute_dtype="float8"), "compute_dtype"),
         (lambda: xLSTMLMConfig(norm="batchnorm"), "norm"),

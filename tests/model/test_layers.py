@@ -1,4 +1,5 @@
 """Layers against independent float64 numpy references (fresh random inputs and parameters)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,12 +108,16 @@ def test_slstm_matches_the_unstabilised_recurrence():
     y, state = jit_call(layer, x, return_state=True)
     # rebuild the gate inputs from the parameters, independently of the layer code
     xn = np64(x)[0].reshape(7, 2, 4)
-    pre = np.stack([np.einsum("shi,hio->sho", xn, np64(getattr(layer, g).kernel[...]))
-                    for g in ("igate", "fgate", "zgate", "ogate")], axis=1) + np64(layer.bias[...])
+    pre = np.stack(
+        [
+            np.einsum("shi,hio->sho", xn, np64(getattr(layer, g).kernel[...]))
+            for g in ("igate", "fgate", "zgate", "ogate")
+        ],
+        axis=1,
+    ) + np64(layer.bias[...])
     h = slstm_reference(pre, np64(layer.recurrent_kernel[...]), np.zeros((2, 4)))
     hc = h - h.mean(-1, keepdims=True)
-    expected = (hc / np.sqrt((hc**2).mean(-1, keepdims=True) + 1e-6)).reshape(7, 8) * np64(
-        layer.group_norm.scale[...])
+    expected = (hc / np.sqrt((hc**2).mean(-1, keepdims=True) + 1e-6)).reshape(7, 8) * np64(layer.group_norm.scale[...])
     np.testing.assert_allclose(y[0], expected, rtol=1e-4, atol=1e-4)  # fp32 scan vs float64
     np.testing.assert_allclose(state.h[0], h[-1], rtol=1e-4, atol=1e-5)
 
@@ -120,8 +125,7 @@ def test_slstm_matches_the_unstabilised_recurrence():
 def test_xlstm7b_layer_matches_the_published_math():
     """q, k, v, o projections; soft-capped fp32 gates; mLSTM (float64 reference); per-head
     LayerNorm; h * sigmoid(o); out_proj."""
-    cfg = mLSTMLayerConfig(num_heads=2, kernel="chunkwise--jax", chunk_size=4, dim_round_to=8,
-                           gate_soft_cap=2.0)
+    cfg = mLSTMLayerConfig(num_heads=2, kernel="chunkwise--jax", chunk_size=4, dim_round_to=8, gate_soft_cap=2.0)
     layer = perturb_params(mLSTMLayer(16, cfg, num_blocks=2, rngs=nnx.Rngs(0)), 2, scale=0.5)
     x = normal(9, (2, 6, 16))
     y, _ = jit_call(layer, x)
@@ -137,8 +141,7 @@ def test_xlstm7b_layer_matches_the_published_math():
     i = (2.0 * np.tanh(proj(layer.igate_preact) / 2.0)).transpose(0, 2, 1)
     f = (2.0 * np.tanh(proj(layer.fgate_preact) / 2.0)).transpose(0, 2, 1)
     with jax.enable_x64():
-        h, *_ = jax.jit(mlstm_reference)(heads(proj(layer.q)), heads(proj(layer.k)), heads(proj(layer.v)),
-                                          i, f)
+        h, *_ = jax.jit(mlstm_reference)(heads(proj(layer.q)), heads(proj(layer.k)), heads(proj(layer.v)), i, f)
         h = np64(h).transpose(0, 2, 1, 3)
     hc = h - h.mean(-1, keepdims=True)
     h = (hc / np.sqrt((hc**2).mean(-1, keepdims=True) + 1e-6)).reshape(2, 6, -1)

@@ -1,6 +1,7 @@
 """The LM model end to end on small fp32 configs with perturbed (non-trivial) parameters:
 causality, backend swap, step mode and carried state, scan/remat equivalence, gradients, one
 compilation per train step, bf16 compute."""
+
 import dataclasses
 
 import jax
@@ -43,8 +44,9 @@ def test_backend_swap_and_causality(variant):
     for kernel in KERNELS:
         logits = logits_fn(make_model(small_config(variant, kernel=kernel)), both)
         original, edited = logits[:2], logits[2:]
-        np.testing.assert_allclose(edited[:, :t], original[:, :t], rtol=0, atol=1e-6,
-                                   err_msg=f"{kernel}: a later token changed earlier logits")
+        np.testing.assert_allclose(
+            edited[:, :t], original[:, :t], rtol=0, atol=1e-6, err_msg=f"{kernel}: a later token changed earlier logits"
+        )
         assert float(jnp.abs(edited[:, t] - original[:, t]).min(axis=-1).max()) > 0, kernel
         assert float(jnp.abs(edited[:, t] - original[:, t]).max()) > 1e-3, kernel
         results[kernel] = original
@@ -113,8 +115,9 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(variant):
     grads = nnx.jit(nnx.grad(cross_entropy))(model, random_tokens(3, 2, 9))
     flat = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads))
     assert len(flat) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
-    bad = [jax.tree_util.keystr(path) for path, g in flat
-           if not (bool(jnp.isfinite(g).all()) and bool(jnp.any(g != 0)))]
+    bad = [
+        jax.tree_util.keystr(path) for path, g in flat if not (bool(jnp.isfinite(g).all()) and bool(jnp.any(g != 0)))
+    ]
     assert not bad, f"zero or non-finite gradients: {bad}"
 
 

@@ -1,5 +1,6 @@
 """Every preset builds (large ones abstractly with nnx.eval_shape), has the parameter count its name
 says (within 5%), and maps int32 (B, S) tokens to float32 (B, S, V) logits."""
+
 import jax
 import jax.numpy as jnp
 import pytest

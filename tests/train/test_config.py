@@ -1,4 +1,5 @@
 """The generic YAML -> dataclass loader: unknown keys, wrong types, impossible values, overrides."""
+
 import dataclasses
 
 import pytest
@@ -55,16 +56,19 @@ def test_unknown_top_level_key_without_close_match_lists_valid_keys(tmp_path):
         load(tmp_path, "count: 3\nzzz: 1\n")
 
 
-@pytest.mark.parametrize("text, key, expected", [
-    ("count: many\n", "count", "expected int, got str 'many'"),
-    ("count: 2.5\n", "count", "expected int, got float 2.5"),
-    ("count: true\n", "count", "expected int, got bool True"),
-    ("count: 1\nflag: 1\n", "flag", "expected bool, got int 1"),
-    ("count: 1\ninner: {sizes: [1, x]}\n", "inner.sizes[1]", "expected int, got str 'x'"),
-    ("count: 1\ninner: {sizes: 3}\n", "inner.sizes", "expected tuple"),
-    ("count: 1\ninner: {name: 3}\n", "inner.name", "expected str, got int 3"),
-    ("count: 1\ninner: 3\n", "inner", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, key, expected",
+    [
+        ("count: many\n", "count", "expected int, got str 'many'"),
+        ("count: 2.5\n", "count", "expected int, got float 2.5"),
+        ("count: true\n", "count", "expected int, got bool True"),
+        ("count: 1\nflag: 1\n", "flag", "expected bool, got int 1"),
+        ("count: 1\ninner: {sizes: [1, x]}\n", "inner.sizes[1]", "expected int, got str 'x'"),
+        ("count: 1\ninner: {sizes: 3}\n", "inner.sizes", "expected tuple"),
+        ("count: 1\ninner: {name: 3}\n", "inner.name", "expected str, got int 3"),
+        ("count: 1\ninner: 3\n", "inner", "expected a mapping"),
+    ],
+)
 def test_wrong_type_names_key_and_file(tmp_path, text, key, expected):
     with pytest.raises(ConfigError) as err:
         load(tmp_path, text)
@@ -82,18 +86,22 @@ def test_missing_required_key(tmp_path):
 
 
 def test_overrides_are_yaml_scalars(tmp_path):
-    cfg = load(tmp_path, "count: 1\n", ["count=7", "inner.rate=3e-4", "inner.sizes=[8, 9]",
-                                        "inner.name=null", "flag=true"])
+    cfg = load(
+        tmp_path, "count: 1\n", ["count=7", "inner.rate=3e-4", "inner.sizes=[8, 9]", "inner.name=null", "flag=true"]
+    )
     assert cfg == Outer(count=7, flag=True, inner=Inner(rate=3e-4, sizes=(8, 9), name=None))
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("inner.rtae=1", r"override 'inner\.rtae=1'.*recipe\.yaml.*unknown key 'inner\.rtae'; did you mean 'rate'"),
-    ("inner.rate", r"bad override 'inner\.rate': expected dotted\.key=value"),
-    ("count=abc", r"count: expected int, got str 'abc'"),
-    ("count.x=1", r"count is a value, not a section"),
-    ("inner..rate=1", r"bad override"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("inner.rtae=1", r"override 'inner\.rtae=1'.*recipe\.yaml.*unknown key 'inner\.rtae'; did you mean 'rate'"),
+        ("inner.rate", r"bad override 'inner\.rate': expected dotted\.key=value"),
+        ("count=abc", r"count: expected int, got str 'abc'"),
+        ("count.x=1", r"count is a value, not a section"),
+        ("inner..rate=1", r"bad override"),
+    ],
+)
 def test_bad_override(tmp_path, override, expected):
     with pytest.raises(ConfigError, match=expected):
         load(tmp_path, "count: 1\n", [override])

@@ -1,4 +1,5 @@
 """Data readers: text, .npy, .bin memmaps, EOS boundaries, splits, errors, deterministic batches."""
+
 import sys
 
 import numpy as np
@@ -77,10 +78,13 @@ def test_windows_are_pure_functions_of_key_and_stay_inside_streams():
     assert ((a[:, -1] <= 99) | ((a[:, 0] >= 1000) & (a[:, -1] <= 1009))).all()
 
 
-@pytest.mark.parametrize("path, message", [
-    ("{tmp}/missing.txt", "no such file"),
-    ("{tmp}/*.nothing", "no such file"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("{tmp}/missing.txt", "no such file"),
+        ("{tmp}/*.nothing", "no such file"),
+    ],
+)
 def test_missing_path(tmp_path, path, message):
     with pytest.raises(DataError, match=message):
         load_corpus(DataConfig(path=path.format(tmp=tmp_path)), VOCAB)
@@ -148,8 +152,9 @@ def test_tokenizer_json_documents_end_with_its_eos(tmp_path):
     docs = ["alpha beta", "gamma delta alpha", "beta beta"]
     for n, text in enumerate(docs):
         (tmp_path / f"d{n}.txt").write_text(text)
-    config = DataConfig(path=str(tmp_path / "d*.txt"), val_path=str(tmp_path / "d0.txt"),
-                        tokenizer=str(tmp_path / "tok.json"))
+    config = DataConfig(
+        path=str(tmp_path / "d*.txt"), val_path=str(tmp_path / "d0.txt"), tokenizer=str(tmp_path / "tok.json")
+    )
     corpus = load_corpus(config, 16)
     tokens = np.concatenate(corpus.train)
     expected = sorted(tuple(vocab[w] for w in d.split()) + (vocab["<|endoftext|>"],) for d in docs)

@@ -1,4 +1,5 @@
 """Metric logs: JSONL records and, with tensorboardX installed, TensorBoard event files."""
+
 import struct
 
 import pytest
@@ -14,8 +15,8 @@ def _scalars_in_event_files(log_dir) -> dict[tuple[str, int], float]:
     for path in log_dir.glob("events.out.tfevents.*"):
         data, pos = path.read_bytes(), 0
         while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = Event.FromString(data[pos + 12:pos + 12 + length])
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + length])
             pos += 16 + length
             for value in event.summary.value:
                 scalars[(value.tag, event.step)] = value.simple_value

@@ -1,4 +1,5 @@
 """Optimiser: weight-decay mask by parameter path, schedules, clipping."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,13 @@ def fake_params():
 
     return {
         "embedding": {"embedding": leaf(10, 4)},
-        "blocks": {0: {"mlstm": {"q": {"kernel": leaf(4, 4)}, "igate": {"bias": leaf(4)}},
-                       "norm_mlstm": {"scale": leaf(4)}, "ffn": {"up": {"kernel": leaf(4, 8)}}}},
+        "blocks": {
+            0: {
+                "mlstm": {"q": {"kernel": leaf(4, 4)}, "igate": {"bias": leaf(4)}},
+                "norm_mlstm": {"scale": leaf(4)},
+                "ffn": {"up": {"kernel": leaf(4, 8)}},
+            }
+        },
         "out_norm": {"scale": leaf(4)},
         "lm_head": {"kernel": leaf(4, 10)},
     }
@@ -26,8 +32,13 @@ def test_decay_mask_skips_norms_biases_embeddings():
     mask = decay_mask(fake_params(), OptimConfig().no_decay)
     assert mask == {
         "embedding": {"embedding": False},
-        "blocks": {0: {"mlstm": {"q": {"kernel": True}, "igate": {"bias": False}},
-                       "norm_mlstm": {"scale": False}, "ffn": {"up": {"kernel": True}}}},
+        "blocks": {
+            0: {
+                "mlstm": {"q": {"kernel": True}, "igate": {"bias": False}},
+                "norm_mlstm": {"scale": False},
+                "ffn": {"up": {"kernel": True}},
+            }
+        },
         "out_norm": {"scale": False},
         "lm_head": {"kernel": True},
     }
@@ -43,8 +54,9 @@ def test_adamw_decays_only_masked_in_leaves():
     updates, _ = jax.jit(optimizer.update)(zeros, optimizer.init(params), params)
     new = jax.tree.map(lambda p, u: p + u, params, updates)
     mask = decay_mask(params, cfg.no_decay)
-    for (path, p), n, m in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(new),
-                               jax.tree.leaves(mask)):
+    for (path, p), n, m in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(new), jax.tree.leaves(mask)
+    ):
         expected = p * (1 - 0.1 * 0.5) if m else p
         np.testing.assert_allclose(n, expected, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
 
@@ -70,15 +82,20 @@ def test_gradients_are_clipped_to_global_norm_before_adam():
     optimizer = make_optimizer(cfg, 10)
     _, state = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
     adam_state = state[1][0]  # chain(clip, adamw) -> adamw = chain(scale_by_adam, ...)
-    norm = np.sqrt(sum(float((g ** 2).sum()) for g in jax.tree.leaves(grads)))
+    norm = np.sqrt(sum(float((g**2).sum()) for g in jax.tree.leaves(grads)))
     for nu, g in zip(jax.tree.leaves(adam_state.nu), jax.tree.leaves(grads)):
         np.testing.assert_allclose(nu, 0.1 * (g * 0.5 / norm) ** 2, rtol=1e-5)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("lr", 0.0, "lr must be > 0"), ("decay", "exp", "decay must be one of"),
-    ("grad_clip", -1.0, "grad_clip must be > 0"), ("min_lr_ratio", 2.0, "min_lr_ratio must be in"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lr", 0.0, "lr must be > 0"),
+        ("decay", "exp", "decay must be one of"),
+        ("grad_clip", -1.0, "grad_clip must be > 0"),
+        ("min_lr_ratio", 2.0, "min_lr_ratio must be in"),
+    ],
+)
 def test_impossible_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         OptimConfig(**{field: value})

@@ -1,6 +1,7 @@
 """The recipes in configs/ show the mLSTM kernel switch with its choices, and a kernel that cannot run
 on this machine stops the run when the recipe loads: one-line error naming the key, nothing read or
 written."""
+
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,11 @@ def test_triton_kernel_on_a_machine_without_it_fails_at_load(tmp_path, monkeypat
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model: {preset: tiny}\ndata: {path: no/such/*.txt}\n")  # reading it would fail
     triton = "model.mlstm.kernel=chunkwise--triton"
-    with pytest.raises(ConfigError, match=r"recipe\.yaml: <top level>: model\.mlstm\.kernel: 'chunkwise--triton' "
-                                          r"needs a CUDA GPU visible to JAX and the jax-triton package"):
+    with pytest.raises(
+        ConfigError,
+        match=r"recipe\.yaml: <top level>: model\.mlstm\.kernel: 'chunkwise--triton' "
+        r"needs a CUDA GPU visible to JAX and the jax-triton package",
+    ):
         load_recipe(recipe, [triton])
     run_dir = tmp_path / "run"
     assert main(["train", "--config", str(recipe), f"run_dir={run_dir}", triton]) == 1

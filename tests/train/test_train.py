@@ -225,11 +225,16 @@ def test_two_cpu_devices_give_the_same_losses_as_one(recipe, tmp_path):
     the model width) matches one device up to fp32 reduction order (rtol 1e-5)."""
     two = tmp_path / "two"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    code = ("import sys, jax; assert jax.device_count() == 2; from xlstm_flax.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    child = subprocess.run([sys.executable, "-c", code, "train", "--config", str(recipe), f"run_dir={two}",
-                            *CHEAP, "distributed.fsdp=2"],
-                           capture_output=True, text=True, timeout=600, env=env)
+    code = (
+        "import sys, jax; assert jax.device_count() == 2; from xlstm_flax.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, "train", "--config", str(recipe), f"run_dir={two}", *CHEAP, "distributed.fsdp=2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     assert "on 2 cpu device(s)" in child.stdout and "state arrays sharded" in child.stdout
     one = run(recipe, tmp_path / "one", *CHEAP)

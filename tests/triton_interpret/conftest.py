@@ -3,6 +3,7 @@
 They need ``TRITON_INTERPRET=1`` before any kernel is defined, hence their own pytest process:
 ``TRITON_INTERPRET=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/triton_interpret``.
 """
+
 import os
 
 import pytest

@@ -11,6 +11,7 @@ launcher (``launch.set_interpreter_runner``):
 * an autotuned kernel fails with several configs ("0 active drivers"): every config is run and its
   outputs must agree with the first config's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -85,8 +86,11 @@ def _run_every_config(tuner, grid, inputs, outputs, meta) -> None:
             continue
         for k, (got, want) in enumerate(zip(trial, reference)):
             np.testing.assert_allclose(
-                np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=AUTOTUNE_RTOL,
-                atol=AUTOTUNE_ATOL, err_msg=f"autotune config {config} disagrees with the first on output {k}",
+                np.asarray(got, np.float64),
+                np.asarray(want, np.float64),
+                rtol=AUTOTUNE_RTOL,
+                atol=AUTOTUNE_ATOL,
+                err_msg=f"autotune config {config} disagrees with the first on output {k}",
             )
     for out, result in zip(outputs, reference):
         out[...] = result

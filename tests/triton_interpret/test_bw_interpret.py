@@ -6,6 +6,7 @@ tests/triton_interpret``. Every gradient (q, k, v, i, f, c0, n0, m0) of a random
 to a relative Frobenius error ``||got - want|| / ||want|| <= TOL[dtype]``. eps is 1e-2 so that the
 m-path (m reaches h only through eps) carries a visible share of the i, f and m0 gradients.
 """
+
 import functools
 
 import jax
@@ -27,25 +28,71 @@ QK_SCALE = 0.3
 
 CASES = [
     # (dtype, S, DHQK, DHV, with_states, loss on last states, forward tuning, backward tuning)
-    (jnp.float32, 32, 16, 24, True, False, dict(chunk_size_inter=16, chunk_size_intra=16),
-     dict(chunk_size_recurrent=16, chunk_size_intra=16)),
-    (jnp.float32, 64, 24, 40, False, True, dict(chunk_size_inter=16, chunk_size_intra=32, siz_b_L_parallel=32,
-                                                siz_b_L_loop=16, siz_b_DH_parallel=16, siz_b_DH_loop=16),
-     dict(chunk_size_recurrent=16, chunk_size_intra=32, block_steps_owned=32, block_steps_looped=16,
-          block_dh_owned=16, block_dh_contracted=16)),
-    (jnp.float32, 64, 16, 16, True, True, dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16,
-                                               siz_b_L_loop=32),
-     dict(chunk_size_recurrent=16, chunk_size_intra=64, block_steps_owned=16, block_steps_looped=32)),
-    (jnp.float16, 32, 16, 16, True, False, dict(chunk_size_inter=16, chunk_size_intra=32),
-     dict(chunk_size_recurrent=16, chunk_size_intra=32)),
+    (
+        jnp.float32,
+        32,
+        16,
+        24,
+        True,
+        False,
+        dict(chunk_size_inter=16, chunk_size_intra=16),
+        dict(chunk_size_recurrent=16, chunk_size_intra=16),
+    ),
+    (
+        jnp.float32,
+        64,
+        24,
+        40,
+        False,
+        True,
+        dict(
+            chunk_size_inter=16,
+            chunk_size_intra=32,
+            siz_b_L_parallel=32,
+            siz_b_L_loop=16,
+            siz_b_DH_parallel=16,
+            siz_b_DH_loop=16,
+        ),
+        dict(
+            chunk_size_recurrent=16,
+            chunk_size_intra=32,
+            block_steps_owned=32,
+            block_steps_looped=16,
+            block_dh_owned=16,
+            block_dh_contracted=16,
+        ),
+    ),
+    (
+        jnp.float32,
+        64,
+        16,
+        16,
+        True,
+        True,
+        dict(chunk_size_inter=16, chunk_size_intra=64, siz_b_L_parallel=16, siz_b_L_loop=32),
+        dict(chunk_size_recurrent=16, chunk_size_intra=64, block_steps_owned=16, block_steps_looped=32),
+    ),
+    (
+        jnp.float16,
+        32,
+        16,
+        16,
+        True,
+        False,
+        dict(chunk_size_inter=16, chunk_size_intra=32),
+        dict(chunk_size_recurrent=16, chunk_size_intra=32),
+    ),
 ]
 
 
 def _case_id(case):
     dtype, S, DHQK, DHV, with_states, last, fw_tuning, _ = case
-    return (f"{jnp.dtype(dtype).name}-S{S}-{DHQK}x{DHV}-"
-            f"{fw_tuning['chunk_size_inter']}of{fw_tuning['chunk_size_intra']}"
-            + ("-states" if with_states else "") + ("-lastloss" if last else ""))
+    return (
+        f"{jnp.dtype(dtype).name}-S{S}-{DHQK}x{DHV}-"
+        f"{fw_tuning['chunk_size_inter']}of{fw_tuning['chunk_size_intra']}"
+        + ("-states" if with_states else "")
+        + ("-lastloss" if last else "")
+    )
 
 
 def _assert_gradients(got: dict, want: dict, tol: float):
@@ -60,20 +107,36 @@ def _forward_backward(inputs, states, cot, fw_tuning, bw_tuning):
     """The Triton forward's residuals, then the Triton backward: the eight gradients."""
     fw = mlstm_chunkwise_fw_result(*inputs, *states, qk_scale=QK_SCALE, eps=EPS, **dict(fw_tuning))
     return mlstm_chunkwise_bw(
-        *inputs, *states, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, cot["h"], cot.get("c"), cot.get("n"),
-        cot.get("m"), qk_scale=QK_SCALE, eps=EPS, **dict(bw_tuning),
+        *inputs,
+        *states,
+        fw.matH,
+        fw.vecDen,
+        fw.vecM,
+        fw.vecNQ,
+        cot["h"],
+        cot.get("c"),
+        cot.get("n"),
+        cot.get("m"),
+        qk_scale=QK_SCALE,
+        eps=EPS,
+        **dict(bw_tuning),
     )
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_backward_matches_reference_gradients(case):
     dtype, S, DHQK, DHV, with_states, last, fw_tuning, bw_tuning = case
-    x = random_inputs(jax.random.PRNGKey(S + DHQK + DHV), B=1, NH=2, S=S, DHQK=DHQK, DHV=DHV, dtype=dtype,
-                      with_states=with_states)
+    x = random_inputs(
+        jax.random.PRNGKey(S + DHQK + DHV), B=1, NH=2, S=S, DHQK=DHQK, DHV=DHV, dtype=dtype, with_states=with_states
+    )
     cot = random_cotangents(jax.random.PRNGKey(7), x, last_states=last)
-    grads = _forward_backward(tuple(x[n] for n in ("q", "k", "v", "i", "f")),
-                              tuple(x.get(n) for n in ("c_initial", "n_initial", "m_initial")), cot,
-                              tuple(sorted(fw_tuning.items())), tuple(sorted(bw_tuning.items())))
+    grads = _forward_backward(
+        tuple(x[n] for n in ("q", "k", "v", "i", "f")),
+        tuple(x.get(n) for n in ("c_initial", "n_initial", "m_initial")),
+        cot,
+        tuple(sorted(fw_tuning.items())),
+        tuple(sorted(bw_tuning.items())),
+    )
     for name, grad in zip(GRAD_NAMES, grads):
         expected = x[name].dtype if name in ("q", "k", "v", "i", "f") else jnp.float32
         assert grad.dtype == expected, f"d{name} has dtype {grad.dtype}, expected {expected}"
@@ -84,9 +147,12 @@ def test_test_data_exercises_both_denominator_branches():
     """den = max(|nq|, exp(-m)): the fp32 case with states must hit both branches, else the dnq mask
     (and the eps-only m-path) would go untested."""
     x = random_inputs(jax.random.PRNGKey(32 + 16 + 24), B=1, NH=2, S=32, DHQK=16, DHV=24, with_states=True)
-    fw = mlstm_chunkwise_fw_result(*(x[n] for n in ("q", "k", "v", "i", "f", "c_initial", "n_initial",
-                                                    "m_initial")), qk_scale=QK_SCALE, eps=EPS,
-                                   chunk_size_intra=16)
+    fw = mlstm_chunkwise_fw_result(
+        *(x[n] for n in ("q", "k", "v", "i", "f", "c_initial", "n_initial", "m_initial")),
+        qk_scale=QK_SCALE,
+        eps=EPS,
+        chunk_size_intra=16,
+    )
     floor_active = np.asarray(jnp.abs(fw.vecNQ) <= jnp.exp(-fw.vecM))
     assert floor_active.any() and not floor_active.all()
 
@@ -101,8 +167,21 @@ def test_registry_gradients_with_padding_and_last_states(save_states):
 
     def loss(*args):
         q, k, v, i, f, c0, n0, m0 = args
-        h, last = kernel(q, k, v, i, f, c_initial=c0, n_initial=n0, m_initial=m0, return_last_states=True,
-                         qk_scale=QK_SCALE, eps=EPS, chunk_size=16, save_states=save_states)
+        h, last = kernel(
+            q,
+            k,
+            v,
+            i,
+            f,
+            c_initial=c0,
+            n_initial=n0,
+            m_initial=m0,
+            return_last_states=True,
+            qk_scale=QK_SCALE,
+            eps=EPS,
+            chunk_size=16,
+            save_states=save_states,
+        )
         return linear_loss(h, last, cot)
 
     grads = jax.jit(jax.grad(loss, argnums=tuple(range(8))))(*(x[n] for n in GRAD_NAMES))

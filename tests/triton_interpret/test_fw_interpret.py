@@ -3,13 +3,19 @@
 Run in their own process: ``TRITON_INTERPRET=1 .venv/bin/python -m pytest -q -p no:cacheprovider
 tests/triton_interpret``. Error measure: tests/kernels/triton_fw_checks.py; tolerances per dtype below.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.kernels.triton_fw_checks import (
-    FwCase, assert_close, check_forward, make_inputs, reference, reference_states_at,
+    FwCase,
+    assert_close,
+    check_forward,
+    make_inputs,
+    reference,
+    reference_states_at,
 )
 from xlstm_flax.kernels.triton import launch, mlstm_chunkwise_fw, mlstm_chunkwise_states
 from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result
@@ -39,8 +45,16 @@ def test_signed_nq_matches_reference():
     nq_t / den_t (the n path is the C path with a value column of ones)."""
     x, states = make_inputs(7, jnp.float32, 1, 32, 16, 16, True)
     result = mlstm_chunkwise_fw_result(
-        x["q"], x["k"], x["v"], x["i"], x["f"], states["c0"], states["n0"], states["m0"],
-        chunk_size_inter=16, chunk_size_intra=32,
+        x["q"],
+        x["k"],
+        x["v"],
+        x["i"],
+        x["f"],
+        states["c0"],
+        states["n0"],
+        states["m0"],
+        chunk_size_inter=16,
+        chunk_size_intra=32,
     )
     ones = dict(x, v=jnp.ones(x["v"].shape[:3] + (1,), jnp.float32))
     (ratio, den, _), _ = reference(ones, 0.0, c0=states["n0"][..., None], n0=states["n0"], m0=states["m0"])
@@ -52,8 +66,15 @@ def test_signed_nq_matches_reference():
 def test_states_entry_point_matches_reference():
     x, states = make_inputs(11, jnp.float32, 2, 64, 24, 16, True)
     got = mlstm_chunkwise_states(
-        x["k"], x["v"], x["i"], x["f"], states["c0"], states["n0"], states["m0"],
-        chunk_size_inter=16, chunk_size_intra=32,
+        x["k"],
+        x["v"],
+        x["i"],
+        x["f"],
+        states["c0"],
+        states["n0"],
+        states["m0"],
+        chunk_size_inter=16,
+        chunk_size_intra=32,
     )
     for name, g, want in zip(("C", "n", "m"), got, reference_states_at(x, 32, states, [0, 1, 2])):
         assert_close(f"states {name}", g, want, TOL[jnp.float32])
@@ -61,6 +82,7 @@ def test_states_entry_point_matches_reference():
 
 def test_forward_under_jit_matches_eager():
     x, _ = make_inputs(3, jnp.float32, 1, 32, 16, 16, False)
+
     def fw(q, k, v, i, f):
         return mlstm_chunkwise_fw(q, k, v, i, f, chunk_size_intra=16)[0]
 
@@ -73,8 +95,17 @@ def test_registry_entry_pads_any_length():
     kernel = get_kernel("chunkwise--triton")
     x, states = make_inputs(13, jnp.float32, 1, 40, 24, 16, True)  # S = 40 is padded to 48 (chunk 16)
     h, last = kernel(
-        x["q"], x["k"], x["v"], x["i"], x["f"], c_initial=states["c0"], n_initial=states["n0"],
-        m_initial=states["m0"], return_last_states=True, chunk_size=16, chunk_size_inter=16,
+        x["q"],
+        x["k"],
+        x["v"],
+        x["i"],
+        x["f"],
+        c_initial=states["c0"],
+        n_initial=states["n0"],
+        m_initial=states["m0"],
+        return_last_states=True,
+        chunk_size=16,
+        chunk_size_inter=16,
     )
     (ref_h, _, _), ref_last = reference(x, 1e-6, **states)
     assert h.dtype == jnp.float32

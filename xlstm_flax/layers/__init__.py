@@ -1,4 +1,5 @@
 """Layers of the xLSTM model: mLSTM (xLSTM-7B and paper variants), sLSTM, gated FFN, norms, conv."""
+
 from .config import FFNConfig, mLSTMLayerConfig, sLSTMLayerConfig
 from .conv import CausalConv1d
 from .ffn import GatedFFN

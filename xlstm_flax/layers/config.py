@@ -4,6 +4,7 @@ Fields use only simple types (int, float, bool, str, ``X | None``) so that the Y
 ``xlstm_flax.config`` can build and validate them. Each ``__post_init__`` rejects impossible values
 with a message naming the field; checks that need the model width live in ``check_width``.
 """
+
 import dataclasses
 import math
 
@@ -38,8 +39,12 @@ def _require(ok: bool, owner: str, field: str, message: str) -> None:
 
 
 def _check_bias_range(cfg, owner: str) -> None:
-    _require(cfg.fgate_bias_min <= cfg.fgate_bias_max, owner, "fgate_bias_min",
-             f"must be <= fgate_bias_max, got {cfg.fgate_bias_min} > {cfg.fgate_bias_max}")
+    _require(
+        cfg.fgate_bias_min <= cfg.fgate_bias_max,
+        owner,
+        "fgate_bias_min",
+        f"must be <= fgate_bias_max, got {cfg.fgate_bias_min} > {cfg.fgate_bias_max}",
+    )
 
 
 def _check_kernel_name(name: str, field: str, step: bool) -> None:
@@ -61,8 +66,10 @@ def runnable_kernel(name: str) -> str:
     without a CUDA GPU visible to JAX and jax-triton (the name itself is checked by the config)."""
     resolved = resolve_kernel_name(name)
     if resolved == registry.TRITON_KERNEL and not registry.triton_usable():
-        raise ValueError(f"{name!r} needs a CUDA GPU visible to JAX and the jax-triton package, and this "
-                         "machine lacks one of them; use 'auto' (picks it where it runs) or 'chunkwise--jax'")
+        raise ValueError(
+            f"{name!r} needs a CUDA GPU visible to JAX and the jax-triton package, and this "
+            "machine lacks one of them; use 'auto' (picks it where it runs) or 'chunkwise--jax'"
+        )
     return resolved
 
 
@@ -95,18 +102,27 @@ class mLSTMLayerConfig:
 
     def __post_init__(self):
         owner = "mLSTMLayerConfig"
-        _require(self.variant in MLSTM_VARIANTS, owner, "variant",
-                 f"must be one of {MLSTM_VARIANTS}, got {self.variant!r}")
+        _require(
+            self.variant in MLSTM_VARIANTS, owner, "variant", f"must be one of {MLSTM_VARIANTS}, got {self.variant!r}"
+        )
         for name in ("num_heads", "dim_round_to", "conv_kernel_size", "qkv_proj_blocksize"):
             _require(getattr(self, name) >= 1, owner, name, f"must be >= 1, got {getattr(self, name)}")
-        _require(self.chunk_size is None or self.chunk_size >= 1, owner, "chunk_size",
-                 f"must be >= 1 or null, got {self.chunk_size}")
+        _require(
+            self.chunk_size is None or self.chunk_size >= 1,
+            owner,
+            "chunk_size",
+            f"must be >= 1 or null, got {self.chunk_size}",
+        )
         for name in ("qk_dim_factor", "v_dim_factor", "proj_factor"):
             _require(getattr(self, name) > 0, owner, name, f"must be > 0, got {getattr(self, name)}")
         for name in ("eps", "norm_eps"):
             _require(getattr(self, name) >= 0, owner, name, f"must be >= 0, got {getattr(self, name)}")
-        _require(self.gate_soft_cap is None or self.gate_soft_cap > 0, owner, "gate_soft_cap",
-                 f"must be > 0 or null, got {self.gate_soft_cap}")
+        _require(
+            self.gate_soft_cap is None or self.gate_soft_cap > 0,
+            owner,
+            "gate_soft_cap",
+            f"must be > 0 or null, got {self.gate_soft_cap}",
+        )
         _check_bias_range(self, owner)
         _check_rounding(self.width_rounding, owner)
         _check_kernel_name(self.kernel, "kernel", step=False)
@@ -130,13 +146,21 @@ class mLSTMLayerConfig:
             dims = {"qk_dim_factor": self.qk_dim(width), "v_dim_factor": self.v_dim(width)}
         else:
             inner = self.inner_dim(width)
-            _require(inner % self.qkv_proj_blocksize == 0, owner, "mlstm.qkv_proj_blocksize",
-                     f"inner width {inner} is not divisible by qkv_proj_blocksize={self.qkv_proj_blocksize}")
+            _require(
+                inner % self.qkv_proj_blocksize == 0,
+                owner,
+                "mlstm.qkv_proj_blocksize",
+                f"inner width {inner} is not divisible by qkv_proj_blocksize={self.qkv_proj_blocksize}",
+            )
             dims = {"proj_factor": inner}
         for field, dim in dims.items():
-            _require(dim % self.num_heads == 0, owner, "mlstm.num_heads",
-                     f"width {dim} (from embedding_dim={width}, mlstm.{field}) is not divisible "
-                     f"by num_heads={self.num_heads}")
+            _require(
+                dim % self.num_heads == 0,
+                owner,
+                "mlstm.num_heads",
+                f"width {dim} (from embedding_dim={width}, mlstm.{field}) is not divisible "
+                f"by num_heads={self.num_heads}",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +178,12 @@ class sLSTMLayerConfig:
     def __post_init__(self):
         owner = "sLSTMLayerConfig"
         _require(self.num_heads >= 1, owner, "num_heads", f"must be >= 1, got {self.num_heads}")
-        _require(self.conv_kernel_size >= 0, owner, "conv_kernel_size",
-                 f"must be >= 0 (0 disables the conv), got {self.conv_kernel_size}")
+        _require(
+            self.conv_kernel_size >= 0,
+            owner,
+            "conv_kernel_size",
+            f"must be >= 0 (0 disables the conv), got {self.conv_kernel_size}",
+        )
         _require(self.norm_eps >= 0, owner, "norm_eps", f"must be >= 0, got {self.norm_eps}")
         _check_bias_range(self, owner)
         if self.kernel != AUTO:
@@ -165,8 +193,12 @@ class sLSTMLayerConfig:
                 raise ValueError(f"{owner}.kernel: {err}") from None
 
     def check_width(self, width: int, owner: str) -> None:
-        _require(width % self.num_heads == 0, owner, "slstm.num_heads",
-                 f"embedding_dim={width} is not divisible by num_heads={self.num_heads}")
+        _require(
+            width % self.num_heads == 0,
+            owner,
+            "slstm.num_heads",
+            f"embedding_dim={width} is not divisible by num_heads={self.num_heads}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

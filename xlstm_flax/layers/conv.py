@@ -17,8 +17,16 @@ class CausalConv1d(nnx.Module):
     ``channel_axis``: the logical axis name of the D channels (see :mod:`xlstm_flax.sharding`).
     """
 
-    def __init__(self, dim: int, kernel_size: int, *, channel_axis: str | None = None, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        *,
+        channel_axis: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if kernel_size < 1:
             raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
         self.dim, self.kernel_size, self.dtype = dim, kernel_size, dtype

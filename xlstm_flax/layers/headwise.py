@@ -1,4 +1,5 @@
 """Block-diagonal (head-wise) linear map: each of NH heads has its own (DIN/NH, DOUT/NH) matrix."""
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -10,8 +11,16 @@ from .init import small_init
 class HeadwiseLinear(nnx.Module):
     """x (..., DIN) -> (..., DOUT) with a block-diagonal kernel (NH, DIN/NH, DOUT/NH), no bias."""
 
-    def __init__(self, in_features: int, out_features: int, num_heads: int, *, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_heads: int,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if in_features % num_heads or out_features % num_heads:
             raise ValueError(
                 f"HeadwiseLinear: in_features={in_features} and out_features={out_features} "

@@ -3,6 +3,7 @@
 small-init (Nguyen & Salazar 2019): normal with std sqrt(2 / (5 d)) for projections out of width d.
 wang-init (GPT-NeoX): normal with std 2 / (num_blocks sqrt(d)) for projections into the residual.
 """
+
 import jax
 import jax.numpy as jnp
 from flax import nnx

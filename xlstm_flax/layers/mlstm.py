@@ -39,14 +39,21 @@ class mLSTMLayer(mLSTMMixer):
         self.k = dense(dim, qk_dim, **column)
         self.v = dense(dim, v_dim, **column)
         self.ogate_preact = dense(dim, v_dim, **column)
-        gate = dict(axes=("embed", "heads"), kernel_init=nnx.initializers.zeros, use_bias=True, dtype=jnp.float32,
-                    param_dtype=param_dtype, rngs=rngs)
-        self.igate_preact = dense(dim, nh, bias_init=nnx.initializers.constant(config.igate_bias_init),
-                                  **gate)
-        self.fgate_preact = dense(dim, nh, bias_init=linspace_init(config.fgate_bias_min,
-                                                                   config.fgate_bias_max), **gate)
-        self.multihead_norm = MultiHeadNorm(nh, self.dhv, eps=config.norm_eps, use_bias=config.use_bias,
-                                            param_dtype=param_dtype)
+        gate = dict(
+            axes=("embed", "heads"),
+            kernel_init=nnx.initializers.zeros,
+            use_bias=True,
+            dtype=jnp.float32,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.igate_preact = dense(dim, nh, bias_init=nnx.initializers.constant(config.igate_bias_init), **gate)
+        self.fgate_preact = dense(
+            dim, nh, bias_init=linspace_init(config.fgate_bias_min, config.fgate_bias_max), **gate
+        )
+        self.multihead_norm = MultiHeadNorm(
+            nh, self.dhv, eps=config.norm_eps, use_bias=config.use_bias, param_dtype=param_dtype
+        )
         self.out_proj = dense(v_dim, dim, axes=("heads", "embed"), kernel_init=wang_init(dim, num_blocks), **proj)
 
     def init_state(self, batch_size: int) -> mLSTMState:

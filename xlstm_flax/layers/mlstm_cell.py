@@ -34,8 +34,17 @@ def zero_state(batch_size: int, num_heads: int, dhqk: int, dhv: int) -> mLSTMSta
     )
 
 
-def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | None, return_state: bool,
-                 segment_ids: jax.Array | None = None):
+def run_sequence(
+    config: mLSTMLayerConfig,
+    q,
+    k,
+    v,
+    i,
+    f,
+    state: mLSTMState | None,
+    return_state: bool,
+    segment_ids: jax.Array | None = None,
+):
     """Runs ``config.kernel`` over the sequence (restarting at segment starts when ``segment_ids``
     (B, S) is given); returns (h, last state or None)."""
     kernel = get_kernel(config.kernel)  # "auto" may be a per-shape dispatcher
@@ -43,17 +52,19 @@ def run_sequence(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState | No
     resets = () if segment_ids is None else (segment_ids,)
 
     def sequence(q, k, v, i, f, *rest):
-        segments, initial_state = rest[:len(resets)], rest[len(resets):]
+        segments, initial_state = rest[: len(resets)], rest[len(resets) :]
         initial = dict(zip(("c_initial", "n_initial", "m_initial"), initial_state))
         if segments:
             initial["segment_ids"] = segments[0]
-        return kernel(q, k, v, i, f, **initial, return_last_states=return_state, eps=config.eps,
-                      chunk_size=config.chunk_size)
+        return kernel(
+            q, k, v, i, f, **initial, return_last_states=return_state, eps=config.eps, chunk_size=config.chunk_size
+        )
 
     # segment_ids (B, S) has no head axis: each device takes its batch rows, all of them (argument 5)
     batch_only = (5,) if resets else ()
     out = per_device_over_heads(sequence, name, batch_only=batch_only)(
-        q, k, v, i, f, *resets, *(() if state is None else state))
+        q, k, v, i, f, *resets, *(() if state is None else state)
+    )
     if return_state:
         h, last = out
         return h, mLSTMState(*last)
@@ -69,7 +80,8 @@ def run_step(config: mLSTMLayerConfig, q, k, v, i, f, state: mLSTMState):
         return kernel(*args, eps=config.eps)
 
     h, (c, n, m) = per_device_over_heads(step, name)(
-        q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state.c, state.n, state.m)
+        q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state.c, state.n, state.m
+    )
     return h[:, :, None], mLSTMState(c, n, m)
 
 

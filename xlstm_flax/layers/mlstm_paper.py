@@ -45,23 +45,27 @@ class mLSTMPaperLayer(mLSTMMixer):
         proj = dict(use_bias=config.use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         # (x_in | z) halves: the output axis stays whole so that each half splits by heads locally
         self.proj_up = dense(dim, 2 * inner, axes=("embed", None), kernel_init=small_init(dim), **proj)
-        self.conv1d = CausalConv1d(inner, config.conv_kernel_size, channel_axis="heads", dtype=dtype,
-                                   param_dtype=param_dtype, rngs=rngs)
+        self.conv1d = CausalConv1d(
+            inner, config.conv_kernel_size, channel_axis="heads", dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
         qkv_heads = inner // config.qkv_proj_blocksize
         headwise = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
         self.k_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
         self.v_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
-        gate = dict(axes=(None, "heads"), kernel_init=nnx.initializers.zeros, use_bias=True, dtype=jnp.float32,
-                    param_dtype=param_dtype, rngs=rngs)
-        self.igate = dense(3 * inner, nh, bias_init=nnx.initializers.constant(config.igate_bias_init),
-                           **gate)
-        self.fgate = dense(3 * inner, nh, bias_init=linspace_init(config.fgate_bias_min,
-                                                                  config.fgate_bias_max), **gate)
+        gate = dict(
+            axes=(None, "heads"),
+            kernel_init=nnx.initializers.zeros,
+            use_bias=True,
+            dtype=jnp.float32,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.igate = dense(3 * inner, nh, bias_init=nnx.initializers.constant(config.igate_bias_init), **gate)
+        self.fgate = dense(3 * inner, nh, bias_init=linspace_init(config.fgate_bias_min, config.fgate_bias_max), **gate)
         self.outnorm = MultiHeadNorm(nh, inner // nh, eps=config.norm_eps, param_dtype=param_dtype)
         self.learnable_skip = param(jnp.ones((inner,), param_dtype), "heads")
-        self.proj_down = dense(inner, dim, axes=("heads", "embed"), kernel_init=wang_init(dim, num_blocks),
-                               **proj)
+        self.proj_down = dense(inner, dim, axes=("heads", "embed"), kernel_init=wang_init(dim, num_blocks), **proj)
 
     def init_state(self, batch_size: int) -> mLSTMPaperState:
         dh = self.inner // self.num_heads

@@ -4,6 +4,7 @@ Shapes: ``Norm``: x (..., D) -> (..., D); ``MultiHeadNorm``: x (..., NH, DH) -> 
 Outputs keep the input dtype. The learnable scale is a ``Param`` named ``scale``, the optional
 additive ``bias`` (``use_bias``) one named ``bias``.
 """
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -30,8 +31,7 @@ class Norm(nnx.Module):
     """RMSNorm (``center=False``) or LayerNorm (``center=True``) over the last axis; scale and an
     optional bias."""
 
-    def __init__(self, dim: int, *, center: bool, eps: float = 1e-6, use_bias: bool = False,
-                 param_dtype=jnp.float32):
+    def __init__(self, dim: int, *, center: bool, eps: float = 1e-6, use_bias: bool = False, param_dtype=jnp.float32):
         self.center, self.eps = center, eps
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
         self.bias = nnx.Param(jnp.zeros((dim,), param_dtype)) if use_bias else None
@@ -56,16 +56,15 @@ class MultiHeadNorm(nnx.Module):
     dtype.
     """
 
-    def __init__(self, num_heads: int, head_dim: int, *, eps: float = 1e-6, use_bias: bool = False,
-                 param_dtype=jnp.float32):
+    def __init__(
+        self, num_heads: int, head_dim: int, *, eps: float = 1e-6, use_bias: bool = False, param_dtype=jnp.float32
+    ):
         self.num_heads, self.head_dim, self.eps = num_heads, head_dim, eps
         self.scale = param(jnp.ones((num_heads * head_dim,), param_dtype), "heads")
         self.bias = param(jnp.zeros((num_heads * head_dim,), param_dtype), "heads") if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-2:] != (self.num_heads, self.head_dim):
-            raise ValueError(
-                f"MultiHeadNorm expects x (..., {self.num_heads}, {self.head_dim}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"MultiHeadNorm expects x (..., {self.num_heads}, {self.head_dim}), got {tuple(x.shape)}")
         y = normalize(x, center=True, eps=self.eps)
         return _scale_and_shift(y.reshape(*x.shape[:-2], -1), self.scale, self.bias).astype(x.dtype)

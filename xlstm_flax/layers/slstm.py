@@ -65,9 +65,11 @@ class sLSTMLayer(nnx.Module):
         self.num_heads = nh = config.num_heads
         self.head_dim = dh = dim // nh
         self.conv1d = (
-            CausalConv1d(dim, config.conv_kernel_size, channel_axis="heads", dtype=dtype, param_dtype=param_dtype,
-                         rngs=rngs)
-            if config.conv_kernel_size > 0 else None
+            CausalConv1d(
+                dim, config.conv_kernel_size, channel_axis="heads", dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            )
+            if config.conv_kernel_size > 0
+            else None
         )
         headwise = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.igate = HeadwiseLinear(dim, dim, nh, **headwise)

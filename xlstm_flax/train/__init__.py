@@ -8,11 +8,16 @@ Python use::
 The names below are imported on first use, so ``xlstm_flax.train.data`` and friends load without
 the model.
 """
+
 import importlib
 
 _EXPORTS = {
-    "NonFiniteLossError": "loop", "TrainResult": "loop", "train": "loop",
-    "RunConfig": "recipe", "TrainConfig": "recipe", "load_recipe": "recipe",
+    "NonFiniteLossError": "loop",
+    "TrainResult": "loop",
+    "train": "loop",
+    "RunConfig": "recipe",
+    "TrainConfig": "recipe",
+    "load_recipe": "recipe",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -107,7 +107,10 @@ class HFTokenizer:
             ) from None
         if not Path(path).is_file():
             raise DataError(f"data.tokenizer: file not found: {path}")
-        self._tok = _Tokenizer.from_file(path)
+        try:
+            self._tok = _Tokenizer.from_file(path)
+        except Exception as err:  # tokenizers raises its own exception types for a malformed file
+            raise DataError(f"data.tokenizer: {path} is not a tokenizer.json: {' '.join(str(err).split())}") from None
         self.vocab_size = self._tok.get_vocab_size()
         eos = self._tok.token_to_id(eos_token)
         if eos is None:
@@ -192,8 +195,29 @@ def load_corpus(config: DataConfig, vocab_size: int) -> Corpus:
     return Corpus(train, val, tokenizer, counts, tokenizer.is_byte_level and not _is_token_file(files[0]))
 
 
-def sample_windows(streams: Sequence[np.ndarray], length: int, num: int,
-                   key: tuple[int, ...], rows: slice = slice(None)) -> np.ndarray:
+def check_window_length(corpus: Corpus, length: int, config: DataConfig) -> None:
+    """Both splits need a stream of at least ``length`` tokens (``train.seq_len + 1``): a DataError names
+    the split, its source and its longest stream otherwise."""
+    val_source = (
+        f"data.val_path={config.val_path!r}"
+        if config.val_path is not None
+        else (f"data.path={config.path!r} (data.val_fraction={config.val_fraction})")
+    )
+    for split, streams, source in (
+        ("train", corpus.train, f"data.path={config.path!r}"),
+        ("validation", corpus.val, val_source),
+    ):
+        longest = max((len(s) for s in streams), default=0)
+        if longest < length:
+            raise DataError(
+                f"the {split} split of {source} is too short: its longest stream holds {longest} "
+                f"tokens, a training window needs {length} (train.seq_len + 1)"
+            )
+
+
+def sample_windows(
+    streams: Sequence[np.ndarray], length: int, num: int, key: tuple[int, ...], rows: slice = slice(None)
+) -> np.ndarray:
     """``num`` random windows of ``length`` tokens, int32 ``(num, length)``, a pure function of ``key``;
     only the windows ``rows`` are read and returned (a process's part of a global batch).
 
@@ -208,8 +232,9 @@ def sample_windows(streams: Sequence[np.ndarray], length: int, num: int,
     bounds = np.cumsum(starts_per_stream)
     which = np.searchsorted(bounds, picks, side="right")
     offsets = picks - (bounds[which] - starts_per_stream[which])
-    return np.stack([np.asarray(streams[w][o:o + length], dtype=np.int32)
-                     for w, o in zip(which[rows], offsets[rows])])
+    return np.stack(
+        [np.asarray(streams[w][o : o + length], dtype=np.int32) for w, o in zip(which[rows], offsets[rows])]
+    )
 
 
 def stdlib_files() -> list[Path]:

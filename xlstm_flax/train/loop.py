@@ -3,10 +3,10 @@ checkpoints, metrics, a NaN guard, SIGINT/SIGTERM handling and an end-of-run sam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
-import shutil
 import signal
 import threading
 import time
@@ -18,23 +18,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed, sharding
-from ..config import ConfigError, save_config, to_dict
 from ..convert.init_from import check_init_source, init_params_from
 from ..inference import sample_text
-from .checkpoint import CHECKPOINT_DIR, Checkpointer
-from .data import Corpus, Packing, document_packing, document_segment_ids, load_corpus, sample_windows
+from .checkpoint import Checkpointer
+from .data import (
+    Corpus,
+    Packing,
+    check_window_length,
+    document_packing,
+    document_segment_ids,
+    load_corpus,
+    sample_windows,
+)
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
-from .recipe import CONFIG_FILE, RunConfig, TrainConfig
+from .recipe import RunConfig, TrainConfig
+from .run_dir import RESUME, UNRESTORABLE_DIR, RunDirectory, open_run_dir
 from .state import init_train_state
 
 TRAIN_SPLIT, VAL_SPLIT = 0, 1  # data keys: (seed, split, index)
+LOG_WINDOW = "log_window"  # checkpoint metadata: train losses since the last train record
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,6 +61,7 @@ class TrainResult:
     val_history: list[dict]
     unigram_entropy: float
     interrupted: bool = False
+    stopped_by: str | None = None  # "SIGINT", "SIGTERM" or "stop_at" when interrupted
     seconds: float = 0.0
     loss_curve: Path | None = None
     sample: str | None = None
@@ -117,102 +127,167 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, packi
 
 def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str], None] = tqdm.write) -> TrainResult:
     """Run (or resume) training as ``config`` says; ``stop_at`` ends the session after that step
-    with a checkpoint, as SIGINT/SIGTERM do. Raises ``NonFiniteLossError`` on a NaN/inf loss."""
+    with a checkpoint, as SIGINT/SIGTERM do. Raises ``NonFiniteLossError`` on a NaN/inf loss.
+
+    Everything (config, run directory, data, model, checkpoint) is checked before the run directory
+    changes, and a start that fails before its first step leaves it as it was (``run_dir`` module)."""
     started = time.perf_counter()
     distributed.initialize(config.distributed)
     main_process = distributed.is_main_process()
     log = log if main_process else _silent
     tc = config.train
-    run_dir = Path(config.run_dir)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
     if tc.init_from:
         check_init_source(tc.init_from)
-    if main_process:
-        _prepare_run_dir(config, run_dir, ckpt_dir)
-    distributed.sync("run directory prepared")
     mesh = distributed.make_mesh(config.distributed)
     distributed.check_layout(mesh, tc.batch_size, _head_counts(config))
     rows = distributed.process_rows(mesh, tc.batch_size)
+    run = _open_run_dir(config, log, main_process)
 
     corpus = load_corpus(config.data, config.model.vocab_size)
+    check_window_length(corpus, tc.seq_len + 1, config.data)
     log(_corpus_summary(corpus))
     graphdef, rest, state = init_train_state(config, mesh)
     kernel = _kernel_summary(config)
-    log(f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
+    log(
+        f"model: {_count(state['params']):,} parameters on {mesh.devices.size} {jax.default_backend()} "
         f"device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
-        f"{tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}")
-    checkpointer = Checkpointer(ckpt_dir, config.checkpoint.keep)
-    start = 0
-    if config.resume and checkpointer.latest_step() is not None:
-        state, meta, start = checkpointer.restore(state)
-        log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {ckpt_dir}")
-    elif tc.init_from:
+        f"{tc.tokens_per_step:,} tokens per step; {_layout(state)}; {kernel}"
+    )
+    state, start, window, skipped = _resume_point(run, state, log)
+    result = TrainResult(run.path, start, start, {}, [], corpus.unigram_entropy())
+    if start >= tc.steps:
+        log(f"nothing to do: the run in {run.path} has finished step {start} (train.steps={tc.steps})")
+        return result
+    if start == 0 and tc.init_from:  # a fresh start (nothing resumed) takes its weights from init_from
         state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
         log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
-    if main_process:
-        save_config(config, run_dir / CONFIG_FILE, comment=kernel)
 
     steps = make_steps(graphdef, config.optim, tc.steps, mesh, document_packing(config.data, corpus.tokenizer))
     train_step, eval_step = (_under_mesh(step, mesh) for step in steps)
-    val_batches = [distributed.global_batch(
-        sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i), rows),
-        mesh, tc.batch_size) for i in range(tc.eval_batches)]
+    val_batches = [
+        distributed.global_batch(
+            sample_windows(corpus.val, tc.seq_len + 1, tc.batch_size, (config.seed, VAL_SPLIT, i), rows),
+            mesh,
+            tc.batch_size,
+        )
+        for i in range(tc.eval_batches)
+    ]
     schedule = make_schedule(config.optim, tc.steps)
-    result = TrainResult(run_dir, start, start, {}, [], corpus.unigram_entropy())
-    progress = _Progress(run_dir, tc, start) if main_process else None
-    stop_signal = _StopSignal()
-    try:
-        for step in range(start + 1, tc.steps + 1):
-            batches = np.stack([sample_windows(corpus.train, tc.seq_len + 1, tc.batch_size,
-                                               (config.seed, TRAIN_SPLIT, step, micro), rows)
-                                for micro in range(tc.grad_accum_steps)])
-            state, out = train_step(state, rest, distributed.global_batch(batches, mesh, tc.batch_size, 1))
-            loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise NonFiniteLossError(
-                    f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; "
-                    f"nothing was saved after step {checkpointer.latest_step()} (the last good "
-                    f"checkpoint, in {ckpt_dir}). Try a lower optim.lr, a smaller optim.grad_clip or "
-                    "a longer optim.warmup_steps."
+    session = run.session(start, skipped, comment=kernel) if main_process else contextlib.nullcontext(run)
+    with session, logging_redirect_tqdm(tqdm_class=tqdm):
+        distributed.sync("run directory prepared")  # process 0 has laid out the directory
+        progress = _Progress(run.path, tc, start, window) if main_process else None
+        checkpointer = Checkpointer(run.checkpoint_dir, config.checkpoint.keep)
+        stop_signal = _StopSignal()
+        try:
+            for step in range(start + 1, tc.steps + 1):
+                batches = np.stack(
+                    [
+                        sample_windows(
+                            corpus.train, tc.seq_len + 1, tc.batch_size, (config.seed, TRAIN_SPLIT, step, micro), rows
+                        )
+                        for micro in range(tc.grad_accum_steps)
+                    ]
                 )
-            result.step, result.train_losses[step] = step, loss
-            if progress:
-                progress.train(step, loss, grad_norm, float(schedule(step - 1)))
-            if step % tc.eval_every == 0 or step == tc.steps:
-                values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
+                state, out = train_step(state, rest, distributed.global_batch(batches, mesh, tc.batch_size, 1))
+                loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    raise NonFiniteLossError(_non_finite_message(loss, grad_norm, step, checkpointer, run))
+                if stop_signal.received and not run.committed:  # stopped during start-up: undo the start
+                    result.interrupted, result.stopped_by = True, stop_signal.received
+                    log(f"stopped before the first step finished ({stop_signal.received}); {run.path} is as it was")
+                    break
+                if main_process:
+                    run.commit()
+                result.step, result.train_losses[step] = step, loss
                 if progress:
-                    progress.metrics.write(step, "val", values)
-                result.val_history.append({"step": step, **values})
-                log(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-            stopping = stop_signal.received or step == stop_at
-            if step % config.checkpoint.every == 0 or step == tc.steps or stopping:
-                checkpointer.save(step, state, {"step": step, "loss": loss})
-            if stopping:
-                result.interrupted = True
-                log(
-                    f"stopped after step {step} ({stop_signal.received or 'stop_at'}); checkpoint saved "
-                    f"in {ckpt_dir}; continue with resume=true"
-                )
-                break
-    finally:
-        stop_signal.restore()
-        if progress:
-            progress.close()
-        checkpointer.close()
+                    progress.train(step, loss, grad_norm, float(schedule(step - 1)))
+                if step % tc.eval_every == 0 or step == tc.steps:
+                    values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
+                    if progress:
+                        progress.metrics.write(step, "val", values)
+                    result.val_history.append({"step": step, **values})
+                    log(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+                stopping = stop_signal.received or step == stop_at
+                if step % config.checkpoint.every == 0 or step == tc.steps or stopping:
+                    checkpointer.save(
+                        step, state, {"step": step, "loss": loss, LOG_WINDOW: progress.window if progress else []}
+                    )
+                if stopping:
+                    result.interrupted, result.stopped_by = True, stop_signal.received or "stop_at"
+                    log(
+                        f"stopped after step {step} ({result.stopped_by}); checkpoint saved "
+                        f"in {run.checkpoint_dir}; continue with resume=true"
+                    )
+                    break
+        finally:
+            stop_signal.restore()
+            if progress:
+                progress.close()
+            checkpointer.close()
 
     result.seconds = time.perf_counter() - started
     if not result.interrupted and main_process:
-        result.loss_curve = plot_loss_curve(run_dir / METRICS_FILE, run_dir / LOSS_CURVE_FILE,
-                                            result.unigram_entropy)
+        result.loss_curve = plot_loss_curve(run.path / METRICS_FILE, run.path / LOSS_CURVE_FILE, result.unigram_entropy)
         log(_final_summary(result))
         if tc.sample_tokens and jax.process_count() > 1:
             log("no end-of-run sample in a multi-process run; use `xlstm-flax generate` on the run directory")
         elif tc.sample_tokens:
-            result.sample = sample_text(nnx.merge(graphdef, state["params"], rest), corpus.tokenizer,
-                                        tc.sample_prompt, tc.sample_tokens, seed=config.seed,
-                                        temperature=tc.sample_temperature, top_k=tc.sample_top_k)
+            result.sample = sample_text(
+                nnx.merge(graphdef, state["params"], rest),
+                corpus.tokenizer,
+                tc.sample_prompt,
+                tc.sample_tokens,
+                seed=config.seed,
+                temperature=tc.sample_temperature,
+                top_k=tc.sample_top_k,
+            )
             log(f"sample (prompt {tc.sample_prompt!r}, {tc.sample_tokens} tokens):\n{result.sample}")
     return result
+
+
+def _open_run_dir(config: RunConfig, log: Callable[[str], None], main_process: bool) -> RunDirectory:
+    """:func:`open_run_dir` on every process: process 0 first (it may move back an interrupted overwrite's
+    run), the others once it has; none goes on before all have looked (process 0 alone changes it)."""
+    run = open_run_dir(config, log) if main_process else None
+    distributed.sync("run directory checked")
+    if run is None:
+        run = open_run_dir(config, log)
+    distributed.sync("run directory opened")
+    return run
+
+
+def _resume_point(run: RunDirectory, state, log: Callable[[str], None]):
+    """``(state, step, log window, skipped checkpoints)`` to continue from: the newest checkpoint of a
+    resumed run that restores (a fresh ``state`` and step 0 otherwise). Reads only."""
+    if run.mode != RESUME:
+        return state, 0, [], []
+    reader = Checkpointer(run.checkpoint_dir, run.config.checkpoint.keep, read_only=True)
+    try:
+        if not reader.all_steps():
+            log(f"resume=true, but {run.checkpoint_dir} holds no checkpoint: starting at step 0")
+            return state, 0, [], []
+        state, meta, start, skipped = reader.restore_newest(state)
+    finally:
+        reader.close()
+    for checkpoint in skipped:
+        log(f"skipped {checkpoint}; it will be kept in {run.path / UNRESTORABLE_DIR}")
+    log(f"resumed from step {start} (loss {meta['loss']:.4f}) in {run.checkpoint_dir}")
+    return state, start, meta.get(LOG_WINDOW, []), skipped
+
+
+def _non_finite_message(loss: float, grad_norm: float, step: int, checkpointer: Checkpointer, run: RunDirectory) -> str:
+    last = checkpointer.latest_step()
+    if last is not None:
+        kept = f"nothing was saved after step {last} (the last good checkpoint, in {run.checkpoint_dir})"
+    elif run.committed:
+        kept = f"no checkpoint was saved yet in {run.checkpoint_dir}"
+    else:
+        kept = f"{run.path} was left as it was before this start"
+    return (
+        f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; {kept}. "
+        "Try a lower optim.lr, a smaller optim.grad_clip or a longer optim.warmup_steps."
+    )
 
 
 def _evaluate(eval_step, params, rest, val_batches, byte_level: bool) -> dict[str, float]:
@@ -228,53 +303,33 @@ class _Progress:
     """Progress bar (step, loss, lr, tokens/s, ETA) and train records: every ``log_every`` steps the
     mean loss of those steps, the lr, the gradient norm and the throughput."""
 
-    def __init__(self, run_dir: Path, tc: TrainConfig, start: int):
-        self.metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard)
+    def __init__(self, run_dir: Path, tc: TrainConfig, start: int, window: list[float]):
+        """``window``: the losses of the steps since the last record before ``start`` (a resumed run's
+        checkpoint keeps them), so that its first record averages the same steps as an uninterrupted run."""
+        self.metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, purge_step=start + 1 if start else None)
         self._bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
         self._tc = tc
-        self._losses: list[float] = []
+        self.window: list[float] = list(window)
+        self._timed_steps = 0
         self._since = time.perf_counter()
 
     def train(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
-        self._losses.append(loss)
+        self.window.append(loss)
+        self._timed_steps += 1
         if step % self._tc.log_every == 0 or step == self._tc.steps:
             now = time.perf_counter()
-            tokens_per_s = len(self._losses) * self._tc.tokens_per_step / max(now - self._since, 1e-9)
-            mean_loss = float(np.mean(self._losses))
+            tokens_per_s = self._timed_steps * self._tc.tokens_per_step / max(now - self._since, 1e-9)
+            mean_loss = float(np.mean(self.window))
             self.metrics.write(
                 step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
             )
             self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-            self._losses, self._since = [], now
+            self.window, self._timed_steps, self._since = [], 0, now
         self._bar.update(1)
 
     def close(self) -> None:
         self._bar.close()
         self.metrics.close()
-
-
-def _prepare_run_dir(config: RunConfig, run_dir: Path, ckpt_dir: Path) -> None:
-    """Refuse to mix runs: an earlier run in ``run_dir`` needs ``resume`` (same model) or ``overwrite``."""
-    has_checkpoints = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
-    saved_config = run_dir / CONFIG_FILE
-    if config.overwrite:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-        for name in (METRICS_FILE, LOSS_CURVE_FILE, CONFIG_FILE):
-            (run_dir / name).unlink(missing_ok=True)
-    elif has_checkpoints and not config.resume:
-        raise ConfigError(
-            f"run_dir={str(run_dir)!r} already holds checkpoints of an earlier run: pass "
-            "resume=true to continue it or overwrite=true to start over"
-        )
-    elif config.resume and saved_config.is_file():
-        saved_model = yaml.safe_load(saved_config.read_text()).get("model")
-        if saved_model != to_dict(config.model):
-            raise ConfigError(
-                f"resume=true but the model section differs from the run saved in "
-                f"{saved_config}; resume with the same model config"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 class _StopSignal:

@@ -1,24 +1,28 @@
 """Metric logs of a run: JSONL (always), TensorBoard events (if tensorboardX is installed), and a
 loss-curve PNG drawn from the JSONL at the end."""
+
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsWriter:
     """Append ``{"step": s, "split": "train"|"val", ...}`` records to ``run_dir/metrics.jsonl``
-    and mirror them to TensorBoard when ``tensorboardX`` is importable."""
+    and mirror them to TensorBoard when ``tensorboardX`` is importable. ``purge_step``: TensorBoard
+    drops its events from that step on (a resumed run replays them)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
-        self._tb = _tensorboard_writer(Path(run_dir) / "tensorboard") if tensorboard else None
+        self._tb = _tensorboard_writer(Path(run_dir) / TENSORBOARD_DIR, purge_step) if tensorboard else None
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         record = {"step": step, "split": split, **{k: float(v) for k, v in values.items()}}
@@ -39,6 +43,21 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def drop_records_after(path: str | Path, step: int) -> None:
+    """Cut a metrics JSONL file in place just before its first record past ``step`` (a resumed run
+    replays those steps); a writer appending to the file keeps working."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    offset = 0
+    with path.open("rb") as file:
+        for line in file:
+            if line.strip() and json.loads(line)["step"] > step:
+                break
+            offset += len(line)
+    os.truncate(path, offset)
+
+
 def latest_records(records: list[dict], split: str) -> list[dict]:
     """The records of ``split``, one per step; a step logged twice (a resumed run replaying steps
     after its last checkpoint) keeps its last record."""
@@ -46,11 +65,11 @@ def latest_records(records: list[dict], split: str) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_loss_curve(metrics_path: str | Path, png_path: str | Path,
-                    baseline: float | None = None) -> Path:
+def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, baseline: float | None = None) -> Path:
     """Train and validation loss against step (nats/token), with an optional horizontal baseline
     (e.g. the unigram entropy)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -72,9 +91,9 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path,
     return Path(png_path)
 
 
-def _tensorboard_writer(log_dir: Path):
+def _tensorboard_writer(log_dir: Path, purge_step: int | None):
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(log_dir))
+    return SummaryWriter(str(log_dir), purge_step=purge_step)

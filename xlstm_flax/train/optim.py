@@ -1,4 +1,5 @@
 """Optimiser: AdamW with a weight-decay mask, warmup + decay schedule, global-norm clipping."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +16,9 @@ class OptimConfig:
     """AdamW hyper-parameters and the learning-rate schedule (steps are optimiser updates)."""
 
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1     # final lr = lr * min_lr_ratio
-    warmup_steps: int = 100       # linear warmup from 0 to lr
-    decay: str = "cosine"         # "cosine", "linear" or "constant" after warmup
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warmup from 0 to lr
+    decay: str = "cosine"  # "cosine", "linear" or "constant" after warmup
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -71,9 +72,14 @@ def decay_mask(params: Any, no_decay: tuple[str, ...]) -> Any:
 
 def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """Clip (optional) then AdamW with the schedule and the weight-decay mask."""
-    adamw = optax.adamw(make_schedule(config, total_steps), b1=config.b1, b2=config.b2, eps=config.eps,
-                        weight_decay=config.weight_decay,
-                        mask=lambda params: decay_mask(params, config.no_decay))
+    adamw = optax.adamw(
+        make_schedule(config, total_steps),
+        b1=config.b1,
+        b2=config.b2,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        mask=lambda params: decay_mask(params, config.no_decay),
+    )
     if config.grad_clip is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)

@@ -9,11 +9,12 @@ checkpoint: {every: 200, keep: 2}
 run_dir: runs/tiny
 ```
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..config import load_config
 from ..distributed import DistributedConfig
@@ -24,29 +25,29 @@ from .data import DataConfig
 from .optim import OptimConfig
 
 CONFIG_FILE = "config.yaml"  # the resolved recipe, saved in the run directory
+MAX_SEED = 2**63  # seeds are non-negative 64-bit ints (numpy's and JAX's generators)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Batch geometry, run length, evaluation, logging and the end-of-run sample."""
 
-    steps: int = 1000              # optimiser updates
-    batch_size: int = 16           # sequences per micro-batch (split over the devices)
-    seq_len: int = 256             # tokens per sequence
-    grad_accum_steps: int = 1      # micro-batches per update
-    eval_every: int = 100          # validate every N steps (and at the end)
-    eval_batches: int = 8          # fixed validation batches per evaluation
-    log_every: int = 10            # JSONL / TensorBoard train records every N steps
-    sample_tokens: int = 200       # tokens generated at the end (0: no sample)
+    steps: int = 1000  # optimiser updates
+    batch_size: int = 16  # sequences per micro-batch (split over the devices)
+    seq_len: int = 256  # tokens per sequence
+    grad_accum_steps: int = 1  # micro-batches per update
+    eval_every: int = 100  # validate every N steps (and at the end)
+    eval_batches: int = 8  # fixed validation batches per evaluation
+    log_every: int = 10  # JSONL / TensorBoard train records every N steps
+    sample_tokens: int = 200  # tokens generated at the end (0: no sample)
     sample_prompt: str = "def "
     sample_temperature: float = 0.8
     sample_top_k: int | None = None
-    tensorboard: bool = True       # write TensorBoard events if tensorboardX is installed
-    init_from: str | None = None   # HF xLSTMForCausalLM dir or run dir: its parameters, fresh optimiser, step 0
+    tensorboard: bool = True  # write TensorBoard events if tensorboardX is installed
+    init_from: str | None = None  # HF xLSTMForCausalLM dir or run dir: its parameters, fresh optimiser, step 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every",
-                     "eval_batches", "log_every"):
+        for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.sample_tokens < 0:
@@ -63,8 +64,10 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """The whole run. ``resume``: continue from the latest checkpoint in ``run_dir`` (a fresh start if
-    there is none); ``overwrite``: delete an earlier run's checkpoints and logs in ``run_dir``."""
+    """The whole run. ``resume``: continue the run in ``run_dir`` from its newest checkpoint that restores
+    (a fresh start if there is none), with the saved config (only the changes ``train.resume`` allows);
+    ``overwrite``: replace an earlier run in ``run_dir`` once this one has started (``train.run_dir``).
+    Without either, a ``run_dir`` that holds a run is refused."""
 
     model: xLSTMLMConfig
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -79,10 +82,17 @@ class RunConfig:
 
     def __post_init__(self):
         if self.optim.warmup_steps > self.train.steps:
-            raise ValueError(f"optim.warmup_steps={self.optim.warmup_steps} exceeds "
-                             f"train.steps={self.train.steps}")
+            raise ValueError(f"optim.warmup_steps={self.optim.warmup_steps} exceeds train.steps={self.train.steps}")
         if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite cannot both be true")
+            raise ValueError(
+                "resume=true (continue the run in run_dir) and overwrite=true (replace it) "
+                "contradict each other: set one of them to false"
+            )
+        if not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        top_k = self.train.sample_top_k
+        if top_k is not None and top_k > self.model.vocab_size:
+            raise ValueError(f"train.sample_top_k={top_k} exceeds model.vocab_size={self.model.vocab_size}")
         try:
             self.model.resolved_kernel()  # the kernel must run here: fail before any data is read
         except ValueError as err:

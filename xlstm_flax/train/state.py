@@ -1,5 +1,6 @@
 """The training state of a run: a freshly initialised model and optimiser state laid out on the mesh
 (:mod:`xlstm_flax.sharding`; the target that checkpoints are restored into)."""
+
 import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -27,8 +28,10 @@ def init_train_state(config: RunConfig, mesh: Mesh):
     graphdef = nnx.split(nnx.eval_shape(new_model), nnx.Param, ...)[0]
     abstract_state, abstract_rest = jax.eval_shape(init)
     replicated = NamedSharding(mesh, PartitionSpec())
-    shardings = (sharding.state_shardings(graphdef, abstract_state, abstract_rest, mesh),
-                 jax.tree.map(lambda _: replicated, abstract_rest))
+    shardings = (
+        sharding.state_shardings(graphdef, abstract_state, abstract_rest, mesh),
+        jax.tree.map(lambda _: replicated, abstract_rest),
+    )
     if mesh.size > 1:
         state, rest = jax.jit(init, out_shardings=shardings)()
     else:  # eager: no compile, which is faster on one device

@@ -1,0 +1,174 @@
+"""A start that fails never deletes or changes the run already in run_dir: every failing stage (config,
+data, tokenizer, model build, Ctrl-C during start-up, the first step) leaves it byte for byte as it was;
+overwrite=true replaces it only after the new run's first step; a start killed in between is undone by
+the next one. The CLI prints one ``error:`` line for each failure."""
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from tests.train.run_helpers import snapshot
+from tests.train.test_train import CHEAP, poison_step
+from xlstm_flax.cli import main
+from xlstm_flax.train import load_recipe, loop, train
+from xlstm_flax.train.checkpoint import Checkpointer
+from xlstm_flax.train.metrics import read_metrics
+from xlstm_flax.train.run_dir import ASIDE_DIR, open_run_dir
+
+
+@pytest.fixture(scope="module")
+def previous_run(recipe, tmp_path_factory):
+    """A finished 8-step run (checkpoints 4 and 8, metrics, config, loss curve)."""
+    run_dir = tmp_path_factory.mktemp("previous") / "run"
+    train(load_recipe(recipe, [f"run_dir={run_dir}", *CHEAP]))
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(previous_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(previous_run, copy)
+    return copy
+
+
+def start(recipe, run_dir, *overrides) -> int:
+    return main(["train", "--config", str(recipe), f"run_dir={run_dir}", *CHEAP, *overrides])
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.path=missing.txt"], "data.path='missing.txt': no such file"),
+        (["model.vocab_size=100"], "tokenizer has 258 ids but model.vocab_size is 100"),
+        (["seed=-1"], "seed must be in [0, 2**63), got -1"),
+        (["train.seq_len=50000"], "the train split of data.path="),
+        (["train.seq_len=4000"], "the validation split of data.path="),  # 3,340 validation tokens
+        (["data.tokenizer=missing.json"], "data.tokenizer"),
+        (["model.slstm_at=[5]"], "slstm_at"),
+    ],
+    ids=["data-path", "vocab", "seed", "train-too-short", "validation-too-short", "tokenizer", "model"],
+)
+def test_failed_start_leaves_previous_run_unchanged(recipe, run_dir, capsys, overrides, message):
+    before = snapshot(run_dir)
+    assert start(recipe, run_dir, "overwrite=true", *overrides) == 1
+    assert message in one_error_line(capsys)
+    assert snapshot(run_dir) == before
+
+
+def test_data_too_short_error_names_split_and_sizes(recipe, run_dir, capsys):
+    assert start(recipe, run_dir, "overwrite=true", "train.seq_len=4000") == 1
+    line = one_error_line(capsys)
+    assert "its longest stream holds 3340 tokens, a training window needs 4001 (train.seq_len + 1)" in line, line
+
+
+def test_ctrl_c_while_loading_leaves_previous_run_unchanged(recipe, run_dir, capsys, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "init_train_state", interrupted)
+    before = snapshot(run_dir)
+    assert start(recipe, run_dir, "overwrite=true") == 130
+    assert one_error_line(capsys) == "error: interrupted"
+    assert snapshot(run_dir) == before
+
+
+def interrupt_first_step(monkeypatch, seen: list) -> None:
+    """The first train step raises KeyboardInterrupt, once the run directory is prepared for the new run."""
+
+    def interrupted(state, rest, batches):
+        seen.append(sorted(p.name for p in run_dirs[0].iterdir()))
+        raise KeyboardInterrupt
+
+    run_dirs = []
+    original = loop.open_run_dir
+
+    def spy(config, log):
+        run = original(config, log)
+        run_dirs.append(run.path)
+        return run
+
+    monkeypatch.setattr(loop, "open_run_dir", spy)
+    monkeypatch.setattr(loop, "make_steps", lambda *args: (interrupted, None))
+
+
+def test_ctrl_c_in_first_step_moves_previous_run_back(recipe, run_dir, capsys, monkeypatch):
+    seen = []
+    interrupt_first_step(monkeypatch, seen)
+    before = snapshot(run_dir)
+    assert start(recipe, run_dir, "overwrite=true") == 130
+    assert seen == [[ASIDE_DIR, "checkpoints", "config.yaml", "metrics.jsonl"]]  # old run aside, new one begun
+    assert snapshot(run_dir) == before
+
+
+def test_ctrl_c_before_the_first_step_finishes_moves_previous_run_back(recipe, run_dir, capsys, monkeypatch):
+    """SIGINT while the first step's batch is sampled (during start-up, as during its compilation): the
+    step finishes, but the start is undone and the CLI exits with 130."""
+    sample = loop.sample_windows
+
+    def sigint_at_step_1(streams, length, num, key, rows=slice(None)):
+        if key[1] == loop.TRAIN_SPLIT and key[2] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return sample(streams, length, num, key, rows)
+
+    monkeypatch.setattr(loop, "sample_windows", sigint_at_step_1)
+    before = snapshot(run_dir)
+    assert start(recipe, run_dir, "overwrite=true") == 130
+    assert f"stopped before the first step finished (SIGINT); {run_dir} is as it was" in capsys.readouterr().out
+    assert snapshot(run_dir) == before
+
+
+def test_failed_fresh_start_leaves_no_files(recipe, tmp_path, capsys, monkeypatch):
+    interrupt_first_step(monkeypatch, [])
+    assert start(recipe, tmp_path / "runs" / "new") == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_in_first_step_moves_previous_run_back(recipe, run_dir, capsys, monkeypatch):
+    poison_step(monkeypatch, at_step=1)
+    before = snapshot(run_dir)
+    assert start(recipe, run_dir, "overwrite=true") == 1
+    line = one_error_line(capsys)
+    assert "loss is nan" in line and f"{run_dir} was left as it was before this start" in line, line
+    assert snapshot(run_dir) == before
+
+
+def test_overwrite_replaces_the_run_after_its_first_step(recipe, run_dir):
+    result = train(load_recipe(recipe, [f"run_dir={run_dir}", *CHEAP, "overwrite=true"]), stop_at=2)
+    assert result.interrupted and result.step == 2
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+    assert Checkpointer(run_dir / "checkpoints", keep=2).all_steps() == [2]
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2]
+
+
+def test_run_without_resume_or_overwrite_is_refused(recipe, run_dir, capsys):
+    before = snapshot(run_dir)
+    assert start(recipe, run_dir) == 1
+    line = one_error_line(capsys)
+    assert "already holds a run" in line and "resume=true" in line and "overwrite=true" in line
+    assert snapshot(run_dir) == before
+
+
+def test_next_start_moves_back_a_run_that_a_killed_overwrite_set_aside(recipe, run_dir):
+    """A process killed after moving the old run aside (and writing some of the new run) never
+    committed: opening the directory again restores the old run exactly."""
+    before = snapshot(run_dir)
+    aside = run_dir / ASIDE_DIR
+    aside.mkdir()
+    for path in list(run_dir.iterdir()):
+        if path != aside:
+            path.rename(aside / path.name)
+    (run_dir / "config.yaml").write_text("# the killed start's config\n")
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 5.0}\n')
+    logged = []
+    run = open_run_dir(load_recipe(recipe, [f"run_dir={run_dir}", *CHEAP, "resume=true"]), logged.append)
+    assert run.mode == "resume" and "interrupted overwrite=true" in logged[0]
+    assert snapshot(run_dir) == before
