@@ -4,6 +4,7 @@
     logits = model(tokens)                                  # int (B, S) -> float32 (B, S, V)
     logits = model(tokens, segment_ids=segment_ids)         # packed documents: int (B, S) ids
     logits, state = model(tokens, state, return_state=True)  # carry the recurrent state
+    x = model.features(tokens); logits = model.head(x[:, -1])  # logits where they are needed only
     state = model.init_state(batch_size)
     logits, state = model.step(token, state)                # int (B,) -> float32 (B, V)
 
@@ -80,6 +81,16 @@ class xLSTMLMModel(nnx.Module):
         changes from the previous position; there every layer restarts from its zero state, as if the
         document were a row of its own. ``state`` (e.g. from an earlier call) applies to the first
         document of each row only."""
+        if return_state:
+            x, state = self.features(tokens, state, segment_ids=segment_ids, return_state=True)
+            return self.head(x), state
+        return self.head(self.features(tokens, state, segment_ids=segment_ids))
+
+    def features(
+        self, tokens: jax.Array, state=None, *, segment_ids: jax.Array | None = None, return_state: bool = False
+    ):
+        """tokens int (B, S) -> hidden states (B, S, D) before the head [, state]: what :meth:`head` maps
+        to logits, for callers that need logits at a few positions only (prefill, chunked loss)."""
         _check_tokens(tokens, 2, "tokens")
         if segment_ids is not None:
             _check_tokens(segment_ids, 2, "segment_ids")
@@ -88,16 +99,16 @@ class xLSTMLMModel(nnx.Module):
                     f"segment_ids shape {tuple(segment_ids.shape)} differs from tokens shape {tuple(tokens.shape)}"
                 )
         x, state = self.blocks(self.embedding(tokens), state, return_state=return_state, segment_ids=segment_ids)
-        logits = self._head(x)
-        return (logits, state) if return_state else logits
+        return (x, state) if return_state else x
 
     def step(self, token: jax.Array, state):
         """One token per sequence: token int (B,) -> (logits float32 (B, V), new state)."""
         _check_tokens(token, 1, "token")
         x, state = self.blocks.step(self.embedding(token), state)
-        return self._head(x), state
+        return self.head(x), state
 
-    def _head(self, x: jax.Array) -> jax.Array:
+    def head(self, x: jax.Array) -> jax.Array:
+        """Hidden states (..., D) -> logits float32 (..., V): final norm, LM head, soft cap."""
         if self.out_norm is not None:
             x = self.out_norm(x)
         logits = self.embedding.attend(x) if self.lm_head is None else self.lm_head(x)
