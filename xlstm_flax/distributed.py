@@ -17,6 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from .config import ConfigError
 from .sharding import BATCH_AXES, MESH_AXES
 
 
@@ -70,10 +71,10 @@ def axis_sizes(config: DistributedConfig, device_count: int) -> tuple[int, int, 
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if device_count % known:
-            raise ValueError(f"distributed: {dict(zip(MESH_AXES, sizes))} does not divide the {device_count} devices")
+            raise ConfigError(f"distributed: {dict(zip(MESH_AXES, sizes))} does not divide the {device_count} devices")
         sizes[sizes.index(-1)] = device_count // known
     if int(np.prod(sizes)) != device_count:
-        raise ValueError(
+        raise ConfigError(
             f"distributed: data x fsdp x tensor = {sizes} must multiply to the {device_count} devices of all processes"
         )
     return tuple(sizes)
@@ -92,12 +93,12 @@ def check_layout(mesh: Mesh, batch_size: int, num_heads: Sequence[int]) -> None:
     """The global batch must split over data x fsdp, and every layer's heads over tensor."""
     batch_split = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % batch_split:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={batch_size} must be divisible by data x fsdp = {batch_split} (mesh {dict(mesh.shape)})"
         )
     for heads in num_heads:
         if heads % mesh.shape["tensor"]:
-            raise ValueError(f"num_heads={heads} must be divisible by distributed.tensor={mesh.shape['tensor']}")
+            raise ConfigError(f"num_heads={heads} must be divisible by distributed.tensor={mesh.shape['tensor']}")
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
@@ -132,6 +133,14 @@ def sync(name: str) -> None:
     """Wait until every process has reached the point called ``name``."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def all_succeeded(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (a collective: every process must call it). Lets a failure
+    on one process stop the others at once instead of leaving them waiting at the next sync."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def constrain_state(tree: Any, shardings: Any) -> Any:

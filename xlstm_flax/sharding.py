@@ -2,11 +2,11 @@
 
 Parameters carry logical axis names (Flax partitioning metadata, set in the layers with
 :func:`partitioned` / :func:`param`); :data:`RULES` is the one table that maps those names to the mesh
-axes ``data``, ``fsdp`` and ``tensor``. Optimiser moments follow their parameters. Recurrence kernels
-that are custom calls (Triton through jax-triton: XLA cannot partition them and would gather their
-inputs) run per device inside ``shard_map`` (:func:`per_device_over_heads`): batch split over
-``data`` x ``fsdp``, heads over ``tensor``. The pure-JAX backends (names ending in ``--jax``) are plain
-XLA ops that the partitioner splits along the same axes by itself.
+axes ``data``, ``fsdp`` and ``tensor``. Optimiser moments follow their parameters. Every recurrence
+kernel (sequence and step, every backend) runs per device inside ``shard_map``
+(:func:`per_device_over_heads`): batch split over ``data`` x ``fsdp``, heads over ``tensor``. A custom
+call (Triton through jax-triton) cannot be partitioned by XLA, which would gather its inputs; the
+pure-JAX backends take the same path so that no backend depends on how the partitioner handles scans.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ RULES: dict[str, str | None] = {
     "layers": None,  # the stacked-blocks axis of scan_layers
 }
 LAYERS = "layers"
-PURE_JAX_SUFFIX = "--jax"  # registry names of the backends written in plain JAX
 
 
 def partitioned(init: nnx.Initializer, *names: str | None) -> nnx.Initializer:
@@ -97,11 +96,10 @@ def per_device_over_heads(fn: Callable, kernel_name: str, batch_only: Sequence[i
     (B / (data * fsdp), NH / tensor, ...) slice of its arguments, all of them arrays (B, NH, ...), under
     the mesh set with ``jax.set_mesh`` (mLSTM heads are independent, so the kernel needs no
     communication); the positional arguments ``batch_only`` (arrays (B, ...) without a head axis, such
-    as segment ids) are split over the batch only. ``fn`` itself for a pure-JAX backend, without such
-    a mesh, or on one device."""
+    as segment ids) are split over the batch only. ``fn`` itself without such a mesh or on one device;
+    ``kernel_name`` names the kernel in the error for a batch or head count the mesh does not divide."""
     mesh = jax.sharding.get_abstract_mesh()
-    pure_jax = kernel_name.endswith(PURE_JAX_SUFFIX)
-    if pure_jax or mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names) or mesh.size == 1:
+    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names) or mesh.size == 1:
         return fn
     batch_split = mesh.shape[DATA] * mesh.shape[FSDP]
     spec = PartitionSpec(BATCH_AXES, TENSOR)

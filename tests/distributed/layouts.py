@@ -1,11 +1,12 @@
-"""Run as a script on 8 fake CPU devices (see test_distributed.py): loss and gradients of a tiny model
-under DP, FSDP, TP and DP x TP meshes against one device, printed as JSON.
+"""Run as a script on 8 fake CPU devices (see test_distributed.py): loss and gradients of a tiny model,
+and the logits of two decode steps, under DP, FSDP, TP and DP x TP meshes against one device, printed
+as JSON.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/distributed/layouts.py VARIANT
 
 VARIANT: "xlstm7b" (an xLSTM-7B mLSTM block, then an sLSTM block) or "paper" (a paper mLSTM block).
-The mLSTM kernel runs per device inside shard_map: it is registered under a non-JAX name so that the
-per-device path is taken.
+The library's own kernels (chunkwise--jax for sequences, step--jax for decoding) run per device
+inside shard_map.
 """
 
 import json
@@ -17,7 +18,6 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from xlstm_flax import distributed, sharding
-from xlstm_flax.kernels import get_kernel, registered_kernel
 from xlstm_flax.layers.config import mLSTMLayerConfig, sLSTMLayerConfig
 from xlstm_flax.model import xLSTMLMConfig
 from xlstm_flax.train.loop import cross_entropy
@@ -25,7 +25,6 @@ from xlstm_flax.train.optim import OptimConfig
 from xlstm_flax.train.recipe import RunConfig, TrainConfig
 from xlstm_flax.train.state import init_train_state
 
-PER_DEVICE_KERNEL = "parallel--perdevice"  # parallel--jax under a name that takes the shard_map path
 LAYOUTS = {  # name: (data, fsdp, tensor, devices)
     "dp": (8, 1, 1, 8),
     "fsdp": (1, 8, 1, 8),
@@ -36,7 +35,7 @@ BATCH, SEQ = 8, 16
 
 
 def run_config(variant: str) -> RunConfig:
-    mlstm = mLSTMLayerConfig(variant=variant, num_heads=4, kernel=PER_DEVICE_KERNEL, chunk_size=8)
+    mlstm = mLSTMLayerConfig(variant=variant, num_heads=4, kernel="chunkwise--jax", chunk_size=8)
     model = xLSTMLMConfig(
         vocab_size=64,
         embedding_dim=32,
@@ -67,7 +66,22 @@ def loss_and_grads(config: RunConfig, layout: distributed.DistributedConfig, dev
         step = jax.jit(jax.value_and_grad(loss_fn), out_shardings=(NamedSharding(mesh, PartitionSpec()), shardings))
         loss, grads = step(state["params"], batch)
     specs = {str(x.sharding.spec) for x in jax.tree.leaves(state["params"])}
-    return float(loss), jax.device_get(grads), specs
+    return float(loss), jax.device_get(grads), specs, decode_logits(graphdef, rest, state["params"], mesh, tokens)
+
+
+def decode_logits(graphdef, rest, params, mesh, tokens) -> np.ndarray:
+    """Logits (2, B, V) of two recurrent steps from the zero state on ``mesh`` (the step kernel)."""
+
+    def two_steps(params, tokens):
+        model = nnx.merge(graphdef, params, rest)
+        state = model.init_state(BATCH)
+        first, state = model.step(tokens[:, 0], state)
+        second, _ = model.step(tokens[:, 1], state)
+        return jax.numpy.stack([first, second])
+
+    batch = distributed.global_batch(tokens[:, :2], mesh, BATCH)
+    with jax.set_mesh(mesh):
+        return np.asarray(jax.device_get(jax.jit(two_steps)(params, batch)))
 
 
 def relative_error(tree, reference) -> float:
@@ -84,10 +98,11 @@ def main(variant: str) -> dict:
     report = {}
     for name, (data, fsdp, tensor, count) in LAYOUTS.items():
         layout = distributed.DistributedConfig(data=data, fsdp=fsdp, tensor=tensor)
-        loss, grads, specs = loss_and_grads(config, layout, devices[:count], tokens)
+        loss, grads, specs, logits = loss_and_grads(config, layout, devices[:count], tokens)
         report[name] = {
             "loss_rel_err": abs(loss - one[0]) / abs(one[0]),
             "grad_rel_err": relative_error(grads, one[1]),
+            "step_rel_err": float(np.abs(logits - one[3]).max() / np.abs(one[3]).max()),
             "specs": sorted(specs),
         }
     return report
@@ -95,5 +110,4 @@ def main(variant: str) -> dict:
 
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
-    with registered_kernel(PER_DEVICE_KERNEL, get_kernel("parallel--jax")):
-        print(json.dumps(main(sys.argv[1])))
+    print(json.dumps(main(sys.argv[1])))

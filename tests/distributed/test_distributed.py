@@ -2,12 +2,15 @@
 which must be set before JAX starts: each check runs in its own Python process).
 
 - DP, FSDP, TP and DP x TP give the loss and gradients of one device (fp32; relative error of the
-  loss and of every gradient array's norm <= 1e-5) for both mLSTM variants and sLSTM.
+  loss and of every gradient array's norm <= 1e-5) for both mLSTM variants and sLSTM, and the logits
+  of two decode steps (step kernel; max error / max logit <= 1e-5).
 - A kernel XLA cannot partition (a custom call) receives per-device shards: no all-gather of q/k/v
   or (B, S, D) activations in the compiled HLO; without the shard_map wrapper it would (the control).
 - Two processes x 4 devices (JAX CPU collectives, a localhost coordinator) train as one process x 8
   devices does (losses rtol 1e-5); their checkpoint resumes under a 1 x 8 mesh of another layout and
   continues with the losses of the uninterrupted run (rtol 1e-5).
+- When process 0 refuses the run directory, process 1 stops too (no wait at the next sync) and the
+  directory is untouched.
 """
 
 import json
@@ -57,6 +60,7 @@ def test_parallel_layouts_give_the_loss_and_gradients_of_one_device(variant):
     for layout, result in report.items():
         assert result["loss_rel_err"] <= 1e-5, (layout, result)
         assert result["grad_rel_err"] <= 1e-5, (layout, result)
+        assert result["step_rel_err"] <= 1e-5, (layout, result)
     # the layouts really split the parameters: along the width under FSDP, heads / FFN hidden under TP
     assert any("fsdp" in spec for spec in report["fsdp"]["specs"])
     assert any("tensor" in spec for spec in report["tp"]["specs"])
@@ -99,15 +103,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one_and_their_checkpoint_restores_under_another_mesh(tmp_path):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE)
-    train = [sys.executable, "-c", *TRAIN, "train", "--config", str(recipe)]
-    two, one = tmp_path / "two", tmp_path / "one"
+def launch_two_processes(*args: str) -> list[tuple[int, str, str]]:
+    """Run the CLI with ``args`` as 2 processes x 4 fake devices; (returncode, stdout, stderr) of each."""
     port = free_port()
     children = [
         subprocess.Popen(
-            [*train, f"run_dir={two}", "train.steps=3", "distributed.data=2", "distributed.fsdp=4"],
+            [sys.executable, "-c", *TRAIN, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -119,9 +120,20 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_under_anothe
         for rank in range(2)
     ]
     outputs = [child.communicate(timeout=TIMEOUT) for child in children]
-    for child, (_, err) in zip(children, outputs):
-        assert child.returncode == 0, err[-3000:]
-    assert "in 2 process(es)" in outputs[0][0] and "model:" not in outputs[1][0]  # process 0 alone logs
+    return [(child.returncode, out, err) for child, (out, err) in zip(children, outputs)]
+
+
+def test_two_processes_train_like_one_and_their_checkpoint_restores_under_another_mesh(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    train = [sys.executable, "-c", *TRAIN, "train", "--config", str(recipe)]
+    two, one = tmp_path / "two", tmp_path / "one"
+    outputs = launch_two_processes(
+        "train", "--config", str(recipe), f"run_dir={two}", "train.steps=3", "distributed.data=2", "distributed.fsdp=4"
+    )
+    for returncode, _, err in outputs:
+        assert returncode == 0, err[-3000:]
+    assert "in 2 process(es)" in outputs[0][1] and "model:" not in outputs[1][1]  # process 0 alone logs
 
     def train_here(*overrides):
         child = subprocess.run(
@@ -134,3 +146,17 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_under_anothe
     reference, resumed = train_losses(one), train_losses(two)
     assert sorted(resumed) == sorted(reference) == [1, 2, 3, 4, 5]
     np.testing.assert_allclose([resumed[s] for s in range(1, 6)], [reference[s] for s in range(1, 6)], rtol=1e-5)
+
+
+def test_a_run_directory_refused_by_process_0_stops_every_process(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "metrics.jsonl").write_text("a run that is already here\n")
+    outputs = launch_two_processes("train", "--config", str(recipe), f"run_dir={taken}", "distributed.data=-1")
+    (code0, _, err0), (code1, _, err1) = outputs
+    assert code0 != 0 and "already holds a run" in err0, err0[-3000:]
+    assert code1 != 0 and f"another process failed to open run directory {taken}" in err1, err1[-3000:]
+    assert sorted(p.name for p in taken.iterdir()) == ["metrics.jsonl"]
+    assert (taken / "metrics.jsonl").read_text() == "a run that is already here\n"

@@ -48,7 +48,7 @@ def run_sequence(
     """Runs ``config.kernel`` over the sequence (restarting at segment starts when ``segment_ids``
     (B, S) is given); returns (h, last state or None)."""
     kernel = get_kernel(config.kernel)  # "auto" may be a per-shape dispatcher
-    name = resolve_kernel_name(config.kernel)  # pure JAX or not: decides the per-device wrapping
+    name = resolve_kernel_name(config.kernel)
     resets = () if segment_ids is None else (segment_ids,)
 
     def sequence(q, k, v, i, f, *rest):

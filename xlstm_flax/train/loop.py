@@ -248,12 +248,25 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
 
 def _open_run_dir(config: RunConfig, log: Callable[[str], None], main_process: bool) -> RunDirectory:
     """:func:`open_run_dir` on every process: process 0 first (it may move back an interrupted overwrite's
-    run), the others once it has; none goes on before all have looked (process 0 alone changes it)."""
-    run = open_run_dir(config, log) if main_process else None
-    distributed.sync("run directory checked")
-    if run is None:
-        run = open_run_dir(config, log)
-    distributed.sync("run directory opened")
+    run), the others once it has; none goes on before all have looked (process 0 alone changes it). If
+    one process fails, it raises its error and the others stop with a one-line error, none waits."""
+    first = _agreed(lambda: open_run_dir(config, log), main_process, config.run_dir)
+    then = _agreed(lambda: open_run_dir(config, log), not main_process, config.run_dir)
+    return first if main_process else then
+
+
+def _agreed(open_here: Callable[[], RunDirectory], here: bool, run_dir: str) -> RunDirectory | None:
+    """``open_here()`` where ``here`` is true, then a check that it succeeded on every process."""
+    run, failure = None, None
+    if here:
+        try:
+            run = open_here()
+        except Exception as err:  # re-raised below, once every process knows
+            failure = err
+    if not distributed.all_succeeded(failure is None):
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"another process failed to open run directory {run_dir}; its error says why")
     return run
 
 
