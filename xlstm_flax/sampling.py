@@ -1,5 +1,6 @@
 """Autoregressive sampling: prefill the prompts with the sequence kernel (returning the recurrent
-states), then O(1)-memory recurrent steps in a ``lax.scan``, all under one ``jax.jit``.
+states; logits at the last prompt position only), then O(1)-memory recurrent steps in a ``lax.scan``,
+all under one ``jax.jit``.
 
     out = generate(model, prompts, max_new_tokens, key=key, temperature=1.0, top_k=None, top_p=None,
                    eos_id=None)
@@ -65,7 +66,8 @@ def _generate(
 ):
     """eos_id: int32 scalar, -1 for none."""
     model = nnx.merge(graphdef, params)
-    logits, state = model(prompt, segment_ids=segment_ids, return_state=True)
+    x, state = model.features(prompt, segment_ids=segment_ids, return_state=True)
+    logits = model.head(x[:, -1])  # (B, V): the prompt's last position only, never (B, S0, V)
 
     def sample(logits, t, done):
         keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
@@ -75,7 +77,7 @@ def _generate(
         return token, done | (token == eos_id)
 
     no_row_done = jnp.zeros(prompt.shape[0], bool)
-    first, done = sample(logits[:, -1], 0, no_row_done)
+    first, done = sample(logits, 0, no_row_done)
 
     def step(carry, t):
         token, done, state = carry
