@@ -177,6 +177,6 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_raise_before_any_work(model, args, kwargs, match, monkeypatch):
     import xlstm_flax.sampling as sampling
 
-    monkeypatch.setattr(sampling, "_generate", None)  # any work would fail with a TypeError
+    monkeypatch.setattr(sampling, "generation_program", None)  # any work would fail with a TypeError
     with pytest.raises(ValueError, match=match):
         generate(model, *args, **{"key": jax.random.key(0), **kwargs})
