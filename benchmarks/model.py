@@ -180,6 +180,11 @@ def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed:
         seconds[n] = median_s(stages[n][0], [args[1:]], 1, reps)
     compiled, trace_s, compile_s = stages[new_tokens]
     step_s = (seconds[new_tokens] - seconds[1]) / (new_tokens - 1)
+    if step_s <= 0:
+        raise RuntimeError(
+            f"decode B={B}: {new_tokens} tokens took {seconds[new_tokens]:.4f} s, not more than 1 token "
+            f"({seconds[1]:.4f} s): timing noise; use more --new-tokens or --steps"
+        )
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     row = ["decode", B, f"{prompt_len}+{new_tokens}", trace_s, compile_s, 1e3 * step_s, B / step_s, "-"]
     return row + [param_bytes / step_s / 1e9, gib(compiled), kernels_per_step(compiled.as_text())]
@@ -207,7 +212,8 @@ def opcode(line: str) -> str:
 def kernels_per_step(hlo: str) -> int:
     """Kernel launches of one iteration of the longest while loop (the decode scan) in an optimised
     HLO module: instructions other than parameters, constants, tuples and bitcasts, where a nested
-    control-flow op counts as its called computations (a conditional as its largest branch)."""
+    while counts as its body and a conditional as 1 + its largest branch. A call counts once: XLA
+    outlines a command buffer (CUDA graph, ``--command-buffer``) as a call, launched as one graph."""
     comps = computations(hlo)
 
     def count(name: str) -> int:
