@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import os
 import statistics
 import sys
@@ -80,19 +81,33 @@ def floor_ms(flops: float, min_bytes: float, ceilings: Ceilings | None = None) -
 
 def compiled_peak_bytes(jitted: Callable, *args) -> int:
     """Arguments + outputs + temporaries of the compiled program (XLA's memory analysis)."""
-    stats = jitted.lower(*args).compile().memory_analysis()
+    return memory_bytes(jitted.lower(*args).compile())
+
+
+def memory_bytes(compiled) -> int:
+    """Arguments + outputs + temporaries of a compiled program (``jax.stages.Compiled``)."""
+    stats = compiled.memory_analysis()
     return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
+
+
+def versions_line() -> str:
+    """Versions of python and of the installed packages a result depends on (absent ones are skipped)."""
+    parts = [f"python {sys.version.split()[0]}"]
+    for name in ("jax", "jaxlib", "flax", "triton", "jax_triton"):
+        try:
+            parts.append(f"{name} {importlib.metadata.version(name.replace('_', '-'))}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(parts)
 
 
 def environment_lines() -> list[str]:
     """Date, card and versions for a results header."""
-    import triton
-
     return [
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- card: {jax.devices()[0].device_kind}",
         f"- {ceilings_line()}",
-        f"- jax {jax.__version__}, triton {triton.__version__}, python {sys.version.split()[0]}",
+        f"- {versions_line()}",
         f"- command: `{' '.join(sys.argv)}`",
     ]
 

@@ -1,5 +1,6 @@
 """Autoregressive sampling: prefill the prompts with the sequence kernel (returning the recurrent
-states), then O(1)-memory recurrent steps in a ``lax.scan``, all under one ``jax.jit``.
+states; logits at the last prompt position only), then O(1)-memory recurrent steps in a ``lax.scan``,
+all under one ``jax.jit``.
 
     out = generate(model, prompts, max_new_tokens, key=key, temperature=1.0, top_k=None, top_p=None,
                    eos_id=None)
@@ -13,6 +14,7 @@ row's state after the prefill, hence its output, is that of the row generated al
 row b's token at step t with ``fold_in(row_key[b], t)``: a row's draws depend on its key only.
 """
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -60,12 +62,14 @@ def _nucleus(logits: jax.Array, top_p) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "callback"))
-def _generate(
+def generation_program(
     graphdef, params, prompt, segment_ids, row_keys, temperature, top_p, eos_id, *, max_new_tokens, top_k, callback
 ):
-    """eos_id: int32 scalar, -1 for none."""
+    """The jitted program behind :func:`generate` (arguments from :func:`generation_inputs`), to lower,
+    compile or time alone. eos_id: int32 scalar, -1 for none."""
     model = nnx.merge(graphdef, params)
-    logits, state = model(prompt, segment_ids=segment_ids, return_state=True)
+    x, state = model.features(prompt, segment_ids=segment_ids, return_state=True)
+    logits = model.head(x[:, -1])  # (B, V): the prompt's last position only, never (B, S0, V)
 
     def sample(logits, t, done):
         keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
@@ -75,7 +79,7 @@ def _generate(
         return token, done | (token == eos_id)
 
     no_row_done = jnp.zeros(prompt.shape[0], bool)
-    first, done = sample(logits[:, -1], 0, no_row_done)
+    first, done = sample(logits, 0, no_row_done)
 
     def step(carry, t):
         token, done, state = carry
@@ -112,17 +116,34 @@ def generate(
     active)`` runs on the host after each step with that step's int32 (B,) tokens and bool (B,)
     ``active`` (the token belongs to the row's output), in order. Returns :class:`Generation`.
     """
+    args, static = _program_inputs(
+        model, prompts, max_new_tokens, key, temperature, top_k, top_p, eos_id, prompt_lengths, callback
+    )
+    if max_new_tokens == 0:
+        batch = args[2].shape[0]
+        return Generation(jnp.zeros((batch, 0), jnp.int32), jnp.zeros(batch, jnp.int32))
+    return generation_program(*args, **static)
+
+
+def generation_inputs(model: nnx.Module, prompts, max_new_tokens: int, **options) -> tuple[tuple, dict]:
+    """``(args, static)`` such that ``generation_program(*args, **static)`` is what ``generate(model,
+    prompts, max_new_tokens, **options)`` runs (for ``max_new_tokens`` >= 1); checks them as generate does."""
+    bound = inspect.signature(generate).bind(model, prompts, max_new_tokens, **options)
+    bound.apply_defaults()
+    return _program_inputs(**bound.arguments)
+
+
+def _program_inputs(model, prompts, max_new_tokens, key, temperature, top_k, top_p, eos_id, prompt_lengths, callback):
+    """generate's arguments checked and laid out as :func:`generation_program` takes them."""
     vocab_size = model.config.vocab_size
     prompt, lengths = _padded_prompts(prompts, prompt_lengths, vocab_size)
     row_keys = _row_keys(key, len(lengths))
     _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_id, vocab_size)
-    if max_new_tokens == 0:
-        return Generation(jnp.zeros((len(lengths), 0), jnp.int32), jnp.zeros(len(lengths), jnp.int32))
     segment_ids = None  # right-aligned: the prompt of row b is segment 1 after a padding segment 0
     if (lengths < prompt.shape[1]).any():
         segment_ids = jnp.asarray(np.arange(prompt.shape[1]) >= prompt.shape[1] - lengths[:, None], jnp.int32)
     graphdef, params = nnx.split(model)
-    return _generate(
+    args = (
         graphdef,
         params,
         jnp.asarray(prompt),
@@ -131,10 +152,8 @@ def generate(
         jnp.float32(temperature),
         jnp.float32(1.0 if top_p is None else top_p),
         jnp.int32(-1 if eos_id is None else eos_id),
-        max_new_tokens=max_new_tokens,
-        top_k=top_k,
-        callback=callback,
     )
+    return args, dict(max_new_tokens=max_new_tokens, top_k=top_k, callback=callback)
 
 
 def _padded_prompts(prompts, prompt_lengths, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""generate(): greedy decoding equals the argmax of full-sequence logits (teacher forcing), top-k and
+"""generate(): greedy decoding equals the argmax of full-sequence logits (teacher forcing), so do the
+draws of greedy and seeded sampling from a last-logit-only prefill, top-k and
 top-p sampling stay inside their sets, ragged batches equal rows generated alone (greedy and seeded
 sampling, list and padded-array forms), per-row EOS stops with lengths, the streaming callback, and
 argument errors before any work. Token comparisons are exact (same tokens)."""
@@ -10,7 +11,7 @@ import pytest
 from flax import nnx
 
 from xlstm_flax.inference import sample_text
-from xlstm_flax.sampling import generate
+from xlstm_flax.sampling import generate, sample_token
 from xlstm_flax.train.data import ByteTokenizer
 
 from .helpers import VOCAB, make_model, random_tokens, small_config
@@ -100,6 +101,22 @@ def test_ragged_batch_equals_rows_generated_alone(model, ragged, temperature):
         np.testing.assert_array_equal(batch.tokens[b], alone.tokens[0], err_msg=f"row {b} (length {len(row)})")
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_last_logit_prefill_draws_what_full_sequence_logits_draw(model, ragged, temperature):
+    """generate's prefill takes logits at the last prompt position only; every token of a ragged batch
+    (greedy and seeded sampling) is the draw that row b's key at step t makes from the full-sequence
+    logits ``model(row)[:, -1]`` of the row alone, prompt plus the tokens before it."""
+    key = jax.random.key(12)
+    out = generate(model, ragged, NEW, key=key, temperature=temperature)
+    row_keys = jax.random.split(key, len(ragged))
+    for b, row in enumerate(ragged):
+        tokens = jnp.concatenate([jnp.asarray(row, jnp.int32), out.tokens[b]])[None]
+        logits = logits_of(model, tokens)[0, len(row) - 1 : -1]  # (NEW, V): the logits each token was drawn from
+        step_keys = jax.vmap(jax.random.fold_in, (None, 0))(row_keys[b], jnp.arange(NEW))
+        expected = sample_token(logits, step_keys, jnp.float32(temperature), None)
+        np.testing.assert_array_equal(out.tokens[b], expected, err_msg=f"row {b} (length {len(row)})")
+
+
 def test_rows_stop_at_eos_with_their_lengths(model, ragged):
     """eos_id = a token that row 0 produces at step 2: each row ends at its first EOS (length counts
     it, later positions hold eos_id); rows without it run to max_new_tokens."""
@@ -160,6 +177,6 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_raise_before_any_work(model, args, kwargs, match, monkeypatch):
     import xlstm_flax.sampling as sampling
 
-    monkeypatch.setattr(sampling, "_generate", None)  # any work would fail with a TypeError
+    monkeypatch.setattr(sampling, "generation_program", None)  # any work would fail with a TypeError
     with pytest.raises(ValueError, match=match):
         generate(model, *args, **{"key": jax.random.key(0), **kwargs})
