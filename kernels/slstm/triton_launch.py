@@ -112,20 +112,21 @@ def _launch(kernel, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dty
     return outputs
 
 
-def slstm_fw(pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning) -> States:
-    """pre (B, S, 4, NH, DH) fp32 -> every state: :class:`States` of (B, S + 1, NH, DH) fp32 histories,
-    slot 0 = ``initial`` and slot t + 1 = the state after step t."""
+def slstm_fw(pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning) -> tuple[jax.Array, States]:
+    """pre (B, S, 4, NH, DH) fp32 -> (g (B, S, 4, NH, DH) fp32, every step's full gate pre-activations
+    ``pre + h_{t-1} R``; every state: :class:`States` of (B, S + 1, NH, DH) fp32 histories, slot 0 =
+    ``initial`` and slot t + 1 = the state after step t)."""
     B, S, NH, DH = dims
     history = jax.ShapeDtypeStruct((B, S + 1, NH, DH), jnp.float32)
-    out = _launch(
+    g, *out = _launch(
         triton_kernels.slstm_fw_kernel,
         (pre, recurrent_kernel, *initial),
-        (history,) * 4,
+        (jax.ShapeDtypeStruct(pre.shape, jnp.float32),) + (history,) * 4,
         dims,
         tuning,
         recurrent_kernel.dtype,
     )
-    return States(*out)
+    return g, States(*out)
 
 
 def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims: Dims, tuning: Tuning):
@@ -146,3 +147,32 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
     )
     dg, *d_initial = _launch(triton_kernels.slstm_bw_kernel, inputs, out_shape, dims, tuning, recurrent_kernel.dtype)
     return dg, States(*d_initial)
+
+
+DR_BLOCK_N = 32  # (b, t) rows per tl.dot of the recurrent kernel's gradient
+DR_BLOCK = 64  # its output tiles (DH padded if smaller)
+
+
+def slstm_dr(h_history, dg, recurrent_kernel, dims: Dims) -> jax.Array:
+    """The recurrent kernel's gradient: h_history (B, S + 1, NH, DH) fp32 from :func:`slstm_fw`, dg
+    (B, S, 4, NH, DH) fp32 from :func:`slstm_bw` -> (4, NH, DH, DH) fp32 (h rounded to R's dtype, like
+    the forward's product; fp32 accumulation)."""
+    B, S, NH, DH = dims
+    block = min(DR_BLOCK, padded_dim(DH))
+    return launch.triton_call(
+        h_history,
+        dg,
+        recurrent_kernel,
+        kernel=triton_kernels.slstm_dr_kernel,
+        out_shape=jax.ShapeDtypeStruct(recurrent_kernel.shape, jnp.float32),
+        grid=(cdiv(DH, block), cdiv(DH, block), 4 * NH),
+        num_warps=4,
+        num_stages=2,
+        B=B,
+        S=S,
+        NH=NH,
+        DH=DH,
+        BLOCK_N=DR_BLOCK_N,
+        BLOCK_D=block,
+        BLOCK_E=block,
+    )
