@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel, initial_states
-from xlstm_flax.kernels.slstm.reference import cell_step
+from xlstm_flax.kernels.slstm.reference import cell_step, widened
 
 from ..sharding import param
 from .config import sLSTMLayerConfig
@@ -34,12 +34,13 @@ class sLSTMState(NamedTuple):
 
 def _scan_with_resets(recurrent_kernel, initial: States, fresh: States, pre, segment_ids):
     """pre (B, S, 4, NH, DH) -> (h (B, S, NH, DH), last :class:`States`); the carry becomes ``fresh``
-    (the zero state) at every segment start."""
+    (the zero state) at every segment start. Closes over R widened to fp32 (reference.py says why)."""
+    wide = widened(recurrent_kernel)
 
     def step(carry, inputs):
         pre_t, reset = inputs
         carry = States(*(jnp.where(reset[:, None, None], f, c) for f, c in zip(fresh, carry)))
-        new = cell_step(recurrent_kernel, carry, pre_t)
+        new = cell_step(wide, carry, pre_t, recurrent_kernel.dtype)
         return new, new.h
 
     last, hs = jax.lax.scan(step, initial, (pre.swapaxes(0, 1), segment_starts(segment_ids).T))
