@@ -46,7 +46,7 @@ def test_triton_slstm_matches_reference_on_gpu(case):
 def test_split_that_cannot_be_resident_is_refused():
     args = make_inputs(0, 64, 4, 8, 64)
     with pytest.raises(ValueError, match="split=32 launches 1024 programs"):
-        get_slstm_kernel("recurrent--triton")(args[0], args[1], split=32)
+        get_slstm_kernel("recurrent--triton")(args[0], args[1], split=32, block_b=16)
 
 
 def _layer_outputs_and_gradients(kernel: str, x, weights):
