@@ -17,7 +17,7 @@ from tests.kernels.compare import assert_close
 from tests.kernels.slstm_checks import case_id, check_triton_case, make_inputs
 from tests.model.helpers import perturb_params
 from xlstm_flax.kernels.registry import triton_usable
-from xlstm_flax.kernels.slstm import get_slstm_kernel
+from xlstm_flax.kernels.slstm import get_slstm_kernel, resolve_slstm_kernel_name
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
 pytestmark = pytest.mark.gpu
@@ -71,3 +71,7 @@ def test_bf16_layer_with_triton_kernel_matches_scan_layer():
     assert_close(y, y_ref, 3e-2, "y")
     for (path, g), g_ref in zip(jax.tree.leaves_with_path(grads), jax.tree.leaves(grads_ref)):
         assert_close(g, g_ref, 3e-2, f"grad {jax.tree_util.keystr(path)}")
+
+
+def test_auto_runs_the_triton_kernel_on_a_gpu():
+    assert resolve_slstm_kernel_name("auto") == "recurrent--triton"
