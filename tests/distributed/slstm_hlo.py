@@ -15,21 +15,15 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from tests.distributed.hlo import GATHER
-from xlstm_flax import distributed
+from tests.distributed.hlo import BATCH, HEADS, SEQ, WIDTH, loss_and_gathers
 from xlstm_flax.kernels import slstm
 from xlstm_flax.kernels.slstm.reference import slstm_scan
 from xlstm_flax.layers import slstm as slstm_layer
 from xlstm_flax.layers.config import sLSTMLayerConfig
 from xlstm_flax.model import xLSTMLMConfig
-from xlstm_flax.train.loop import cross_entropy
-from xlstm_flax.train.recipe import RunConfig, TrainConfig
-from xlstm_flax.train.state import init_train_state
 
 KERNEL = "recurrent--hostcallback"
-BATCH, SEQ, HEADS, WIDTH = 8, 16, 4, 32
 seen_shapes = []
 
 
@@ -51,24 +45,14 @@ def host_kernel(pre, recurrent_kernel, initial):
 
 def main() -> dict:
     layer = sLSTMLayerConfig(num_heads=HEADS, kernel=KERNEL)
-    model = xLSTMLMConfig(vocab_size=64, embedding_dim=WIDTH, num_blocks=1, slstm_at=(0,), slstm=layer)
-    config = RunConfig(model=model, train=TrainConfig(batch_size=BATCH, seq_len=SEQ))
-    mesh = distributed.make_mesh(distributed.DistributedConfig(data=2, tensor=4))
-    graphdef, rest, state = init_train_state(config, mesh)
-
-    def loss_fn(params, tokens):
-        return cross_entropy(nnx.merge(graphdef, params, rest)(tokens[:, :-1]), tokens[:, 1:])
-
-    tokens = np.random.default_rng(0).integers(0, 64, (BATCH, SEQ + 1), dtype=np.int32)
-    batch = distributed.global_batch(tokens, mesh, BATCH)
-    with jax.set_mesh(mesh):
-        compiled = jax.jit(loss_fn).lower(state["params"], batch).compile()
-        loss = float(compiled(state["params"], batch))
+    loss, gathers = loss_and_gathers(
+        xLSTMLMConfig(vocab_size=64, embedding_dim=WIDTH, num_blocks=1, slstm_at=(0,), slstm=layer)
+    )
     dh = WIDTH // HEADS
     return {
         "loss": loss,
         "kernel_pre_shapes": [list(s) for s in sorted(set(seen_shapes))],
-        "all_gather_shapes": [[int(d) for d in dims.split(",") if d] for dims in GATHER.findall(compiled.as_text())],
+        "all_gather_shapes": gathers,
         "global_shapes": {
             "pre": [BATCH, SEQ, 4, HEADS, dh],
             "h": [BATCH, SEQ, HEADS, dh],
