@@ -2,7 +2,7 @@
 step, and one decoding step of an sLSTM vs an mLSTM layer of the same width; writes markdown.
 
     python benchmarks/slstm.py [--tiny] [--kernels recurrent--jax,recurrent--triton] [--splits 1,4,8]
-        [--skip kernel,layer,train,decode] [--out FILE]
+        [--tunings "split=4;split=8,num_warps=8"] [--skip kernel,layer,train,decode] [--out FILE]
 
 Full size (one H100/H200): sLSTM layer at B=16, S=2048, D=1024, 4 heads, bf16 compute with fp32
 params (the kernel alone on its fp32 gate inputs, and the whole layer: gate projections, conv, group
@@ -11,7 +11,8 @@ and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto" (t
 their default kernel); decoding step at B=16, D=1024. ``--tiny`` runs the same at B=2, S=16, D=64
 (layer), the "tiny" preset with and without its sLSTM block (step), on any machine. ``--splits``: extra
 kernel rows of "recurrent--triton" with its ``split`` option (programs per head, tiles of
-min(64, DH / split) columns).
+min(64, DH / split) columns); ``--tunings``: extra kernel rows of "recurrent--triton" with any of its
+tuning keywords (sets separated by ";", keywords by ","; the rest at their defaults).
 Training-step MFU counts 6 N FLOP per token (N = parameters) against a 989 TFLOP/s bf16 peak
 (H100/H200 SXM dense). A row that fails (no GPU for Triton, out of memory) holds its error.
 """
@@ -64,6 +65,21 @@ def split_options(splits, DH: int) -> list[dict]:
     """Triton options for each split > 1: tiles of min(64, DH / split) columns."""
     tile = [min(64, max(16, DH // n)) for n in splits]
     return [dict(split=n, block_dh=t, block_k=t) for n, t in zip(splits, tile) if n > 1]
+
+
+def parse_tunings(text: str) -> list[dict]:
+    """ "split=4;split=8,num_warps=8" -> [{"split": 4}, {"split": 8, "num_warps": 8}] (ValueError naming a
+    malformed item)."""
+    tunings = []
+    for group in filter(None, text.split(";")):
+        options = {}
+        for item in group.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or not value.strip().isdigit():
+                raise ValueError(f"--tunings: expected key=int, got {item!r}")
+            options[key.strip()] = int(value)
+        tunings.append(options)
+    return tunings
 
 
 def _kernel_ms(name: str, options: dict, mode: str, input_sets) -> float:
@@ -189,16 +205,19 @@ def main(argv=None) -> str:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes that run on a CPU")
     parser.add_argument("--kernels", default="recurrent--jax,recurrent--triton", help="sLSTM kernel names")
     parser.add_argument("--splits", default="", help="comma-separated Triton split values for extra kernel rows")
+    parser.add_argument("--tunings", default="", help='extra Triton kernel rows, e.g. "split=4;split=8,num_warps=8"')
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: kernel,layer,train,decode")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
+    tunings = parse_tunings(args.tunings)
     size = TINY if args.tiny else FULL
     B, S, D, heads = size["B"], size["S"], size["D"], size["heads"]
     names, skip = args.kernels.split(","), set(filter(None, args.skip.split(",")))
     sections = []
     if not {"kernel", "layer"} <= skip:
         splits = [int(n) for n in filter(None, args.splits.split(","))]
-        kernels = [(n, {}) for n in names] + [("recurrent--triton", o) for o in split_options(splits, D // heads)]
+        extra = split_options(splits, D // heads) + tunings
+        kernels = [(n, {}) for n in names] + [("recurrent--triton", o) for o in extra]
         rows = ([] if "kernel" in skip else kernel_rows(kernels, B, S, D, heads)) + (
             [] if "layer" in skip else layer_rows(names, B, S, D, heads)
         )

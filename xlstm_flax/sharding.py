@@ -98,20 +98,41 @@ def per_device_over_heads(fn: Callable, kernel_name: str, batch_only: Sequence[i
     communication); the positional arguments ``batch_only`` (arrays (B, ...) without a head axis, such
     as segment ids) are split over the batch only. ``fn`` itself without such a mesh or on one device;
     ``kernel_name`` names the kernel in the error for a batch or head count the mesh does not divide."""
+    return per_device_at(fn, kernel_name, lambda n: (0, None) if n in batch_only else (0, 1), lambda spec: spec(0, 1))
+
+
+def split_spec(batch_axis: int | None, head_axis: int | None) -> PartitionSpec:
+    """Splits dimension ``batch_axis`` over data x fsdp and ``head_axis`` over tensor (None: neither)."""
+    dims = [None] * (max(a for a in (batch_axis, head_axis, -1) if a is not None) + 1)
+    if batch_axis is not None:
+        dims[batch_axis] = BATCH_AXES
+    if head_axis is not None:
+        dims[head_axis] = TENSOR
+    return PartitionSpec(*dims)
+
+
+def per_device_at(
+    fn: Callable,
+    kernel_name: str,
+    in_axes: Callable[[int], tuple[int | None, int | None]],
+    out_specs: Callable[[Callable], Any],
+) -> Callable:
+    """:func:`per_device_over_heads` for any layout: ``in_axes(n)`` gives positional argument n's (batch
+    axis, head axis) (the first argument has both), ``out_specs(split_spec)`` the shard_map out_specs."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names) or mesh.size == 1:
         return fn
     batch_split = mesh.shape[DATA] * mesh.shape[FSDP]
-    spec = PartitionSpec(BATCH_AXES, TENSOR)
 
     def checked(*args):
-        batch, heads = args[0].shape[:2]
+        batch_axis, head_axis = in_axes(0)
+        batch, heads = args[0].shape[batch_axis], args[0].shape[head_axis]
         if batch % batch_split or heads % mesh.shape[TENSOR]:
             raise ValueError(
                 f"kernel {kernel_name}: batch {batch} must be divisible by "
                 f"data x fsdp = {batch_split} and heads {heads} by tensor = {mesh.shape[TENSOR]}"
             )
-        in_specs = tuple(PartitionSpec(BATCH_AXES) if n in batch_only else spec for n in range(len(args)))
-        return jax.shard_map(fn, in_specs=in_specs, out_specs=spec, check_vma=False)(*args)
+        in_specs = tuple(split_spec(*in_axes(n)) for n in range(len(args)))
+        return jax.shard_map(fn, in_specs=in_specs, out_specs=out_specs(split_spec), check_vma=False)(*args)
 
     return checked

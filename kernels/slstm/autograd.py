@@ -1,12 +1,11 @@
 """Registry entry ``"recurrent--triton"``: the fused Triton sLSTM (triton_launch.py) behind the sLSTM
 calling convention, with an exact backward in ``jax.custom_vjp``.
 
-The forward kernel stores every state (c, n, m, h per step, fp32). The backward recomputes the full
-gate pre-activations ``g = pre + h_{t-1} R`` for all steps at once (one batched matmul, parallel over
-time), runs the reverse-time kernel for ``dg`` and the initial state's cotangents, and forms the
-recurrent kernel's gradient ``sum_t h_{t-1}^T dg_t`` as one fp32-accumulated matmul; with fp32 R both
-matmuls run at full fp32 precision (no TF32), like the kernels' 3xTF32 dots. Gradients equal autodiff
-of the scan (reference.py), including the stabiliser's path.
+The forward kernel stores every state (c, n, m, h per step, fp32) and every step's full gate
+pre-activations ``g = pre + h_{t-1} R``. The backward runs the reverse-time kernel for ``dg`` and the
+initial state's cotangents, then a third kernel for the recurrent kernel's gradient
+``sum_t h_{t-1}^T dg_t`` (parallel over time, 3xTF32 products, fp32 accumulation): no XLA matmul in the
+backward. Gradients equal autodiff of the scan (reference.py), including the stabiliser's path.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import jax.numpy as jnp
 from ..triton import launch
 from . import triton_launch
 from .common import States, check_inputs
-from .reference import recurrent_product
 
 KERNEL_NAME = "recurrent--triton"
 
@@ -38,8 +36,8 @@ def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | 
 
 
 def _forward(pre, recurrent_kernel, initial, config):
-    history = triton_launch.slstm_fw(pre, recurrent_kernel, initial, *config)
-    return history, (history.h[:, 1:], States(*(x[:, -1] for x in history)))
+    g, history = triton_launch.slstm_fw(pre, recurrent_kernel, initial, *config)
+    return (g, history), (history.h[:, 1:], States(*(x[:, -1] for x in history)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -48,18 +46,15 @@ def _slstm(pre, recurrent_kernel, initial, config):  # config: (Dims, Tuning)
 
 
 def _slstm_fwd(pre, recurrent_kernel, initial, config):
-    history, outputs = _forward(pre, recurrent_kernel, initial, config)
-    return outputs, (pre, recurrent_kernel, history)
+    (g, history), outputs = _forward(pre, recurrent_kernel, initial, config)
+    return outputs, (g, recurrent_kernel, history)
 
 
 def _slstm_bwd(config, residuals, cotangents):
-    pre, recurrent_kernel, history = residuals
+    g, recurrent_kernel, history = residuals
     dh_seq, d_last = cotangents
-    precision = jax.lax.Precision.HIGHEST if recurrent_kernel.dtype == jnp.float32 else None
-    h_prev = history.h[:, :-1]  # (B, S, NH, DH): the h each step's gates saw
-    g = pre + recurrent_product(h_prev, recurrent_kernel, precision)
     dg, d_initial = triton_launch.slstm_bw(g, recurrent_kernel, history, dh_seq, States(*d_last), *config)
-    d_recurrent = jnp.einsum("bshd,bsghe->ghde", h_prev, dg, precision=precision, preferred_element_type=jnp.float32)
+    d_recurrent = triton_launch.slstm_dr(history.h, dg, recurrent_kernel, config[0])
     return dg, d_recurrent.astype(recurrent_kernel.dtype), d_initial
 
 

@@ -73,12 +73,12 @@ def _copy_state(
 @triton.jit
 def slstm_fw_kernel(
     pre, R, c0, n0, m0, h0,  # inputs
-    c_all, n_all, m_all, h_all, sync,  # outputs
+    g_all, c_all, n_all, m_all, h_all, sync,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state stored (the backward needs
-    them)."""
+    """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state and every step's full gate
+    pre-activations ``g_all`` (like ``pre``) stored (the backward needs them)."""
     col0, head = tl.program_id(0) * COLS, tl.program_id(2)
     group = tl.program_id(1) * NH + head
     offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -116,6 +116,10 @@ def slstm_fw_kernel(
                 g_o += tl.dot(
                     h, tl.load(R + 3 * NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
                 )
+            tl.store(g_all + gates + offs_e[None, :], g_i, mask=mask)
+            tl.store(g_all + gates + NH * DH + offs_e[None, :], g_f, mask=mask)
+            tl.store(g_all + gates + 2 * NH * DH + offs_e[None, :], g_z, mask=mask)
+            tl.store(g_all + gates + 3 * NH * DH + offs_e[None, :], g_o, mask=mask)
             c = tl.load(c_all + prev + offs_e[None, :], mask=mask, other=0.0)
             n = tl.load(n_all + prev + offs_e[None, :], mask=mask, other=0.0)
             m = tl.load(m_all + prev + offs_e[None, :], mask=mask, other=0.0)
@@ -224,4 +228,35 @@ def slstm_bw_kernel(
                     acc += tl.dot(d, rt, input_precision=DOT_PRECISION)
             tl.store(dh0 + running + offs_k[None, :], acc, mask=mask_b[:, None] & mask_k[None, :])
         tl.debug_barrier()  # the next phase A reads only this program's columns of dh0
+# fmt: on
+
+
+# fmt: off
+@triton.jit
+def slstm_dr_kernel(
+    h_all, dg, R, dR,  # inputs h_all (B, S + 1, NH, DH), dg (B, S, 4, NH, DH), R (for its dtype); output fp32
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    """Grid (row tiles of R, column tiles of R, 4 * NH): the recurrent kernel's gradient
+    ``dR[gate, head] = sum over (b, t) of h_{t-1}^T dg_t[gate]``, h rounded to R's dtype (as in the forward's
+    product) and dg fp32, every product at about fp32 accuracy (3xTF32) into an fp32
+    accumulator; parallel over time, BLOCK_N (b, t) rows per tl.dot."""
+    gate, head = tl.program_id(2) // NH, tl.program_id(2) % NH
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_d, mask_e = offs_d < DH, offs_e < DH
+    acc = tl.zeros((BLOCK_D, BLOCK_E), tl.float32)
+    for n0 in range(0, B * S, BLOCK_N):
+        rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)  # row b * S + t
+        mask_n = rows < B * S
+        h_rows = ((rows // S) * (S + 1) + rows % S) * NH + head  # slot t of h_all: h_{t-1}
+        h_t = tl.load(h_all + h_rows[None, :] * DH + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :],
+                      other=0.0)  # (BLOCK_D, BLOCK_N): h_{t-1}^T
+        h_t = h_t.to(R.dtype.element_ty).to(tl.float32)
+        d = tl.load(dg + ((rows[:, None] * 4 + gate) * NH + head) * DH + offs_e[None, :],
+                    mask=mask_n[:, None] & mask_e[None, :], other=0.0)
+        acc += tl.dot(h_t, d, input_precision="tf32x3")
+    r_offs = ((gate * NH + head) * DH + offs_d[:, None]) * DH + offs_e[None, :]
+    tl.store(dR + r_offs, acc, mask=mask_d[:, None] & mask_e[None, :])
 # fmt: on

@@ -15,13 +15,23 @@ import jax
 import jax.numpy as jnp
 
 from ..triton import launch
-from ..triton.shared import MIN_BLOCK, cdiv, check_int_range, check_power_of_two, dot_precision, padded_dim
+from ..triton.shared import (
+    MIN_BLOCK,
+    cdiv,
+    check_int_range,
+    check_power_of_two,
+    dot_precision,
+    next_pow2,
+    padded_dim,
+)
 from . import triton_kernels
 from .common import Dims, States
 
 TRITON_RECURRENT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 MAX_BLOCK_B = 128
 MAX_SPLIT = 32
+DEFAULT_MAX_BLOCK_B = 64
+DEFAULT_MAX_SPLIT = 8  # H200, DH = 256 (2026-12-02): split 4 and 8 equally fast, 2.8x the scan's fw+bw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,35 +55,68 @@ class Tuning:
 def resolve_tuning(
     name: str, dims: Dims, block_b=None, block_dh=None, block_k=None, split=None, num_warps=None, num_stages=None
 ) -> Tuning:
-    """Fills ``None`` choices with the defaults (16 rows, 64-wide tiles or DH padded if smaller, split 1,
-    4 warps, 2 stages) and checks every rule (ValueError naming the kernel and the option)."""
-    dh_pad = padded_dim(dims.DH)
-    tuning = Tuning(
-        block_b=MIN_BLOCK if block_b is None else block_b,
-        block_dh=min(64, dh_pad) if block_dh is None else block_dh,
-        block_k=min(64, dh_pad) if block_k is None else block_k,
-        split=1 if split is None else split,
-        num_warps=4 if num_warps is None else num_warps,
-        num_stages=2 if num_stages is None else num_stages,
-    )
+    """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count) and checks every
+    rule (ValueError naming the kernel and the option)."""
+    sms = jax.devices("gpu")[0].core_count if launch.gpu_visible() else None
+    given = dict(block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps)
+    try:  # the defaults divide by these
+        if split is not None:
+            check_int_range("split", split, 1, MAX_SPLIT)
+        if block_b is not None:
+            check_power_of_two("block_b", block_b, MIN_BLOCK, MAX_BLOCK_B)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    tuning = default_tuning(dims, sms, **{k: v for k, v in given.items() if v is not None})
+    if num_stages is not None:
+        tuning = dataclasses.replace(tuning, num_stages=num_stages)
     try:
         check_power_of_two("block_b", tuning.block_b, MIN_BLOCK, MAX_BLOCK_B)
-        check_power_of_two("block_dh", tuning.block_dh, MIN_BLOCK, dh_pad)
-        check_power_of_two("block_k", tuning.block_k, MIN_BLOCK, dh_pad)
+        check_power_of_two("block_dh", tuning.block_dh, MIN_BLOCK, padded_dim(dims.DH))
+        check_power_of_two("block_k", tuning.block_k, MIN_BLOCK, padded_dim(dims.DH))
         check_power_of_two("num_warps", tuning.num_warps, 1, 16)
         check_int_range("num_stages", tuning.num_stages, 1, 8)
         check_int_range("split", tuning.split, 1, MAX_SPLIT)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    if tuning.split > 1 and launch.gpu_visible():
-        _check_resident(name, tuning, dims)
+    if tuning.split > 1 and sms is not None:
+        _check_resident(name, tuning, dims, sms)
     return tuning
 
 
-def _check_resident(name: str, tuning: Tuning, dims: Dims) -> None:
+def default_tuning(dims: Dims, sms: int | None, **given) -> Tuning:
+    """``given`` choices (unchecked) completed by the defaults: ``block_b`` the batch rounded up to a power
+    of two in [16, 64]; ``split`` (only with a GPU of ``sms`` SMs, else 1: the interpreter runs one
+    program at a time) the largest power of two <= DEFAULT_MAX_SPLIT that keeps split x batch blocks x
+    heads <= sms and >= 32 columns (and the given tiles) per program; tiles of min(64, DH padded /
+    split) columns; 4 warps, 2 stages."""
+    dh_pad = padded_dim(dims.DH)
+    block_b = given.get("block_b", min(DEFAULT_MAX_BLOCK_B, max(MIN_BLOCK, next_pow2(dims.B))))
+    split = given.get("split")
+    if split is None:
+        groups = cdiv(dims.B, block_b) * dims.NH
+        columns = max(32, given.get("block_dh", 0), given.get("block_k", 0))  # the fewest per program
+        split = 1
+        while (
+            sms is not None
+            and split < DEFAULT_MAX_SPLIT
+            and 2 * split * groups <= sms
+            and dh_pad // (2 * split) >= columns
+        ):
+            split *= 2
+    tile = max(MIN_BLOCK, min(64, dh_pad // split))
+    return Tuning(
+        block_b=block_b,
+        block_dh=given.get("block_dh", tile),
+        block_k=given.get("block_k", tile),
+        split=split,
+        num_warps=given.get("num_warps", 4),
+        num_stages=given.get("num_stages", 2),
+    )
+
+
+def _check_resident(name: str, tuning: Tuning, dims: Dims, sms: int) -> None:
     """split > 1: the programs of a group wait for each other, so every program must run at once."""
     programs = math.prod(tuning.grid(dims))
-    sms = jax.devices("gpu")[0].core_count
     if programs > sms:
         raise ValueError(
             f"{name}: split={tuning.split} launches {programs} programs (split x batch blocks x heads) but the "
@@ -112,20 +155,21 @@ def _launch(kernel, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dty
     return outputs
 
 
-def slstm_fw(pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning) -> States:
-    """pre (B, S, 4, NH, DH) fp32 -> every state: :class:`States` of (B, S + 1, NH, DH) fp32 histories,
-    slot 0 = ``initial`` and slot t + 1 = the state after step t."""
+def slstm_fw(pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning) -> tuple[jax.Array, States]:
+    """pre (B, S, 4, NH, DH) fp32 -> (g (B, S, 4, NH, DH) fp32, every step's full gate pre-activations
+    ``pre + h_{t-1} R``; every state: :class:`States` of (B, S + 1, NH, DH) fp32 histories, slot 0 =
+    ``initial`` and slot t + 1 = the state after step t)."""
     B, S, NH, DH = dims
     history = jax.ShapeDtypeStruct((B, S + 1, NH, DH), jnp.float32)
-    out = _launch(
+    g, *out = _launch(
         triton_kernels.slstm_fw_kernel,
         (pre, recurrent_kernel, *initial),
-        (history,) * 4,
+        (jax.ShapeDtypeStruct(pre.shape, jnp.float32),) + (history,) * 4,
         dims,
         tuning,
         recurrent_kernel.dtype,
     )
-    return States(*out)
+    return g, States(*out)
 
 
 def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims: Dims, tuning: Tuning):
@@ -146,3 +190,32 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
     )
     dg, *d_initial = _launch(triton_kernels.slstm_bw_kernel, inputs, out_shape, dims, tuning, recurrent_kernel.dtype)
     return dg, States(*d_initial)
+
+
+DR_BLOCK_N = 32  # (b, t) rows per tl.dot of the recurrent kernel's gradient
+DR_BLOCK = 64  # its output tiles (DH padded if smaller)
+
+
+def slstm_dr(h_history, dg, recurrent_kernel, dims: Dims) -> jax.Array:
+    """The recurrent kernel's gradient: h_history (B, S + 1, NH, DH) fp32 from :func:`slstm_fw`, dg
+    (B, S, 4, NH, DH) fp32 from :func:`slstm_bw` -> (4, NH, DH, DH) fp32 (h rounded to R's dtype, like
+    the forward's product; fp32 accumulation)."""
+    B, S, NH, DH = dims
+    block = min(DR_BLOCK, padded_dim(DH))
+    return launch.triton_call(
+        h_history,
+        dg,
+        recurrent_kernel,
+        kernel=triton_kernels.slstm_dr_kernel,
+        out_shape=jax.ShapeDtypeStruct(recurrent_kernel.shape, jnp.float32),
+        grid=(cdiv(DH, block), cdiv(DH, block), 4 * NH),
+        num_warps=4,
+        num_stages=2,
+        B=B,
+        S=S,
+        NH=NH,
+        DH=DH,
+        BLOCK_N=DR_BLOCK_N,
+        BLOCK_D=block,
+        BLOCK_E=block,
+    )

@@ -46,9 +46,9 @@ def host_kernel(q, k, v, i, f, *, return_last_states=False, eps=1e-6, chunk_size
     return jax.pure_callback(on_host, out, q, k, v, i, f)
 
 
-def main() -> dict:
-    mlstm = mLSTMLayerConfig(num_heads=HEADS, kernel=KERNEL)
-    model = xLSTMLMConfig(vocab_size=64, embedding_dim=WIDTH, num_blocks=1, slstm_at=(), mlstm=mlstm)
+def loss_and_gathers(model: xLSTMLMConfig) -> tuple[float, list[list[int]]]:
+    """The loss of ``model`` compiled and run under the DP x TP mesh, and the shapes of the compiled
+    HLO's all-gathers."""
     config = RunConfig(model=model, train=TrainConfig(batch_size=BATCH, seq_len=SEQ))
     mesh = distributed.make_mesh(distributed.DistributedConfig(data=2, tensor=4))
     graphdef, rest, state = init_train_state(config, mesh)
@@ -61,7 +61,14 @@ def main() -> dict:
     with jax.set_mesh(mesh):
         compiled = jax.jit(loss_fn).lower(state["params"], batch).compile()
         loss = float(compiled(state["params"], batch))
-    gathers = [[int(d) for d in dims.split(",") if d] for dims in GATHER.findall(compiled.as_text())]
+    return loss, [[int(d) for d in dims.split(",") if d] for dims in GATHER.findall(compiled.as_text())]
+
+
+def main() -> dict:
+    mlstm = mLSTMLayerConfig(num_heads=HEADS, kernel=KERNEL)
+    loss, gathers = loss_and_gathers(
+        xLSTMLMConfig(vocab_size=64, embedding_dim=WIDTH, num_blocks=1, slstm_at=(), mlstm=mlstm)
+    )
     global_shapes = {
         "q": [BATCH, HEADS, SEQ, mlstm.qk_dim(WIDTH) // HEADS],
         "v": [BATCH, HEADS, SEQ, mlstm.v_dim(WIDTH) // HEADS],

@@ -17,7 +17,7 @@ from tests.kernels.compare import assert_close
 from tests.kernels.slstm_checks import case_id, check_triton_case, make_inputs
 from tests.model.helpers import perturb_params
 from xlstm_flax.kernels.registry import triton_usable
-from xlstm_flax.kernels.slstm import get_slstm_kernel
+from xlstm_flax.kernels.slstm import get_slstm_kernel, resolve_slstm_kernel_name
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
 pytestmark = pytest.mark.gpu
@@ -46,7 +46,7 @@ def test_triton_slstm_matches_reference_on_gpu(case):
 def test_split_that_cannot_be_resident_is_refused():
     args = make_inputs(0, 64, 4, 8, 64)
     with pytest.raises(ValueError, match="split=32 launches 1024 programs"):
-        get_slstm_kernel("recurrent--triton")(args[0], args[1], split=32)
+        get_slstm_kernel("recurrent--triton")(args[0], args[1], split=32, block_b=16)
 
 
 def _layer_outputs_and_gradients(kernel: str, x, weights):
@@ -71,3 +71,7 @@ def test_bf16_layer_with_triton_kernel_matches_scan_layer():
     assert_close(y, y_ref, 3e-2, "y")
     for (path, g), g_ref in zip(jax.tree.leaves_with_path(grads), jax.tree.leaves(grads_ref)):
         assert_close(g, g_ref, 3e-2, f"grad {jax.tree_util.keystr(path)}")
+
+
+def test_auto_runs_the_triton_kernel_on_a_gpu():
+    assert resolve_slstm_kernel_name("auto") == "recurrent--triton"

@@ -17,7 +17,7 @@ skip_module_unless_lowerable()
 from xlstm_flax.kernels.slstm import get_slstm_kernel  # noqa: E402
 from xlstm_flax.kernels.triton import launch  # noqa: E402
 
-SLSTM_KERNELS = (b"slstm_fw_kernel", b"slstm_bw_kernel")
+SLSTM_KERNELS = (b"slstm_fw_kernel", b"slstm_bw_kernel", b"slstm_dr_kernel")
 
 
 def _shapes(dtype, B, S, NH, DH):

@@ -7,13 +7,16 @@ launcher (``launch.set_interpreter_runner``):
 * numpy buffers are host memory already, so the interpreter's copy to/from the host (done through
   torch's storage API, absent here) becomes a pass-through;
 * bf16 ``tl.dot`` operands are stored as raw uint16 bits and would be multiplied as integers: they are
-  widened to fp32 first (casts to bf16 still truncate, so bf16 tolerances differ from the GPU's);
+  widened to fp32 first;
+* the interpreter's fp32 -> bf16 casts truncate; they round to nearest even instead, like the GPU's
+  (a truncated h moved the sLSTM gates by a bf16 ulp and flipped the stabiliser's max near ties);
 * an autotuned kernel fails with several configs ("0 active drivers"): every config is run and its
   outputs must agree with the first config's.
 """
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import triton
 import triton.language as tl
@@ -59,11 +62,22 @@ def _create_dot_widening_bf16(self, a, b, d, input_precision, max_num_imprecise_
     return _original_create_dot(self, _widen_bf16(a), _widen_bf16(b), d, input_precision, max_num_imprecise_acc)
 
 
+_original_cast = interpreter.InterpreterBuilder.cast_impl
+
+
+def _cast_rounding_bf16_to_nearest(self, src, dst_type):
+    if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+        rounded = src.data.astype(ml_dtypes.bfloat16).view(np.uint16)
+        return interpreter.TensorHandle(rounded, tl.bfloat16)
+    return _original_cast(self, src, dst_type)
+
+
 def install() -> None:
     """Patches the interpreter (idempotent) and installs the runner into the launcher."""
     interpreter.GridExecutor._init_args_hst = _args_pass_through
     interpreter.GridExecutor._restore_args_dev = _restore_nothing
     interpreter.InterpreterBuilder.create_dot = _create_dot_widening_bf16
+    interpreter.InterpreterBuilder.cast_impl = _cast_rounding_bf16_to_nearest
     launch.set_interpreter_runner(run_interpreted)
 
 

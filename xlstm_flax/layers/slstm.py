@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel, initial_states
-from xlstm_flax.kernels.slstm.reference import cell_step
+from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel, initial_states, resolve_slstm_kernel_name
+from xlstm_flax.kernels.slstm.reference import cell_step, widened
 
-from ..sharding import param
+from ..sharding import param, per_device_at
 from .config import sLSTMLayerConfig
 from .conv import CausalConv1d
 from .headwise import HeadwiseLinear
@@ -34,16 +34,33 @@ class sLSTMState(NamedTuple):
 
 def _scan_with_resets(recurrent_kernel, initial: States, fresh: States, pre, segment_ids):
     """pre (B, S, 4, NH, DH) -> (h (B, S, NH, DH), last :class:`States`); the carry becomes ``fresh``
-    (the zero state) at every segment start."""
+    (the zero state) at every segment start. Closes over R widened to fp32 (reference.py says why)."""
+    wide = widened(recurrent_kernel)
 
     def step(carry, inputs):
         pre_t, reset = inputs
         carry = States(*(jnp.where(reset[:, None, None], f, c) for f, c in zip(fresh, carry)))
-        new = cell_step(recurrent_kernel, carry, pre_t)
+        new = cell_step(wide, carry, pre_t, recurrent_kernel.dtype)
         return new, new.h
 
     last, hs = jax.lax.scan(step, initial, (pre.swapaxes(0, 1), segment_starts(segment_ids).T))
     return hs.swapaxes(0, 1), last
+
+
+def _run_kernel(name: str, pre, recurrent_kernel, initial: States):
+    """The sLSTM kernel ``name`` on pre (B, S, 4, NH, DH), R (4, NH, DH, DH) and the initial state; under
+    a device mesh it runs per device on its batch and head shard (:func:`xlstm_flax.sharding.per_device_at`;
+    sLSTM heads are independent)."""
+    kernel = get_slstm_kernel(name)
+    batch_and_heads = ((0, 3), (None, 1))  # pre, R; then the states (B, NH, DH)
+    run = per_device_at(
+        lambda pre, r, *state: kernel(pre, r, States(*state)),
+        resolve_slstm_kernel_name(name),
+        lambda n: batch_and_heads[n] if n < len(batch_and_heads) else (0, 1),
+        lambda spec: (spec(0, 2), spec(0, 1)),  # h (B, S, NH, DH), the last States
+    )
+    hs, last = run(pre, recurrent_kernel, *initial)
+    return hs, States(*last)
 
 
 class sLSTMLayer(nnx.Module):
@@ -118,8 +135,7 @@ class sLSTMLayer(nnx.Module):
             state = self.init_state(x.shape[0])
         pre, conv_state = self._gate_inputs(x, state.conv, segment_ids)
         if segment_ids is None:
-            kernel = get_slstm_kernel(self.config.kernel)
-            hs, last = kernel(pre, self._recurrent_kernel(), States(*state[:4]))
+            hs, last = _run_kernel(self.config.kernel, pre, self._recurrent_kernel(), States(*state[:4]))
         else:
             fresh = initial_states(x.shape[0], self.num_heads, self.head_dim)
             hs, last = _scan_with_resets(self._recurrent_kernel(), States(*state[:4]), fresh, pre, segment_ids)

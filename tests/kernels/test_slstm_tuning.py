@@ -1,0 +1,43 @@
+"""Default tuning of the fused sLSTM kernel (pure function of the shape and the GPU's SM count): the
+split fills but never exceeds the SMs, keeps >= 32 columns per program, and is 1 without a GPU."""
+
+import math
+
+import pytest
+
+from xlstm_flax.kernels.slstm.common import Dims
+from xlstm_flax.kernels.slstm.triton_launch import default_tuning
+
+H200_SMS = 132
+
+
+def test_350m_layer_shape_on_an_h200():
+    tuning = default_tuning(Dims(B=16, S=2048, NH=4, DH=256), H200_SMS)
+    assert (tuning.block_b, tuning.split, tuning.block_dh, tuning.block_k) == (16, 8, 32, 32)
+    assert tuning.columns(256) == 32
+
+
+@pytest.mark.parametrize(
+    "B, NH, DH", [(16, 4, 256), (4, 4, 512), (64, 8, 64), (256, 4, 256), (37, 2, 48), (1000, 16, 128)]
+)
+@pytest.mark.parametrize("sms", [16, 78, 132])
+def test_default_split_fits_the_sms_and_keeps_32_columns(B, NH, DH, sms):
+    dims = Dims(B=B, S=8, NH=NH, DH=DH)
+    tuning = default_tuning(dims, sms)
+    programs = math.prod(tuning.grid(dims))
+    assert tuning.split == 1 or programs <= sms, f"{tuning} launches {programs} programs on {sms} SMs"
+    assert tuning.split == 1 or tuning.columns(DH) >= 32
+    doubled = 2 * programs <= sms and tuning.columns(DH) >= 64
+    assert tuning.split == 8 or not doubled, f"{tuning} leaves SMs idle"
+
+
+def test_without_a_gpu_the_split_is_one_and_given_choices_stay():
+    dims = Dims(B=16, S=8, NH=4, DH=256)
+    assert default_tuning(dims, None).split == 1
+    tuning = default_tuning(dims, H200_SMS, block_b=32, num_warps=8)
+    assert (tuning.block_b, tuning.num_warps, tuning.split) == (32, 8, 8)
+
+
+def test_given_tiles_bound_the_default_split():
+    tuning = default_tuning(Dims(B=16, S=8, NH=4, DH=256), H200_SMS, block_dh=128, block_k=32)
+    assert tuning.split == 2 and tuning.columns(256) == 128
