@@ -6,7 +6,8 @@ below it takes them as given. The custom_vjp's forward saves what the exact back
 initial states, h and the per-step den, m and signed n.(s q)). The backward recomputes the chunk states
 by default, with the forward's exact call (same config), so that XLA can merge the two when forward and
 backward are compiled together; ``save_states=True`` keeps the forward's instead (more memory held
-between forward and backward: fp32 (S / chunk_size + 1) * DHQK * (DHV + 1) per head).
+between forward and backward: (S / chunk_size + 1) * DHQK * (DHV + 1) values per head, C in q's dtype
+by default).
 """
 
 from __future__ import annotations
@@ -111,8 +112,7 @@ def _forward(q, k, v, i, f, c0, n0, m0, resets, options: _Options):
     result = launch_forward(
         q, k, v, i, f, (c0, n0, m0), options.fw_config, options.qk_scale, options.eps, jnp.float32, resets
     )
-    last_states = tuple(x[:, :, -1] for x in result.states)
-    return result, last_states
+    return result, result.states.last()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
