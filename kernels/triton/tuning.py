@@ -156,15 +156,10 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, fused_forward
             num_warps_intra=4,
             num_stages_intra=2,
         )
-    if fused_forward:
-        defaults.update(
-            siz_b_L_parallel=min(64, intra),
-            siz_b_L_loop=min(64, intra),
-            siz_b_DH_parallel=min(64, dhv_pad),
-            siz_b_DH_loop=min(64, dhqk_pad),
-            num_warps_intra=8,
-            num_stages_intra=2,
-        )
+    if fused_forward:  # the parallel kernel's choices, as the fused kernel's tiles (64 everywhere)
+        tiles = ("siz_b_L_parallel", "siz_b_L_loop", "siz_b_DH_parallel", "siz_b_DH_loop")
+        defaults.update({name: min(64, high) for name, high in zip(tiles, (intra, intra, dhv_pad, dhqk_pad))})
+        defaults.update(num_warps_intra=8, num_stages_intra=2)
     return defaults
 
 
