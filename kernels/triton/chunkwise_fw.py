@@ -28,7 +28,7 @@ from .tuning import FwConfig, resolve_fw_config, state_dtype
 class ChunkStates(NamedTuple):
     """The state at every intra-chunk boundary (index 0 = the initial state, NC = S / chunk_size_intra)."""
 
-    matC: jax.Array  # (B, NH, NC+1, DHQK, DHV) fp32, or q's dtype with FwConfig.states_in_input_dtype
+    matC: jax.Array | None  # (B, NH, NC+1, DHQK, DHV) fp32 or q's dtype (states_in_input_dtype); None: not kept
     vecN: jax.Array  # (B, NH, NC+1, DHQK) fp32
     scaM: jax.Array  # (B, NH, NC+1) fp32
     matC_last: jax.Array  # (B, NH, DHQK, DHV) fp32: the last state C at full precision
@@ -105,11 +105,23 @@ def recompute_states(matK, matV, vecI, vecF, initial, config: FwConfig, resets=N
 
 
 def launch_forward(
-    matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale: float, eps: float, output_dtype, resets=None
+    matQ,
+    matK,
+    matV,
+    vecI,
+    vecF,
+    initial,
+    config: FwConfig,
+    qk_scale: float,
+    eps: float,
+    output_dtype,
+    resets=None,
+    keep_states: bool = True,
 ) -> FwResult:
     """The forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
     ``resets`` (B, S) bool segment starts or None): the states and the parallel kernel, or the one fused
-    kernel (``config.fused_forward``)."""
+    kernel (``config.fused_forward``), which stores the chunk states C only if ``keep_states`` (else
+    ``states.matC`` is None)."""
     B, NH, S, DHQK = matQ.shape
     DHV = matV.shape[-1]
     L = config.chunk_size_intra
@@ -141,19 +153,23 @@ def launch_forward(
     )
     if config.fused_forward:
         kernel = kernels.fused_fw_kernel if vecSeg is None else kernels.fused_fw_segments_kernel
-        matH, vecDen, vecM, vecNQ, *states = triton_call(
+        matC_all, *states = _states_shapes(matK, matV, config)
+        if not keep_states:  # never written: a placeholder
+            matC_all = jax.ShapeDtypeStruct((1,), matC_all.dtype)
+        matH, vecDen, vecM, vecNQ, matC_all, *states = triton_call(
             matQ,
             matK,
             matV,
             *gates,
             *initial,
             kernel=kernel,
-            out_shape=outputs + _states_shapes(matK, matV, config),
+            out_shape=(*outputs, matC_all, *states),
             grid=(cdiv(DHV, config.siz_b_DH_parallel), B * NH),
             DHQK_PAD=padded_dim(DHQK),
+            STORE_STATES=keep_states,
             **blocks,
         )
-        return FwResult(matH, vecDen, vecM, vecNQ, ChunkStates(*states))
+        return FwResult(matH, vecDen, vecM, vecNQ, ChunkStates(matC_all if keep_states else None, *states))
     states = launch_states(matK, matV, vecB, vecI, vecSeg, initial, config)
     kernel = kernels.parallel_fw_kernel if vecSeg is None else kernels.parallel_fw_segments_kernel
     matH, vecDen, vecM, vecNQ = triton_call(

@@ -277,15 +277,17 @@ def fused_fw_kernel(
     S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
     BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, DHQK_PAD: tl.constexpr,
     BLOCK_DHV: tl.constexpr, QK_SCALE: tl.constexpr, EPS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_STATES: tl.constexpr,
 ):
     """Grid (DHV blocks, B*NH): the whole forward in one program per head and BLOCK_DHV columns of v.
     It walks the chunks of L steps in order with the state (C (DHQK_PAD x BLOCK_DHV), n, m) in
     registers: the outputs of a chunk's rows (as :func:`parallel_fw_kernel`, in blocks of BLOCK_LQ rows)
     from the carried state, then the state update (as :func:`recurrent_fw_kernel`, in steps of BLOCK_LK).
-    The chunk states are still stored (the backward may keep them), but never read back."""
+    n and m are stored at every chunk boundary; C only with STORE_STATES (else ``matC_all`` is never
+    touched), never read back. ``matC_last``: the last C, fp32."""
     _fused_fw(matQ, matK, matV, vecB, vecI, vecI, matC_initial, vecN_initial, scaM_initial, matH, vecDen_out,
               vecM_out, vecNQ_out, matC_all, vecN_all, scaM_all, matC_last, S, DHQK, DHV, NC, L, BLOCK_LQ, BLOCK_LK,
-              BLOCK_DHQK, DHQK_PAD, BLOCK_DHV, QK_SCALE, EPS, DOT_PRECISION, False)
+              BLOCK_DHQK, DHQK_PAD, BLOCK_DHV, QK_SCALE, EPS, DOT_PRECISION, STORE_STATES, False)
 
 
 @triton.jit
@@ -295,11 +297,12 @@ def fused_fw_segments_kernel(
     S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
     BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, DHQK_PAD: tl.constexpr,
     BLOCK_DHV: tl.constexpr, QK_SCALE: tl.constexpr, EPS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_STATES: tl.constexpr,
 ):
     """:func:`fused_fw_kernel` with document resets (as the two kernels it fuses)."""
     _fused_fw(matQ, matK, matV, vecB, vecI, vecSeg, matC_initial, vecN_initial, scaM_initial, matH, vecDen_out,
               vecM_out, vecNQ_out, matC_all, vecN_all, scaM_all, matC_last, S, DHQK, DHV, NC, L, BLOCK_LQ, BLOCK_LK,
-              BLOCK_DHQK, DHQK_PAD, BLOCK_DHV, QK_SCALE, EPS, DOT_PRECISION, True)
+              BLOCK_DHQK, DHQK_PAD, BLOCK_DHV, QK_SCALE, EPS, DOT_PRECISION, STORE_STATES, True)
 
 
 @triton.jit
@@ -309,7 +312,7 @@ def _fused_fw(
     S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
     BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, DHQK_PAD: tl.constexpr,
     BLOCK_DHV: tl.constexpr, QK_SCALE: tl.constexpr, EPS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_SEGMENTS: tl.constexpr,
+    STORE_STATES: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
     pid_v, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     offs_q = tl.arange(0, DHQK_PAD)
@@ -325,7 +328,8 @@ def _fused_fw(
     scaM = tl.load(scaM_initial + bh)
     for chunk in range(NC):
         state = bh * (NC + 1) + chunk
-        tl.store(matC_all + state * DHQK * DHV + offs_c, matC.to(matC_all.dtype.element_ty), mask=mask_c)
+        if STORE_STATES:
+            tl.store(matC_all + state * DHQK * DHV + offs_c, matC.to(matC_all.dtype.element_ty), mask=mask_c)
         tl.store(vecN_all + state * DHQK + offs_q, vecN, mask=mask_q & stores_n)
         tl.store(scaM_all + state, scaM, mask=stores_n)
         t_chunk = bh * S + chunk * L
@@ -344,7 +348,9 @@ def _fused_fw(
             matC, vecN, scaM = _state_step(matK, matV, vecB, vecI, vecSeg, bh * S + t0, t0 % L != 0, matC, vecN, scaM,
                                            offs_q, offs_v, mask_q, mask_v, DHQK, DHV, BLOCK_LK, DOT_PRECISION,
                                            HAS_SEGMENTS)
-    tl.store(matC_all + (bh * (NC + 1) + NC) * DHQK * DHV + offs_c, matC.to(matC_all.dtype.element_ty), mask=mask_c)
+    if STORE_STATES:
+        tl.store(matC_all + (bh * (NC + 1) + NC) * DHQK * DHV + offs_c, matC.to(matC_all.dtype.element_ty),
+                 mask=mask_c)
     tl.store(vecN_all + (bh * (NC + 1) + NC) * DHQK + offs_q, vecN, mask=mask_q & stores_n)
     tl.store(scaM_all + bh * (NC + 1) + NC, scaM, mask=stores_n)
     tl.store(matC_last + bh * DHQK * DHV + offs_c, matC, mask=mask_c)
