@@ -105,23 +105,12 @@ def recompute_states(matK, matV, vecI, vecF, initial, config: FwConfig, resets=N
 
 
 def launch_forward(
-    matQ,
-    matK,
-    matV,
-    vecI,
-    vecF,
-    initial,
-    config: FwConfig,
-    qk_scale: float,
-    eps: float,
-    output_dtype,
-    resets=None,
-    keep_states: bool = True,
+    matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale, eps, output_dtype, resets=None, keep_states=True
 ) -> FwResult:
     """The forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
     ``resets`` (B, S) bool segment starts or None): the states and the parallel kernel, or the one fused
     kernel (``config.fused_forward``), which stores the chunk states C only if ``keep_states`` (else
-    ``states.matC`` is None)."""
+    ``states.matC`` is None). ``qk_scale``, ``eps``: floats; ``output_dtype``: of den and m."""
     B, NH, S, DHQK = matQ.shape
     DHV = matV.shape[-1]
     L = config.chunk_size_intra
