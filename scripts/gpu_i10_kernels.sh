@@ -4,7 +4,7 @@
 #   fw:    default (bf16 chunk states), fused forward, chunkwise--jax
 #   fw+bw: default, default + save_states, fused forward + save_states (the fused kernel's states are not
 #          the recurrent kernel's call, so XLA cannot merge a recomputation with it), chunkwise--jax
-#   7B only: fp32 chunk states (the old default) fw and fw+bw, and four more fused-forward tiles (fw).
+#   7B only: fp32 chunk states (the old default) fw and fw+bw, and five more fused-forward tiles (fw).
 # Markdown and logs go to the folder $1 (default $OUT, else gpu_out/); rows are logged as they come, so a
 # timeout keeps the rows measured so far. Run from the repo root on the GPU machine, with .whl carried.
 set -uo pipefail
@@ -28,7 +28,7 @@ bench i10_fw 90 --modes fw --shapes $shapes --variants "$tri;$tri:fused_forward=
 bench i10_fwbw 150 --modes fwbw --shapes $shapes \
   --variants "$tri;$tri:save_states=True;$tri:fused_forward=True,save_states=True;chunkwise--jax"
 bench i10_7b_extra 60 --modes fw,fwbw --shapes 8x8x8192x256x512 --variants "$tri:states_in_input_dtype=False"
-bench i10_fused_tiles 60 --modes fw --shapes 8x8x8192x256x512 --variants "$tri:fused_forward=True,siz_b_DH_parallel=128;\
+bench i10_fused_tiles 75 --modes fw --shapes 8x8x8192x256x512 --variants "$tri:fused_forward=True,siz_b_DH_parallel=128;\
 $tri:fused_forward=True,num_warps_intra=4;$tri:fused_forward=True,siz_b_L_parallel=128;\
-$tri:fused_forward=True,siz_b_DH_loop=256"
+$tri:fused_forward=True,siz_b_DH_loop=256;$tri:fused_forward=True,num_stages_intra=3"
 exit $status
