@@ -12,11 +12,11 @@ with the forward's identical call).
 
 Counting (per kernel, B NH heads of S steps, K = DHQK, V = DHV, L = chunk_size_intra, tiles of the
 resolved configs; FLOP as the kernel's tiles do them, so recomputed score tiles count):
-* states (forward): 2 S K V (K^T V); bytes: read k, v and the gates, write the fp32 states at the NC + 1
-  boundaries (the state store dominates at 7B).
+* states (forward): 2 S K V (K^T V); bytes: read k, v and the gates, write the states at the NC + 1
+  boundaries (C in bf16 by default, fp32 with states_in_input_dtype=False; the store dominates at 7B).
 * parallel (forward): 2 S K V (q C) + per causal tile pair 2 LQ LK (K splits_V + V), splits_V = DHV
   blocks (q k^T is recomputed for each); bytes: read q, k, v, gates, states once, write h, den, m, nq.
-* dC recurrence: 2 S K V; bytes: read q, dnum, three gate vectors, write the fp32 dC, dn states.
+* dC recurrence: 2 S K V; bytes: read q, dnum, three gate vectors, write the dC (bf16 by default), dn states.
 * dq: 2 S K V (dnum C^T) + per tile pair 2 BT BJ (V splits + K), splits = DHQK blocks (dnum v^T is
   recomputed for each); dk likewise (dnum v^T per DHQK block, times q); dv: q k^T per DHV block, times dnum.
   Bytes: each kernel's inputs read once (states included) and its outputs written once.
@@ -56,7 +56,8 @@ def kernel_work(shape, fw, bwc, itemsize: int = 2) -> dict:
     B, NH, S, K, V = shape
     H, L = B * NH, fw.chunk_size_intra
     NC, chunks = S // L, S // L
-    states = H * (NC + 1) * (K * V + K + 1) * 4
+    c_size, dc_size = (itemsize if config.states_in_input_dtype else 4 for config in (fw, bwc))
+    states = H * (NC + 1) * (K * V * c_size + (K + 1) * 4)
     qk, v, gate = H * S * K * itemsize, H * S * V * itemsize, H * S * 4
     kv_flop = 2 * H * S * K * V
     splits_v = cdiv(V, fw.siz_b_DH_parallel)
@@ -68,7 +69,7 @@ def kernel_work(shape, fw, bwc, itemsize: int = 2) -> dict:
     return {
         "states": (kv_flop, qk + v + 2 * gate + states),
         "forward parallel": (kv_flop + par_flop, 2 * qk + 2 * v + 2 * gate + states + v + 3 * gate),
-        "dC recurrence": (kv_flop, qk + v + 3 * gate + H * (NC + 1) * (K * V + K) * 4),
+        "dC recurrence": (kv_flop, qk + v + 3 * gate + H * (NC + 1) * (K * V * dc_size + K * 4)),
         "dq": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 5 * gate + states),
         "dk": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 6 * gate + states),
         "dv": (kv_flop + tile * (K * cdiv(V, own_v) + V) * bw_pairs, 2 * qk + 3 * v + 4 * gate + states),
@@ -92,7 +93,7 @@ def backward_kernel_calls(input_sets, tuning: dict) -> dict:
         lambda k, v, i, f: tuple(heads_flat(x) for x in mlstm_chunkwise_states(k, v, i, f, **state_tuning(fw_config)))
     )
     zeros_c, zeros_n = jnp.zeros((B * NH, K, v.shape[-1]), jnp.float32), jnp.zeros((B * NH, K), jnp.float32)
-    dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config))
+    dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config)[:2])
     all_states, dstates = states(k, v, i, f), dstates_fn(args)
 
     def step_one(*a):  # only what step 1 computes (returning q, k, v again would time copies of them)

@@ -3,6 +3,11 @@
     python benchmarks/kernels.py --kernels chunkwise--jax,parallel--jax \
         --shapes 8x8x8192x256x512,8x16x8192x128x256 --dtype bfloat16 --modes fw,fwbw \
         [--attention] [--kernel-options chunk_size=128] [--segments 0,16] [--out benchmarks/results/NAME.md]
+    python benchmarks/kernels.py --variants "chunkwise--triton;chunkwise--triton:fused_forward=True;chunkwise--jax"
+
+``--variants`` (instead of ``--kernels``): ``;``-separated ``name[:key=value,...]`` entries, so that one run
+times one kernel under several option sets (e.g. the Triton kernel's tuning flags); ``--kernel-options``
+apply to every entry, the entry's own options win.
 
 Shapes are BxNHxSxDHQKxDHV. Inputs: q, k, v random normal in ``--dtype``; gates i ~ 2 N(0, 1),
 f ~ N(3, 1) in fp32 (as a layer passes them); three input sets rotated (tests/reference.py's draw).
@@ -82,12 +87,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def parse_options(text: str) -> dict:
-    """``"chunk_size=128,eps=1e-6"`` -> ``{"chunk_size": 128, "eps": 1e-06}``."""
+    """``"chunk_size=128,eps=1e-6,fused_forward=True"`` -> ``{"chunk_size": 128, "eps": 1e-06,
+    "fused_forward": True}``."""
     options = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
             raise argparse.ArgumentTypeError(f"kernel option {item!r} is not key=value")
+        if value in ("True", "False"):
+            options[key.strip()] = value == "True"
+            continue
         for cast in (int, float):
             try:
                 value = cast(value)
@@ -172,11 +181,21 @@ def measure_mlstm(name, shape, dtype, mode, options, documents, input_sets) -> d
     return measure(timed_function(fn, 5, mode), input_sets, *mlstm_work(shape, dtype, mode))
 
 
-def mlstm_rows(names, shapes, dtype, modes, options, segment_counts=(0,)) -> list[list]:
+def parse_variants(text: str) -> list[tuple[str, dict]]:
+    """``"a--x;a--x:k=1,f=True"`` -> ``[("a--x", {}), ("a--x", {"k": 1, "f": True})]``."""
+    variants = []
+    for item in filter(None, text.split(";")):
+        name, _, options = item.partition(":")
+        variants.append((name.strip(), parse_options(options)))
+    return variants
+
+
+def mlstm_rows(variants, shapes, dtype, modes, segment_counts=(0,)) -> list[list]:
+    """Rows for every (registry name, options) of ``variants`` at every shape, mode and segment count."""
     rows = []
     for shape in shapes:
         input_sets = [mlstm_inputs(shape, dtype, seed) for seed in range(INPUT_SETS)]
-        for name, mode, documents in ((n, m, d) for n in names for m in modes for d in segment_counts):
+        for (name, options), mode, documents in ((v, m, d) for v in variants for m in modes for d in segment_counts):
             run = functools.partial(measure_mlstm, name, shape, dtype, mode, options, documents, input_sets)
             row_options = dict(options, segments=documents) if documents else options
             rows.append(row(name, "x".join(map(str, shape)), mode, row_options, run))
@@ -218,6 +237,9 @@ def main(argv=None) -> str:
     parser.add_argument("--modes", default="fw,fwbw", help="comma-separated subset of fw,fwbw")
     parser.add_argument("--attention", action="store_true", help="add cuDNN causal attention rows")
     parser.add_argument("--kernel-options", default="", type=parse_options, help="key=value,... for every kernel")
+    parser.add_argument(
+        "--variants", type=parse_variants, help="';'-separated name[:key=value,...] entries (replaces --kernels)"
+    )
     parser.add_argument("--segments", default="0", help="comma-separated documents per row (0: no segment_ids)")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
@@ -234,9 +256,9 @@ def main(argv=None) -> str:
 
     print(ceilings_line(), flush=True)
     print("| " + " | ".join(COLUMNS) + " |", flush=True)
-    rows = mlstm_rows(
-        args.kernels.split(","), shapes, jnp.dtype(args.dtype), modes, args.kernel_options, segment_counts
-    )
+    variants = args.variants or [(name, {}) for name in args.kernels.split(",")]
+    variants = [(name, {**args.kernel_options, **options}) for name, options in variants]
+    rows = mlstm_rows(variants, shapes, jnp.dtype(args.dtype), modes, segment_counts)
     if args.attention:
         rows += attention_rows(shapes[0], modes)
     return write_report("mLSTM kernel benchmark", [[markdown_table(COLUMNS, rows)]], args.out)

@@ -14,8 +14,9 @@ compare):
   the states recomputed for the backward (2 S K V, unless saved) and the repeated dnum v^T / q k^T
   tiles of head-dim blocks. Forward+backward: B NH S (12 K V + L (4 K + 3 V)); 1.0e12 at 7b.
 * Bytes, minimum (bf16): the forward reads q, k, v and writes h; the backward reads q, k, v, h, dh and
-  writes dq, dk, dv: 2 B NH S (6 K + 6 V) (4.8 GB at 7b). The kernels also write and read fp32 states
-  and state cotangents at every intra-chunk boundary, about 4 * 8 B NH (S / L) K V bytes.
+  writes dq, dk, dv: 2 B NH S (6 K + 6 V) (4.8 GB at 7b). The kernels also write and read the states
+  and state cotangents at every intra-chunk boundary, about 4 * 4 B NH (S / L) K V bytes in bf16 (the
+  default, ``states_in_input_dtype``), twice that in fp32.
 * Floor = max(FLOP / matmul ceiling, minimum bytes / copy ceiling) of the card (benchmarks/timing.py); 1.6 ms at 7b.
 
 Correctness: every configuration's gradients (q, k, v, i, f) vs ``chunkwise--jax``'s on the same

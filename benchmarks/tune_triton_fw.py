@@ -10,7 +10,8 @@ Counting (per forward, B NH heads, S steps, K = DHQK, V = DHV):
   half of the intra-chunk q k^T and P v, S L (K + V). With L = 128 for every row, so that TFLOP/s is
   comparable across configurations: B NH S (4 K V + 128 (K + V)); 3.3e11 at the xLSTM-7B layer.
 * Bytes, minimum: q, k, v read and h written once in bf16, 2 B NH S (2 K + 2 V) (1.6 GB at 7B). The
-  kernels also write and read the fp32 states at every intra boundary, 8 B NH (S / L + 1) K V bytes.
+  kernels also write and read the states at every intra boundary, 4 B NH (S / L + 1) K V bytes with C in
+  bf16 (the default, ``states_in_input_dtype``), twice that with fp32 states (not in the minimum).
 * Floor = max(FLOP / matmul ceiling, minimum bytes / copy ceiling) of the card (benchmarks/timing.py),
   about 0.55 ms at 7B on an H100.
 

@@ -6,7 +6,8 @@ below it takes them as given. The custom_vjp's forward saves what the exact back
 initial states, h and the per-step den, m and signed n.(s q)). The backward recomputes the chunk states
 by default, with the forward's exact call (same config), so that XLA can merge the two when forward and
 backward are compiled together; ``save_states=True`` keeps the forward's instead (more memory held
-between forward and backward: fp32 (S / chunk_size + 1) * DHQK * (DHV + 1) per head).
+between forward and backward: (S / chunk_size + 1) * DHQK * (DHV + 1) values per head, C in q's dtype
+by default).
 """
 
 from __future__ import annotations
@@ -107,22 +108,22 @@ def mlstm_chunkwise_triton(
     return (h, last_states) if return_last_states else h
 
 
-def _forward(q, k, v, i, f, c0, n0, m0, resets, options: _Options):
+def _forward(q, k, v, i, f, c0, n0, m0, resets, options: _Options, keep_states: bool):
+    """The forward; ``keep_states``: the chunk states are needed afterwards (else the fused forward skips them)."""
     result = launch_forward(
-        q, k, v, i, f, (c0, n0, m0), options.fw_config, options.qk_scale, options.eps, jnp.float32, resets
+        q, k, v, i, f, (c0, n0, m0), options.fw_config, options.qk_scale, options.eps, jnp.float32, resets, keep_states
     )
-    last_states = tuple(x[:, :, -1] for x in result.states)
-    return result, last_states
+    return result, result.states.last()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
 def _chunkwise(q, k, v, i, f, c0, n0, m0, resets, options):
-    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options)
+    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options, keep_states=False)
     return result.matH, last_states
 
 
 def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, resets, options):
-    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options)
+    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options, keep_states=options.save_states)
     saved_states = result.states if options.save_states else None
     residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecDen, result.vecM, result.vecNQ, resets, saved_states)
     return (result.matH, last_states), residuals

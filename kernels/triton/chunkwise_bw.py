@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from .. import common
 from . import chunkwise_bw_kernels as kernels
-from .chunkwise_fw import recompute_states
+from .chunkwise_fw import ChunkStates, recompute_states
 from .launch import triton_call
 from .shared import (
     cdiv,
@@ -41,7 +41,7 @@ from .shared import (
     heads_flat,
     padded_dim,
 )
-from .tuning import BwConfig, resolve_bw_config, resolve_fw_config
+from .tuning import BwConfig, resolve_bw_config, resolve_fw_config, state_dtype
 
 
 def _check_residuals(dims: common.Dims, **arrays) -> None:
@@ -123,8 +123,9 @@ def _launch_options(args: KernelArgs, s: float, warps: int, stages: int) -> dict
 
 
 def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config: BwConfig):
-    """Recurrent kernel: (dC_all (BH, NC+1, DHQK, DHV), dn_all (BH, NC+1, DHQK)) fp32, index c = the
-    cotangent of the state after c intra chunks, stabilised like it."""
+    """Recurrent kernel: (dC_all (BH, NC+1, DHQK, DHV) in ``tuning.state_dtype``, dn_all (BH, NC+1, DHQK)
+    fp32, dC_first (BH, DHQK, DHV) fp32), index c = the cotangent of the state after c intra chunks,
+    stabilised like it; dC_first = dC_all at index 0 at full precision."""
     BH, S, DHQK = args.matQ.shape
     DHV = args.matV.shape[-1]
     NC = S // config.chunk_size_intra
@@ -139,8 +140,9 @@ def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config:
         vecDN_last,
         kernel=_variant(args, kernels.recurrent_bw_kernel, kernels.recurrent_bw_segments_kernel),
         out_shape=(
-            jax.ShapeDtypeStruct((BH, NC + 1, DHQK, DHV), jnp.float32),
+            jax.ShapeDtypeStruct((BH, NC + 1, DHQK, DHV), state_dtype(config, args.matQ.dtype)),
             jax.ShapeDtypeStruct((BH, NC + 1, DHQK), jnp.float32),
+            jax.ShapeDtypeStruct((BH, DHQK, DHV), jnp.float32),
         ),
         grid=(cdiv(DHQK, config.block_dhqk_recurrent), cdiv(DHV, config.block_dhv_recurrent), BH),
         L_INTRA=config.chunk_size_intra,
@@ -285,10 +287,11 @@ def mlstm_chunkwise_bw(
     Residuals: the forward's inputs (initial states may be None: zeros, m0 = 0), its outputs ``matH``,
     ``vecDen`` (den, the forward's second output), ``vecM`` (m_t), ``vecNQ`` (signed n_t . s q_t) and,
     optionally, ``all_states`` (its (C, n, m) at every intra boundary, as ``mlstm_chunkwise_states``
-    returns them; else recomputed with the forward's default tuning, memory O(S / chunk_size_intra *
-    DHQK * DHV) per head). Cotangents: ``matDeltaH`` (B, NH, S, DHV) and, for the returned last states,
-    ``matDeltaC_last``, ``vecDeltaN_last``, ``scaDeltaM_last`` (None = 0). ``tuning``: the fields of
-    :class:`~.tuning.BwConfig` (None or absent = its defaults; rules: ``tuning.resolve_bw_config``).
+    returns them, C in any float dtype; else recomputed with the forward's default tuning, memory
+    O(S / chunk_size_intra * DHQK * DHV) per head). Cotangents: ``matDeltaH`` (B, NH, S, DHV) and, for
+    the returned last states, ``matDeltaC_last``, ``vecDeltaN_last``, ``scaDeltaM_last`` (None = 0).
+    ``tuning``: the fields of :class:`~.tuning.BwConfig` (None or absent = its defaults; rules:
+    ``tuning.resolve_bw_config``).
 
     Returns (dq, dk, dv, di, df, dc0, dn0, dm0): dq, dk, dv, di, df in their inputs' dtypes, the
     initial states' gradients fp32.
@@ -311,6 +314,9 @@ def mlstm_chunkwise_bw(
     if all_states is None:
         fw_config = resolve_fw_config(dims, matQ.dtype, chunk_size_intra=config.chunk_size_intra)
         all_states = recompute_states(matK, matV, vecI, vecF, initial, fw_config)
+    else:
+        matC_all = all_states[0]
+        all_states = ChunkStates(*all_states, matC_all[:, :, -1].astype(jnp.float32))
     residuals = (matQ, matK, matV, vecI, vecF, *initial, matH, vecDen, vecM, vecNQ)
     cotangents = (matDeltaH, matDeltaC_last, vecDeltaN_last, scaDeltaM_last)
     return launch_backward(
@@ -318,10 +324,13 @@ def mlstm_chunkwise_bw(
     )
 
 
-def launch_backward(residuals, all_states, cotangents, qk_scale: float, eps: float, config: BwConfig, resets=None):
+def launch_backward(
+    residuals, all_states: ChunkStates, cotangents, qk_scale: float, eps: float, config: BwConfig, resets=None
+):
     """The backward on checked arguments. ``residuals``: (q, k, v, i, f, c0, n0, m0, h, den, m, nq) with
-    fp32 initial states; ``cotangents``: (dh, dC_last, dn_last, dm_last), the last three may be None;
-    ``resets``: (B, S) bool segment starts or None. Returns what :func:`mlstm_chunkwise_bw` returns."""
+    fp32 initial states; ``all_states``: the forward's chunk states; ``cotangents``: (dh, dC_last, dn_last,
+    dm_last), the last three may be None; ``resets``: (B, S) bool segment starts or None. Returns what
+    :func:`mlstm_chunkwise_bw` returns."""
     matQ, matK, matV, vecI, vecF, matC0, vecN0, scaM0, matH, vecDen, vecM, vecNQ = residuals
     matDeltaH, matDeltaC_last, vecDeltaN_last, scaDeltaM_last = cotangents
     B, NH, S, DHQK = matQ.shape
@@ -335,21 +344,20 @@ def launch_backward(residuals, all_states, cotangents, qk_scale: float, eps: flo
     )
     matDC_last = jnp.zeros((B, NH, DHQK, DHV), f32) if matDeltaC_last is None else matDeltaC_last.astype(f32)
     vecDN_last = jnp.zeros((B, NH, DHQK), f32) if vecDeltaN_last is None else vecDeltaN_last.astype(f32)
-    dstates = state_cotangents(args, heads_flat(matDC_last), heads_flat(vecDN_last), s, config)
-    matDQ, vecQDQ = dq_call(args, tuple(heads_flat(x) for x in all_states), s, config)
-    matDK, vecKDK = dk_dv_call(args, dstates, s, config, for_dk=True)
-    matDV, _ = dk_dv_call(args, dstates, s, config, for_dk=False)
-    matDC_all, vecDN_all = (x.reshape(B, NH, *x.shape[1:]) for x in dstates)
+    matDC_all, vecDN_all, matDC_first = state_cotangents(
+        args, heads_flat(matDC_last), heads_flat(vecDN_last), s, config
+    )
+    matDQ, vecQDQ = dq_call(args, tuple(heads_flat(x) for x in all_states[:3]), s, config)
+    matDK, vecKDK = dk_dv_call(args, (matDC_all, vecDN_all), s, config, for_dk=True)
+    matDV, _ = dk_dv_call(args, (matDC_all, vecDN_all), s, config, for_dk=False)
 
     # 3. gates: dF and the initial states.
-    matC_all, vecN_all, _ = all_states
-    last_state_term = jnp.sum(matDC_last * matC_all[:, :, -1], axis=(-2, -1)) + jnp.sum(
-        vecDN_last * vecN_all[:, :, -1], axis=-1
-    )
+    matC_last, vecN_last, _ = all_states.last()
+    last_state_term = jnp.sum(matDC_last * matC_last, axis=(-2, -1)) + jnp.sum(vecDN_last * vecN_last, axis=-1)
     vecQDQ, vecKDK = vecQDQ.reshape(B, NH, S), vecKDK.reshape(B, NH, S)
     vecDF = (vecQDQ - vecKDK).at[..., -1].add(last_state_term)
     vecDLogF = _reverse_segment_sums(vecDF, resets)
-    matDC0, vecDN0 = matDC_all[:, :, 0], vecDN_all[:, :, 0]
+    matDC0, vecDN0 = matDC_first.reshape(B, NH, DHQK, DHV), vecDN_all.reshape(B, NH, -1, DHQK)[:, :, 0]
     scaDM0 = jnp.sum(matDC0 * matC0, axis=(-2, -1)) + jnp.sum(vecDN0 * vecN0, axis=-1)
 
     # 4. the m-path.

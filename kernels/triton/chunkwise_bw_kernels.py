@@ -2,7 +2,9 @@
 
 Per (batch*head) ``bh`` all buffers are C-contiguous, time-major:
 q, k (BH, S, DHQK); v, dnum (BH, S, DHV); per-step vectors (BH, S) fp32; states at the chunk
-boundaries (BH, NC+1, DHQK, DHV) / (BH, NC+1, DHQK) / (BH, NC+1) fp32, index 0 = initial state.
+boundaries (BH, NC+1, DHQK, DHV) / (BH, NC+1, DHQK) / (BH, NC+1), index 0 = initial state: n, m fp32,
+C and its cotangent dC fp32 or in the input dtype (the launchers' choice; every kernel casts them to
+the input dtype before its dots, and the recurrent kernel carries dC in fp32 and rounds it when storing).
 
 The normaliser n is handled as one more value column (its value is 1, its output cotangent dnq), so
 the backward is gated linear attention in stabilised units: with ``b`` the chunk-local log-forget
@@ -98,7 +100,7 @@ def _rows_times_state_tile(ptr_x, ptr_state, offs_x, offs_own, mask_own, DHQK: t
 @triton.jit
 def recurrent_bw_kernel(
     matQ, matDNum, vecDNQ, vecB, vecM, scaM0, matDC_last, vecDN_last,  # inputs
-    matDC_all, vecDN_all,  # outputs
+    matDC_all, vecDN_all, matDC_first,  # outputs
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -108,16 +110,17 @@ def recurrent_bw_kernel(
     Grid (cdiv(DHQK, BQ), cdiv(DHV, BV), BH). Step k of ``L_INTER`` steps from boundary tau to tau'
     (tau' < tau), with b relative to tau' and m_tau' the m of step tau' (m0 at 0):
     dC_tau' = exp(m_tau' + g - m_tau) dC_tau + sum_t exp(b_t + m_tau' - m_t) s q_t dnum_t^T, and dn
-    alike with dnq_t. The dn of a DHQK block is stored by the programs of the first DHV block.
+    alike with dnq_t. The dn of a DHQK block is stored by the programs of the first DHV block;
+    ``matDC_first (BH, DHQK, DHV)`` fp32 gets dC at boundary 0 (the initial state's gradient).
     """
     _recurrent_bw(matQ, matDNum, vecDNQ, vecB, vecB, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
-                  qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, False)
+                  matDC_first, qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, False)
 
 
 @triton.jit
 def recurrent_bw_segments_kernel(
     matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last,  # inputs
-    matDC_all, vecDN_all,  # outputs
+    matDC_all, vecDN_all, matDC_first,  # outputs
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -126,12 +129,12 @@ def recurrent_bw_segments_kernel(
     its sub-chunk only if no segment starts in between, and a sub-chunk holding a segment start passes
     nothing of (dC, dn) back (decay 0)."""
     _recurrent_bw(matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
-                  qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, True)
+                  matDC_first, qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, True)
 
 
 @triton.jit
 def _recurrent_bw(
-    matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
+    matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all, matDC_first,
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
@@ -155,7 +158,7 @@ def _recurrent_bw(
 
     dC = tl.load(matDC_last + bh * DHQK * DHV + state_offs, mask=state_mask, other=0.0)
     dn = tl.load(vecDN_last + bh * DHQK + offs_q, mask=mask_q, other=0.0)
-    tl.store(dc_base + NC * DHQK * DHV + state_offs, dC, mask=state_mask)
+    tl.store(dc_base + NC * DHQK * DHV + state_offs, dC.to(matDC_all.dtype.element_ty), mask=state_mask)
     tl.store(dn_base + NC * DHQK + offs_q, dn, mask=dn_mask)
     m0 = tl.load(scaM0 + bh)
     m_next = tl.load(vecM + gate_base + S - 1)
@@ -187,8 +190,9 @@ def _recurrent_bw(
             dC = tl.dot(tl.trans(q), weighted_dnum, acc=dC * decay, input_precision=PRECISION)
             dn = dn * decay + tl.sum(q.to(tl.float32) * (coef * dnq)[:, None], axis=0)
             m_next = m_prev
-        tl.store(dc_base + chunk * DHQK * DHV + state_offs, dC, mask=state_mask)
+        tl.store(dc_base + chunk * DHQK * DHV + state_offs, dC.to(matDC_all.dtype.element_ty), mask=state_mask)
         tl.store(dn_base + chunk * DHQK + offs_q, dn, mask=dn_mask)
+    tl.store(matDC_first + bh * DHQK * DHV + state_offs, dC, mask=state_mask)
 
 
 @triton.jit

@@ -3,6 +3,7 @@
 Two kernels (chunkwise_fw_kernels.py): a recurrent kernel walks chunks of ``chunk_size_inter`` steps
 and stores the state (C, n, m) at every ``chunk_size_intra`` boundary; a parallel kernel computes h,
 den, m_t (and the signed n_t.(s q_t)) for chunks of ``chunk_size_intra`` steps from those states.
+Opt-in (``FwConfig.fused_forward``): one fused kernel that does both, carrying the state in registers.
 The only work outside Triton is the O(S) gate preparation: log(sigmoid(f)) in fp32 and its cumulative
 sum restarted at every intra chunk (``vecB``, the chunk-local log-forget cumsum).
 
@@ -20,8 +21,21 @@ import jax.numpy as jnp
 from .. import common
 from . import chunkwise_fw_kernels as kernels
 from .launch import triton_call
-from .shared import cdiv, check_dtypes, chunk_log_forget_cumsum, chunk_segment_counter, dot_precision
-from .tuning import FwConfig, resolve_fw_config
+from .shared import cdiv, check_dtypes, chunk_log_forget_cumsum, chunk_segment_counter, dot_precision, padded_dim
+from .tuning import FwConfig, resolve_fw_config, state_dtype
+
+
+class ChunkStates(NamedTuple):
+    """The state at every intra-chunk boundary (index 0 = the initial state, NC = S / chunk_size_intra)."""
+
+    matC: jax.Array | None  # (B, NH, NC+1, DHQK, DHV) fp32 or q's dtype (states_in_input_dtype); None: not kept
+    vecN: jax.Array  # (B, NH, NC+1, DHQK) fp32
+    scaM: jax.Array  # (B, NH, NC+1) fp32
+    matC_last: jax.Array  # (B, NH, DHQK, DHV) fp32: the last state C at full precision
+
+    def last(self) -> tuple:
+        """The last state (C, n, m), fp32."""
+        return self.matC_last, self.vecN[:, :, -1], self.scaM[:, :, -1]
 
 
 class FwResult(NamedTuple):
@@ -31,32 +45,40 @@ class FwResult(NamedTuple):
     vecDen: jax.Array  # (B, NH, S) den_t = max(|n_t . s q_t|, exp(-m_t)), output_dtype
     vecM: jax.Array  # (B, NH, S) m_t of the step recurrence, output_dtype
     vecNQ: jax.Array  # (B, NH, S) fp32, the signed n_t . (s q_t) (before abs and the exp(-m) floor)
-    states: tuple  # (matC_all, vecN_all, scaM_all), see mlstm_chunkwise_states
+    states: ChunkStates
 
 
-def launch_states(matK, matV, vecB, vecI, vecSeg, initial, config: FwConfig):
-    """The recurrent kernel on checked inputs: (matC_all, vecN_all, scaM_all) from ``vecB`` (the
-    chunk-local log-forget cumsum), fp32 ``vecI``, ``vecSeg`` (the chunk-local segment counter, or None
-    without resets) and the fp32 initial states (c, n, m)."""
+def _states_shapes(matK, matV, config: FwConfig) -> tuple:
+    """The output buffers of :class:`ChunkStates` for k (B, NH, S, DHQK), v (B, NH, S, DHV)."""
     B, NH, S, DHQK = matK.shape
     DHV = matV.shape[-1]
     NC = S // config.chunk_size_intra
-    out_shape = (
-        jax.ShapeDtypeStruct((B, NH, NC + 1, DHQK, DHV), jnp.float32),
+    return (
+        jax.ShapeDtypeStruct((B, NH, NC + 1, DHQK, DHV), state_dtype(config, matK.dtype)),
         jax.ShapeDtypeStruct((B, NH, NC + 1, DHQK), jnp.float32),
         jax.ShapeDtypeStruct((B, NH, NC + 1), jnp.float32),
+        jax.ShapeDtypeStruct((B, NH, DHQK, DHV), jnp.float32),
     )
+
+
+def launch_states(matK, matV, vecB, vecI, vecSeg, initial, config: FwConfig) -> ChunkStates:
+    """The recurrent kernel on checked inputs: the chunk states from ``vecB`` (the chunk-local
+    log-forget cumsum), fp32 ``vecI``, ``vecSeg`` (the chunk-local segment counter, or None without
+    resets) and the fp32 initial states (c, n, m)."""
+    B, NH, S, DHQK = matK.shape
+    DHV = matV.shape[-1]
+    NC = S // config.chunk_size_intra
     grid = (cdiv(DHQK, config.siz_b_DHQK_inter), cdiv(DHV, config.siz_b_DHV_inter), B * NH)
     gates, kernel = (vecB, vecI), kernels.recurrent_fw_kernel
     if vecSeg is not None:
         gates, kernel = (vecB, vecI, vecSeg), kernels.recurrent_fw_segments_kernel
-    return triton_call(
+    states = triton_call(
         matK,
         matV,
         *gates,
         *initial,
         kernel=kernel,
-        out_shape=out_shape,
+        out_shape=_states_shapes(matK, matV, config),
         grid=grid,
         num_warps=config.num_warps_inter,
         num_stages=config.num_stages_inter,
@@ -70,6 +92,7 @@ def launch_states(matK, matV, vecB, vecI, vecSeg, initial, config: FwConfig):
         BLOCK_DHV=config.siz_b_DHV_inter,
         DOT_PRECISION=dot_precision(matK.dtype),
     )
+    return ChunkStates(*states)
 
 
 def recompute_states(matK, matV, vecI, vecF, initial, config: FwConfig, resets=None):
@@ -82,42 +105,30 @@ def recompute_states(matK, matV, vecI, vecF, initial, config: FwConfig, resets=N
 
 
 def launch_forward(
-    matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale: float, eps: float, output_dtype, resets=None
+    matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale, eps, output_dtype, resets=None, keep_states=True
 ) -> FwResult:
-    """Both forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
-    ``resets`` (B, S) bool segment starts or None)."""
+    """The forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
+    ``resets`` (B, S) bool segment starts or None): the states and the parallel kernel, or the one fused
+    kernel (``config.fused_forward``), which stores the chunk states C only if ``keep_states`` (else
+    ``states.matC`` is None). ``qk_scale``, ``eps``: floats; ``output_dtype``: of den and m."""
     B, NH, S, DHQK = matQ.shape
     DHV = matV.shape[-1]
-    NC, L = S // config.chunk_size_intra, config.chunk_size_intra
+    L = config.chunk_size_intra
     vecB = chunk_log_forget_cumsum(vecF, L, resets)
     vecSeg = chunk_segment_counter(resets, NH, L)
     vecI = vecI.astype(jnp.float32)
-    states = launch_states(matK, matV, vecB, vecI, vecSeg, initial, config)
-    out_shape = (
+    outputs = (
         jax.ShapeDtypeStruct((B, NH, S, DHV), matQ.dtype),
         jax.ShapeDtypeStruct((B, NH, S), output_dtype),
         jax.ShapeDtypeStruct((B, NH, S), output_dtype),
         jax.ShapeDtypeStruct((B, NH, S), jnp.float32),
     )
-    grid = (cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_parallel, B * NH)
-    gates, kernel = (vecB, vecI), kernels.parallel_fw_kernel
-    if vecSeg is not None:
-        gates, kernel = (vecB, vecI, vecSeg), kernels.parallel_fw_segments_kernel
-    matH, vecDen, vecM, vecNQ = triton_call(
-        matQ,
-        matK,
-        matV,
-        *gates,
-        *states,
-        kernel=kernel,
-        out_shape=out_shape,
-        grid=grid,
-        num_warps=config.num_warps_intra,
-        num_stages=config.num_stages_intra,
+    gates = (vecB, vecI) if vecSeg is None else (vecB, vecI, vecSeg)
+    blocks = dict(
         S=S,
         DHQK=DHQK,
         DHV=DHV,
-        NC=NC,
+        NC=S // L,
         L=L,
         BLOCK_LQ=config.siz_b_L_parallel,
         BLOCK_LK=config.siz_b_L_loop,
@@ -126,8 +137,42 @@ def launch_forward(
         QK_SCALE=qk_scale,
         EPS=eps,
         DOT_PRECISION=dot_precision(matQ.dtype),
+        num_warps=config.num_warps_intra,
+        num_stages=config.num_stages_intra,
     )
-    return FwResult(matH, vecDen, vecM, vecNQ, tuple(states))
+    if config.fused_forward:
+        kernel = kernels.fused_fw_kernel if vecSeg is None else kernels.fused_fw_segments_kernel
+        matC_all, *states = _states_shapes(matK, matV, config)
+        if not keep_states:  # never written: a placeholder
+            matC_all = jax.ShapeDtypeStruct((1,), matC_all.dtype)
+        matH, vecDen, vecM, vecNQ, matC_all, *states = triton_call(
+            matQ,
+            matK,
+            matV,
+            *gates,
+            *initial,
+            kernel=kernel,
+            out_shape=(*outputs, matC_all, *states),
+            grid=(cdiv(DHV, config.siz_b_DH_parallel), B * NH),
+            DHQK_PAD=padded_dim(DHQK),
+            STORE_STATES=keep_states,
+            **blocks,
+        )
+        return FwResult(matH, vecDen, vecM, vecNQ, ChunkStates(matC_all if keep_states else None, *states))
+    states = launch_states(matK, matV, vecB, vecI, vecSeg, initial, config)
+    kernel = kernels.parallel_fw_kernel if vecSeg is None else kernels.parallel_fw_segments_kernel
+    matH, vecDen, vecM, vecNQ = triton_call(
+        matQ,
+        matK,
+        matV,
+        *gates,
+        *states[:3],
+        kernel=kernel,
+        out_shape=outputs,
+        grid=(cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_parallel, B * NH),
+        **blocks,
+    )
+    return FwResult(matH, vecDen, vecM, vecNQ, states)
 
 
 def mlstm_chunkwise_states(
@@ -145,11 +190,13 @@ def mlstm_chunkwise_states(
     siz_b_DHV_inter=None,
     num_warps_inter=None,
     num_stages_inter=None,
+    states_in_input_dtype=None,
 ):
     """Runs only the recurrent kernel: the state at every ``chunk_size_intra`` boundary.
 
-    Returns ``matC_all (B, NH, NC+1, DHQK, DHV)``, ``vecN_all (B, NH, NC+1, DHQK)``,
-    ``scaM_all (B, NH, NC+1)``, fp32, NC = S / chunk_size_intra, index 0 = the initial state
+    Returns ``matC_all (B, NH, NC+1, DHQK, DHV)`` (in k's dtype, or fp32 with
+    ``states_in_input_dtype=False``), ``vecN_all (B, NH, NC+1, DHQK)`` and ``scaM_all (B, NH, NC+1)``
+    fp32, NC = S / chunk_size_intra, index 0 = the initial state
     (zeros and m = 0 where not given) and index c = the state after c * chunk_size_intra steps. The
     states are stabilised: the true state is ``exp(m) * (C, n)`` (docs/math.md). Buffers are
     C-contiguous, so state c of (b, h) starts at flat offset ``((b*NH + h)*(NC+1) + c) * DHQK*DHV``.
@@ -167,9 +214,10 @@ def mlstm_chunkwise_states(
         siz_b_DHV_inter=siz_b_DHV_inter,
         num_warps_inter=num_warps_inter,
         num_stages_inter=num_stages_inter,
+        states_in_input_dtype=states_in_input_dtype,
     )
     initial = common.initial_states(dims, matC_initial, vecN_initial, scaM_initial)
-    return recompute_states(matK, matV, vecI, vecF, initial, config)
+    return tuple(recompute_states(matK, matV, vecI, vecF, initial, config)[:3])
 
 
 def mlstm_chunkwise_fw_result(
@@ -229,6 +277,8 @@ def mlstm_chunkwise_fw(
     num_warps_inter=None,
     num_stages_intra=None,
     num_stages_inter=None,
+    states_in_input_dtype=None,
+    fused_forward=None,
     output_dtype=jnp.float32,
     eps=0.0,
 ):
@@ -238,7 +288,7 @@ def mlstm_chunkwise_fw(
     matH (B, NH, S, DHV) in q's dtype; vecN (B, NH, S) the denominator den_t (before eps) and vecM
     (B, NH, S) the stabiliser m_t, both in ``output_dtype`` (fp32 by default, the only choice the
     backward accepts); last states (C (B,NH,DHQK,DHV), n (B,NH,DHQK), m (B,NH)) fp32; all states as
-    :func:`mlstm_chunkwise_states` returns them.
+    :func:`mlstm_chunkwise_states` returns them (C in q's dtype unless ``states_in_input_dtype=False``).
 
     q, k, v: fp32, bf16 or fp16 (dots accumulate in fp32; fp32 dots use 3xTF32, about fp32 accuracy);
     gates and states fp32. ``qk_scale`` defaults to DHQK ** -0.5 and scales q only. S must be a
@@ -271,7 +321,9 @@ def mlstm_chunkwise_fw(
         num_warps_inter=num_warps_inter,
         num_stages_intra=num_stages_intra,
         num_stages_inter=num_stages_inter,
+        states_in_input_dtype=states_in_input_dtype,
+        fused_forward=fused_forward,
     )
-    last_states = tuple(x[:, :, -1] for x in result.states) if return_last_states else None
-    all_states = result.states if return_all_states else None
+    last_states = result.states.last() if return_last_states else None
+    all_states = tuple(result.states[:3]) if return_all_states else None
     return result.matH, result.vecDen, result.vecM, last_states, all_states

@@ -2,8 +2,10 @@
 
 :class:`FwConfig` tiles the forward (its names are the public keywords of ``mlstm_chunkwise_fw``);
 :class:`BwConfig` tiles the backward with names that say what each block covers. Both share only
-``chunk_size_intra``, the spacing of the chunk states the backward reads. The default values are the
-fastest of the H100 and H200 sweeps in ``benchmarks/results/``.
+``chunk_size_intra``, the spacing of the chunk states the backward reads, and ``states_in_input_dtype``
+(store the materialised chunk states C and their cotangents dC in q's dtype; n, m and the returned
+last / initial-state values stay fp32). The default values are the fastest of the H100 and H200 sweeps in
+``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ class FwConfig:
     ``siz_b_DHV_inter`` state tile per program. Parallel kernel (outputs): ``siz_b_L_parallel`` query
     steps and ``siz_b_DH_parallel`` columns of DHV per program, key steps in blocks of ``siz_b_L_loop``,
     DHQK contracted in blocks of ``siz_b_DH_loop``. ``chunk_size_intra``: steps between stored states.
+    ``states_in_input_dtype``: the stored chunk states C in q's dtype (their consumers cast them to it
+    before their dots anyway, so h is unchanged; half the state bytes for 16-bit inputs), else fp32.
+    ``fused_forward`` (opt-in): one kernel instead of the two, a program per (head, ``siz_b_DH_parallel``
+    columns of DHV) walking the chunks with the whole DHQK x siz_b_DH_parallel state in registers,
+    ``siz_b_L_parallel`` rows at a time, keys and state updates in steps of ``siz_b_L_loop``; the states
+    are stored but not read back (``chunk_size_inter`` and the ``*_inter`` tiles then only serve the
+    backward's recomputation of the states).
     """
 
     chunk_size_inter: int
@@ -38,6 +47,8 @@ class FwConfig:
     num_stages_inter: int
     siz_b_DHQK_inter: int
     siz_b_DHV_inter: int
+    states_in_input_dtype: bool
+    fused_forward: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +61,8 @@ class BwConfig:
     columns of the gradient (of DHQK for dq and dk, of DHV for dv, clamped to it), loops over the
     other steps in blocks of ``block_steps_looped`` and contracts the other head dim in blocks of
     ``block_dh_contracted`` (clamped to it). ``chunk_size_intra``: the forward's, the states' spacing.
+    ``states_in_input_dtype``: the stored state cotangents dC in q's dtype (dk and dv cast them to it
+    before their dots; dC0 stays fp32), else fp32. The forward's option of the same name.
     """
 
     chunk_size_intra: int
@@ -64,6 +77,7 @@ class BwConfig:
     block_dh_contracted: int
     num_warps_parallel: int
     num_stages_parallel: int
+    states_in_input_dtype: bool
 
 
 FW_OPTIONS = frozenset(f.name for f in dataclasses.fields(FwConfig))
@@ -75,12 +89,18 @@ STATE_OPTIONS = (
     "siz_b_DHV_inter",
     "num_warps_inter",
     "num_stages_inter",
+    "states_in_input_dtype",
 )
 
 
 def state_tuning(config: FwConfig) -> dict:
     """The choices of ``config`` that ``mlstm_chunkwise_states`` takes (its recurrent kernel's)."""
     return {name: getattr(config, name) for name in STATE_OPTIONS}
+
+
+def state_dtype(config: FwConfig | BwConfig, dtype):
+    """The dtype of the stored chunk states C (forward) or dC (backward) for q/k/v of ``dtype``."""
+    return jnp.dtype(dtype) if config.states_in_input_dtype else jnp.dtype(jnp.float32)
 
 
 def fitting_chunk_size(S: int, caller: str) -> int:
@@ -93,21 +113,29 @@ def fitting_chunk_size(S: int, caller: str) -> int:
     return min(common.default_chunk_size(S), S & -S)
 
 
-def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
+def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, fused_forward: bool = False) -> dict:
     """Per-shape forward defaults of every choice but chunk_size_intra.
 
     bf16/fp16: the fastest configuration of the H100 sweep at (DHQK, DHV) = (256, 512) and (128, 256),
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
     are twice as large: smaller parallel-kernel tiles, so shared memory stays within the H100's 227 KiB.
-    Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages.
+    Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages; chunk states in
+    the input dtype (fp32 for fp32 inputs). ``fused_forward`` (not swept yet): 64 rows, 64 key steps and
+    a DHV tile of min(64, padded DHV) per program, 8 warps, 2 stages (the register state is padded
+    DHQK x the DHV tile in fp32); the recurrent kernel's choices as without it.
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
     both = dict(
-        siz_b_DHQK_inter=min(64, dhqk_pad), siz_b_DHV_inter=min(64, dhv_pad), num_warps_inter=4, num_stages_inter=2
+        siz_b_DHQK_inter=min(64, dhqk_pad),
+        siz_b_DHV_inter=min(64, dhv_pad),
+        num_warps_inter=4,
+        num_stages_inter=2,
+        states_in_input_dtype=True,
+        fused_forward=fused_forward,
     )
     if jnp.dtype(dtype).itemsize <= 2:
-        return dict(
+        defaults = dict(
             both,
             chunk_size_inter=intra if DHQK >= 256 else min(128, intra),
             num_stages_intra=3 if DHQK >= 256 else 2,
@@ -117,16 +145,22 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
             siz_b_DH_loop=dhqk_pad if dhqk_pad <= 128 else 64,
             num_warps_intra=8,
         )
-    return dict(
-        both,
-        chunk_size_inter=min(128, intra),
-        siz_b_L_parallel=min(64, intra),
-        siz_b_L_loop=min(64, intra),
-        siz_b_DH_parallel=min(128, dhv_pad),
-        siz_b_DH_loop=min(64, dhqk_pad),
-        num_warps_intra=4,
-        num_stages_intra=2,
-    )
+    else:
+        defaults = dict(
+            both,
+            chunk_size_inter=min(128, intra),
+            siz_b_L_parallel=min(64, intra),
+            siz_b_L_loop=min(64, intra),
+            siz_b_DH_parallel=min(128, dhv_pad),
+            siz_b_DH_loop=min(64, dhqk_pad),
+            num_warps_intra=4,
+            num_stages_intra=2,
+        )
+    if fused_forward:  # the parallel kernel's choices, as the fused kernel's tiles (64 everywhere)
+        tiles = ("siz_b_L_parallel", "siz_b_L_loop", "siz_b_DH_parallel", "siz_b_DH_loop")
+        defaults.update({name: min(64, high) for name, high in zip(tiles, (intra, intra, dhv_pad, dhqk_pad))})
+        defaults.update(num_warps_intra=8, num_stages_intra=2)
+    return defaults
 
 
 def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
@@ -136,7 +170,8 @@ def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     for 16-bit inputs, min(64, padded DHV) for fp32 (twice the bytes per tile); contracted blocks
     min(64, padded DHQK); recurrent tile min(64, padded head dims); 4 warps and 2 stages everywhere,
     except 16-bit inputs with DHQK >= 256: recurrent chunk min(256, intra) and 3 parallel-kernel stages
-    (H200 sweep at 7B: backward kernels 9.04 -> 7.89 ms, forward+backward 12.56 -> 11.12 ms).
+    (H200 sweep at 7B: backward kernels 9.04 -> 7.89 ms, forward+backward 12.56 -> 11.12 ms). State
+    cotangents in the input dtype (fp32 for fp32 inputs).
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
@@ -154,6 +189,7 @@ def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
         block_dh_contracted=min(64, dhqk_pad),
         num_warps_parallel=4,
         num_stages_parallel=3 if wide else 2,
+        states_in_input_dtype=True,
     )
 
 
@@ -179,7 +215,10 @@ def _check_chunks(S: int, intra: int, name_inter: str, inter: int) -> None:
         )
 
 
-def _check_launch(config, warps: tuple[str, ...], stages: tuple[str, ...]) -> None:
+def _check_launch(config, warps: tuple[str, ...], stages: tuple[str, ...], flags: tuple[str, ...]) -> None:
+    for name in flags:
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(config, name)!r}")
     for name in warps:
         check_power_of_two(name, getattr(config, name), 1, 16)
     for name in stages:
@@ -190,7 +229,8 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
     """``given`` choices (None = default) over :func:`fw_defaults` for q/k/v of ``dtype``, every rule
     checked (ValueError naming it). chunk_size_intra defaults to :func:`fitting_chunk_size`."""
     given, intra = _filled(given, FW_OPTIONS, dims, caller)
-    config = FwConfig(**{**fw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra})
+    defaults = fw_defaults(dims.DHQK, dims.DHV, dtype, intra, given.get("fused_forward") is True)
+    config = FwConfig(**{**defaults, **given, "chunk_size_intra": intra})
     _check_chunks(dims.S, intra, "chunk_size_inter", config.chunk_size_inter)
     dhqk_pad, dhv_pad = padded_dim(dims.DHQK), padded_dim(dims.DHV)
     for name, high in (
@@ -202,7 +242,12 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
         ("siz_b_DHV_inter", dhv_pad),
     ):
         check_power_of_two(name, getattr(config, name), MIN_BLOCK, high)
-    _check_launch(config, ("num_warps_intra", "num_warps_inter"), ("num_stages_intra", "num_stages_inter"))
+    _check_launch(
+        config,
+        ("num_warps_intra", "num_warps_inter"),
+        ("num_stages_intra", "num_stages_inter"),
+        ("states_in_input_dtype", "fused_forward"),
+    )
     return config
 
 
@@ -224,6 +269,9 @@ def resolve_bw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
     ):
         check_power_of_two(name, getattr(config, name), MIN_BLOCK, high)
     _check_launch(
-        config, ("num_warps_parallel", "num_warps_recurrent"), ("num_stages_parallel", "num_stages_recurrent")
+        config,
+        ("num_warps_parallel", "num_warps_recurrent"),
+        ("num_stages_parallel", "num_stages_recurrent"),
+        ("states_in_input_dtype",),
     )
     return config

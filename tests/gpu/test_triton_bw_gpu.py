@@ -45,6 +45,9 @@ CASES = [
     (jnp.bfloat16, 512, 96, 48, True, True, dict(chunk_size=64, chunk_size_inter=16, chunk_size_recurrent=16)),
     (jnp.bfloat16, 512, 256, 512, True, True, {}),
     (jnp.bfloat16, 512, 256, 512, True, True, dict(save_states=True)),  # chunk states kept from the forward
+    (jnp.bfloat16, 512, 256, 512, True, True, dict(states_in_input_dtype=False)),  # fp32 C and dC
+    (jnp.bfloat16, 512, 256, 512, True, True, dict(fused_forward=True, save_states=True)),
+    (jnp.float32, 500, 48, 96, True, True, dict(chunk_size=128, fused_forward=True)),
 ]
 
 
