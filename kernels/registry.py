@@ -100,13 +100,7 @@ def resolve_kernel_name(name: str) -> str:
 
 
 def get_kernel(name: str) -> Callable:
-    """The callable registered under ``name``. ``"auto"``: where :func:`default_kernel` is the Triton
-    kernel, a dispatcher that picks the faster backend per call shape (``kernels/auto.py``), else the
-    fallback kernel."""
-    if name == AUTO and default_kernel() == TRITON_KERNEL:
-        from .auto import auto_chunkwise  # auto.py imports this module
-
-        return auto_chunkwise
+    """The callable registered under ``name`` (``"auto"``: :func:`default_kernel`'s)."""
     name = resolve_kernel_name(name)
     fn = _KERNELS[name]
     if isinstance(fn, str):

@@ -59,8 +59,9 @@ def outputs_and_gradients(kernel, args, cotangents, **options):
 
 
 def reference(args, cotangents):
-    """float64 outputs and gradients of the scan backend ("recurrent--jax")."""
-    with jax.enable_x64():
+    """float64 outputs and gradients of the scan backend ("recurrent--jax"), computed on the CPU (XLA's
+    GPU backend has no float64 GEMM: "GEMM is not supported by cublasLt")."""
+    with jax.enable_x64(), jax.default_device(jax.devices("cpu")[0]):
         args64 = [
             None if a is None else jnp.asarray(np.asarray(jnp.asarray(a, jnp.float32)), jnp.float64) for a in args
         ]

@@ -2,8 +2,6 @@
 
 import logging
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 from xlstm_flax import kernels
@@ -81,33 +79,3 @@ def test_auto_falls_back_to_chunkwise_jax_without_gpu(monkeypatch, caplog):
         assert kernels.get_kernel("auto") is mlstm_chunkwise
         assert kernels.get_kernel("auto") is mlstm_chunkwise
     assert sum("using 'chunkwise--jax'" in r.getMessage() for r in caplog.records) == 1  # said once
-
-
-def test_auto_picks_the_measured_faster_backend_per_shape(monkeypatch):
-    """On a Triton-capable machine (patched), "auto" runs chunkwise--jax at the shapes of auto.JAX_FASTER
-    and chunkwise--triton elsewhere; both stand-ins record the shape they were called with."""
-    from xlstm_flax.kernels import auto
-
-    calls = []
-
-    def stand_in(name):
-        return lambda q, k, v, i, f, **kw: calls.append((name, q.shape, v.shape[-1], kw)) or name
-
-    monkeypatch.setattr(registry, "triton_usable", lambda: True)
-    entry = auto.JAX_FASTER[0]
-
-    def array(*shape):  # the dispatcher reads shapes only
-        return jax.ShapeDtypeStruct(shape, jnp.bfloat16)
-
-    with (
-        kernels.registered_kernel("chunkwise--triton", stand_in("triton"), overwrite=True),
-        kernels.registered_kernel("chunkwise--jax", stand_in("jax"), overwrite=True),
-    ):
-        kernel = kernels.get_kernel("auto")
-        for S, want in ((entry.min_head_steps, "jax"), (entry.min_head_steps // 2, "triton")):
-            q, v, gates = array(1, 1, S, entry.DHQK), array(1, 1, S, entry.DHV), array(1, 1, S)
-            assert kernel(q, q, v, gates, gates, eps=1e-6) == want
-        q16, gates = array(2, 4, 2 * entry.min_head_steps, 16), array(2, 4, 2 * entry.min_head_steps)
-        assert kernel(q16, q16, q16, gates, gates) == "triton"  # other head dims: Triton
-    assert [c[0] for c in calls] == ["jax", "triton", "triton"]
-    assert calls[0][3] == {"eps": 1e-6}

@@ -47,7 +47,7 @@ def run_sequence(
 ):
     """Runs ``config.kernel`` over the sequence (restarting at segment starts when ``segment_ids``
     (B, S) is given); returns (h, last state or None)."""
-    kernel = get_kernel(config.kernel)  # "auto" may be a per-shape dispatcher
+    kernel = get_kernel(config.kernel)
     name = resolve_kernel_name(config.kernel)
     resets = () if segment_ids is None else (segment_ids,)
 
