@@ -38,7 +38,8 @@ def test_save_in_flight_is_not_complete_until_wait(tmp_path, monkeypatch):
 
     async def held_finalize(self, *args, **kwargs):  # the commit (rename) of the save waits for `release`
         held.append(self)
-        await asyncio.to_thread(release.wait)
+        while not release.is_set():
+            await asyncio.sleep(0.01)
         return await finalize(self, *args, **kwargs)
 
     monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", held_finalize)

@@ -236,6 +236,11 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
                         f"in {run.checkpoint_dir}; continue with resume=true"
                     )
                     break
+        except NonFiniteLossError:
+            raise
+        except Exception:
+            read_pending()  # a failure between steps (data, a save): the steps that finished are still logged
+            raise
         finally:
             batches.close()
             profiler.close()
