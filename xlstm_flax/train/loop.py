@@ -190,12 +190,17 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
         batches = Prefetcher(_train_batches(corpus, tc, config.seed, rows, start))
         pending: list[tuple[int, dict]] = []  # (step, device metrics) not read yet
 
+        def checked(step: int, values: dict) -> tuple[float, float]:
+            """``(loss, grad_norm)`` of a step's metrics; a non-finite one stops the run."""
+            loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteLossError(_non_finite_message(loss, grad_norm, step, checkpointer, run))
+            return loss, grad_norm
+
         def read_pending() -> None:
-            """Read the queued steps' metrics (one host sync); stop at a non-finite loss."""
+            """Check and record the queued steps' metrics (one host sync)."""
             for (step, _), values in zip(pending, jax.device_get([out for _, out in pending])):
-                loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    raise NonFiniteLossError(_non_finite_message(loss, grad_norm, step, checkpointer, run))
+                loss, grad_norm = checked(step, values)
                 result.step, result.train_losses[step] = step, loss
                 if progress:
                     progress.train(step, loss, grad_norm, float(schedule(step - 1)))
@@ -209,15 +214,17 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
                 if pending and pending[-1][0] % tc.log_every == 0:  # read a log window once the next step is queued
                     read_pending()
                 pending.append((step, out))
-                evaluating = step % tc.eval_every == 0 or step == tc.steps
-                if step == start + 1 or evaluating:  # the commit and evaluation follow a checked loss
-                    read_pending()
+                if step == start + 1:  # the run commits once its first step has a finite loss
+                    checked(step, jax.device_get(out))
                 if stop_signal.received and not run.committed:  # stopped during start-up: undo the start
                     result.interrupted, result.stopped_by = True, stop_signal.received
                     log(f"stopped before the first step finished ({stop_signal.received}); {run.path} is as it was")
                     break
                 if main_process:
                     run.commit()
+                evaluating = step % tc.eval_every == 0 or step == tc.steps
+                if evaluating:
+                    read_pending()
                 if evaluating:
                     values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
                     if progress:
