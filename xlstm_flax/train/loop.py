@@ -1,5 +1,11 @@
 """The training loop: one jitted update step (gradient accumulation inside), periodic evaluation,
-checkpoints, metrics, a NaN guard, SIGINT/SIGTERM handling and an end-of-run sample."""
+checkpoints, metrics, a NaN guard, SIGINT/SIGTERM handling and an end-of-run sample.
+
+The host never waits for the device after each step: batches are sampled ahead in a background thread
+(:mod:`.prefetch`), the step's loss and gradient norm stay on the device until the log window closes (read
+one step later, when the next step is queued), before an evaluation and before a checkpoint, which is then
+written in the background (:mod:`.checkpoint`). Only the first step of a session is waited for: the run
+directory commits once a step has a finite loss."""
 
 from __future__ import annotations
 
