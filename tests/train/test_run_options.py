@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.train.test_train import CHEAP, run
+from xlstm_flax.config import ConfigError
 from xlstm_flax.flops import train_flops_per_token
 from xlstm_flax.train import load_recipe
 from xlstm_flax.train.compile_cache import cache_directory, compilation_cache
@@ -41,9 +42,13 @@ def test_profile_compile_cache_and_mfu(recipe, tmp_path):
         assert record["mfu"] == pytest.approx(expected, rel=1e-9)
 
 
-def test_compile_cache_settings(tmp_path, monkeypatch):
+def test_compile_cache_settings(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_directory("off", tmp_path) is None
+    assert load_recipe(recipe, ["train.compile_cache=off"]).train.compile_cache is False  # YAML's off
+    assert cache_directory(False, tmp_path) is None
+    with pytest.raises(ConfigError, match="compile_cache must be a directory, run, or off"):
+        load_recipe(recipe, ["train.compile_cache=true"])
     assert cache_directory("run", tmp_path / "r") == tmp_path / "r" / "jax_cache"
     assert cache_directory("~/c", tmp_path) == tmp_path / "home" / "c"
     blocker = tmp_path / "file"

@@ -3,8 +3,9 @@
 
 ``train.compile_cache`` is a directory (default ``~/.cache/xlstm_flax/jax``, shared by runs and kept when
 a run directory is overwritten), ``run`` (``<run_dir>/jax_cache``, part of the run: moved aside and
-deleted with it by ``overwrite=true``) or ``off``. Only compilations of at least ``MIN_COMPILE_SECONDS``
-are stored (the train and eval steps, not the many small helper computations).
+deleted with it by ``overwrite=true``) or ``off`` (YAML reads it as false; the string "off" works too).
+Only compilations of at least ``MIN_COMPILE_SECONDS`` are stored (the train and eval steps, not the many
+small helper computations).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ MIN_COMPILE_SECONDS = 0.5
 OFF, RUN = "off", "run"
 
 
-def cache_directory(setting: str, run_dir: Path) -> Path | None:
+def cache_directory(setting: str | bool, run_dir: Path) -> Path | None:
     """The cache directory ``train.compile_cache`` names for a run in ``run_dir`` (None: off)."""
-    if setting == OFF:
+    if setting is False or setting == OFF:
         return None
     if setting == RUN:
         return run_dir / COMPILE_CACHE_DIR

@@ -47,7 +47,7 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard events if tensorboardX is installed
     init_from: str | None = None  # HF xLSTMForCausalLM dir or run dir: its parameters, fresh optimiser, step 0
     loss_chunk: int | None = None  # cross-entropy over this many positions at a time (null/0: all at once)
-    compile_cache: str = DEFAULT_COMPILE_CACHE  # JAX compilation cache: a directory, "run" (<run_dir>/jax_cache), "off"
+    compile_cache: str | bool = DEFAULT_COMPILE_CACHE  # JAX compilation cache: a directory, run, or off (false)
     profile_steps: tuple[int, ...] | None = None  # [first, last]: jax.profiler trace of those steps, <run_dir>/profile
     peak_tflops: float | None = None  # the devices' peak TFLOP/s for `mfu` (null: known GPUs only)
 
@@ -63,8 +63,8 @@ class TrainConfig:
             raise ValueError(f"sample_top_k must be >= 1 or null, got {self.sample_top_k}")
         if self.loss_chunk is not None and self.loss_chunk < 0:
             raise ValueError(f"loss_chunk must be >= 0 or null, got {self.loss_chunk}")
-        if not self.compile_cache:
-            raise ValueError('compile_cache must be a directory, "run" or "off", got an empty string')
+        if self.compile_cache is True or self.compile_cache == "":
+            raise ValueError(f"compile_cache must be a directory, run, or off (false), got {self.compile_cache!r}")
         if self.profile_steps is not None and not (
             len(self.profile_steps) == 2 and 1 <= self.profile_steps[0] <= self.profile_steps[1]
         ):
