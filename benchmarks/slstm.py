@@ -38,7 +38,7 @@ from xlstm_flax.kernels.slstm import NUM_GATES, get_slstm_kernel  # noqa: E402
 from xlstm_flax.layers import mLSTMLayer, mLSTMLayerConfig, sLSTMLayer, sLSTMLayerConfig  # noqa: E402
 from xlstm_flax.model import xLSTMLMModel  # noqa: E402
 from xlstm_flax.presets import PRESETS  # noqa: E402
-from xlstm_flax.train.loop import cross_entropy  # noqa: E402
+from xlstm_flax.train.loss import cross_entropy  # noqa: E402
 
 BF16_PEAK_FLOPS = 989e12
 INPUT_SETS = 3

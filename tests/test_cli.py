@@ -113,15 +113,17 @@ def test_help_shows_the_whole_description(capsys):
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_training_with_128_plus_its_number(workspace, capsys, monkeypatch, sig, code):
-    """The signal arrives while step 2's batch is sampled; the run saves step 2 and exits 128 + signum."""
-    sample = loop.sample_windows
+    """The signal arrives while step 2's batch goes to the device; the run saves step 2 and exits 128 + signum."""
+    global_batch, train_batches = loop.distributed.global_batch, []
 
-    def signal_at_step_2(streams, length, num, key, rows=slice(None)):
-        if key[1] == loop.TRAIN_SPLIT and key[2] == 2:
-            os.kill(os.getpid(), sig)
-        return sample(streams, length, num, key, rows)
+    def signal_at_step_2(batch, *args):
+        if batch.ndim == 3:  # a train batch (grad_accum, B, S + 1), in step order
+            train_batches.append(batch)
+            if len(train_batches) == 2:
+                os.kill(os.getpid(), sig)
+        return global_batch(batch, *args)
 
-    monkeypatch.setattr(loop, "sample_windows", signal_at_step_2)
+    monkeypatch.setattr(loop.distributed, "global_batch", signal_at_step_2)
     assert run_cli([*TRAIN, "run_dir=signalled"]) == code
     assert "stopped after step 2" in capsys.readouterr().out
     assert sorted(p.name for p in (workspace / "signalled" / "checkpoints").iterdir()) == ["2"]

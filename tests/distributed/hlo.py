@@ -22,7 +22,7 @@ from xlstm_flax.kernels import registered_kernel
 from xlstm_flax.layers import mlstm_cell
 from xlstm_flax.layers.config import mLSTMLayerConfig
 from xlstm_flax.model import xLSTMLMConfig
-from xlstm_flax.train.loop import cross_entropy
+from xlstm_flax.train.loss import cross_entropy
 from xlstm_flax.train.recipe import RunConfig, TrainConfig
 from xlstm_flax.train.state import init_train_state
 

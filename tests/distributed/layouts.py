@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from xlstm_flax import distributed, sharding
 from xlstm_flax.layers.config import mLSTMLayerConfig, sLSTMLayerConfig
 from xlstm_flax.model import xLSTMLMConfig
-from xlstm_flax.train.loop import cross_entropy
+from xlstm_flax.train.loss import cross_entropy
 from xlstm_flax.train.optim import OptimConfig
 from xlstm_flax.train.recipe import RunConfig, TrainConfig
 from xlstm_flax.train.state import init_train_state

@@ -96,12 +96,12 @@ def test_resume_after_stop_reproduces_losses_and_compiles_once(recipe, reference
     _, expected, _ = reference
     traced = []
 
-    def counted_cross_entropy(logits, targets):
-        traced.append(logits.shape)
-        return loop_cross_entropy(logits, targets)
+    def counted_cross_entropy(head, features, *args):
+        traced.append(features.shape)
+        return loop_cross_entropy(head, features, *args)
 
-    loop_cross_entropy = loop.cross_entropy
-    monkeypatch.setattr(loop, "cross_entropy", counted_cross_entropy)
+    loop_cross_entropy = loop.chunked_cross_entropy
+    monkeypatch.setattr(loop, "chunked_cross_entropy", counted_cross_entropy)
     first = run(recipe, tmp_path, stop_at=6)
     assert first.interrupted and first.step == 6
     second = run(recipe, tmp_path, "resume=true")
@@ -179,21 +179,22 @@ def test_save_killed_midway_keeps_last_good_checkpoint(recipe, tmp_path):
 
 def poison_step(monkeypatch, at_step: int) -> None:
     """From then on, the update at step ``at_step`` returns a NaN loss and NaN parameters: the step is
-    read from the key of the train batch the loop samples just before (the compiled step is untouched)."""
+    recognised by its train batch, whose sampling key names it (the compiled step is untouched)."""
     make, sample = loop.make_steps, loop.sample_windows
-    batch_step = []
+    step_of_batch = {}
 
     def sample_spy(streams, length, batch_size, key, rows=slice(None)):
+        windows = sample(streams, length, batch_size, key, rows)
         if key[1] == loop.TRAIN_SPLIT:  # (seed, split, step, micro-batch)
-            batch_step[:] = [key[2]]
-        return sample(streams, length, batch_size, key, rows)
+            step_of_batch[windows.tobytes()] = key[2]
+        return windows
 
     def make_poisoned(*args):
         train_step, eval_step = make(*args)
 
         def poisoned(state, rest, batches):
             state, metrics = train_step(state, rest, batches)
-            if batch_step == [at_step]:
+            if step_of_batch.get(np.asarray(batches)[0].tobytes()) == at_step:
                 state = jax.tree.map(lambda x: x * jnp.nan, state)
                 metrics = {**metrics, "loss": metrics["loss"] * jnp.nan}
             return state, metrics

@@ -1,8 +1,10 @@
-"""Orbax checkpoints of the training state, saved atomically, the last K kept.
+"""Orbax checkpoints of the training state, saved atomically and asynchronously, the last K kept.
 
-A step directory is written under a temporary name and renamed when complete, so a process killed
-mid-save leaves the previous checkpoints untouched; unfinished temporary directories are ignored
-(and removed when the next writing manager opens the directory).
+A save copies the arrays to host memory and returns; a background thread writes them while training
+goes on. The step directory is written under a temporary name and renamed when complete, so a process
+killed mid-save leaves the previous checkpoints untouched; unfinished temporary directories are ignored
+(and removed when the next writing manager opens the directory). :meth:`Checkpointer.wait` (also done by
+the next save and by :meth:`Checkpointer.close`) blocks until the save in flight is complete.
 
 A checkpoint that does not restore (a truncated file, a disk error) is skipped by
 :meth:`Checkpointer.restore_newest`, which falls back to the newest one that does and reports what it
@@ -65,20 +67,24 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-            enable_async_checkpointing=False,
+            enable_async_checkpointing=not read_only,
             cleanup_tmp_directories=not read_only,
             create=not read_only,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
+        """The newest step, counting a save still in flight."""
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, metadata: dict) -> None:
-        """Write ``state`` (a pytree of arrays) and ``metadata`` (JSON) for ``step``; blocks until done."""
+        """Start writing ``state`` (a pytree of arrays) and ``metadata`` (JSON) for ``step``, once the
+        previous save has finished; returns when the arrays are copied to host memory (``state`` may then
+        be donated or changed), before they are on disk."""
+        self.wait()
         if step in self._manager.all_steps():
             return
         self._manager.save(
@@ -86,6 +92,9 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)),
             force=True,
         )
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is complete on disk; raises its error if it failed."""
         self._manager.wait_until_finished()
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
@@ -127,6 +136,8 @@ class Checkpointer:
         return self.directory / str(step)
 
     def close(self) -> None:
+        """Finish the save in flight, then release the manager."""
+        self.wait()
         self._manager.close()
 
 

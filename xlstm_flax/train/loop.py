@@ -1,5 +1,11 @@
 """The training loop: one jitted update step (gradient accumulation inside), periodic evaluation,
-checkpoints, metrics, a NaN guard, SIGINT/SIGTERM handling and an end-of-run sample."""
+checkpoints, metrics, a NaN guard, SIGINT/SIGTERM handling and an end-of-run sample.
+
+The host never waits for the device after each step: batches are sampled ahead in a background thread
+(:mod:`.prefetch`), the step's loss and gradient norm stay on the device until the log window closes (read
+one step later, when the next step is queued), before an evaluation and before a checkpoint, which is then
+written in the background (:mod:`.checkpoint`). Only the first step of a session is waited for: the run
+directory commits once a step has a finite loss."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed, sharding
 from ..convert.init_from import check_init_source, init_params_from
+from ..flops import peak_flops_per_second, train_flops_per_token
 from ..inference import sample_text
 from .checkpoint import Checkpointer
+from .compile_cache import cache_directory, compilation_cache
 from .data import (
     Corpus,
     Packing,
@@ -36,8 +44,11 @@ from .data import (
     load_corpus,
     sample_windows,
 )
+from .loss import chunked_cross_entropy
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
+from .prefetch import Prefetcher
+from .profiler import PROFILE_DIR, StepProfiler
 from .recipe import RunConfig, TrainConfig
 from .run_dir import RESUME, UNRESTORABLE_DIR, RunDirectory, open_run_dir
 from .state import init_train_state
@@ -71,24 +82,23 @@ class TrainResult:
         return self.val_history[-1]["loss"] if self.val_history else None
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """Mean next-token loss in nats (over the targets with weight 1 when ``weights`` (B, S) is given);
-    logits (B, S, V) are promoted to fp32."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-    if weights is None:
-        return losses.mean()
-    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1)
-
-
 @functools.lru_cache(maxsize=4)
-def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, packing: Packing | None = None):
+def make_steps(
+    graphdef,
+    optim: OptimConfig,
+    total_steps: int,
+    mesh: Mesh,
+    packing: Packing | None = None,
+    loss_chunk: int | None = None,
+):
     """The jitted ``train_step(state, rest, batches)`` and ``eval_step(params, rest, tokens)``; call them
     inside ``jax.set_mesh(mesh)`` so that the recurrence kernels run per device (:mod:`xlstm_flax.sharding`).
 
     ``batches``: int32 (grad_accum, B, S + 1); each micro-batch's gradient is computed in a
     ``lax.scan`` and their mean drives one optimiser update. ``state`` is donated and comes back
     laid out as :func:`sharding.state_shardings` says. With ``packing`` the model restarts its
-    state after every EOS (segment ids from :func:`document_segment_ids`). Cached, so runs of the
+    state after every EOS (segment ids from :func:`document_segment_ids`). ``loss_chunk``: positions per
+    chunk of the cross-entropy (:func:`chunked_cross_entropy`; None: the whole sequence). Cached, so runs of the
     same model and optimiser in one process (a resumed session, tests) compile once.
     """
     optimizer = make_optimizer(optim, total_steps)
@@ -97,10 +107,10 @@ def make_steps(graphdef, optim: OptimConfig, total_steps: int, mesh: Mesh, packi
         model = nnx.merge(graphdef, params, rest)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         if packing is None:
-            return cross_entropy(model(inputs), targets)
-        logits = model(inputs, segment_ids=document_segment_ids(inputs, packing.eos_id))
+            return chunked_cross_entropy(model.head, model.features(inputs), targets, chunk=loss_chunk)
+        features = model.features(inputs, segment_ids=document_segment_ids(inputs, packing.eos_id))
         weights = (inputs != packing.eos_id).astype(jnp.float32) if packing.mask_first_target else None
-        return cross_entropy(logits, targets, weights)
+        return chunked_cross_entropy(model.head, features, targets, weights, loss_chunk)
 
     def train_step(state, rest, batches):
         params = state["params"]
@@ -162,7 +172,8 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
         state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
         log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
 
-    steps = make_steps(graphdef, config.optim, tc.steps, mesh, document_packing(config.data, corpus.tokenizer))
+    packing = document_packing(config.data, corpus.tokenizer)
+    steps = make_steps(graphdef, config.optim, tc.steps, mesh, packing, tc.loss_chunk or None)
     train_step, eval_step = (_under_mesh(step, mesh) for step in steps)
     val_batches = [
         distributed.global_batch(
@@ -173,36 +184,54 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
         for i in range(tc.eval_batches)
     ]
     schedule = make_schedule(config.optim, tc.steps)
+    flops = _flops_per_token_and_peak(config, mesh)
     session = run.session(start, skipped, comment=kernel) if main_process else contextlib.nullcontext(run)
-    with session, logging_redirect_tqdm(tqdm_class=tqdm):
+    cache = compilation_cache(cache_directory(tc.compile_cache, run.path))
+    with session, logging_redirect_tqdm(tqdm_class=tqdm), cache:
         distributed.sync("run directory prepared")  # process 0 has laid out the directory
-        progress = _Progress(run.path, tc, start, window) if main_process else None
+        progress = _Progress(run.path, tc, start, window, *flops) if main_process else None
         checkpointer = Checkpointer(run.checkpoint_dir, config.checkpoint.keep)
         stop_signal = _StopSignal()
+        profiler = StepProfiler(tc.profile_steps, run.path / PROFILE_DIR)
+        batches = Prefetcher(_train_batches(corpus, tc, config.seed, rows, start))
+        pending: list[tuple[int, dict]] = []  # (step, device metrics) not read yet
+
+        def checked(step: int, values: dict) -> tuple[float, float]:
+            """``(loss, grad_norm)`` of a step's metrics; a non-finite one stops the run."""
+            loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteLossError(_non_finite_message(loss, grad_norm, step, checkpointer, run))
+            return loss, grad_norm
+
+        def read_pending() -> None:
+            """Check and record the queued steps' metrics (one host sync)."""
+            for (step, _), values in zip(pending, jax.device_get([out for _, out in pending])):
+                loss, grad_norm = checked(step, values)
+                result.step, result.train_losses[step] = step, loss
+                if progress:
+                    progress.train(step, loss, grad_norm, float(schedule(step - 1)))
+            pending.clear()
+
         try:
-            for step in range(start + 1, tc.steps + 1):
-                batches = np.stack(
-                    [
-                        sample_windows(
-                            corpus.train, tc.seq_len + 1, tc.batch_size, (config.seed, TRAIN_SPLIT, step, micro), rows
-                        )
-                        for micro in range(tc.grad_accum_steps)
-                    ]
-                )
-                state, out = train_step(state, rest, distributed.global_batch(batches, mesh, tc.batch_size, 1))
-                loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    raise NonFiniteLossError(_non_finite_message(loss, grad_norm, step, checkpointer, run))
+            for step, micro_batches in batches:
+                profiler.before(step)
+                state, out = train_step(state, rest, distributed.global_batch(micro_batches, mesh, tc.batch_size, 1))
+                profiler.after(step, out)
+                if pending and pending[-1][0] % tc.log_every == 0:  # read a log window once the next step is queued
+                    read_pending()
+                pending.append((step, out))
+                if step == start + 1:  # the run commits once its first step has a finite loss
+                    checked(step, jax.device_get(out))
                 if stop_signal.received and not run.committed:  # stopped during start-up: undo the start
                     result.interrupted, result.stopped_by = True, stop_signal.received
                     log(f"stopped before the first step finished ({stop_signal.received}); {run.path} is as it was")
                     break
                 if main_process:
                     run.commit()
-                result.step, result.train_losses[step] = step, loss
-                if progress:
-                    progress.train(step, loss, grad_norm, float(schedule(step - 1)))
-                if step % tc.eval_every == 0 or step == tc.steps:
+                evaluating = step % tc.eval_every == 0 or step == tc.steps
+                if evaluating:
+                    read_pending()
+                if evaluating:
                     values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
                     if progress:
                         progress.metrics.write(step, "val", values)
@@ -210,9 +239,9 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
                     log(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
                 stopping = stop_signal.received or step == stop_at
                 if step % config.checkpoint.every == 0 or step == tc.steps or stopping:
-                    checkpointer.save(
-                        step, state, {"step": step, "loss": loss, LOG_WINDOW: progress.window if progress else []}
-                    )
+                    read_pending()  # a checkpoint holds a state whose every loss was finite
+                    meta = {"step": step, "loss": result.train_losses[step]}
+                    checkpointer.save(step, state, {**meta, LOG_WINDOW: progress.window if progress else []})
                 if stopping:
                     result.interrupted, result.stopped_by = True, stop_signal.received or "stop_at"
                     log(
@@ -220,7 +249,14 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
                         f"in {run.checkpoint_dir}; continue with resume=true"
                     )
                     break
+        except NonFiniteLossError:
+            raise
+        except Exception:
+            read_pending()  # a failure between steps (data, a save): the steps that finished are still logged
+            raise
         finally:
+            batches.close()
+            profiler.close()
             stop_signal.restore()
             if progress:
                 progress.close()
@@ -290,6 +326,7 @@ def _resume_point(run: RunDirectory, state, log: Callable[[str], None]):
 
 
 def _non_finite_message(loss: float, grad_norm: float, step: int, checkpointer: Checkpointer, run: RunDirectory) -> str:
+    checkpointer.wait()  # a save in flight holds a good state (saves follow a check of every loss before them)
     last = checkpointer.latest_step()
     if last is not None:
         kept = f"nothing was saved after step {last} (the last good checkpoint, in {run.checkpoint_dir})"
@@ -303,6 +340,25 @@ def _non_finite_message(loss: float, grad_norm: float, step: int, checkpointer: 
     )
 
 
+def _train_batches(corpus: Corpus, tc: TrainConfig, seed: int, rows, start: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(step, int32 (grad_accum, B_local, S + 1))`` for the steps after ``start``: this process's rows
+    of each micro-batch, a function of (seed, step) only."""
+    for step in range(start + 1, tc.steps + 1):
+        micro = [
+            sample_windows(corpus.train, tc.seq_len + 1, tc.batch_size, (seed, TRAIN_SPLIT, step, m), rows)
+            for m in range(tc.grad_accum_steps)
+        ]
+        yield step, np.stack(micro)
+
+
+def _flops_per_token_and_peak(config: RunConfig, mesh: Mesh) -> tuple[float, float | None]:
+    """Model FLOPs per trained token (:func:`flops.train_flops_per_token`) and the peak FLOP/s of all the
+    mesh's devices together: ``train.peak_tflops`` per device, else the card's table value (None: unknown)."""
+    per_device = config.train.peak_tflops * 1e12 if config.train.peak_tflops else peak_flops_per_second()
+    peak = per_device * mesh.devices.size if per_device else None
+    return train_flops_per_token(config.model, config.train.seq_len), peak
+
+
 def _evaluate(eval_step, params, rest, val_batches, byte_level: bool) -> dict[str, float]:
     """Mean loss over the fixed validation batches, its perplexity and (byte-level) bits per byte."""
     loss = float(np.mean([eval_step(params, rest, tokens) for tokens in val_batches]))
@@ -314,14 +370,24 @@ def _evaluate(eval_step, params, rest, val_batches, byte_level: bool) -> dict[st
 
 class _Progress:
     """Progress bar (step, loss, lr, tokens/s, ETA) and train records: every ``log_every`` steps the
-    mean loss of those steps, the lr, the gradient norm and the throughput."""
+    mean loss of those steps, the lr, the gradient norm, the throughput and (when the peak is known) the
+    model FLOPs utilisation ``mfu`` = tokens/s x FLOPs per token / peak FLOP/s."""
 
-    def __init__(self, run_dir: Path, tc: TrainConfig, start: int, window: list[float]):
+    def __init__(
+        self,
+        run_dir: Path,
+        tc: TrainConfig,
+        start: int,
+        window: list[float],
+        flops_per_token: float,
+        peak_flops: float | None,
+    ):
         """``window``: the losses of the steps since the last record before ``start`` (a resumed run's
         checkpoint keeps them), so that its first record averages the same steps as an uninterrupted run."""
         self.metrics = MetricsWriter(run_dir, tensorboard=tc.tensorboard, purge_step=start + 1 if start else None)
         self._bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
         self._tc = tc
+        self._flops_per_token, self._peak_flops = flops_per_token, peak_flops
         self.window: list[float] = list(window)
         self._timed_steps = 0
         self._since = time.perf_counter()
@@ -333,10 +399,13 @@ class _Progress:
             now = time.perf_counter()
             tokens_per_s = self._timed_steps * self._tc.tokens_per_step / max(now - self._since, 1e-9)
             mean_loss = float(np.mean(self.window))
-            self.metrics.write(
-                step, "train", {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
-            )
-            self._bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            record = {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
+            shown = {"loss": f"{mean_loss:.4f}", "lr": f"{lr:.2e}", "tok_s": f"{tokens_per_s:,.0f}"}
+            if self._peak_flops:
+                record["mfu"] = tokens_per_s * self._flops_per_token / self._peak_flops
+                shown["mfu"] = f"{record['mfu']:.1%}"
+            self.metrics.write(step, "train", record)
+            self._bar.set_postfix(shown)
             self.window, self._timed_steps, self._since = [], 0, now
         self._bar.update(1)
 

@@ -25,6 +25,7 @@ from .data import DataConfig
 from .optim import OptimConfig
 
 CONFIG_FILE = "config.yaml"  # the resolved recipe, saved in the run directory
+DEFAULT_COMPILE_CACHE = "~/.cache/xlstm_flax/jax"  # shared by runs; survives an overwritten run directory
 MAX_SEED = 2**63  # seeds are non-negative 64-bit ints (numpy's and JAX's generators)
 
 
@@ -45,6 +46,10 @@ class TrainConfig:
     sample_top_k: int | None = None
     tensorboard: bool = True  # write TensorBoard events if tensorboardX is installed
     init_from: str | None = None  # HF xLSTMForCausalLM dir or run dir: its parameters, fresh optimiser, step 0
+    loss_chunk: int | None = None  # cross-entropy over this many positions at a time (null/0: all at once)
+    compile_cache: str | bool = DEFAULT_COMPILE_CACHE  # JAX compilation cache: a directory, run, or off (false)
+    profile_steps: tuple[int, ...] | None = None  # [first, last]: jax.profiler trace of those steps, <run_dir>/profile
+    peak_tflops: float | None = None  # the devices' peak TFLOP/s for `mfu` (null: known GPUs only)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "eval_batches", "log_every"):
@@ -56,6 +61,17 @@ class TrainConfig:
             raise ValueError(f"sample_temperature must be > 0, got {self.sample_temperature}")
         if self.sample_top_k is not None and self.sample_top_k < 1:
             raise ValueError(f"sample_top_k must be >= 1 or null, got {self.sample_top_k}")
+        if self.loss_chunk is not None and self.loss_chunk < 0:
+            raise ValueError(f"loss_chunk must be >= 0 or null, got {self.loss_chunk}")
+        if self.compile_cache is True or self.compile_cache == "":
+            raise ValueError(f"compile_cache must be a directory, run, or off (false), got {self.compile_cache!r}")
+        if self.profile_steps is not None and not (
+            len(self.profile_steps) == 2 and 1 <= self.profile_steps[0] <= self.profile_steps[1]
+        ):
+            got = list(self.profile_steps)
+            raise ValueError(f"profile_steps must be [first, last] with 1 <= first <= last, got {got}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops must be > 0 or null, got {self.peak_tflops}")
 
     @property
     def tokens_per_step(self) -> int:

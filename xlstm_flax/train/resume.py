@@ -6,10 +6,12 @@ model, the data, the optimiser and its schedule, the seed, the batch shape and t
 these keys may differ (the run directory records each change, see ``xlstm_flax.train.run_dir``):
 
 - logging, evaluation and the end-of-run sample: ``train.log_every``, ``train.eval_every``,
-  ``train.eval_batches``, ``train.sample_*``, ``train.tensorboard``;
+  ``train.eval_batches``, ``train.sample_*``, ``train.tensorboard``, ``train.compile_cache``,
+  ``train.profile_steps``, ``train.peak_tflops``;
 - checkpoint cadence and retention: ``checkpoint.*``;
 - how the same math runs: ``distributed.*`` (the state layout), ``model.mlstm.kernel``,
   ``model.mlstm.chunk_size``, ``model.mlstm.step_kernel`` (the kernels agree up to rounding),
+  ``train.loss_chunk`` (the same loss summed in another order),
   ``model.remat``;
 - ``train.steps``, only under ``optim.decay: constant``. The cosine and linear schedules decay over
   ``train.steps``, so another run length would change the learning rate of every step still to come;
@@ -35,6 +37,10 @@ ALLOWED_CHANGES = (
     "train.sample_temperature",
     "train.sample_top_k",
     "train.tensorboard",
+    "train.loss_chunk",
+    "train.compile_cache",
+    "train.profile_steps",
+    "train.peak_tflops",
     "checkpoint.",
     "distributed.",  # a trailing dot: every key of the section
     "model.mlstm.kernel",

@@ -29,7 +29,9 @@ from pathlib import Path
 
 from ..config import ConfigError, save_config
 from .checkpoint import CHECKPOINT_DIR, SkippedCheckpoint
+from .compile_cache import COMPILE_CACHE_DIR
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, TENSORBOARD_DIR, drop_records_after
+from .profiler import PROFILE_DIR
 from .recipe import CONFIG_FILE, RunConfig
 from .resume import load_saved_config, resume_changes
 
@@ -43,6 +45,8 @@ RUN_FILES = (
     TENSORBOARD_DIR,
     CHANGES_FILE,
     UNRESTORABLE_DIR,
+    PROFILE_DIR,
+    COMPILE_CACHE_DIR,
 )
 ASIDE_DIR = ".replaced-run"  # the replaced run, until the new one commits
 DELETING_DIR = ".replaced-run.deleting"  # renamed from ASIDE_DIR at the commit, then deleted

@@ -1,0 +1,83 @@
+"""The chunked cross-entropy equals the plain one, values and gradients (to the parameters of the head
+and to the hidden states), with and without per-token weights, for a length that is not a multiple of
+the chunk, through a tied-embedding, soft-capped head. Tolerance: fp32, 1e-6 of the scale (only the
+order of the sums differs)."""
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.model.helpers import VOCAB, assert_close_to_scale, make_model, small_config
+from xlstm_flax.train.loss import chunked_cross_entropy, cross_entropy
+
+REL_TOL = 1e-6
+BATCH, LENGTH, CHUNK = 3, 13, 4  # 13 = 3 full chunks and one of 1
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    model = make_model(small_config(tie_embeddings=True, logit_soft_cap=5.0, num_blocks=1, slstm_at=()), seed=7)
+    rng = np.random.default_rng(11)
+    features = jnp.asarray(rng.standard_normal((BATCH, LENGTH, 32)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, VOCAB, (BATCH, LENGTH)), jnp.int32)
+    weights = jnp.asarray(rng.random((BATCH, LENGTH)) > 0.3, jnp.float32)
+    return model, features, targets, weights
+
+
+def loss_and_grads(model, features, targets, weights, chunk):
+    graphdef, params = nnx.split(model)
+
+    def loss(params, features):
+        head = nnx.merge(graphdef, params).head
+        return chunked_cross_entropy(head, features, targets, weights, chunk)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, features)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_chunked_equals_plain(inputs, weighted):
+    model, features, targets, weights = inputs
+    weights = weights if weighted else None
+    plain, (plain_params, plain_features) = loss_and_grads(model, features, targets, weights, None)
+    expected = cross_entropy(model.head(features), targets, weights)
+    np.testing.assert_allclose(plain, expected, rtol=REL_TOL)  # chunk None is the plain loss
+    value, (grad_params, grad_features) = loss_and_grads(model, features, targets, weights, CHUNK)
+    np.testing.assert_allclose(value, plain, rtol=REL_TOL)
+    assert_close_to_scale(grad_features, plain_features, REL_TOL, "gradient to the hidden states")
+    for path, got, want in zip(
+        jax.tree_util.tree_leaves_with_path(grad_params), jax.tree.leaves(grad_params), jax.tree.leaves(plain_params)
+    ):
+        if np.abs(np.asarray(want)).max() > 0:  # head parameters (the blocks' gradients are zero here)
+            assert_close_to_scale(got, want, REL_TOL, f"gradient {jax.tree_util.keystr(path[0])}")
+    assert np.abs(np.asarray(grad_features)).max() > 0
+
+
+def test_chunk_is_checked(inputs):
+    model, features, targets, _ = inputs
+    with pytest.raises(ValueError, match="loss chunk must be >= 0"):
+        chunked_cross_entropy(model.head, features, targets, chunk=-2)
+    with pytest.raises(ValueError, match=r"features shape \(3, 12, 32\)"):
+        chunked_cross_entropy(model.head, features[:, :12], targets, chunk=4)
+
+
+def test_no_full_logits_in_forward_or_backward(inputs):
+    """No (B, ., V) array of the traced value-and-gradient holds more than one chunk of logits."""
+    model, features, targets, weights = inputs
+    graphdef, params = nnx.split(model)
+
+    def loss(params, features):
+        return chunked_cross_entropy(nnx.merge(graphdef, params).head, features, targets, weights, CHUNK)
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(params, features)
+    sizes = [v.aval.size for v in _all_vars(jaxpr.jaxpr) if v.aval.ndim >= 3 and v.aval.shape[-1] == VOCAB]
+    assert sizes and max(sizes) <= BATCH * CHUNK * VOCAB, max(sizes)
+
+
+def _all_vars(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield from eqn.outvars
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _all_vars(sub)
