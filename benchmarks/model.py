@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import re
 import statistics
@@ -81,6 +82,10 @@ def parse_ints(text: str) -> list[int]:
     return [int(p) for p in text.split(",")]
 
 
+def parse_loss_chunks(text: str) -> list[int]:
+    return [0 if part == "0" else parse_ints(part)[0] for part in text.split(",")]
+
+
 def compile_stages(jitted, *args, **kwargs):
     """(compiled, trace seconds, lower + compile seconds) of ``jitted`` at ``args``."""
     t0 = time.perf_counter()
@@ -111,13 +116,14 @@ def mfu_percent(flops_per_token: float, tokens_per_s: float):
     return "-" if peak is None else 100 * flops_per_token * tokens_per_s / peak
 
 
-def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int) -> list:
-    """One optimiser update of ``make_steps`` on B x S random tokens, timed over ``steps`` updates."""
+def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int, loss_chunk: int) -> list:
+    """One optimiser update of ``make_steps`` on B x S random tokens, timed over ``steps`` updates;
+    ``loss_chunk``: ``train.loss_chunk`` (0: the loss from the whole (B, S, V) logits at once)."""
     schedule = TrainConfig().steps  # the lr schedule's length: any valid one (updates cost the same)
     run = RunConfig(model=config, train=TrainConfig(steps=schedule, batch_size=B, seq_len=S), seed=seed)
     mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
     graphdef, rest, state = init_train_state(run, mesh)
-    train_step, _ = make_steps(graphdef, run.optim, run.train.steps, mesh)
+    train_step, _ = make_steps(graphdef, run.optim, run.train.steps, mesh, None, loss_chunk or None)
     batches = [random_tokens(seed + k, (1, B, S + 1), config.vocab_size) for k in range(INPUT_SETS)]
     with jax.set_mesh(mesh):
         compiled, trace_s, compile_s = compile_stages(train_step, state, rest, batches[0])
@@ -130,7 +136,8 @@ def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int) -> lis
     step_s = statistics.median(times[warmup:])
     tokens_per_s = B * S / step_s
     mfu = mfu_percent(flops.train_flops_per_token(config, S), tokens_per_s)
-    return ["train", B, S, trace_s, compile_s, 1e3 * step_s, tokens_per_s, mfu, "-", gib(compiled), "-"]
+    mode = f"train, loss chunk {loss_chunk}" if loss_chunk else "train, whole-sequence loss"
+    return [mode, B, S, trace_s, compile_s, 1e3 * step_s, tokens_per_s, mfu, "-", gib(compiled), "-"]
 
 
 def gib(compiled) -> float:
@@ -265,6 +272,9 @@ def parse_args(argv):
     parser.add_argument("--prefill", action="store_true", help="time generate's prefill")
     parser.add_argument("--decode", action="store_true", help="time steady-state greedy decoding")
     parser.add_argument("--shapes", type=parse_shapes, default=parse_shapes("8x2048"), help="BxS,... (train, prefill)")
+    parser.add_argument(
+        "--loss-chunks", type=parse_loss_chunks, default=[1024], help="train.loss_chunk values, 0 = whole sequence"
+    )
     parser.add_argument("--full-logits", action="store_true", help="add prefill rows through (B, S, V) logits")
     parser.add_argument("--decode-batches", type=parse_ints, default=[1], help="B,... for --decode")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens per decode run (>= 2)")
@@ -299,8 +309,8 @@ def main(argv=None) -> str:
     rows = []
     if args.train:
         config = model_config(args, get_preset(args.preset).param_dtype)
-        for B, S in args.shapes:
-            rows += show([train_row(config, B, S, args.steps, args.warmup, args.seed)])
+        for (B, S), chunk in itertools.product(args.shapes, args.loss_chunks):
+            rows += show([train_row(config, B, S, args.steps, args.warmup, args.seed, chunk)])
     if args.prefill or args.decode:
         model = xLSTMLMModel(model_config(args, args.gen_param_dtype), rngs=nnx.Rngs(args.seed))
         for B, S in args.shapes if args.prefill else ():
