@@ -3,7 +3,7 @@
     python benchmarks/kernels.py --kernels chunkwise--jax,parallel--jax \
         --shapes 8x8x8192x256x512,8x16x8192x128x256 --dtype bfloat16 --modes fw,fwbw \
         [--attention] [--kernel-options chunk_size=128] [--segments 0,16] [--out benchmarks/results/NAME.md]
-    python benchmarks/kernels.py --variants "chunkwise--triton;chunkwise--triton:fused_forward=True;chunkwise--jax"
+    python benchmarks/kernels.py --variants "chunkwise--triton;chunkwise--triton:save_states=True;chunkwise--jax"
 
 ``--variants`` (instead of ``--kernels``): ``;``-separated ``name[:key=value,...]`` entries, so that one run
 times one kernel under several option sets (e.g. the Triton kernel's tuning flags); ``--kernel-options``
@@ -87,8 +87,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def parse_options(text: str) -> dict:
-    """``"chunk_size=128,eps=1e-6,fused_forward=True"`` -> ``{"chunk_size": 128, "eps": 1e-06,
-    "fused_forward": True}``."""
+    """``"chunk_size=128,eps=1e-6,save_states=True"`` -> ``{"chunk_size": 128, "eps": 1e-06,
+    "save_states": True}``."""
     options = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")

@@ -108,22 +108,21 @@ def mlstm_chunkwise_triton(
     return (h, last_states) if return_last_states else h
 
 
-def _forward(q, k, v, i, f, c0, n0, m0, resets, options: _Options, keep_states: bool):
-    """The forward; ``keep_states``: the chunk states are needed afterwards (else the fused forward skips them)."""
+def _forward(q, k, v, i, f, c0, n0, m0, resets, options: _Options):
     result = launch_forward(
-        q, k, v, i, f, (c0, n0, m0), options.fw_config, options.qk_scale, options.eps, jnp.float32, resets, keep_states
+        q, k, v, i, f, (c0, n0, m0), options.fw_config, options.qk_scale, options.eps, jnp.float32, resets
     )
     return result, result.states.last()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
 def _chunkwise(q, k, v, i, f, c0, n0, m0, resets, options):
-    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options, keep_states=False)
+    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options)
     return result.matH, last_states
 
 
 def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, resets, options):
-    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options, keep_states=options.save_states)
+    result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options)
     saved_states = result.states if options.save_states else None
     residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecDen, result.vecM, result.vecNQ, resets, saved_states)
     return (result.matH, last_states), residuals

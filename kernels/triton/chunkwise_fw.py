@@ -3,7 +3,6 @@
 Two kernels (chunkwise_fw_kernels.py): a recurrent kernel walks chunks of ``chunk_size_inter`` steps
 and stores the state (C, n, m) at every ``chunk_size_intra`` boundary; a parallel kernel computes h,
 den, m_t (and the signed n_t.(s q_t)) for chunks of ``chunk_size_intra`` steps from those states.
-Opt-in (``FwConfig.fused_forward``): one fused kernel that does both, carrying the state in registers.
 The only work outside Triton is the O(S) gate preparation: log(sigmoid(f)) in fp32 and its cumulative
 sum restarted at every intra chunk (``vecB``, the chunk-local log-forget cumsum).
 
@@ -21,14 +20,14 @@ import jax.numpy as jnp
 from .. import common
 from . import chunkwise_fw_kernels as kernels
 from .launch import triton_call
-from .shared import cdiv, check_dtypes, chunk_log_forget_cumsum, chunk_segment_counter, dot_precision, padded_dim
+from .shared import cdiv, check_dtypes, chunk_log_forget_cumsum, chunk_segment_counter, dot_precision
 from .tuning import FwConfig, resolve_fw_config, state_dtype
 
 
 class ChunkStates(NamedTuple):
     """The state at every intra-chunk boundary (index 0 = the initial state, NC = S / chunk_size_intra)."""
 
-    matC: jax.Array | None  # (B, NH, NC+1, DHQK, DHV) fp32 or q's dtype (states_in_input_dtype); None: not kept
+    matC: jax.Array  # (B, NH, NC+1, DHQK, DHV) fp32 or q's dtype (states_in_input_dtype)
     vecN: jax.Array  # (B, NH, NC+1, DHQK) fp32
     scaM: jax.Array  # (B, NH, NC+1) fp32
     matC_last: jax.Array  # (B, NH, DHQK, DHV) fp32: the last state C at full precision
@@ -48,19 +47,6 @@ class FwResult(NamedTuple):
     states: ChunkStates
 
 
-def _states_shapes(matK, matV, config: FwConfig) -> tuple:
-    """The output buffers of :class:`ChunkStates` for k (B, NH, S, DHQK), v (B, NH, S, DHV)."""
-    B, NH, S, DHQK = matK.shape
-    DHV = matV.shape[-1]
-    NC = S // config.chunk_size_intra
-    return (
-        jax.ShapeDtypeStruct((B, NH, NC + 1, DHQK, DHV), state_dtype(config, matK.dtype)),
-        jax.ShapeDtypeStruct((B, NH, NC + 1, DHQK), jnp.float32),
-        jax.ShapeDtypeStruct((B, NH, NC + 1), jnp.float32),
-        jax.ShapeDtypeStruct((B, NH, DHQK, DHV), jnp.float32),
-    )
-
-
 def launch_states(matK, matV, vecB, vecI, vecSeg, initial, config: FwConfig) -> ChunkStates:
     """The recurrent kernel on checked inputs: the chunk states from ``vecB`` (the chunk-local
     log-forget cumsum), fp32 ``vecI``, ``vecSeg`` (the chunk-local segment counter, or None without
@@ -72,13 +58,19 @@ def launch_states(matK, matV, vecB, vecI, vecSeg, initial, config: FwConfig) -> 
     gates, kernel = (vecB, vecI), kernels.recurrent_fw_kernel
     if vecSeg is not None:
         gates, kernel = (vecB, vecI, vecSeg), kernels.recurrent_fw_segments_kernel
+    out_shape = (
+        jax.ShapeDtypeStruct((B, NH, NC + 1, DHQK, DHV), state_dtype(config, matK.dtype)),
+        jax.ShapeDtypeStruct((B, NH, NC + 1, DHQK), jnp.float32),
+        jax.ShapeDtypeStruct((B, NH, NC + 1), jnp.float32),
+        jax.ShapeDtypeStruct((B, NH, DHQK, DHV), jnp.float32),
+    )
     states = triton_call(
         matK,
         matV,
         *gates,
         *initial,
         kernel=kernel,
-        out_shape=_states_shapes(matK, matV, config),
+        out_shape=out_shape,
         grid=grid,
         num_warps=config.num_warps_inter,
         num_stages=config.num_stages_inter,
@@ -105,30 +97,39 @@ def recompute_states(matK, matV, vecI, vecF, initial, config: FwConfig, resets=N
 
 
 def launch_forward(
-    matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale, eps, output_dtype, resets=None, keep_states=True
+    matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale: float, eps: float, output_dtype, resets=None
 ) -> FwResult:
-    """The forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
-    ``resets`` (B, S) bool segment starts or None): the states and the parallel kernel, or the one fused
-    kernel (``config.fused_forward``), which stores the chunk states C only if ``keep_states`` (else
-    ``states.matC`` is None). ``qk_scale``, ``eps``: floats; ``output_dtype``: of den and m."""
+    """Both forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
+    ``resets`` (B, S) bool segment starts or None)."""
     B, NH, S, DHQK = matQ.shape
     DHV = matV.shape[-1]
-    L = config.chunk_size_intra
+    NC, L = S // config.chunk_size_intra, config.chunk_size_intra
     vecB = chunk_log_forget_cumsum(vecF, L, resets)
     vecSeg = chunk_segment_counter(resets, NH, L)
     vecI = vecI.astype(jnp.float32)
-    outputs = (
+    states = launch_states(matK, matV, vecB, vecI, vecSeg, initial, config)
+    out_shape = (
         jax.ShapeDtypeStruct((B, NH, S, DHV), matQ.dtype),
         jax.ShapeDtypeStruct((B, NH, S), output_dtype),
         jax.ShapeDtypeStruct((B, NH, S), output_dtype),
         jax.ShapeDtypeStruct((B, NH, S), jnp.float32),
     )
     gates = (vecB, vecI) if vecSeg is None else (vecB, vecI, vecSeg)
-    blocks = dict(
+    matH, vecDen, vecM, vecNQ = triton_call(
+        matQ,
+        matK,
+        matV,
+        *gates,
+        *states[:3],
+        kernel=kernels.parallel_fw_kernel if vecSeg is None else kernels.parallel_fw_segments_kernel,
+        out_shape=out_shape,
+        grid=(cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_parallel, B * NH),
+        num_warps=config.num_warps_intra,
+        num_stages=config.num_stages_intra,
         S=S,
         DHQK=DHQK,
         DHV=DHV,
-        NC=S // L,
+        NC=NC,
         L=L,
         BLOCK_LQ=config.siz_b_L_parallel,
         BLOCK_LK=config.siz_b_L_loop,
@@ -137,40 +138,6 @@ def launch_forward(
         QK_SCALE=qk_scale,
         EPS=eps,
         DOT_PRECISION=dot_precision(matQ.dtype),
-        num_warps=config.num_warps_intra,
-        num_stages=config.num_stages_intra,
-    )
-    if config.fused_forward:
-        kernel = kernels.fused_fw_kernel if vecSeg is None else kernels.fused_fw_segments_kernel
-        matC_all, *states = _states_shapes(matK, matV, config)
-        if not keep_states:  # never written: a placeholder
-            matC_all = jax.ShapeDtypeStruct((1,), matC_all.dtype)
-        matH, vecDen, vecM, vecNQ, matC_all, *states = triton_call(
-            matQ,
-            matK,
-            matV,
-            *gates,
-            *initial,
-            kernel=kernel,
-            out_shape=(*outputs, matC_all, *states),
-            grid=(cdiv(DHV, config.siz_b_DH_parallel), B * NH),
-            DHQK_PAD=padded_dim(DHQK),
-            STORE_STATES=keep_states,
-            **blocks,
-        )
-        return FwResult(matH, vecDen, vecM, vecNQ, ChunkStates(matC_all if keep_states else None, *states))
-    states = launch_states(matK, matV, vecB, vecI, vecSeg, initial, config)
-    kernel = kernels.parallel_fw_kernel if vecSeg is None else kernels.parallel_fw_segments_kernel
-    matH, vecDen, vecM, vecNQ = triton_call(
-        matQ,
-        matK,
-        matV,
-        *gates,
-        *states[:3],
-        kernel=kernel,
-        out_shape=outputs,
-        grid=(cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_parallel, B * NH),
-        **blocks,
     )
     return FwResult(matH, vecDen, vecM, vecNQ, states)
 
@@ -278,7 +245,6 @@ def mlstm_chunkwise_fw(
     num_stages_intra=None,
     num_stages_inter=None,
     states_in_input_dtype=None,
-    fused_forward=None,
     output_dtype=jnp.float32,
     eps=0.0,
 ):
@@ -322,7 +288,6 @@ def mlstm_chunkwise_fw(
         num_stages_intra=num_stages_intra,
         num_stages_inter=num_stages_inter,
         states_in_input_dtype=states_in_input_dtype,
-        fused_forward=fused_forward,
     )
     last_states = result.states.last() if return_last_states else None
     all_states = tuple(result.states[:3]) if return_all_states else None

@@ -28,11 +28,6 @@ class FwConfig:
     DHQK contracted in blocks of ``siz_b_DH_loop``. ``chunk_size_intra``: steps between stored states.
     ``states_in_input_dtype``: the stored chunk states C in q's dtype (their consumers cast them to it
     before their dots anyway, so h is unchanged; half the state bytes for 16-bit inputs), else fp32.
-    ``fused_forward`` (opt-in): one kernel instead of the two, a program per (head, ``siz_b_DH_parallel``
-    columns of DHV) walking the chunks with the whole DHQK x siz_b_DH_parallel state in registers,
-    ``siz_b_L_parallel`` rows at a time, keys and state updates in steps of ``siz_b_L_loop``; the states
-    are stored but not read back (``chunk_size_inter`` and the ``*_inter`` tiles then only serve the
-    backward's recomputation of the states).
     """
 
     chunk_size_inter: int
@@ -48,7 +43,6 @@ class FwConfig:
     siz_b_DHQK_inter: int
     siz_b_DHV_inter: int
     states_in_input_dtype: bool
-    fused_forward: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,16 +107,14 @@ def fitting_chunk_size(S: int, caller: str) -> int:
     return min(common.default_chunk_size(S), S & -S)
 
 
-def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, fused_forward: bool = False) -> dict:
+def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     """Per-shape forward defaults of every choice but chunk_size_intra.
 
     bf16/fp16: the fastest configuration of the H100 sweep at (DHQK, DHV) = (256, 512) and (128, 256),
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
     are twice as large: smaller parallel-kernel tiles, so shared memory stays within the H100's 227 KiB.
     Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages; chunk states in
-    the input dtype (fp32 for fp32 inputs). ``fused_forward`` (not swept yet): 64 rows, 64 key steps and
-    a DHV tile of min(64, padded DHV) per program, 8 warps, 2 stages (the register state is padded
-    DHQK x the DHV tile in fp32); the recurrent kernel's choices as without it.
+    the input dtype (fp32 for fp32 inputs).
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
@@ -132,10 +124,9 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, fused_forward
         num_warps_inter=4,
         num_stages_inter=2,
         states_in_input_dtype=True,
-        fused_forward=fused_forward,
     )
     if jnp.dtype(dtype).itemsize <= 2:
-        defaults = dict(
+        return dict(
             both,
             chunk_size_inter=intra if DHQK >= 256 else min(128, intra),
             num_stages_intra=3 if DHQK >= 256 else 2,
@@ -145,22 +136,16 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, fused_forward
             siz_b_DH_loop=dhqk_pad if dhqk_pad <= 128 else 64,
             num_warps_intra=8,
         )
-    else:
-        defaults = dict(
-            both,
-            chunk_size_inter=min(128, intra),
-            siz_b_L_parallel=min(64, intra),
-            siz_b_L_loop=min(64, intra),
-            siz_b_DH_parallel=min(128, dhv_pad),
-            siz_b_DH_loop=min(64, dhqk_pad),
-            num_warps_intra=4,
-            num_stages_intra=2,
-        )
-    if fused_forward:  # the parallel kernel's choices, as the fused kernel's tiles (64 everywhere)
-        tiles = ("siz_b_L_parallel", "siz_b_L_loop", "siz_b_DH_parallel", "siz_b_DH_loop")
-        defaults.update({name: min(64, high) for name, high in zip(tiles, (intra, intra, dhv_pad, dhqk_pad))})
-        defaults.update(num_warps_intra=8, num_stages_intra=2)
-    return defaults
+    return dict(
+        both,
+        chunk_size_inter=min(128, intra),
+        siz_b_L_parallel=min(64, intra),
+        siz_b_L_loop=min(64, intra),
+        siz_b_DH_parallel=min(128, dhv_pad),
+        siz_b_DH_loop=min(64, dhqk_pad),
+        num_warps_intra=4,
+        num_stages_intra=2,
+    )
 
 
 def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
@@ -229,8 +214,7 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
     """``given`` choices (None = default) over :func:`fw_defaults` for q/k/v of ``dtype``, every rule
     checked (ValueError naming it). chunk_size_intra defaults to :func:`fitting_chunk_size`."""
     given, intra = _filled(given, FW_OPTIONS, dims, caller)
-    defaults = fw_defaults(dims.DHQK, dims.DHV, dtype, intra, given.get("fused_forward") is True)
-    config = FwConfig(**{**defaults, **given, "chunk_size_intra": intra})
+    config = FwConfig(**{**fw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra})
     _check_chunks(dims.S, intra, "chunk_size_inter", config.chunk_size_inter)
     dhqk_pad, dhv_pad = padded_dim(dims.DHQK), padded_dim(dims.DHV)
     for name, high in (
@@ -246,7 +230,7 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
         config,
         ("num_warps_intra", "num_warps_inter"),
         ("num_stages_intra", "num_stages_inter"),
-        ("states_in_input_dtype", "fused_forward"),
+        ("states_in_input_dtype",),
     )
     return config
 

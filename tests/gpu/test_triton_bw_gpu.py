@@ -46,8 +46,6 @@ CASES = [
     (jnp.bfloat16, 512, 256, 512, True, True, {}),
     (jnp.bfloat16, 512, 256, 512, True, True, dict(save_states=True)),  # chunk states kept from the forward
     (jnp.bfloat16, 512, 256, 512, True, True, dict(states_in_input_dtype=False)),  # fp32 C and dC
-    (jnp.bfloat16, 512, 256, 512, True, True, dict(fused_forward=True, save_states=True)),
-    (jnp.float32, 500, 48, 96, True, True, dict(chunk_size=128, fused_forward=True)),
 ]
 
 

@@ -41,10 +41,6 @@ CASES = [
     FwCase(jnp.bfloat16, 1, 512, 256, 512, 128, 256, True, {}),
     FwCase(jnp.bfloat16, 1, 256, 128, 128, 128, 128, False, dict(siz_b_L_parallel=128, num_warps_intra=8)),
     FwCase(jnp.bfloat16, 1, 512, 256, 512, 128, 256, True, dict(states_in_input_dtype=False)),
-    # the opt-in fused forward
-    FwCase(jnp.float32, 1, 512, 48, 96, 32, 128, True, dict(fused_forward=True)),
-    FwCase(jnp.bfloat16, 1, 512, 256, 512, 128, 256, True, dict(fused_forward=True)),
-    FwCase(jnp.bfloat16, 2, 256, 128, 256, 64, 64, False, dict(fused_forward=True, siz_b_DH_parallel=128)),
 ]
 
 

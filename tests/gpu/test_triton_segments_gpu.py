@@ -34,8 +34,6 @@ CASES = [
     (jnp.float32, 1000, 48, 96, False, 60, {}),  # padded to 1024
     (jnp.bfloat16, 1024, 256, 512, True, 40, {}),
     (jnp.bfloat16, 512, 64, 64, True, 100, dict(chunk_size=128, save_states=True)),  # many one-token documents
-    (jnp.bfloat16, 1024, 256, 512, True, 40, dict(fused_forward=True)),
-    (jnp.float32, 512, 64, 128, True, 24, dict(chunk_size=64, fused_forward=True, siz_b_L_loop=32)),
 ]
 
 

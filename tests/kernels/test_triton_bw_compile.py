@@ -46,22 +46,27 @@ def _backward(**tuning):
     return lambda *args: mlstm_chunkwise_bw(*args, eps=1e-6, **tuning)
 
 
-@pytest.mark.parametrize("save_states", [False, True], ids=["recompute", "save_states"])
-def test_registry_gradient_lowers_forward_and_backward(monkeypatch, save_states):
+GRAD_OPTIONS = [{}, dict(save_states=True), dict(save_states=True, states_in_input_dtype=False)]
+
+
+@pytest.mark.parametrize("options", GRAD_OPTIONS, ids=["recompute", "save_states", "save_fp32_states"])
+def test_registry_gradient_lowers_forward_and_backward(monkeypatch, options):
     """jax.grad through get_kernel("chunkwise--triton") (its GPU check off: this machine has none);
-    the chunk states are computed twice (forward, backward) unless the forward's are saved."""
+    the chunk states are computed twice (forward, backward) unless the forward's are saved (bf16 C and
+    dC by default, fp32 with states_in_input_dtype=False)."""
     monkeypatch.setattr(autograd, "_require_triton_backend", lambda: None)
     sds = jax.ShapeDtypeStruct
     qk, gates = sds((1, 2, 128, 64), jnp.bfloat16), sds((1, 2, 128), jnp.float32)
     kernel = get_kernel("chunkwise--triton")
 
     def loss(q, k, v, i, f):
-        return jnp.sum(kernel(q, k, v, i, f, save_states=save_states).astype(jnp.float32))
+        return jnp.sum(kernel(q, k, v, i, f, **options).astype(jnp.float32))
 
     payloads = lowered_triton_calls(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), qk, qk, qk, gates, gates)
     assert_backward_compiled(payloads, (b"parallel_fw_kernel",))
     recurrent_fw = [p for p in payloads if b"recurrent_fw_kernel" in p]
-    assert len(recurrent_fw) == (1 if save_states else 2), "chunk-state kernel launches (forward + recompute)"
+    saved = options.get("save_states", False)
+    assert len(recurrent_fw) == (1 if saved else 2), "chunk-state kernel launches (forward + recompute)"
 
 
 def test_registry_entry_checks_backward_options_before_any_work():
@@ -75,11 +80,12 @@ def test_registry_entry_checks_backward_options_before_any_work():
         jax.eval_shape(lambda *a: kernel(*a, chunk_size=32, chunk_size_recurrent=64), qk, qk, qk, gates, gates)
 
 
-def test_registry_rejects_bad_save_states():
+@pytest.mark.parametrize("flag, value", [("save_states", "yes"), ("states_in_input_dtype", 1)])
+def test_registry_rejects_non_bool_flags(flag, value):
     sds = jax.ShapeDtypeStruct
-    qk, gates = sds((1, 2, 32, 16), jnp.float32), sds((1, 2, 32), jnp.float32)
-    with pytest.raises(ValueError, match=re.escape("save_states must be True or False, got 'yes'")):
-        jax.eval_shape(lambda *a: get_kernel("chunkwise--triton")(*a, save_states="yes"), qk, qk, qk, gates, gates)
+    qk, gates = sds((1, 2, 32, 16), jnp.bfloat16), sds((1, 2, 32), jnp.float32)
+    with pytest.raises(ValueError, match=re.escape(f"{flag} must be True or False, got {value!r}")):
+        jax.eval_shape(lambda *a: get_kernel("chunkwise--triton")(*a, **{flag: value}), qk, qk, qk, gates, gates)
 
 
 SWEEP = [
