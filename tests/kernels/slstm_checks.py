@@ -71,7 +71,16 @@ def reference(args, cotangents):
 
 
 def check_against_reference(kernel, args, cotangents, tol_values: float, tol_grads: float, **options) -> None:
-    """Values (h and every last state) within ``tol_values``, gradients of every input within ``tol_grads``."""
+    """Values (h and every last state) within ``tol_values``, gradients of every input within ``tol_grads``.
+
+    With a bf16/fp16 R the loss weighs h and the last h only. The last c, n and m carry the stabiliser
+    m = max(log f + m_prev, i), so their gradients jump where the two sides tie; bf16 rounding of h moves
+    gates by ~1e-3 and flips such near-ties, and one flip changes every earlier step's gradient (measured
+    with the scan backend itself: d pre 0.26-0.30 at 64x128x8x64 and 16x512x4x256). h is invariant to m
+    (c and n scale together), so its gradients are continuous: there the scan measured <= 4e-3."""
+    if args[1].dtype != jnp.float32:
+        weights_h, last = cotangents
+        cotangents = (weights_h, States(*(jnp.zeros_like(x) for x in last[:3]), last.h))
     (h, last), grads = outputs_and_gradients(kernel, args, cotangents, **options)
     (ref_h, ref_last), ref_grads = reference(args, cotangents)
     assert_close(h, ref_h, tol_values, "h")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests.kernels.compare import assert_close
-from tests.kernels.slstm_checks import make_inputs
+from tests.kernels.slstm_checks import check_against_reference, make_inputs, random_cotangents
 from xlstm_flax.kernels.slstm import States, get_slstm_kernel
 from xlstm_flax.kernels.slstm.reference import cell_step
 
@@ -42,3 +42,11 @@ def test_bf16_recurrent_kernel_gradient_sums_in_fp32():
     want_pre, want_recurrent = _faithful_float64_gradients(pre, recurrent_kernel, weights)
     assert_close(d_pre, want_pre, 1e-2, "d pre")
     assert_close(d_recurrent, want_recurrent, 1e-2, "d recurrent_kernel")
+
+
+def test_bf16_scan_passes_the_shared_kernel_check_at_a_near_tie_shape():
+    """check_against_reference at bf16 (h-only weights, see its docstring) on the shape where weighing the
+    last c, n, m made even the scan miss by 0.26 (a flipped stabiliser tie): values and every gradient
+    within 3e-2, the bf16 bound the GPU tests use for the Triton kernel (measured <= 4e-3)."""
+    args = make_inputs(264, 64, 128, 8, 64, jnp.bfloat16, initial=True)
+    check_against_reference(get_slstm_kernel("recurrent--jax"), args, random_cotangents(265, args[0]), 3e-2, 3e-2)
