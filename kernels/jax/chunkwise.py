@@ -10,8 +10,7 @@ With chunk length L and NC = S / L chunks (S padded to a multiple of L), per bat
    The log weights are segment sums of g (summed from j + 1, never differences of long cumulative
    sums), and ``m_t`` = max of the log weights is exactly the step recurrence's stabiliser;
 2. outputs, all chunks at once: ``h_i = sum_{j<=i} P_ij v_j + r_i (s q_i)^T C_t`` with
-   ``m_i = max(b_i + m_t, max_{j<=i}(b_i - b_j + i_j))`` (the recurrence's m at step i, exactly; the
-   row max of the rounded log weights, differentiated as ``b_i + max(m_t, cummax_j(i_j - b_j))``),
+   ``m_i = max(b_i + m_t, max_{j<=i}(b_i - b_j + i_j))`` (the recurrence's m at step i, exactly),
    ``P_ij = (s q_i . k_j) exp(b_i - b_j + i_j - m_i)``, ``r_i = exp(b_i + m_t - m_i)``; each row is
    divided by its denominator ``max(|sum_j P_ij + r_i (s q_i) . n_t|, exp(-m_i)) + eps`` before the
    matmuls, so they write h directly.
@@ -25,7 +24,6 @@ longer sequences, call in pieces and pass the states.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 
 from ..common import (
     check_inputs,
@@ -39,7 +37,6 @@ from ..common import (
     pad_sequence,
     segment_resets,
     segment_sums,
-    segmented_cummax,
     segmented_cumsum,
 )
 
@@ -143,18 +140,14 @@ def _chunk_outputs(q, k, v, i, b, seg, c_k, n_k, m_k, scale, eps):
     pairs = jnp.tril(jnp.ones((L, L), bool))  # j <= i (and, with resets, j in i's segment)
     if seg is not None:
         pairs = pairs & (seg[..., :, None] == seg[..., None, :])
-    log_d = b[..., :, None] - b[..., None, :] + i[..., None, :]  # log weight of step j in row i where pairs
+    log_d = jnp.where(pairs, b[..., :, None] - b[..., None, :] + i[..., None, :], -jnp.inf)
     log_r = b + m_k[..., None]  # log weight of the entering state in row i
     if seg is None:
-        state, steps = log_r, lax.cummax(i - b, axis=b.ndim - 1)
+        m = jnp.maximum(log_r, jnp.max(log_d, axis=-1))
     else:  # rows from the chunk's first reset on see the restarted zero state (log weight b + 0) instead
-        state = jnp.where(seg == 0, log_r, b)
-        steps = segmented_cummax(i - b, seg != jnp.roll(seg, 1, axis=-1))  # restarts where seg steps up
+        m = jnp.maximum(jnp.where(seg == 0, log_r, b), jnp.max(log_d, axis=-1))
         log_r = jnp.where(seg == 0, log_r, -jnp.inf)
-    m = _row_stabiliser(state, log_d, pairs, jnp.maximum(state, b + steps))
-    p = mixed_einsum("bhcid,bhcjd->bhcij", q, k, q.dtype) * (
-        scale * jnp.exp(jnp.where(pairs, log_d - m[..., None], -jnp.inf))
-    )
+    p = mixed_einsum("bhcid,bhcjd->bhcij", q, k, q.dtype) * (scale * jnp.exp(log_d - m[..., None]))
     r = scale * jnp.exp(log_r - m)
     nq = jnp.sum(p, axis=-1) + r * mixed_einsum("bhcid,bhcd->bhci", q, n_k, m.dtype)
     inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), jnp.exp(-m)) + eps)
@@ -162,17 +155,3 @@ def _chunk_outputs(q, k, v, i, b, seg, c_k, n_k, m_k, scale, eps):
         "bhcid,bhcdv->bhciv", q * (r * inv_den)[..., None], c_k, q.dtype
     )
     return h.astype(q.dtype)
-
-
-def _row_stabiliser(state, log_d, pairs, m_cheap):
-    """The stabiliser of each row i (B, NH, NC, L): the value is ``max(state_i, max_{j in pairs} log_d_ij)``,
-    the max of the row's log weights as rounded (no exponent rounds above 0, finite for huge gates); the
-    gradient is that of ``m_cheap``, the same max in exact arithmetic from O(L) terms per row
-    (``max(state_i, b_i + max_{j<=i}(i_j - b_j))``). The autodiff of the (L x L) max itself keeps an
-    (L x L) mask for the backward, which made chunkwise--jax's backward up to 2x slower.
-
-    state: (B, NH, NC, L) log weight of the entering state; log_d: (B, NH, NC, L, L) log weights of the
-    steps, valid where ``pairs``."""
-    state, log_d = lax.stop_gradient((state, log_d))
-    m_exact = jnp.maximum(state, jnp.max(jnp.where(pairs, log_d, -jnp.inf), axis=-1))
-    return m_exact + (m_cheap - lax.stop_gradient(m_cheap))
