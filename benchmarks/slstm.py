@@ -13,8 +13,9 @@ their default kernel); decoding step at B=16, D=1024. ``--tiny`` runs the same a
 kernel rows of "recurrent--triton" with its ``split`` option (programs per head, tiles of
 min(64, DH / split) columns); ``--tunings``: extra kernel rows of "recurrent--triton" with any of its
 tuning keywords (sets separated by ";", keywords by ","; the rest at their defaults).
-Training-step MFU counts 6 N FLOP per token (N = parameters) against a 989 TFLOP/s bf16 peak
-(H100/H200 SXM dense). A row that fails (no GPU for Triton, out of memory) holds its error.
+The training step is benchmarks/model.py's (the library's ``make_steps``), its MFU from
+``xlstm_flax.flops`` (6N plus the mLSTM recurrence, against the card's dense bf16 peak; "-" off GPU). A row that fails
+(no GPU for Triton, out of memory) holds its error.
 """
 
 from __future__ import annotations
@@ -27,20 +28,18 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
 
 from benchmarks.kernels import failure_note  # noqa: E402
+from benchmarks.model import train_row  # noqa: E402
 from benchmarks.timing import markdown_table, median_ms, write_report  # noqa: E402
 from xlstm_flax.kernels.slstm import NUM_GATES, get_slstm_kernel  # noqa: E402
 from xlstm_flax.layers import mLSTMLayer, mLSTMLayerConfig, sLSTMLayer, sLSTMLayerConfig  # noqa: E402
-from xlstm_flax.model import xLSTMLMModel  # noqa: E402
 from xlstm_flax.presets import PRESETS  # noqa: E402
-from xlstm_flax.train.loss import cross_entropy  # noqa: E402
 
-BF16_PEAK_FLOPS = 989e12
+TRAIN_STEPS, TRAIN_WARMUP = 10, 2
 INPUT_SETS = 3
 FULL = dict(B=16, S=2048, D=1024, heads=4, models=("350m", "350m-xlstm71"))
 TINY = dict(B=2, S=16, D=64, heads=2, models=("tiny-mlstm", "tiny"))
@@ -133,47 +132,19 @@ def _model_config(name: str):
     return PRESETS[name]
 
 
-def _train_step_ms(config, B: int, S: int) -> tuple[float, int]:
-    """(median ms of one forward + backward + AdamW update, parameter count)."""
-    model = xLSTMLMModel(config, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    optimizer = optax.adamw(1e-4)
-
-    def step(state, tokens):
-        params, opt_state = state
-
-        def loss_fn(params):
-            return cross_entropy(nnx.merge(graphdef, params, rest)(tokens[:, :-1]), tokens[:, 1:])
-
-        grads = jax.grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    n_params = sum(x.size for x in jax.tree.leaves(params))
-    step = jax.jit(step, donate_argnums=0)
-    state = [(params, optimizer.init(params))]  # replaced by every (donating) call
-
-    def one(tokens):
-        state[0] = step(state[0], tokens)
-        return state[0]
-
-    tokens = [(jax.random.randint(jax.random.key(s), (B, S + 1), 0, config.vocab_size),) for s in range(3)]
-    return median_ms(one, tokens, reps=10), n_params
-
-
 def train_step_rows(model_names, B, S) -> list[list]:
-    """Forward, backward and AdamW update of a preset, bf16 compute, fp32 params."""
+    """Forward, backward and AdamW update of a preset (the library's training step, bf16 compute, fp32
+    params, whole-sequence loss), timed by benchmarks/model.py."""
     rows = []
     for name in model_names:
         config = dataclasses.replace(_model_config(name), compute_dtype="bfloat16")
-        result, note = _try(_train_step_ms, config, B, S)
+        result, note = _try(train_row, config, B, S, TRAIN_STEPS, TRAIN_WARMUP, 0, 0)
         if note:
             rows.append([name, config.slstm_at, "-", "-", "-", note])
         else:
-            ms, n_params = result
-            tokens_per_s = B * S / (ms / 1e3)
-            mfu = 100 * 6 * n_params * tokens_per_s / BF16_PEAK_FLOPS
-            rows.append([name, config.slstm_at, ms, f"{tokens_per_s / 1e3:.1f}k", f"{mfu:.1f}%", ""])
+            ms, tokens_per_s, mfu = result[5:8]
+            mfu = mfu if mfu == "-" else f"{mfu:.1f}%"
+            rows.append([name, config.slstm_at, ms, f"{tokens_per_s / 1e3:.1f}k", mfu, ""])
         print(rows[-1], flush=True)
     return rows
 
@@ -234,7 +205,7 @@ def main(argv=None) -> str:
             [
                 f"## Training step at B={B}, S={S} (bf16 compute, fp32 params, AdamW)",
                 "",
-                markdown_table(["model", "sLSTM at", "step ms", "tokens/s", "MFU (6N)", "note"], rows),
+                markdown_table(["model", "sLSTM at", "step ms", "tokens/s", "MFU", "note"], rows),
             ]
         )
     if "decode" not in skip:

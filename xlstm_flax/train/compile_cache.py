@@ -17,6 +17,8 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
+from ..config import ConfigError
+
 COMPILE_CACHE_DIR = "jax_cache"  # inside a run directory, with train.compile_cache: run
 MIN_COMPILE_SECONDS = 0.5
 OFF, RUN = "off", "run"
@@ -35,14 +37,14 @@ def cache_directory(setting: str | bool, run_dir: Path) -> Path | None:
 def compilation_cache(directory: Path | None) -> Iterator[None]:
     """Inside the block JAX reads and writes compiled programs in ``directory`` (created if absent; None:
     no change); the previous cache settings come back after it. A directory that cannot be created is a
-    ValueError naming it."""
+    ConfigError naming it (one line from the CLI)."""
     if directory is None:
         yield
         return
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"train.compile_cache: cannot create {directory} ({err.strerror})") from None
+        raise ConfigError(f"train.compile_cache: cannot create {directory} ({err.strerror})") from None
     previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     _configure(str(directory), MIN_COMPILE_SECONDS)
     try:

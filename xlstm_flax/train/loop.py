@@ -228,10 +228,8 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
                     break
                 if main_process:
                     run.commit()
-                evaluating = step % tc.eval_every == 0 or step == tc.steps
-                if evaluating:
+                if step % tc.eval_every == 0 or step == tc.steps:
                     read_pending()
-                if evaluating:
                     values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
                     if progress:
                         progress.metrics.write(step, "val", values)
