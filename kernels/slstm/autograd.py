@@ -25,12 +25,13 @@ KERNEL_NAME = "recurrent--triton"
 def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | None = None, **tuning):
     """pre (B, S, 4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH) fp32/bf16/fp16, optional initial
     :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``tuning``:
-    block_b, block_dh, block_k, split, num_warps, num_stages (see triton_launch.py)."""
+    block_b, block_dh, block_k, split, num_warps, num_stages, resident (see triton_launch.py)."""
     if pre.dtype != jnp.float32:
         raise ValueError(f"{KERNEL_NAME}: pre must be float32, got {pre.dtype}")
     dims, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
     triton_launch.check_recurrent_dtype(KERNEL_NAME, recurrent_kernel)
-    config = (dims, triton_launch.resolve_tuning(KERNEL_NAME, dims, **tuning))
+    tuning = triton_launch.resolve_tuning(KERNEL_NAME, dims, recurrent_dtype=recurrent_kernel.dtype, **tuning)
+    config = (dims, tuning)
     launch.require_triton_backend(KERNEL_NAME, "recurrent--jax")
     return _slstm(pre, recurrent_kernel, initial, config)
 

@@ -40,16 +40,74 @@ def _tanh(x):
 
 
 @triton.jit
-def _group_barrier(sync, group, generation, SPLIT: tl.constexpr):
-    """Waits until every program of ``group`` has passed this barrier ``generation`` times (1, 2, ...);
-    their global stores before it are then visible. A block-wide barrier alone when SPLIT = 1."""
+def cell_step(g_i, g_f, g_z, g_o, c, n, m):
+    """One step of the cell on gate pre-activations and the state before it -> (c, n, m, h) after it."""
+    log_f_plus_m = _log_sigmoid(g_f) + m
+    m_new = tl.maximum(log_f_plus_m, g_i)
+    f_gate = tl.exp(log_f_plus_m - m_new)
+    i_gate = tl.exp(g_i - m_new)
+    c_new = f_gate * c + i_gate * _tanh(g_z)
+    n_new = f_gate * n + i_gate
+    return c_new, n_new, m_new, _sigmoid(g_o) * c_new / n_new
+
+
+@triton.jit
+def cell_grad(g_i, g_f, g_z, g_o, c_prev, n_prev, m_prev, dc, dn, dm, dh):
+    """The backward of :func:`cell_step` (docs/slstm.md): the gates, the state before the step and the
+    cotangents of the state after it (dh: the full cotangent of h) -> (the gates' cotangents d_i, d_f,
+    d_z, d_o, then dc, dn, dm of the state before the step). Ties of the stabiliser's max split evenly,
+    like ``jnp.maximum``."""
+    log_f_plus_m = _log_sigmoid(g_f) + m_prev
+    m = tl.maximum(log_f_plus_m, g_i)
+    f_gate = tl.exp(log_f_plus_m - m)
+    i_gate = tl.exp(g_i - m)
+    z_act = _tanh(g_z)
+    o_act = _sigmoid(g_o)
+    c = f_gate * c_prev + i_gate * z_act
+    n = f_gate * n_prev + i_gate
+    # h = o_act c / n
+    d_o = dh * (c / n) * o_act * (1.0 - o_act)
+    dc += dh * o_act / n
+    dn -= dh * o_act * c / (n * n)
+    # c, n = f_gate (c_prev, n_prev) + i_gate (z_act, 1)
+    d_fgate = (dc * c_prev + dn * n_prev) * f_gate  # d f_gate times f_gate: the exp's backward
+    d_igate = (dc * z_act + dn) * i_gate
+    d_z = dc * i_gate * (1.0 - z_act * z_act)
+    # f_gate = exp(log_f_plus_m - m), i_gate = exp(i - m), m = max(log_f_plus_m, i)
+    dm_total = dm - d_fgate - d_igate
+    to_lf = tl.where(log_f_plus_m > g_i, 1.0, tl.where(log_f_plus_m == g_i, 0.5, 0.0))
+    d_lf = d_fgate + dm_total * to_lf
+    d_i = d_igate + dm_total * (1.0 - to_lf)
+    # log_f_plus_m = logsig(f) + m_prev
+    return d_i, d_lf * _sigmoid(-g_f), d_z, d_o, dc * f_gate, dn * f_gate, d_lf
+
+
+@triton.jit
+def group_arrive(sync, group, SPLIT: tl.constexpr):
+    """This program's arrival at the group barrier: its global stores so far become visible to the
+    programs that then pass :func:`group_wait`. A block-wide barrier alone when SPLIT = 1."""
     tl.debug_barrier()
     if SPLIT > 1:
         tl.atomic_add(sync + group, 1, sem="release")
-        arrived = tl.atomic_add(sync + group, 0, sem="acquire")
+
+
+@triton.jit
+def group_wait(sync, group, generation, SPLIT: tl.constexpr):
+    """Waits until every program of ``group`` has arrived ``generation`` times (1, 2, ...): spins on
+    plain (volatile, L2) loads of the counter, then one acquire read orders the loads after it."""
+    if SPLIT > 1:
+        arrived = tl.load(sync + group, volatile=True)
         while arrived < generation * SPLIT:
-            arrived = tl.atomic_add(sync + group, 0, sem="acquire")
+            arrived = tl.load(sync + group, volatile=True)
+        tl.atomic_add(sync + group, 0, sem="acquire")
         tl.debug_barrier()
+
+
+@triton.jit
+def _group_barrier(sync, group, generation, SPLIT: tl.constexpr):
+    """:func:`group_arrive` then :func:`group_wait`."""
+    group_arrive(sync, group, SPLIT)
+    group_wait(sync, group, generation, SPLIT)
 
 
 # fmt: off
@@ -123,17 +181,12 @@ def slstm_fw_kernel(
             c = tl.load(c_all + prev + offs_e[None, :], mask=mask, other=0.0)
             n = tl.load(n_all + prev + offs_e[None, :], mask=mask, other=0.0)
             m = tl.load(m_all + prev + offs_e[None, :], mask=mask, other=0.0)
-            log_f_plus_m = _log_sigmoid(g_f) + m
-            m_new = tl.maximum(log_f_plus_m, g_i)
-            f_gate = tl.exp(log_f_plus_m - m_new)
-            i_gate = tl.exp(g_i - m_new)
-            c_new = f_gate * c + i_gate * _tanh(g_z)
-            n_new = f_gate * n + i_gate
+            c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)
             nxt = prev + NH * DH + offs_e[None, :]  # slot t + 1
-            tl.store(c_all + nxt, c_new, mask=mask)
-            tl.store(n_all + nxt, n_new, mask=mask)
-            tl.store(m_all + nxt, m_new, mask=mask)
-            tl.store(h_all + nxt, _sigmoid(g_o) * c_new / n_new, mask=mask)
+            tl.store(c_all + nxt, c, mask=mask)
+            tl.store(n_all + nxt, n, mask=mask)
+            tl.store(m_all + nxt, m, mask=mask)
+            tl.store(h_all + nxt, h_new, mask=mask)
         _group_barrier(sync, group, t + 2, SPLIT)
 # fmt: on
 
@@ -180,35 +233,14 @@ def slstm_bw_kernel(
             dm = tl.load(dm0 + running + offs_e[None, :], mask=mask, other=0.0)
             dh = tl.load(dh0 + running + offs_e[None, :], mask=mask, other=0.0)
             dh += tl.load(dh_seq + ((offs_b[:, None] * S + t) * NH + head) * DH + offs_e[None, :], mask=mask, other=0.0)
-            # recompute the step
-            log_f_plus_m = _log_sigmoid(g_f) + m_prev
-            m = tl.maximum(log_f_plus_m, g_i)
-            f_gate = tl.exp(log_f_plus_m - m)
-            i_gate = tl.exp(g_i - m)
-            z_act = _tanh(g_z)
-            o_act = _sigmoid(g_o)
-            c = f_gate * c_prev + i_gate * z_act
-            n = f_gate * n_prev + i_gate
-            # h = o_act c / n
-            d_o = dh * (c / n) * o_act * (1.0 - o_act)
-            dc += dh * o_act / n
-            dn -= dh * o_act * c / (n * n)
-            # c, n = f_gate (c_prev, n_prev) + i_gate (z_act, 1)
-            d_fgate = (dc * c_prev + dn * n_prev) * f_gate  # d f_gate times f_gate: the exp's backward
-            d_igate = (dc * z_act + dn) * i_gate
-            d_z = dc * i_gate * (1.0 - z_act * z_act)
-            # f_gate = exp(log_f_plus_m - m), i_gate = exp(i - m), m = max(log_f_plus_m, i)
-            dm_total = dm - d_fgate - d_igate
-            to_lf = tl.where(log_f_plus_m > g_i, 1.0, tl.where(log_f_plus_m == g_i, 0.5, 0.0))
-            d_lf = d_fgate + dm_total * to_lf
-            d_i = d_igate + dm_total * (1.0 - to_lf)
+            d_i, d_f, d_z, d_o, dc, dn, dm = cell_grad(g_i, g_f, g_z, g_o, c_prev, n_prev, m_prev, dc, dn, dm, dh)
             tl.store(dg + gates + offs_e[None, :], d_i, mask=mask)
-            tl.store(dg + gates + NH * DH + offs_e[None, :], d_lf * _sigmoid(-g_f), mask=mask)
+            tl.store(dg + gates + NH * DH + offs_e[None, :], d_f, mask=mask)
             tl.store(dg + gates + 2 * NH * DH + offs_e[None, :], d_z, mask=mask)
             tl.store(dg + gates + 3 * NH * DH + offs_e[None, :], d_o, mask=mask)
-            tl.store(dc0 + running + offs_e[None, :], dc * f_gate, mask=mask)
-            tl.store(dn0 + running + offs_e[None, :], dn * f_gate, mask=mask)
-            tl.store(dm0 + running + offs_e[None, :], d_lf, mask=mask)  # log_f_plus_m = logsig(f) + m_prev
+            tl.store(dc0 + running + offs_e[None, :], dc, mask=mask)
+            tl.store(dn0 + running + offs_e[None, :], dn, mask=mask)
+            tl.store(dm0 + running + offs_e[None, :], dm, mask=mask)
         _group_barrier(sync, group, step + 1, SPLIT)  # phase B reads every program's dg_t
         # the cotangent of h_{t-1} (this program's columns): sum over gates of dg_t R^T
         for k0 in range(col0, col0 + COLS, BLOCK_K):

@@ -3,7 +3,9 @@
 Tuning (:class:`Tuning`, one set for forward and backward): ``block_b`` batch rows per program (the
 tl.dot M tile, >= 16), ``block_dh`` output columns and ``block_k`` rows of R per tile (powers of two
 in [16, DH padded]), ``split`` programs sharing one (batch block, head) (1..32; > 1 needs the whole
-grid resident on the GPU), ``num_warps``, ``num_stages``. Grid: (split, ceil(B / block_b), NH).
+grid resident on the GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held in registers:
+triton_resident.py; needs one ``block_dh`` tile per program and a slice of at most
+RESIDENT_MAX_BYTES). Grid: (split, ceil(B / block_b), NH).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..triton.shared import (
     next_pow2,
     padded_dim,
 )
-from . import triton_kernels
+from . import triton_kernels, triton_resident
 from .common import Dims, States
 
 TRITON_RECURRENT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -32,6 +34,7 @@ MAX_BLOCK_B = 128
 MAX_SPLIT = 32
 DEFAULT_MAX_BLOCK_B = 64
 DEFAULT_MAX_SPLIT = 8  # H200, DH = 256 (2026-12-02): split 4 and 8 equally fast, 2.8x the scan's fw+bw
+RESIDENT_MAX_BYTES = 128 * 1024  # R's slice per program (4 x DH padded x columns): fits shared memory with room to spare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Tuning:
     split: int
     num_warps: int
     num_stages: int
+    resident: bool = False
 
     def columns(self, DH: int) -> int:
         """Columns per program: DH / split rounded up to a multiple of both tiles."""
@@ -53,10 +57,20 @@ class Tuning:
 
 
 def resolve_tuning(
-    name: str, dims: Dims, block_b=None, block_dh=None, block_k=None, split=None, num_warps=None, num_stages=None
+    name: str,
+    dims: Dims,
+    block_b=None,
+    block_dh=None,
+    block_k=None,
+    split=None,
+    num_warps=None,
+    num_stages=None,
+    resident=None,
+    recurrent_dtype=jnp.bfloat16,
 ) -> Tuning:
-    """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count) and checks every
-    rule (ValueError naming the kernel and the option)."""
+    """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count; ``resident``:
+    where R's slice in ``recurrent_dtype`` fits) and checks every rule (ValueError naming the kernel and
+    the option)."""
     sms = jax.devices("gpu")[0].core_count if launch.gpu_visible() else None
     given = dict(block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps)
     try:  # the defaults divide by these
@@ -69,6 +83,9 @@ def resolve_tuning(
     tuning = default_tuning(dims, sms, **{k: v for k, v in given.items() if v is not None})
     if num_stages is not None:
         tuning = dataclasses.replace(tuning, num_stages=num_stages)
+    slice_bytes = resident_slice_bytes(tuning, dims.DH, recurrent_dtype)
+    fits = tuning.columns(dims.DH) == tuning.block_dh and slice_bytes <= RESIDENT_MAX_BYTES
+    tuning = dataclasses.replace(tuning, resident=fits if resident is None else resident)
     try:
         check_power_of_two("block_b", tuning.block_b, MIN_BLOCK, MAX_BLOCK_B)
         check_power_of_two("block_dh", tuning.block_dh, MIN_BLOCK, padded_dim(dims.DH))
@@ -78,9 +95,26 @@ def resolve_tuning(
         check_int_range("split", tuning.split, 1, MAX_SPLIT)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
+    if tuning.resident not in (True, False):
+        raise ValueError(f"{name}: resident={tuning.resident!r} must be a bool (or 0 / 1)")
+    if tuning.resident and tuning.columns(dims.DH) != tuning.block_dh:
+        raise ValueError(
+            f"{name}: resident needs one block_dh tile per program, but split={tuning.split} x "
+            f"block_dh={tuning.block_dh} leaves {tuning.columns(dims.DH)} of DH={dims.DH} columns per program"
+        )
+    if tuning.resident and slice_bytes > RESIDENT_MAX_BYTES:
+        raise ValueError(
+            f"{name}: resident R slice (4 x {padded_dim(dims.DH)} x {tuning.block_dh} "
+            f"{jnp.dtype(recurrent_dtype).name}) takes {slice_bytes} bytes, more than {RESIDENT_MAX_BYTES}"
+        )
     if tuning.split > 1 and sms is not None:
         _check_resident(name, tuning, dims, sms)
-    return tuning
+    return dataclasses.replace(tuning, resident=bool(tuning.resident))
+
+
+def resident_slice_bytes(tuning: Tuning, DH: int, recurrent_dtype) -> int:
+    """Bytes of one program's slice of R (4 gates x DH padded x block_dh) in ``recurrent_dtype``."""
+    return 4 * padded_dim(DH) * tuning.block_dh * jnp.dtype(recurrent_dtype).itemsize
 
 
 def default_tuning(dims: Dims, sms: int | None, **given) -> Tuning:
@@ -129,13 +163,18 @@ def check_recurrent_dtype(name: str, recurrent_kernel) -> None:
         raise ValueError(f"{name}: recurrent_kernel must be float32, bfloat16 or float16, got {recurrent_kernel.dtype}")
 
 
-def _launch(kernel, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype):
-    """Launches ``kernel`` with ``out_shape`` plus the group counters (zeroed; dropped from the result)."""
+def _launch(kernels, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype):
+    """Launches ``kernels`` (a (streaming, resident) pair; ``tuning.resident`` picks) with ``out_shape``
+    plus the group counters (zeroed; dropped from the result)."""
     split, batch_blocks, NH = grid = tuning.grid(dims)
     sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
+    if tuning.resident:
+        tiles = dict(DH_PAD=padded_dim(dims.DH))
+    else:
+        tiles = dict(BLOCK_DH=tuning.block_dh, BLOCK_K=tuning.block_k)
     *outputs, _ = launch.triton_call(
         *inputs,
-        kernel=kernel,
+        kernel=kernels[tuning.resident],
         out_shape=(*out_shape, sync),
         grid=grid,
         zeroed_outputs=(len(out_shape),),
@@ -148,9 +187,8 @@ def _launch(kernel, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dty
         SPLIT=split,
         COLS=tuning.columns(dims.DH),
         BLOCK_B=tuning.block_b,
-        BLOCK_DH=tuning.block_dh,
-        BLOCK_K=tuning.block_k,
         DOT_PRECISION=dot_precision(recurrent_dtype),
+        **tiles,
     )
     return outputs
 
@@ -162,7 +200,7 @@ def slstm_fw(pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning)
     B, S, NH, DH = dims
     history = jax.ShapeDtypeStruct((B, S + 1, NH, DH), jnp.float32)
     g, *out = _launch(
-        triton_kernels.slstm_fw_kernel,
+        (triton_kernels.slstm_fw_kernel, triton_resident.slstm_fw_resident_kernel),
         (pre, recurrent_kernel, *initial),
         (jax.ShapeDtypeStruct(pre.shape, jnp.float32),) + (history,) * 4,
         dims,
@@ -188,7 +226,8 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         dh_seq.astype(jnp.float32),
         *(d.astype(jnp.float32) for d in d_last),
     )
-    dg, *d_initial = _launch(triton_kernels.slstm_bw_kernel, inputs, out_shape, dims, tuning, recurrent_kernel.dtype)
+    kernels = (triton_kernels.slstm_bw_kernel, triton_resident.slstm_bw_resident_kernel)
+    dg, *d_initial = _launch(kernels, inputs, out_shape, dims, tuning, recurrent_kernel.dtype)
     return dg, States(*d_initial)
 
 

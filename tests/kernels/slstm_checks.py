@@ -97,7 +97,7 @@ def case_id(case) -> str:
     return (
         f"{jnp.dtype(dtype).name}-B{B}S{S}NH{NH}DH{DH}"
         + ("-initial" if initial else "")
-        + (f"-{len(tuning)}opts" if tuning else "")
+        + "".join(f"-{key}{value}" for key, value in tuning.items())
     )
 
 

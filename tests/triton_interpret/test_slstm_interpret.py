@@ -26,11 +26,15 @@ from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 TOL = {jnp.float32: (2e-6, 5e-6), jnp.bfloat16: (1e-2, 2e-2)}
 
 CASES = [
-    # (R dtype, B, S, NH, DH, initial states, tuning)
-    (jnp.float32, 2, 7, 2, 16, True, {}),  # one tile, B < block_b
+    # (R dtype, B, S, NH, DH, initial states, tuning); R resident (triton_resident.py) by default where
+    # one tile covers the head (split 1 here) and its slice fits
+    (jnp.float32, 2, 7, 2, 16, True, {}),  # one tile, B < block_b: resident
+    (jnp.float32, 2, 7, 2, 16, True, dict(resident=False)),  # the same, streaming R
     (jnp.float32, 3, 5, 1, 40, True, dict(block_dh=16, block_k=32)),  # DH not a power of two, several tiles
+    (jnp.float32, 3, 5, 1, 40, True, dict(resident=True)),  # resident, padded columns and rows
     (jnp.float32, 17, 4, 1, 16, False, dict(block_b=16)),  # two batch blocks, default initial states
     (jnp.bfloat16, 2, 6, 2, 32, True, dict(block_dh=16, block_k=16)),
+    (jnp.bfloat16, 2, 6, 2, 32, True, dict(resident=True)),
 ]
 
 
