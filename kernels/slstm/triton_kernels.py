@@ -1,4 +1,5 @@
-"""Triton kernels of the fused sLSTM recurrence (launched by triton_launch.py; math in docs/slstm.md).
+"""Triton kernels of the fused sLSTM recurrence with R streamed from L2 (launched by triton_launch.py;
+math in docs/slstm.md; the variant with R's slice on chip: triton_resident.py).
 
 One program per (batch block of BLOCK_B rows, head) walks the whole sequence. Per step it computes the
 four gate pre-activations ``g = pre_t + h_{t-1} R`` tile by tile: BLOCK_DH output columns at a time,
@@ -15,8 +16,9 @@ reads them, so the full h_{t-1} (or dg_t) is available to every tile.
 output (so each reads only a DH x COLS slice of R per gate, which can stay in L1). Where a program
 reads the others' columns (the forward's h_{t-1}, the backward's dg_t in phase B) the programs of a
 group first meet at a barrier in global memory (``sync``, one int32 counter per group, zeroed before
-the launch; release/acquire atomics). All programs of a group must be resident at once,
-so the grid must fit on the GPU (checked by the launcher); under the interpreter only SPLIT = 1 runs.
+the launch; a release increment per arrival, a spin on volatile loads and one acquire read per wait).
+All programs of a group must be resident at once, so the grid must fit on the GPU (checked by the
+launcher); under the interpreter only SPLIT = 1 runs.
 """
 
 import triton

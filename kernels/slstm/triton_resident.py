@@ -21,7 +21,7 @@ from .triton_kernels import cell_grad, cell_step, group_arrive, group_wait
 # fmt: off
 @triton.jit
 def _load_gates(base, offs, mask, GATE_STRIDE: tl.constexpr):
-    """The four gates' (BLOCK_B, COLS) tiles at ``base + offs`` (fp32 buffers shaped like ``pre``)."""
+    """The four gates' tiles at ``base + offs + gate * GATE_STRIDE`` (zero where masked)."""
     return (tl.load(base + offs, mask=mask, other=0.0), tl.load(base + GATE_STRIDE + offs, mask=mask, other=0.0),
             tl.load(base + 2 * GATE_STRIDE + offs, mask=mask, other=0.0),
             tl.load(base + 3 * GATE_STRIDE + offs, mask=mask, other=0.0))
@@ -43,6 +43,28 @@ def _product(x, r_i, r_f, r_z, r_o, acc_i, acc_f, acc_z, acc_o, DOT_PRECISION: t
 
 
 @triton.jit
+def _program_slice(
+    R, head, B: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, COLS: tl.constexpr, BLOCK_B: tl.constexpr,
+    DH_PAD: tl.constexpr, TRANSPOSED: tl.constexpr,
+):
+    """This program's batch rows ``offs_b``, its columns ``offs_e``, every column ``offs_k``, the masks
+    (BLOCK_B, COLS) and (BLOCK_B, DH_PAD), the offsets (BLOCK_B, COLS) of its state in (B, NH, DH)
+    buffers and the four gates' (DH_PAD, COLS) slices: R[gate, head, :, cols], or TRANSPOSED
+    R[gate, head, cols, :]^T."""
+    offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    offs_e = tl.program_id(0) * COLS + tl.arange(0, COLS)
+    offs_k = tl.arange(0, DH_PAD)
+    if TRANSPOSED:
+        r_offs = (head * DH + offs_e[None, :]) * DH + offs_k[:, None]
+    else:
+        r_offs = (head * DH + offs_k[:, None]) * DH + offs_e[None, :]
+    r_i, r_f, r_z, r_o = _load_gates(R, r_offs, (offs_k < DH)[:, None] & (offs_e < DH)[None, :], NH * DH * DH)
+    return (offs_b, offs_e, offs_k, (offs_b < B)[:, None] & (offs_e < DH)[None, :],
+            (offs_b < B)[:, None] & (offs_k < DH)[None, :], (offs_b[:, None] * NH + head) * DH + offs_e[None, :],
+            r_i, r_f, r_z, r_o)
+
+
+@triton.jit
 def slstm_fw_resident_kernel(
     pre, R, c0, n0, m0, h0,  # inputs
     g_all, c_all, n_all, m_all, h_all, sync,  # outputs
@@ -52,18 +74,8 @@ def slstm_fw_resident_kernel(
     """The forward of triton_kernels.slstm_fw_kernel (same buffers and outputs) with R's slice resident."""
     head = tl.program_id(2)
     group = tl.program_id(1) * NH + head
-    offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    offs_e = tl.program_id(0) * COLS + tl.arange(0, COLS)  # this program's columns
-    offs_k = tl.arange(0, DH_PAD)  # every column of h_{t-1}
-    mask = (offs_b < B)[:, None] & (offs_e < DH)[None, :]
-    mask_h = (offs_b < B)[:, None] & (offs_k < DH)[None, :]
-    r_offs = (head * DH + offs_k[:, None]) * DH + offs_e[None, :]
-    r_mask = (offs_k < DH)[:, None] & (offs_e < DH)[None, :]
-    r_i = tl.load(R + r_offs, mask=r_mask, other=0.0)
-    r_f = tl.load(R + NH * DH * DH + r_offs, mask=r_mask, other=0.0)
-    r_z = tl.load(R + 2 * NH * DH * DH + r_offs, mask=r_mask, other=0.0)
-    r_o = tl.load(R + 3 * NH * DH * DH + r_offs, mask=r_mask, other=0.0)
-    state = (offs_b[:, None] * NH + head) * DH + offs_e[None, :]
+    offs_b, offs_e, offs_k, mask, mask_h, state, r_i, r_f, r_z, r_o = _program_slice(
+        R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD, False)
     c = tl.load(c0 + state, mask=mask, other=0.0)
     n = tl.load(n0 + state, mask=mask, other=0.0)
     m = tl.load(m0 + state, mask=mask, other=0.0)
@@ -104,18 +116,8 @@ def slstm_bw_resident_kernel(
     written once, after the walk) with R^T's slice resident."""
     head = tl.program_id(2)
     group = tl.program_id(1) * NH + head
-    offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    offs_e = tl.program_id(0) * COLS + tl.arange(0, COLS)  # this program's columns
-    offs_k = tl.arange(0, DH_PAD)  # every column of dg_t
-    mask = (offs_b < B)[:, None] & (offs_e < DH)[None, :]
-    mask_dg = (offs_b < B)[:, None] & (offs_k < DH)[None, :]
-    rt_offs = (head * DH + offs_e[None, :]) * DH + offs_k[:, None]  # R[gate, head, cols, :]^T
-    rt_mask = (offs_k < DH)[:, None] & (offs_e < DH)[None, :]
-    rt_i = tl.load(R + rt_offs, mask=rt_mask, other=0.0)
-    rt_f = tl.load(R + NH * DH * DH + rt_offs, mask=rt_mask, other=0.0)
-    rt_z = tl.load(R + 2 * NH * DH * DH + rt_offs, mask=rt_mask, other=0.0)
-    rt_o = tl.load(R + 3 * NH * DH * DH + rt_offs, mask=rt_mask, other=0.0)
-    state = (offs_b[:, None] * NH + head) * DH + offs_e[None, :]
+    offs_b, offs_e, offs_k, mask, mask_dg, state, rt_i, rt_f, rt_z, rt_o = _program_slice(
+        R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD, True)
     dc = tl.load(dc_last + state, mask=mask, other=0.0)
     dn = tl.load(dn_last + state, mask=mask, other=0.0)
     dm = tl.load(dm_last + state, mask=mask, other=0.0)

@@ -27,14 +27,17 @@ if not triton_usable():
 TOL = {jnp.float32: (1e-4, 1e-3), jnp.bfloat16: (3e-2, 3e-2)}
 
 CASES = [
-    # (R dtype, B, S, NH, DH, initial states, tuning)
+    # (R dtype, B, S, NH, DH, initial states, tuning); the defaults at DH = 256 are split 8 with R's slice
+    # resident (triton_resident.py)
     (jnp.float32, 16, 256, 4, 256, True, {}),
     (jnp.bfloat16, 16, 256, 4, 256, True, {}),
-    (jnp.bfloat16, 16, 512, 4, 256, False, dict(block_dh=128, block_k=32, num_warps=8)),
+    (jnp.bfloat16, 16, 512, 4, 256, False, dict(block_dh=128, block_k=32, num_warps=8)),  # split 2, streaming
     (jnp.float32, 37, 128, 2, 48, True, dict(block_b=32, block_dh=16)),
     (jnp.bfloat16, 64, 128, 8, 64, True, dict(block_b=64)),
-    (jnp.bfloat16, 16, 512, 4, 256, True, dict(split=8, block_dh=32, block_k=32)),  # group barriers
+    (jnp.bfloat16, 16, 512, 4, 256, True, dict(split=8, resident=False)),  # streaming R, group barriers
+    (jnp.bfloat16, 16, 512, 4, 256, True, dict(split=4, block_dh=64, num_warps=8, resident=True)),
     (jnp.float32, 37, 128, 2, 48, True, dict(split=2, block_dh=16, block_k=16)),
+    (jnp.float32, 37, 128, 2, 48, True, dict(split=2, resident=True)),  # padded rows and columns
 ]
 
 

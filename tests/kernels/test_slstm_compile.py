@@ -14,10 +14,12 @@ from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_call
 
 skip_module_unless_lowerable()
 
-from xlstm_flax.kernels.slstm import get_slstm_kernel  # noqa: E402
+from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch  # noqa: E402
+from xlstm_flax.kernels.slstm.common import Dims  # noqa: E402
 from xlstm_flax.kernels.triton import launch  # noqa: E402
 
-SLSTM_KERNELS = (b"slstm_fw_kernel", b"slstm_bw_kernel", b"slstm_dr_kernel")
+STREAMING = (b"slstm_fw_kernel", b"slstm_bw_kernel", b"slstm_dr_kernel")
+RESIDENT = (b"slstm_fw_resident_kernel", b"slstm_bw_resident_kernel", b"slstm_dr_kernel")
 
 
 def _shapes(dtype, B, S, NH, DH):
@@ -46,20 +48,26 @@ SWEEP = [
     (jnp.bfloat16, 16, 16, 1, 512, {}),  # the 1.3b xLSTM[7:1] layer's head dim
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=8, block_dh=32, block_k=32)),  # programs meet at group barriers
     (jnp.float32, 24, 16, 2, 48, dict(split=2, block_dh=16, block_k=16, num_warps=2)),
+    # R's slice on chip (triton_resident.py): the 350m layer at the H200's default split and at split 4
+    (jnp.bfloat16, 16, 16, 4, 256, dict(split=8, resident=True)),
+    (jnp.bfloat16, 16, 16, 4, 256, dict(split=4, block_dh=64, num_warps=8, resident=True)),
+    (jnp.float32, 24, 16, 2, 48, dict(split=2, resident=True)),  # padded rows and columns, fp32 (3xTF32)
 ]
 
 
 def _case_id(case):
     dtype, B, S, NH, DH, tuning = case
-    return f"{jnp.dtype(dtype).name}-B{B}-DH{DH}-" + ("defaults" if not tuning else f"{len(tuning)}opts")
+    return f"{jnp.dtype(dtype).name}-B{B}-DH{DH}-" + ("defaults" if not tuning else "-".join(map(str, tuning.items())))
 
 
 @pytest.mark.parametrize("case", SWEEP, ids=_case_id)
 def test_forward_and_backward_lower_to_sm90_ptx(monkeypatch, case):
     monkeypatch.setattr(launch, "require_triton_backend", lambda *args: None)  # this machine has no GPU
     dtype, B, S, NH, DH, tuning = case
+    resident = triton_launch.resolve_tuning("x", Dims(B, S, NH, DH), recurrent_dtype=dtype, **tuning).resident
+    assert resident == tuning.get("resident", resident), "an explicit resident choice was overridden"
     payloads = lowered_triton_calls(_loss(**tuning), *_shapes(dtype, B, S, NH, DH))
-    assert_compiled_for_sm90(payloads, SLSTM_KERNELS)
+    assert_compiled_for_sm90(payloads, RESIDENT if resident else STREAMING)
 
 
 INVALID = [
@@ -69,6 +77,8 @@ INVALID = [
     (dict(num_warps=3), "num_warps=3"),
     (dict(num_stages=0), "num_stages=0 must be an int in [1, 8]"),
     (dict(split=0), "split=0 must be an int in [1, 32]"),
+    (dict(resident=2), "resident=2 must be a bool (or 0 / 1)"),
+    (dict(block_dh=16, block_k=16, resident=True), "resident needs one block_dh tile per program, but split=1"),
 ]
 
 
@@ -76,6 +86,11 @@ INVALID = [
 def test_invalid_tuning_raises(tuning, message):
     with pytest.raises(ValueError, match=re.escape("recurrent--triton: " + message)):
         jax.eval_shape(_loss(**tuning), *_shapes(jnp.bfloat16, 2, 8, 2, 64))
+
+
+def test_resident_slice_over_the_budget_raises():
+    with pytest.raises(ValueError, match=re.escape("resident R slice (4 x 256 x 128 bfloat16) takes 262144 bytes")):
+        jax.eval_shape(_loss(split=2, block_dh=128, resident=True), *_shapes(jnp.bfloat16, 2, 8, 2, 256))
 
 
 def test_bad_inputs_raise():

@@ -3,10 +3,11 @@ split fills but never exceeds the SMs, keeps >= 32 columns per program, and is 1
 
 import math
 
+import jax.numpy as jnp
 import pytest
 
 from xlstm_flax.kernels.slstm.common import Dims
-from xlstm_flax.kernels.slstm.triton_launch import default_tuning
+from xlstm_flax.kernels.slstm.triton_launch import default_tuning, resolve_tuning
 
 H200_SMS = 132
 
@@ -41,3 +42,17 @@ def test_without_a_gpu_the_split_is_one_and_given_choices_stay():
 def test_given_tiles_bound_the_default_split():
     tuning = default_tuning(Dims(B=16, S=8, NH=4, DH=256), H200_SMS, block_dh=128, block_k=32)
     assert tuning.split == 2 and tuning.columns(256) == 128
+
+
+def test_resident_by_default_where_one_tile_covers_a_program_and_the_slice_fits():
+    dims = Dims(B=16, S=8, NH=4, DH=256)
+
+    def resident(**given):
+        return resolve_tuning("recurrent--triton", dims, recurrent_dtype=jnp.bfloat16, **given).resident
+
+    assert resident(split=8)  # 4 x 256 x 32 bf16: 64 KiB
+    assert resident(split=4, block_dh=64)  # 128 KiB, the budget
+    assert not resident(split=2, block_dh=128)  # 256 KiB
+    assert not resident(split=8, block_dh=16, block_k=16)  # two tiles per program
+    assert not resident(split=8, resident=False)
+    assert resolve_tuning("recurrent--triton", dims, split=8, recurrent_dtype=jnp.float32).resident  # 128 KiB
