@@ -3,7 +3,8 @@
     python benchmarks/model.py --preset 1.3b --train --shapes 8x2048,2x8192 [--steps 10]
     python benchmarks/model.py --preset 7b --prefill --full-logits --shapes 8x2048,1x2048
     python benchmarks/model.py --preset 7b --decode --decode-batches 1,8,32 --new-tokens 256
-    common: [--kernel NAME] [--compile-cache DIR] [--command-buffer TYPES] [--out benchmarks/results/NAME.md]
+    common: [--kernel NAME] [--scan-layers] [--compile-cache DIR] [--command-buffer TYPES]
+            [--out benchmarks/results/NAME.md]
 
 Random weights (nnx init, ``--seed``) and random tokens; bf16 compute (``--compute-dtype``); medians of
 block_until_ready wall times after warm-up. Every row reports trace time and XLA compile time apart
@@ -260,6 +261,8 @@ def model_config(args, param_dtype: str):
     if args.num_blocks:
         kept = tuple(i for i in config.slstm_at if i < args.num_blocks)
         config = dataclasses.replace(config, num_blocks=args.num_blocks, slstm_at=kept)
+    if args.scan_layers:
+        config = dataclasses.replace(config, scan_layers=True)
     if args.kernel:
         config = dataclasses.replace(config, mlstm=dataclasses.replace(config.mlstm, kernel=args.kernel))
     return config
@@ -286,6 +289,7 @@ def parse_args(argv):
     parser.add_argument("--kernel", help="mLSTM sequence kernel (registry name; default: the preset's)")
     parser.add_argument("--compile-cache", help="persistent JAX compilation cache directory")
     parser.add_argument("--command-buffer", help="value of XLA's --xla_gpu_enable_command_buffer ('' = off)")
+    parser.add_argument("--scan-layers", action="store_true", help="stack the blocks and run them with nnx.scan")
     parser.add_argument("--num-blocks", type=int, help="the preset's first N blocks only (quick checks)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="markdown file to write")
