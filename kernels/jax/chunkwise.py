@@ -185,8 +185,8 @@ def _row_stabiliser_bwd(residuals, dm):
     state_wins, column = residuals  # (..., L) bool, int
     d_state = jnp.where(state_wins, dm, 0)
     d_row = dm - d_state  # rows whose max is a step's log weight
-    hits = column[..., :, None] == jnp.arange(dm.shape[-1])  # (..., L, L), one per row: fused into the sum
-    d_column = jnp.sum(jnp.where(hits, d_row[..., :, None], 0), axis=-2)
+    hits = jnp.arange(dm.shape[-1])[:, None] == column[..., None, :]  # (..., L_j, L_i): fused into the row sum
+    d_column = jnp.sum(jnp.where(hits, d_row[..., None, :], 0), axis=-1)
     return d_state, d_row - d_column, d_column, None
 
 
