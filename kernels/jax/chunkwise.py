@@ -15,7 +15,8 @@ With chunk length L and NC = S / L chunks (S padded to a multiple of L), per bat
    divided by its denominator ``max(|sum_j P_ij + r_i (s q_i) . n_t|, exp(-m_i)) + eps`` before the
    matmuls, so they write h directly.
 Matmul operands are in q's dtype (bf16: tensor cores, fp32 accumulation); gate math in fp32.
-Memory: O(S (DHQK + DHV) + S L + NC DHQK DHV + NC^2), no S x S matrix. Backward: JAX autodiff.
+Memory: O(S (DHQK + DHV) + S L + NC DHQK DHV + NC^2), no S x S matrix. Backward: JAX autodiff,
+except the row stabiliser m_i, whose gradient is routed by hand in O(L) per row (``_row_stabiliser``).
 The chunk mixing costs 2 NC^2 DHQK DHV FLOP per head, quadratic in NC but small next to the rest
 while NC << 2 L (estimated ~10% of the forward at S = 131072, chunk 256, 8 x 8 heads); for much
 longer sequences, call in pieces and pass the states.
@@ -23,6 +24,7 @@ longer sequences, call in pieces and pass the states.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from ..common import (
@@ -140,12 +142,12 @@ def _chunk_outputs(q, k, v, i, b, seg, c_k, n_k, m_k, scale, eps):
     pairs = jnp.tril(jnp.ones((L, L), bool))  # j <= i (and, with resets, j in i's segment)
     if seg is not None:
         pairs = pairs & (seg[..., :, None] == seg[..., None, :])
-    log_d = jnp.where(pairs, b[..., :, None] - b[..., None, :] + i[..., None, :], -jnp.inf)
+    log_d = _step_log_weights(b, i, pairs)
     log_r = b + m_k[..., None]  # log weight of the entering state in row i
     if seg is None:
-        m = jnp.maximum(log_r, jnp.max(log_d, axis=-1))
+        m = _row_stabiliser(log_r, b, i, pairs)
     else:  # rows from the chunk's first reset on see the restarted zero state (log weight b + 0) instead
-        m = jnp.maximum(jnp.where(seg == 0, log_r, b), jnp.max(log_d, axis=-1))
+        m = _row_stabiliser(jnp.where(seg == 0, log_r, b), b, i, pairs)
         log_r = jnp.where(seg == 0, log_r, -jnp.inf)
     p = mixed_einsum("bhcid,bhcjd->bhcij", q, k, q.dtype) * (scale * jnp.exp(log_d - m[..., None]))
     r = scale * jnp.exp(log_r - m)
@@ -155,3 +157,37 @@ def _chunk_outputs(q, k, v, i, b, seg, c_k, n_k, m_k, scale, eps):
         "bhcid,bhcdv->bhciv", q * (r * inv_den)[..., None], c_k, q.dtype
     )
     return h.astype(q.dtype)
+
+
+def _step_log_weights(b, i, pairs):
+    """(..., L, L) log weight ``b_i - b_j + i_j`` of step j in row i where ``pairs``, else -inf."""
+    return jnp.where(pairs, b[..., :, None] - b[..., None, :] + i[..., None, :], -jnp.inf)
+
+
+@jax.custom_vjp
+def _row_stabiliser(state, b, i, pairs):
+    """m_i = max(state_i, max_j log_d_ij) (..., L): the max of the row's log weights as rounded, so no
+    exponent rounds above 0 (finite for huge gates). state, b, i: (..., L); pairs: bool, broadcasts to
+    (..., L, L). Its gradient is O(L) per row (autodiff of the (L x L) max would keep an (L x L) argmax
+    mask for the backward, which made chunkwise--jax's backward up to 2x slower): the cotangent goes to
+    state_i where the state wins (ties included), else to b_i (+), b_j (-) and i_j (+) of the row's
+    first maximal column j; one valid subgradient at ties."""
+    return jnp.maximum(state, jnp.max(_step_log_weights(b, i, pairs), axis=-1))
+
+
+def _row_stabiliser_fwd(state, b, i, pairs):
+    log_d = _step_log_weights(b, i, pairs)
+    steps = jnp.max(log_d, axis=-1)
+    return jnp.maximum(state, steps), (state >= steps, jnp.argmax(log_d, axis=-1))
+
+
+def _row_stabiliser_bwd(residuals, dm):
+    state_wins, column = residuals  # (..., L) bool, int
+    d_state = jnp.where(state_wins, dm, 0)
+    d_row = dm - d_state  # rows whose max is a step's log weight
+    hits = jnp.arange(dm.shape[-1])[:, None] == column[..., None, :]  # (..., L_j, L_i): fused into the row sum
+    d_column = jnp.sum(jnp.where(hits, d_row[..., None, :], 0), axis=-1)
+    return d_state, d_row - d_column, d_column, None
+
+
+_row_stabiliser.defvjp(_row_stabiliser_fwd, _row_stabiliser_bwd)
