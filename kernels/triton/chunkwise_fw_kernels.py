@@ -11,7 +11,10 @@ Per (batch, head) ``bh``, all buffers C-contiguous, gates and states fp32:
 * ``matC_all (B, NH, NC+1, DHQK, DHV)``, ``vecN_all (B, NH, NC+1, DHQK)``, ``scaM_all (B, NH, NC+1)``:
   the state at every intra-chunk boundary, index 0 = the initial state; ``matC_all`` in fp32 or in the
   input dtype (the launcher's choice: the kernels carry C in fp32 and round it when storing), n and m fp32;
-* ``matC_last (B, NH, DHQK, DHV)`` fp32: the last state C, also when ``matC_all`` is 16-bit.
+* ``matC_last (B, NH, DHQK, DHV)`` fp32: the last state C, also when ``matC_all`` is 16-bit;
+* ``matP (B, NH, S, L)`` in q's dtype (the materialised output stage only): row t holds the gated scores
+  of step t against the steps of its chunk of L = chunk_size_intra, written by ``scores_fw_kernel`` and
+  read by ``output_fw_kernel`` on and below the diagonal only.
 
 Head dims need not be powers of two: DH blocks are padded and their loads/stores masked. Chunk and
 block sizes are powers of two >= 16 (the smallest ``tl.dot`` tile). Dots take q/k/v's dtype (states are
@@ -192,9 +195,9 @@ def _parallel_fw(
     for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
         t_cols = t_chunk + col0 + tl.arange(0, BLOCK_LK)
         scores = _scores(matQ, matK, t_rows, t_cols, DHQK, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, DOT_PRECISION)
-        log_w = _masked_log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
-                                    HAS_SEGMENTS)
-        weighted = scores * QK_SCALE * tl.exp(log_w - m_rows[:, None])
+        log_w, causal = _log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
+                                     HAS_SEGMENTS)
+        weighted = scores * QK_SCALE * tl.exp(tl.where(causal, log_w - m_rows[:, None], float("-inf")))
         nq += tl.sum(weighted, axis=1)
         v = tl.load(matV + t_cols[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
         num += tl.dot(weighted.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -216,9 +219,10 @@ def scores_fw_kernel(
 ):
     """Grid (NC * L / BLOCK_LQ, B*NH), the first half of the materialised output stage: for BLOCK_LQ rows
     i of one chunk the gated scores P_ij = s (q_i.k_j) e^(b_i-b_j+i_j-m_i) of every key block j <= i
-    (zero for j > i inside a block), stored in q's dtype to ``matP (B, NH, NC, L, L)``; blocks wholly
-    above the diagonal are not written. Also den, m_i, the signed nq (from fp32 P) and the inter-chunk
-    weight s e^(b_i+m-m_i), all fp32 (B, NH, S). m_i, nq and den as :func:`parallel_fw_kernel`."""
+    (zero for j > i inside a block), stored in q's dtype to ``matP (B, NH, S, L)``; blocks wholly above
+    the diagonal are not written. With BLOCK_DHQK >= DHQK, q is loaded once and each block is one dot.
+    Also den, m_i, the signed nq (from fp32 P) and the inter-chunk weight s e^(b_i+m-m_i), all fp32
+    (B, NH, S). m_i, nq and den as :func:`parallel_fw_kernel`."""
     _scores_fw(matQ, matK, vecB, vecI, vecI, vecN_all, scaM_all, matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,
                S, DHQK, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, QK_SCALE, DOT_PRECISION, False)
 
@@ -273,9 +277,9 @@ def _scores_fw(
             scores = tl.dot(q_all, tl.trans(k), input_precision=DOT_PRECISION)
         else:
             scores = _scores(matQ, matK, t_rows, t_cols, DHQK, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, DOT_PRECISION)
-        log_w = _masked_log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
-                                    HAS_SEGMENTS)
-        weighted = scores * QK_SCALE * tl.exp(log_w - m_rows[:, None])
+        log_w, causal = _log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
+                                     HAS_SEGMENTS)
+        weighted = scores * QK_SCALE * tl.exp(tl.where(causal, log_w - m_rows[:, None], float("-inf")))
         nq += tl.sum(weighted, axis=1)
         tl.store(matP + t_rows[:, None] * L + col0 + cols[None, :], weighted.to(matP.dtype.element_ty))
 
@@ -339,23 +343,24 @@ def _row_stabiliser(vecB, vecI, vecSeg, m_chunk, t_chunk, row0, BLOCK_LQ: tl.con
     else:
         seg_rows = tl.zeros([BLOCK_LQ], tl.int32)
     for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
-        log_w = _masked_log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
-                                    HAS_SEGMENTS)
-        m_rows = tl.maximum(m_rows, tl.max(log_w, axis=1))
+        log_w, causal = _log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
+                                     HAS_SEGMENTS)
+        m_rows = tl.maximum(m_rows, tl.max(tl.where(causal, log_w, float("-inf")), axis=1))
     return b_rows, seg_rows, m_rows
 
 
 @triton.jit
-def _masked_log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ: tl.constexpr,
-                        BLOCK_LK: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
-    """(BLOCK_LQ, BLOCK_LK) b_i - b_j + i_j for j <= i (and, with segments, in i's segment), else -inf."""
+def _log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ: tl.constexpr,
+                 BLOCK_LK: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
+    """(BLOCK_LQ, BLOCK_LK) log weights b_i - b_j + i_j and the mask of the pairs that count: j <= i (and,
+    with segments, j in i's segment)."""
     cols = tl.arange(0, BLOCK_LK)
     t_cols = t_chunk + col0 + cols
     log_w = b_rows[:, None] - tl.load(vecB + t_cols)[None, :] + tl.load(vecI + t_cols)[None, :]
     causal = (row0 + tl.arange(0, BLOCK_LQ))[:, None] >= (col0 + cols)[None, :]
     if HAS_SEGMENTS:
         causal = causal & (seg_rows[:, None] == tl.load(vecSeg + t_cols)[None, :])
-    return tl.where(causal, log_w, float("-inf"))
+    return log_w, causal
 
 
 @triton.jit
