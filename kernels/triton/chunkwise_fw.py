@@ -113,11 +113,17 @@ def launch_forward(
     return FwResult(*outputs, states)
 
 
+def _sequence_constants(matQ, config: FwConfig) -> dict:
+    """The constexprs every output-stage kernel takes: S, DHQK, NC, L and the dot precision."""
+    _, _, S, DHQK = matQ.shape
+    L = config.chunk_size_intra
+    return dict(S=S, DHQK=DHQK, NC=S // L, L=L, DOT_PRECISION=dot_precision(matQ.dtype))
+
+
 def launch_parallel_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, config, qk_scale, eps, output_dtype):
     """(h, den, m, nq) from the chunk states with the single parallel kernel."""
-    B, NH, S, DHQK = matQ.shape
+    B, NH, S, _ = matQ.shape
     DHV = matV.shape[-1]
-    L = config.chunk_size_intra
     out_shape = (
         jax.ShapeDtypeStruct((B, NH, S, DHV), matQ.dtype),
         jax.ShapeDtypeStruct((B, NH, S), output_dtype),
@@ -136,18 +142,14 @@ def launch_parallel_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, config
         grid=(cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_parallel, B * NH),
         num_warps=config.num_warps_intra,
         num_stages=config.num_stages_intra,
-        S=S,
-        DHQK=DHQK,
+        **_sequence_constants(matQ, config),
         DHV=DHV,
-        NC=S // L,
-        L=L,
         BLOCK_LQ=config.siz_b_L_parallel,
         BLOCK_LK=config.siz_b_L_loop,
         BLOCK_DHQK=config.siz_b_DH_loop,
         BLOCK_DHV=config.siz_b_DH_parallel,
         QK_SCALE=qk_scale,
         EPS=eps,
-        DOT_PRECISION=dot_precision(matQ.dtype),
     )
 
 
@@ -156,9 +158,10 @@ def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, co
     (B, NH, S, chunk_size_intra) in q's dtype (B NH S L itemsize bytes, 268 MB for bf16 at B = NH = 8,
     S = 8192, L = 256; blocks above the diagonal stay unwritten), then the output kernel h = (w q C + P V) /
     (den + eps). den and m come out fp32 and are cast to ``output_dtype``."""
-    B, NH, S, DHQK = matQ.shape
+    B, NH, S, _ = matQ.shape
     DHV = matV.shape[-1]
     L = config.chunk_size_intra
+    constants = _sequence_constants(matQ, config)
     per_step = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
     gates = (vecB, vecI) if vecSeg is None else (vecB, vecI, vecSeg)
     matP, vecDen, vecM, vecNQ, vecW = triton_call(
@@ -171,15 +174,11 @@ def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, co
         grid=(S // config.siz_b_L_parallel, B * NH),
         num_warps=config.num_warps_intra,
         num_stages=config.num_stages_intra,
-        S=S,
-        DHQK=DHQK,
-        NC=S // L,
-        L=L,
+        **constants,
         BLOCK_LQ=config.siz_b_L_parallel,
         BLOCK_LK=config.siz_b_L_loop,
         BLOCK_DHQK=config.siz_b_DH_loop,
         QK_SCALE=qk_scale,
-        DOT_PRECISION=dot_precision(matQ.dtype),
     )
     matH = triton_call(
         matQ,
@@ -193,16 +192,12 @@ def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, co
         grid=(cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_output, B * NH),
         num_warps=config.num_warps_output,
         num_stages=config.num_stages_output,
-        S=S,
-        DHQK=DHQK,
+        **constants,
         DHV=DHV,
-        NC=S // L,
-        L=L,
         BLOCK_LQ=config.siz_b_L_output,
         BLOCK_K=config.siz_b_K_output,
         BLOCK_DHV=config.siz_b_DH_parallel,
         EPS=eps,
-        DOT_PRECISION=dot_precision(matQ.dtype),
     )
     return matH, vecDen.astype(output_dtype), vecM.astype(output_dtype), vecNQ
 
