@@ -3,6 +3,8 @@
 Two kernels (chunkwise_fw_kernels.py): a recurrent kernel walks chunks of ``chunk_size_inter`` steps
 and stores the state (C, n, m) at every ``chunk_size_intra`` boundary; a parallel kernel computes h,
 den, m_t (and the signed n_t.(s q_t)) for chunks of ``chunk_size_intra`` steps from those states.
+With ``materialise_scores`` (tuning.FwConfig) two kernels do the parallel kernel's work: one stores the
+gated scores of each chunk, the other multiplies them with v (no q k^T recomputed per block of DHV).
 The only work outside Triton is the O(S) gate preparation: log(sigmoid(f)) in fp32 and its cumulative
 sum restarted at every intra chunk (``vecB``, the chunk-local log-forget cumsum).
 
@@ -99,15 +101,29 @@ def recompute_states(matK, matV, vecI, vecF, initial, config: FwConfig, resets=N
 def launch_forward(
     matQ, matK, matV, vecI, vecF, initial, config: FwConfig, qk_scale: float, eps: float, output_dtype, resets=None
 ) -> FwResult:
-    """Both forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
-    ``resets`` (B, S) bool segment starts or None)."""
-    B, NH, S, DHQK = matQ.shape
-    DHV = matV.shape[-1]
-    NC, L = S // config.chunk_size_intra, config.chunk_size_intra
+    """The forward kernels on checked inputs (S a multiple of chunk_size_intra, fp32 initial states,
+    ``resets`` (B, S) bool segment starts or None): the chunk states, then the outputs from them."""
+    L = config.chunk_size_intra
     vecB = chunk_log_forget_cumsum(vecF, L, resets)
-    vecSeg = chunk_segment_counter(resets, NH, L)
+    vecSeg = chunk_segment_counter(resets, matQ.shape[1], L)
     vecI = vecI.astype(jnp.float32)
     states = launch_states(matK, matV, vecB, vecI, vecSeg, initial, config)
+    launch_outputs = launch_materialised_outputs if config.materialise_scores else launch_parallel_outputs
+    outputs = launch_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, config, qk_scale, eps, output_dtype)
+    return FwResult(*outputs, states)
+
+
+def _sequence_constants(matQ, config: FwConfig) -> dict:
+    """The constexprs every output-stage kernel takes: S, DHQK, NC, L and the dot precision."""
+    _, _, S, DHQK = matQ.shape
+    L = config.chunk_size_intra
+    return dict(S=S, DHQK=DHQK, NC=S // L, L=L, DOT_PRECISION=dot_precision(matQ.dtype))
+
+
+def launch_parallel_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, config, qk_scale, eps, output_dtype):
+    """(h, den, m, nq) from the chunk states with the single parallel kernel."""
+    B, NH, S, _ = matQ.shape
+    DHV = matV.shape[-1]
     out_shape = (
         jax.ShapeDtypeStruct((B, NH, S, DHV), matQ.dtype),
         jax.ShapeDtypeStruct((B, NH, S), output_dtype),
@@ -115,7 +131,7 @@ def launch_forward(
         jax.ShapeDtypeStruct((B, NH, S), jnp.float32),
     )
     gates = (vecB, vecI) if vecSeg is None else (vecB, vecI, vecSeg)
-    matH, vecDen, vecM, vecNQ = triton_call(
+    return triton_call(
         matQ,
         matK,
         matV,
@@ -126,20 +142,64 @@ def launch_forward(
         grid=(cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_parallel, B * NH),
         num_warps=config.num_warps_intra,
         num_stages=config.num_stages_intra,
-        S=S,
-        DHQK=DHQK,
+        **_sequence_constants(matQ, config),
         DHV=DHV,
-        NC=NC,
-        L=L,
         BLOCK_LQ=config.siz_b_L_parallel,
         BLOCK_LK=config.siz_b_L_loop,
         BLOCK_DHQK=config.siz_b_DH_loop,
         BLOCK_DHV=config.siz_b_DH_parallel,
         QK_SCALE=qk_scale,
         EPS=eps,
-        DOT_PRECISION=dot_precision(matQ.dtype),
     )
-    return FwResult(matH, vecDen, vecM, vecNQ, states)
+
+
+def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, config, qk_scale, eps, output_dtype):
+    """(h, den, m, nq) from the chunk states with the scores kernel, which stores the gated scores P
+    (B, NH, S, chunk_size_intra) in q's dtype (B NH S L itemsize bytes, 268 MB for bf16 at B = NH = 8,
+    S = 8192, L = 256; blocks above the diagonal stay unwritten), then the output kernel h = (w q C + P V) /
+    (den + eps). den and m come out fp32 and are cast to ``output_dtype``."""
+    B, NH, S, _ = matQ.shape
+    DHV = matV.shape[-1]
+    L = config.chunk_size_intra
+    constants = _sequence_constants(matQ, config)
+    per_step = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
+    gates = (vecB, vecI) if vecSeg is None else (vecB, vecI, vecSeg)
+    matP, vecDen, vecM, vecNQ, vecW = triton_call(
+        matQ,
+        matK,
+        *gates,
+        *states[1:3],
+        kernel=kernels.scores_fw_kernel if vecSeg is None else kernels.scores_fw_segments_kernel,
+        out_shape=(jax.ShapeDtypeStruct((B, NH, S, L), matQ.dtype), per_step, per_step, per_step, per_step),
+        grid=(S // config.siz_b_L_parallel, B * NH),
+        num_warps=config.num_warps_intra,
+        num_stages=config.num_stages_intra,
+        **constants,
+        BLOCK_LQ=config.siz_b_L_parallel,
+        BLOCK_LK=config.siz_b_L_loop,
+        BLOCK_DHQK=config.siz_b_DH_loop,
+        QK_SCALE=qk_scale,
+    )
+    matH = triton_call(
+        matQ,
+        matV,
+        states.matC,
+        matP,
+        vecW,
+        vecDen,
+        kernel=kernels.output_fw_kernel,
+        out_shape=jax.ShapeDtypeStruct((B, NH, S, DHV), matQ.dtype),
+        grid=(cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_output, B * NH),
+        num_warps=config.num_warps_output,
+        num_stages=config.num_stages_output,
+        **constants,
+        DHV=DHV,
+        BLOCK_LQ=config.siz_b_L_output,
+        BLOCK_K=config.siz_b_K_output,
+        BLOCK_DHV=config.siz_b_DH_parallel,
+        EPS=eps,
+    )
+    return matH, vecDen.astype(output_dtype), vecM.astype(output_dtype), vecNQ
 
 
 def mlstm_chunkwise_states(
@@ -245,6 +305,11 @@ def mlstm_chunkwise_fw(
     num_stages_intra=None,
     num_stages_inter=None,
     states_in_input_dtype=None,
+    materialise_scores=None,
+    siz_b_L_output=None,
+    siz_b_K_output=None,
+    num_warps_output=None,
+    num_stages_output=None,
     output_dtype=jnp.float32,
     eps=0.0,
 ):
@@ -263,7 +328,8 @@ def mlstm_chunkwise_fw(
     ``tuning.resolve_fw_config`` (chunk_size_intra: the package's chunk size, shortened to divide S).
     Rules (ValueError): chunk sizes powers of two in [16, 1024]; inter <= intra (for powers of two the
     same as intra % inter == 0); S % intra == 0; block sizes powers of two >= 16 and <= their chunk
-    size / padded head dim; warps a power of two <= 16; stages in [1, 8].
+    size / padded head dim, siz_b_L_output and siz_b_K_output also <= siz_b_L_parallel; warps a power of
+    two <= 16; stages in [1, 8].
     """
     result = mlstm_chunkwise_fw_result(
         matQ,
@@ -288,6 +354,11 @@ def mlstm_chunkwise_fw(
         num_stages_intra=num_stages_intra,
         num_stages_inter=num_stages_inter,
         states_in_input_dtype=states_in_input_dtype,
+        materialise_scores=materialise_scores,
+        siz_b_L_output=siz_b_L_output,
+        siz_b_K_output=siz_b_K_output,
+        num_warps_output=num_warps_output,
+        num_stages_output=num_stages_output,
     )
     last_states = result.states.last() if return_last_states else None
     all_states = tuple(result.states[:3]) if return_all_states else None

@@ -11,7 +11,10 @@ Per (batch, head) ``bh``, all buffers C-contiguous, gates and states fp32:
 * ``matC_all (B, NH, NC+1, DHQK, DHV)``, ``vecN_all (B, NH, NC+1, DHQK)``, ``scaM_all (B, NH, NC+1)``:
   the state at every intra-chunk boundary, index 0 = the initial state; ``matC_all`` in fp32 or in the
   input dtype (the launcher's choice: the kernels carry C in fp32 and round it when storing), n and m fp32;
-* ``matC_last (B, NH, DHQK, DHV)`` fp32: the last state C, also when ``matC_all`` is 16-bit.
+* ``matC_last (B, NH, DHQK, DHV)`` fp32: the last state C, also when ``matC_all`` is 16-bit;
+* ``matP (B, NH, S, L)`` in q's dtype (the materialised output stage only): row t holds the gated scores
+  of step t against the steps of its chunk of L = chunk_size_intra, written by ``scores_fw_kernel`` and
+  read by ``output_fw_kernel`` on and below the diagonal only.
 
 Head dims need not be powers of two: DH blocks are padded and their loads/stores masked. Chunk and
 block sizes are powers of two >= 16 (the smallest ``tl.dot`` tile). Dots take q/k/v's dtype (states are
@@ -169,22 +172,8 @@ def _parallel_fw(
     t_rows = t_chunk + row0 + tl.arange(0, BLOCK_LQ)  # flat index of the rows
     state = bh * (NC + 1) + chunk
     m_chunk = tl.load(scaM_all + state)
-    # Pass 1 (gates only): the per-row stabiliser m_i, the row max of the same masked log weights that
-    # pass 2 exponentiates (so every exponent is <= 0 after rounding too, even for huge gates).
-    rows = tl.arange(0, BLOCK_LQ)
-    cols = tl.arange(0, BLOCK_LK)
-    b_rows = tl.load(vecB + t_chunk + row0 + rows)
-    m_rows = b_rows + m_chunk
-    if HAS_SEGMENTS:  # rows after a segment start in the chunk begin from the zero state (m = 0)
-        seg_rows = tl.load(vecSeg + t_chunk + row0 + rows)
-        m_rows = tl.where(seg_rows == 0, m_rows, b_rows)
-    for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
-        t_cols = t_chunk + col0 + cols
-        log_w = b_rows[:, None] - tl.load(vecB + t_cols)[None, :] + tl.load(vecI + t_cols)[None, :]
-        causal = (row0 + rows)[:, None] >= (col0 + cols)[None, :]
-        if HAS_SEGMENTS:
-            causal = causal & (seg_rows[:, None] == tl.load(vecSeg + t_cols)[None, :])
-        m_rows = tl.maximum(m_rows, tl.max(tl.where(causal, log_w, float("-inf")), axis=1))
+    b_rows, seg_rows, m_rows = _row_stabiliser(vecB, vecI, vecSeg, m_chunk, t_chunk, row0, BLOCK_LQ, BLOCK_LK,
+                                               HAS_SEGMENTS)
 
     # Inter-chunk part: s q_i C and s q_i . n, weighted by s e^(b_i + m - m_i).
     num = tl.zeros([BLOCK_LQ, BLOCK_DHV], tl.float32)
@@ -198,28 +187,17 @@ def _parallel_fw(
         num += tl.dot(q, c.to(q.dtype), input_precision=DOT_PRECISION)
         nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
     first_v_block = pid_v == 0  # its programs store den, m and nq
-    log_inter = b_rows + m_chunk - m_rows
-    if HAS_SEGMENTS:
-        log_inter = tl.where(seg_rows == 0, log_inter, float("-inf"))
-    inter_weight = QK_SCALE * tl.exp(log_inter)
+    inter_weight = _inter_weight(b_rows, seg_rows, m_rows, m_chunk, QK_SCALE, HAS_SEGMENTS)
     num *= inter_weight[:, None]
     nq *= inter_weight
 
     # Intra-chunk part over column blocks j <= i.
     for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
-        t_cols = t_chunk + col0 + cols
-        scores = tl.zeros([BLOCK_LQ, BLOCK_LK], tl.float32)
-        for d0 in range(0, DHQK, BLOCK_DHQK):
-            mask_d = d0 + offs_d < DHQK
-            q = tl.load(matQ + t_rows[:, None] * DHQK + d0 + offs_d[None, :], mask=mask_d[None, :], other=0.0)
-            k = tl.load(matK + t_cols[:, None] * DHQK + d0 + offs_d[None, :], mask=mask_d[None, :], other=0.0)
-            scores += tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        log_w = b_rows[:, None] - tl.load(vecB + t_cols)[None, :] + tl.load(vecI + t_cols)[None, :]
-        causal = (row0 + rows)[:, None] >= (col0 + cols)[None, :]
-        if HAS_SEGMENTS:
-            causal = causal & (seg_rows[:, None] == tl.load(vecSeg + t_cols)[None, :])
-        log_w = tl.where(causal, log_w - m_rows[:, None], float("-inf"))
-        weighted = scores * QK_SCALE * tl.exp(log_w)
+        t_cols = t_chunk + col0 + tl.arange(0, BLOCK_LK)
+        scores = _scores(matQ, matK, t_rows, t_cols, DHQK, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, DOT_PRECISION)
+        log_w, causal = _log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
+                                     HAS_SEGMENTS)
+        weighted = scores * QK_SCALE * tl.exp(tl.where(causal, log_w - m_rows[:, None], float("-inf")))
         nq += tl.sum(weighted, axis=1)
         v = tl.load(matV + t_cols[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
         num += tl.dot(weighted.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -230,3 +208,179 @@ def _parallel_fw(
     tl.store(vecDen_out + t_rows, den.to(vecDen_out.dtype.element_ty), mask=first_v_block)
     tl.store(vecM_out + t_rows, m_rows.to(vecM_out.dtype.element_ty), mask=first_v_block)
     tl.store(vecNQ_out + t_rows, nq, mask=first_v_block)
+
+
+@triton.jit
+def scores_fw_kernel(
+    matQ, matK, vecB, vecI, vecN_all, scaM_all,  # inputs
+    matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,  # outputs
+    S: tl.constexpr, DHQK: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, BLOCK_LQ: tl.constexpr,
+    BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, QK_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid (NC * L / BLOCK_LQ, B*NH), the first half of the materialised output stage: for BLOCK_LQ rows
+    i of one chunk the gated scores P_ij = s (q_i.k_j) e^(b_i-b_j+i_j-m_i) of every key block j <= i
+    (zero for j > i inside a block), stored in q's dtype to ``matP (B, NH, S, L)``; blocks wholly above
+    the diagonal are not written. With BLOCK_DHQK >= DHQK, q is loaded once and each block is one dot.
+    Also den, m_i, the signed nq (from fp32 P) and the inter-chunk weight s e^(b_i+m-m_i), all fp32
+    (B, NH, S). m_i, nq and den as :func:`parallel_fw_kernel`."""
+    _scores_fw(matQ, matK, vecB, vecI, vecI, vecN_all, scaM_all, matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,
+               S, DHQK, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, QK_SCALE, DOT_PRECISION, False)
+
+
+@triton.jit
+def scores_fw_segments_kernel(
+    matQ, matK, vecB, vecI, vecSeg, vecN_all, scaM_all,  # inputs
+    matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,  # outputs
+    S: tl.constexpr, DHQK: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, BLOCK_LQ: tl.constexpr,
+    BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, QK_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """:func:`scores_fw_kernel` with document resets: P_ij = 0 across a segment start, inter-chunk weight
+    0 for rows after the chunk's first segment start (as :func:`parallel_fw_segments_kernel`)."""
+    _scores_fw(matQ, matK, vecB, vecI, vecSeg, vecN_all, scaM_all, matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,
+               S, DHQK, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, QK_SCALE, DOT_PRECISION, True)
+
+
+@triton.jit
+def _scores_fw(
+    matQ, matK, vecB, vecI, vecSeg, vecN_all, scaM_all, matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,
+    S: tl.constexpr, DHQK: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, BLOCK_LQ: tl.constexpr,
+    BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, QK_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr,
+):
+    pid_l, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    chunk = pid_l // (L // BLOCK_LQ)
+    row0 = (pid_l % (L // BLOCK_LQ)) * BLOCK_LQ
+    offs_d = tl.arange(0, BLOCK_DHQK)
+    t_chunk = bh * S + chunk * L
+    t_rows = t_chunk + row0 + tl.arange(0, BLOCK_LQ)
+    state = bh * (NC + 1) + chunk
+    m_chunk = tl.load(scaM_all + state)
+    b_rows, seg_rows, m_rows = _row_stabiliser(vecB, vecI, vecSeg, m_chunk, t_chunk, row0, BLOCK_LQ, BLOCK_LK,
+                                               HAS_SEGMENTS)
+    inter_weight = _inter_weight(b_rows, seg_rows, m_rows, m_chunk, QK_SCALE, HAS_SEGMENTS)
+    nq = tl.zeros([BLOCK_LQ], tl.float32)
+    for d0 in range(0, DHQK, BLOCK_DHQK):
+        mask_d = d0 + offs_d < DHQK
+        q = tl.load(matQ + t_rows[:, None] * DHQK + d0 + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+        n = tl.load(vecN_all + state * DHQK + d0 + offs_d, mask=mask_d, other=0.0)
+        nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+    nq *= inter_weight
+
+    cols = tl.arange(0, BLOCK_LK)
+    mask_d = offs_d < DHQK
+    if BLOCK_DHQK >= DHQK:  # all of DHQK in one block: q loaded once, one dot per key block
+        q_all = tl.load(matQ + t_rows[:, None] * DHQK + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+    for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
+        t_cols = t_chunk + col0 + cols
+        if BLOCK_DHQK >= DHQK:
+            k = tl.load(matK + t_cols[:, None] * DHQK + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+            scores = tl.dot(q_all, tl.trans(k), input_precision=DOT_PRECISION)
+        else:
+            scores = _scores(matQ, matK, t_rows, t_cols, DHQK, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, DOT_PRECISION)
+        log_w, causal = _log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
+                                     HAS_SEGMENTS)
+        weighted = scores * QK_SCALE * tl.exp(tl.where(causal, log_w - m_rows[:, None], float("-inf")))
+        nq += tl.sum(weighted, axis=1)
+        tl.store(matP + t_rows[:, None] * L + col0 + cols[None, :], weighted.to(matP.dtype.element_ty))
+
+    tl.store(vecDen_out + t_rows, tl.maximum(tl.abs(nq), tl.exp(-m_rows)))
+    tl.store(vecM_out + t_rows, m_rows)
+    tl.store(vecNQ_out + t_rows, nq)
+    tl.store(vecW_out + t_rows, inter_weight)
+
+
+@triton.jit
+def output_fw_kernel(
+    matQ, matV, matC_all, matP, vecW, vecDen,  # inputs
+    matH,  # output
+    S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
+    BLOCK_LQ: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DHV: tl.constexpr, EPS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Grid (DHV blocks, NC * L / BLOCK_LQ, B*NH), the second half of the materialised output stage:
+    h_i = (w_i q_i C + sum_{j<=i} P_ij v_j) / (den_i + eps) for BLOCK_LQ rows and BLOCK_DHV columns, from
+    :func:`scores_fw_kernel`'s P, inter weight w and den (documents resets are already in them). Two flat
+    loops contracting BLOCK_K at a time: DHQK for q C, then the chunk's steps up to the rows' last for P V.
+    Reads only score blocks the scores kernel wrote if BLOCK_LQ and BLOCK_K are <= its row block."""
+    pid_v, pid_l, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    chunk = pid_l // (L // BLOCK_LQ)
+    row0 = (pid_l % (L // BLOCK_LQ)) * BLOCK_LQ
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
+    mask_v = offs_v < DHV
+    t_chunk = bh * S + chunk * L
+    t_rows = t_chunk + row0 + tl.arange(0, BLOCK_LQ)
+    state = bh * (NC + 1) + chunk
+    acc = tl.zeros([BLOCK_LQ, BLOCK_DHV], tl.float32)
+    for d0 in range(0, DHQK, BLOCK_K):
+        mask_d = d0 + offs_k < DHQK
+        q = tl.load(matQ + t_rows[:, None] * DHQK + d0 + offs_k[None, :], mask=mask_d[None, :], other=0.0)
+        c = tl.load(matC_all + (state * DHQK + d0 + offs_k)[:, None] * DHV + offs_v[None, :],
+                    mask=mask_d[:, None] & mask_v[None, :], other=0.0)
+        acc += tl.dot(q, c.to(q.dtype), input_precision=DOT_PRECISION)
+    acc *= tl.load(vecW + t_rows)[:, None]
+    for col0 in range(0, row0 + BLOCK_LQ, BLOCK_K):
+        p = tl.load(matP + t_rows[:, None] * L + col0 + offs_k[None, :])
+        v = tl.load(matV + (t_chunk + col0 + offs_k)[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        acc += tl.dot(p, v, input_precision=DOT_PRECISION)
+    h = acc / (tl.load(vecDen + t_rows) + EPS)[:, None]
+    tl.store(matH + t_rows[:, None] * DHV + offs_v[None, :], h.to(matH.dtype.element_ty), mask=mask_v[None, :])
+
+
+@triton.jit
+def _row_stabiliser(vecB, vecI, vecSeg, m_chunk, t_chunk, row0, BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr,
+                    HAS_SEGMENTS: tl.constexpr):
+    """(b_i, segment counter_i (zeros without segments), m_i) of rows row0 + [0, BLOCK_LQ) of the chunk
+    from flat step t_chunk: m_i the row max of the same masked log weights that the outputs exponentiate
+    (so every exponent is <= 0 after rounding too, even for huge gates) and of b_i + m (rows after a
+    segment start in the chunk begin from the zero state, m = 0)."""
+    rows = tl.arange(0, BLOCK_LQ)
+    b_rows = tl.load(vecB + t_chunk + row0 + rows)
+    m_rows = b_rows + m_chunk
+    if HAS_SEGMENTS:
+        seg_rows = tl.load(vecSeg + t_chunk + row0 + rows)
+        m_rows = tl.where(seg_rows == 0, m_rows, b_rows)
+    else:
+        seg_rows = tl.zeros([BLOCK_LQ], tl.int32)
+    for col0 in range(0, row0 + BLOCK_LQ, BLOCK_LK):
+        log_w, causal = _log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ, BLOCK_LK,
+                                     HAS_SEGMENTS)
+        m_rows = tl.maximum(m_rows, tl.max(tl.where(causal, log_w, float("-inf")), axis=1))
+    return b_rows, seg_rows, m_rows
+
+
+@triton.jit
+def _log_weights(vecB, vecI, vecSeg, b_rows, seg_rows, t_chunk, row0, col0, BLOCK_LQ: tl.constexpr,
+                 BLOCK_LK: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
+    """(BLOCK_LQ, BLOCK_LK) log weights b_i - b_j + i_j and the mask of the pairs that count: j <= i (and,
+    with segments, j in i's segment)."""
+    cols = tl.arange(0, BLOCK_LK)
+    t_cols = t_chunk + col0 + cols
+    log_w = b_rows[:, None] - tl.load(vecB + t_cols)[None, :] + tl.load(vecI + t_cols)[None, :]
+    causal = (row0 + tl.arange(0, BLOCK_LQ))[:, None] >= (col0 + cols)[None, :]
+    if HAS_SEGMENTS:
+        causal = causal & (seg_rows[:, None] == tl.load(vecSeg + t_cols)[None, :])
+    return log_w, causal
+
+
+@triton.jit
+def _inter_weight(b_rows, seg_rows, m_rows, m_chunk, QK_SCALE: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
+    """s e^(b_i + m - m_i), the weight of the chunk's state in row i (0 after a segment start)."""
+    log_inter = b_rows + m_chunk - m_rows
+    if HAS_SEGMENTS:
+        log_inter = tl.where(seg_rows == 0, log_inter, float("-inf"))
+    return QK_SCALE * tl.exp(log_inter)
+
+
+@triton.jit
+def _scores(matQ, matK, t_rows, t_cols, DHQK: tl.constexpr, BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr,
+            BLOCK_DHQK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """(BLOCK_LQ, BLOCK_LK) fp32 q_i . k_j for flat steps t_rows, t_cols, DHQK contracted BLOCK_DHQK at a time."""
+    offs_d = tl.arange(0, BLOCK_DHQK)
+    scores = tl.zeros([BLOCK_LQ, BLOCK_LK], tl.float32)
+    for d0 in range(0, DHQK, BLOCK_DHQK):
+        mask_d = d0 + offs_d < DHQK
+        q = tl.load(matQ + t_rows[:, None] * DHQK + d0 + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+        k = tl.load(matK + t_cols[:, None] * DHQK + d0 + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+        scores += tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    return scores

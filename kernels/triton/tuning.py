@@ -15,7 +15,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from .. import common
-from .shared import KERNEL_NAME, MAX_CHUNK, MIN_BLOCK, check_int_range, check_power_of_two, padded_dim
+from .shared import KERNEL_NAME, MAX_CHUNK, MIN_BLOCK, check_int_range, check_power_of_two, is_pow2, padded_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,14 @@ class FwConfig:
     DHQK contracted in blocks of ``siz_b_DH_loop``. ``chunk_size_intra``: steps between stored states.
     ``states_in_input_dtype``: the stored chunk states C in q's dtype (their consumers cast them to it
     before their dots anyway, so h is unchanged; half the state bytes for 16-bit inputs), else fp32.
+
+    ``materialise_scores``: the outputs in two kernels instead of the parallel kernel. A scores kernel
+    (the parallel kernel's row/key blocks, DHQK blocks, warps and stages) stores the gated scores of every
+    key block j <= i in q's dtype (a (B, NH, S, chunk_size_intra) buffer); an output kernel multiplies
+    them with v: ``siz_b_L_output`` rows (default ``siz_b_L_parallel``) and ``siz_b_DH_parallel`` columns
+    per program, DHQK and steps contracted ``siz_b_K_output`` at a time (default min(64,
+    ``siz_b_L_parallel``)), ``num_warps_output`` / ``num_stages_output``. Both of its blocks must be
+    <= ``siz_b_L_parallel`` (it reads only score blocks the scores kernel wrote).
     """
 
     chunk_size_inter: int
@@ -43,6 +51,11 @@ class FwConfig:
     siz_b_DHQK_inter: int
     siz_b_DHV_inter: int
     states_in_input_dtype: bool
+    materialise_scores: bool
+    siz_b_L_output: int
+    siz_b_K_output: int
+    num_warps_output: int
+    num_stages_output: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +127,9 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
     are twice as large: smaller parallel-kernel tiles, so shared memory stays within the H100's 227 KiB.
     Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages; chunk states in
-    the input dtype (fp32 for fp32 inputs).
+    the input dtype (fp32 for fp32 inputs); ``materialise_scores`` off, its output kernel with the
+    parallel kernel's warps and stages. :func:`resolve_fw_config` fills in the output kernel's blocks,
+    which follow the chosen ``siz_b_L_parallel``.
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
@@ -124,6 +139,7 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
         num_warps_inter=4,
         num_stages_inter=2,
         states_in_input_dtype=True,
+        materialise_scores=False,
     )
     if jnp.dtype(dtype).itemsize <= 2:
         return dict(
@@ -135,6 +151,8 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
             siz_b_DH_parallel=min(256, dhv_pad),
             siz_b_DH_loop=dhqk_pad if dhqk_pad <= 128 else 64,
             num_warps_intra=8,
+            num_warps_output=8,
+            num_stages_output=3 if DHQK >= 256 else 2,
         )
     return dict(
         both,
@@ -145,6 +163,8 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
         siz_b_DH_loop=min(64, dhqk_pad),
         num_warps_intra=4,
         num_stages_intra=2,
+        num_warps_output=4,
+        num_stages_output=2,
     )
 
 
@@ -214,7 +234,11 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
     """``given`` choices (None = default) over :func:`fw_defaults` for q/k/v of ``dtype``, every rule
     checked (ValueError naming it). chunk_size_intra defaults to :func:`fitting_chunk_size`."""
     given, intra = _filled(given, FW_OPTIONS, dims, caller)
-    config = FwConfig(**{**fw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra})
+    chosen = {**fw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra}
+    rows = chosen["siz_b_L_parallel"]
+    chosen.setdefault("siz_b_L_output", rows)
+    chosen.setdefault("siz_b_K_output", min(64, rows) if is_pow2(rows) else rows)
+    config = FwConfig(**chosen)
     _check_chunks(dims.S, intra, "chunk_size_inter", config.chunk_size_inter)
     dhqk_pad, dhv_pad = padded_dim(dims.DHQK), padded_dim(dims.DHV)
     for name, high in (
@@ -224,13 +248,21 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
         ("siz_b_DH_loop", dhqk_pad),
         ("siz_b_DHQK_inter", dhqk_pad),
         ("siz_b_DHV_inter", dhv_pad),
+        ("siz_b_L_output", intra),
+        ("siz_b_K_output", intra),
     ):
         check_power_of_two(name, getattr(config, name), MIN_BLOCK, high)
+    for name in ("siz_b_L_output", "siz_b_K_output"):
+        if getattr(config, name) > config.siz_b_L_parallel:
+            raise ValueError(
+                f"{name}={getattr(config, name)} must be <= siz_b_L_parallel={config.siz_b_L_parallel} "
+                "(the output kernel reads only the score blocks the scores kernel wrote)"
+            )
     _check_launch(
         config,
-        ("num_warps_intra", "num_warps_inter"),
-        ("num_stages_intra", "num_stages_inter"),
-        ("states_in_input_dtype",),
+        ("num_warps_intra", "num_warps_inter", "num_warps_output"),
+        ("num_stages_intra", "num_stages_inter", "num_stages_output"),
+        ("states_in_input_dtype", "materialise_scores"),
     )
     return config
 

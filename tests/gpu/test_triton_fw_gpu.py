@@ -41,6 +41,22 @@ CASES = [
     FwCase(jnp.bfloat16, 1, 512, 256, 512, 128, 256, True, {}),
     FwCase(jnp.bfloat16, 1, 256, 128, 128, 128, 128, False, dict(siz_b_L_parallel=128, num_warps_intra=8)),
     FwCase(jnp.bfloat16, 1, 512, 256, 512, 128, 256, True, dict(states_in_input_dtype=False)),
+    # the materialised output stage (scores kernel + output kernel): defaults, one q k^T dot with 64-row
+    # output tiles, fp32, and small non-power-of-two head dims
+    FwCase(jnp.bfloat16, 1, 512, 256, 512, 256, 256, True, dict(materialise_scores=True)),
+    FwCase(
+        jnp.bfloat16,
+        1,
+        512,
+        256,
+        512,
+        128,
+        256,
+        True,
+        dict(materialise_scores=True, siz_b_DH_loop=256, siz_b_L_output=64, num_warps_output=4, num_stages_output=4),
+    ),
+    FwCase(jnp.float32, 1, 256, 128, 256, 64, 128, True, dict(materialise_scores=True)),
+    FwCase(jnp.bfloat16, 1, 512, 96, 48, 16, 64, True, dict(materialise_scores=True)),
 ]
 
 

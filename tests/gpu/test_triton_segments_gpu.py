@@ -34,6 +34,7 @@ CASES = [
     (jnp.float32, 1000, 48, 96, False, 60, {}),  # padded to 1024
     (jnp.bfloat16, 1024, 256, 512, True, 40, {}),
     (jnp.bfloat16, 512, 64, 64, True, 100, dict(chunk_size=128, save_states=True)),  # many one-token documents
+    (jnp.bfloat16, 1000, 256, 512, True, 40, dict(materialise_scores=True)),  # scores + output kernels, padded S
 ]
 
 

@@ -4,7 +4,9 @@ tuning arguments raise ValueError naming the rule. No GPU needed (docs/testing.m
 The sweep covers rather than multiplies: every chunk size 16..256 (inter < intra included), block
 sizes from 16 up to the padded head dim, warps 2..8, stages 1..4, fp32/bf16/fp16 and head dims 16, 48,
 64, 96, 128, 256, 512 each appear at least once. About a minute on 2 CPU cores with an empty Triton
-cache (Triton caches compiled kernels, so reruns are faster).
+cache (Triton caches compiled kernels, so reruns are faster). The materialised output stage
+(``materialise_scores``: scores + output kernels) lowers at the 7B (256 x 512) and 128 x 256 head dims,
+with and without document resets.
 """
 
 import functools
@@ -12,6 +14,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_calls, skip_module_unless_lowerable
@@ -154,6 +157,13 @@ INVALID = [
     (64, 64, dict(siz_b_DH_parallel=24), "siz_b_DH_parallel=24"),
     (64, 64, dict(num_warps_intra=3), "num_warps_intra=3"),
     (64, 64, dict(num_stages_inter=0), "num_stages_inter=0"),
+    (64, 64, dict(siz_b_L_parallel=32, siz_b_L_output=64), "siz_b_L_output=64 must be <= siz_b_L_parallel=32"),
+    (64, 64, dict(siz_b_L_parallel=16, siz_b_K_output=32), "siz_b_K_output=32 must be <= siz_b_L_parallel=16"),
+    (64, 64, dict(siz_b_L_output=24), "siz_b_L_output=24 must be a power of two in [16, 64]"),
+    (64, 64, dict(siz_b_K_output=128), "siz_b_K_output=128 must be a power of two in [16, 64]"),
+    (64, 64, dict(materialise_scores=1), "materialise_scores must be True or False, got 1"),
+    (64, 64, dict(num_warps_output=3), "num_warps_output=3"),
+    (64, 64, dict(num_stages_output=9), "num_stages_output=9"),
     (64, 64, dict(output_dtype=jnp.int32), "output_dtype"),
 ]
 
@@ -199,3 +209,50 @@ def test_registry_entry_rejects_bad_options():
     for options, message in bad:
         with pytest.raises(ValueError, match=re.escape(message)):
             jax.eval_shape(functools.partial(mlstm_chunkwise_triton, **options), *args)
+
+
+SCORES_KERNEL_NAMES = (b"recurrent_fw_kernel", b"scores_fw_kernel", b"output_fw_kernel")
+ON = dict(materialise_scores=True)
+SCORES_SWEEP = [
+    # (dtype, S, DHQK, DHV, tuning): chunk 256 from S = 2048 on
+    (jnp.bfloat16, 2048, 256, 512, ON),  # defaults: 128-row scores over 64-wide DHQK blocks, 128 x 256 output
+    (  # one q k^T dot over all of DHQK; 64 x 256 output tiles, 4 warps, 4 stages
+        jnp.bfloat16,
+        2048,
+        256,
+        512,
+        dict(ON, siz_b_DH_loop=256, siz_b_L_output=64, num_warps_output=4, num_stages_output=4),
+    ),
+    (jnp.bfloat16, 2048, 128, 256, dict(ON, siz_b_DH_parallel=128, siz_b_K_output=32)),
+    (jnp.float32, 2048, 256, 512, ON),  # fp32 defaults: 64-row scores, 64 x 128 output tiles
+    (jnp.float16, 128, 48, 96, dict(ON, siz_b_L_parallel=64, siz_b_L_output=32, siz_b_K_output=16)),
+]
+
+
+@pytest.mark.parametrize("case", SCORES_SWEEP, ids=_case_id)
+def test_materialised_forward_lowers_to_sm90_ptx(case):
+    dtype, S, DHQK, DHV, tuning = case
+    payloads = lowered_triton_calls(_forward(**tuning), *_shapes(dtype, 1, 2, S, DHQK, DHV))
+    assert_compiled_for_sm90(payloads, SCORES_KERNEL_NAMES)
+    assert len(payloads) == 3 and not any(b"parallel_fw_kernel" in p for p in payloads)
+
+
+def test_materialised_segments_forward_and_backward_lower(monkeypatch):
+    """With ``segment_ids`` the scores kernel's segment variant runs (the output kernel has none: resets
+    are in P and the inter weights); the backward launches as without the option."""
+    from xlstm_flax.kernels import get_kernel
+    from xlstm_flax.kernels.triton import autograd
+
+    monkeypatch.setattr(autograd, "_require_triton_backend", lambda: None)
+    S = 512
+    ids = np.repeat(np.arange(4, dtype=np.int32), S // 4)[None]
+    kernel = get_kernel("chunkwise--triton")
+
+    def loss(q, k, v, i, f):
+        h, last = kernel(q, k, v, i, f, return_last_states=True, segment_ids=ids, materialise_scores=True)
+        return jnp.sum(h.astype(jnp.float32)) + sum(jnp.sum(x) for x in last)
+
+    payloads = lowered_triton_calls(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), *_shapes(jnp.bfloat16, 1, 2, S, 128, 256))
+    assert_compiled_for_sm90(payloads, (b"scores_fw_segments_kernel", b"output_fw_kernel"))
+    assert len(payloads) == 8, "2 states, scores, output, dC, dq, dk, dv"
+    assert not any(b"parallel_fw" in p for p in payloads)

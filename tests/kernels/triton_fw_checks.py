@@ -32,6 +32,7 @@ class FwCase(NamedTuple):
         return (
             f"{jnp.dtype(self.dtype).name}-B{self.B}-S{self.S}-{self.DHQK}x{self.DHV}-"
             f"{self.chunk_size_inter}of{self.chunk_size_intra}{'-states' if self.with_states else ''}"
+            f"{'-scores' if self.tuning.get('materialise_scores') else ''}"
         )
 
 
