@@ -127,9 +127,11 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
     are twice as large: smaller parallel-kernel tiles, so shared memory stays within the H100's 227 KiB.
     Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages; chunk states in
-    the input dtype (fp32 for fp32 inputs); ``materialise_scores`` off, its output kernel with the
-    parallel kernel's warps and stages. :func:`resolve_fw_config` fills in the output kernel's blocks,
-    which follow the chosen ``siz_b_L_parallel``.
+    the input dtype (fp32 for fp32 inputs). bf16/fp16 with DHV wider than one 256-column tile (where the
+    parallel kernel would recompute q k^T per tile): ``materialise_scores`` with the scores kernel's q k^T
+    as one dot up to DHQK = 256 (H200, 7B layer: forward 3.17 -> 2.66 ms; at 128 x 256, one DHV tile, it
+    lost: 2.50 -> 2.75 ms); its output kernel with the parallel kernel's warps and stages.
+    :func:`resolve_fw_config` fills in the output kernel's blocks, which follow ``siz_b_L_parallel``.
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
@@ -139,23 +141,25 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
         num_warps_inter=4,
         num_stages_inter=2,
         states_in_input_dtype=True,
-        materialise_scores=False,
     )
     if jnp.dtype(dtype).itemsize <= 2:
+        materialise = dhv_pad > 256  # several siz_b_DH_parallel tiles
         return dict(
             both,
+            materialise_scores=materialise,
             chunk_size_inter=intra if DHQK >= 256 else min(128, intra),
             num_stages_intra=3 if DHQK >= 256 else 2,
             siz_b_L_parallel=min(128, intra),
             siz_b_L_loop=min(64, intra),
             siz_b_DH_parallel=min(256, dhv_pad),
-            siz_b_DH_loop=dhqk_pad if dhqk_pad <= 128 else 64,
+            siz_b_DH_loop=dhqk_pad if dhqk_pad <= (256 if materialise else 128) else 64,
             num_warps_intra=8,
             num_warps_output=8,
             num_stages_output=3 if DHQK >= 256 else 2,
         )
     return dict(
         both,
+        materialise_scores=False,
         chunk_size_inter=min(128, intra),
         siz_b_L_parallel=min(64, intra),
         siz_b_L_loop=min(64, intra),

@@ -21,7 +21,9 @@ from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_call
 
 skip_module_unless_lowerable()
 
+from xlstm_flax.kernels import common  # noqa: E402
 from xlstm_flax.kernels.triton import mlstm_chunkwise_fw  # noqa: E402
+from xlstm_flax.kernels.triton.tuning import resolve_fw_config  # noqa: E402
 
 KERNEL_NAMES = (b"recurrent_fw_kernel", b"parallel_fw_kernel")
 
@@ -46,6 +48,7 @@ SWEEP = [
     (jnp.float32, 64, 16, 16, {}),
     (jnp.float16, 128, 48, 96, {}),
     (jnp.bfloat16, 2048, 256, 512, {}),  # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256)
+    (jnp.bfloat16, 2048, 256, 512, dict(materialise_scores=False)),  # the parallel kernel at those dims
     (jnp.float32, 2048, 256, 512, {}),  # fp32 defaults (smaller parallel tiles, chunk 256)
     (jnp.float16, 512, 128, 256, {}),
     (jnp.bfloat16, 128, 512, 512, {}),
@@ -136,7 +139,21 @@ def _case_id(case):
 def test_forward_lowers_to_sm90_ptx(case):
     dtype, S, DHQK, DHV, tuning = case
     payloads = lowered_triton_calls(_forward(**tuning), *_shapes(dtype, 1, 2, S, DHQK, DHV))
-    assert_compiled_for_sm90(payloads, KERNEL_NAMES)
+    dims = common.Dims(1, 2, S, DHQK, DHV)
+    materialised = resolve_fw_config(dims, dtype, **tuning).materialise_scores
+    assert_compiled_for_sm90(payloads, SCORES_KERNEL_NAMES if materialised else KERNEL_NAMES)
+
+
+def test_16bit_defaults_materialise_scores_only_with_several_dhv_tiles():
+    """The output stage by default: scores + output kernels where DHV spans several 256-column tiles
+    (16-bit inputs), the parallel kernel otherwise (H200 timings in kernels/triton/tuning.py)."""
+    cases = {(256, 512, jnp.bfloat16): True, (64, 512, jnp.float16): True, (128, 256, jnp.bfloat16): False}
+    cases |= {(256, 512, jnp.float32): False, (48, 96, jnp.bfloat16): False}
+    for (DHQK, DHV, dtype), expected in cases.items():
+        config = resolve_fw_config(common.Dims(1, 2, 2048, DHQK, DHV), dtype)
+        assert config.materialise_scores is expected, (DHQK, DHV, dtype)
+        if expected and DHQK <= 256:
+            assert config.siz_b_DH_loop == DHQK  # one q k^T dot per key block
 
 
 INVALID = [
@@ -215,7 +232,8 @@ SCORES_KERNEL_NAMES = (b"recurrent_fw_kernel", b"scores_fw_kernel", b"output_fw_
 ON = dict(materialise_scores=True)
 SCORES_SWEEP = [
     # (dtype, S, DHQK, DHV, tuning): chunk 256 from S = 2048 on
-    (jnp.bfloat16, 2048, 256, 512, ON),  # defaults: 128-row scores over 64-wide DHQK blocks, 128 x 256 output
+    (jnp.bfloat16, 2048, 256, 512, ON),  # defaults: 128-row scores, one dot over DHQK, 128 x 256 output
+    (jnp.bfloat16, 2048, 256, 512, dict(ON, siz_b_DH_loop=64)),  # q k^T over 64-wide DHQK blocks
     (  # one q k^T dot over all of DHQK; 64 x 256 output tiles, 4 warps, 4 stages
         jnp.bfloat16,
         2048,
