@@ -34,7 +34,8 @@ MAX_BLOCK_B = 128
 MAX_SPLIT = 32
 DEFAULT_MAX_BLOCK_B = 64
 DEFAULT_MAX_SPLIT = 8  # H200, DH = 256 (2026-12-02): split 4 and 8 equally fast, 2.8x the scan's fw+bw
-RESIDENT_MAX_BYTES = 128 * 1024  # R's slice per program (4 x DH padded x columns), staged in shared memory
+RESIDENT_MAX_BYTES = 64 * 1024  # R's slice per program (4 x DH padded x columns), staged in shared memory;
+# H200: a 128 KiB fp32 slice asked for 272 KiB of shared memory (227 KiB per block)
 
 
 @dataclasses.dataclass(frozen=True)
