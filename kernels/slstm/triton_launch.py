@@ -34,8 +34,10 @@ MAX_BLOCK_B = 128
 MAX_SPLIT = 32
 DEFAULT_MAX_BLOCK_B = 64
 DEFAULT_MAX_SPLIT = 8  # H200, DH = 256 (2026-12-02): split 4 and 8 equally fast, 2.8x the scan's fw+bw
-RESIDENT_MAX_BYTES = 64 * 1024  # R's slice per program (4 x DH padded x columns), staged in shared memory;
-# H200: a 128 KiB fp32 slice asked for 272 KiB of shared memory (227 KiB per block)
+# R's slice per program (4 x DH padded x columns) as staged in shared memory; fp32 counts twice (3xTF32
+# dots keep a high and a low TF32 part). H200: a 128 KiB bf16 slice ran, a 128 KiB fp32 one asked for
+# 272 KiB of shared memory (227 KiB per block).
+RESIDENT_MAX_BYTES = 128 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +108,7 @@ def resolve_tuning(
     if tuning.resident and slice_bytes > RESIDENT_MAX_BYTES:
         raise ValueError(
             f"{name}: resident R slice (4 x {padded_dim(dims.DH)} x {tuning.block_dh} "
-            f"{jnp.dtype(recurrent_dtype).name}) takes {slice_bytes} bytes, more than {RESIDENT_MAX_BYTES}"
+            f"{jnp.dtype(recurrent_dtype).name}) takes {slice_bytes} bytes on chip, more than {RESIDENT_MAX_BYTES}"
         )
     if tuning.split > 1 and sms is not None:
         _check_resident(name, tuning, dims, sms)
@@ -114,8 +116,10 @@ def resolve_tuning(
 
 
 def resident_slice_bytes(tuning: Tuning, DH: int, recurrent_dtype) -> int:
-    """Bytes of one program's slice of R (4 gates x DH padded x block_dh) in ``recurrent_dtype``."""
-    return 4 * padded_dim(DH) * tuning.block_dh * jnp.dtype(recurrent_dtype).itemsize
+    """On-chip bytes of one program's slice of R (4 gates x DH padded x block_dh) in ``recurrent_dtype``,
+    twice that for fp32 (its 3xTF32 dots stage two TF32 parts)."""
+    itemsize = jnp.dtype(recurrent_dtype).itemsize
+    return 4 * padded_dim(DH) * tuning.block_dh * itemsize * (2 if itemsize == 4 else 1)
 
 
 def default_tuning(dims: Dims, sms: int | None, **given) -> Tuning:
