@@ -57,3 +57,22 @@ def test_compile_cache_settings(recipe, tmp_path, monkeypatch):
         with compilation_cache(blocker / "sub"):
             pass
     assert not (tmp_path / "home").exists()  # nothing created by naming it
+
+
+def test_uncreatable_compile_cache_stops_the_run_before_any_work(recipe, tmp_path, monkeypatch):
+    """A compile_cache path that cannot be created is refused before the run directory is touched and
+    before any data or model work (the corpus is never loaded); an existing run directory keeps its files."""
+
+    def no_data(*args):
+        raise AssertionError("the corpus was loaded before the compile_cache check")
+
+    monkeypatch.setattr("xlstm_flax.train.loop.load_corpus", no_data)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=f"train.compile_cache: cannot create {blocker / 'sub'}"):
+        run(recipe, run_dir, *CHEAP, f"train.compile_cache={blocker / 'sub'}", "overwrite=true")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+    assert (run_dir / "notes.txt").read_text() == "mine"

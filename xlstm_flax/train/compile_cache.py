@@ -33,18 +33,25 @@ def cache_directory(setting: str | bool, run_dir: Path) -> Path | None:
     return Path(setting).expanduser()
 
 
-@contextlib.contextmanager
-def compilation_cache(directory: Path | None) -> Iterator[None]:
-    """Inside the block JAX reads and writes compiled programs in ``directory`` (created if absent; None:
-    no change); the previous cache settings come back after it. A directory that cannot be created is a
-    ConfigError naming it (one line from the CLI)."""
+def create_cache_directory(directory: Path | None) -> None:
+    """Creates ``directory`` if absent (None: nothing); one that cannot be created is a ConfigError naming
+    it (one line from the CLI)."""
     if directory is None:
-        yield
         return
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"train.compile_cache: cannot create {directory} ({err.strerror})") from None
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: Path | None) -> Iterator[None]:
+    """Inside the block JAX reads and writes compiled programs in ``directory`` (created if absent, see
+    :func:`create_cache_directory`; None: no change); the previous cache settings come back after it."""
+    if directory is None:
+        yield
+        return
+    create_cache_directory(directory)
     previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     _configure(str(directory), MIN_COMPILE_SECONDS)
     try:

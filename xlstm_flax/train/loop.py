@@ -34,7 +34,7 @@ from ..convert.init_from import check_init_source, init_params_from
 from ..flops import peak_flops_per_second, train_flops_per_token
 from ..inference import sample_text
 from .checkpoint import Checkpointer
-from .compile_cache import cache_directory, compilation_cache
+from .compile_cache import RUN, cache_directory, compilation_cache, create_cache_directory
 from .data import (
     Corpus,
     Packing,
@@ -151,6 +151,9 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
     mesh = distributed.make_mesh(config.distributed)
     distributed.check_layout(mesh, tc.batch_size, _head_counts(config))
     rows = distributed.process_rows(mesh, tc.batch_size)
+    cache_dir = cache_directory(tc.compile_cache, Path(config.run_dir))
+    if tc.compile_cache != RUN:  # the user's directory: created, or refused in one line, before any work
+        create_cache_directory(cache_dir)
     run = _open_run_dir(config, log, main_process)
 
     corpus = load_corpus(config.data, config.model.vocab_size)
@@ -186,7 +189,7 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
     schedule = make_schedule(config.optim, tc.steps)
     flops = _flops_per_token_and_peak(config, mesh)
     session = run.session(start, skipped, comment=kernel) if main_process else contextlib.nullcontext(run)
-    cache = compilation_cache(cache_directory(tc.compile_cache, run.path))
+    cache = compilation_cache(cache_dir)
     with session, logging_redirect_tqdm(tqdm_class=tqdm), cache:
         distributed.sync("run directory prepared")  # process 0 has laid out the directory
         progress = _Progress(run.path, tc, start, window, *flops) if main_process else None
