@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
@@ -124,6 +125,15 @@ def default_qk_scale(dhqk: int, qk_scale: float | None) -> float:
 def log_sigmoid_fp32(f: jax.Array) -> jax.Array:
     """log(sigmoid(f)) in at least fp32 (fp64 stays fp64)."""
     return jax.nn.log_sigmoid(f.astype(jnp.promote_types(f.dtype, jnp.float32)))
+
+
+def denominator_floor(m: jax.Array) -> jax.Array:
+    """exp(-m), the floor of the normaliser ``max(|n . s q|, exp(-m))``, with the exponent capped one below
+    the largest finite one of m's dtype (87.7 for fp32, so a floor above 1.2e38 is held there). Where it would
+    overflow, the normaliser is >= 1e38 either way and h rounds to 0; the cap keeps the autodiff backward
+    finite there (inf x 0 = NaN before, e.g. with input gates of -95 and forget gates of -10 from the first
+    step). m: any shape, fp32 or fp64; returns the same shape and dtype."""
+    return jnp.exp(jnp.minimum(-m, float(np.log(np.finfo(m.dtype).max)) - 1.0))
 
 
 def compute_dtype(dtype) -> jnp.dtype:

@@ -32,6 +32,7 @@ from ..common import (
     compute_dtype,
     default_chunk_size,
     default_qk_scale,
+    denominator_floor,
     initial_states_in,
     log_sigmoid_fp32,
     mixed_einsum,
@@ -152,7 +153,7 @@ def _chunk_outputs(q, k, v, i, b, seg, c_k, n_k, m_k, scale, eps):
     p = mixed_einsum("bhcid,bhcjd->bhcij", q, k, q.dtype) * (scale * jnp.exp(log_d - m[..., None]))
     r = scale * jnp.exp(log_r - m)
     nq = jnp.sum(p, axis=-1) + r * mixed_einsum("bhcid,bhcd->bhci", q, n_k, m.dtype)
-    inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), jnp.exp(-m)) + eps)
+    inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), denominator_floor(m)) + eps)
     h = mixed_einsum("bhcij,bhcjv->bhciv", p * inv_den[..., None], v, q.dtype) + mixed_einsum(
         "bhcid,bhcdv->bhciv", q * (r * inv_den)[..., None], c_k, q.dtype
     )

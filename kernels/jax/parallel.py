@@ -9,6 +9,7 @@ from ..common import (
     check_inputs,
     compute_dtype,
     default_qk_scale,
+    denominator_floor,
     initial_states_in,
     log_sigmoid_fp32,
     mixed_einsum,
@@ -64,7 +65,7 @@ def mlstm_parallel(
     p = mixed_einsum("bhtd,bhjd->bhtj", q, k, q.dtype) * (scale * w_tokens)
     w0 = scale * w[..., 0]  # (B, NH, S)
     nq = jnp.sum(p, axis=-1) + w0 * mixed_einsum("bhtd,bhd->bht", q, n0, dtype)
-    inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), jnp.exp(-m)) + eps)
+    inv_den = 1.0 / (jnp.maximum(jnp.abs(nq), denominator_floor(m)) + eps)
     h = mixed_einsum("bhtj,bhjv->bhtv", p * inv_den[..., None], v, q.dtype) + mixed_einsum(
         "bhtd,bhdv->bhtv", q * (w0 * inv_den)[..., None], c0, q.dtype
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from ..common import check_step_inputs, compute_dtype, default_qk_scale, log_sigmoid_fp32
+from ..common import check_step_inputs, compute_dtype, default_qk_scale, denominator_floor, log_sigmoid_fp32
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, *, qk_scale=None, eps=1e-6):
@@ -28,6 +28,6 @@ def mlstm_step(q, k, v, i, f, c, n, m, *, qk_scale=None, eps=1e-6):
     n_new = decay[..., None] * n + gain_k
 
     num = jnp.einsum("bhd,bhdv->bhv", sq, c_new, precision=lax.Precision.HIGHEST)
-    den = jnp.maximum(jnp.abs(jnp.sum(n_new * sq, axis=-1)), jnp.exp(-m_new))
+    den = jnp.maximum(jnp.abs(jnp.sum(n_new * sq, axis=-1)), denominator_floor(m_new))
     h = num / (den + eps)[..., None]
     return h.astype(q.dtype), (c_new, n_new, m_new)

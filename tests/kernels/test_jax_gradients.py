@@ -99,6 +99,23 @@ def test_fp32_gradients_match_reference(name, problem):
     assert_gradients_close(gradients(backend_kernel(name), weights, args), expected, 1e-4, f"{name} fp32")
 
 
+@pytest.mark.parametrize("name", SEQUENCE_KERNELS)
+def test_fp32_gradients_stay_finite_where_the_normaliser_floor_overflows(name, problem):
+    """Head 0 with input gates -95 and forget gates -10 at every step: m falls by ~10 a step, so exp(-m)
+    exceeds fp32 from about the 9th step on (h rounds to 0 there). The gradients of all heads still match
+    the float64 reference (tolerance 1e-4, as above); the plain exp(-m) gave NaN for i and f."""
+    args, weights, _, _, _ = problem
+    args = list(args)
+    args[3] = args[3].at[:, 0].set(-95.0)
+    args[4] = args[4].at[:, 0].set(-10.0)
+    with jax.enable_x64():
+        args64, weights64 = [as_float64(a) for a in args], [as_float64(w) for w in weights]
+        expected = [np.asarray(g) for g in gradients(reference_kernel(), weights64, args64)]
+    grads = gradients(backend_kernel(name), weights, args)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads), f"{name}: non-finite gradient"
+    assert_gradients_close(grads, expected, 1e-4, f"{name} fp32, overflowing floor")
+
+
 def test_chunkwise_gradients_without_initial_states():
     """Default states (zeros, m_0 = 0), one padded chunk: loss on h only, fp64, tolerance 1e-10."""
     x = random_inputs(jax.random.PRNGKey(41), B=2, NH=3, S=21, DHQK=24, DHV=40)
