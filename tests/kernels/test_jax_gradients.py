@@ -99,11 +99,11 @@ def test_fp32_gradients_match_reference(name, problem):
     assert_gradients_close(gradients(backend_kernel(name), weights, args), expected, 1e-4, f"{name} fp32")
 
 
-@pytest.mark.parametrize("name", SEQUENCE_KERNELS)
-def test_fp32_gradients_stay_finite_where_the_normaliser_floor_overflows(name, problem):
-    """Head 0 with input gates -95 and forget gates -10 at every step: m falls by ~10 a step, so exp(-m)
-    exceeds fp32 from about the 9th step on (h rounds to 0 there). The gradients of all heads still match
-    the float64 reference (tolerance 1e-4, as above); the plain exp(-m) gave NaN for i and f."""
+@pytest.fixture(scope="module")
+def overflowing_floor(problem):
+    """The problem with head 0's input gates at -95 and forget gates at -10 at every step (m falls by ~10 a
+    step, so exp(-m) exceeds fp32 from about the 9th step on and h rounds to 0 there), and its float64
+    reference gradients."""
     args, weights, _, _, _ = problem
     args = list(args)
     args[3] = args[3].at[:, 0].set(-95.0)
@@ -111,6 +111,14 @@ def test_fp32_gradients_stay_finite_where_the_normaliser_floor_overflows(name, p
     with jax.enable_x64():
         args64, weights64 = [as_float64(a) for a in args], [as_float64(w) for w in weights]
         expected = [np.asarray(g) for g in gradients(reference_kernel(), weights64, args64)]
+    return args, weights, expected
+
+
+@pytest.mark.parametrize("name", SEQUENCE_KERNELS)
+def test_fp32_gradients_stay_finite_where_the_normaliser_floor_overflows(name, overflowing_floor):
+    """The gradients of all heads still match the float64 reference (tolerance 1e-4, as above); the plain
+    exp(-m) floor gave NaN for i and f."""
+    args, weights, expected = overflowing_floor
     grads = gradients(backend_kernel(name), weights, args)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads), f"{name}: non-finite gradient"
     assert_gradients_close(grads, expected, 1e-4, f"{name} fp32, overflowing floor")
