@@ -84,6 +84,40 @@ def cell_grad(g_i, g_f, g_z, g_o, c_prev, n_prev, m_prev, dc, dn, dm, dh):
     return d_i, d_lf * _sigmoid(-g_f), d_z, d_o, dc * f_gate, dn * f_gate, d_lf
 
 
+# fmt: off
+@triton.jit
+def load_gates(base, offs, mask, GATE_STRIDE: tl.constexpr):
+    """The four gates' tiles at ``base + offs + gate * GATE_STRIDE`` (zero where masked)."""
+    return (tl.load(base + offs, mask=mask, other=0.0), tl.load(base + GATE_STRIDE + offs, mask=mask, other=0.0),
+            tl.load(base + 2 * GATE_STRIDE + offs, mask=mask, other=0.0),
+            tl.load(base + 3 * GATE_STRIDE + offs, mask=mask, other=0.0))
+
+
+@triton.jit
+def store_gates(base, offs, mask, g_i, g_f, g_z, g_o, GATE_STRIDE: tl.constexpr):
+    """Stores the four gates' tiles at ``base + offs + gate * GATE_STRIDE``."""
+    tl.store(base + offs, g_i, mask=mask)
+    tl.store(base + GATE_STRIDE + offs, g_f, mask=mask)
+    tl.store(base + 2 * GATE_STRIDE + offs, g_z, mask=mask)
+    tl.store(base + 3 * GATE_STRIDE + offs, g_o, mask=mask)
+
+
+@triton.jit
+def load_state(c_buf, n_buf, m_buf, offs, mask):
+    """Tiles of three buffers of one layout at ``offs`` (zero where masked): c, n, m or their cotangents."""
+    return (tl.load(c_buf + offs, mask=mask, other=0.0), tl.load(n_buf + offs, mask=mask, other=0.0),
+            tl.load(m_buf + offs, mask=mask, other=0.0))
+
+
+@triton.jit
+def store_state(c_buf, n_buf, m_buf, offs, mask, c, n, m):
+    """Stores c, n, m (or their cotangents) at ``offs`` of three buffers of one layout."""
+    tl.store(c_buf + offs, c, mask=mask)
+    tl.store(n_buf + offs, n, mask=mask)
+    tl.store(m_buf + offs, m, mask=mask)
+# fmt: on
+
+
 @triton.jit
 def group_arrive(sync, group, SPLIT: tl.constexpr):
     """This program's arrival at the group barrier: its global stores so far become visible to the
@@ -155,10 +189,7 @@ def slstm_fw_kernel(
             offs_e = e0 + tl.arange(0, BLOCK_DH)
             mask_e = offs_e < DH
             mask = mask_b[:, None] & mask_e[None, :]
-            g_i = tl.load(pre + gates + offs_e[None, :], mask=mask, other=0.0)
-            g_f = tl.load(pre + gates + NH * DH + offs_e[None, :], mask=mask, other=0.0)
-            g_z = tl.load(pre + gates + 2 * NH * DH + offs_e[None, :], mask=mask, other=0.0)
-            g_o = tl.load(pre + gates + 3 * NH * DH + offs_e[None, :], mask=mask, other=0.0)
+            g_i, g_f, g_z, g_o = load_gates(pre, gates + offs_e[None, :], mask, NH * DH)
             for k0 in range(0, DH, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 mask_k = offs_k < DH
@@ -176,18 +207,11 @@ def slstm_fw_kernel(
                 g_o += tl.dot(
                     h, tl.load(R + 3 * NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
                 )
-            tl.store(g_all + gates + offs_e[None, :], g_i, mask=mask)
-            tl.store(g_all + gates + NH * DH + offs_e[None, :], g_f, mask=mask)
-            tl.store(g_all + gates + 2 * NH * DH + offs_e[None, :], g_z, mask=mask)
-            tl.store(g_all + gates + 3 * NH * DH + offs_e[None, :], g_o, mask=mask)
-            c = tl.load(c_all + prev + offs_e[None, :], mask=mask, other=0.0)
-            n = tl.load(n_all + prev + offs_e[None, :], mask=mask, other=0.0)
-            m = tl.load(m_all + prev + offs_e[None, :], mask=mask, other=0.0)
+            store_gates(g_all, gates + offs_e[None, :], mask, g_i, g_f, g_z, g_o, NH * DH)
+            c, n, m = load_state(c_all, n_all, m_all, prev + offs_e[None, :], mask)
             c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)
             nxt = prev + NH * DH + offs_e[None, :]  # slot t + 1
-            tl.store(c_all + nxt, c, mask=mask)
-            tl.store(n_all + nxt, n, mask=mask)
-            tl.store(m_all + nxt, m, mask=mask)
+            store_state(c_all, n_all, m_all, nxt, mask, c, n, m)
             tl.store(h_all + nxt, h_new, mask=mask)
         _group_barrier(sync, group, t + 2, SPLIT)
 # fmt: on
@@ -223,26 +247,14 @@ def slstm_bw_kernel(
         for e0 in range(col0, col0 + COLS, BLOCK_DH):
             offs_e = e0 + tl.arange(0, BLOCK_DH)
             mask = mask_b[:, None] & (offs_e < DH)[None, :]
-            g_i = tl.load(g + gates + offs_e[None, :], mask=mask, other=0.0)
-            g_f = tl.load(g + gates + NH * DH + offs_e[None, :], mask=mask, other=0.0)
-            g_z = tl.load(g + gates + 2 * NH * DH + offs_e[None, :], mask=mask, other=0.0)
-            g_o = tl.load(g + gates + 3 * NH * DH + offs_e[None, :], mask=mask, other=0.0)
-            c_prev = tl.load(c_all + prev + offs_e[None, :], mask=mask, other=0.0)
-            n_prev = tl.load(n_all + prev + offs_e[None, :], mask=mask, other=0.0)
-            m_prev = tl.load(m_all + prev + offs_e[None, :], mask=mask, other=0.0)
-            dc = tl.load(dc0 + running + offs_e[None, :], mask=mask, other=0.0)
-            dn = tl.load(dn0 + running + offs_e[None, :], mask=mask, other=0.0)
-            dm = tl.load(dm0 + running + offs_e[None, :], mask=mask, other=0.0)
+            g_i, g_f, g_z, g_o = load_gates(g, gates + offs_e[None, :], mask, NH * DH)
+            c_prev, n_prev, m_prev = load_state(c_all, n_all, m_all, prev + offs_e[None, :], mask)
+            dc, dn, dm = load_state(dc0, dn0, dm0, running + offs_e[None, :], mask)
             dh = tl.load(dh0 + running + offs_e[None, :], mask=mask, other=0.0)
             dh += tl.load(dh_seq + ((offs_b[:, None] * S + t) * NH + head) * DH + offs_e[None, :], mask=mask, other=0.0)
             d_i, d_f, d_z, d_o, dc, dn, dm = cell_grad(g_i, g_f, g_z, g_o, c_prev, n_prev, m_prev, dc, dn, dm, dh)
-            tl.store(dg + gates + offs_e[None, :], d_i, mask=mask)
-            tl.store(dg + gates + NH * DH + offs_e[None, :], d_f, mask=mask)
-            tl.store(dg + gates + 2 * NH * DH + offs_e[None, :], d_z, mask=mask)
-            tl.store(dg + gates + 3 * NH * DH + offs_e[None, :], d_o, mask=mask)
-            tl.store(dc0 + running + offs_e[None, :], dc, mask=mask)
-            tl.store(dn0 + running + offs_e[None, :], dn, mask=mask)
-            tl.store(dm0 + running + offs_e[None, :], dm, mask=mask)
+            store_gates(dg, gates + offs_e[None, :], mask, d_i, d_f, d_z, d_o, NH * DH)
+            store_state(dc0, dn0, dm0, running + offs_e[None, :], mask, dc, dn, dm)
         _group_barrier(sync, group, step + 1, SPLIT)  # phase B reads every program's dg_t
         # the cotangent of h_{t-1} (this program's columns): sum over gates of dg_t R^T
         for k0 in range(col0, col0 + COLS, BLOCK_K):

@@ -1,4 +1,4 @@
-"""The fused sLSTM recurrence with each program's slice of R held in registers (launched by
+"""The fused sLSTM recurrence with each program's slice of R loaded once and kept on chip (launched by
 triton_launch.py with ``resident``; the streaming kernels and the buffer layouts: triton_kernels.py).
 
 Grid (SPLIT, batch blocks, NH) as there, but each program owns exactly one tile of COLS (a power of
@@ -15,26 +15,19 @@ inputs while the others arrive, and waits before reading them.
 import triton
 import triton.language as tl
 
-from .triton_kernels import cell_grad, cell_step, group_arrive, group_wait
+from .triton_kernels import (
+    cell_grad,
+    cell_step,
+    group_arrive,
+    group_wait,
+    load_gates,
+    load_state,
+    store_gates,
+    store_state,
+)
 
 
 # fmt: off
-@triton.jit
-def _load_gates(base, offs, mask, GATE_STRIDE: tl.constexpr):
-    """The four gates' tiles at ``base + offs + gate * GATE_STRIDE`` (zero where masked)."""
-    return (tl.load(base + offs, mask=mask, other=0.0), tl.load(base + GATE_STRIDE + offs, mask=mask, other=0.0),
-            tl.load(base + 2 * GATE_STRIDE + offs, mask=mask, other=0.0),
-            tl.load(base + 3 * GATE_STRIDE + offs, mask=mask, other=0.0))
-
-
-@triton.jit
-def _store_gates(base, offs, mask, g_i, g_f, g_z, g_o, GATE_STRIDE: tl.constexpr):
-    tl.store(base + offs, g_i, mask=mask)
-    tl.store(base + GATE_STRIDE + offs, g_f, mask=mask)
-    tl.store(base + 2 * GATE_STRIDE + offs, g_z, mask=mask)
-    tl.store(base + 3 * GATE_STRIDE + offs, g_o, mask=mask)
-
-
 @triton.jit
 def _product(x, r_i, r_f, r_z, r_o, acc_i, acc_f, acc_z, acc_o, DOT_PRECISION: tl.constexpr):
     """(acc_gate + x @ r_gate for each gate): x (BLOCK_B, DH_PAD) in R's dtype, r (DH_PAD, COLS)."""
@@ -58,7 +51,7 @@ def _program_slice(
         r_offs = (head * DH + offs_e[None, :]) * DH + offs_k[:, None]
     else:
         r_offs = (head * DH + offs_k[:, None]) * DH + offs_e[None, :]
-    r_i, r_f, r_z, r_o = _load_gates(R, r_offs, (offs_k < DH)[:, None] & (offs_e < DH)[None, :], NH * DH * DH)
+    r_i, r_f, r_z, r_o = load_gates(R, r_offs, (offs_k < DH)[:, None] & (offs_e < DH)[None, :], NH * DH * DH)
     return (offs_b, offs_e, offs_k, (offs_b < B)[:, None] & (offs_e < DH)[None, :],
             (offs_b < B)[:, None] & (offs_k < DH)[None, :], (offs_b[:, None] * NH + head) * DH + offs_e[None, :],
             r_i, r_f, r_z, r_o)
@@ -76,17 +69,13 @@ def slstm_fw_resident_kernel(
     group = tl.program_id(1) * NH + head
     offs_b, offs_e, offs_k, mask, mask_h, state, r_i, r_f, r_z, r_o = _program_slice(
         R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD, False)
-    c = tl.load(c0 + state, mask=mask, other=0.0)
-    n = tl.load(n0 + state, mask=mask, other=0.0)
-    m = tl.load(m0 + state, mask=mask, other=0.0)
+    c, n, m = load_state(c0, n0, m0, state, mask)
     slot0 = (offs_b[:, None] * (S + 1) * NH + head) * DH + offs_e[None, :]
     tl.store(h_all + slot0, tl.load(h0 + state, mask=mask, other=0.0), mask=mask)
     group_arrive(sync, group, SPLIT)
-    tl.store(c_all + slot0, c, mask=mask)
-    tl.store(n_all + slot0, n, mask=mask)
-    tl.store(m_all + slot0, m, mask=mask)
+    store_state(c_all, n_all, m_all, slot0, mask, c, n, m)
     gates = (offs_b[:, None] * S * 4 * NH + head) * DH + offs_e[None, :]  # step 0
-    p_i, p_f, p_z, p_o = _load_gates(pre, gates, mask, NH * DH)
+    p_i, p_f, p_z, p_o = load_gates(pre, gates, mask, NH * DH)
     group_wait(sync, group, 1, SPLIT)
     for t in range(S):
         prev = ((offs_b[:, None] * (S + 1) + t) * NH + head) * DH  # slot t: the state before step t
@@ -96,12 +85,10 @@ def slstm_fw_resident_kernel(
         nxt = prev + NH * DH + offs_e[None, :]  # slot t + 1
         tl.store(h_all + nxt, h_new, mask=mask)
         group_arrive(sync, group, SPLIT)
-        _store_gates(g_all, gates, mask, g_i, g_f, g_z, g_o, NH * DH)
-        tl.store(c_all + nxt, c, mask=mask)
-        tl.store(n_all + nxt, n, mask=mask)
-        tl.store(m_all + nxt, m, mask=mask)
+        store_gates(g_all, gates, mask, g_i, g_f, g_z, g_o, NH * DH)
+        store_state(c_all, n_all, m_all, nxt, mask, c, n, m)
         gates += 4 * NH * DH  # step t + 1 (loaded only if it exists)
-        p_i, p_f, p_z, p_o = _load_gates(pre, gates, mask & (t + 1 < S), NH * DH)
+        p_i, p_f, p_z, p_o = load_gates(pre, gates, mask & (t + 1 < S), NH * DH)
         group_wait(sync, group, t + 2, SPLIT)
 
 
@@ -118,46 +105,35 @@ def slstm_bw_resident_kernel(
     group = tl.program_id(1) * NH + head
     offs_b, offs_e, offs_k, mask, mask_dg, state, rt_i, rt_f, rt_z, rt_o = _program_slice(
         R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD, True)
-    dc = tl.load(dc_last + state, mask=mask, other=0.0)
-    dn = tl.load(dn_last + state, mask=mask, other=0.0)
-    dm = tl.load(dm_last + state, mask=mask, other=0.0)
+    dc, dn, dm = load_state(dc_last, dn_last, dm_last, state, mask)
     dh = tl.load(dh_last + state, mask=mask, other=0.0)
     # the inputs of step t = S - 1: its gates, the state before it (slot t) and the cotangent of its h
     gates = ((offs_b[:, None] * S + S - 1) * 4 * NH + head) * DH + offs_e[None, :]
     prev = ((offs_b[:, None] * (S + 1) + S - 1) * NH + head) * DH + offs_e[None, :]
     seq = ((offs_b[:, None] * S + S - 1) * NH + head) * DH + offs_e[None, :]
-    g_i, g_f, g_z, g_o = _load_gates(g, gates, mask, NH * DH)
-    c_prev = tl.load(c_all + prev, mask=mask, other=0.0)
-    n_prev = tl.load(n_all + prev, mask=mask, other=0.0)
-    m_prev = tl.load(m_all + prev, mask=mask, other=0.0)
+    g_i, g_f, g_z, g_o = load_gates(g, gates, mask, NH * DH)
+    c_prev, n_prev, m_prev = load_state(c_all, n_all, m_all, prev, mask)
     dh_t = tl.load(dh_seq + seq, mask=mask, other=0.0)
     for step in range(S):
         d_i, d_f, d_z, d_o, dc, dn, dm = cell_grad(g_i, g_f, g_z, g_o, c_prev, n_prev, m_prev, dc, dn, dm, dh + dh_t)
-        _store_gates(dg, gates, mask, d_i, d_f, d_z, d_o, NH * DH)
+        store_gates(dg, gates, mask, d_i, d_f, d_z, d_o, NH * DH)
         group_arrive(sync, group, SPLIT)
         dg_t = ((offs_b[:, None] * S + S - 1 - step) * 4 * NH + head) * DH + offs_k[None, :]
         more = mask & (step + 1 < S)  # the next step, t - 1, exists
         gates -= 4 * NH * DH
         prev -= NH * DH
         seq -= NH * DH
-        g_i, g_f, g_z, g_o = _load_gates(g, gates, more, NH * DH)
-        c_prev = tl.load(c_all + prev, mask=more, other=0.0)
-        n_prev = tl.load(n_all + prev, mask=more, other=0.0)
-        m_prev = tl.load(m_all + prev, mask=more, other=0.0)
+        g_i, g_f, g_z, g_o = load_gates(g, gates, more, NH * DH)
+        c_prev, n_prev, m_prev = load_state(c_all, n_all, m_all, prev, more)
         dh_t = tl.load(dh_seq + seq, mask=more, other=0.0)
         group_wait(sync, group, step + 1, SPLIT)
         # the cotangent of h_{t-1} (this program's columns): sum over gates of dg_t R^T
         dt = R.dtype.element_ty
-        dh = tl.zeros((BLOCK_B, COLS), tl.float32)
-        dh = tl.dot(tl.load(dg + dg_t, mask=mask_dg, other=0.0).to(dt), rt_i, dh, input_precision=DOT_PRECISION)
-        dh = tl.dot(tl.load(dg + NH * DH + dg_t, mask=mask_dg, other=0.0).to(dt), rt_f, dh,
-                    input_precision=DOT_PRECISION)
-        dh = tl.dot(tl.load(dg + 2 * NH * DH + dg_t, mask=mask_dg, other=0.0).to(dt), rt_z, dh,
-                    input_precision=DOT_PRECISION)
-        dh = tl.dot(tl.load(dg + 3 * NH * DH + dg_t, mask=mask_dg, other=0.0).to(dt), rt_o, dh,
-                    input_precision=DOT_PRECISION)
-    tl.store(dc0 + state, dc, mask=mask)
-    tl.store(dn0 + state, dn, mask=mask)
-    tl.store(dm0 + state, dm, mask=mask)
+        dg_i, dg_f, dg_z, dg_o = load_gates(dg, dg_t, mask_dg, NH * DH)
+        dh = tl.dot(dg_i.to(dt), rt_i, tl.zeros((BLOCK_B, COLS), tl.float32), input_precision=DOT_PRECISION)
+        dh = tl.dot(dg_f.to(dt), rt_f, dh, input_precision=DOT_PRECISION)
+        dh = tl.dot(dg_z.to(dt), rt_z, dh, input_precision=DOT_PRECISION)
+        dh = tl.dot(dg_o.to(dt), rt_o, dh, input_precision=DOT_PRECISION)
+    store_state(dc0, dn0, dm0, state, mask, dc, dn, dm)
     tl.store(dh0 + state, dh, mask=mask)
 # fmt: on

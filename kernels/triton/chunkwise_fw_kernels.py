@@ -162,15 +162,11 @@ def _parallel_fw(
     BLOCK_LQ: tl.constexpr, BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
     QK_SCALE: tl.constexpr, EPS: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
-    pid_v, pid_l, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    chunk = pid_l // (L // BLOCK_LQ)
-    row0 = (pid_l % (L // BLOCK_LQ)) * BLOCK_LQ
+    pid_v = tl.program_id(0)
+    row0, t_chunk, t_rows, state = _row_block(tl.program_id(1), tl.program_id(2), S, NC, L, BLOCK_LQ)
     offs_d = tl.arange(0, BLOCK_DHQK)
     offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
     mask_v = offs_v < DHV
-    t_chunk = bh * S + chunk * L  # flat (bh, t) index of the chunk's first step
-    t_rows = t_chunk + row0 + tl.arange(0, BLOCK_LQ)  # flat index of the rows
-    state = bh * (NC + 1) + chunk
     m_chunk = tl.load(scaM_all + state)
     b_rows, seg_rows, m_rows = _row_stabiliser(vecB, vecI, vecSeg, m_chunk, t_chunk, row0, BLOCK_LQ, BLOCK_LK,
                                                HAS_SEGMENTS)
@@ -247,13 +243,8 @@ def _scores_fw(
     BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, QK_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     HAS_SEGMENTS: tl.constexpr,
 ):
-    pid_l, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    chunk = pid_l // (L // BLOCK_LQ)
-    row0 = (pid_l % (L // BLOCK_LQ)) * BLOCK_LQ
+    row0, t_chunk, t_rows, state = _row_block(tl.program_id(0), tl.program_id(1), S, NC, L, BLOCK_LQ)
     offs_d = tl.arange(0, BLOCK_DHQK)
-    t_chunk = bh * S + chunk * L
-    t_rows = t_chunk + row0 + tl.arange(0, BLOCK_LQ)
-    state = bh * (NC + 1) + chunk
     m_chunk = tl.load(scaM_all + state)
     b_rows, seg_rows, m_rows = _row_stabiliser(vecB, vecI, vecSeg, m_chunk, t_chunk, row0, BLOCK_LQ, BLOCK_LK,
                                                HAS_SEGMENTS)
@@ -302,15 +293,11 @@ def output_fw_kernel(
     :func:`scores_fw_kernel`'s P, inter weight w and den (documents resets are already in them). Two flat
     loops contracting BLOCK_K at a time: DHQK for q C, then the chunk's steps up to the rows' last for P V.
     Reads only score blocks the scores kernel wrote if BLOCK_LQ and BLOCK_K are <= its row block."""
-    pid_v, pid_l, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    chunk = pid_l // (L // BLOCK_LQ)
-    row0 = (pid_l % (L // BLOCK_LQ)) * BLOCK_LQ
+    pid_v = tl.program_id(0)
+    row0, t_chunk, t_rows, state = _row_block(tl.program_id(1), tl.program_id(2), S, NC, L, BLOCK_LQ)
     offs_k = tl.arange(0, BLOCK_K)
     offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
     mask_v = offs_v < DHV
-    t_chunk = bh * S + chunk * L
-    t_rows = t_chunk + row0 + tl.arange(0, BLOCK_LQ)
-    state = bh * (NC + 1) + chunk
     acc = tl.zeros([BLOCK_LQ, BLOCK_DHV], tl.float32)
     for d0 in range(0, DHQK, BLOCK_K):
         mask_d = d0 + offs_k < DHQK
@@ -325,6 +312,18 @@ def output_fw_kernel(
         acc += tl.dot(p, v, input_precision=DOT_PRECISION)
     h = acc / (tl.load(vecDen + t_rows) + EPS)[:, None]
     tl.store(matH + t_rows[:, None] * DHV + offs_v[None, :], h.to(matH.dtype.element_ty), mask=mask_v[None, :])
+
+
+@triton.jit
+def _row_block(pid_l, pid_bh, S: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, BLOCK_LQ: tl.constexpr):
+    """Row block ``pid_l`` (of NC * L / BLOCK_LQ) of head ``pid_bh`` -> (row0: its first row within the
+    chunk, t_chunk: flat (bh, t) index of the chunk's first step, t_rows: flat indices of its BLOCK_LQ
+    rows, state: flat index of the chunk's entering state in the (B*NH, NC + 1) state buffers)."""
+    bh = pid_bh.to(tl.int64)
+    chunk = pid_l // (L // BLOCK_LQ)
+    row0 = (pid_l % (L // BLOCK_LQ)) * BLOCK_LQ
+    t_chunk = bh * S + chunk * L
+    return row0, t_chunk, t_chunk + row0 + tl.arange(0, BLOCK_LQ), bh * (NC + 1) + chunk
 
 
 @triton.jit
