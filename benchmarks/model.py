@@ -40,7 +40,7 @@ from flax import nnx
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
-from benchmarks.timing import markdown_table, memory_bytes, write_report  # noqa: E402
+from benchmarks.timing import markdown_table, median_ms, memory_bytes, write_report  # noqa: E402
 from xlstm_flax import distributed, flops  # noqa: E402
 from xlstm_flax.model import xLSTMLMModel  # noqa: E402
 from xlstm_flax.presets import PRESETS, get_preset  # noqa: E402
@@ -84,7 +84,10 @@ def parse_ints(text: str) -> list[int]:
 
 
 def parse_loss_chunks(text: str) -> list[int]:
-    return [0 if part == "0" else parse_ints(part)[0] for part in text.split(",")]
+    """``"0,1024"`` -> [0, 1024]: train.loss_chunk values, 0 = the whole-sequence loss."""
+    if not all(p.isdigit() for p in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ints >= 0")
+    return [int(p) for p in text.split(",")]
 
 
 def compile_stages(jitted, *args, **kwargs):
@@ -94,18 +97,6 @@ def compile_stages(jitted, *args, **kwargs):
     t1 = time.perf_counter()
     compiled = traced.lower().compile()
     return compiled, t1 - t0, time.perf_counter() - t1
-
-
-def median_s(run, input_sets, warmup: int, reps: int) -> float:
-    """Median wall seconds of ``run(*inputs)`` (block_until_ready), rotating over ``input_sets``."""
-    for k in range(warmup):
-        jax.block_until_ready(run(*input_sets[k % len(input_sets)]))
-    times = []
-    for k in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(*input_sets[k % len(input_sets)]))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def random_tokens(seed: int, shape, vocab: int) -> jax.Array:
@@ -157,14 +148,14 @@ def prefill_rows(model, B: int, S: int, full_logits: bool, warmup: int, reps: in
     inputs = [generation_inputs(model, p, 1, key=jax.random.key(seed), temperature=0.0) for p in prompts]
     static = inputs[0][1]
     compiled, trace_s, compile_s = compile_stages(generation_program, *inputs[0][0], **static)
-    seconds = median_s(compiled, [args[1:] for args, _ in inputs], warmup, reps)  # graphdef is static
+    seconds = median_ms(compiled, [args[1:] for args, _ in inputs], warmup, reps) / 1e3  # graphdef is static
     per_token = flops.forward_flops_per_token(model.config, S, logits_at_every_position=False)
     rows = [prefill_row("prefill (last logit)", B, S, trace_s, compile_s, seconds, per_token, compiled)]
     if full_logits:
         graphdef, params = nnx.split(model)
         jitted = jax.jit(full_logits_prefill, static_argnums=0)
         compiled, trace_s, compile_s = compile_stages(jitted, graphdef, params, prompts[0])
-        seconds = median_s(compiled, [(params, p) for p in prompts], warmup, reps)
+        seconds = median_ms(compiled, [(params, p) for p in prompts], warmup, reps) / 1e3
         per_token = flops.forward_flops_per_token(model.config, S)
         rows.append(prefill_row("prefill (full logits)", B, S, trace_s, compile_s, seconds, per_token, compiled))
     return rows
@@ -185,7 +176,7 @@ def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed:
     for n in (1, new_tokens):
         args, static = generation_inputs(model, prompt, n, key=jax.random.key(seed), temperature=0.0)
         stages[n] = compile_stages(generation_program, *args, **static)
-        seconds[n] = median_s(stages[n][0], [args[1:]], 1, reps)
+        seconds[n] = median_ms(stages[n][0], [args[1:]], 1, reps) / 1e3
     compiled, trace_s, compile_s = stages[new_tokens]
     step_s = (seconds[new_tokens] - seconds[1]) / (new_tokens - 1)
     if step_s <= 0:

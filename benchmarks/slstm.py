@@ -32,7 +32,7 @@ from flax import nnx
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
 
-from benchmarks.kernels import failure_note  # noqa: E402
+from benchmarks.kernels import failure_note, parse_options  # noqa: E402
 from benchmarks.model import train_row  # noqa: E402
 from benchmarks.timing import markdown_table, median_ms, write_report  # noqa: E402
 from xlstm_flax.kernels.slstm import NUM_GATES, get_slstm_kernel  # noqa: E402
@@ -67,18 +67,8 @@ def split_options(splits, DH: int) -> list[dict]:
 
 
 def parse_tunings(text: str) -> list[dict]:
-    """ "split=4;split=8,num_warps=8" -> [{"split": 4}, {"split": 8, "num_warps": 8}] (ValueError naming a
-    malformed item)."""
-    tunings = []
-    for group in filter(None, text.split(";")):
-        options = {}
-        for item in group.split(","):
-            key, sep, value = item.partition("=")
-            if not sep or not value.strip().isdigit():
-                raise ValueError(f"--tunings: expected key=int, got {item!r}")
-            options[key.strip()] = int(value)
-        tunings.append(options)
-    return tunings
+    """ "split=4;split=8,num_warps=8" -> [{"split": 4}, {"split": 8, "num_warps": 8}]."""
+    return [parse_options(group) for group in filter(None, text.split(";"))]
 
 
 def _kernel_ms(name: str, options: dict, mode: str, input_sets) -> float:

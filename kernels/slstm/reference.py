@@ -53,15 +53,27 @@ def cell_step(recurrent_kernel: jax.Array, state: States, pre: jax.Array, h_dtyp
     return States(c_new, n_new, m_new, jax.nn.sigmoid(o) * c_new / n_new)
 
 
-def slstm_scan(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | None = None):
+def slstm_scan(
+    pre: jax.Array,
+    recurrent_kernel: jax.Array,
+    initial: States | None = None,
+    *,
+    restarts: jax.Array | None = None,
+    fresh: States | None = None,
+):
     """pre (B, S, 4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH), optional initial
-    :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step)."""
+    :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``restarts``
+    (B, S) bool with ``fresh`` (the zero :class:`States`): the state becomes ``fresh`` before every step
+    marked (document resets; the layer's packed-sequence path)."""
     _, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
     wide = widened(recurrent_kernel)
 
-    def step(state, pre_t):
+    def step(state, inputs):
+        pre_t, restart = inputs
+        if restart is not None:  # (B,): rows whose document starts at this step
+            state = States(*(jnp.where(restart[:, None, None], f, s) for f, s in zip(fresh, state)))
         new = cell_step(wide, state, pre_t, recurrent_kernel.dtype)
         return new, new.h
 
-    last, hs = jax.lax.scan(step, initial, pre.swapaxes(0, 1))
+    last, hs = jax.lax.scan(step, initial, (pre.swapaxes(0, 1), None if restarts is None else restarts.T))
     return hs.swapaxes(0, 1), last

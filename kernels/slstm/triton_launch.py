@@ -75,7 +75,9 @@ def resolve_tuning(
     where R's slice in ``recurrent_dtype`` fits) and checks every rule (ValueError naming the kernel and
     the option)."""
     sms = jax.devices("gpu")[0].core_count if launch.gpu_visible() else None
-    given = dict(block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps)
+    given = dict(
+        block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps, num_stages=num_stages
+    )
     try:  # the defaults divide by these
         if split is not None:
             check_int_range("split", split, 1, MAX_SPLIT)
@@ -84,8 +86,6 @@ def resolve_tuning(
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
     tuning = default_tuning(dims, sms, **{k: v for k, v in given.items() if v is not None})
-    if num_stages is not None:
-        tuning = dataclasses.replace(tuning, num_stages=num_stages)
     slice_bytes = resident_slice_bytes(tuning, dims.DH, recurrent_dtype)
     fits = tuning.columns(dims.DH) == tuning.block_dh and slice_bytes <= RESIDENT_MAX_BYTES
     tuning = dataclasses.replace(tuning, resident=fits if resident is None else resident)

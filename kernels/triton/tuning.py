@@ -15,7 +15,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from .. import common
-from .shared import KERNEL_NAME, MAX_CHUNK, MIN_BLOCK, check_int_range, check_power_of_two, is_pow2, padded_dim
+from .shared import KERNEL_NAME, MAX_CHUNK, MIN_BLOCK, check_int_range, check_power_of_two, padded_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +241,7 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
     chosen = {**fw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra}
     rows = chosen["siz_b_L_parallel"]
     chosen.setdefault("siz_b_L_output", rows)
-    chosen.setdefault("siz_b_K_output", min(64, rows) if is_pow2(rows) else rows)
+    chosen.setdefault("siz_b_K_output", min(64, rows))
     config = FwConfig(**chosen)
     _check_chunks(dims.S, intra, "chunk_size_inter", config.chunk_size_inter)
     dhqk_pad, dhv_pad = padded_dim(dims.DHQK), padded_dim(dims.DHV)

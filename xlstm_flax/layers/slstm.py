@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel, initial_states, resolve_slstm_kernel_name
-from xlstm_flax.kernels.slstm.reference import cell_step, widened
+from xlstm_flax.kernels.slstm.reference import cell_step, slstm_scan
 
 from ..sharding import param, per_device_at
 from .config import sLSTMLayerConfig
@@ -30,21 +30,6 @@ class sLSTMState(NamedTuple):
     m: jax.Array
     h: jax.Array
     conv: jax.Array | None  # (B, K - 1, D) last conv inputs, None without conv
-
-
-def _scan_with_resets(recurrent_kernel, initial: States, fresh: States, pre, segment_ids):
-    """pre (B, S, 4, NH, DH) -> (h (B, S, NH, DH), last :class:`States`); the carry becomes ``fresh``
-    (the zero state) at every segment start. Closes over R widened to fp32 (reference.py says why)."""
-    wide = widened(recurrent_kernel)
-
-    def step(carry, inputs):
-        pre_t, reset = inputs
-        carry = States(*(jnp.where(reset[:, None, None], f, c) for f, c in zip(fresh, carry)))
-        new = cell_step(wide, carry, pre_t, recurrent_kernel.dtype)
-        return new, new.h
-
-    last, hs = jax.lax.scan(step, initial, (pre.swapaxes(0, 1), segment_starts(segment_ids).T))
-    return hs.swapaxes(0, 1), last
 
 
 def _run_kernel(name: str, pre, recurrent_kernel, initial: States):
@@ -130,7 +115,7 @@ class sLSTMLayer(nnx.Module):
         """x (B, S, D) -> (y (B, S, D), the state after the last token if ``return_state`` else None).
 
         ``segment_ids`` (B, S) int: the state (and the conv window) restarts at each new segment; the
-        sLSTM kernels take no resets, so then the layer runs its own scan of :func:`cell_step`."""
+        sLSTM kernels take no resets, so then the layer runs the reference scan with restarts."""
         if state is None:
             state = self.init_state(x.shape[0])
         pre, conv_state = self._gate_inputs(x, state.conv, segment_ids)
@@ -138,7 +123,8 @@ class sLSTMLayer(nnx.Module):
             hs, last = _run_kernel(self.config.kernel, pre, self._recurrent_kernel(), States(*state[:4]))
         else:
             fresh = initial_states(x.shape[0], self.num_heads, self.head_dim)
-            hs, last = _scan_with_resets(self._recurrent_kernel(), States(*state[:4]), fresh, pre, segment_ids)
+            restarts = segment_starts(segment_ids)
+            hs, last = slstm_scan(pre, self._recurrent_kernel(), States(*state[:4]), restarts=restarts, fresh=fresh)
         y = self.group_norm(hs).astype(self.dtype)
         return y, (sLSTMState(*last, conv_state) if return_state else None)
 
