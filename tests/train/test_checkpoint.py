@@ -1,16 +1,23 @@
 """Asynchronous saves: while a save is in flight (its commit held back) another reader of the directory
 sees only the previous, complete checkpoint and restores it, as a restart after a crash at that moment
-would; once ``wait()`` returns, the new step is listed and restores exactly."""
+would; once ``wait()`` returns, the new step is listed and restores exactly. Metadata is saved as it was
+when ``save`` returned."""
 
 import asyncio
+import gc
+import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
 from orbax.checkpoint._src.path import atomicity
 
-from xlstm_flax.train.checkpoint import Checkpointer
+from tests.train.run_helpers import truncate_checkpoint
+from xlstm_flax.train.checkpoint import Checkpointer, CheckpointRestoreError
 
 
 def random_state(seed: int):
@@ -61,3 +68,52 @@ def test_save_in_flight_is_not_complete_until_wait(tmp_path, monkeypatch):
     assert_same(state, second)
     reader.close()
     writer.close()
+
+
+def test_metadata_changed_after_save_returns_is_saved_as_it_was(tmp_path, monkeypatch):
+    """The training loop keeps appending to the log window it passed to ``save``; the checkpoint must
+    hold the window as it was at the save, however late the background thread writes the JSON."""
+    release, written = threading.Event(), []
+    write_json = JsonCheckpointHandler._save_fn
+
+    async def held_write_json(self, x, directory):  # the background JSON write waits for `release`
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        written.append(x)
+        return await write_json(self, x, directory)
+
+    monkeypatch.setattr(JsonCheckpointHandler, "_save_fn", held_write_json)
+    writer = Checkpointer(tmp_path, keep=3)
+    window = [4.25, 4.5]
+    writer.save(1, random_state(1), {"step": 1, "log_window": window})
+    window.append(3.75)  # what the next training step does while the save is in flight
+    release.set()
+    writer.close()
+    assert written  # the save did go through the held write
+    reader = Checkpointer(tmp_path, keep=3, read_only=True)
+    _, meta, _ = reader.restore(random_state(9))
+    reader.close()
+    assert meta == {"step": 1, "log_window": [4.25, 4.5]}
+
+
+def test_a_failed_restore_leaves_no_read_in_flight(tmp_path, monkeypatch, caplog):
+    """orbax returns at a restore's first error; the other reads of that restore must be finished or
+    cancelled by then, not left to end later on a closed event loop (where their callbacks fail)."""
+    rng = np.random.default_rng(0)
+    state = {f"w{i}": jnp.asarray(rng.standard_normal((256, 64)), jnp.float32) for i in range(24)}
+    writer = Checkpointer(tmp_path, keep=3)
+    writer.save(1, state, {"step": 1})
+    writer.close()
+    truncate_checkpoint(tmp_path / "1")
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    reader = Checkpointer(tmp_path, keep=3, read_only=True)
+    with pytest.raises(CheckpointRestoreError, match=f"checkpoint {tmp_path / '1'} does not restore"):
+        reader.restore(jax.tree.map(jnp.zeros_like, state))
+    reader.close()
+    unfinished = [t for t in gc.get_objects() if isinstance(t, asyncio.Task) and not t.done()]
+    assert unfinished == []
+    time.sleep(0.5)  # time for any read still in flight to end
+    gc.collect()
+    assert [str(u.exc_value) for u in unraisable] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []  # "Task was destroyed but..."

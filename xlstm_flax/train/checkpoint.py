@@ -13,9 +13,11 @@ skipped and why; nothing is ever deleted for being unreadable.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-import gc
-import sys
+import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +84,9 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, metadata: dict) -> None:
         """Start writing ``state`` (a pytree of arrays) and ``metadata`` (JSON) for ``step``, once the
-        previous save has finished; returns when the arrays are copied to host memory (``state`` may then
-        be donated or changed), before they are on disk."""
+        previous save has finished; returns when the arrays are copied to host memory and ``metadata`` to
+        a snapshot (either may then be donated or changed), before they are on disk."""
+        metadata = json.loads(json.dumps(metadata))  # written by the background thread, maybe much later
         self.wait()
         if step in self._manager.all_steps():
             return
@@ -108,13 +111,13 @@ class Checkpointer:
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (steps: {steps})")
         try:
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-            )
+            with _event_loops_that_finish_their_tasks():
+                restored = self._manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+                )
             return restored.state, restored.meta, step
         except Exception as err:  # orbax / tensorstore raise bare Exception and ValueError for bad data
             failed = SkippedCheckpoint(step, self.step_dir(step), _reason(err))
-        _collect_abandoned_reads()  # once the traceback, which holds them, is gone
         raise CheckpointRestoreError(str(failed), [failed])
 
     def restore_newest(self, target: Any) -> tuple[Any, dict, int, list[SkippedCheckpoint]]:
@@ -149,12 +152,41 @@ def _reason(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _collect_abandoned_reads() -> None:
-    """A failed orbax restore leaves its other array reads as unfinished coroutines; collect them now and
-    quietly, rather than have the garbage collector print their errors at some later moment."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
+class _TaskFinishingLoop(asyncio.SelectorEventLoop):
+    """An event loop that cancels its pending tasks and waits for them before it closes. orbax runs a
+    restore with ``run_until_complete`` on a fresh loop and closes it; a restore that fails returns at
+    its first error, and its other reads would be left in flight on a closed loop (their callbacks then
+    fail, or crash the process, whenever the reads end)."""
+
+    def close(self) -> None:
+        if not self.is_running() and not self.is_closed():
+            pending = asyncio.all_tasks(self)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        super().close()
+
+
+class _TaskFinishingPolicy(asyncio.DefaultEventLoopPolicy):
+    """New loops of one thread are :class:`_TaskFinishingLoop`; other threads' as before."""
+
+    def __init__(self, previous: asyncio.AbstractEventLoopPolicy):
+        super().__init__()
+        self._previous, self._thread = previous, threading.get_ident()
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        if threading.get_ident() != self._thread:
+            return self._previous.new_event_loop()
+        return _TaskFinishingLoop()
+
+
+@contextlib.contextmanager
+def _event_loops_that_finish_their_tasks():
+    """While inside, event loops this thread creates finish (or cancel) every task before closing."""
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_TaskFinishingPolicy(previous))
     try:
-        gc.collect()
+        yield
     finally:
-        sys.unraisablehook = hook
+        asyncio.set_event_loop_policy(previous)
