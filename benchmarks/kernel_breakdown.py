@@ -20,6 +20,9 @@ resolved configs; FLOP as the kernel's tiles do them, so recomputed score tiles 
 * dq: 2 S K V (dnum C^T) + per tile pair 2 BT BJ (V splits + K), splits = DHQK blocks (dnum v^T is
   recomputed for each); dk likewise (dnum v^T per DHQK block, times q); dv: q k^T per DHV block, times dnum.
   Bytes: each kernel's inputs read once (states included) and its outputs written once.
+* with ``materialise_bw_scores`` (the 16-bit default) a scores kernel does per tile pair 2 BT BJ (V + K)
+  and writes one (BT, BJ) tile of dS and of P per pair; dq, dk and dv then do 2 S K V + per tile pair
+  2 BT BJ K (dq, dk) or V (dv), reading those tiles instead of v (dq, dk) or q (dv) for the scores.
 Floor = max(FLOP / matmul ceiling, bytes / copy ceiling), the card's ceilings (benchmarks/timing.py).
 """
 
@@ -42,7 +45,7 @@ from xlstm_flax.kernels.triton.shared import cdiv, chunk_log_forget_cumsum, head
 from xlstm_flax.kernels.triton.tuning import resolve_bw_config, resolve_fw_config, state_tuning  # noqa: E402
 
 EPS = 1e-6  # the registry's default
-BW_KERNELS = ("states", "dC recurrence", "dq", "dk", "dv")
+BW_KERNELS = ("states", "dC recurrence", "dS, P scores", "dq", "dk", "dv")  # scores: when materialised
 
 
 def causal_pairs(L: int, rows: int, cols: int) -> int:
@@ -66,13 +69,23 @@ def kernel_work(shape, fw, bwc, itemsize: int = 2) -> dict:
     bw_pairs = causal_pairs(L, bwc.block_steps_owned, bwc.block_steps_looped) * chunks * H
     tile = 2 * bwc.block_steps_owned * bwc.block_steps_looped
     own_q, own_v = min(bwc.block_dh_owned, K), min(bwc.block_dh_owned, V)
-    return {
+    work = {
         "states": (kv_flop, qk + v + 2 * gate + states),
         "forward parallel": (kv_flop + par_flop, 2 * qk + 2 * v + 2 * gate + states + v + 3 * gate),
         "dC recurrence": (kv_flop, qk + v + 3 * gate + H * (NC + 1) * (K * V * dc_size + K * 4)),
-        "dq": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 5 * gate + states),
-        "dk": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 6 * gate + states),
-        "dv": (kv_flop + tile * (K * cdiv(V, own_v) + V) * bw_pairs, 2 * qk + 3 * v + 4 * gate + states),
+    }
+    if not bwc.materialise_bw_scores:
+        return work | {
+            "dq": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 5 * gate + states),
+            "dk": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 6 * gate + states),
+            "dv": (kv_flop + tile * (K * cdiv(V, own_v) + V) * bw_pairs, 2 * qk + 3 * v + 4 * gate + states),
+        }
+    scores = tile // 2 * bw_pairs * itemsize  # bytes of one of dS, P: one (BT, BJ) tile per pair
+    return work | {
+        "dS, P scores": (tile * (K + V) * bw_pairs, 2 * qk + 2 * v + 4 * gate + 2 * scores),
+        "dq": (kv_flop + tile * K * bw_pairs, 3 * qk + v + 3 * gate + states + scores),
+        "dk": (kv_flop + tile * K * bw_pairs, 3 * qk + v + 3 * gate + states + scores),
+        "dv": (kv_flop + tile * V * bw_pairs, qk + 2 * v + 2 * gate + states + scores),
     }
 
 
@@ -100,12 +113,15 @@ def backward_kernel_calls(input_sets, tuning: dict) -> dict:
         computed, vecDDen = bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra)
         return computed.matDNum, computed.vecDNQ, computed.vecB, vecDDen
 
-    return {
+    scores_fn = jax.jit(lambda a: bw.scores_call(a, s, config))
+    dS, P = scores_fn(args) if config.materialise_bw_scores else (None, None)
+    scores_row = {"dS, P scores": (scores_fn, (args,))} if config.materialise_bw_scores else {}
+    return scores_row | {
         "states": (states, (k, v, i, f)),
         "dC recurrence": (dstates_fn, (args,)),
-        "dq": (jax.jit(lambda a, st: bw.dq_call(a, st, s, config)), (args, all_states)),
-        "dk": (jax.jit(lambda a, ds: bw.dk_dv_call(a, ds, s, config, for_dk=True)), (args, dstates)),
-        "dv": (jax.jit(lambda a, ds: bw.dk_dv_call(a, ds, s, config, for_dk=False)[0]), (args, dstates)),
+        "dq": (jax.jit(lambda a, st, dS: bw.dq_call(a, st, s, config, dS)), (args, all_states, dS)),
+        "dk": (jax.jit(lambda a, ds, dS: bw.dk_dv_call(a, ds, s, config, True, dS)), (args, dstates, dS)),
+        "dv": (jax.jit(lambda a, ds, P: bw.dk_dv_call(a, ds, s, config, False, P)[0]), (args, dstates, P)),
         "glue: backward step 1 (dnum, dnq, vecB)": (
             jax.jit(step_one),
             (q, k, v, i, f, m0, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh),
@@ -114,9 +130,9 @@ def backward_kernel_calls(input_sets, tuning: dict) -> dict:
 
 
 def kernel_timings(input_sets, tuning: dict, reps: int) -> dict:
-    """Median ms of each backward kernel (BW_KERNELS) for one backward configuration."""
+    """Median ms of each backward kernel (BW_KERNELS, in that order) for one backward configuration."""
     calls = backward_kernel_calls(input_sets, tuning)
-    return {name: median_ms(fn, [args], reps=reps) for name, (fn, args) in calls.items() if name in BW_KERNELS}
+    return {name: median_ms(*calls[name][:1], [calls[name][1]], reps=reps) for name in BW_KERNELS if name in calls}
 
 
 def registry_call(mode: str):
@@ -164,11 +180,12 @@ def breakdown(shape, reps: int) -> tuple[list, list]:
         work["forward parallel"],
     )
     add("glue: forward gate cumsum", glue_fw)
-    for name in BW_KERNELS[1:]:
+    backward = [name for name in BW_KERNELS[1:] if name in per_kernel]
+    for name in backward:
         add(f"backward: {name}", per_kernel[name], work[name])
     glue_name = next(name for name in per_kernel if name.startswith("glue: backward"))
     add(glue_name, per_kernel[glue_name])
-    kernel_sum = whole_fw + sum(per_kernel[name] for name in BW_KERNELS[1:]) + per_kernel[glue_name]
+    kernel_sum = whole_fw + sum(per_kernel[name] for name in backward) + per_kernel[glue_name]
     add("sum: forward + backward kernels + glue above", kernel_sum)
     for mode in ("fw", "fwbw"):
         add(f"registry chunkwise--triton {mode}", median_ms(registry_call(mode), input_sets, reps=reps))

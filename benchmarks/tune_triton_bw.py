@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
-from benchmarks.kernel_breakdown import BW_KERNELS, kernel_timings  # noqa: E402
+from benchmarks.kernel_breakdown import kernel_timings  # noqa: E402
 from benchmarks.timing import (  # noqa: E402
     compiled_peak_bytes,
     floor_ms,
@@ -155,7 +155,7 @@ def tune_shape(name, input_sets, reps):
             per_kernel = (
                 "-"
                 if bw_tuning is None
-                else " / ".join(f"{t:.2f}" for t in kernel_timings(input_sets, bw_tuning, reps).values())
+                else " / ".join(f"{n} {t:.2f}" for n, t in kernel_timings(input_sets, bw_tuning, reps).items())
             )
         except Exception as exc:  # a configuration the GPU cannot run (e.g. too much shared memory)
             rows.append([name, label, "failed", "-", "-", "-", "-", f"{type(exc).__name__}: {str(exc)[:80]}"])
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
             "TFLOP/s",
             "% of floor",
             "peak GiB",
-            "bw kernels ms: " + " / ".join(BW_KERNELS),
+            "bw kernels ms",
             "max rel err vs jax",
         ],
         rows,

@@ -8,7 +8,8 @@ per-step stabiliser; the kernels use ``b``, the chunk-local log-forget cumsum, i
 2. Triton (``chunkwise_bw_kernels``): with n as one more value column, a recurrent kernel walks the
    chunks backwards for the state cotangents (dC, dn) at every intra-chunk boundary, and parallel
    kernels give dq, dk and dv per chunk (plus the row sums q.dq and k.dk); dk and dv are two launches
-   of one kernel.
+   of one kernel. With ``materialise_bw_scores`` a scores kernel first stores the gated scores dS and
+   P of every chunk, which the three then read instead of recomputing them per head-dim tile.
 3. Gates (JAX): di_j = k_j . dk_j; dF_t = q_t . dq_t - k_t . dk_t (+ sum(dC_S C_S) + dn_S . n_S at the
    last step); d log f = reverse cumsum of dF. Initial states: dC0, dn0 = the cotangents at boundary
    0, dm0 = sum(dC0 C0) + dn0 . n0.
@@ -169,8 +170,33 @@ def _parallel_launch(args: KernelArgs, s: float, config: BwConfig, splits: int):
     )
 
 
-def dq_call(args: KernelArgs, states, s: float, config: BwConfig):
-    """dq (BH, S, DHQK) in q's dtype and the row sums q . dq (BH, S) fp32."""
+def _score_inputs(args: KernelArgs) -> tuple:
+    """What the scores dS and P are made of, in the kernels' order: q, k, v, dnum, dnq and the gates."""
+    return (args.matQ, args.matK, args.matV, args.matDNum, args.vecDNQ, *_gates(args, "vecB", "vecI"), args.vecM)
+
+
+def scores_call(args: KernelArgs, s: float, config: BwConfig):
+    """The materialised scores (dS, P), each (BH, S, chunk_size_intra) in q's dtype (``materialise_bw_scores``)."""
+    BH, S, DHQK = args.matQ.shape
+    L = config.chunk_size_intra
+    scores = jax.ShapeDtypeStruct((BH, S, L), args.matQ.dtype)
+    return triton_call(
+        *_score_inputs(args),
+        kernel=_variant(args, kernels.scores_bw_kernel, kernels.scores_bw_segments_kernel),
+        out_shape=(scores, scores),
+        grid=(S // config.block_steps_owned, BH),
+        L=L,
+        BT=config.block_steps_owned,
+        BJ=config.block_steps_looped,
+        BQ=_clamped(config.block_dh_contracted, DHQK),
+        BV=_clamped(config.block_dh_contracted, args.matV.shape[-1]),
+        **_launch_options(args, s, config.num_warps_parallel, config.num_stages_parallel),
+    )
+
+
+def dq_call(args: KernelArgs, states, s: float, config: BwConfig, matDS=None):
+    """dq (BH, S, DHQK) in q's dtype and the row sums q . dq (BH, S) fp32; from the materialised
+    ``matDS`` when given, else recomputing the scores."""
     BH, S, DHQK = args.matQ.shape
     BQ = _clamped(config.block_dh_owned, DHQK)
     launch = _parallel_launch(args, s, config, cdiv(DHQK, BQ))
@@ -183,6 +209,7 @@ def dq_call(args: KernelArgs, states, s: float, config: BwConfig):
         args.vecM,
         args.matQ,
         *states,
+        args.matQ if matDS is None else matDS,  # not read unless MATERIALISED
         kernel=_variant(args, kernels.parallel_bw_dq_kernel, kernels.parallel_bw_dq_segments_kernel),
         out_shape=(
             jax.ShapeDtypeStruct(args.matQ.shape, args.matQ.dtype),
@@ -192,14 +219,16 @@ def dq_call(args: KernelArgs, states, s: float, config: BwConfig):
         BJ=config.block_steps_looped,
         BQ=BQ,
         BV=_clamped(config.block_dh_contracted, args.matV.shape[-1]),
+        MATERIALISED=matDS is not None,
         **launch,
     )
     return matDQ, vecQDQ.sum(0)
 
 
-def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bool):
+def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bool, matS=None):
     """dk (BH, S, DHQK) in k's dtype with the row sums k . dk (BH, S) fp32 (``for_dk``), else
-    (dv (BH, S, DHV) in v's dtype, None)."""
+    (dv (BH, S, DHV) in v's dtype, None); from the materialised ``matS`` (dS for dk, P for dv) when
+    given, else recomputing the scores."""
     BH, S, DHQK = args.matK.shape
     DHV = args.matV.shape[-1]
     owned, contracted = (DHQK, DHV) if for_dk else (DHV, DHQK)
@@ -208,14 +237,9 @@ def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bo
     target = args.matK if for_dk else args.matV
     row_sums = jax.ShapeDtypeStruct((splits, BH, S) if for_dk else (1,), jnp.float32)  # dv: not written
     matDX, vecKDK = triton_call(
-        args.matQ,
-        args.matK,
-        args.matV,
-        args.matDNum,
-        args.vecDNQ,
-        *_gates(args, "vecB", "vecI"),
-        args.vecM,
+        *_score_inputs(args),
         *dstates,
+        args.matQ if matS is None else matS,  # not read unless MATERIALISED
         kernel=_variant(args, kernels.parallel_bw_dk_dv_kernel, kernels.parallel_bw_dk_dv_segments_kernel),
         out_shape=(jax.ShapeDtypeStruct(target.shape, target.dtype), row_sums),
         BJ=config.block_steps_owned,
@@ -223,6 +247,7 @@ def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bo
         BOWN=BOWN,
         BLOOP=_clamped(config.block_dh_contracted, contracted),
         FOR_DK=for_dk,
+        MATERIALISED=matS is not None,
         **_parallel_launch(args, s, config, splits),
     )
     return matDX, (vecKDK.sum(0) if for_dk else None)
@@ -347,9 +372,10 @@ def launch_backward(
     matDC_all, vecDN_all, matDC_first = state_cotangents(
         args, heads_flat(matDC_last), heads_flat(vecDN_last), s, config
     )
-    matDQ, vecQDQ = dq_call(args, tuple(heads_flat(x) for x in all_states[:3]), s, config)
-    matDK, vecKDK = dk_dv_call(args, (matDC_all, vecDN_all), s, config, for_dk=True)
-    matDV, _ = dk_dv_call(args, (matDC_all, vecDN_all), s, config, for_dk=False)
+    matDS, matP = scores_call(args, s, config) if config.materialise_bw_scores else (None, None)
+    matDQ, vecQDQ = dq_call(args, tuple(heads_flat(x) for x in all_states[:3]), s, config, matDS)
+    matDK, vecKDK = dk_dv_call(args, (matDC_all, vecDN_all), s, config, for_dk=True, matS=matDS)
+    matDV, _ = dk_dv_call(args, (matDC_all, vecDN_all), s, config, for_dk=False, matS=matP)
 
     # 3. gates: dF and the initial states.
     matC_last, vecN_last, _ = all_states.last()

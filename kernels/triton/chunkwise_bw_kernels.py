@@ -20,6 +20,12 @@ cumsum (``vecB``: the cumulative log forget gate inside an intra chunk, 0 before
 the m of the chunk's last step; g = b at the chunk's last step.) Dots take operands in the input dtype
 (states are cast to it) and accumulate in fp32.
 
+The parallel kernels recompute the scores dnum_t . v_j (dq, dk) and q_t . k_j (dv) for every head-dim
+tile they own. With ``MATERIALISED``, ``scores_bw_kernel`` computes them once per chunk instead and
+stores dS[t, j] = s D[t, j] (dnum_t . v_j + dnq_t) and P[t, j] = s D[t, j] (q_t . k_j) in q's dtype,
+``matDS`` / ``matP`` (BH, S, L) (row t holds its chunk's L steps, written up to the diagonal's block);
+dq, dk and dv then become dS K, dS^T Q and P^T dnum plus their state terms.
+
 Document resets (docs/math.md 5.4): the ``*_segments_kernel`` entries take ``vecSeg`` (BH, S) int32, the
 chunk-local segment counter, and ``vecB`` restarted at every segment start; D keeps only pairs of one
 segment, the state terms only rows before the chunk's first segment start (dq) or steps of its last
@@ -196,38 +202,105 @@ def _recurrent_bw(
 
 
 @triton.jit
-def parallel_bw_dq_kernel(
-    matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matQ, matC_all, vecN_all, scaM_all,  # inputs
-    matDQ, vecQDQ,  # outputs: dq (BH, S, DHQK), q . dq partial sums (cdiv(DHQK, BQ), BH, S) fp32
+def _chunk_tile(matS, bh, offs_t, offs_j, chunk_start, S: tl.constexpr, L: tl.constexpr):
+    """The (len(offs_t), len(offs_j)) tile of a materialised (BH, S, L) score buffer: rows t, steps j of
+    the chunk that starts at ``chunk_start``."""
+    return tl.load(matS + bh * S * L + offs_t[:, None] * L + (offs_j - chunk_start)[None, :])
+
+
+@triton.jit
+def scores_bw_kernel(
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM,  # inputs
+    matDS, matP,  # outputs (BH, S, L) in q's dtype
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """dq for BT rows and BQ columns of q. Grid (cdiv(DHQK, BQ), S // BT, BH)."""
-    _parallel_bw_dq(matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matQ, matC_all, vecN_all, scaM_all, matDQ,
-                    vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, False)
+    """dS and P of BT rows against the BJ-blocks of their chunk up to the diagonal (zero for j > t).
+    Grid (S // BT, BH); the dots contract DHV in blocks of BV (dS) and DHQK in blocks of BQ (P). With
+    BT = the consumers' owned and BJ their looped step block, these are exactly the tiles dq, dk and dv
+    read; the rest of each row is never written nor read."""
+    _scores_bw(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matDS, matP, qk_scale, S, DHQK, DHV, L,
+               BT, BJ, BQ, BV, PRECISION, False)
+
+
+@triton.jit
+def scores_bw_segments_kernel(
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM,  # inputs
+    matDS, matP,  # outputs as scores_bw_kernel
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """:func:`scores_bw_kernel` with document resets (zero for pairs of different segments)."""
+    _scores_bw(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDS, matP, qk_scale, S, DHQK, DHV, L,
+               BT, BJ, BQ, BV, PRECISION, True)
+
+
+@triton.jit
+def _scores_bw(
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDS, matP,
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    chunk_start = (pid_t * BT) // L * L
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    gate_base = bh * S
+    b_t = tl.load(vecB + gate_base + offs_t)
+    m_t = tl.load(vecM + gate_base + offs_t)
+    dnq_t = tl.load(vecDNQ + gate_base + offs_t)
+    seg_t = _segment_of(vecSeg + gate_base, offs_t, HAS_SEGMENTS)
+    out_rows = bh * S * L + offs_t[:, None] * L
+    dtype = matDS.dtype.element_ty
+    for j0 in range(chunk_start, pid_t * BT + BT, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        gates = _gate_tile(b_t, m_t, offs_t, tl.load(vecB + gate_base + offs_j), tl.load(vecI + gate_base + offs_j),
+                           offs_j, seg_t, _segment_of(vecSeg + gate_base, offs_j, HAS_SEGMENTS), HAS_SEGMENTS)
+        dnum_v = _rows_dot_tile(matDNum + bh * S * DHV, matV + bh * S * DHV, offs_t, offs_j, DHV, BV, BT, BJ,
+                                PRECISION)
+        q_k = _rows_dot_tile(matQ + bh * S * DHQK, matK + bh * S * DHQK, offs_t, offs_j, DHQK, BQ, BT, BJ, PRECISION)
+        out = out_rows + (offs_j - chunk_start)[None, :]
+        tl.store(matDS + out, ((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(dtype))
+        tl.store(matP + out, (q_k * gates * qk_scale).to(dtype))
+
+
+@triton.jit
+def parallel_bw_dq_kernel(
+    matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matQ, matC_all, vecN_all, scaM_all, matDS,  # inputs
+    matDQ, vecQDQ,  # outputs: dq (BH, S, DHQK), q . dq partial sums (cdiv(DHQK, BQ), BH, S) fp32
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, MATERIALISED: tl.constexpr,
+):
+    """dq for BT rows and BQ columns of q. Grid (cdiv(DHQK, BQ), S // BT, BH). ``matDS``: the
+    materialised dS (read only when MATERIALISED; any buffer otherwise)."""
+    _parallel_bw_dq(matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matQ, matC_all, vecN_all, scaM_all, matDS,
+                    matDQ, vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, MATERIALISED, False)
 
 
 @triton.jit
 def parallel_bw_dq_segments_kernel(
-    matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all,  # inputs
+    matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all, matDS,  # inputs
     matDQ, vecQDQ,  # outputs as parallel_bw_dq_kernel
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, MATERIALISED: tl.constexpr,
 ):
     """:func:`parallel_bw_dq_kernel` with document resets (pairs within one segment; the chunk's state
     only for rows before its first segment start)."""
     _parallel_bw_dq(matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all,
-                    matDQ, vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, True)
+                    matDS, matDQ, vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, MATERIALISED, True)
 
 
 @triton.jit
 def _parallel_bw_dq(
-    matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all, matDQ, vecQDQ,
-    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all, matDS, matDQ,
+    vecQDQ, qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
-    PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+    PRECISION: tl.constexpr, MATERIALISED: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     pid_t = tl.program_id(1)
@@ -258,12 +331,16 @@ def _parallel_bw_dq(
     dq = dq * (qk_scale * tl.exp(log_inter))[:, None]
     for j0 in range(chunk_start, pid_t * BT + BT, BJ):
         offs_j = j0 + tl.arange(0, BJ)
-        gates = _gate_tile(b_t, m_t, offs_t, tl.load(vecB + gate_base + offs_j), tl.load(vecI + gate_base + offs_j),
-                           offs_j, seg_t, _segment_of(vecSeg + gate_base, offs_j, HAS_SEGMENTS), HAS_SEGMENTS)
-        dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
         k_j = tl.load(k_base + offs_j[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
-        dq = tl.dot(((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(k_j.dtype), k_j, acc=dq,
-                    input_precision=PRECISION)
+        if MATERIALISED:
+            ds = _chunk_tile(matDS, bh, offs_t, offs_j, chunk_start, S, L)
+        else:
+            gates = _gate_tile(b_t, m_t, offs_t, tl.load(vecB + gate_base + offs_j),
+                               tl.load(vecI + gate_base + offs_j), offs_j, seg_t,
+                               _segment_of(vecSeg + gate_base, offs_j, HAS_SEGMENTS), HAS_SEGMENTS)
+            dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
+            ds = ((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(k_j.dtype)
+        dq = tl.dot(ds, k_j, acc=dq, input_precision=PRECISION)
 
     q_ptrs = matQ + bh * S * DHQK + offs_t[:, None] * DHQK + offs_q[None, :]
     tl.store(matDQ + bh * S * DHQK + offs_t[:, None] * DHQK + offs_q[None, :],
@@ -292,43 +369,46 @@ def _key_block(vecB_bh, vecI_bh, vecSeg_bh, vecM_bh, pid_j, L: tl.constexpr, BJ:
 
 @triton.jit
 def parallel_bw_dk_dv_kernel(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matDC_all, vecDN_all,  # inputs
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matDC_all, vecDN_all, matS,  # inputs
     matDX, vecKDK,  # outputs: dk (BH, S, DHQK) or dv (BH, S, DHV); for dk, k . dk partial sums
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
-    FOR_DK: tl.constexpr, PRECISION: tl.constexpr,
+    FOR_DK: tl.constexpr, PRECISION: tl.constexpr, MATERIALISED: tl.constexpr,
 ):
     """dk (FOR_DK) or dv for BJ rows and BOWN columns. Grid (cdiv(DHQK or DHV, BOWN), S // BJ, BH).
 
     Both loop over the same (t >= j) tiles with the same gate tile; dk contracts dnum_t . v_j (over
     DHV) and multiplies q_t, dv contracts q_t . k_j (over DHQK) and multiplies dnum_t; the other
     head dim is looped over in blocks of BLOOP. ``vecKDK`` (cdiv(DHQK, BOWN), BH, S) fp32 is written
-    only for dk.
+    only for dk. ``matS``: the materialised dS (dk) or P (dv), read only when MATERIALISED (any buffer
+    otherwise).
     """
-    _parallel_bw_dk_dv(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matDC_all, vecDN_all, matDX,
-                       vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION, False)
+    _parallel_bw_dk_dv(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matDC_all, vecDN_all, matS,
+                       matDX, vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION,
+                       MATERIALISED, False)
 
 
 @triton.jit
 def parallel_bw_dk_dv_segments_kernel(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all,  # inputs
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matS,  # inputs
     matDX, vecKDK,  # outputs as parallel_bw_dk_dv_kernel
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
-    FOR_DK: tl.constexpr, PRECISION: tl.constexpr,
+    FOR_DK: tl.constexpr, PRECISION: tl.constexpr, MATERIALISED: tl.constexpr,
 ):
     """:func:`parallel_bw_dk_dv_kernel` with document resets (pairs within one segment; the state after
     the chunk only for steps of its last segment)."""
-    _parallel_bw_dk_dv(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matDX,
-                       vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION, True)
+    _parallel_bw_dk_dv(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matS,
+                       matDX, vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION,
+                       MATERIALISED, True)
 
 
 @triton.jit
 def _parallel_bw_dk_dv(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matDX, vecKDK,
+    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matS, matDX, vecKDK,
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
-    FOR_DK: tl.constexpr, PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+    FOR_DK: tl.constexpr, PRECISION: tl.constexpr, MATERIALISED: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
     pid_own = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -360,13 +440,17 @@ def _parallel_bw_dk_dv(
     acc *= w_j[:, None]
     for t0 in range((pid_j * BJ) // BT * BT, chunk_end, BT):
         offs_t = t0 + tl.arange(0, BT)
-        gates = _gate_tile(tl.load(vecB_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, b_j, i_j, offs_j,
-                           _segment_of(vecSeg_bh, offs_t, HAS_SEGMENTS), seg_j, HAS_SEGMENTS)
-        scores = _rows_dot_tile(score_a, score_b, offs_t, offs_j, score_width, BLOOP, BT, BJ, PRECISION)
-        if FOR_DK:
-            scores += tl.load(vecDNQ + bh * S + offs_t)[:, None]
         rows = tl.load(rows_base + offs_t[:, None] * D_OWN + offs_own[None, :], mask=mask_own[None, :], other=0.0)
-        acc = tl.dot(tl.trans((scores * gates * qk_scale).to(rows.dtype)), rows, acc=acc, input_precision=PRECISION)
+        if MATERIALISED:
+            tile = _chunk_tile(matS, bh, offs_t, offs_j, chunk_end - L, S, L)
+        else:
+            gates = _gate_tile(tl.load(vecB_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, b_j, i_j, offs_j,
+                               _segment_of(vecSeg_bh, offs_t, HAS_SEGMENTS), seg_j, HAS_SEGMENTS)
+            scores = _rows_dot_tile(score_a, score_b, offs_t, offs_j, score_width, BLOOP, BT, BJ, PRECISION)
+            if FOR_DK:
+                scores += tl.load(vecDNQ + bh * S + offs_t)[:, None]
+            tile = (scores * gates * qk_scale).to(rows.dtype)
+        acc = tl.dot(tl.trans(tile), rows, acc=acc, input_precision=PRECISION)
 
     tl.store(matDX + bh * S * D_OWN + offs_j[:, None] * D_OWN + offs_own[None, :], acc.to(matDX.dtype.element_ty),
              mask=mask_own[None, :])

@@ -70,6 +70,10 @@ class BwConfig:
     ``block_dh_contracted`` (clamped to it). ``chunk_size_intra``: the forward's, the states' spacing.
     ``states_in_input_dtype``: the stored state cotangents dC in q's dtype (dk and dv cast them to it
     before their dots; dC0 stays fp32), else fp32. The forward's option of the same name.
+    ``materialise_bw_scores``: a scores kernel (the parallel kernels' step blocks, contracted blocks,
+    warps and stages) first stores the gated scores dS (from dnum . v) and P (from q . k) of every
+    chunk in q's dtype (two (B, NH, S, chunk_size_intra) buffers), and dq, dk, dv read them instead of
+    recomputing them for every head-dim tile they own.
     """
 
     chunk_size_intra: int
@@ -85,6 +89,7 @@ class BwConfig:
     num_warps_parallel: int
     num_stages_parallel: int
     states_in_input_dtype: bool
+    materialise_bw_scores: bool
 
 
 FW_OPTIONS = frozenset(f.name for f in dataclasses.fields(FwConfig))
@@ -180,7 +185,10 @@ def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     min(64, padded DHQK); recurrent tile min(64, padded head dims); 4 warps and 2 stages everywhere,
     except 16-bit inputs with DHQK >= 256: recurrent chunk min(256, intra) and 3 parallel-kernel stages
     (H200 sweep at 7B: backward kernels 9.04 -> 7.89 ms, forward+backward 12.56 -> 11.12 ms). State
-    cotangents in the input dtype (fp32 for fp32 inputs).
+    cotangents in the input dtype (fp32 for fp32 inputs). ``materialise_bw_scores`` for 16-bit inputs:
+    H200 bf16 forward+backward 8.79 -> 7.64 ms at 8x8x8192x256x512, 7.57 -> 6.92 at 8x16x8192x128x256,
+    1.78 -> 1.52 at 1x8x8192x256x512, 1.65 -> 1.40 at 8x8x4096x64x128, 4.52 -> 3.78 at 8x4x4096x384x768
+    (benchmarks/results/h200_bw_scores_2026-12-02.md); not timed for fp32, so off there.
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
@@ -199,6 +207,7 @@ def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
         num_warps_parallel=4,
         num_stages_parallel=3 if wide else 2,
         states_in_input_dtype=True,
+        materialise_bw_scores=sixteen_bit,
     )
 
 
@@ -292,6 +301,6 @@ def resolve_bw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
         config,
         ("num_warps_parallel", "num_warps_recurrent"),
         ("num_stages_parallel", "num_stages_recurrent"),
-        ("states_in_input_dtype",),
+        ("states_in_input_dtype", "materialise_bw_scores"),
     )
     return config

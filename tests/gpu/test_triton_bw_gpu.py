@@ -46,6 +46,10 @@ CASES = [
     (jnp.bfloat16, 512, 256, 512, True, True, {}),
     (jnp.bfloat16, 512, 256, 512, True, True, dict(save_states=True)),  # chunk states kept from the forward
     (jnp.bfloat16, 512, 256, 512, True, True, dict(states_in_input_dtype=False)),  # fp32 C and dC
+    # the backward's materialised scores (dS and P stored once per chunk)
+    (jnp.float32, 256, 128, 256, True, True, dict(chunk_size=128, block_steps_owned=32, materialise_bw_scores=True)),
+    (jnp.bfloat16, 512, 256, 512, True, True, dict(materialise_bw_scores=True)),
+    (jnp.bfloat16, 512, 256, 512, True, True, dict(materialise_bw_scores=True, block_dh_owned=256)),
 ]
 
 
@@ -56,6 +60,7 @@ def _case_id(case):
         + ("-states" if with_states else "")
         + ("-lastloss" if last else "")
         + (f"-{len(tuning)}opts" if tuning else "")
+        + ("-materialised" if tuning.get("materialise_bw_scores") else "")
     )
 
 

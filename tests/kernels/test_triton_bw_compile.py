@@ -18,9 +18,10 @@ from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_call
 
 skip_module_unless_lowerable()
 
-from xlstm_flax.kernels import get_kernel  # noqa: E402
+from xlstm_flax.kernels import common, get_kernel  # noqa: E402
 from xlstm_flax.kernels.triton import autograd  # noqa: E402
 from xlstm_flax.kernels.triton.chunkwise_bw import mlstm_chunkwise_bw  # noqa: E402
+from xlstm_flax.kernels.triton.tuning import resolve_bw_config  # noqa: E402
 
 BW_KERNELS = (b"recurrent_bw_kernel", b"parallel_bw_dq_kernel")  # one launch each
 DK_DV_KERNEL = b"parallel_bw_dk_dv_kernel"  # launched twice: dk, then dv
@@ -186,3 +187,16 @@ def test_backward_rejects_bad_arguments():
     wrong_dh = args[:12] + (jax.ShapeDtypeStruct((1, 2, 64, 32), jnp.bfloat16),) + args[13:]
     with pytest.raises(ValueError, match=r"matDeltaH has shape \(1, 2, 64, 32\)"):
         jax.eval_shape(_backward(), *wrong_dh)
+
+
+def test_backward_materialises_scores_by_default_for_16bit_inputs():
+    """The 7B head dims' bf16 defaults launch the scores kernel (dq, dk, dv read its buffers); with
+    ``materialise_bw_scores=False``, and by default for fp32, they recompute the scores instead."""
+    args = _bw_shapes(jnp.bfloat16, 2048, 256, 512)
+    payloads = lowered_triton_calls(_backward(), *args)
+    assert_backward_compiled(payloads, (b"recurrent_fw_kernel", b"scores_bw_kernel"))
+    assert not any(
+        b"scores_bw_kernel" in p for p in lowered_triton_calls(_backward(materialise_bw_scores=False), *args)
+    )
+    for dtype, expected in ((jnp.float16, True), (jnp.bfloat16, True), (jnp.float32, False)):
+        assert resolve_bw_config(common.Dims(1, 2, 256, 64, 128), dtype).materialise_bw_scores is expected, dtype

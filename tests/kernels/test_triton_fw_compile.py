@@ -257,7 +257,8 @@ def test_materialised_forward_lowers_to_sm90_ptx(case):
 
 def test_materialised_segments_forward_and_backward_lower(monkeypatch):
     """With ``segment_ids`` the scores kernel's segment variant runs (the output kernel has none: resets
-    are in P and the inter weights); the backward launches as without the option."""
+    are in P and the inter weights); the backward launches as without the option (its own scores kernel
+    included, the bf16 default)."""
     from xlstm_flax.kernels import get_kernel
     from xlstm_flax.kernels.triton import autograd
 
@@ -271,6 +272,8 @@ def test_materialised_segments_forward_and_backward_lower(monkeypatch):
         return jnp.sum(h.astype(jnp.float32)) + sum(jnp.sum(x) for x in last)
 
     payloads = lowered_triton_calls(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), *_shapes(jnp.bfloat16, 1, 2, S, 128, 256))
-    assert_compiled_for_sm90(payloads, (b"scores_fw_segments_kernel", b"output_fw_kernel"))
-    assert len(payloads) == 8, "2 states, scores, output, dC, dq, dk, dv"
+    assert_compiled_for_sm90(
+        payloads, (b"scores_fw_segments_kernel", b"output_fw_kernel", b"scores_bw_segments_kernel")
+    )
+    assert len(payloads) == 9, "2 states, scores, output, dC, backward scores (bf16 default), dq, dk, dv"
     assert not any(b"parallel_fw" in p for p in payloads)

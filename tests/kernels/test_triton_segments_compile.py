@@ -36,7 +36,14 @@ CASES = [
     # the xLSTM-7B head dims, chunk 256, with the parallel output kernel (their default, the materialised
     # scores, has its segments test in test_triton_fw_compile.py)
     (jnp.float16, 2048, 256, 512, dict(materialise_scores=False)),
+    # the backward's materialised scores in fp32 (the default for 16-bit inputs only)
+    (jnp.float32, 128, 32, 64, dict(chunk_size=64, materialise_bw_scores=True)),
 ]
+
+
+def _backward_scores_launched(dtype, tuning: dict) -> bool:
+    """Whether the backward launches its scores kernel: by default for 16-bit inputs."""
+    return tuning.get("materialise_bw_scores", jnp.dtype(dtype).itemsize <= 2)
 
 
 def _grad_payloads(dtype, S, DHQK, DHV, tuning, with_segments):
@@ -60,13 +67,15 @@ def test_segment_kernels_lower_to_sm90_ptx(monkeypatch, case):
     assert len([p for p in payloads if SEGMENT_KERNELS[0] in p]) == 2, "states: forward + recompute"
     dk_dv = [p for p in payloads if DK_DV in p]
     assert len(dk_dv) == 2 and all(b".target sm_90a" in p and b"mma" in p for p in dk_dv), "dk, dv segment PTX"
-    assert len(payloads) == 7, "every launch is a segment variant (2 states, h, dC, dq, dk, dv)"
+    launches = 7 + _backward_scores_launched(case[0], case[-1])
+    assert len(payloads) == launches, "every launch is a segment variant (2 states, h, dC, [dS and P,] dq, dk, dv)"
+    assert all(b"segments_kernel" in p for p in payloads)
 
 
 def test_no_segments_launch_no_segment_kernel(monkeypatch):
     monkeypatch.setattr(autograd, "_require_triton_backend", lambda: None)
     payloads = _grad_payloads(jnp.bfloat16, 128, 64, 64, {}, with_segments=False)
-    assert len(payloads) == 7 and not any(b"segments_kernel" in p for p in payloads)
+    assert len(payloads) == 8 and not any(b"segments_kernel" in p for p in payloads)
 
 
 def test_triton_entry_rejects_bad_segment_ids():
