@@ -7,7 +7,8 @@ and returns the output arrays (a single array when ``out_shape`` is a single sha
 * ``zeroed_outputs``: indices (into the flattened ``out_shape``) of outputs set to zero before the
   launch (jax-triton's option of that name), e.g. counters the kernel increments.
 * Normally it calls ``jax_triton.triton_call``. Without a GPU visible to JAX it compiles for sm_90
-  (``compute_capability=90``), which is what lowering for CUDA on a CPU machine needs.
+  (``compute_capability=90``), which is what lowering for CUDA on a CPU machine needs. Compilations
+  are kept on disk across processes (disk_cache.py).
 * Under Triton's interpreter (``TRITON_INTERPRET=1``, set before any kernel is defined) jax-triton
   cannot launch the interpreted kernel. The launcher then runs it on host numpy buffers inside
   ``jax.pure_callback`` (so it also works under ``jax.jit``) through a runner installed with
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 import triton
 
-from . import compat
+from . import compat, disk_cache
 
 HOPPER_COMPUTE_CAPABILITY = 90
 
@@ -62,6 +63,14 @@ def gpu_visible() -> bool:
         return False
 
 
+@functools.cache
+def _jax_triton():
+    """``jax_triton`` with its compilations cached on disk (disk_cache.py)."""
+    jax_triton = compat.import_jax_triton()
+    disk_cache.install(jax_triton.triton_lib, jax_triton.__version__)
+    return jax_triton
+
+
 def triton_call(
     *inputs: jax.Array,
     kernel,
@@ -75,7 +84,7 @@ def triton_call(
     """Launches ``kernel`` over ``grid`` on ``inputs``; returns arrays shaped like ``out_shape``."""
     if interpreter_enabled():
         return _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, constexprs)
-    jax_triton = compat.import_jax_triton()
+    jax_triton = _jax_triton()
     if zeroed_outputs:
         constexprs = dict(constexprs, zeroed_outputs=tuple(zeroed_outputs))
     with warnings.catch_warnings():  # jax-triton 0.4 marks zeroed_outputs deprecated (in favour of Refs)

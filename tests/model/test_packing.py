@@ -51,7 +51,7 @@ def configs():
         yield pytest.param(config, GPU_REL_TOL, id=f"{variant} + sLSTM, triton", marks=gpu)
 
 
-@pytest.mark.parametrize("config, tolerance", configs())
+@pytest.mark.parametrize("config, tolerance", list(configs()))
 def test_packed_logits_equal_per_document_logits(config, tolerance):
     """Each document alone is a row of its own starting at position 0, right-padded with other tokens
     (causality: the padding cannot change the document's logits), all in one call. XLA matmuls run at
