@@ -1,8 +1,9 @@
 """Registry entry ``"recurrent--triton"``: the fused Triton sLSTM (triton_launch.py) behind the sLSTM
 calling convention, with an exact backward in ``jax.custom_vjp``.
 
-The forward kernel stores every state (c, n, m, h per step, fp32) and every step's full gate
-pre-activations ``g = pre + h_{t-1} R``. The backward runs the reverse-time kernel for ``dg`` and the
+The forward kernel stores every state (c, n, m, h per step, fp32) and, under differentiation only,
+every step's full gate pre-activations ``g = pre + h_{t-1} R`` (4 x the bytes of h; a forward alone,
+e.g. prefill, writes none of them). The backward runs the reverse-time kernel for ``dg`` and the
 initial state's cotangents, then a third kernel for the recurrent kernel's gradient
 ``sum_t h_{t-1}^T dg_t`` (parallel over time, 3xTF32 products, fp32 accumulation): no XLA matmul in the
 backward. Gradients equal autodiff of the scan (reference.py), including the stabiliser's path.
@@ -36,18 +37,18 @@ def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | 
     return _slstm(pre, recurrent_kernel, initial, config)
 
 
-def _forward(pre, recurrent_kernel, initial, config):
-    g, history = triton_launch.slstm_fw(pre, recurrent_kernel, initial, *config)
+def _forward(pre, recurrent_kernel, initial, config, store_gates: bool):
+    g, history = triton_launch.slstm_fw(pre, recurrent_kernel, initial, *config, store_gates=store_gates)
     return (g, history), (history.h[:, 1:], States(*(x[:, -1] for x in history)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _slstm(pre, recurrent_kernel, initial, config):  # config: (Dims, Tuning)
-    return _forward(pre, recurrent_kernel, initial, config)[1]
+def _slstm(pre, recurrent_kernel, initial, config):  # config: (Dims, Tuning); no gradient: g not stored
+    return _forward(pre, recurrent_kernel, initial, config, store_gates=False)[1]
 
 
 def _slstm_fwd(pre, recurrent_kernel, initial, config):
-    (g, history), outputs = _forward(pre, recurrent_kernel, initial, config)
+    (g, history), outputs = _forward(pre, recurrent_kernel, initial, config, store_gates=True)
     return outputs, (g, recurrent_kernel, history)
 
 

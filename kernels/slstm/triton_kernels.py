@@ -170,9 +170,11 @@ def slstm_fw_kernel(
     g_all, c_all, n_all, m_all, h_all, sync,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_G: tl.constexpr,
 ):
-    """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state and every step's full gate
-    pre-activations ``g_all`` (like ``pre``) stored (the backward needs them)."""
+    """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state and, STORE_G, every step's
+    full gate pre-activations ``g_all`` (like ``pre``; the backward needs them, a forward alone does
+    not and then passes any buffer) stored."""
     col0, head = tl.program_id(0) * COLS, tl.program_id(2)
     group = tl.program_id(1) * NH + head
     offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -207,7 +209,8 @@ def slstm_fw_kernel(
                 g_o += tl.dot(
                     h, tl.load(R + 3 * NH * DH * DH + r_offs, mask=r_mask, other=0.0), input_precision=DOT_PRECISION
                 )
-            store_gates(g_all, gates + offs_e[None, :], mask, g_i, g_f, g_z, g_o, NH * DH)
+            if STORE_G:
+                store_gates(g_all, gates + offs_e[None, :], mask, g_i, g_f, g_z, g_o, NH * DH)
             c, n, m = load_state(c_all, n_all, m_all, prev + offs_e[None, :], mask)
             c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)
             nxt = prev + NH * DH + offs_e[None, :]  # slot t + 1

@@ -168,9 +168,9 @@ def check_recurrent_dtype(name: str, recurrent_kernel) -> None:
         raise ValueError(f"{name}: recurrent_kernel must be float32, bfloat16 or float16, got {recurrent_kernel.dtype}")
 
 
-def _launch(kernels, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype):
+def _launch(kernels, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype, **constexprs):
     """Launches ``kernels`` (a (streaming, resident) pair; ``tuning.resident`` picks) with ``out_shape``
-    plus the group counters (zeroed; dropped from the result)."""
+    plus the group counters (zeroed; dropped from the result) and the kernels' own ``constexprs``."""
     split, batch_blocks, NH = grid = tuning.grid(dims)
     sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
     if tuning.resident:
@@ -194,25 +194,30 @@ def _launch(kernels, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dt
         BLOCK_B=tuning.block_b,
         DOT_PRECISION=dot_precision(recurrent_dtype),
         **tiles,
+        **constexprs,
     )
     return outputs
 
 
-def slstm_fw(pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning) -> tuple[jax.Array, States]:
+def slstm_fw(
+    pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning, store_gates: bool = True
+) -> tuple[jax.Array | None, States]:
     """pre (B, S, 4, NH, DH) fp32 -> (g (B, S, 4, NH, DH) fp32, every step's full gate pre-activations
-    ``pre + h_{t-1} R``; every state: :class:`States` of (B, S + 1, NH, DH) fp32 histories, slot 0 =
-    ``initial`` and slot t + 1 = the state after step t)."""
+    ``pre + h_{t-1} R``, or None unless ``store_gates`` (only the backward reads them); every state:
+    :class:`States` of (B, S + 1, NH, DH) fp32 histories, slot 0 = ``initial`` and slot t + 1 = the
+    state after step t)."""
     B, S, NH, DH = dims
     history = jax.ShapeDtypeStruct((B, S + 1, NH, DH), jnp.float32)
     g, *out = _launch(
         (triton_kernels.slstm_fw_kernel, triton_resident.slstm_fw_resident_kernel),
         (pre, recurrent_kernel, *initial),
-        (jax.ShapeDtypeStruct(pre.shape, jnp.float32),) + (history,) * 4,
+        (jax.ShapeDtypeStruct(pre.shape if store_gates else (1,), jnp.float32),) + (history,) * 4,
         dims,
         tuning,
         recurrent_kernel.dtype,
+        STORE_G=store_gates,
     )
-    return g, States(*out)
+    return (g if store_gates else None), States(*out)
 
 
 def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims: Dims, tuning: Tuning):

@@ -62,9 +62,10 @@ def slstm_fw_resident_kernel(
     pre, R, c0, n0, m0, h0,  # inputs
     g_all, c_all, n_all, m_all, h_all, sync,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
-    BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, STORE_G: tl.constexpr,
 ):
-    """The forward of triton_kernels.slstm_fw_kernel (same buffers and outputs) with R's slice resident."""
+    """The forward of triton_kernels.slstm_fw_kernel (same buffers, outputs and STORE_G) with R's slice
+    resident."""
     head = tl.program_id(2)
     group = tl.program_id(1) * NH + head
     offs_b, offs_e, offs_k, mask, mask_h, state, r_i, r_f, r_z, r_o = _program_slice(
@@ -85,7 +86,8 @@ def slstm_fw_resident_kernel(
         nxt = prev + NH * DH + offs_e[None, :]  # slot t + 1
         tl.store(h_all + nxt, h_new, mask=mask)
         group_arrive(sync, group, SPLIT)
-        store_gates(g_all, gates, mask, g_i, g_f, g_z, g_o, NH * DH)
+        if STORE_G:
+            store_gates(g_all, gates, mask, g_i, g_f, g_z, g_o, NH * DH)
         store_state(c_all, n_all, m_all, nxt, mask, c, n, m)
         gates += 4 * NH * DH  # step t + 1 (loaded only if it exists)
         p_i, p_f, p_z, p_o = load_gates(pre, gates, mask & (t + 1 < S), NH * DH)

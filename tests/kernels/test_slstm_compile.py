@@ -112,3 +112,17 @@ def test_registry_entry_without_gpu_names_the_fallback():
     pre, recurrent = (jnp.ones(s.shape, s.dtype) for s in _shapes(jnp.float32, 1, 2, 1, 16))
     with pytest.raises(RuntimeError, match="recurrent--triton needs a CUDA GPU.*recurrent--jax"):
         get_slstm_kernel("recurrent--triton")(pre, recurrent)
+
+
+@pytest.mark.parametrize("tuning", [{}, dict(resident=False)], ids=["resident", "streaming"])
+def test_forward_without_gradient_stores_fewer_values(monkeypatch, tuning):
+    """Without differentiation the forward kernel skips the gate pre-activations g (only the backward
+    reads them): its PTX has fewer global stores than the forward that the gradient runs."""
+    monkeypatch.setattr(launch, "require_triton_backend", lambda *args: None)
+    kernel = get_slstm_kernel("recurrent--triton")
+    shapes = _shapes(jnp.bfloat16, 16, 16, 2, 64)
+    alone = lowered_triton_calls(lambda *a: kernel(*a, **tuning), *shapes)
+    with_gradient = [p for p in lowered_triton_calls(_loss(**tuning), *shapes) if b"slstm_fw" in p]
+    assert len(alone) == len(with_gradient) == 1
+    stores = [p.count(b"st.global") for p in (alone[0], with_gradient[0])]
+    assert 0 < stores[0] < stores[1], stores

@@ -6,6 +6,7 @@ tests/triton_interpret``. Shapes stay tiny: the interpreter runs every program s
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -18,7 +19,8 @@ from tests.kernels.slstm_checks import (
     random_cotangents,
 )
 from tests.model.helpers import perturb_params
-from xlstm_flax.kernels.slstm import get_slstm_kernel
+from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch
+from xlstm_flax.kernels.slstm.common import Dims, States
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
 # fp32: the interpreter's fp32 dots are exact; measured errors about 1e-7 (values) to 7e-7 (gradients),
@@ -52,6 +54,20 @@ def test_ties_of_the_stabiliser_split_its_gradient_like_jnp_maximum():
     args = [pre, recurrent, c0, n0, m0, jnp.zeros_like(c0)]
     assert bool(jnp.all(jax.nn.log_sigmoid(pre[:, 0, 1]) + m0 == pre[:, 0, 0])), "no tie in the test data"
     check_against_reference(get_slstm_kernel("recurrent--triton"), args, random_cotangents(22, pre), 2e-6, 5e-6)
+
+
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streaming"])
+def test_forward_without_gates_gives_the_same_states(resident):
+    """``store_gates=False`` (the forward without differentiation) returns no g and the very same state
+    histories, h included, as the forward the backward uses."""
+    pre, recurrent, *initial = make_inputs(31, 2, 5, 2, 16)
+    dims = Dims(2, 5, 2, 16)
+    tuning = triton_launch.resolve_tuning("test", dims, resident=resident)
+    g, stored = triton_launch.slstm_fw(pre, recurrent, States(*initial), dims, tuning)
+    none, alone = triton_launch.slstm_fw(pre, recurrent, States(*initial), dims, tuning, store_gates=False)
+    assert none is None and g.shape == pre.shape and bool(jnp.all(jnp.isfinite(g)))
+    for name, want, got in zip(States._fields, stored, alone):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
 
 
 def _layer(kernel: str):
