@@ -13,7 +13,7 @@ Where: ``XLSTM_FLAX_TRITON_CACHE`` (a directory, or ``off``), default ``~/.cache
 (Triton's own cache manager cannot be pointed elsewhere: jax-triton deletes ``TRITON_CACHE_DIR`` from
 the environment when it is imported.) Each entry is one JSON file, written to a temporary name and
 renamed, so a reader never sees half of one. A cache that cannot be read or written is skipped: the
-kernel is compiled as without it.
+kernel is compiled as without it. Kernels with TMA tensor descriptors (none here yet) are not stored.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def install(triton_lib, jax_triton_version: str) -> None:
         if stored is not None:
             return triton_lib.CompilationResult(**stored)
         result = compile_uncached(ttir, backend, options, gpu_target)
-        _write(entry, dataclasses.asdict(result))
+        if not result.tensordesc_meta:  # TMA descriptor metadata might not survive JSON: not cached
+            _write(entry, dataclasses.asdict(result))
         return result
 
     compile_ttir_inplace.disk_cached = True
