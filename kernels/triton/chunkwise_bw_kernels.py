@@ -218,8 +218,8 @@ def scores_bw_kernel(
 ):
     """dS and P of BT rows against the BJ-blocks of their chunk up to the diagonal (zero for j > t).
     Grid (S // BT, BH); the dots contract DHV in blocks of BV (dS) and DHQK in blocks of BQ (P). With
-    BT = the consumers' owned and BJ their looped step block, these are exactly the tiles dq, dk and dv
-    read; the rest of each row is never written nor read."""
+    BT = the consumers' owned and BJ their looped step block, these are exactly the tiles dq reads and
+    a superset of those dk and dv read; the rest of each row is never written nor read."""
     _scores_bw(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matDS, matP, qk_scale, S, DHQK, DHV, L,
                BT, BJ, BQ, BV, PRECISION, False)
 

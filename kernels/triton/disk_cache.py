@@ -13,7 +13,11 @@ Where: ``XLSTM_FLAX_TRITON_CACHE`` (a directory, or ``off``), default ``~/.cache
 (Triton's own cache manager cannot be pointed elsewhere: jax-triton deletes ``TRITON_CACHE_DIR`` from
 the environment when it is imported.) Each entry is one JSON file, written to a temporary name and
 renamed, so a reader never sees half of one. A cache that cannot be read or written is skipped: the
-kernel is compiled as without it. Kernels with TMA tensor descriptors (none here yet) are not stored.
+kernel is compiled as without it. Kernels with TMA tensor descriptors (none here yet) are not stored;
+entries keep the PTX, not the intermediate IRs (only ``JAX_TRITON_DUMP_DIR`` dumps want those, and
+with it set the cache is bypassed). The key also holds every ``TRITON_*`` environment setting (ptxas
+path, instrumentation). The wrapper serves every jax-triton kernel of the process, not only this
+library's; nothing is evicted (delete the directory to reclaim it).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ DEFAULT_DIR = "~/.cache/xlstm_flax/triton"
 
 def cache_dir() -> Path | None:
     """The cache directory, or None when ``XLSTM_FLAX_TRITON_CACHE=off``."""
-    where = os.environ.get(LOCATION, DEFAULT_DIR)
+    where = os.environ.get(LOCATION) or DEFAULT_DIR
     return None if where == "off" else Path(where).expanduser()
 
 
@@ -46,36 +50,39 @@ def install(triton_lib, jax_triton_version: str) -> None:
 
     def compile_ttir_inplace(ttir, backend, options, gpu_target):
         folder = cache_dir()
-        if folder is None or gpu_target.backend != "cuda":  # HIP's result names a temporary file
+        # HIP's result names a temporary file; jax-triton's dumps want the intermediate IRs, not stored
+        if folder is None or gpu_target.backend != "cuda" or os.environ.get("JAX_TRITON_DUMP_DIR"):
             return compile_uncached(ttir, backend, options, gpu_target)
-        key = hashlib.sha256("\n".join((versions, repr(gpu_target), repr(options), str(ttir))).encode()).hexdigest()
-        entry = folder / f"{key}.json"
-        stored = _read(entry)
-        if stored is not None:
-            return triton_lib.CompilationResult(**stored)
+        knobs = sorted((k, v) for k, v in os.environ.items() if k.startswith("TRITON_"))  # ptxas, instrumentation
+        parts = (versions, repr(knobs), repr(gpu_target), repr(options), str(ttir))
+        entry = folder / f"{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()}.json"
+        try:
+            return triton_lib.CompilationResult(**_read(entry))
+        except (OSError, ValueError, TypeError):  # none stored, or unreadable
+            pass
         result = compile_uncached(ttir, backend, options, gpu_target)
         if not result.tensordesc_meta:  # TMA descriptor metadata might not survive JSON: not cached
-            _write(entry, dataclasses.asdict(result))
+            _write(entry, dataclasses.asdict(dataclasses.replace(result, ttgir="", llir="")))
         return result
 
     compile_ttir_inplace.disk_cached = True
     triton_lib.compile_ttir_inplace = compile_ttir_inplace
 
 
-def _read(entry: Path) -> dict | None:
-    """The stored compilation, or None (none stored, or unreadable)."""
-    try:
-        return json.loads(entry.read_text())
-    except (OSError, ValueError):
-        return None
+def _read(entry: Path) -> dict:
+    """The stored compilation (OSError when none is stored, ValueError when it is not JSON)."""
+    return json.loads(entry.read_text())
 
 
 def _write(entry: Path, compilation: dict) -> None:
     """Stores ``compilation`` under a temporary name, then renames it (atomic); gives up on OSError."""
+    temporary = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=entry.parent, suffix=".tmp", delete=False) as file:
+            temporary = file.name
             json.dump(compilation, file)
-        os.replace(file.name, entry)
-    except OSError:
-        pass  # a read-only or full disk: compile again next time
+        os.replace(temporary, entry)
+    except OSError:  # a read-only or full disk: compile again next time
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)

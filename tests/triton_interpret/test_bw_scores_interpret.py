@@ -24,6 +24,8 @@ CASES = [
     # looped > owned: the scores kernel's last block crosses the diagonal, then zero blocks
     (jnp.float32, 64, 16, 16, False, dict(ON, block_steps_owned=16, block_steps_looped=32, block_dh_owned=16)),
     (jnp.float16, 32, 16, 32, True, dict(ON, block_steps_owned=16, block_steps_looped=16)),
+    # owned < looped < chunk: dk / dv start their row loop inside the chunk, below their own steps
+    (jnp.float32, 128, 16, 16, False, dict(ON, block_steps_owned=16, block_steps_looped=32, chunk_size_intra=64)),
 ]
 
 
@@ -34,7 +36,8 @@ def test_materialised_backward_matches_reference_gradients(case):
         jax.random.PRNGKey(S + DHQK + DHV + 5), B=1, NH=2, S=S, DHQK=DHQK, DHV=DHV, dtype=dtype, with_states=with_states
     )
     cot = random_cotangents(jax.random.PRNGKey(11), x, last_states=True)
-    intra = 32
+    bw_tuning = dict(bw_tuning)
+    intra = bw_tuning.pop("chunk_size_intra", 32)
     grads = _forward_backward(
         tuple(x[n] for n in ("q", "k", "v", "i", "f")),
         tuple(x.get(n) for n in ("c_initial", "n_initial", "m_initial")),

@@ -152,6 +152,9 @@ def _reason(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+_POLICY_LOCK = threading.Lock()
+
+
 class _TaskFinishingLoop(asyncio.SelectorEventLoop):
     """An event loop that cancels its pending tasks and waits for them before it closes. orbax runs a
     restore with ``run_until_complete`` on a fresh loop and closes it; a restore that fails returns at
@@ -159,13 +162,15 @@ class _TaskFinishingLoop(asyncio.SelectorEventLoop):
     fail, or crash the process, whenever the reads end)."""
 
     def close(self) -> None:
-        if not self.is_running() and not self.is_closed():
-            pending = asyncio.all_tasks(self)
-            for task in pending:
-                task.cancel()
-            if pending:
-                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        super().close()
+        try:
+            if not self.is_running() and not self.is_closed():
+                pending = asyncio.all_tasks(self)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        finally:
+            super().close()
 
 
 class _TaskFinishingPolicy(asyncio.DefaultEventLoopPolicy):
@@ -184,9 +189,10 @@ class _TaskFinishingPolicy(asyncio.DefaultEventLoopPolicy):
 @contextlib.contextmanager
 def _event_loops_that_finish_their_tasks():
     """While inside, event loops this thread creates finish (or cancel) every task before closing."""
-    previous = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(_TaskFinishingPolicy(previous))
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop_policy(previous)
+    with _POLICY_LOCK:  # one swap at a time: concurrent restores would restore each other's policy
+        previous = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(_TaskFinishingPolicy(previous))
+        try:
+            yield
+        finally:
+            asyncio.set_event_loop_policy(previous)
