@@ -57,7 +57,7 @@ def install(triton_lib, jax_triton_version: str) -> None:
         parts = (versions, repr(knobs), repr(gpu_target), repr(options), str(ttir))
         entry = folder / f"{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()}.json"
         try:
-            return triton_lib.CompilationResult(**_read(entry))
+            return triton_lib.CompilationResult(**json.loads(entry.read_text()))
         except (OSError, ValueError, TypeError):  # none stored, or unreadable
             pass
         result = compile_uncached(ttir, backend, options, gpu_target)
@@ -67,11 +67,6 @@ def install(triton_lib, jax_triton_version: str) -> None:
 
     compile_ttir_inplace.disk_cached = True
     triton_lib.compile_ttir_inplace = compile_ttir_inplace
-
-
-def _read(entry: Path) -> dict:
-    """The stored compilation (OSError when none is stored, ValueError when it is not JSON)."""
-    return json.loads(entry.read_text())
 
 
 def _write(entry: Path, compilation: dict) -> None:
