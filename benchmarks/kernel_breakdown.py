@@ -129,10 +129,11 @@ def backward_kernel_calls(input_sets, tuning: dict) -> dict:
     }
 
 
-def kernel_timings(input_sets, tuning: dict, reps: int) -> dict:
-    """Median ms of each backward kernel (BW_KERNELS, in that order) for one backward configuration."""
+def kernel_timings(input_sets, tuning: dict, reps: int, names=BW_KERNELS) -> dict:
+    """Median ms of each backward kernel of ``names`` (BW_KERNELS, in that order) for one backward
+    configuration."""
     calls = backward_kernel_calls(input_sets, tuning)
-    timed = [name for name in BW_KERNELS if name in calls]
+    timed = [name for name in names if name in calls]
     return {name: median_ms(calls[name][0], [calls[name][1]], reps=reps) for name in timed}
 
 

@@ -69,6 +69,23 @@ CONFIGS["7b"] = [
     {"num_warps_parallel": 8},
     {"chunk_size_recurrent": 256, "num_stages_parallel": 3},
 ]
+# The dC recurrence alone (--recurrent-only): (chunk_size_recurrent, tile DHQK x DHV, warps, stages), as
+# the forward's recurrent sweep in tune_triton_fw.py.
+RECURRENT_SWEEP = [
+    (256, 64, 64, 4, 2),
+    (128, 64, 64, 4, 3),
+    (64, 64, 64, 4, 4),
+    (128, 128, 64, 4, 3),
+    (128, 64, 128, 4, 3),
+    (128, 128, 128, 8, 2),
+    (128, 128, 128, 8, 3),
+    (64, 128, 128, 8, 3),
+    (64, 128, 128, 8, 4),
+    (64, 128, 256, 8, 3),
+    (64, 256, 128, 8, 3),
+]
+RECURRENT_NAMES = ("chunk_size_recurrent", "block_dhqk_recurrent", "block_dhv_recurrent", "num_warps_recurrent",
+                   "num_stages_recurrent")
 
 
 def flops(B, NH, S, K, V) -> float:
@@ -115,6 +132,24 @@ def _rel_errors(got, want) -> float:
         g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
         errs.append(np.linalg.norm(g - w) / np.linalg.norm(w))
     return float(max(errs))
+
+
+def recurrent_rows(name, input_sets, reps):
+    """Rows of the dC recurrence alone for every RECURRENT_SWEEP candidate that fits the shape."""
+    _, _, _, K, V = SHAPES[name]
+    rows = []
+    for candidate in RECURRENT_SWEEP:
+        if candidate[1] > K or candidate[2] > V:
+            continue
+        tuning = dict(zip(RECURRENT_NAMES, candidate))
+        label = "dC recurrence " + ", ".join(f"{k}={v}" for k, v in tuning.items())
+        try:
+            ms = f"{kernel_timings(input_sets, tuning, reps, names=('dC recurrence',))['dC recurrence']:.3f}"
+        except Exception as exc:  # a candidate the GPU cannot run (e.g. too much shared memory)
+            ms = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
+        rows.append([name, label, ms, "-", "-", "-", "-", "-"])
+        print(" | ".join(rows[-1]), flush=True)
+    return rows
 
 
 def tune_shape(name, input_sets, reps):
@@ -183,13 +218,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated names of SHAPES")
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--recurrent-only", action="store_true", help="time the dC recurrence candidates only")
     parser.add_argument("--out", default=None, help="markdown file for the results table")
     args = parser.parse_args(argv)
     rows, notes = [], []
     for name in args.shapes.split(","):
         B, NH, S, K, V = SHAPES[name]
         input_sets = [mlstm_inputs((B, NH, S, K, V), jnp.bfloat16, seed) for seed in (0, 1)]
-        shape_rows, shape_notes = tune_shape(name, input_sets, args.reps)
+        if args.recurrent_only:
+            shape_rows, shape_notes = recurrent_rows(name, input_sets, args.reps), []
+        else:
+            shape_rows, shape_notes = tune_shape(name, input_sets, args.reps)
         rows += shape_rows
         notes += shape_notes
         del input_sets

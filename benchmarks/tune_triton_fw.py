@@ -68,8 +68,23 @@ def _parallel(intra, rows, cols, dhqk, dhv, warps, stages):
 
 # Candidates per shape. The recurrent kernel is timed alone (mlstm_chunkwise_states); each parallel
 # candidate then runs in the whole forward with the fastest recurrent candidate of its intra chunk.
+# (chunk_size_inter, state tile DHQK x DHV, warps, stages) swept at both shapes: smaller inter chunks
+# (more pipeline stages and programs per SM) and larger state tiles (fewer re-reads of k and v from L2).
+RECURRENT_SWEEP = [
+    (128, 64, 64, 4, 3),
+    (64, 64, 64, 4, 4),
+    (128, 128, 64, 4, 3),
+    (128, 64, 128, 4, 3),
+    (128, 128, 128, 8, 2),
+    (128, 128, 128, 8, 3),
+    (64, 128, 128, 8, 3),
+    (64, 128, 128, 8, 4),
+    (64, 128, 256, 8, 3),
+    (64, 256, 128, 8, 3),
+]
 RECURRENT = {
-    "7b": [_recurrent(256, 256, 64, 64, 4, 2), _recurrent(256, 256, 64, 128, 8, 2), _recurrent(256, 256, 64, 64, 4, 3)],
+    "7b": [_recurrent(256, 256, 64, 64, 4, 2), _recurrent(256, 256, 64, 128, 8, 2), _recurrent(256, 256, 64, 64, 4, 3)]
+    + [_recurrent(256, *candidate) for candidate in RECURRENT_SWEEP],
     "nh16": [
         _recurrent(128, 128, 64, 64, 4, 2),
         _recurrent(256, 128, 64, 64, 4, 2),
@@ -77,7 +92,8 @@ RECURRENT = {
         _recurrent(256, 128, 128, 128, 8, 2),
         _recurrent(256, 64, 64, 128, 4, 3),
         _recurrent(512, 128, 128, 128, 8, 2),
-    ],
+    ]
+    + [_recurrent(256, *candidate) for candidate in RECURRENT_SWEEP if candidate[1] <= 128],
 }
 PARALLEL = {
     "7b": [
@@ -219,7 +235,7 @@ class ShapeTuner:
         return ms
 
 
-def tune_shape(name, reps, quick):
+def tune_shape(name, reps, quick, recurrent_only):
     tuner = ShapeTuner(name, reps)
     tuner.reference_row()
     tuner.forward({}, "library defaults")
@@ -231,7 +247,7 @@ def tune_shape(name, reps, quick):
         intra = tuning["chunk_size_intra"]
         if ms is not None and ms < fastest_recurrent.get(intra, (float("inf"),))[0]:
             fastest_recurrent[intra] = (ms, tuning)
-    for tuning in PARALLEL[name]:
+    for tuning in [] if recurrent_only else PARALLEL[name]:
         recurrent = fastest_recurrent.get(tuning["chunk_size_intra"], (None, {}))[1]
         tuner.forward({**recurrent, **tuning})
     return tuner
@@ -251,13 +267,14 @@ def cudnn_attention_ms(reps) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the library defaults per shape")
+    parser.add_argument("--recurrent-only", action="store_true", help="defaults and recurrent candidates only")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", default=None, help="markdown file for the results table")
     args = parser.parse_args(argv)
     rows, notes = [], []
     for name in args.shapes.split(","):
-        tuner = tune_shape(name, args.reps, args.quick)
+        tuner = tune_shape(name, args.reps, args.quick, args.recurrent_only)
         rows += tuner.rows
         best = f"best {tuner.best[0]:.3f} ms ({_label(tuner.best[1])})" if tuner.best else "no candidate passed"
         notes.append(f"- {name} (B, NH, S, DHQK, DHV) = {SHAPES[name]}: floor {tuner.floor:.3f} ms, {best}")

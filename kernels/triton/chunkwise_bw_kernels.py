@@ -194,7 +194,8 @@ def _recurrent_bw(
             decay = tl.exp(log_decay)
             weighted_dnum = (dnum.to(tl.float32) * coef[:, None]).to(q.dtype)
             dC = tl.dot(tl.trans(q), weighted_dnum, acc=dC * decay, input_precision=PRECISION)
-            dn = dn * decay + tl.sum(q.to(tl.float32) * (coef * dnq)[:, None], axis=0)
+            if pid_v == 0:  # dn only where it is stored: the programs of the first DHV block
+                dn = dn * decay + tl.sum(q.to(tl.float32) * (coef * dnq)[:, None], axis=0)
             m_next = m_prev
         tl.store(dc_base + chunk * DHQK * DHV + state_offs, dC.to(matDC_all.dtype.element_ty), mask=state_mask)
         tl.store(dn_base + chunk * DHQK + offs_q, dn, mask=dn_mask)

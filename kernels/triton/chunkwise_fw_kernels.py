@@ -111,7 +111,8 @@ def _recurrent_fw(
         v = tl.load(matV + (gates + offs_t)[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
         weighted_v = (v * weight[:, None]).to(v.dtype)
         matC = decay * matC + tl.dot(tl.trans(k), weighted_v, input_precision=DOT_PRECISION)
-        vecN = decay * vecN + tl.sum(k.to(tl.float32) * weight[:, None], axis=0)
+        if stores_n:  # n only where it is stored: the programs of the first DHV block
+            vecN = decay * vecN + tl.sum(k.to(tl.float32) * weight[:, None], axis=0)
         scaM = m_new
         ends_intra = (t0 + L_INTER) % L_INTRA == 0
         index = bh * (NC + 1) + (t0 + L_INTER) // L_INTRA
