@@ -84,8 +84,13 @@ RECURRENT_SWEEP = [
     (64, 128, 256, 8, 3),
     (64, 256, 128, 8, 3),
 ]
-RECURRENT_NAMES = ("chunk_size_recurrent", "block_dhqk_recurrent", "block_dhv_recurrent", "num_warps_recurrent",
-                   "num_stages_recurrent")
+RECURRENT_NAMES = (
+    "chunk_size_recurrent",
+    "block_dhqk_recurrent",
+    "block_dhv_recurrent",
+    "num_warps_recurrent",
+    "num_stages_recurrent",
+)
 
 
 def flops(B, NH, S, K, V) -> float:
