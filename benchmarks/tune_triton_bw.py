@@ -44,6 +44,7 @@ from benchmarks.timing import (  # noqa: E402
     mlstm_inputs,
     write_report,
 )
+from benchmarks.tune_triton_fw import RECURRENT_SWEEP as FW_RECURRENT_SWEEP  # noqa: E402
 from xlstm_flax.kernels import common, get_kernel  # noqa: E402
 from xlstm_flax.kernels.triton import chunkwise_bw as bw  # noqa: E402
 from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result  # noqa: E402
@@ -69,21 +70,9 @@ CONFIGS["7b"] = [
     {"num_warps_parallel": 8},
     {"chunk_size_recurrent": 256, "num_stages_parallel": 3},
 ]
-# The dC recurrence alone (--recurrent-only): (chunk_size_recurrent, tile DHQK x DHV, warps, stages), as
-# the forward's recurrent sweep in tune_triton_fw.py.
-RECURRENT_SWEEP = [
-    (256, 64, 64, 4, 2),
-    (128, 64, 64, 4, 3),
-    (64, 64, 64, 4, 4),
-    (128, 128, 64, 4, 3),
-    (128, 64, 128, 4, 3),
-    (128, 128, 128, 8, 2),
-    (128, 128, 128, 8, 3),
-    (64, 128, 128, 8, 3),
-    (64, 128, 128, 8, 4),
-    (64, 128, 256, 8, 3),
-    (64, 256, 128, 8, 3),
-]
+# The dC recurrence alone (--recurrent-only): the current default, then the forward's recurrent sweep
+# (chunk_size_recurrent, tile DHQK x DHV, warps, stages).
+RECURRENT_SWEEP = [(256, 64, 64, 4, 2), *FW_RECURRENT_SWEEP]
 RECURRENT_NAMES = (
     "chunk_size_recurrent",
     "block_dhqk_recurrent",
