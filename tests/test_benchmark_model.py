@@ -53,7 +53,7 @@ def test_kernels_per_step_counts_the_loop_body():
 def test_tiny_run_writes_the_table(tmp_path, monkeypatch):
     out = tmp_path / "results" / "tiny.md"
     args = "--preset tiny --num-blocks 1 --train --prefill --full-logits --decode --shapes 2x16"
-    args += f" --decode-batches 2 --new-tokens 48 --prompt-len 4 --steps 3 --warmup 1 --loss-chunks 0,8 --out {out}"
+    args += f" --decode-batches 2 --new-tokens 256 --prompt-len 4 --steps 3 --warmup 1 --loss-chunks 0,8 --out {out}"
     monkeypatch.setattr("sys.argv", ["benchmarks/model.py", *args.split()])  # the command the report names
     bench.main()
     text = out.read_text()
@@ -68,5 +68,5 @@ def test_tiny_run_writes_the_table(tmp_path, monkeypatch):
     for mode, row in rows.items():
         for column in ("trace s", "compile s", "ms", "tokens/s", "peak GiB"):
             assert float(row[column]) > 0, (mode, column, row[column])
-    assert all(rows[mode]["S"] == "16" for mode in train_modes) and rows["decode"]["S"] == "4+48"
+    assert all(rows[mode]["S"] == "16" for mode in train_modes) and rows["decode"]["S"] == "4+256"
     assert float(rows["decode"]["weight GB/s"]) > 0 and int(rows["decode"]["kernels/step"]) > 0
