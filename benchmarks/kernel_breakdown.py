@@ -1,5 +1,5 @@
 """Per-kernel breakdown of the Triton chunkwise mLSTM (bf16) at one shape: time, FLOP, bytes and % of each
-kernel's own roofline floor, for the forward's two kernels, the backward's four and the JAX glue.
+kernel's own roofline floor, for the forward's kernels, the backward's and the JAX glue.
 
     python benchmarks/kernel_breakdown.py [--shape 8x8x8192x256x512] [--reps 20] [--out benchmarks/results/NAME.md]
     python benchmarks/kernel_breakdown.py --profile-once   # one forward+backward, e.g. under ncu
@@ -16,6 +16,7 @@ resolved configs; FLOP as the kernel's tiles do them, so recomputed score tiles 
   boundaries (C in bf16 by default, fp32 with states_in_input_dtype=False; the store dominates at 7B).
 * parallel (forward): 2 S K V (q C) + per causal tile pair 2 LQ LK (K splits_V + V), splits_V = DHV
   blocks (q k^T is recomputed for each); bytes: read q, k, v, gates, states once, write h, den, m, nq.
+* step 1 (dnum = dh / (den + eps), dden, dnq): 2 S V; bytes: read dh, h, den, m, nq, write dnum, dden, dnq.
 * dC recurrence: 2 S K V; bytes: read q, dnum, three gate vectors, write the dC (bf16 by default), dn states.
 * dq: 2 S K V (dnum C^T) + per tile pair 2 BT BJ (V splits + K), splits = DHQK blocks (dnum v^T is
   recomputed for each); dk likewise (dnum v^T per DHQK block, times q); dv: q k^T per DHV block, times dnum.
@@ -45,7 +46,7 @@ from xlstm_flax.kernels.triton.shared import cdiv, chunk_log_forget_cumsum, head
 from xlstm_flax.kernels.triton.tuning import resolve_bw_config, resolve_fw_config, state_tuning  # noqa: E402
 
 EPS = 1e-6  # the registry's default
-BW_KERNELS = ("states", "dC recurrence", "dS, P scores", "dq", "dk", "dv")  # scores: when materialised
+BW_KERNELS = ("states", "step 1", "dC recurrence", "dS, P scores", "dq", "dk", "dv")  # scores: when materialised
 
 
 def causal_pairs(L: int, rows: int, cols: int) -> int:
@@ -72,6 +73,7 @@ def kernel_work(shape, fw, bwc, itemsize: int = 2) -> dict:
     work = {
         "states": (kv_flop, qk + v + 2 * gate + states),
         "forward parallel": (kv_flop + par_flop, 2 * qk + 2 * v + 2 * gate + states + v + 3 * gate),
+        "step 1": (2 * H * S * V, 3 * v + 5 * gate),
         "dC recurrence": (kv_flop, qk + v + 3 * gate + H * (NC + 1) * (K * V * dc_size + K * 4)),
     }
     if not bwc.materialise_bw_scores:
@@ -109,10 +111,6 @@ def backward_kernel_calls(input_sets, tuning: dict) -> dict:
     dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config)[:2])
     all_states, dstates = states(k, v, i, f), dstates_fn(args)
 
-    def step_one(*a):  # only what step 1 computes (returning q, k, v again would time copies of them)
-        computed, vecDDen = bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra)
-        return computed.matDNum, computed.vecDNQ, computed.vecB, vecDDen
-
     scores_fn = jax.jit(lambda a: bw.scores_call(a, s, config))
     dS, P = scores_fn(args) if config.materialise_bw_scores else (None, None)
     scores_row = {"dS, P scores": (scores_fn, (args,))} if config.materialise_bw_scores else {}
@@ -122,9 +120,9 @@ def backward_kernel_calls(input_sets, tuning: dict) -> dict:
         "dq": (jax.jit(lambda a, st, dS: bw.dq_call(a, st, s, config, dS)), (args, all_states, dS)),
         "dk": (jax.jit(lambda a, ds, dS: bw.dk_dv_call(a, ds, s, config, True, dS)), (args, dstates, dS)),
         "dv": (jax.jit(lambda a, ds, P: bw.dk_dv_call(a, ds, s, config, False, P)[0]), (args, dstates, P)),
-        "glue: backward step 1 (dnum, dnq, vecB)": (
-            jax.jit(step_one),
-            (q, k, v, i, f, m0, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh),
+        "step 1": (
+            jax.jit(lambda *a: bw.step_cotangents(*a, EPS, q.dtype)),
+            (dh, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ),
         ),
     }
 
@@ -185,10 +183,8 @@ def breakdown(shape, reps: int) -> tuple[list, list]:
     backward = [name for name in BW_KERNELS[1:] if name in per_kernel]
     for name in backward:
         add(f"backward: {name}", per_kernel[name], work[name])
-    glue_name = next(name for name in per_kernel if name.startswith("glue: backward"))
-    add(glue_name, per_kernel[glue_name])
-    kernel_sum = whole_fw + sum(per_kernel[name] for name in backward) + per_kernel[glue_name]
-    add("sum: forward + backward kernels + glue above", kernel_sum)
+    kernel_sum = whole_fw + sum(per_kernel[name] for name in backward)
+    add("sum: forward + backward kernels above", kernel_sum)
     for mode in ("fw", "fwbw"):
         add(f"registry chunkwise--triton {mode}", median_ms(registry_call(mode), input_sets, reps=reps))
     notes = [

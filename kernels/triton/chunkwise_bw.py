@@ -3,8 +3,9 @@
 Math (per batch and head; s = qk_scale, F = cumulative log forget gate over the whole sequence, m_t the
 per-step stabiliser; the kernels use ``b``, the chunk-local log-forget cumsum, in place of F):
 
-1. Per step (JAX here): dnum_t = dh_t / (den_t + eps); dden_t = -sum(dh_t * h_t) / (den_t + eps);
-   dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)] (nq_t = n_t . s q_t, the forward's ``vecNQ``).
+1. Per step (one Triton pass over dh and h): dnum_t = dh_t / (den_t + eps);
+   dden_t = -sum(dh_t * h_t) / (den_t + eps); dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)]
+   (nq_t = n_t . s q_t, the forward's ``vecNQ``).
 2. Triton (``chunkwise_bw_kernels``): with n as one more value column, a recurrent kernel walks the
    chunks backwards for the state cotangents (dC, dn) at every intra-chunk boundary, and parallel
    kernels give dq, dk and dv per chunk (plus the row sums q.dq and k.dk); dk and dv are two launches
@@ -253,6 +254,32 @@ def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bo
     return matDX, (vecKDK.sum(0) if for_dk else None)
 
 
+STEP_ROWS = 32  # steps per program of the step-1 kernel
+
+
+def step_cotangents(matDeltaH, matH, vecDen, vecM, vecNQ, eps: float, dtype):
+    """Step 1 in one Triton pass over dh and h (B, NH, S, DHV): dnum (B, NH, S, DHV) in ``dtype``,
+    dden and dnq (B, NH, S) fp32. (XLA split it into a reduction and a conversion that each read dh.)"""
+    B, NH, S, DHV = matH.shape
+    rows = B * NH * S
+    steps = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
+    return triton_call(
+        matDeltaH,
+        matH,
+        *(x.astype(jnp.float32) for x in (vecDen, vecM, vecNQ)),
+        kernel=kernels.step_cotangents_kernel,
+        out_shape=(jax.ShapeDtypeStruct(matH.shape, dtype), steps, steps),
+        grid=(cdiv(rows, STEP_ROWS),),
+        num_warps=4,
+        num_stages=2,
+        ROWS=rows,
+        DHV=DHV,
+        BT=STEP_ROWS,
+        BV=min(128, padded_dim(DHV)),
+        EPS=eps,
+    )
+
+
 def kernel_args(
     matQ,
     matK,
@@ -271,16 +298,11 @@ def kernel_args(
 ):
     """Step 1 (per-step cotangents) and the kernels' layout: (KernelArgs, dden (B, NH, S) fp32);
     ``resets`` (B, S) bool segment starts or None."""
-    f32 = jnp.float32
-    vecDen, vecM, vecNQ = vecDen.astype(f32), vecM.astype(f32), vecNQ.astype(f32)
-    den_eps = vecDen + eps
-    matDeltaH = matDeltaH.astype(f32)
-    matDNum = (matDeltaH / den_eps[..., None]).astype(matQ.dtype)
-    vecDDen = -jnp.sum(matDeltaH * matH.astype(f32), axis=-1) / den_eps
-    vecDNQ = vecDDen * jnp.sign(vecNQ) * (jnp.abs(vecNQ) > jnp.exp(-vecM))
+    matDNum, vecDDen, vecDNQ = step_cotangents(matDeltaH, matH, vecDen, vecM, vecNQ, eps, matQ.dtype)
     vecB = chunk_log_forget_cumsum(vecF, chunk_size_intra, resets)
     vecSeg = chunk_segment_counter(resets, matQ.shape[1], chunk_size_intra)
-    args = KernelArgs(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI.astype(f32), vecM, scaM0, vecSeg)
+    vecI, vecM = vecI.astype(jnp.float32), vecM.astype(jnp.float32)
+    args = KernelArgs(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, scaM0, vecSeg)
     return KernelArgs(*(None if x is None else heads_flat(x) for x in args)), vecDDen
 
 

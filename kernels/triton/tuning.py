@@ -132,10 +132,13 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
     are twice as large: smaller parallel-kernel tiles, so shared memory stays within the H100's 227 KiB.
     Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages; chunk states in
-    the input dtype (fp32 for fp32 inputs). bf16/fp16 with DHV wider than one 256-column tile (where the
-    parallel kernel would recompute q k^T per tile): ``materialise_scores`` with the scores kernel's q k^T
-    as one dot up to DHQK = 256 (H200, 7B layer: forward 3.17 -> 2.66 ms; at 128 x 256, one DHV tile, it
-    lost: 2.50 -> 2.75 ms); its output kernel with the parallel kernel's warps and stages.
+    the input dtype (fp32 for fp32 inputs). bf16/fp16 with 128 <= DHQK < 256: a 128 x min(128, padded DHV)
+    recurrent tile on 8 warps (H200 at 8x16x8192x128x256: forward 2.39 -> 2.24 ms, forward+backward
+    6.67 -> 6.59 ms, benchmarks/results/h200_kernels_2026-12-03.md). bf16/fp16 with DHV wider than one
+    256-column tile (where the parallel kernel would recompute q k^T per tile): ``materialise_scores``
+    with the scores kernel's q k^T as one dot up to DHQK = 256 (H200, 7B layer: forward 3.17 -> 2.66 ms;
+    at 128 x 256, one DHV tile, it lost: 2.50 -> 2.75 ms); its output kernel with the parallel kernel's
+    warps and stages.
     :func:`resolve_fw_config` fills in the output kernel's blocks, which follow ``siz_b_L_parallel``.
     """
     intra = chunk_size_intra
@@ -149,6 +152,8 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     )
     if jnp.dtype(dtype).itemsize <= 2:
         materialise = dhv_pad > 256  # several siz_b_DH_parallel tiles
+        if 128 <= DHQK < 256:
+            both.update(siz_b_DHQK_inter=128, siz_b_DHV_inter=min(128, dhv_pad), num_warps_inter=8)
         return dict(
             both,
             materialise_scores=materialise,
