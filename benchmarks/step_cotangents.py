@@ -1,0 +1,103 @@
+"""The Triton backward's step 1 (dnum = dh / (den + eps), dden, dnq; ``chunkwise_bw.step_cotangents``) at
+one shape: the kernel with its default blocks and with other row / DHV blocks and warps, against the same
+formulas as XLA compiles them from jnp. Bytes: read dh and h, write dnum (all in the input dtype), plus
+five fp32 per-step vectors; floor = bytes / the card's copy rate (benchmarks/timing.py).
+
+    python benchmarks/step_cotangents.py [--shape 8x8x8192x512] [--reps 20] [--out benchmarks/results/NAME.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
+
+from benchmarks.timing import card_ceilings, markdown_table, median_ms, write_report  # noqa: E402
+from xlstm_flax.kernels.triton import chunkwise_bw  # noqa: E402
+from xlstm_flax.kernels.triton import chunkwise_bw_kernels as kernels  # noqa: E402
+from xlstm_flax.kernels.triton.launch import triton_call  # noqa: E402
+
+EPS = 1e-6
+BLOCKS = [(8, 512, 4), (16, 128, 4), (32, 128, 4), (64, 128, 4), (32, 256, 4), (16, 512, 4), (32, 512, 8)]
+
+
+def xla_step_one(dh, h, den, m, nq):
+    """Step 1 in jnp, as the backward computed it before the kernel (XLA fuses it as it likes)."""
+    f32 = jnp.float32
+    den_eps = den + EPS
+    dnum = (dh.astype(f32) / den_eps[..., None]).astype(dh.dtype)
+    dden = -jnp.sum(dh.astype(f32) * h.astype(f32), axis=-1) / den_eps
+    return dnum, dden, dden * jnp.sign(nq) * (jnp.abs(nq) > jnp.exp(-m))
+
+
+def kernel_with_blocks(rows: int, block_rows: int, block_dhv: int, warps: int):
+    """``step_cotangents_kernel`` launched with the given blocks on (B, NH, S, DHV) dh, h."""
+
+    def call(dh, h, den, m, nq):
+        steps = jax.ShapeDtypeStruct(den.shape, jnp.float32)
+        return triton_call(
+            dh,
+            h,
+            den,
+            m,
+            nq,
+            kernel=kernels.step_cotangents_kernel,
+            out_shape=(jax.ShapeDtypeStruct(dh.shape, dh.dtype), steps, steps),
+            grid=(-(-rows // block_rows),),
+            num_warps=warps,
+            num_stages=2,
+            ROWS=rows,
+            DHV=dh.shape[-1],
+            BT=block_rows,
+            BV=block_dhv,
+            EPS=EPS,
+        )
+
+    return call
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="8x8x8192x512", help="BxNHxSxDHV")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", default=None, help="markdown file for the table")
+    args = parser.parse_args(argv)
+    B, NH, S, DHV = (int(x) for x in args.shape.split("x"))
+    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    dh, h = (jax.random.normal(k, (B, NH, S, DHV), jnp.bfloat16) for k in keys[:2])
+    den = jnp.exp(jax.random.normal(keys[2], (B, NH, S)))
+    m, nq = (jax.random.normal(k, (B, NH, S)) for k in keys[3:])
+    nbytes = 3 * dh.nbytes + 5 * den.nbytes
+    floor = 1e3 * nbytes / card_ceilings().copy_bytes_per_s
+    inputs = [(dh, h, den, m, nq)]
+    calls = [("XLA (jnp formulas)", xla_step_one)]
+    calls.append(
+        (
+            f"kernel, defaults ({chunkwise_bw.STEP_ROWS} rows)",
+            lambda *a: chunkwise_bw.step_cotangents(*a, EPS, dh.dtype),
+        )
+    )
+    calls += [
+        (f"kernel, {bt} rows x {bv} DHV, {w} warps", kernel_with_blocks(B * NH * S, bt, bv, w)) for bt, bv, w in BLOCKS
+    ]
+    rows = []
+    for label, fn in calls:
+        ms = median_ms(jax.jit(fn), inputs, reps=args.reps)
+        rows.append([label, ms, nbytes / ms / 1e9, 100 * floor / ms])
+        print(markdown_table(["what", "ms", "TB/s", "% of floor"], rows[-1:]).splitlines()[-1], flush=True)
+    notes = [f"- dh, h (B, NH, S, DHV) = {args.shape} bf16; {nbytes / 1e9:.2f} GB moved; floor {floor:.3f} ms"]
+    write_report(
+        "Backward step 1: Triton kernel vs XLA",
+        [notes, [markdown_table(["what", "ms", "TB/s", "% of floor"], rows)]],
+        args.out,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
