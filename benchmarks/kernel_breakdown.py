@@ -29,7 +29,6 @@ Floor = max(FLOP / matmul ceiling, bytes / copy ceiling), the card's ceilings (b
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -38,7 +37,14 @@ import jax.numpy as jnp
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
-from benchmarks.timing import floor_ms, markdown_table, median_ms, mlstm_inputs, write_report  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    floor_ms,
+    markdown_table,
+    median_ms,
+    mlstm_inputs,
+    shape_parser,
+    write_report,
+)
 from xlstm_flax.kernels import common, get_kernel  # noqa: E402
 from xlstm_flax.kernels.triton import chunkwise_bw as bw  # noqa: E402
 from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_fw_result, mlstm_chunkwise_states  # noqa: E402
@@ -201,15 +207,12 @@ COLUMNS = ["kernel", "ms", "GFLOP", "min GB", "floor ms", "% of floor", "TFLOP/s
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="8x8x8192x256x512", help="BxNHxSxDHQKxDHV")
-    parser.add_argument("--reps", type=int, default=20)
+    parser = shape_parser(__doc__, "8x8x8192x256x512")
     parser.add_argument(
         "--profile-once",
         action="store_true",
         help="run one registry forward+backward (compiled first) and exit, e.g. under ncu",
     )
-    parser.add_argument("--out", default=None, help="markdown file for the table")
     args = parser.parse_args(argv)
     shape = tuple(int(x) for x in args.shape.split("x"))
     if len(shape) != 5:

@@ -20,7 +20,6 @@ prints the two's largest relative differences (C of every state, the last C, n, 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -31,7 +30,7 @@ import triton.language as tl
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
-from benchmarks.timing import markdown_table, median_ms, mlstm_inputs, write_report  # noqa: E402
+from benchmarks.timing import markdown_table, median_ms, mlstm_inputs, shape_parser, write_report  # noqa: E402
 from xlstm_flax.kernels import common  # noqa: E402
 from xlstm_flax.kernels.triton.chunkwise_fw import mlstm_chunkwise_states  # noqa: E402
 from xlstm_flax.kernels.triton.launch import triton_call  # noqa: E402
@@ -94,6 +93,7 @@ def two_pass_states(k, v, i, f, L: int, tile: int = 64):
     decay = jnp.exp(g + m_prev - m)
     w = jnp.exp(a - m[..., None])
     kf, vf = k.reshape(BH, S, K), v.reshape(BH, S, V)
+    tiles = dict(num_warps=4, DHQK=K, DHV=V, BK=tile, BV=tile)  # both kernels' state tiles
     updates = triton_call(
         kf,
         vf,
@@ -101,16 +101,12 @@ def two_pass_states(k, v, i, f, L: int, tile: int = 64):
         kernel=chunk_update_kernel,
         out_shape=jax.ShapeDtypeStruct((BH, NC + 1, K, V), k.dtype),
         grid=(K // tile, V // tile, BH * NC),
-        num_warps=4,
         num_stages=3,
         S=S,
-        DHQK=K,
-        DHV=V,
         L=L,
         BL=BLOCK_STEPS,
-        BK=tile,
-        BV=tile,
         PRECISION=dot_precision(k.dtype),
+        **tiles,
     )
     matC_all, matC_last = triton_call(
         jnp.zeros((BH, K, V), jnp.float32),
@@ -119,13 +115,9 @@ def two_pass_states(k, v, i, f, L: int, tile: int = 64):
         kernel=scan_kernel,
         out_shape=(jax.ShapeDtypeStruct(updates.shape, k.dtype), jax.ShapeDtypeStruct((BH, K, V), jnp.float32)),
         grid=(K // tile, V // tile, BH),
-        num_warps=4,
         num_stages=2,
-        DHQK=K,
-        DHV=V,
         NC=NC,
-        BK=tile,
-        BV=tile,
+        **tiles,
     )
     n_updates = jnp.einsum("bcl,bclk->bck", w, kf.reshape(BH, NC, L, K).astype(jnp.float32))
 
@@ -147,11 +139,7 @@ def _max_rel(x, y) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="8x8x8192x256x512", help="BxNHxSxDHQKxDHV")
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--out", default=None, help="markdown file for the table")
-    args = parser.parse_args(argv)
+    args = shape_parser(__doc__, "8x8x8192x256x512").parse_args(argv)
     shape = tuple(int(x) for x in args.shape.split("x"))
     B, NH, S, K, V = shape
     L = common.default_chunk_size(S)

@@ -8,7 +8,6 @@ five fp32 per-step vectors; floor = bytes / the card's copy rate (benchmarks/tim
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
-from benchmarks.timing import card_ceilings, markdown_table, median_ms, write_report  # noqa: E402
+from benchmarks.timing import card_ceilings, markdown_table, median_ms, shape_parser, write_report  # noqa: E402
 from xlstm_flax.kernels.triton import chunkwise_bw  # noqa: E402
 from xlstm_flax.kernels.triton import chunkwise_bw_kernels as kernels  # noqa: E402
 from xlstm_flax.kernels.triton.launch import triton_call  # noqa: E402
@@ -62,11 +61,7 @@ def kernel_with_blocks(rows: int, block_rows: int, block_dhv: int, warps: int):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="8x8x8192x512", help="BxNHxSxDHV")
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--out", default=None, help="markdown file for the table")
-    args = parser.parse_args(argv)
+    args = shape_parser(__doc__, "8x8x8192x512", "BxNHxSxDHV").parse_args(argv)
     B, NH, S, DHV = (int(x) for x in args.shape.split("x"))
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     dh, h = (jax.random.normal(k, (B, NH, S, DHV), jnp.bfloat16) for k in keys[:2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import os
@@ -112,6 +113,15 @@ def environment_lines() -> list[str]:
         f"- {versions_line()}",
         f"- command: `{' '.join(sys.argv)}`",
     ]
+
+
+def shape_parser(doc: str, default_shape: str, dims: str = "BxNHxSxDHQKxDHV") -> argparse.ArgumentParser:
+    """A benchmark script's parser, described by ``doc``'s first line: --shape (``dims``), --reps, --out."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--shape", default=default_shape, help=dims)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", default=None, help="markdown file for the table")
+    return parser
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
