@@ -8,12 +8,13 @@ The library's recurrent kernel walks the chunks of every head in order, one prog
 2. (Triton, one program per (DHQK tile, DHV tile, head, chunk): a batched GEMM) the chunk's update
    U_c = K_c^T diag(w) V_c, stored in the states' dtype at the slot of state c + 1.
 3. (Triton, one program per (DHQK tile, DHV tile, head)) the scan C_c = d_c C_{c-1} + U_c in place, C in
-   fp32 registers; the last C also in fp32. n is done in JAX (U's row sums, a scan over the chunks).
+   fp32 registers; the last C also in fp32. n: pass 2's first DHV tile also sums w_t k_t per chunk, and
+   JAX scans those sums over the chunks.
 
 Integrated, U would live where the states go (the scan aliasing its input and output: each slot is read
 before it is overwritten); this experiment keeps them apart. The price is one rounding of every U_c to the states'
 dtype before the scan. The script times both ways at one shape (bf16, chunk = chunk_size_intra) and
-prints the two's largest relative differences (C of every state, the last C, n, m).
+prints the two's largest relative differences (C, n and m of every state).
 
     python benchmarks/states_two_pass.py [--shape 8x8x8192x256x512] [--reps 20] [--out FILE.md]
 """
@@ -41,24 +42,29 @@ BLOCK_STEPS = 64  # steps per GEMM iteration
 
 @triton.jit
 def chunk_update_kernel(
-    matK, matV, vecW, matC_all,
+    matK, matV, vecW, matC_all, vecN_upd,
     S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Grid (DHQK / BK, DHV / BV, BH * NC): U_c = K_c^T diag(w) V_c into matC_all[bh, c + 1]."""
+    """Grid (DHQK / BK, DHV / BV, BH * NC): U_c = K_c^T diag(w) V_c into matC_all[bh, c + 1]; the programs
+    of the first DHV tile also write sum_t w_t k_t to vecN_upd[bh, c] (fp32)."""
     pid_k, pid_v, pid = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     NC: tl.constexpr = S // L
     bh, chunk = pid // NC, pid % NC
     offs_k, offs_v = pid_k * BK + tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     acc = tl.zeros([BK, BV], tl.float32)
+    n_acc = tl.zeros([BK], tl.float32)
     for t0 in range(0, L, BL):
         t = bh * S + chunk * L + t0 + tl.arange(0, BL)
         k = tl.load(matK + t[:, None] * DHQK + offs_k[None, :])
         v = tl.load(matV + t[:, None] * DHV + offs_v[None, :])
         w = tl.load(vecW + t)
         acc = tl.dot(tl.trans(k), (v * w[:, None]).to(v.dtype), acc=acc, input_precision=PRECISION)
+        if pid_v == 0:
+            n_acc += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
     state = bh * (NC + 1) + chunk + 1
     tl.store(matC_all + (state * DHQK + offs_k)[:, None] * DHV + offs_v[None, :], acc.to(matC_all.dtype.element_ty))
+    tl.store(vecN_upd + pid * DHQK + offs_k, n_acc, mask=pid_v == 0)
 
 
 @triton.jit
@@ -94,12 +100,12 @@ def two_pass_states(k, v, i, f, L: int, tile: int = 64):
     w = jnp.exp(a - m[..., None])
     kf, vf = k.reshape(BH, S, K), v.reshape(BH, S, V)
     tiles = dict(num_warps=4, DHQK=K, DHV=V, BK=tile, BV=tile)  # both kernels' state tiles
-    updates = triton_call(
+    updates, n_updates = triton_call(
         kf,
         vf,
         w.reshape(BH, S),
         kernel=chunk_update_kernel,
-        out_shape=jax.ShapeDtypeStruct((BH, NC + 1, K, V), k.dtype),
+        out_shape=(jax.ShapeDtypeStruct((BH, NC + 1, K, V), k.dtype), jax.ShapeDtypeStruct((BH, NC, K), jnp.float32)),
         grid=(K // tile, V // tile, BH * NC),
         num_stages=3,
         S=S,
@@ -119,7 +125,6 @@ def two_pass_states(k, v, i, f, L: int, tile: int = 64):
         NC=NC,
         **tiles,
     )
-    n_updates = jnp.einsum("bcl,bclk->bck", w, kf.reshape(BH, NC, L, K).astype(jnp.float32))
 
     def n_step(n, xs):
         d, u = xs
