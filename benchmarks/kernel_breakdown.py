@@ -214,9 +214,7 @@ def main(argv=None) -> int:
         help="run one registry forward+backward (compiled first) and exit, e.g. under ncu",
     )
     args = parser.parse_args(argv)
-    shape = tuple(int(x) for x in args.shape.split("x"))
-    if len(shape) != 5:
-        parser.error(f"--shape {args.shape!r} is not BxNHxSxDHQKxDHV")
+    shape = args.shape
     if args.profile_once:
         inputs = mlstm_inputs(shape, jnp.bfloat16, 0)
         jax.block_until_ready(registry_call("fwbw")(*inputs))

@@ -54,6 +54,7 @@ from benchmarks.timing import (  # noqa: E402
     markdown_table,
     median_ms,
     mlstm_inputs,
+    parse_shape,
     write_report,
 )
 from xlstm_flax.kernels import get_kernel  # noqa: E402
@@ -74,16 +75,6 @@ COLUMNS = [
     "peak GiB",
     "note",
 ]
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(x) for x in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 5 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"shape {text!r} is not BxNHxSxDHQKxDHV (five positive ints)")
-    return shape
 
 
 def parse_options(text: str) -> dict:

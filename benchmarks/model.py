@@ -40,7 +40,7 @@ from flax import nnx
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
-from benchmarks.timing import markdown_table, median_ms, memory_bytes, write_report  # noqa: E402
+from benchmarks.timing import markdown_table, median_ms, memory_bytes, parse_shape, write_report  # noqa: E402
 from xlstm_flax import distributed, flops  # noqa: E402
 from xlstm_flax.model import xLSTMLMModel  # noqa: E402
 from xlstm_flax.presets import PRESETS, get_preset  # noqa: E402
@@ -68,13 +68,7 @@ INPUT_SETS = 2
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     """``"8x2048,1x8192"`` -> [(8, 2048), (1, 8192)]."""
-    shapes = []
-    for item in text.split(","):
-        parts = item.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
-            raise argparse.ArgumentTypeError(f"shape {item!r} is not BxS (two positive ints)")
-        shapes.append((int(parts[0]), int(parts[1])))
-    return shapes
+    return [parse_shape(item, "BxS") for item in text.split(",")]
 
 
 def parse_ints(text: str) -> list[int]:

@@ -277,12 +277,12 @@ def backward_rows(sets, L: int, reps: int) -> list:
 
 def main(argv=None) -> int:
     args = shape_parser(__doc__, "8x8x8192x256x512").parse_args(argv)
-    shape = tuple(int(x) for x in args.shape.split("x"))
+    shape = args.shape
     L = common.default_chunk_size(shape[2])
     sets = [mlstm_inputs(shape, jnp.bfloat16, seed) for seed in (0, 1)]
     rows = forward_rows([s[1:5] for s in sets], L, args.reps) + backward_rows(sets, L, args.reps)
     notes = [
-        f"- shape B x NH x S x DHQK x DHV = {args.shape}, bf16, chunk {L}, scan tile {SCAN_TILE}",
+        f"- shape B x NH x S x DHQK x DHV = {'x'.join(map(str, shape))}, bf16, chunk {L}, scan tile {SCAN_TILE}",
         "- difference: largest |two-pass - library| / largest |library| of (C, n, m) forward, (dC, dn) backward",
     ]
     write_report(

@@ -62,7 +62,7 @@ def kernel_with_blocks(rows: int, block_rows: int, block_dhv: int, warps: int):
 
 def main(argv=None) -> int:
     args = shape_parser(__doc__, "8x8x8192x512", "BxNHxSxDHV").parse_args(argv)
-    B, NH, S, DHV = (int(x) for x in args.shape.split("x"))
+    B, NH, S, DHV = args.shape
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     dh, h = (jax.random.normal(k, (B, NH, S, DHV), jnp.bfloat16) for k in keys[:2])
     den = jnp.exp(jax.random.normal(keys[2], (B, NH, S)))
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         ms = median_ms(jax.jit(fn), inputs, reps=args.reps)
         rows.append([label, ms, nbytes / ms / 1e9, 100 * floor / ms])
         print(markdown_table(["what", "ms", "TB/s", "% of floor"], rows[-1:]).splitlines()[-1], flush=True)
-    notes = [f"- dh, h (B, NH, S, DHV) = {args.shape} bf16; {nbytes / 1e9:.2f} GB moved; floor {floor:.3f} ms"]
+    notes = [f"- dh, h (B, NH, S, DHV) = {B}x{NH}x{S}x{DHV} bf16; {nbytes / 1e9:.2f} GB moved; floor {floor:.3f} ms"]
     write_report(
         "Backward step 1: Triton kernel vs XLA",
         [notes, [markdown_table(["what", "ms", "TB/s", "% of floor"], rows)]],

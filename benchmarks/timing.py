@@ -115,10 +115,23 @@ def environment_lines() -> list[str]:
     ]
 
 
+def parse_shape(text: str, dims: str = "BxNHxSxDHQKxDHV") -> tuple[int, ...]:
+    """``"8x8x8192x256x512"`` -> ``(8, 8, 8192, 256, 512)``: as many positive ints as ``dims`` names."""
+    size = dims.count("x") + 1
+    try:
+        shape = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != size or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not {dims} ({size} positive ints)")
+    return shape
+
+
 def shape_parser(doc: str, default_shape: str, dims: str = "BxNHxSxDHQKxDHV") -> argparse.ArgumentParser:
-    """A benchmark script's parser, described by ``doc``'s first line: --shape (``dims``), --reps, --out."""
+    """A benchmark script's parser, described by ``doc``'s first line: --shape (``dims``, parsed to a
+    tuple of ints), --reps, --out."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--shape", default=default_shape, help=dims)
+    parser.add_argument("--shape", default=default_shape, type=lambda text: parse_shape(text, dims), help=dims)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", default=None, help="markdown file for the table")
     return parser
