@@ -1,6 +1,6 @@
 """Model-level speed through the library's own code: a training step, generate's prefill and decode.
 
-    python benchmarks/model.py --preset 1.3b --train --shapes 8x2048,2x8192 [--steps 10]
+    python benchmarks/model.py --preset 1.3b --train --shapes 8x2048,2x8192 [--steps 10] [--profile DIR]
     python benchmarks/model.py --preset 7b --prefill --full-logits --shapes 8x2048,1x2048
     python benchmarks/model.py --preset 7b --decode --decode-batches 1,8,32 --new-tokens 256
     common: [--kernel NAME] [--scan-layers] [--compile-cache DIR] [--command-buffer TYPES]
@@ -13,6 +13,8 @@ block_until_ready wall times after warm-up. Every row reports trace time and XLA
 * train: ``make_steps``' jitted update (xlstm_flax.train.loop: the step training runs), the preset's
   parameter dtype (fp32) + AdamW, one micro-batch of B x S. MFU = train FLOPs per token
   (xlstm_flax.flops: 6N + 3 x the chunkwise mLSTM recurrence) x tokens/s / the card's dense bf16 peak.
+  ``--profile DIR``: ``--steps`` more updates under ``jax.profiler``, and the device time per kernel
+  category and per kernel (benchmarks/device_trace.py) below the table.
 * prefill: ``generate`` with one new token (the prefill, logits at the last position, the first draw),
   greedy; ``--full-logits`` adds the same prefill through ``model(prompt)``, the (B, S, V) logits path
   that generate used before. Parameters in ``--gen-param-dtype`` (bf16 default).
@@ -40,6 +42,7 @@ from flax import nnx
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
+from benchmarks import device_trace  # noqa: E402
 from benchmarks.timing import markdown_table, median_ms, memory_bytes, parse_shape, write_report  # noqa: E402
 from xlstm_flax import distributed, flops  # noqa: E402
 from xlstm_flax.model import xLSTMLMModel  # noqa: E402
@@ -102,9 +105,11 @@ def mfu_percent(flops_per_token: float, tokens_per_s: float):
     return "-" if peak is None else 100 * flops_per_token * tokens_per_s / peak
 
 
-def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int, loss_chunk: int) -> list:
+def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int, loss_chunk: int, profile=None):
     """One optimiser update of ``make_steps`` on B x S random tokens, timed over ``steps`` updates;
-    ``loss_chunk``: ``train.loss_chunk`` (0: the loss from the whole (B, S, V) logits at once)."""
+    ``loss_chunk``: ``train.loss_chunk`` (0: the loss from the whole (B, S, V) logits at once).
+    Returns the table row and, with ``profile`` (a directory), the device-time breakdown of ``steps``
+    more updates traced with ``jax.profiler`` into it (benchmarks/device_trace.py)."""
     schedule = TrainConfig().steps  # the lr schedule's length: any valid one (updates cost the same)
     run = RunConfig(model=config, train=TrainConfig(steps=schedule, batch_size=B, seq_len=S), seed=seed)
     mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
@@ -119,11 +124,19 @@ def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int, loss_c
             state, metrics = compiled(state, rest, batches[k % INPUT_SETS])
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times[warmup:])
+        step_s = statistics.median(times[warmup:])
+        lines = []
+        if profile:
+            with jax.profiler.trace(profile, create_perfetto_trace=True):
+                for k in range(steps):
+                    state, metrics = compiled(state, rest, batches[k % INPUT_SETS])
+                jax.block_until_ready(metrics)
+            lines = device_trace.breakdown_tables(device_trace.kernel_times(profile), steps, 1e3 * step_s)
     tokens_per_s = B * S / step_s
     mfu = mfu_percent(flops.train_flops_per_token(config, S), tokens_per_s)
     mode = f"train, loss chunk {loss_chunk}" if loss_chunk else "train, whole-sequence loss"
-    return [mode, B, S, trace_s, compile_s, 1e3 * step_s, tokens_per_s, mfu, "-", gib(compiled), "-"]
+    row = [mode, B, S, trace_s, compile_s, 1e3 * step_s, tokens_per_s, mfu, "-", gib(compiled), "-"]
+    return row, lines
 
 
 def gib(compiled) -> float:
@@ -276,6 +289,7 @@ def parse_args(argv):
     parser.add_argument("--command-buffer", help="value of XLA's --xla_gpu_enable_command_buffer ('' = off)")
     parser.add_argument("--scan-layers", action="store_true", help="stack the blocks and run them with nnx.scan")
     parser.add_argument("--num-blocks", type=int, help="the preset's first N blocks only (quick checks)")
+    parser.add_argument("--profile", help="trace --steps more training steps into DIR/<row> and report kernel times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
@@ -295,11 +309,15 @@ def main(argv=None) -> str:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    rows = []
+    rows, profiles = [], []
     if args.train:
         config = model_config(args, get_preset(args.preset).param_dtype)
         for (B, S), chunk in itertools.product(args.shapes, args.loss_chunks):
-            rows += show([train_row(config, B, S, args.steps, args.warmup, args.seed, chunk)])
+            trace_dir = args.profile and os.path.join(args.profile, f"train_{B}x{S}_loss_chunk_{chunk}")
+            row, lines = train_row(config, B, S, args.steps, args.warmup, args.seed, chunk, trace_dir)
+            rows += show([row])
+            if lines:
+                profiles += [f"## Device time of the training step, B={B}, S={S}, loss chunk {chunk}", "", *lines, ""]
     if args.prefill or args.decode:
         model = xLSTMLMModel(model_config(args, args.gen_param_dtype), rngs=nnx.Rngs(args.seed))
         for B, S in args.shapes if args.prefill else ():
@@ -315,7 +333,8 @@ def main(argv=None) -> str:
         f"- peak for MFU: {flops.peak_flops_per_second() or 'unknown card'} FLOP/s (dense bf16); "
         "FLOPs per token: xlstm_flax.flops",
     ]
-    return write_report("xLSTM model benchmark", [setup, [markdown_table(COLUMNS, rows)]], args.out)
+    sections = [setup, [markdown_table(COLUMNS, rows)]] + ([profiles] if profiles else [])
+    return write_report("xLSTM model benchmark", sections, args.out)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def test_tiny_run_writes_the_table(tmp_path, monkeypatch):
     out = tmp_path / "results" / "tiny.md"
     args = "--preset tiny --num-blocks 1 --train --prefill --full-logits --decode --shapes 2x16"
     args += f" --decode-batches 2 --new-tokens 256 --prompt-len 4 --steps 3 --warmup 1 --loss-chunks 0,8 --out {out}"
+    args += f" --profile {tmp_path / 'profile'}"
     monkeypatch.setattr("sys.argv", ["benchmarks/model.py", *args.split()])  # the command the report names
     bench.main()
     text = out.read_text()
@@ -70,3 +71,8 @@ def test_tiny_run_writes_the_table(tmp_path, monkeypatch):
             assert float(row[column]) > 0, (mode, column, row[column])
     assert all(rows[mode]["S"] == "16" for mode in train_modes) and rows["decode"]["S"] == "4+256"
     assert float(rows["decode"]["weight GB/s"]) > 0 and int(rows["decode"]["kernels/step"]) > 0
+    # --profile traced every training row (a CPU trace has no device kernels to break down)
+    assert text.count("no device kernels in the trace") == 2
+    assert (
+        len(list((tmp_path / "profile").glob("train_2x16_loss_chunk_*/plugins/profile/*/perfetto_trace.json.gz"))) == 2
+    )
