@@ -1,8 +1,7 @@
 """Device kernel time per kernel and per category, read from a ``jax.profiler`` Perfetto trace.
 
-    with jax.profiler.trace(directory, create_perfetto_trace=True): ...  # run the steps to profile
-    times = kernel_times(directory)                                       # name -> KernelTime
-    lines = breakdown_tables(times, steps=3, step_ms=289.5)
+    lines = traced_breakdown(directory, run_three_steps, steps=3, step_ms=289.5)  # markdown lines
+    times = kernel_times(directory)  # kernel name -> KernelTime (launches, summed us) of that trace
 
 Only events on device processes (Perfetto process name ``/device:...``, e.g. ``/device:GPU:0``) count:
 on a GPU these are the kernels, memcpys and memsets as the card ran them. A CPU trace has none.
@@ -13,9 +12,11 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import jax
 
 from benchmarks.timing import markdown_table
 
@@ -42,6 +43,14 @@ def _trace_file(directory: Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no plugins/profile/*/perfetto_trace.json.gz under {directory}")
     return found[-1]  # the newest run (directories are named by time)
+
+
+def traced_breakdown(directory, run: Callable[[], object], steps: int, step_ms: float) -> list[str]:
+    """Runs ``run`` (``steps`` steps, waiting for its result) under a trace into ``directory`` and returns
+    :func:`breakdown_tables` of it."""
+    with jax.profiler.trace(str(directory), create_perfetto_trace=True):
+        jax.block_until_ready(run())
+    return breakdown_tables(kernel_times(directory), steps, step_ms)
 
 
 def kernel_times(directory) -> dict[str, KernelTime]:

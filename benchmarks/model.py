@@ -14,7 +14,7 @@ block_until_ready wall times after warm-up. Every row reports trace time and XLA
   parameter dtype (fp32) + AdamW, one micro-batch of B x S. MFU = train FLOPs per token
   (xlstm_flax.flops: 6N + 3 x the chunkwise mLSTM recurrence) x tokens/s / the card's dense bf16 peak.
   ``--profile DIR``: ``--steps`` more updates under ``jax.profiler``, and the device time per kernel
-  category and per kernel (benchmarks/device_trace.py) below the table.
+  category and per kernel (benchmarks/device_trace.py) below the table; for decode, per new token.
 * prefill: ``generate`` with one new token (the prefill, logits at the last position, the first draw),
   greedy; ``--full-logits`` adds the same prefill through ``model(prompt)``, the (B, S, V) logits path
   that generate used before. Parameters in ``--gen-param-dtype`` (bf16 default).
@@ -125,13 +125,14 @@ def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int, loss_c
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t0)
         step_s = statistics.median(times[warmup:])
-        lines = []
-        if profile:
-            with jax.profiler.trace(profile, create_perfetto_trace=True):
-                for k in range(steps):
-                    state, metrics = compiled(state, rest, batches[k % INPUT_SETS])
-                jax.block_until_ready(metrics)
-            lines = device_trace.breakdown_tables(device_trace.kernel_times(profile), steps, 1e3 * step_s)
+
+        def run_steps():
+            nonlocal state
+            for k in range(steps):
+                state, metrics = compiled(state, rest, batches[k % INPUT_SETS])
+            return metrics
+
+        lines = device_trace.traced_breakdown(profile, run_steps, steps, 1e3 * step_s) if profile else []
     tokens_per_s = B * S / step_s
     mfu = mfu_percent(flops.train_flops_per_token(config, S), tokens_per_s)
     mode = f"train, loss chunk {loss_chunk}" if loss_chunk else "train, whole-sequence loss"
@@ -174,8 +175,10 @@ def prefill_row(mode, B, S, trace_s, compile_s, seconds, flops_per_token, compil
     return [mode, B, S, trace_s, compile_s, 1e3 * seconds, tokens_per_s, mfu, "-", gib(compiled), "-"]
 
 
-def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed: int) -> list:
-    """Steady-state greedy decode: (time of N new tokens - time of 1) / (N - 1) per step."""
+def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed: int, profile=None):
+    """Steady-state greedy decode: (time of N new tokens - time of 1) / (N - 1) per step. Returns the
+    row and, with ``profile`` (a directory), the device-time breakdown of one more N-token call per new
+    token (its prompt's prefill included)."""
     if new_tokens < 2:
         raise ValueError(f"--new-tokens must be >= 2 for a decode step time, got {new_tokens}")
     prompt = random_tokens(seed, (B, prompt_len), model.config.vocab_size)
@@ -193,7 +196,11 @@ def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed:
         )
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     row = ["decode", B, f"{prompt_len}+{new_tokens}", trace_s, compile_s, 1e3 * step_s, B / step_s, "-"]
-    return row + [param_bytes / step_s / 1e9, gib(compiled), kernels_per_step(compiled.as_text())]
+    row += [param_bytes / step_s / 1e9, gib(compiled), kernels_per_step(compiled.as_text())]
+    lines = []
+    if profile:
+        lines = device_trace.traced_breakdown(profile, lambda: compiled(*args[1:]), new_tokens, 1e3 * step_s)
+    return row, lines
 
 
 def computations(hlo: str) -> dict[str, list[str]]:
@@ -289,7 +296,7 @@ def parse_args(argv):
     parser.add_argument("--command-buffer", help="value of XLA's --xla_gpu_enable_command_buffer ('' = off)")
     parser.add_argument("--scan-layers", action="store_true", help="stack the blocks and run them with nnx.scan")
     parser.add_argument("--num-blocks", type=int, help="the preset's first N blocks only (quick checks)")
-    parser.add_argument("--profile", help="trace --steps more training steps into DIR/<row> and report kernel times")
+    parser.add_argument("--profile", help="trace train steps / a decode call into DIR/<row>; report kernel times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
@@ -323,7 +330,12 @@ def main(argv=None) -> str:
         for B, S in args.shapes if args.prefill else ():
             rows += show(prefill_rows(model, B, S, args.full_logits, args.warmup, args.steps, args.seed))
         for B in args.decode_batches if args.decode else ():
-            rows += show([decode_row(model, B, args.new_tokens, args.prompt_len, args.steps, args.seed)])
+            trace_dir = args.profile and os.path.join(args.profile, f"decode_{B}")
+            row, lines = decode_row(model, B, args.new_tokens, args.prompt_len, args.steps, args.seed, trace_dir)
+            rows += show([row])
+            if lines:
+                profiles += [f"## Device time per decoded token, B={B} (one {args.new_tokens}-token call)", ""]
+                profiles += [*lines, ""]
     blocks = f" (first {args.num_blocks} blocks)" if args.num_blocks else ""
     setup = [
         f"- preset {args.preset}{blocks}, compute {args.compute_dtype}, generation parameters {args.gen_param_dtype}, "
