@@ -3,7 +3,7 @@
     python benchmarks/model.py --preset 1.3b --train --shapes 8x2048,2x8192 [--steps 10] [--profile DIR]
     python benchmarks/model.py --preset 7b --prefill --full-logits --shapes 8x2048,1x2048
     python benchmarks/model.py --preset 7b --decode --decode-batches 1,8,32 --new-tokens 256
-    common: [--kernel NAME] [--step-kernel NAME] [--scan-layers] [--compile-cache DIR] [--command-buffer TYPES]
+    common: [--kernel NAME] [--scan-layers] [--compile-cache DIR] [--command-buffer TYPES]
             [--out benchmarks/results/NAME.md]
 
 Random weights (nnx init, ``--seed``) and random tokens; bf16 compute (``--compute-dtype``); medians of
@@ -270,8 +270,6 @@ def model_config(args, param_dtype: str):
         config = dataclasses.replace(config, scan_layers=True)
     if args.kernel:
         config = dataclasses.replace(config, mlstm=dataclasses.replace(config.mlstm, kernel=args.kernel))
-    if args.step_kernel:
-        config = dataclasses.replace(config, mlstm=dataclasses.replace(config.mlstm, step_kernel=args.step_kernel))
     return config
 
 
@@ -294,7 +292,6 @@ def parse_args(argv):
     parser.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--gen-param-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--kernel", help="mLSTM sequence kernel (registry name; default: the preset's)")
-    parser.add_argument("--step-kernel", help="mLSTM step kernel for decoding (default: the preset's)")
     parser.add_argument("--compile-cache", help="persistent JAX compilation cache directory")
     parser.add_argument("--command-buffer", help="value of XLA's --xla_gpu_enable_command_buffer ('' = off)")
     parser.add_argument("--scan-layers", action="store_true", help="stack the blocks and run them with nnx.scan")
@@ -343,8 +340,7 @@ def main(argv=None) -> str:
     setup = [
         f"- preset {args.preset}{blocks}, compute {args.compute_dtype}, generation parameters {args.gen_param_dtype}, "
         f"training parameters {get_preset(args.preset).param_dtype} + AdamW",
-        f"- mLSTM kernel: {model_config(args, 'float32').resolved_kernel()}, "
-        f"step kernel: {model_config(args, 'float32').mlstm.step_kernel}; "
+        f"- mLSTM kernel: {model_config(args, 'float32').resolved_kernel()}; "
         f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`; compile cache: {args.compile_cache or 'off'}",
         f"- peak for MFU: {flops.peak_flops_per_second() or 'unknown card'} FLOP/s (dense bf16); "
         "FLOPs per token: xlstm_flax.flops",

@@ -32,7 +32,7 @@ def _sigmoid(x):
 
 
 @triton.jit
-def log_sigmoid(x):
+def _log_sigmoid(x):
     return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
 
 
@@ -44,7 +44,7 @@ def _tanh(x):
 @triton.jit
 def cell_step(g_i, g_f, g_z, g_o, c, n, m):
     """One step of the cell on gate pre-activations and the state before it -> (c, n, m, h) after it."""
-    log_f_plus_m = log_sigmoid(g_f) + m
+    log_f_plus_m = _log_sigmoid(g_f) + m
     m_new = tl.maximum(log_f_plus_m, g_i)
     f_gate = tl.exp(log_f_plus_m - m_new)
     i_gate = tl.exp(g_i - m_new)
@@ -59,7 +59,7 @@ def cell_grad(g_i, g_f, g_z, g_o, c_prev, n_prev, m_prev, dc, dn, dm, dh):
     cotangents of the state after it (dh: the full cotangent of h) -> (the gates' cotangents d_i, d_f,
     d_z, d_o, then dc, dn, dm of the state before the step). Ties of the stabiliser's max split evenly,
     like ``jnp.maximum``."""
-    log_f_plus_m = log_sigmoid(g_f) + m_prev
+    log_f_plus_m = _log_sigmoid(g_f) + m_prev
     m = tl.maximum(log_f_plus_m, g_i)
     f_gate = tl.exp(log_f_plus_m - m)
     i_gate = tl.exp(g_i - m)
