@@ -25,6 +25,11 @@ import numpy as np
 from flax import nnx
 
 PAD_ID = 0  # token in front of shorter prompts (its segment is discarded)
+# Decoding runs at least this many rows (a one-row batch as two copies of its row): XLA's GPU compiler
+# rewrites a one-row matmul whose weight has < 10M elements into a broadcast multiply + reduce, which ran
+# the 7B q/k/gate projections at about a quarter of the GEMV's speed (benchmarks/results/
+# h200_profiles_2026-12-03.md). With two rows the projections stay GEMMs.
+MIN_DECODE_ROWS = 2
 
 
 class Generation(NamedTuple):
@@ -71,27 +76,41 @@ def generation_program(
     x, state = model.features(prompt, segment_ids=segment_ids, return_state=True)
     logits = model.head(x[:, -1])  # (B, V): the prompt's last position only, never (B, S0, V)
 
-    def sample(logits, t, done):
-        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
+    def sample(logits, t, done, keys):
+        keys = jax.vmap(jax.random.fold_in, (0, None))(keys, t)
         token = jnp.where(done, eos_id, sample_token(logits, keys, temperature, top_k, top_p))
         if callback is not None:
-            jax.debug.callback(callback, token, ~done, ordered=True)
+            jax.debug.callback(callback, token[:rows], ~done[:rows], ordered=True)
         return token, done | (token == eos_id)
 
-    no_row_done = jnp.zeros(prompt.shape[0], bool)
-    first, done = sample(logits, 0, no_row_done)
+    rows = prompt.shape[0]
+    first, done = sample(logits, 0, jnp.zeros(rows, bool), row_keys)
+    if rows < MIN_DECODE_ROWS:  # decode copies of the rows (the extra ones are dropped at the end)
+        first, done, row_keys, state = _repeat_rows(model, (first, done, row_keys, state), MIN_DECODE_ROWS)
 
     def step(carry, t):
         token, done, state = carry
         active = ~done  # the token drawn now belongs to the row's output
         logits, state = model.step(token, state)
-        token, done = sample(logits, t, done)
+        token, done = sample(logits, t, done, row_keys)
         return (token, done, state), (token, active)
 
     _, (rest, active) = jax.lax.scan(step, (first, done, state), jnp.arange(1, max_new_tokens))
-    tokens = jnp.concatenate([first[:, None], rest.T], axis=1)
-    lengths = 1 + active.sum(axis=0, dtype=jnp.int32)
+    tokens = jnp.concatenate([first[:rows, None], rest[:, :rows].T], axis=1)
+    lengths = 1 + active[:, :rows].sum(axis=0, dtype=jnp.int32)
     return Generation(tokens, lengths)
+
+
+def _repeat_rows(model, tree, copies: int):
+    """Every leaf of ``tree`` (one-row token, done flags, row keys, the model state) repeated ``copies``
+    times along its batch axis; a state leaf's batch axis is where ``init_state(1)`` and ``init_state(2)``
+    differ in shape."""
+    one, two = (jax.eval_shape(partial(model.init_state, b)) for b in (1, 2))
+    state_axes = jax.tree.map(lambda a, b: [x != y for x, y in zip(a.shape, b.shape)].index(True), one, two)
+    token, done, row_keys, state = tree
+    repeat = partial(jnp.repeat, repeats=copies)
+    state = jax.tree.map(lambda x, axis: repeat(x, axis=axis), state, state_axes)
+    return repeat(token, axis=0), repeat(done, axis=0), repeat(row_keys, axis=0), state
 
 
 def generate(

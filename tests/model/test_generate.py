@@ -1,8 +1,9 @@
 """generate(): greedy decoding equals the argmax of full-sequence logits (teacher forcing), so do the
 draws of greedy and seeded sampling from a last-logit-only prefill, top-k and
 top-p sampling stay inside their sets, ragged batches equal rows generated alone (greedy and seeded
-sampling, list and padded-array forms), per-row EOS stops with lengths, the streaming callback, and
-argument errors before any work. Token comparisons are exact (same tokens)."""
+sampling, list and padded-array forms), a one-row batch (decoded as two copies) with stacked states,
+per-row EOS stops with lengths, the streaming callback, and argument errors before any work. Token
+comparisons are exact (same tokens)."""
 
 import jax
 import jax.numpy as jnp
@@ -145,6 +146,21 @@ def test_streaming_callback_sees_every_step_in_order(model, ragged):
     tokens, active = (np.stack(parts, axis=1) for parts in zip(*steps))
     np.testing.assert_array_equal(tokens, out.tokens)
     np.testing.assert_array_equal(active.sum(axis=1), out.lengths)
+
+
+def test_one_row_decodes_like_a_row_of_a_batch_with_stacked_states():
+    """A one-row batch decodes as two copies of its row (sampling.MIN_DECODE_ROWS). With scan_layers (the
+    blocks' states stacked, batch on axis 1; mLSTM blocks only, as scanning needs) the row still gets the
+    greedy tokens the argmax of its full-sequence logits gives, and the callback sees one row."""
+    scanned = make_model(small_config(kernel="chunkwise--jax", slstm_at=(), scan_layers=True))
+    row = random_tokens(8, 1, PROMPT_LEN)
+    steps = []
+    out = generate(
+        scanned, row, NEW, key=jax.random.key(0), temperature=0.0, callback=lambda t, a: steps.append(np.array(t))
+    )
+    assert out.tokens.shape == (1, NEW) and all(step.shape == (1,) for step in steps) and len(steps) == NEW
+    logits = logits_of(scanned, jnp.concatenate([row, out.tokens], axis=1))
+    np.testing.assert_array_equal(out.tokens, jnp.argmax(logits[:, PROMPT_LEN - 1 : -1], axis=-1))
 
 
 def test_sample_text_streams_the_text_it_returns():
