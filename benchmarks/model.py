@@ -182,11 +182,11 @@ def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed:
     if new_tokens < 2:
         raise ValueError(f"--new-tokens must be >= 2 for a decode step time, got {new_tokens}")
     prompt = random_tokens(seed, (B, prompt_len), model.config.vocab_size)
-    seconds, stages = {}, {}
+    seconds, stages, inputs = {}, {}, {}
     for n in (1, new_tokens):
         args, static = generation_inputs(model, prompt, n, key=jax.random.key(seed), temperature=0.0)
-        stages[n] = compile_stages(generation_program, *args, **static)
-        seconds[n] = median_ms(stages[n][0], [args[1:]], 1, reps) / 1e3
+        stages[n], inputs[n] = compile_stages(generation_program, *args, **static), args[1:]  # graphdef static
+        seconds[n] = median_ms(stages[n][0], [inputs[n]], 1, reps) / 1e3
     compiled, trace_s, compile_s = stages[new_tokens]
     step_s = (seconds[new_tokens] - seconds[1]) / (new_tokens - 1)
     if step_s <= 0:
@@ -199,7 +199,7 @@ def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed:
     row += [param_bytes / step_s / 1e9, gib(compiled), kernels_per_step(compiled.as_text())]
     lines = []
     if profile:
-        lines = device_trace.traced_breakdown(profile, lambda: compiled(*args[1:]), new_tokens, 1e3 * step_s)
+        lines = device_trace.traced_breakdown(profile, lambda: compiled(*inputs[new_tokens]), new_tokens, 1e3 * step_s)
     return row, lines
 
 

@@ -86,7 +86,7 @@ def generation_program(
     rows = prompt.shape[0]
     first, done = sample(logits, 0, jnp.zeros(rows, bool), row_keys)
     if rows < MIN_DECODE_ROWS:  # decode copies of the rows (the extra ones are dropped at the end)
-        first, done, row_keys, state = _repeat_rows(model, (first, done, row_keys, state), MIN_DECODE_ROWS)
+        first, done, row_keys, state = _repeat_rows(model, MIN_DECODE_ROWS, first, done, row_keys, state=state)
 
     def step(carry, t):
         token, done, state = carry
@@ -101,16 +101,13 @@ def generation_program(
     return Generation(tokens, lengths)
 
 
-def _repeat_rows(model, tree, copies: int):
-    """Every leaf of ``tree`` (one-row token, done flags, row keys, the model state) repeated ``copies``
-    times along its batch axis; a state leaf's batch axis is where ``init_state(1)`` and ``init_state(2)``
-    differ in shape."""
+def _repeat_rows(model, copies: int, *arrays, state):
+    """``arrays`` (batch on axis 0) and the model ``state`` with every row repeated ``copies`` times; a
+    state leaf's batch axis is where ``init_state(1)`` and ``init_state(2)`` differ in shape."""
     one, two = (jax.eval_shape(partial(model.init_state, b)) for b in (1, 2))
     state_axes = jax.tree.map(lambda a, b: [x != y for x, y in zip(a.shape, b.shape)].index(True), one, two)
-    token, done, row_keys, state = tree
-    repeat = partial(jnp.repeat, repeats=copies)
-    state = jax.tree.map(lambda x, axis: repeat(x, axis=axis), state, state_axes)
-    return repeat(token, axis=0), repeat(done, axis=0), repeat(row_keys, axis=0), state
+    state = jax.tree.map(lambda x, axis: jnp.repeat(x, copies, axis=axis), state, state_axes)
+    return *(jnp.repeat(x, copies, axis=0) for x in arrays), state
 
 
 def generate(
