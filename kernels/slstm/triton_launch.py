@@ -168,11 +168,16 @@ def check_recurrent_dtype(name: str, recurrent_kernel) -> None:
         raise ValueError(f"{name}: recurrent_kernel must be float32, bfloat16 or float16, got {recurrent_kernel.dtype}")
 
 
-def _launch(kernels, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype, **constexprs):
+def _launch(kernels, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype, ring_gates: int, **constexprs):
     """Launches ``kernels`` (a (streaming, resident) pair; ``tuning.resident`` picks) with ``out_shape``
-    plus the group counters (zeroed; dropped from the result) and the kernels' own ``constexprs``."""
+    plus a zeroed buffer (dropped from the result) and the kernels' own ``constexprs``. The buffer: the
+    streaming kernels' group counters, or the resident kernels' exchange ring of ``ring_gates`` tensors,
+    (2, B, ring_gates, NH, DH) int64 as int32 pairs."""
     split, batch_blocks, NH = grid = tuning.grid(dims)
-    sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
+    if tuning.resident:
+        sync = jax.ShapeDtypeStruct((2, dims.B, ring_gates, NH, dims.DH, 2), jnp.int32)
+    else:
+        sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
     if tuning.resident:
         tiles = dict(DH_PAD=padded_dim(dims.DH))
     else:
@@ -215,6 +220,7 @@ def slstm_fw(
         dims,
         tuning,
         recurrent_kernel.dtype,
+        ring_gates=1,
         STORE_G=store_gates,
     )
     return (g if store_gates else None), States(*out)
@@ -237,7 +243,7 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         *(d.astype(jnp.float32) for d in d_last),
     )
     kernels = (triton_kernels.slstm_bw_kernel, triton_resident.slstm_bw_resident_kernel)
-    dg, *d_initial = _launch(kernels, inputs, out_shape, dims, tuning, recurrent_kernel.dtype)
+    dg, *d_initial = _launch(kernels, inputs, out_shape, dims, tuning, recurrent_kernel.dtype, ring_gates=4)
     return dg, States(*d_initial)
 
 

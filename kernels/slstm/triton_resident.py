@@ -7,9 +7,14 @@ two) output columns and reads its slice of R once, before the time loop: the for
 (64 KiB bf16 at DH = 256, COLS = 32). A step is then one ``tl.dot`` per gate over the whole padded head
 dim, K = DH_PAD. The program's own columns of the running state (c, n, m; the backward's dc, dn, dm
 and dh) stay in registers too; the histories are still stored every step (the backward and the dR
-kernel read them). Only h_{t-1} (forward) and dg_t (backward) cross programs: each program stores
-its columns, arrives at the group barrier, then stores the rest of the step and loads the next step's
-inputs while the others arrive, and waits before reading them.
+kernel read them). Only h_{t-1} (forward) and dg_t (backward) cross programs, not through the
+streaming kernels' group barrier but through an exchange ``ring`` (zeroed before the launch): two
+slots of int64 words, each an fp32 value with its step's tag in the high half (:func:`_post`). A
+reader re-reads its tile from L2 until every word carries the tag it waits for (:func:`_collect`):
+the data is its own arrival flag, with no fence, counter or acquire read on the way. A slot is
+rewritten two steps later, only after every program has read it (each must first post its next
+values, which need the rewriting program's). Each program posts its columns first, then stores the
+rest of the step and loads the next step's inputs while the others post, and collects last.
 """
 
 import triton
@@ -18,13 +23,29 @@ import triton.language as tl
 from .triton_kernels import (
     cell_grad,
     cell_step,
-    group_arrive,
-    group_wait,
     load_gates,
     load_state,
     store_gates,
     store_state,
 )
+
+
+@triton.jit
+def _post(ring, offs, mask, value, tag):
+    """Stores ``value`` (fp32) with ``tag`` in the high half of each int64 word of ``ring`` at ``offs``."""
+    bits = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    tl.store(ring + offs, (tl.cast(tag, tl.int64) << 32) | bits, mask=mask)
+
+
+@triton.jit
+def _collect(ring, offs, mask, tag):
+    """The fp32 values at ``offs`` of ``ring`` once every word there carries ``tag`` (masked: zeros).
+    Re-reads (volatile, from L2) until the slowest program's words have arrived."""
+    ready = tl.cast(tag, tl.int64) << 32
+    word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
+    while tl.min((word >> 32).to(tl.int32)) < tag:
+        word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
+    return word.to(tl.int32).to(tl.float32, bitcast=True)
 
 
 # fmt: off
@@ -60,53 +81,56 @@ def _program_slice(
 @triton.jit
 def slstm_fw_resident_kernel(
     pre, R, c0, n0, m0, h0,  # inputs
-    g_all, c_all, n_all, m_all, h_all, sync,  # outputs
+    g_all, c_all, n_all, m_all, h_all, ring,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, STORE_G: tl.constexpr,
 ):
     """The forward of triton_kernels.slstm_fw_kernel (same buffers, outputs and STORE_G) with R's slice
-    resident."""
+    resident; ``ring`` (2, B, NH, DH) int64 carries h_t in slot t % 2, tagged t + 1."""
     head = tl.program_id(2)
-    group = tl.program_id(1) * NH + head
+    ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
     offs_b, offs_e, offs_k, mask, mask_h, state, r_i, r_f, r_z, r_o = _program_slice(
         R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD, False)
+    full = (offs_b[:, None] * NH + head) * DH + offs_k[None, :]  # every column of h in a ring slot
     c, n, m = load_state(c0, n0, m0, state, mask)
+    h_new = tl.load(h0 + state, mask=mask, other=0.0)
+    _post(ring, state, mask, h_new, 1)
     slot0 = (offs_b[:, None] * (S + 1) * NH + head) * DH + offs_e[None, :]
-    tl.store(h_all + slot0, tl.load(h0 + state, mask=mask, other=0.0), mask=mask)
-    group_arrive(sync, group, SPLIT)
+    tl.store(h_all + slot0, h_new, mask=mask)
     store_state(c_all, n_all, m_all, slot0, mask, c, n, m)
     gates = (offs_b[:, None] * S * 4 * NH + head) * DH + offs_e[None, :]  # step 0
     p_i, p_f, p_z, p_o = load_gates(pre, gates, mask, NH * DH)
-    group_wait(sync, group, 1, SPLIT)
     for t in range(S):
-        prev = ((offs_b[:, None] * (S + 1) + t) * NH + head) * DH  # slot t: the state before step t
-        h = tl.load(h_all + prev + offs_k[None, :], mask=mask_h, other=0.0).to(R.dtype.element_ty)
+        h = _collect(ring, (t % 2) * B * NH * DH + full, mask_h, t + 1).to(R.dtype.element_ty)
         g_i, g_f, g_z, g_o = _product(h, r_i, r_f, r_z, r_o, p_i, p_f, p_z, p_o, DOT_PRECISION)
         c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)
-        nxt = prev + NH * DH + offs_e[None, :]  # slot t + 1
+        _post(ring, ((t + 1) % 2) * B * NH * DH + state, mask, h_new, t + 2)
+        nxt = ((offs_b[:, None] * (S + 1) + t + 1) * NH + head) * DH + offs_e[None, :]  # slot t + 1
         tl.store(h_all + nxt, h_new, mask=mask)
-        group_arrive(sync, group, SPLIT)
         if STORE_G:
             store_gates(g_all, gates, mask, g_i, g_f, g_z, g_o, NH * DH)
         store_state(c_all, n_all, m_all, nxt, mask, c, n, m)
         gates += 4 * NH * DH  # step t + 1 (loaded only if it exists)
         p_i, p_f, p_z, p_o = load_gates(pre, gates, mask & (t + 1 < S), NH * DH)
-        group_wait(sync, group, t + 2, SPLIT)
 
 
 @triton.jit
 def slstm_bw_resident_kernel(
     g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last,  # inputs
-    dg, dc0, dn0, dm0, dh0, sync,  # outputs
+    dg, dc0, dn0, dm0, dh0, ring,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The backward of triton_kernels.slstm_bw_kernel (same buffers and outputs; dc0, dn0, dm0, dh0 are
-    written once, after the walk) with R^T's slice resident."""
+    written once, after the walk) with R^T's slice resident; ``ring`` (2, B, 4, NH, DH) int64 carries
+    the walk's k-th dg_t (t = S - 1 - k) in slot k % 2, tagged k + 1."""
     head = tl.program_id(2)
-    group = tl.program_id(1) * NH + head
+    ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
     offs_b, offs_e, offs_k, mask, mask_dg, state, rt_i, rt_f, rt_z, rt_o = _program_slice(
         R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD, True)
+    gate_stride: tl.constexpr = NH * DH
+    ring_own = (offs_b[:, None] * 4 * NH + head) * DH + offs_e[None, :]  # gate i of slot 0
+    ring_full = (offs_b[:, None] * 4 * NH + head) * DH + offs_k[None, :]
     dc, dn, dm = load_state(dc_last, dn_last, dm_last, state, mask)
     dh = tl.load(dh_last + state, mask=mask, other=0.0)
     # the inputs of step t = S - 1: its gates, the state before it (slot t) and the cotangent of its h
@@ -118,9 +142,12 @@ def slstm_bw_resident_kernel(
     dh_t = tl.load(dh_seq + seq, mask=mask, other=0.0)
     for step in range(S):
         d_i, d_f, d_z, d_o, dc, dn, dm = cell_grad(g_i, g_f, g_z, g_o, c_prev, n_prev, m_prev, dc, dn, dm, dh + dh_t)
+        slot = (step % 2) * B * 4 * NH * DH
+        _post(ring, slot + ring_own, mask, d_i, step + 1)
+        _post(ring, slot + gate_stride + ring_own, mask, d_f, step + 1)
+        _post(ring, slot + 2 * gate_stride + ring_own, mask, d_z, step + 1)
+        _post(ring, slot + 3 * gate_stride + ring_own, mask, d_o, step + 1)
         store_gates(dg, gates, mask, d_i, d_f, d_z, d_o, NH * DH)
-        group_arrive(sync, group, SPLIT)
-        dg_t = ((offs_b[:, None] * S + S - 1 - step) * 4 * NH + head) * DH + offs_k[None, :]
         more = mask & (step + 1 < S)  # the next step, t - 1, exists
         gates -= 4 * NH * DH
         prev -= NH * DH
@@ -128,14 +155,16 @@ def slstm_bw_resident_kernel(
         g_i, g_f, g_z, g_o = load_gates(g, gates, more, NH * DH)
         c_prev, n_prev, m_prev = load_state(c_all, n_all, m_all, prev, more)
         dh_t = tl.load(dh_seq + seq, mask=more, other=0.0)
-        group_wait(sync, group, step + 1, SPLIT)
         # the cotangent of h_{t-1} (this program's columns): sum over gates of dg_t R^T
         dt = R.dtype.element_ty
-        dg_i, dg_f, dg_z, dg_o = load_gates(dg, dg_t, mask_dg, NH * DH)
-        dh = tl.dot(dg_i.to(dt), rt_i, tl.zeros((BLOCK_B, COLS), tl.float32), input_precision=DOT_PRECISION)
-        dh = tl.dot(dg_f.to(dt), rt_f, dh, input_precision=DOT_PRECISION)
-        dh = tl.dot(dg_z.to(dt), rt_z, dh, input_precision=DOT_PRECISION)
-        dh = tl.dot(dg_o.to(dt), rt_o, dh, input_precision=DOT_PRECISION)
+        dg_i = _collect(ring, slot + ring_full, mask_dg, step + 1).to(dt)
+        dh = tl.dot(dg_i, rt_i, tl.zeros((BLOCK_B, COLS), tl.float32), input_precision=DOT_PRECISION)
+        dg_f = _collect(ring, slot + gate_stride + ring_full, mask_dg, step + 1).to(dt)
+        dh = tl.dot(dg_f, rt_f, dh, input_precision=DOT_PRECISION)
+        dg_z = _collect(ring, slot + 2 * gate_stride + ring_full, mask_dg, step + 1).to(dt)
+        dh = tl.dot(dg_z, rt_z, dh, input_precision=DOT_PRECISION)
+        dg_o = _collect(ring, slot + 3 * gate_stride + ring_full, mask_dg, step + 1).to(dt)
+        dh = tl.dot(dg_o, rt_o, dh, input_precision=DOT_PRECISION)
     store_state(dc0, dn0, dm0, state, mask, dc, dn, dm)
     tl.store(dh0 + state, dh, mask=mask)
 # fmt: on
