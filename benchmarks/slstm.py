@@ -2,20 +2,21 @@
 step, and one decoding step of an sLSTM vs an mLSTM layer of the same width; writes markdown.
 
     python benchmarks/slstm.py [--tiny] [--kernels recurrent--jax,recurrent--triton] [--splits 1,4,8]
-        [--tunings "split=4;split=8,num_warps=8"] [--skip kernel,layer,train,decode] [--out FILE]
+        [--tunings "split=4;split=8,num_warps=8"] [--skip kernel,layer,parts,train,decode] [--out FILE]
 
-Full size (one H100/H200): sLSTM layer at B=16, S=2048, D=1024, 4 heads, bf16 compute with fp32
-params (the kernel alone on its fp32 gate inputs, and the whole layer: gate projections, conv, group
-norm), forward and forward+backward; training step (forward, backward, AdamW update) of the "350m"
-and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto" (the mLSTM blocks use
-their default kernel); decoding step at B=16, D=1024. ``--tiny`` runs the same at B=2, S=16, D=64
-(layer), the "tiny" preset with and without its sLSTM block (step), on any machine. ``--splits``: extra
-kernel rows of "recurrent--triton" with its ``split`` option (programs per head, tiles of
-min(64, DH / split) columns); ``--tunings``: extra kernel rows of "recurrent--triton" with any of its
-tuning keywords (sets separated by ";", keywords by ","; the rest at their defaults).
-The training step is benchmarks/model.py's (the library's ``make_steps``), its MFU from
-``xlstm_flax.flops`` (6N plus the mLSTM recurrence, against the card's dense bf16 peak; "-" off GPU). A row that fails
-(no GPU for Triton, out of memory) holds its error.
+Full size (one H100/H200): sLSTM layer at B=16, S=2048, D=1024, 4 heads, bf16 compute with fp32 params
+(the kernel alone on its fp32 gate inputs, and the whole layer: gate projections, conv, group norm),
+forward and forward+backward; each fused Triton kernel alone (``parts``: the forward without and with its
+stored gates, the reverse-time walk, the recurrent kernel's gradient); training step (forward, backward,
+AdamW update) of the "350m" and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto"
+(the mLSTM blocks use their default kernel); decoding step at B=16, D=1024. ``--tiny`` runs the same at
+B=2, S=16, D=64 (layer), the "tiny" preset with and without its sLSTM block (step), on any machine.
+``--splits``: extra kernel rows of "recurrent--triton" with its ``split`` option (programs per head, tiles
+of min(64, DH / split) columns); ``--tunings``: extra kernel rows of "recurrent--triton" with any of its
+tuning keywords (sets separated by ";", keywords by ","; the rest at their defaults). The training step is
+benchmarks/model.py's (the library's ``make_steps``), its MFU from ``xlstm_flax.flops`` (6N plus the mLSTM
+recurrence, against the card's dense bf16 peak; "-" off GPU). A row that fails (no GPU for Triton, out of
+memory) holds its error.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # 
 from benchmarks.kernels import failure_note, parse_options  # noqa: E402
 from benchmarks.model import train_row  # noqa: E402
 from benchmarks.timing import markdown_table, median_ms, write_report  # noqa: E402
-from xlstm_flax.kernels.slstm import NUM_GATES, get_slstm_kernel  # noqa: E402
+from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel, initial_states, triton_launch  # noqa: E402
+from xlstm_flax.kernels.slstm.common import Dims  # noqa: E402
 from xlstm_flax.layers import mLSTMLayer, mLSTMLayerConfig, sLSTMLayer, sLSTMLayerConfig  # noqa: E402
 from xlstm_flax.presets import PRESETS  # noqa: E402
 
@@ -96,6 +98,54 @@ def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
     return rows
 
 
+def _part_fns(dims: Dims, tuning) -> dict:
+    """The four fused kernels of one tuning as functions of an input set (pre, R, g, history, dh, dg)."""
+    initial = initial_states(dims.B, dims.NH, dims.DH)
+    zeros = States(*(jnp.zeros_like(initial.c),) * 4)
+    return {
+        "fw, no gates stored": lambda pre, r, *_: triton_launch.slstm_fw(
+            pre, r, initial, dims, tuning, store_gates=False
+        ),
+        "fw, gates stored": lambda pre, r, *_: triton_launch.slstm_fw(pre, r, initial, dims, tuning),
+        "bw walk": lambda pre, r, g, history, dh, dg: triton_launch.slstm_bw(g, r, history, dh, zeros, dims, tuning),
+        "dR": lambda pre, r, g, history, dh, dg: triton_launch.slstm_dr(history.h, dg, r, dims),
+    }
+
+
+def _part_inputs(fns: dict, dims: Dims) -> list[tuple]:
+    """kernel_rows' random (pre, R, dh) with the forward's g and history, and dg = tanh(g)."""
+    B, S, NH, DH = dims
+    forward = jax.jit(fns["fw, gates stored"])
+    sets = []
+    for seed in range(INPUT_SETS):
+        ks = jax.random.split(jax.random.key(seed), 3)
+        pre = jax.random.normal(ks[0], (B, S, NUM_GATES, NH, DH), jnp.float32)
+        r = (jax.random.normal(ks[1], (NUM_GATES, NH, DH, DH)) / DH**0.5).astype(jnp.bfloat16)
+        g, history = forward(pre, r)
+        sets.append((pre, r, g, history, jax.random.normal(ks[2], (B, S, NH, DH), jnp.float32), jnp.tanh(g)))
+    return sets
+
+
+def parts_rows(tunings: list[dict], B, S, D, heads) -> list[list]:
+    """Each fused kernel alone (the default tuning, then each of ``tunings``): the forward without and
+    with the stored gates, the reverse-time walk and the recurrent kernel's gradient."""
+    dims = Dims(B, S, heads, D // heads)
+    rows = []
+    for options in [{}, *tunings]:
+        try:
+            tuning = triton_launch.resolve_tuning("bench", dims, recurrent_dtype=jnp.bfloat16, **options)
+            fns = _part_fns(dims, tuning)
+            sets = _part_inputs(fns, dims)
+        except Exception as err:  # noqa: BLE001 -- no GPU: the row holds the error
+            rows.append([str(options), "all", "-", failure_note(err)])
+            continue
+        label = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(tuning).items())
+        for part, fn in fns.items():
+            rows.append([label, part, *_try(median_ms, jax.jit(fn), sets)])
+            print(rows[-1], flush=True)
+    return rows
+
+
 def _layer_ms(name: str, D: int, heads: int, mode: str, input_sets) -> float:
     layer = sLSTMLayer(
         D, sLSTMLayerConfig(num_heads=heads, kernel=name), num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)
@@ -132,7 +182,7 @@ def train_step_rows(model_names, B, S) -> list[list]:
         if note:
             rows.append([name, config.slstm_at, "-", "-", "-", note])
         else:
-            ms, tokens_per_s, mfu = result[5:8]
+            ms, tokens_per_s, mfu = result[0][5:8]  # the row (train_row also returns profile lines)
             mfu = mfu if mfu == "-" else f"{mfu:.1f}%"
             rows.append([name, config.slstm_at, ms, f"{tokens_per_s / 1e3:.1f}k", mfu, ""])
         print(rows[-1], flush=True)
@@ -167,7 +217,7 @@ def main(argv=None) -> str:
     parser.add_argument("--kernels", default="recurrent--jax,recurrent--triton", help="sLSTM kernel names")
     parser.add_argument("--splits", default="", help="comma-separated Triton split values for extra kernel rows")
     parser.add_argument("--tunings", default="", help='extra Triton kernel rows, e.g. "split=4;split=8,num_warps=8"')
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: kernel,layer,train,decode")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: kernel,layer,parts,train,decode")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
     tunings = parse_tunings(args.tunings)
@@ -187,6 +237,14 @@ def main(argv=None) -> str:
                 f"## sLSTM at B={B}, S={S}, D={D}, {heads} heads (ms, median)",
                 "",
                 markdown_table(["what", "kernel", "mode", "ms", "note"], rows),
+            ]
+        )
+    if "parts" not in skip:
+        sections.append(
+            [
+                f"## Each fused kernel alone at B={B}, S={S}, D={D}, {heads} heads (ms, median)",
+                "",
+                markdown_table(["tuning", "kernel", "ms", "note"], parts_rows(tunings, B, S, D, heads)),
             ]
         )
     if "train" not in skip:

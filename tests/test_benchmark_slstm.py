@@ -1,0 +1,27 @@
+"""benchmarks/slstm.py runs on CPU at its tiny size: the scan's kernel and layer rows and both training
+steps hold positive times; rows that need a GPU (the Triton kernel, each kernel alone) hold their error."""
+
+from benchmarks import slstm as bench
+
+
+def _rows(report: str, first_cell: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in report.splitlines()
+        if line.startswith(f"| {first_cell}")
+    ]
+
+
+def test_tiny_benchmark_writes_every_section(tmp_path):
+    out = tmp_path / "slstm.md"
+    report = bench.main(["--tiny", "--skip", "decode", "--out", str(out)])
+    assert out.read_text() == report
+    for what in ("kernel", "layer"):
+        scan = [row for row in _rows(report, what) if row[1] == "recurrent--jax"]
+        assert [row[2] for row in scan] == ["fw", "fwbw"]
+        assert all(float(row[3]) > 0 for row in scan), scan
+    steps = _rows(report, "tiny")
+    assert [row[0] for row in steps] == ["tiny-mlstm", "tiny"]
+    assert all(float(row[2]) > 0 and not row[5] for row in steps), steps
+    (parts,) = [line for line in report.splitlines() if "| all |" in line]
+    assert "failed" in parts
