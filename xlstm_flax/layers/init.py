@@ -40,9 +40,11 @@ def dense(
     param_dtype,
     rngs: nnx.Rngs,
     bias_init: nnx.Initializer = nnx.initializers.zeros,
+    preferred_element_type=None,
 ) -> nnx.Linear:
-    """``nnx.Linear`` computing in ``dtype`` with parameters stored in ``param_dtype``; ``axes`` are the
-    logical names of (in_features, out_features) for :data:`xlstm_flax.sharding.RULES`."""
+    """``nnx.Linear`` computing in ``dtype`` (None: the promoted dtype of input and parameters) with
+    parameters stored in ``param_dtype`` and, if given, its matmul output in ``preferred_element_type``;
+    ``axes`` are the logical names of (in_features, out_features) for :data:`xlstm_flax.sharding.RULES`."""
     return nnx.Linear(
         in_features,
         out_features,
@@ -51,6 +53,7 @@ def dense(
         param_dtype=param_dtype,
         kernel_init=partitioned(kernel_init, *axes),
         bias_init=partitioned(bias_init, axes[1]),
+        preferred_element_type=preferred_element_type,
         rngs=rngs,
     )
 

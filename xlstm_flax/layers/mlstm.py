@@ -43,7 +43,8 @@ class mLSTMLayer(mLSTMMixer):
             axes=("embed", "heads"),
             kernel_init=nnx.initializers.zeros,
             use_bias=True,
-            dtype=jnp.float32,
+            dtype=None,  # x's dtype with bf16 parameters: exact products, fp32 sums (as in fp32)
+            preferred_element_type=jnp.float32,
             param_dtype=param_dtype,
             rngs=rngs,
         )
@@ -67,7 +68,7 @@ class mLSTMLayer(mLSTMMixer):
             return t.reshape(B, S, self.num_heads, -1).transpose(0, 2, 1, 3)
 
         def gate(linear):  # fp32 pre-activation (B, NH, S)
-            return soft_cap(linear(x.astype(jnp.float32)), self.config.gate_soft_cap).transpose(0, 2, 1)
+            return soft_cap(linear(x), self.config.gate_soft_cap).transpose(0, 2, 1)
 
         h, new_state = cell(
             heads(self.q(x)),

@@ -57,7 +57,8 @@ class mLSTMPaperLayer(mLSTMMixer):
             axes=(None, "heads"),
             kernel_init=nnx.initializers.zeros,
             use_bias=True,
-            dtype=jnp.float32,
+            dtype=None,  # x's dtype with bf16 parameters: exact products, fp32 sums (as in fp32)
+            preferred_element_type=jnp.float32,
             param_dtype=param_dtype,
             rngs=rngs,
         )
@@ -81,7 +82,7 @@ class mLSTMPaperLayer(mLSTMMixer):
         def heads(t):  # (B, S, DI) -> (B, NH, S, DI / NH)
             return t.reshape(B, S, self.num_heads, -1).transpose(0, 2, 1, 3)
 
-        qkv = jnp.concatenate([q, k, v], axis=-1).astype(jnp.float32)
+        qkv = jnp.concatenate([q, k, v], axis=-1)
         i, f = self.igate(qkv).transpose(0, 2, 1), self.fgate(qkv).transpose(0, 2, 1)
         h, cell_state = cell(heads(q), heads(k), heads(v), i, f, None if state is None else state.cell)
         h = self.outnorm(h.transpose(0, 2, 1, 3))  # (B, S, DI)
