@@ -3,7 +3,7 @@
     python benchmarks/model.py --preset 1.3b --train --shapes 8x2048,2x8192 [--steps 10] [--profile DIR]
     python benchmarks/model.py --preset 7b --prefill --full-logits --shapes 8x2048,1x2048
     python benchmarks/model.py --preset 7b --decode --decode-batches 1,8,32 --new-tokens 256
-    common: [--kernel NAME] [--scan-layers] [--compile-cache DIR] [--command-buffer TYPES]
+    common: [--kernel NAME] [--scan-layers] [--remat] [--compile-cache DIR] [--command-buffer TYPES]
             [--out benchmarks/results/NAME.md]
 
 Random weights (nnx init, ``--seed``) and random tokens; bf16 compute (``--compute-dtype``); medians of
@@ -268,6 +268,8 @@ def model_config(args, param_dtype: str):
         config = dataclasses.replace(config, num_blocks=args.num_blocks, slstm_at=kept)
     if args.scan_layers:
         config = dataclasses.replace(config, scan_layers=True)
+    if args.remat:
+        config = dataclasses.replace(config, remat=True)
     if args.kernel:
         config = dataclasses.replace(config, mlstm=dataclasses.replace(config.mlstm, kernel=args.kernel))
     return config
@@ -295,6 +297,7 @@ def parse_args(argv):
     parser.add_argument("--compile-cache", help="persistent JAX compilation cache directory")
     parser.add_argument("--command-buffer", help="value of XLA's --xla_gpu_enable_command_buffer ('' = off)")
     parser.add_argument("--scan-layers", action="store_true", help="stack the blocks and run them with nnx.scan")
+    parser.add_argument("--remat", action="store_true", help="rematerialise each block in the backward (model.remat)")
     parser.add_argument("--num-blocks", type=int, help="the preset's first N blocks only (quick checks)")
     parser.add_argument("--profile", help="trace train steps / a decode call into DIR/<row>; report kernel times")
     parser.add_argument("--seed", type=int, default=0)
