@@ -176,11 +176,9 @@ def _launch(kernels, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dt
     split, batch_blocks, NH = grid = tuning.grid(dims)
     if tuning.resident:
         sync = jax.ShapeDtypeStruct((2, dims.B, ring_gates, NH, dims.DH, 2), jnp.int32)
-    else:
-        sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
-    if tuning.resident:
         tiles = dict(DH_PAD=padded_dim(dims.DH))
     else:
+        sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
         tiles = dict(BLOCK_DH=tuning.block_dh, BLOCK_K=tuning.block_k)
     *outputs, _ = launch.triton_call(
         *inputs,

@@ -43,7 +43,7 @@ class mLSTMLayer(mLSTMMixer):
             axes=("embed", "heads"),
             kernel_init=nnx.initializers.zeros,
             use_bias=True,
-            dtype=None,  # x's dtype with bf16 parameters: exact products, fp32 sums (as in fp32)
+            dtype=None,  # x's and the kernel's promoted dtype; bf16 x bf16 products are exact in fp32
             preferred_element_type=jnp.float32,
             param_dtype=param_dtype,
             rngs=rngs,
