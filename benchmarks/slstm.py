@@ -78,18 +78,18 @@ def _kernel_ms(name: str, options: dict, mode: str, input_sets) -> float:
     return median_ms(_timed(lambda pre, r: kernel(pre, r, **options)[0], mode, 2), input_sets)
 
 
+def kernel_inputs(seed: int, B, S, NH, DH) -> tuple:
+    """One random input set of the recurrence: pre (B, S, 4, NH, DH) fp32 ~ N(0, 1), R (4, NH, DH, DH)
+    bf16 ~ N(0, 1 / DH), a cotangent of h (B, S, NH, DH) fp32 ~ N(0, 1)."""
+    ks = jax.random.split(jax.random.key(seed), 3)
+    pre = jax.random.normal(ks[0], (B, S, NUM_GATES, NH, DH), jnp.float32)
+    recurrent = (jax.random.normal(ks[1], (NUM_GATES, NH, DH, DH)) / DH**0.5).astype(jnp.bfloat16)
+    return pre, recurrent, jax.random.normal(ks[2], (B, S, NH, DH), jnp.float32)
+
+
 def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
-    """The recurrence alone: pre (B, S, 4, NH, DH) fp32, R bf16, h (B, S, NH, DH) fp32; ``kernels``
-    are (name, options) pairs."""
-    DH = D // heads
-
-    def inputs(seed):
-        ks = jax.random.split(jax.random.key(seed), 3)
-        pre = jax.random.normal(ks[0], (B, S, NUM_GATES, heads, DH), jnp.float32)
-        recurrent = (jax.random.normal(ks[1], (NUM_GATES, heads, DH, DH)) / DH**0.5).astype(jnp.bfloat16)
-        return pre, recurrent, jax.random.normal(ks[2], (B, S, heads, DH), jnp.float32)
-
-    input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
+    """The recurrence alone on :func:`kernel_inputs`; ``kernels`` are (name, options) pairs."""
+    input_sets = [kernel_inputs(seed, B, S, heads, D // heads) for seed in range(INPUT_SETS)]
     rows = []
     for (name, options), mode in itertools.product(kernels, ("fw", "fwbw")):
         label = name + "".join(f" {k}={v}" for k, v in options.items())
@@ -113,16 +113,13 @@ def _part_fns(dims: Dims, tuning) -> dict:
 
 
 def _part_inputs(fns: dict, dims: Dims) -> list[tuple]:
-    """kernel_rows' random (pre, R, dh) with the forward's g and history, and dg = tanh(g)."""
-    B, S, NH, DH = dims
+    """:func:`kernel_inputs` (pre, R, dh) with the forward's g and history, and dg = tanh(g)."""
     forward = jax.jit(fns["fw, gates stored"])
     sets = []
     for seed in range(INPUT_SETS):
-        ks = jax.random.split(jax.random.key(seed), 3)
-        pre = jax.random.normal(ks[0], (B, S, NUM_GATES, NH, DH), jnp.float32)
-        r = (jax.random.normal(ks[1], (NUM_GATES, NH, DH, DH)) / DH**0.5).astype(jnp.bfloat16)
+        pre, r, dh = kernel_inputs(seed, *dims)
         g, history = forward(pre, r)
-        sets.append((pre, r, g, history, jax.random.normal(ks[2], (B, S, NH, DH), jnp.float32), jnp.tanh(g)))
+        sets.append((pre, r, g, history, dh, jnp.tanh(g)))
     return sets
 
 

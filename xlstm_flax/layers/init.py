@@ -58,6 +58,26 @@ def dense(
     )
 
 
+def gate_projections(in_features: int, config, *, in_axis: str | None, param_dtype, rngs: nnx.Rngs):
+    """The mLSTM input and forget gate pre-activation projections, in_features -> num_heads each: zero
+    kernels, biases ``config.igate_bias_init`` and linspace(``fgate_bias_min``, ``fgate_bias_max``). They
+    multiply in the promoted dtype of input and kernel with fp32 output: bf16 x bf16 products are exact in
+    fp32, so the pre-activations equal those of the fp32 matmul of the same values."""
+    gate = dict(
+        axes=(in_axis, "heads"),
+        kernel_init=nnx.initializers.zeros,
+        use_bias=True,
+        dtype=None,
+        preferred_element_type=jnp.float32,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+    nh = config.num_heads
+    igate = dense(in_features, nh, bias_init=nnx.initializers.constant(config.igate_bias_init), **gate)
+    fgate = dense(in_features, nh, bias_init=linspace_init(config.fgate_bias_min, config.fgate_bias_max), **gate)
+    return igate, fgate
+
+
 def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
     """``cap * tanh(x / cap)``; identity when ``cap`` is None."""
     return x if cap is None else cap * jnp.tanh(x / cap)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import mLSTMLayerConfig
-from .init import dense, linspace_init, small_init, soft_cap, wang_init
+from .init import dense, gate_projections, small_init, soft_cap, wang_init
 from .mlstm_cell import mLSTMMixer, mLSTMState, zero_state
 from .norms import MultiHeadNorm
 
@@ -39,18 +39,8 @@ class mLSTMLayer(mLSTMMixer):
         self.k = dense(dim, qk_dim, **column)
         self.v = dense(dim, v_dim, **column)
         self.ogate_preact = dense(dim, v_dim, **column)
-        gate = dict(
-            axes=("embed", "heads"),
-            kernel_init=nnx.initializers.zeros,
-            use_bias=True,
-            dtype=None,  # x's and the kernel's promoted dtype; bf16 x bf16 products are exact in fp32
-            preferred_element_type=jnp.float32,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-        self.igate_preact = dense(dim, nh, bias_init=nnx.initializers.constant(config.igate_bias_init), **gate)
-        self.fgate_preact = dense(
-            dim, nh, bias_init=linspace_init(config.fgate_bias_min, config.fgate_bias_max), **gate
+        self.igate_preact, self.fgate_preact = gate_projections(
+            dim, config, in_axis="embed", param_dtype=param_dtype, rngs=rngs
         )
         self.multihead_norm = MultiHeadNorm(
             nh, self.dhv, eps=config.norm_eps, use_bias=config.use_bias, param_dtype=param_dtype

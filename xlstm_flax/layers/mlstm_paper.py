@@ -15,7 +15,7 @@ from ..sharding import param
 from .config import mLSTMLayerConfig
 from .conv import CausalConv1d
 from .headwise import HeadwiseLinear
-from .init import dense, linspace_init, small_init, wang_init
+from .init import dense, gate_projections, small_init, wang_init
 from .mlstm_cell import mLSTMMixer, mLSTMState, zero_state
 from .norms import MultiHeadNorm
 
@@ -53,17 +53,7 @@ class mLSTMPaperLayer(mLSTMMixer):
         self.q_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
         self.k_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
         self.v_proj = HeadwiseLinear(inner, inner, qkv_heads, **headwise)
-        gate = dict(
-            axes=(None, "heads"),
-            kernel_init=nnx.initializers.zeros,
-            use_bias=True,
-            dtype=None,  # x's and the kernel's promoted dtype; bf16 x bf16 products are exact in fp32
-            preferred_element_type=jnp.float32,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-        self.igate = dense(3 * inner, nh, bias_init=nnx.initializers.constant(config.igate_bias_init), **gate)
-        self.fgate = dense(3 * inner, nh, bias_init=linspace_init(config.fgate_bias_min, config.fgate_bias_max), **gate)
+        self.igate, self.fgate = gate_projections(3 * inner, config, in_axis=None, param_dtype=param_dtype, rngs=rngs)
         self.outnorm = MultiHeadNorm(nh, inner // nh, eps=config.norm_eps, param_dtype=param_dtype)
         self.learnable_skip = param(jnp.ones((inner,), param_dtype), "heads")
         self.proj_down = dense(inner, dim, axes=("heads", "embed"), kernel_init=wang_init(dim, num_blocks), **proj)
