@@ -127,7 +127,8 @@ def _launch_options(args: KernelArgs, s: float, warps: int, stages: int) -> dict
 def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config: BwConfig):
     """Recurrent kernel: (dC_all (BH, NC+1, DHQK, DHV) in ``tuning.state_dtype``, dn_all (BH, NC+1, DHQK)
     fp32, dC_first (BH, DHQK, DHV) fp32), index c = the cotangent of the state after c intra chunks,
-    stabilised like it; dC_first = dC_all at index 0 at full precision."""
+    stabilised like it; dC_first = dC_all at index 0 at full precision. One DHV block more than dC has:
+    its programs walk dn."""
     BH, S, DHQK = args.matQ.shape
     DHV = args.matV.shape[-1]
     NC = S // config.chunk_size_intra
@@ -146,7 +147,7 @@ def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config:
             jax.ShapeDtypeStruct((BH, NC + 1, DHQK), jnp.float32),
             jax.ShapeDtypeStruct((BH, DHQK, DHV), jnp.float32),
         ),
-        grid=(cdiv(DHQK, config.block_dhqk_recurrent), cdiv(DHV, config.block_dhv_recurrent), BH),
+        grid=(cdiv(DHQK, config.block_dhqk_recurrent), cdiv(DHV, config.block_dhv_recurrent) + 1, BH),
         L_INTRA=config.chunk_size_intra,
         L_INTER=config.chunk_size_recurrent,
         BQ=config.block_dhqk_recurrent,

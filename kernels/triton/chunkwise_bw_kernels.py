@@ -41,6 +41,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .chunkwise_fw_kernels import step_rows
+
 
 @triton.jit
 def _gate_tile(b_t, m_t, offs_t, b_j, i_j, offs_j, seg_t, seg_j, HAS_SEGMENTS: tl.constexpr):
@@ -113,11 +115,13 @@ def recurrent_bw_kernel(
 ):
     """Walks the chunks backwards accumulating (dC, dn); stores them at every intra boundary.
 
-    Grid (cdiv(DHQK, BQ), cdiv(DHV, BV), BH). Step k of ``L_INTER`` steps from boundary tau to tau'
-    (tau' < tau), with b relative to tau' and m_tau' the m of step tau' (m0 at 0):
+    Grid (cdiv(DHQK, BQ), cdiv(DHV, BV) + 1, BH): the programs of the extra DHV block walk dn, the
+    others dC (so no program holds q both in shared memory for the dC dot and in registers for the dn
+    sum). Step k of ``L_INTER`` steps from boundary tau to tau' (tau' < tau), with b relative to tau'
+    and m_tau' the m of step tau' (m0 at 0):
     dC_tau' = exp(m_tau' + g - m_tau) dC_tau + sum_t exp(b_t + m_tau' - m_t) s q_t dnum_t^T, and dn
-    alike with dnq_t. The dn of a DHQK block is stored by the programs of the first DHV block;
-    ``matDC_first (BH, DHQK, DHV)`` fp32 gets dC at boundary 0 (the initial state's gradient).
+    alike with dnq_t. ``matDC_first (BH, DHQK, DHV)`` fp32 gets dC at boundary 0 (the initial state's
+    gradient).
     """
     _recurrent_bw(matQ, matDNum, vecDNQ, vecB, vecB, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
                   matDC_first, qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, False)
@@ -145,6 +149,43 @@ def _recurrent_bw(
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
+    if tl.program_id(1) == tl.cdiv(DHV, BV):
+        _normaliser_bw_walk(matQ, vecDNQ, vecB, vecSeg, vecM, scaM0, vecDN_last, vecDN_all, qk_scale, S, DHQK,
+                            L_INTRA, L_INTER, BQ, HAS_SEGMENTS)
+    else:
+        _state_bw_walk(matQ, matDNum, vecB, vecSeg, vecM, scaM0, matDC_last, matDC_all, matDC_first, qk_scale, S,
+                       DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, HAS_SEGMENTS)
+
+
+@triton.jit
+def _sub_chunk_gates(vecB, vecM, vecSeg, gate_base, start, m0, qk_scale: tl.constexpr, L_INTRA: tl.constexpr,
+                     L_INTER: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
+    """(s exp(b_t + m_tau' - m_t) (L_INTER,), exp(m_tau' + g - m_tau)) of the sub-chunk of L_INTER steps
+    from flat step ``gate_base + start``: each step's weight into the cotangent of the state before the
+    sub-chunk, and the decay of the cotangent after it (m_tau = the m of the sub-chunk's last step)."""
+    offs_t = start + tl.arange(0, L_INTER)
+    b_base = tl.load(vecB + gate_base + start - 1, mask=start % L_INTRA != 0, other=0.0)
+    m_prev = tl.load(vecM + gate_base + start - 1, mask=start > 0, other=0.0)
+    m_prev = tl.where(start > 0, m_prev, m0)
+    g = tl.load(vecB + gate_base + start + L_INTER - 1) - b_base
+    log_coef = tl.load(vecB + gate_base + offs_t) - b_base + m_prev - tl.load(vecM + gate_base + offs_t)
+    log_decay = m_prev + g - tl.load(vecM + gate_base + start + L_INTER - 1)
+    if HAS_SEGMENTS:  # rows after a segment start do not see the state before the sub-chunk, and the
+        # state after the sub-chunk ignores the one before it
+        seg_t = tl.load(vecSeg + gate_base + offs_t)
+        seg_before = tl.load(vecSeg + gate_base + start - 1, mask=start % L_INTRA != 0, other=0)
+        log_coef = tl.where(seg_t == seg_before, log_coef, -float("inf"))
+        log_decay = tl.where(tl.max(seg_t, axis=0) == seg_before, log_decay, -float("inf"))
+    return tl.exp(log_coef) * qk_scale, tl.exp(log_decay)
+
+
+@triton.jit
+def _state_bw_walk(
+    matQ, matDNum, vecB, vecSeg, vecM, scaM0, matDC_last, matDC_all, matDC_first,
+    qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+    L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
     pid_q = tl.program_id(0)
     pid_v = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
@@ -155,51 +196,52 @@ def _recurrent_bw(
     mask_v = offs_v < DHV
     state_offs = offs_q[:, None] * DHV + offs_v[None, :]
     state_mask = mask_q[:, None] & mask_v[None, :]
-    dn_mask = mask_q & (pid_v == 0)
-    q_base = matQ + bh * S * DHQK
-    dnum_base = matDNum + bh * S * DHV
     gate_base = bh * S
     dc_base = matDC_all + bh * (NC + 1) * DHQK * DHV
-    dn_base = vecDN_all + bh * (NC + 1) * DHQK
 
     dC = tl.load(matDC_last + bh * DHQK * DHV + state_offs, mask=state_mask, other=0.0)
-    dn = tl.load(vecDN_last + bh * DHQK + offs_q, mask=mask_q, other=0.0)
     tl.store(dc_base + NC * DHQK * DHV + state_offs, dC.to(matDC_all.dtype.element_ty), mask=state_mask)
-    tl.store(dn_base + NC * DHQK + offs_q, dn, mask=dn_mask)
     m0 = tl.load(scaM0 + bh)
-    m_next = tl.load(vecM + gate_base + S - 1)
+    for kk in range(NC):
+        chunk = NC - 1 - kk
+        for cc in range(L_INTRA // L_INTER):
+            start = chunk * L_INTRA + L_INTRA - (cc + 1) * L_INTER
+            coef, decay = _sub_chunk_gates(vecB, vecM, vecSeg, gate_base, start, m0, qk_scale, L_INTRA, L_INTER,
+                                           HAS_SEGMENTS)
+            q = step_rows(matQ, gate_base + start, offs_q, mask_q, DHQK, L_INTER)
+            dnum = step_rows(matDNum, gate_base + start, offs_v, mask_v, DHV, L_INTER)
+            weighted_dnum = (dnum.to(tl.float32) * coef[:, None]).to(q.dtype)
+            dC = tl.dot(tl.trans(q), weighted_dnum, acc=dC * decay, input_precision=PRECISION)
+        tl.store(dc_base + chunk * DHQK * DHV + state_offs, dC.to(matDC_all.dtype.element_ty), mask=state_mask)
+    tl.store(matDC_first + bh * DHQK * DHV + state_offs, dC, mask=state_mask)
+
+
+@triton.jit
+def _normaliser_bw_walk(
+    matQ, vecDNQ, vecB, vecSeg, vecM, scaM0, vecDN_last, vecDN_all, qk_scale: tl.constexpr, S: tl.constexpr,
+    DHQK: tl.constexpr, L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
+    pid_q = tl.program_id(0)
+    bh = tl.program_id(2).to(tl.int64)
+    NC: tl.constexpr = S // L_INTRA
+    offs_q = pid_q * BQ + tl.arange(0, BQ)
+    mask_q = offs_q < DHQK
+    gate_base = bh * S
+    dn_base = vecDN_all + bh * (NC + 1) * DHQK
+    dn = tl.load(vecDN_last + bh * DHQK + offs_q, mask=mask_q, other=0.0)
+    tl.store(dn_base + NC * DHQK + offs_q, dn, mask=mask_q)
+    m0 = tl.load(scaM0 + bh)
     for kk in range(NC):
         chunk = NC - 1 - kk
         for cc in range(L_INTRA // L_INTER):
             start = chunk * L_INTRA + L_INTRA - (cc + 1) * L_INTER
             offs_t = start + tl.arange(0, L_INTER)
-            b_base = tl.load(vecB + gate_base + start - 1, mask=start % L_INTRA != 0, other=0.0)
-            m_prev = tl.load(vecM + gate_base + start - 1, mask=start > 0, other=0.0)
-            m_prev = tl.where(start > 0, m_prev, m0)
-            b_t = tl.load(vecB + gate_base + offs_t) - b_base
-            g = tl.load(vecB + gate_base + start + L_INTER - 1) - b_base
-            log_coef = b_t + m_prev - tl.load(vecM + gate_base + offs_t)
-            if HAS_SEGMENTS:  # rows after a segment start do not see the state before the sub-chunk
-                seg_t = tl.load(vecSeg + gate_base + offs_t)
-                seg_before = tl.load(vecSeg + gate_base + start - 1, mask=start % L_INTRA != 0, other=0)
-                log_coef = tl.where(seg_t == seg_before, log_coef, -float("inf"))
-            coef = tl.exp(log_coef) * qk_scale
-            q = tl.load(q_base + offs_t[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
-            dnum = tl.load(dnum_base + offs_t[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :],
-                           other=0.0)
+            coef, decay = _sub_chunk_gates(vecB, vecM, vecSeg, gate_base, start, m0, qk_scale, L_INTRA, L_INTER,
+                                           HAS_SEGMENTS)
+            q = step_rows(matQ, gate_base + start, offs_q, mask_q, DHQK, L_INTER)
             dnq = tl.load(vecDNQ + gate_base + offs_t)
-            log_decay = m_prev + g - m_next
-            if HAS_SEGMENTS:  # a segment start in the sub-chunk: the state after it ignores the one before
-                log_decay = tl.where(tl.max(seg_t, axis=0) == seg_before, log_decay, -float("inf"))
-            decay = tl.exp(log_decay)
-            weighted_dnum = (dnum.to(tl.float32) * coef[:, None]).to(q.dtype)
-            dC = tl.dot(tl.trans(q), weighted_dnum, acc=dC * decay, input_precision=PRECISION)
-            if pid_v == 0:  # dn only where it is stored: the programs of the first DHV block
-                dn = dn * decay + tl.sum(q.to(tl.float32) * (coef * dnq)[:, None], axis=0)
-            m_next = m_prev
-        tl.store(dc_base + chunk * DHQK * DHV + state_offs, dC.to(matDC_all.dtype.element_ty), mask=state_mask)
-        tl.store(dn_base + chunk * DHQK + offs_q, dn, mask=dn_mask)
-    tl.store(matDC_first + bh * DHQK * DHV + state_offs, dC, mask=state_mask)
+            dn = dn * decay + tl.sum(q.to(tl.float32) * (coef * dnq)[:, None], axis=0)
+        tl.store(dn_base + chunk * DHQK + offs_q, dn, mask=mask_q)
 
 
 @triton.jit

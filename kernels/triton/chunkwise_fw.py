@@ -52,11 +52,11 @@ class FwResult(NamedTuple):
 def launch_states(matK, matV, vecB, vecI, vecSeg, initial, config: FwConfig) -> ChunkStates:
     """The recurrent kernel on checked inputs: the chunk states from ``vecB`` (the chunk-local
     log-forget cumsum), fp32 ``vecI``, ``vecSeg`` (the chunk-local segment counter, or None without
-    resets) and the fp32 initial states (c, n, m)."""
+    resets) and the fp32 initial states (c, n, m). One DHV block more than C has: its programs walk n, m."""
     B, NH, S, DHQK = matK.shape
     DHV = matV.shape[-1]
     NC = S // config.chunk_size_intra
-    grid = (cdiv(DHQK, config.siz_b_DHQK_inter), cdiv(DHV, config.siz_b_DHV_inter), B * NH)
+    grid = (cdiv(DHQK, config.siz_b_DHQK_inter), cdiv(DHV, config.siz_b_DHV_inter) + 1, B * NH)
     gates, kernel = (vecB, vecI), kernels.recurrent_fw_kernel
     if vecSeg is not None:
         gates, kernel = (vecB, vecI, vecSeg), kernels.recurrent_fw_segments_kernel

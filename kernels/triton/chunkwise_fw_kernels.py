@@ -38,10 +38,12 @@ def recurrent_fw_kernel(
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (DHQK blocks, DHV blocks, B*NH): walks the chunks of L_INTER steps in order with C, n, m
-    in registers and stores them at every L_INTRA boundary. For a chunk with local cumulative log
-    forget gate b (from b_prev, the value before the chunk) and total g = b_end - b_prev:
-    a_j = i_j + b_end - b_j, m' = max(g + m, max_j a_j), C' = e^(g+m-m') C + K^T diag(e^(a-m')) V."""
+    """Grid (DHQK blocks, DHV blocks + 1, B*NH): walks the chunks of L_INTER steps in order with the
+    state in registers and stores it at every L_INTRA boundary; the programs of the extra DHV block walk
+    n and m, the others C (so no program holds k both in shared memory for the C dot and in registers for
+    the n sum). For a chunk with local cumulative log forget gate b (from b_prev, the value before the
+    chunk) and total g = b_end - b_prev: a_j = i_j + b_end - b_j, m' = max(g + m, max_j a_j),
+    C' = e^(g+m-m') C + K^T diag(e^(a-m')) V, n' = e^(g+m-m') n + K^T e^(a-m')."""
     _recurrent_fw(matK, matV, vecB, vecI, vecI, matC_initial, vecN_initial, scaM_initial, matC_all, vecN_all,
                   scaM_all, matC_last, S, DHQK, DHV, NC, L_INTRA, L_INTER, BLOCK_DHQK, BLOCK_DHV, DOT_PRECISION, False)
 
@@ -68,58 +70,101 @@ def _recurrent_fw(
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr,
     DOT_PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
+    if tl.program_id(1) == tl.cdiv(DHV, BLOCK_DHV):
+        _normaliser_walk(matK, vecB, vecI, vecSeg, vecN_initial, scaM_initial, vecN_all, scaM_all, S, DHQK, NC,
+                         L_INTRA, L_INTER, BLOCK_DHQK, HAS_SEGMENTS)
+    else:
+        _state_walk(matK, matV, vecB, vecI, vecSeg, matC_initial, scaM_initial, matC_all, matC_last, S, DHQK, DHV, NC,
+                    L_INTRA, L_INTER, BLOCK_DHQK, BLOCK_DHV, DOT_PRECISION, HAS_SEGMENTS)
+
+
+@triton.jit
+def _chunk_gates(vecB, vecI, vecSeg, gates, continues, scaM, L_INTER: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
+    """(m', e^(g+m-m'), e^(a-m') (L_INTER,)) of the inter chunk whose first step has flat index ``gates``
+    (``continues``: not the first chunk of its intra chunk, so b carries on from the step before)."""
+    offs_t = tl.arange(0, L_INTER)
+    b = tl.load(vecB + gates + offs_t)
+    b_end = tl.load(vecB + gates + L_INTER - 1)
+    b_prev = tl.load(vecB + gates - 1, mask=continues, other=0.0)
+    a = tl.load(vecI + gates + offs_t) + b_end - b
+    log_carry = b_end - b_prev + scaM  # log weight of the carried state in the new one
+    if HAS_SEGMENTS:  # a segment start in this chunk: the zero state (m = 0) replaces the carried one
+        seg = tl.load(vecSeg + gates + offs_t)
+        seg_end = tl.load(vecSeg + gates + L_INTER - 1)
+        restarted = seg_end != tl.load(vecSeg + gates - 1, mask=continues, other=0)
+        log_carry = tl.where(restarted, b_end, log_carry)
+        a = tl.where(seg == seg_end, a, float("-inf"))
+    m_new = tl.maximum(log_carry, tl.max(a, axis=0))
+    decay = tl.exp(log_carry - m_new)
+    if HAS_SEGMENTS:
+        decay = tl.where(restarted, 0.0, decay)
+    return m_new, decay, tl.exp(a - m_new)
+
+
+@triton.jit
+def step_rows(mat, first, offs_col, mask_col, WIDTH: tl.constexpr, L: tl.constexpr):
+    """The (L, len(offs_col)) tile of a (.., WIDTH) buffer at flat rows first + [0, L), masked columns 0."""
+    rows = first + tl.arange(0, L)
+    return tl.load(mat + rows[:, None] * WIDTH + offs_col[None, :], mask=mask_col[None, :], other=0.0)
+
+
+@triton.jit
+def _state_walk(
+    matK, matV, vecB, vecI, vecSeg, matC_initial, scaM_initial, matC_all, matC_last, S: tl.constexpr,
+    DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L_INTRA: tl.constexpr, L_INTER: tl.constexpr,
+    BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+):
     pid_q, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     offs_q = pid_q * BLOCK_DHQK + tl.arange(0, BLOCK_DHQK)
     offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
     mask_q, mask_v = offs_q < DHQK, offs_v < DHV
     offs_c = offs_q[:, None] * DHV + offs_v[None, :]
     mask_c = mask_q[:, None] & mask_v[None, :]
-    stores_n = pid_v == 0
-    stores_m = stores_n & (pid_q == 0)
 
     matC = tl.load(matC_initial + bh * DHQK * DHV + offs_c, mask=mask_c, other=0.0)
-    vecN = tl.load(vecN_initial + bh * DHQK + offs_q, mask=mask_q, other=0.0)
     scaM = tl.load(scaM_initial + bh)
     tl.store(matC_all + bh * (NC + 1) * DHQK * DHV + offs_c, matC.to(matC_all.dtype.element_ty), mask=mask_c)
-    tl.store(vecN_all + bh * (NC + 1) * DHQK + offs_q, vecN, mask=mask_q & stores_n)
-    tl.store(scaM_all + bh * (NC + 1), scaM, mask=stores_m)
 
     # One flat loop over the inter chunks (so the compiler can prefetch k, v of the next chunk); the
     # state is stored after the last inter chunk of every intra chunk.
     for step in range(S // L_INTER):
         t0 = step * L_INTER
         gates = bh * S + t0
-        continues = t0 % L_INTRA != 0  # vecB and the segment counter carry on from the step before
-        offs_t = tl.arange(0, L_INTER)
-        b = tl.load(vecB + gates + offs_t)
-        b_end = tl.load(vecB + gates + L_INTER - 1)
-        b_prev = tl.load(vecB + gates - 1, mask=continues, other=0.0)
-        a = tl.load(vecI + gates + offs_t) + b_end - b
-        log_carry = b_end - b_prev + scaM  # log weight of the carried state in the new one
-        if HAS_SEGMENTS:  # a segment start in this chunk: the zero state (m = 0) replaces the carried one
-            seg = tl.load(vecSeg + gates + offs_t)
-            seg_end = tl.load(vecSeg + gates + L_INTER - 1)
-            restarted = seg_end != tl.load(vecSeg + gates - 1, mask=continues, other=0)
-            log_carry = tl.where(restarted, b_end, log_carry)
-            a = tl.where(seg == seg_end, a, float("-inf"))
-        m_new = tl.maximum(log_carry, tl.max(a, axis=0))
-        decay = tl.exp(log_carry - m_new)
-        if HAS_SEGMENTS:
-            decay = tl.where(restarted, 0.0, decay)
-        weight = tl.exp(a - m_new)
-        k = tl.load(matK + (gates + offs_t)[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
-        v = tl.load(matV + (gates + offs_t)[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        scaM, decay, weight = _chunk_gates(vecB, vecI, vecSeg, gates, t0 % L_INTRA != 0, scaM, L_INTER, HAS_SEGMENTS)
+        k = step_rows(matK, gates, offs_q, mask_q, DHQK, L_INTER)
+        v = step_rows(matV, gates, offs_v, mask_v, DHV, L_INTER)
         weighted_v = (v * weight[:, None]).to(v.dtype)
         matC = decay * matC + tl.dot(tl.trans(k), weighted_v, input_precision=DOT_PRECISION)
-        if stores_n:  # n only where it is stored: the programs of the first DHV block
-            vecN = decay * vecN + tl.sum(k.to(tl.float32) * weight[:, None], axis=0)
-        scaM = m_new
-        ends_intra = (t0 + L_INTER) % L_INTRA == 0
-        index = bh * (NC + 1) + (t0 + L_INTER) // L_INTRA
-        tl.store(matC_all + index * DHQK * DHV + offs_c, matC.to(matC_all.dtype.element_ty), mask=mask_c & ends_intra)
-        tl.store(vecN_all + index * DHQK + offs_q, vecN, mask=mask_q & stores_n & ends_intra)
-        tl.store(scaM_all + index, scaM, mask=stores_m & ends_intra)
+        if (t0 + L_INTER) % L_INTRA == 0:
+            index = bh * (NC + 1) + (t0 + L_INTER) // L_INTRA
+            tl.store(matC_all + index * DHQK * DHV + offs_c, matC.to(matC_all.dtype.element_ty), mask=mask_c)
     tl.store(matC_last + bh * DHQK * DHV + offs_c, matC, mask=mask_c)
+
+
+@triton.jit
+def _normaliser_walk(
+    matK, vecB, vecI, vecSeg, vecN_initial, scaM_initial, vecN_all, scaM_all, S: tl.constexpr, DHQK: tl.constexpr,
+    NC: tl.constexpr, L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BLOCK_DHQK: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr,
+):
+    pid_q, bh = tl.program_id(0), tl.program_id(2).to(tl.int64)
+    offs_q = pid_q * BLOCK_DHQK + tl.arange(0, BLOCK_DHQK)
+    mask_q = offs_q < DHQK
+    stores_m = pid_q == 0
+    vecN = tl.load(vecN_initial + bh * DHQK + offs_q, mask=mask_q, other=0.0)
+    scaM = tl.load(scaM_initial + bh)
+    tl.store(vecN_all + bh * (NC + 1) * DHQK + offs_q, vecN, mask=mask_q)
+    tl.store(scaM_all + bh * (NC + 1), scaM, mask=stores_m)
+    for step in range(S // L_INTER):
+        t0 = step * L_INTER
+        gates = bh * S + t0
+        scaM, decay, weight = _chunk_gates(vecB, vecI, vecSeg, gates, t0 % L_INTRA != 0, scaM, L_INTER, HAS_SEGMENTS)
+        k = step_rows(matK, gates, offs_q, mask_q, DHQK, L_INTER)
+        vecN = decay * vecN + tl.sum(k.to(tl.float32) * weight[:, None], axis=0)
+        if (t0 + L_INTER) % L_INTRA == 0:
+            index = bh * (NC + 1) + (t0 + L_INTER) // L_INTRA
+            tl.store(vecN_all + index * DHQK + offs_q, vecN, mask=mask_q)
+            tl.store(scaM_all + index, scaM, mask=stores_m)
 
 
 @triton.jit

@@ -132,9 +132,11 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
     are twice as large: smaller parallel-kernel tiles, so shared memory stays within the H100's 227 KiB.
     Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages; chunk states in
-    the input dtype (fp32 for fp32 inputs). bf16/fp16 with 128 <= DHQK < 256: a 128 x min(128, padded DHV)
-    recurrent tile on 8 warps (H200 at 8x16x8192x128x256: forward 2.39 -> 2.24 ms, forward+backward
-    6.67 -> 6.59 ms, benchmarks/results/h200_kernels_2026-12-03.md). bf16/fp16 with DHV wider than one
+    the input dtype (fp32 for fp32 inputs). bf16/fp16 with DHQK >= 128: a 128 x min(64, padded DHV)
+    recurrent tile over 128-step inter chunks, 4 warps, 2 stages: two programs per SM since the n walk
+    has programs of its own (H200, states kernel alone, before -> after: 7B 1.15 -> 1.08 ms, 8x16x8192x128x256
+    0.96 -> 0.79 ms; benchmarks/results/h200_recurrent_split_2026-12-03.md).
+    bf16/fp16 with DHV wider than one
     256-column tile (where the parallel kernel would recompute q k^T per tile): ``materialise_scores``
     with the scores kernel's q k^T as one dot up to DHQK = 256 (H200, 7B layer: forward 3.17 -> 2.66 ms;
     at 128 x 256, one DHV tile, it lost: 2.50 -> 2.75 ms); its output kernel with the parallel kernel's
@@ -152,12 +154,12 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     )
     if jnp.dtype(dtype).itemsize <= 2:
         materialise = dhv_pad > 256  # several siz_b_DH_parallel tiles
-        if 128 <= DHQK < 256:
-            both.update(siz_b_DHQK_inter=128, siz_b_DHV_inter=min(128, dhv_pad), num_warps_inter=8)
+        if DHQK >= 128:
+            both.update(siz_b_DHQK_inter=128)
         return dict(
             both,
             materialise_scores=materialise,
-            chunk_size_inter=intra if DHQK >= 256 else min(128, intra),
+            chunk_size_inter=min(128, intra),
             num_stages_intra=3 if DHQK >= 256 else 2,
             siz_b_L_parallel=min(128, intra),
             siz_b_L_loop=min(64, intra),
@@ -187,9 +189,10 @@ def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
 
     Step blocks min(64, intra), recurrent chunk min(128, intra); owned head-dim tile min(128, padded DHV)
     for 16-bit inputs, min(64, padded DHV) for fp32 (twice the bytes per tile); contracted blocks
-    min(64, padded DHQK); recurrent tile min(64, padded head dims); 4 warps and 2 stages everywhere,
-    except 16-bit inputs with DHQK >= 256: recurrent chunk min(256, intra) and 3 parallel-kernel stages
-    (H200 sweep at 7B: backward kernels 9.04 -> 7.89 ms, forward+backward 12.56 -> 11.12 ms). State
+    min(64, padded DHQK); recurrent tile min(64, padded head dims), 128 x 64 for 16-bit inputs with
+    DHQK >= 128 (as the forward's; see there); 4 warps and 2 stages everywhere, except 16-bit inputs with
+    DHQK >= 256: 3 parallel-kernel stages (H200 sweep at 7B: backward kernels 9.04 -> 7.89 ms,
+    forward+backward 12.56 -> 11.12 ms). State
     cotangents in the input dtype (fp32 for fp32 inputs). ``materialise_bw_scores`` for 16-bit inputs:
     H200 bf16 forward+backward 8.79 -> 7.64 ms at 8x8x8192x256x512, 7.57 -> 6.92 at 8x16x8192x128x256,
     1.78 -> 1.52 at 1x8x8192x256x512, 1.65 -> 1.40 at 8x8x4096x64x128, 4.52 -> 3.78 at 8x4x4096x384x768
@@ -200,8 +203,8 @@ def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     sixteen_bit = jnp.dtype(dtype).itemsize <= 2
     wide = sixteen_bit and DHQK >= 256
     return dict(
-        chunk_size_recurrent=min(256 if wide else 128, intra),
-        block_dhqk_recurrent=min(64, dhqk_pad),
+        chunk_size_recurrent=min(128, intra),
+        block_dhqk_recurrent=128 if sixteen_bit and DHQK >= 128 else min(64, dhqk_pad),
         block_dhv_recurrent=min(64, dhv_pad),
         num_warps_recurrent=4,
         num_stages_recurrent=2,
