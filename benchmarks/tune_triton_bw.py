@@ -70,8 +70,8 @@ CONFIGS["7b"] = [
     {"num_warps_parallel": 8},
     {"chunk_size_recurrent": 256, "num_stages_parallel": 3},
 ]
-# The dC recurrence alone (--recurrent-only): the current default, then the forward's recurrent sweep
-# (chunk_size_recurrent, tile DHQK x DHV, warps, stages).
+# The dC recurrence alone (--recurrent-only): the 7B default before dC and dn got programs of their own,
+# then the forward's recurrent sweep (chunk_size_recurrent, tile DHQK x DHV, warps, stages).
 RECURRENT_SWEEP = [(256, 64, 64, 4, 2), *FW_RECURRENT_SWEEP]
 RECURRENT_NAMES = (
     "chunk_size_recurrent",

@@ -71,6 +71,9 @@ def _parallel(intra, rows, cols, dhqk, dhv, warps, stages):
 # (chunk_size_inter, state tile DHQK x DHV, warps, stages) swept at both shapes: smaller inter chunks
 # (more pipeline stages and programs per SM) and larger state tiles (fewer re-reads of k and v from L2).
 RECURRENT_SWEEP = [
+    (128, 128, 64, 4, 2),  # the 16-bit default for DHQK >= 128 since C and n have programs of their own
+    (128, 64, 64, 4, 2),
+    (64, 128, 64, 4, 3),
     (128, 64, 64, 4, 3),
     (64, 64, 64, 4, 4),
     (128, 128, 64, 4, 3),

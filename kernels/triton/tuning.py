@@ -134,13 +134,12 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages; chunk states in
     the input dtype (fp32 for fp32 inputs). bf16/fp16 with DHQK >= 128: a 128 x min(64, padded DHV)
     recurrent tile over 128-step inter chunks, 4 warps, 2 stages: two programs per SM since the n walk
-    has programs of its own (H200, states kernel alone, before -> after: 7B 1.15 -> 1.08 ms, 8x16x8192x128x256
-    0.96 -> 0.79 ms; benchmarks/results/h200_recurrent_split_2026-12-03.md).
-    bf16/fp16 with DHV wider than one
-    256-column tile (where the parallel kernel would recompute q k^T per tile): ``materialise_scores``
-    with the scores kernel's q k^T as one dot up to DHQK = 256 (H200, 7B layer: forward 3.17 -> 2.66 ms;
-    at 128 x 256, one DHV tile, it lost: 2.50 -> 2.75 ms); its output kernel with the parallel kernel's
-    warps and stages.
+    has programs of its own (H200, states kernel alone, before -> after: 7B 1.15 -> 1.08 ms,
+    8x16x8192x128x256 0.96 -> 0.79 ms; benchmarks/results/h200_recurrent_split_2026-12-03.md).
+    bf16/fp16 with DHV wider than one 256-column tile (where the parallel kernel would recompute q k^T
+    per tile): ``materialise_scores`` with the scores kernel's q k^T as one dot up to DHQK = 256 (H200,
+    7B layer: forward 3.17 -> 2.66 ms; at 128 x 256, one DHV tile, it lost: 2.50 -> 2.75 ms); its output
+    kernel with the parallel kernel's warps and stages.
     :func:`resolve_fw_config` fills in the output kernel's blocks, which follow ``siz_b_L_parallel``.
     """
     intra = chunk_size_intra
