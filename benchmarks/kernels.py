@@ -31,6 +31,8 @@ row so that TFLOP/s compares kernels on the same work; the same count as benchma
 the first shape (B=8, S=8192 with 32 heads x 128 for the default shapes), bf16, as a reference row:
 FLOP 2 B N S^2 H forward (causal half of q k^T and P v), 3.5 x that forward+backward.
 A kernel that fails (out of memory, unsupported) gets its error in its row; the run goes on.
+The rows of one shape (every variant, mode and segment count) are timed in turns, each repetition running
+every row once (``timing.interleaved_median_ms``), so that they compare under the same card conditions.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +54,8 @@ from benchmarks.timing import (  # noqa: E402
     ceilings_line,
     compiled_peak_bytes,
     floor_ms,
+    interleaved_median_ms,
     markdown_table,
-    median_ms,
     mlstm_inputs,
     parse_shape,
     write_report,
@@ -125,10 +128,19 @@ def timed_function(fn: Callable, n_inputs: int, mode: str) -> Callable:
     return jax.jit(lambda *args: jax.vjp(fn, *args[:n_inputs])[1](args[n_inputs]))
 
 
-def measure(fn: Callable, input_sets, flop: float, min_bytes: float) -> dict:
-    """Median ms, throughput, roofline and compiled peak memory of a jitted ``fn``."""
-    peak = compiled_peak_bytes(fn, *input_sets[0])
-    ms = median_ms(fn, input_sets)
+class Entry(NamedTuple):
+    """One row to time: ``make()`` builds the jitted function, ``work`` is its (FLOP, minimum bytes)."""
+
+    kernel: str
+    shape: str
+    mode: str
+    options: dict
+    work: tuple[float, float]
+    make: Callable[[], Callable]
+
+
+def roofline(ms: float, flop: float, min_bytes: float, peak_bytes: int) -> dict:
+    """Throughput, roofline floor and peak memory of a call that took ``ms``."""
     floor = floor_ms(flop, min_bytes)
     return {
         "ms": ms,
@@ -137,7 +149,7 @@ def measure(fn: Callable, input_sets, flop: float, min_bytes: float) -> dict:
         "% of floor": 100 * floor / ms,
         "GFLOP": flop / 1e9,
         "min GB": min_bytes / 1e9,
-        "peak GiB": peak / 2**30,
+        "peak GiB": peak_bytes / 2**30,
     }
 
 
@@ -146,14 +158,28 @@ def failure_note(err: Exception) -> str:
     return f"failed: {type(err).__name__}: {first_line[:160]}".replace("|", "/")
 
 
-def row(kernel: str, shape: str, mode: str, options: dict, run: Callable) -> list:
-    """One table row; ``run()`` returns :func:`measure`'s dict or raises (reported in the row)."""
-    try:
-        numbers, note = run(), ""
-    except Exception as err:  # noqa: BLE001 -- a failing kernel is a result, not a crash
-        numbers, note = {}, failure_note(err)
-    opts = ",".join(f"{k}={v}" for k, v in options.items()) or "-"
-    return [kernel, shape, mode, opts] + [numbers.get(c, "-") for c in COLUMNS[4:-1]] + [note]
+def timed_rows(entries: list[Entry], input_sets) -> list[list]:
+    """Table rows of ``entries``, timed in turns on ``input_sets`` (:func:`interleaved_median_ms`), so
+    that rows of one group compare under the same conditions. An entry whose function fails to build,
+    compile or run (out of memory, unsupported) gets the error in its row and is not timed."""
+    built, notes = {}, {}
+    for index, entry in enumerate(entries):
+        try:
+            fn = entry.make()
+            peak = compiled_peak_bytes(fn, *input_sets[0])
+            jax.block_until_ready(fn(*input_sets[0]))
+            built[index] = (fn, peak)
+        except Exception as err:  # noqa: BLE001 -- a failing kernel is a result, not a crash
+            notes[index] = failure_note(err)
+    times = dict(zip(built, interleaved_median_ms([fn for fn, _ in built.values()], input_sets))) if built else {}
+    rows = []
+    for index, entry in enumerate(entries):
+        numbers = roofline(times[index], *entry.work, built[index][1]) if index in built else {}
+        opts = ",".join(f"{k}={v}" for k, v in entry.options.items()) or "-"
+        cells = [numbers.get(c, "-") for c in COLUMNS[4:-1]]
+        rows.append([entry.kernel, entry.shape, entry.mode, opts, *cells, notes.get(index, "")])
+    print("\n".join(markdown_table(COLUMNS, rows).splitlines()[2:]), flush=True)
+    return rows
 
 
 def random_segment_ids(B: int, S: int, documents: int, seed: int = 0) -> np.ndarray:
@@ -165,11 +191,9 @@ def random_segment_ids(B: int, S: int, documents: int, seed: int = 0) -> np.ndar
     return np.cumsum(resets, axis=1).astype(np.int32)
 
 
-def measure_mlstm(name, shape, dtype, mode, options, documents, input_sets) -> dict:
-    """:func:`measure` of kernel ``name`` (with ``documents`` random documents per row when > 0)."""
-    ids = random_segment_ids(shape[0], shape[2], documents) if documents else None
-    fn = functools.partial(get_kernel(name), segment_ids=ids, **options)
-    return measure(timed_function(fn, 5, mode), input_sets, *mlstm_work(shape, dtype, mode))
+def mlstm_function(name, mode, options, segment_ids) -> Callable:
+    """The jitted forward or vjp of registry kernel ``name`` with ``options`` (and ``segment_ids``)."""
+    return timed_function(functools.partial(get_kernel(name), segment_ids=segment_ids, **options), 5, mode)
 
 
 def parse_variants(text: str) -> list[tuple[str, dict]]:
@@ -182,15 +206,19 @@ def parse_variants(text: str) -> list[tuple[str, dict]]:
 
 
 def mlstm_rows(variants, shapes, dtype, modes, segment_counts=(0,)) -> list[list]:
-    """Rows for every (registry name, options) of ``variants`` at every shape, mode and segment count."""
+    """Rows for every (registry name, options) of ``variants`` at every shape, mode and segment count;
+    the rows of one shape are timed in turns."""
     rows = []
     for shape in shapes:
         input_sets = [mlstm_inputs(shape, dtype, seed) for seed in range(INPUT_SETS)]
+        label = "x".join(map(str, shape))
+        entries = []
         for (name, options), mode, documents in ((v, m, d) for v in variants for m in modes for d in segment_counts):
-            run = functools.partial(measure_mlstm, name, shape, dtype, mode, options, documents, input_sets)
+            ids = random_segment_ids(shape[0], shape[2], documents) if documents else None
+            make = functools.partial(mlstm_function, name, mode, options, ids)
             row_options = dict(options, segments=documents) if documents else options
-            rows.append(row(name, "x".join(map(str, shape)), mode, row_options, run))
-            print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
+            entries.append(Entry(name, label, mode, row_options, mlstm_work(shape, dtype, mode), make))
+        rows += timed_rows(entries, input_sets)
         input_sets = None  # frees this shape's inputs before the next shape's are drawn
     return rows
 
@@ -207,15 +235,19 @@ def attention_rows(shape, modes) -> list[list]:
     def attention(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
-    def run(mode):
-        input_sets = [inputs(seed) for seed in range(INPUT_SETS)]
-        return measure(timed_function(attention, 3, mode), input_sets, *attention_work(B, S, N, H, dtype, mode))
-
-    rows = []
-    for mode in modes:
-        rows.append(row("attention--cudnn", f"{B}x{N}x{S}x{H}x{H}", mode, {}, functools.partial(run, mode)))
-        print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
-    return rows
+    work = functools.partial(attention_work, B, S, N, H, dtype)
+    entries = [
+        Entry(
+            "attention--cudnn",
+            f"{B}x{N}x{S}x{H}x{H}",
+            mode,
+            {},
+            work(mode),
+            functools.partial(timed_function, attention, 3, mode),
+        )
+        for mode in modes
+    ]
+    return timed_rows(entries, [inputs(seed) for seed in range(INPUT_SETS)])
 
 
 def main(argv=None) -> str:

@@ -41,15 +41,36 @@ def card_ceilings(device_kind: str | None = None) -> Ceilings:
 
 def median_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 3, reps: int = 20) -> float:
     """Median wall time in ms of ``fn(*inputs)``, rotating over ``input_sets`` (defeats L2 reuse)."""
-    for k in range(warmup):
-        jax.block_until_ready(fn(*input_sets[k % len(input_sets)]))
-    times = []
-    for k in range(reps):
-        args = input_sets[k % len(input_sets)]
-        t0 = time.perf_counter()
+    return interleaved_median_ms([fn], input_sets, warmup, reps)[0]
+
+
+def interleaved_median_ms(
+    fns: Sequence[Callable], input_sets: Sequence[tuple], warmup: int = 3, reps: int = 20
+) -> list[float]:
+    """Median wall time in ms of each ``fns[j](*inputs)``, the functions timed in turns: each rep runs
+    every function once, starting one function later than the rep before. A drift of the card's clocks
+    or of other load during the run then reaches every function alike, where timing them one after the
+    other would charge it to whichever ran in the slow stretch. Consecutive calls take the next of
+    ``input_sets`` (defeats L2 reuse)."""
+    calls = 0
+
+    def timed(fn) -> float:
+        nonlocal calls
+        args = input_sets[calls % len(input_sets)]
+        calls += 1
+        start = time.perf_counter()
         jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return (time.perf_counter() - start) * 1e3
+
+    for _ in range(warmup):
+        for fn in fns:
+            timed(fn)
+    times = [[] for _ in fns]
+    for rep in range(reps):
+        for turn in range(len(fns)):
+            j = (rep + turn) % len(fns)
+            times[j].append(timed(fns[j]))
+    return [statistics.median(t) for t in times]
 
 
 def mlstm_inputs(shape, dtype, seed: int):

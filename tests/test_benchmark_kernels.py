@@ -1,0 +1,66 @@
+"""benchmarks/kernels.py runs on CPU at a tiny size, and its timer takes turns.
+
+* ``interleaved_median_ms`` runs every function warmup + reps times; after the warm-up each rep runs
+  each function once, the first function of a rep one later than in the rep before; consecutive calls
+  take consecutive input sets.
+* The kernel table holds one row per (variant, mode, segment count) in the order given, positive times
+  for the pure-JAX backends and the error of a variant with an unknown option in its row.
+"""
+
+import jax.numpy as jnp
+
+from benchmarks import kernels as bench
+from benchmarks.timing import interleaved_median_ms
+
+
+def test_interleaved_timing_takes_turns_and_rotates_inputs():
+    calls = []
+
+    def recorder(name):
+        def fn(x):
+            calls.append((name, int(x)))
+            return jnp.zeros(())
+
+        return fn
+
+    names = ("a", "b", "c")
+    sets = [(jnp.int32(n),) for n in range(4)]
+    medians = interleaved_median_ms([recorder(n) for n in names], sets, warmup=2, reps=5)
+    assert len(medians) == 3 and all(m >= 0 for m in medians)
+    assert [set_index for _, set_index in calls] == [n % 4 for n in range(len(calls))]
+    order = [name for name, _ in calls]
+    assert order[:6] == ["a", "b", "c"] * 2  # warm-up in the given order
+    reps = [order[6 + 3 * r : 9 + 3 * r] for r in range(5)]
+    assert reps == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"], ["b", "c", "a"]]
+
+
+def test_tiny_run_writes_a_row_per_variant_mode_and_segments(tmp_path):
+    out = tmp_path / "kernels.md"
+    report = bench.main(
+        [
+            "--variants",
+            "chunkwise--jax;parallel--jax;chunkwise--jax:bogus=1",
+            "--shapes",
+            "1x2x64x16x32",
+            "--modes",
+            "fw,fwbw",
+            "--segments",
+            "0,3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert out.read_text() == report
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in report.splitlines() if "--jax |" in line]
+    expected = [
+        (name, mode, opts)
+        for name, extra in (("chunkwise--jax", ""), ("parallel--jax", ""), ("chunkwise--jax", "bogus=1"))
+        for mode in ("fw", "fwbw")
+        for opts in ([extra or "-", ",".join(filter(None, (extra, "segments=3")))])
+    ]
+    assert [(r[0], r[2], r[3]) for r in rows] == expected
+    for row in rows:
+        if "bogus" in row[3]:
+            assert row[4] == "-" and "bogus" in row[-1], row
+        else:
+            assert float(row[4]) > 0 and float(row[7]) > 0 and not row[-1], row
