@@ -28,7 +28,9 @@ PAD_ID = 0  # token in front of shorter prompts (its segment is discarded)
 # Decoding runs at least this many rows (a one-row batch as two copies of its row): XLA's GPU compiler
 # rewrites a one-row matmul whose weight has < 10M elements into a broadcast multiply + reduce, which ran
 # the 7B q/k/gate projections at about a quarter of the GEMV's speed (benchmarks/results/
-# h200_profiles_2026-12-03.md). With two rows the projections stay GEMMs.
+# h200_profiles_2026-12-03.md). With two rows the projections stay GEMMs. Padding each one-row matmul
+# inside the layers instead (one-row state) was slower: 4.67 against 4.56 ms per 7B token (benchmarks/
+# results/h200_session12_2026-12-03.md).
 MIN_DECODE_ROWS = 2
 
 
