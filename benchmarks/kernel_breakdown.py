@@ -4,11 +4,10 @@ kernel's own roofline floor, for the forward's kernels, the backward's and the J
     python benchmarks/kernel_breakdown.py [--shape 8x8x8192x256x512] [--reps 20] [--out benchmarks/results/NAME.md]
     python benchmarks/kernel_breakdown.py --profile-once   # one forward+backward, e.g. under ncu
 
-Each kernel is jitted on its own with the library's default tuning; all are timed in turns (median,
-benchmarks/timing.py ``interleaved_median_ms``), so that their differences are not clock drift.
-"forward parallel" is the whole forward minus the states kernel and the gate cumsum (one XLA program
-holds all three); "glue" rows are the jnp work around the kernels; the last rows compare the sum with
-the registry's forward and forward+backward (where XLA merges the backward's recomputed chunk states
+Each kernel is jitted and timed on its own (median, benchmarks/timing.py) with the library's default
+tuning. "forward parallel" is the whole forward minus the states kernel and the gate cumsum (one XLA
+program holds all three); "glue" rows are the jnp work around the kernels; the last rows compare the sum
+with the registry's forward and forward+backward (where XLA merges the backward's recomputed chunk states
 with the forward's identical call).
 
 Counting (per kernel, B NH heads of S steps, K = DHQK, V = DHV, L = chunk_size_intra, tiles of the
@@ -30,7 +29,6 @@ Floor = max(FLOP / matmul ceiling, bytes / copy ceiling), the card's ceilings (b
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
@@ -41,8 +39,8 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # 
 
 from benchmarks.timing import (  # noqa: E402
     floor_ms,
-    interleaved_median_ms,
     markdown_table,
+    median_ms,
     mlstm_inputs,
     shape_parser,
     write_report,
@@ -139,14 +137,15 @@ def kernel_timings(input_sets, tuning: dict, reps: int, names=BW_KERNELS) -> dic
     """Median ms of each backward kernel of ``names`` (BW_KERNELS, in that order) for one backward
     configuration."""
     calls = backward_kernel_calls(input_sets, tuning)
-    return timed_in_turns({name: calls[name] for name in names if name in calls}, reps)
+    return timed_each({name: calls[name] for name in names if name in calls}, reps)
 
 
-def timed_in_turns(calls: dict, reps: int) -> dict:
-    """Median ms of each ``fn(*args)`` of ``calls`` (name -> (jitted fn, args)), the calls timed in turns
-    (benchmarks/timing.py ``interleaved_median_ms``) so that their differences are not drift."""
-    fns = [functools.partial(fn, *args) for fn, args in calls.values()]
-    return dict(zip(calls, interleaved_median_ms(fns, [()], reps=reps)))
+def timed_each(calls: dict, reps: int) -> dict:
+    """Median ms of each ``fn(*args)`` of ``calls`` (name -> (jitted fn, args)), each timed back to back
+    on its own. Timed in turns, each would run right after another, often heavier one and read slower:
+    at the 7B layer such times summed to 9.1 ms against 7.0 ms for the whole forward+backward (benchmarks/
+    results/h200_session12_2026-12-03.md)."""
+    return {name: median_ms(fn, [args], reps=reps) for name, (fn, args) in calls.items()}
 
 
 def registry_call(mode: str):
@@ -168,7 +167,7 @@ def breakdown(shape, reps: int) -> tuple[list, list]:
     dims = common.Dims(B, NH, S, K, V)
     fw_config = resolve_fw_config(dims, jnp.bfloat16, chunk_size_intra=common.default_chunk_size(S))
     bw_config = resolve_bw_config(dims, jnp.bfloat16, chunk_size_intra=fw_config.chunk_size_intra)
-    input_sets = [mlstm_inputs(shape, jnp.bfloat16, 0)]
+    input_sets = [mlstm_inputs(shape, jnp.bfloat16, seed) for seed in (0, 1)]
     work = kernel_work(shape, fw_config, bw_config)
     rows = []
 
@@ -181,15 +180,11 @@ def breakdown(shape, reps: int) -> tuple[list, list]:
             rows.append([name, ms, flop / 1e9, nbytes / 1e9, floor, 100 * floor / ms, flop / ms / 1e9])
         print(markdown_table(COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
 
-    first = input_sets[0]
-    calls = backward_kernel_calls(input_sets, {}) | {
-        "forward gate cumsum": (jax.jit(lambda f: chunk_log_forget_cumsum(f, fw_config.chunk_size_intra)), first[4:5]),
-        "whole forward": (jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS).matH), first[:5]),
-        "registry fw": (registry_call("fw"), first),
-        "registry fwbw": (registry_call("fwbw"), first),
-    }
-    per_kernel = timed_in_turns(calls, reps)
-    glue_fw, whole_fw = per_kernel["forward gate cumsum"], per_kernel["whole forward"]
+    five = [x[:5] for x in input_sets]
+    cumsum = jax.jit(lambda f: chunk_log_forget_cumsum(f, fw_config.chunk_size_intra))
+    glue_fw = median_ms(cumsum, [(x[4],) for x in input_sets], reps=reps)
+    whole_fw = median_ms(jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS).matH), five, reps=reps)
+    per_kernel = timed_each(backward_kernel_calls(input_sets, {}), reps)
     add("forward: states (recurrent)", per_kernel["states"], work["states"])
     add(
         "forward: parallel (whole forward - states - glue)",
@@ -203,7 +198,7 @@ def breakdown(shape, reps: int) -> tuple[list, list]:
     kernel_sum = whole_fw + sum(per_kernel[name] for name in backward)
     add("sum: forward + backward kernels above", kernel_sum)
     for mode in ("fw", "fwbw"):
-        add(f"registry chunkwise--triton {mode}", per_kernel[f"registry {mode}"])
+        add(f"registry chunkwise--triton {mode}", median_ms(registry_call(mode), input_sets, reps=reps))
     notes = [
         f"- shape B x NH x S x DHQK x DHV = {'x'.join(map(str, shape))}, bf16, library defaults",
         f"- forward config: {fw_config}",

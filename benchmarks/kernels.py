@@ -31,8 +31,10 @@ row so that TFLOP/s compares kernels on the same work; the same count as benchma
 the first shape (B=8, S=8192 with 32 heads x 128 for the default shapes), bf16, as a reference row:
 FLOP 2 B N S^2 H forward (causal half of q k^T and P v), 3.5 x that forward+backward.
 A kernel that fails (out of memory, unsupported) gets its error in its row; the run goes on.
-The rows of one shape (every variant, mode and segment count) are timed in turns, each repetition running
-every row once (``timing.interleaved_median_ms``), so that they compare under the same card conditions.
+The variants of one measurement (shape, mode and segment count) are timed in turns, each repetition
+running every variant once in a random order (``timing.interleaved_median_ms``), so that they compare
+under the same card conditions; forward and forward+backward rows are timed apart (a light call timed
+right after heavy ones reads too slow, see there).
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def timed_function(fn: Callable, n_inputs: int, mode: str) -> Callable:
 
 
 class Entry(NamedTuple):
-    """One row to time: ``make()`` builds the jitted function, ``work`` is its (FLOP, minimum bytes)."""
+    """One row to time: ``make()`` builds the jitted function, ``work`` is its (FLOP, minimum bytes);
+    rows with equal ``group`` (the same computation by different variants) are timed in turns."""
 
     kernel: str
     shape: str
@@ -137,6 +140,7 @@ class Entry(NamedTuple):
     options: dict
     work: tuple[float, float]
     make: Callable[[], Callable]
+    group: tuple
 
 
 def roofline(ms: float, flop: float, min_bytes: float, peak_bytes: int) -> dict:
@@ -159,9 +163,10 @@ def failure_note(err: Exception) -> str:
 
 
 def timed_rows(entries: list[Entry], input_sets) -> list[list]:
-    """Table rows of ``entries``, timed in turns on ``input_sets`` (:func:`interleaved_median_ms`), so
-    that rows of one group compare under the same conditions. An entry whose function fails to build,
-    compile or run (out of memory, unsupported) gets the error in its row and is not timed."""
+    """Table rows of ``entries`` on ``input_sets``, in their order; the entries of one ``group`` are
+    timed in turns (:func:`interleaved_median_ms`), so that they compare under the same conditions. An
+    entry whose function fails to build, compile or run (out of memory, unsupported) gets the error in
+    its row and is not timed."""
     built, notes = {}, {}
     for index, entry in enumerate(entries):
         try:
@@ -171,7 +176,11 @@ def timed_rows(entries: list[Entry], input_sets) -> list[list]:
             built[index] = (fn, peak)
         except Exception as err:  # noqa: BLE001 -- a failing kernel is a result, not a crash
             notes[index] = failure_note(err)
-    times = dict(zip(built, interleaved_median_ms([fn for fn, _ in built.values()], input_sets))) if built else {}
+    times = {}
+    for group in dict.fromkeys(entry.group for entry in entries):
+        members = [index for index in built if entries[index].group == group]
+        if members:
+            times.update(zip(members, interleaved_median_ms([built[i][0] for i in members], input_sets)))
     rows = []
     for index, entry in enumerate(entries):
         numbers = roofline(times[index], *entry.work, built[index][1]) if index in built else {}
@@ -207,7 +216,7 @@ def parse_variants(text: str) -> list[tuple[str, dict]]:
 
 def mlstm_rows(variants, shapes, dtype, modes, segment_counts=(0,)) -> list[list]:
     """Rows for every (registry name, options) of ``variants`` at every shape, mode and segment count;
-    the rows of one shape are timed in turns."""
+    the variants of one (shape, mode, segment count) are timed in turns."""
     rows = []
     for shape in shapes:
         input_sets = [mlstm_inputs(shape, dtype, seed) for seed in range(INPUT_SETS)]
@@ -217,7 +226,8 @@ def mlstm_rows(variants, shapes, dtype, modes, segment_counts=(0,)) -> list[list
             ids = random_segment_ids(shape[0], shape[2], documents) if documents else None
             make = functools.partial(mlstm_function, name, mode, options, ids)
             row_options = dict(options, segments=documents) if documents else options
-            entries.append(Entry(name, label, mode, row_options, mlstm_work(shape, dtype, mode), make))
+            work = mlstm_work(shape, dtype, mode)
+            entries.append(Entry(name, label, mode, row_options, work, make, group=(mode, documents)))
         rows += timed_rows(entries, input_sets)
         input_sets = None  # frees this shape's inputs before the next shape's are drawn
     return rows
@@ -244,6 +254,7 @@ def attention_rows(shape, modes) -> list[list]:
             {},
             work(mode),
             functools.partial(timed_function, attention, 3, mode),
+            group=(mode,),
         )
         for mode in modes
     ]

@@ -6,6 +6,7 @@ import argparse
 import datetime
 import importlib.metadata
 import os
+import random
 import statistics
 import sys
 import time
@@ -45,14 +46,17 @@ def median_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 3, reps: 
 
 
 def interleaved_median_ms(
-    fns: Sequence[Callable], input_sets: Sequence[tuple], warmup: int = 3, reps: int = 20
+    fns: Sequence[Callable], input_sets: Sequence[tuple], warmup: int = 3, reps: int = 20, seed: int = 0
 ) -> list[float]:
     """Median wall time in ms of each ``fns[j](*inputs)``, the functions timed in turns: each rep runs
-    every function once, starting one function later than the rep before. A drift of the card's clocks
-    or of other load during the run then reaches every function alike, where timing them one after the
-    other would charge it to whichever ran in the slow stretch. Consecutive calls take the next of
-    ``input_sets`` (defeats L2 reuse)."""
-    calls = 0
+    every function once, in a new random order (seeded, so reproducible). A drift of the card's clocks
+    during the run then reaches every function alike, and no function always runs after the same one.
+    Consecutive calls take the next of ``input_sets`` (defeats L2 reuse).
+
+    Give it variants of one computation: on the H200 a 0.1 ms op took 0.28-0.30 ms when each of its
+    runs followed a 6 ms matmul chain, against 0.11-0.13 ms back to back (benchmarks/results/
+    h200_session12_2026-12-03.md), so a small function timed in turns with heavy ones reads too slow."""
+    order, calls = random.Random(seed), 0
 
     def timed(fn) -> float:
         nonlocal calls
@@ -66,9 +70,8 @@ def interleaved_median_ms(
         for fn in fns:
             timed(fn)
     times = [[] for _ in fns]
-    for rep in range(reps):
-        for turn in range(len(fns)):
-            j = (rep + turn) % len(fns)
+    for _ in range(reps):
+        for j in order.sample(range(len(fns)), len(fns)):
             times[j].append(timed(fns[j]))
     return [statistics.median(t) for t in times]
 
