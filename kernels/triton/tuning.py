@@ -131,9 +131,9 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     bf16/fp16: the fastest configuration of the H100 sweep at (DHQK, DHV) = (256, 512) and (128, 256),
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
     are twice as large: smaller parallel-kernel tiles, so shared memory stays within the H100's 227 KiB.
-    Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV), 4 warps, 2 stages; chunk states in
-    the input dtype (fp32 for fp32 inputs). bf16/fp16 with DHQK >= 128: a 128 x min(64, padded DHV)
-    recurrent tile over 128-step inter chunks, 4 warps, 2 stages: two programs per SM since the n walk
+    Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV) over inter chunks of min(128, intra)
+    steps, 4 warps, 2 stages; chunk states in the input dtype (fp32 for fp32 inputs). bf16/fp16 with
+    DHQK >= 128: a 128 x min(64, padded DHV) recurrent tile: two programs per SM since the n walk
     has programs of its own (H200, states kernel alone, before -> after: 7B 1.15 -> 1.08 ms,
     8x16x8192x128x256 0.96 -> 0.79 ms; benchmarks/results/h200_recurrent_split_2026-12-03.md).
     bf16/fp16 with DHV wider than one 256-column tile (where the parallel kernel would recompute q k^T
@@ -145,6 +145,7 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
     both = dict(
+        chunk_size_inter=min(128, intra),
         siz_b_DHQK_inter=min(64, dhqk_pad),
         siz_b_DHV_inter=min(64, dhv_pad),
         num_warps_inter=4,
@@ -158,7 +159,6 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
         return dict(
             both,
             materialise_scores=materialise,
-            chunk_size_inter=min(128, intra),
             num_stages_intra=3 if DHQK >= 256 else 2,
             siz_b_L_parallel=min(128, intra),
             siz_b_L_loop=min(64, intra),
@@ -171,7 +171,6 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     return dict(
         both,
         materialise_scores=False,
-        chunk_size_inter=min(128, intra),
         siz_b_L_parallel=min(64, intra),
         siz_b_L_loop=min(64, intra),
         siz_b_DH_parallel=min(128, dhv_pad),
