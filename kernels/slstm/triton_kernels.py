@@ -283,29 +283,41 @@ def slstm_bw_kernel(
 # fmt: off
 @triton.jit
 def slstm_dr_kernel(
-    h_all, dg, R, dR,  # inputs h_all (B, S + 1, NH, DH), dg (B, S, 4, NH, DH), R (for its dtype); output fp32
+    h_all, dg, R, dR_parts,  # inputs h_all (B, S + 1, NH, DH), dg (B, S, 4, NH, DH) fp32, R (for its dtype)
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, SPLIT_ROWS: tl.constexpr,
 ):
-    """Grid (row tiles of R, column tiles of R, 4 * NH): the recurrent kernel's gradient
-    ``dR[gate, head] = sum over (b, t) of h_{t-1}^T dg_t[gate]``, h rounded to R's dtype (as in the forward's
-    product) and dg fp32, every product at about fp32 accuracy (3xTF32) into an fp32
-    accumulator; parallel over time, BLOCK_N (b, t) rows per tl.dot."""
+    """Grid (row tiles x column tiles of R, SPLIT_ROWS, 4 * NH): one part of the recurrent kernel's
+    gradient ``dR[gate, head] = sum over (b, t) of h_{t-1}^T dg_t[gate]``, the sum over the
+    program's share (1 / SPLIT_ROWS) of the (b, t) rows, BLOCK_N steps of one sequence per tl.dot,
+    into ``dR_parts[part, gate, head]`` fp32 (the launcher adds the parts). h is rounded to R's dtype,
+    as in the forward's product. Every product is about fp32-accurate with fp32 accumulation:
+    bf16 h is exact in bf16, so dg is split into bf16 high and low parts (two bf16 dots); other dtypes
+    use fp32 operands and three TF32 products."""
     gate, head = tl.program_id(2) // NH, tl.program_id(2) % NH
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    tiles_e: tl.constexpr = (DH + BLOCK_E - 1) // BLOCK_E
+    offs_d = (tl.program_id(0) // tiles_e) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_e = (tl.program_id(0) % tiles_e) * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_d, mask_e = offs_d < DH, offs_e < DH
+    blocks_per_row: tl.constexpr = (S + BLOCK_N - 1) // BLOCK_N
+    blocks: tl.constexpr = B * blocks_per_row
+    first = tl.program_id(1) * blocks // SPLIT_ROWS
+    last = (tl.program_id(1) + 1) * blocks // SPLIT_ROWS
     acc = tl.zeros((BLOCK_D, BLOCK_E), tl.float32)
-    for n0 in range(0, B * S, BLOCK_N):
-        rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)  # row b * S + t
-        mask_n = rows < B * S
-        h_rows = ((rows // S) * (S + 1) + rows % S) * NH + head  # slot t of h_all: h_{t-1}
-        h_t = tl.load(h_all + h_rows[None, :] * DH + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :],
-                      other=0.0)  # (BLOCK_D, BLOCK_N): h_{t-1}^T
-        h_t = h_t.to(R.dtype.element_ty).to(tl.float32)
-        d = tl.load(dg + ((rows[:, None] * 4 + gate) * NH + head) * DH + offs_e[None, :],
-                    mask=mask_n[:, None] & mask_e[None, :], other=0.0)
-        acc += tl.dot(h_t, d, input_precision="tf32x3")
-    r_offs = ((gate * NH + head) * DH + offs_d[:, None]) * DH + offs_e[None, :]
-    tl.store(dR + r_offs, acc, mask=mask_d[:, None] & mask_e[None, :])
+    for block in range(first, last):
+        b = tl.cast(block // blocks_per_row, tl.int64)
+        steps = (block % blocks_per_row) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_t = steps < S
+        h_offs = ((b * (S + 1) + steps[None, :]) * NH + head) * DH + offs_d[:, None]  # slot t: h_{t-1}
+        h_t = tl.load(h_all + h_offs, mask=mask_d[:, None] & mask_t[None, :], other=0.0).to(R.dtype.element_ty)
+        d_offs = (((b * S + steps[:, None]) * 4 + gate) * NH + head) * DH + offs_e[None, :]
+        d = tl.load(dg + d_offs, mask=mask_t[:, None] & mask_e[None, :], other=0.0)  # (BLOCK_N, BLOCK_E)
+        if R.dtype.element_ty == tl.bfloat16:
+            d_high = d.to(tl.bfloat16)
+            acc = tl.dot(h_t, d_high, acc)
+            acc = tl.dot(h_t, (d - d_high.to(tl.float32)).to(tl.bfloat16), acc)
+        else:
+            acc = tl.dot(h_t.to(tl.float32), d, acc, input_precision="tf32x3")
+    r_offs = (((tl.program_id(1) * 4 + gate) * NH + head) * DH + offs_d[:, None]) * DH + offs_e[None, :]
+    tl.store(dR_parts + r_offs, acc, mask=mask_d[:, None] & mask_e[None, :])
 # fmt: on

@@ -8,13 +8,14 @@ two) output columns and reads its slice of R once, before the time loop: the for
 dim, K = DH_PAD. The program's own columns of the running state (c, n, m; the backward's dc, dn, dm
 and dh) stay in registers too; the histories are still stored every step (the backward and the dR
 kernel read them). Only h_{t-1} (forward) and dg_t (backward) cross programs, not through the
-streaming kernels' group barrier but through an exchange ``ring`` (zeroed before the launch): two
-slots of int64 words, each an fp32 value with its step's tag in the high half (:func:`_post`). A
-reader re-reads its tile from L2 until every word carries the tag it waits for (:func:`_collect`):
-the data is its own arrival flag, with no fence, counter or acquire read on the way. A slot is
-rewritten two steps later, only after every program has read it (each must first post its next
-values, which need the rewriting program's). Each program posts its columns first, then stores the
-rest of the step and loads the next step's inputs while the others post, and collects last.
+streaming kernels' group barrier but through an exchange ``ring`` (zeroed before the launch): two slots
+of words, each a value in R's dtype (the product's operand) with its step's tag in the high half: int32
+words for 16-bit R, int64 for fp32 (:func:`_post`). A reader re-reads its tile from L2 until every word
+carries the tag it waits for (:func:`_collect`): the data is its own arrival flag, with no fence,
+counter or acquire read on the way. A slot is rewritten two steps later, only after every program has
+read it (each must first post its next values, which need the rewriting program's). Each program posts
+its columns first, then stores the rest of the step and loads the next step's inputs while the others
+post, and collects last.
 """
 
 import triton
@@ -32,20 +33,36 @@ from .triton_kernels import (
 
 @triton.jit
 def _post(ring, offs, mask, value, tag):
-    """Stores ``value`` (fp32) with ``tag`` in the high half of each int64 word of ``ring`` at ``offs``."""
-    bits = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-    tl.store(ring + offs, (tl.cast(tag, tl.int64) << 32) | bits, mask=mask)
+    """Stores ``value`` with ``tag`` in one word per element of ``ring`` at ``offs``: a 16-bit value
+    in the low half of an int32 word, the tag mod 2^16 in the high half; an fp32 value in the low half
+    of an int64 word, the tag in the high half."""
+    if value.dtype.primitive_bitwidth == 16:
+        bits = value.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        tl.store(ring + offs, ((tag & 0xFFFF) << 16) | bits, mask=mask)
+    else:
+        bits = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+        tl.store(ring + offs, (tl.cast(tag, tl.int64) << 32) | bits, mask=mask)
 
 
 @triton.jit
-def _collect(ring, offs, mask, tag):
-    """The fp32 values at ``offs`` of ``ring`` once every word there carries ``tag`` (masked: zeros).
-    Re-reads (volatile, from L2) until the slowest program's words have arrived."""
-    ready = tl.cast(tag, tl.int64) << 32
-    word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
-    while tl.min((word >> 32).to(tl.int32)) < tag:
+def _collect(ring, offs, mask, tag, dtype: tl.constexpr):
+    """The ``dtype`` values that :func:`_post` stored at ``offs`` of ``ring``, once every word there
+    carries ``tag`` (masked: zeros). Re-reads (volatile, from L2) until the slowest program's words
+    have arrived. A word holds either this tag or the previous one of its slot (two steps back), so
+    a tag mod 2^16 tells them apart."""
+    if dtype.primitive_bitwidth == 16:
+        want = tag & 0xFFFF
+        word = tl.load(ring + offs, mask=mask, other=want << 16, volatile=True)
+        while tl.max((((word >> 16) & 0xFFFF) != want).to(tl.int32)) > 0:
+            word = tl.load(ring + offs, mask=mask, other=want << 16, volatile=True)
+        values = (word & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
+    else:
+        ready = tl.cast(tag, tl.int64) << 32
         word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
-    return word.to(tl.int32).to(tl.float32, bitcast=True)
+        while tl.min((word >> 32).to(tl.int32)) < tag:
+            word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
+        values = word.to(tl.int32).to(tl.float32, bitcast=True)
+    return values
 
 
 # fmt: off
@@ -86,25 +103,28 @@ def slstm_fw_resident_kernel(
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, STORE_G: tl.constexpr,
 ):
     """The forward of triton_kernels.slstm_fw_kernel (same buffers, outputs and STORE_G) with R's slice
-    resident; ``ring`` (2, B, NH, DH) int64 carries h_t in slot t % 2, tagged t + 1."""
+    resident; ``ring`` (2, B, NH, DH) words (:func:`_post`) carries h_t in R's dtype in slot t % 2,
+    tagged t + 1."""
     head = tl.program_id(2)
-    ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
+    dt = R.dtype.element_ty
+    if dt.primitive_bitwidth == 32:
+        ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
     offs_b, offs_e, offs_k, mask, mask_h, state, r_i, r_f, r_z, r_o = _program_slice(
         R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD, False)
     full = (offs_b[:, None] * NH + head) * DH + offs_k[None, :]  # every column of h in a ring slot
     c, n, m = load_state(c0, n0, m0, state, mask)
     h_new = tl.load(h0 + state, mask=mask, other=0.0)
-    _post(ring, state, mask, h_new, 1)
+    _post(ring, state, mask, h_new.to(dt), 1)
     slot0 = (offs_b[:, None] * (S + 1) * NH + head) * DH + offs_e[None, :]
     tl.store(h_all + slot0, h_new, mask=mask)
     store_state(c_all, n_all, m_all, slot0, mask, c, n, m)
     gates = (offs_b[:, None] * S * 4 * NH + head) * DH + offs_e[None, :]  # step 0
     p_i, p_f, p_z, p_o = load_gates(pre, gates, mask, NH * DH)
     for t in range(S):
-        h = _collect(ring, (t % 2) * B * NH * DH + full, mask_h, t + 1).to(R.dtype.element_ty)
+        h = _collect(ring, (t % 2) * B * NH * DH + full, mask_h, t + 1, dt)
         g_i, g_f, g_z, g_o = _product(h, r_i, r_f, r_z, r_o, p_i, p_f, p_z, p_o, DOT_PRECISION)
         c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)
-        _post(ring, ((t + 1) % 2) * B * NH * DH + state, mask, h_new, t + 2)
+        _post(ring, ((t + 1) % 2) * B * NH * DH + state, mask, h_new.to(dt), t + 2)
         nxt = ((offs_b[:, None] * (S + 1) + t + 1) * NH + head) * DH + offs_e[None, :]  # slot t + 1
         tl.store(h_all + nxt, h_new, mask=mask)
         if STORE_G:
@@ -122,9 +142,10 @@ def slstm_bw_resident_kernel(
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The backward of triton_kernels.slstm_bw_kernel (same buffers and outputs; dc0, dn0, dm0, dh0 are
-    written once, after the walk) with R^T's slice resident; ``ring`` (2, B, 4, NH, DH) int64 carries
-    the walk's k-th dg_t (t = S - 1 - k) in slot k % 2, tagged k + 1."""
+    written once, after the walk) with R^T's slice resident; ``ring`` (2, B, 4, NH, DH) int64 words
+    carries the walk's k-th dg_t (t = S - 1 - k, fp32) in slot k % 2, tagged k + 1."""
     head = tl.program_id(2)
+    dt = R.dtype.element_ty
     ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
     offs_b, offs_e, offs_k, mask, mask_dg, state, rt_i, rt_f, rt_z, rt_o = _program_slice(
         R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD, True)
@@ -156,14 +177,13 @@ def slstm_bw_resident_kernel(
         c_prev, n_prev, m_prev = load_state(c_all, n_all, m_all, prev, more)
         dh_t = tl.load(dh_seq + seq, mask=more, other=0.0)
         # the cotangent of h_{t-1} (this program's columns): sum over gates of dg_t R^T
-        dt = R.dtype.element_ty
-        dg_i = _collect(ring, slot + ring_full, mask_dg, step + 1).to(dt)
+        dg_i = _collect(ring, slot + ring_full, mask_dg, step + 1, tl.float32).to(dt)
         dh = tl.dot(dg_i, rt_i, tl.zeros((BLOCK_B, COLS), tl.float32), input_precision=DOT_PRECISION)
-        dg_f = _collect(ring, slot + gate_stride + ring_full, mask_dg, step + 1).to(dt)
+        dg_f = _collect(ring, slot + gate_stride + ring_full, mask_dg, step + 1, tl.float32).to(dt)
         dh = tl.dot(dg_f, rt_f, dh, input_precision=DOT_PRECISION)
-        dg_z = _collect(ring, slot + 2 * gate_stride + ring_full, mask_dg, step + 1).to(dt)
+        dg_z = _collect(ring, slot + 2 * gate_stride + ring_full, mask_dg, step + 1, tl.float32).to(dt)
         dh = tl.dot(dg_z, rt_z, dh, input_precision=DOT_PRECISION)
-        dg_o = _collect(ring, slot + 3 * gate_stride + ring_full, mask_dg, step + 1).to(dt)
+        dg_o = _collect(ring, slot + 3 * gate_stride + ring_full, mask_dg, step + 1, tl.float32).to(dt)
         dh = tl.dot(dg_o, rt_o, dh, input_precision=DOT_PRECISION)
     store_state(dc0, dn0, dm0, state, mask, dc, dn, dm)
     tl.store(dh0 + state, dh, mask=mask)

@@ -1,5 +1,6 @@
 """Default tuning of the fused sLSTM kernel (pure function of the shape and the GPU's SM count): the
-split fills but never exceeds the SMs, keeps >= 32 columns per program, and is 1 without a GPU."""
+split fills but never exceeds the SMs, keeps >= 32 columns per program, and is 1 without a GPU; the
+recurrent kernel's gradient splits its rows until its grid has a program per SM."""
 
 import math
 
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from xlstm_flax.kernels.slstm.common import Dims
-from xlstm_flax.kernels.slstm.triton_launch import default_tuning, resolve_tuning
+from xlstm_flax.kernels.slstm.triton_launch import default_tuning, dr_split_rows, resolve_tuning
 
 H200_SMS = 132
 
@@ -58,3 +59,20 @@ def test_resident_by_default_where_one_tile_covers_a_program_and_the_slice_fits(
     # fp32 counts twice (3xTF32): split 8 is 2 x 128 KiB (on the H200 it asked for 272 KiB of shared memory)
     assert not resolve_tuning("recurrent--triton", dims, split=8, recurrent_dtype=jnp.float32).resident
     assert resolve_tuning("recurrent--triton", dims, split=16, recurrent_dtype=jnp.float32).resident
+
+
+@pytest.mark.parametrize("B, S, NH, DH", [(16, 2048, 4, 256), (8, 4096, 1, 512), (2, 64, 2, 48), (64, 128, 16, 128)])
+@pytest.mark.parametrize("sms", [16, 78, 132])
+def test_gradient_rows_split_until_the_grid_fills_the_sms(B, S, NH, DH, sms):
+    dims = Dims(B=B, S=S, NH=NH, DH=DH)
+    tiles = math.ceil(DH / 128) ** 2 * 4 * NH
+    blocks = B * math.ceil(S / 64)
+    split = dr_split_rows(dims, 128, 64, sms)
+    assert split & (split - 1) == 0 and 1 <= split <= blocks
+    assert tiles * split >= sms or 2 * split > blocks, f"{tiles} x {split} programs leave SMs idle"
+    assert split == 1 or tiles * split // 2 < sms, f"split {split} is larger than needed"
+    assert dr_split_rows(dims, 128, 64, None) == 1
+
+
+def test_gradient_rows_of_the_350m_layer_on_an_h200():
+    assert dr_split_rows(Dims(B=16, S=2048, NH=4, DH=256), 128, 64, H200_SMS) == 4  # 256 programs
