@@ -14,8 +14,8 @@ words for 16-bit R, int64 for fp32 (:func:`_post`). A reader re-reads its tile f
 carries the tag it waits for (:func:`_collect`): the data is its own arrival flag, with no fence,
 counter or acquire read on the way. A slot is rewritten two steps later, only after every program has
 read it (each must first post its next values, which need the rewriting program's). Each program posts
-its columns first, then stores the rest of the step and loads the next step's inputs while the others
-post, and collects last.
+its columns first, then stores the rest of the step (and the backward loads the next step's inputs)
+while the others post, and collects last; the forward loads a step's gate inputs before its collect.
 """
 
 import triton
@@ -96,6 +96,30 @@ def _program_slice(
 
 
 @triton.jit
+def _four(ptr_a, ptr_b, ptr_c, ptr_d, offs):
+    """Pointers (BLOCK_B, COLS, 2, 2) to ``offs`` (BLOCK_B, COLS) of four buffers, [..., p, q] into
+    buffer 2 q + p: the element order of ``tl.join(tl.join(a, b), tl.join(c, d))`` and :func:`_split4`."""
+    k = tl.arange(0, 2)[None, None, :, None] + 2 * tl.arange(0, 2)[None, None, None, :]
+    return tl.where(k == 0, ptr_a, tl.where(k == 1, ptr_b, tl.where(k == 2, ptr_c, ptr_d))) + offs[:, :, None, None]
+
+
+@triton.jit
+def _split4(x):
+    """The four (BLOCK_B, COLS) tiles of a (BLOCK_B, COLS, 2, 2) tensor in :func:`_four`'s order."""
+    ab, cd = tl.split(x)
+    a, b = tl.split(ab)
+    c, d = tl.split(cd)
+    return a, b, c, d
+
+
+@triton.jit
+def _store4(ptr_a, ptr_b, ptr_c, ptr_d, offs, mask, a, b, c, d):
+    """Stores the tiles a, b, c, d at ``offs`` of four buffers as one store of the four joined."""
+    tl.store(_four(ptr_a, ptr_b, ptr_c, ptr_d, offs), tl.join(tl.join(a, b), tl.join(c, d)),
+             mask=mask[:, :, None, None])
+
+
+@triton.jit
 def slstm_fw_resident_kernel(
     pre, R, c0, n0, m0, h0,  # inputs
     g_all, c_all, n_all, m_all, h_all, ring,  # outputs
@@ -119,19 +143,21 @@ def slstm_fw_resident_kernel(
     tl.store(h_all + slot0, h_new, mask=mask)
     store_state(c_all, n_all, m_all, slot0, mask, c, n, m)
     gates = (offs_b[:, None] * S * 4 * NH + head) * DH + offs_e[None, :]  # step 0
-    p_i, p_f, p_z, p_o = load_gates(pre, gates, mask, NH * DH)
+    pre_gates = _four(pre, pre + NH * DH, pre + 2 * NH * DH, pre + 3 * NH * DH, gates)
     for t in range(S):
+        # the step's gate inputs, loaded before the collect as one joined tile (H200: 7-12 % faster than
+        # four tiles prefetched a step ahead, each converted to the product's layout after the collect)
+        p_i, p_f, p_z, p_o = _split4(tl.load(pre_gates, mask=mask[:, :, None, None], other=0.0))
         h = _collect(ring, (t % 2) * B * NH * DH + full, mask_h, t + 1, dt)
         g_i, g_f, g_z, g_o = _product(h, r_i, r_f, r_z, r_o, p_i, p_f, p_z, p_o, DOT_PRECISION)
         c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)
         _post(ring, ((t + 1) % 2) * B * NH * DH + state, mask, h_new.to(dt), t + 2)
         nxt = ((offs_b[:, None] * (S + 1) + t + 1) * NH + head) * DH + offs_e[None, :]  # slot t + 1
-        tl.store(h_all + nxt, h_new, mask=mask)
+        _store4(h_all, c_all, n_all, m_all, nxt, mask, h_new, c, n, m)
         if STORE_G:
-            store_gates(g_all, gates, mask, g_i, g_f, g_z, g_o, NH * DH)
-        store_state(c_all, n_all, m_all, nxt, mask, c, n, m)
-        gates += 4 * NH * DH  # step t + 1 (loaded only if it exists)
-        p_i, p_f, p_z, p_o = load_gates(pre, gates, mask & (t + 1 < S), NH * DH)
+            _store4(g_all, g_all + NH * DH, g_all + 2 * NH * DH, g_all + 3 * NH * DH, gates, mask, g_i, g_f, g_z, g_o)
+        gates += 4 * NH * DH  # step t + 1
+        pre_gates += 4 * NH * DH
 
 
 @triton.jit
