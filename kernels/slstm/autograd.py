@@ -5,8 +5,9 @@ The forward kernel stores every state (c, n, m, h per step, fp32) and, under dif
 every step's full gate pre-activations ``g = pre + h_{t-1} R`` (4 x the bytes of h; a forward alone,
 e.g. prefill, writes none of them). The backward runs the reverse-time kernel for ``dg`` and the
 initial state's cotangents, then a third kernel for the recurrent kernel's gradient
-``sum_t h_{t-1}^T dg_t`` (parallel over time, about fp32-accurate products, fp32 accumulation): no XLA
-matmul in the backward. Gradients equal autodiff of the scan (reference.py), including the stabiliser's path.
+``sum_t h_{t-1}^T dg_t`` (parallel over time, fp32 accumulation; products about fp32-accurate for fp32
+and fp16 R, to about 2^-17 for bf16 R): no XLA matmul in the backward. Gradients equal autodiff of the
+scan (reference.py), including the stabiliser's path.
 """
 
 from __future__ import annotations

@@ -283,17 +283,18 @@ def slstm_bw_kernel(
 # fmt: off
 @triton.jit
 def slstm_dr_kernel(
-    h_all, dg, R, dR_parts,  # inputs h_all (B, S + 1, NH, DH), dg (B, S, 4, NH, DH) fp32, R (for its dtype)
+    h_all, dg, R,  # inputs h_all (B, S + 1, NH, DH), dg (B, S, 4, NH, DH) fp32, R (for its dtype)
+    dR_parts,  # output (SPLIT_ROWS, 4, NH, DH, DH) fp32
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, SPLIT_ROWS: tl.constexpr,
 ):
     """Grid (row tiles x column tiles of R, SPLIT_ROWS, 4 * NH): one part of the recurrent kernel's
     gradient ``dR[gate, head] = sum over (b, t) of h_{t-1}^T dg_t[gate]``, the sum over the
     program's share (1 / SPLIT_ROWS) of the (b, t) rows, BLOCK_N steps of one sequence per tl.dot,
-    into ``dR_parts[part, gate, head]`` fp32 (the launcher adds the parts). h is rounded to R's dtype,
-    as in the forward's product. Every product is about fp32-accurate with fp32 accumulation:
-    bf16 h is exact in bf16, so dg is split into bf16 high and low parts (two bf16 dots); other dtypes
-    use fp32 operands and three TF32 products."""
+    into ``dR_parts[part, gate, head]`` (the launcher adds the parts). h is rounded to R's dtype, as in
+    the forward's product; fp32 accumulation. bf16 R: h is exact in bf16 and dg is split into bf16
+    high and low parts (two bf16 dots; about 2^-17 of each dg is lost); other dtypes: fp32 operands,
+    three TF32 products (about fp32 accuracy)."""
     gate, head = tl.program_id(2) // NH, tl.program_id(2) % NH
     tiles_e: tl.constexpr = (DH + BLOCK_E - 1) // BLOCK_E
     offs_d = (tl.program_id(0) // tiles_e) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -318,6 +319,7 @@ def slstm_dr_kernel(
             acc = tl.dot(h_t, (d - d_high.to(tl.float32)).to(tl.bfloat16), acc)
         else:
             acc = tl.dot(h_t.to(tl.float32), d, acc, input_precision="tf32x3")
-    r_offs = (((tl.program_id(1) * 4 + gate) * NH + head) * DH + offs_d[:, None]) * DH + offs_e[None, :]
+    part = tl.cast(tl.program_id(1), tl.int64)
+    r_offs = (((part * 4 + gate) * NH + head) * DH + offs_d[:, None]) * DH + offs_e[None, :]
     tl.store(dR_parts + r_offs, acc, mask=mask_d[:, None] & mask_e[None, :])
 # fmt: on

@@ -271,6 +271,8 @@ DR_BLOCK = 128
 DR_BLOCK_N = 64
 DR_NUM_WARPS = 4
 DR_NUM_STAGES = 2
+MAX_DR_BLOCK = 256
+MAX_DR_SPLIT_ROWS = 1024
 
 
 def dr_split_rows(dims: Dims, block: int, block_n: int, sms: int | None) -> int:
@@ -300,8 +302,18 @@ def slstm_dr(
     """The recurrent kernel's gradient: h_history (B, S + 1, NH, DH) fp32 from :func:`slstm_fw`, dg
     (B, S, 4, NH, DH) fp32 from :func:`slstm_bw` -> (4, NH, DH, DH) fp32 (h rounded to R's dtype, like
     the forward's product; fp32 accumulation). Tiles of ``block`` x ``block`` (DH padded if smaller),
-    ``block_n`` steps per product, the rows in ``split_rows`` parts (default :func:`dr_split_rows`)."""
+    ``block_n`` steps per product, the rows in ``split_rows`` parts (default :func:`dr_split_rows`),
+    each a (4, NH, DH, DH) fp32 buffer until XLA adds them. ValueError names a bad tuning value."""
     B, S, NH, DH = dims
+    try:
+        check_power_of_two("block", block, MIN_BLOCK, MAX_DR_BLOCK)
+        check_power_of_two("block_n", block_n, MIN_BLOCK, MAX_DR_BLOCK)
+        check_power_of_two("num_warps", num_warps, 1, 16)
+        check_int_range("num_stages", num_stages, 1, 8)
+        if split_rows is not None:
+            check_int_range("split_rows", split_rows, 1, MAX_DR_SPLIT_ROWS)
+    except ValueError as err:
+        raise ValueError(f"slstm_dr: {err}") from None
     block = min(block, padded_dim(DH))
     if split_rows is None:
         split_rows = dr_split_rows(dims, block, block_n, _gpu_sms())

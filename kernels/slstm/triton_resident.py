@@ -7,15 +7,16 @@ two) output columns and reads its slice of R once, before the time loop: the for
 (64 KiB bf16 at DH = 256, COLS = 32). A step is then one ``tl.dot`` per gate over the whole padded head
 dim, K = DH_PAD. The program's own columns of the running state (c, n, m; the backward's dc, dn, dm
 and dh) stay in registers too; the histories are still stored every step (the backward and the dR
-kernel read them). Only h_{t-1} (forward) and dg_t (backward) cross programs, not through the
-streaming kernels' group barrier but through an exchange ``ring`` (zeroed before the launch): two slots
-of words, each a value in R's dtype (the product's operand) with its step's tag in the high half: int32
-words for 16-bit R, int64 for fp32 (:func:`_post`). A reader re-reads its tile from L2 until every word
-carries the tag it waits for (:func:`_collect`): the data is its own arrival flag, with no fence,
-counter or acquire read on the way. A slot is rewritten two steps later, only after every program has
-read it (each must first post its next values, which need the rewriting program's). Each program posts
-its columns first, then stores the rest of the step (and the backward loads the next step's inputs)
-while the others post, and collects last; the forward loads a step's gate inputs before its collect.
+kernel read them). Only h_{t-1} (forward) and dg_t (backward) cross programs, not through the streaming
+kernels' group barrier but through an exchange ``ring`` (zeroed before the launch): two slots of words,
+each a value with its step's tag in the high half (:func:`_post`): the forward's h in R's dtype (the
+product's operand), int32 words for 16-bit R and int64 for fp32; the backward's dg in fp32, int64. A
+reader re-reads its tile from L2 until every word carries the tag it waits for (:func:`_collect`): the
+data is its own arrival flag, with no fence, counter or acquire read on the way. A slot is rewritten
+two steps later, only after every program has read it (each must first post its next values, which need
+the rewriting program's). Each program posts its columns first, then stores the rest of the step (and
+the backward loads the next step's inputs) while the others post, and collects last; the forward loads
+a step's gate inputs before its collect.
 """
 
 import triton
@@ -36,6 +37,7 @@ def _post(ring, offs, mask, value, tag):
     """Stores ``value`` with ``tag`` in one word per element of ``ring`` at ``offs``: a 16-bit value
     in the low half of an int32 word, the tag mod 2^16 in the high half; an fp32 value in the low half
     of an int64 word, the tag in the high half."""
+    tl.static_assert(ring.dtype.element_ty.primitive_bitwidth == 2 * value.dtype.primitive_bitwidth)
     if value.dtype.primitive_bitwidth == 16:
         bits = value.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         tl.store(ring + offs, ((tag & 0xFFFF) << 16) | bits, mask=mask)
@@ -45,18 +47,26 @@ def _post(ring, offs, mask, value, tag):
 
 
 @triton.jit
+def _arrived(word, tag):
+    """Whether each int32 word (a 16-bit value) that :func:`_post` stored carries ``tag``. A word holds
+    either that tag or the previous one of its slot (two steps back), or 0 before the slot's first
+    post, so the tag's low 16 bits tell them apart."""
+    return ((word >> 16) & 0xFFFF) == (tag & 0xFFFF)
+
+
+@triton.jit
 def _collect(ring, offs, mask, tag, dtype: tl.constexpr):
     """The ``dtype`` values that :func:`_post` stored at ``offs`` of ``ring``, once every word there
     carries ``tag`` (masked: zeros). Re-reads (volatile, from L2) until the slowest program's words
-    have arrived. A word holds either this tag or the previous one of its slot (two steps back), so
-    a tag mod 2^16 tells them apart."""
+    have arrived."""
+    tl.static_assert(ring.dtype.element_ty.primitive_bitwidth == 2 * dtype.primitive_bitwidth)
     if dtype.primitive_bitwidth == 16:
-        want = tag & 0xFFFF
-        word = tl.load(ring + offs, mask=mask, other=want << 16, volatile=True)
-        while tl.max((((word >> 16) & 0xFFFF) != want).to(tl.int32)) > 0:
-            word = tl.load(ring + offs, mask=mask, other=want << 16, volatile=True)
+        ready = (tag & 0xFFFF) << 16
+        word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
+        while tl.min(_arrived(word, tag).to(tl.int32)) == 0:
+            word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
         values = (word & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
-    else:
+    else:  # int64 words carry the whole tag: arrived once it is no longer below ``tag``
         ready = tl.cast(tag, tl.int64) << 32
         word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
         while tl.min((word >> 32).to(tl.int32)) < tag:
@@ -96,7 +106,7 @@ def _program_slice(
 
 
 @triton.jit
-def _four(ptr_a, ptr_b, ptr_c, ptr_d, offs):
+def _four_ptrs(ptr_a, ptr_b, ptr_c, ptr_d, offs):
     """Pointers (BLOCK_B, COLS, 2, 2) to ``offs`` (BLOCK_B, COLS) of four buffers, [..., p, q] into
     buffer 2 q + p: the element order of ``tl.join(tl.join(a, b), tl.join(c, d))`` and :func:`_split4`."""
     k = tl.arange(0, 2)[None, None, :, None] + 2 * tl.arange(0, 2)[None, None, None, :]
@@ -105,7 +115,7 @@ def _four(ptr_a, ptr_b, ptr_c, ptr_d, offs):
 
 @triton.jit
 def _split4(x):
-    """The four (BLOCK_B, COLS) tiles of a (BLOCK_B, COLS, 2, 2) tensor in :func:`_four`'s order."""
+    """The four (BLOCK_B, COLS) tiles of a (BLOCK_B, COLS, 2, 2) tensor in :func:`_four_ptrs`'s order."""
     ab, cd = tl.split(x)
     a, b = tl.split(ab)
     c, d = tl.split(cd)
@@ -114,8 +124,9 @@ def _split4(x):
 
 @triton.jit
 def _store4(ptr_a, ptr_b, ptr_c, ptr_d, offs, mask, a, b, c, d):
-    """Stores the tiles a, b, c, d at ``offs`` of four buffers as one store of the four joined."""
-    tl.store(_four(ptr_a, ptr_b, ptr_c, ptr_d, offs), tl.join(tl.join(a, b), tl.join(c, d)),
+    """Stores the (BLOCK_B, COLS) tiles a, b, c, d at ``offs`` (BLOCK_B, COLS) of four buffers as one
+    store of the four joined (one layout conversion instead of four)."""
+    tl.store(_four_ptrs(ptr_a, ptr_b, ptr_c, ptr_d, offs), tl.join(tl.join(a, b), tl.join(c, d)),
              mask=mask[:, :, None, None])
 
 
@@ -143,7 +154,7 @@ def slstm_fw_resident_kernel(
     tl.store(h_all + slot0, h_new, mask=mask)
     store_state(c_all, n_all, m_all, slot0, mask, c, n, m)
     gates = (offs_b[:, None] * S * 4 * NH + head) * DH + offs_e[None, :]  # step 0
-    pre_gates = _four(pre, pre + NH * DH, pre + 2 * NH * DH, pre + 3 * NH * DH, gates)
+    pre_gates = _four_ptrs(pre, pre + NH * DH, pre + 2 * NH * DH, pre + 3 * NH * DH, gates)
     for t in range(S):
         # the step's gate inputs, loaded before the collect as one joined tile (H200: 7-12 % faster than
         # four tiles prefetched a step ahead, each converted to the product's layout after the collect)

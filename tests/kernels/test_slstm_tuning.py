@@ -4,11 +4,12 @@ recurrent kernel's gradient splits its rows until its grid has a program per SM.
 
 import math
 
+import jax
 import jax.numpy as jnp
 import pytest
 
 from xlstm_flax.kernels.slstm.common import Dims
-from xlstm_flax.kernels.slstm.triton_launch import default_tuning, dr_split_rows, resolve_tuning
+from xlstm_flax.kernels.slstm.triton_launch import default_tuning, dr_split_rows, resolve_tuning, slstm_dr
 
 H200_SMS = 132
 
@@ -76,3 +77,23 @@ def test_gradient_rows_split_until_the_grid_fills_the_sms(B, S, NH, DH, sms):
 
 def test_gradient_rows_of_the_350m_layer_on_an_h200():
     assert dr_split_rows(Dims(B=16, S=2048, NH=4, DH=256), 128, 64, H200_SMS) == 4  # 256 programs
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(block=48), "block=48 must be a power of two in"),
+        (dict(block_n=8), "block_n=8 must be a power of two in"),
+        (dict(num_warps=3), "num_warps=3 must be a power of two in"),
+        (dict(num_stages=0), "num_stages=0 must be an int in"),
+        (dict(split_rows=0), "split_rows=0 must be an int in"),
+    ],
+)
+def test_bad_gradient_tuning_is_refused_by_name_before_any_work(bad, message):
+    B, S, NH, DH = 2, 8, 1, 16
+    ks = jax.random.split(jax.random.key(0), 3)
+    h_history = jax.random.normal(ks[0], (B, S + 1, NH, DH))
+    dg = jax.random.normal(ks[1], (B, S, 4, NH, DH))
+    recurrent = jax.random.normal(ks[2], (4, NH, DH, DH)).astype(jnp.bfloat16)
+    with pytest.raises(ValueError, match=f"slstm_dr: {message}"):
+        slstm_dr(h_history, dg, recurrent, Dims(B, S, NH, DH), **bad)

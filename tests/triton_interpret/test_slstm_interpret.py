@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import triton
+import triton.language as tl
 from flax import nnx
 
 from tests.kernels.compare import assert_close
@@ -21,11 +23,14 @@ from tests.kernels.slstm_checks import (
 from tests.model.helpers import perturb_params
 from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch
 from xlstm_flax.kernels.slstm.common import Dims, States
+from xlstm_flax.kernels.slstm.triton_resident import _arrived, _collect, _post
+from xlstm_flax.kernels.triton import launch
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
 # fp32: the interpreter's fp32 dots are exact; measured errors about 1e-7 (values) to 7e-7 (gradients),
-# 10x margin. bf16 R: h and dg are rounded to bf16 before each product (measured up to 5e-3).
-TOL = {jnp.float32: (2e-6, 5e-6), jnp.bfloat16: (1e-2, 2e-2)}
+# 10x margin. bf16 R: h and dg are rounded to bf16 before each product (measured up to 5e-3); fp16 R:
+# rounded to fp16 (measured up to 5.1e-4).
+TOL = {jnp.float32: (2e-6, 5e-6), jnp.bfloat16: (1e-2, 2e-2), jnp.float16: (5e-3, 5e-3)}
 
 CASES = [
     # (R dtype, B, S, NH, DH, initial states, tuning); R resident (triton_resident.py) by default where
@@ -37,6 +42,7 @@ CASES = [
     (jnp.float32, 17, 4, 1, 16, False, dict(block_b=16)),  # two batch blocks, default initial states
     (jnp.bfloat16, 2, 6, 2, 32, True, dict(block_dh=16, block_k=16)),
     (jnp.bfloat16, 2, 6, 2, 32, True, dict(resident=True)),
+    (jnp.float16, 2, 6, 2, 32, True, dict(resident=True)),  # 16-bit exchange words, fp32-operand dR
 ]
 
 
@@ -106,24 +112,85 @@ def test_layer_with_triton_kernel_equals_scan_layer():
 
 
 # bf16 R: dg is split into two bf16 parts, leaving about 2^-17 of each element (measured 2.8e-6);
-# fp32 R: the interpreter's 3xTF32 dots are exact fp32 (measured 1.2e-7). Dropping the low part of
-# dg gives 1.8e-3.
-DR_TOL = {jnp.bfloat16: 3e-5, jnp.float32: 2e-6}
+# fp32 and fp16 R: the interpreter's 3xTF32 dots are exact fp32 (measured 1.2e-7 and 1.1e-7). Dropping
+# the low part of dg gives 1.8e-3.
+DR_TOL = {jnp.bfloat16: 3e-5, jnp.float32: 2e-6, jnp.float16: 2e-6}
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.float16], ids=["bf16", "fp32", "fp16"])
 def test_recurrent_kernel_gradient_in_parts_matches_float64(dtype):
     """slstm_dr against a float64 sum over (b, t) of h_{t-1}^T dg_t[gate] with h rounded to R's dtype:
-    the rows in 3 parts (one per program), S = 37 not a multiple of the 16-step blocks, DH = 40 in
-    32-column tiles (the second padded)."""
+    the rows in 3 parts (each summed by programs of its own, the middle one across the two sequences),
+    S = 37 not a multiple of the 16-step blocks, DH = 40 in 32-column tiles (the second padded)."""
     B, S, NH, DH = 2, 37, 2, 40
     ks = jax.random.split(jax.random.key(41), 3)
     h_history = jax.random.normal(ks[0], (B, S + 1, NH, DH), jnp.float32)
     dg = jax.random.normal(ks[1], (B, S, 4, NH, DH), jnp.float32)
     recurrent = jax.random.normal(ks[2], (4, NH, DH, DH), jnp.float32).astype(dtype)
     dims = Dims(B, S, NH, DH)
-    got = triton_launch.slstm_dr(h_history, dg, recurrent, dims, block=32, block_n=16, split_rows=3, num_warps=4)
+    got = triton_launch.slstm_dr(h_history, dg, recurrent, dims, block=32, block_n=16, split_rows=3)
     h = np.asarray(h_history[:, :S].astype(dtype).astype(jnp.float32), np.float64)
     want = np.einsum("btnd,btgne->gnde", h, np.asarray(dg, np.float64))
     assert got.shape == recurrent.shape and got.dtype == jnp.float32
     assert_close(got, want, DR_TOL[dtype], "dR")
+
+
+@triton.jit
+def _post_kernel(values, tags, ring, arrived, stale_arrived, N: tl.constexpr):
+    """Posts ``values`` (one tag per element) into ``ring`` and, for 16-bit values, reads the words back:
+    whether each has arrived for its own tag and for the tag two steps on (a waiter for that one must
+    not take it)."""
+    offs = tl.arange(0, N)
+    value = tl.load(values + offs)
+    tag = tl.load(tags + offs)
+    if value.dtype.primitive_bitwidth == 16:
+        _post(ring, offs, offs < N, value, tag)
+        word = tl.load(ring + offs)
+        tl.store(arrived + offs, _arrived(word, tag).to(tl.int32))
+        tl.store(stale_arrived + offs, _arrived(word, tag + 2).to(tl.int32))
+    else:
+        _post(ring.to(tl.pointer_type(tl.int64), bitcast=True), offs, offs < N, value, tag)
+
+
+@triton.jit
+def _collect_kernel(ring_in, tags, collected, N: tl.constexpr):
+    """The values :func:`_collect` takes from ``ring_in``: for each 16-bit word at its own tag, for
+    int64 words at the first tag (the wait compares the words' minimum tag with one tag)."""
+    offs = tl.arange(0, N)
+    if collected.dtype.element_ty.primitive_bitwidth == 32:  # int64 words: one tag, as in the kernels
+        ring = ring_in.to(tl.pointer_type(tl.int64), bitcast=True)
+        tag = tl.load(tags)
+    else:
+        ring = ring_in
+        tag = tl.load(tags + offs)
+    tl.store(collected + offs, _collect(ring, offs, offs < N, tag, collected.dtype.element_ty))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bf16", "fp16", "fp32"])
+def test_exchange_words_keep_value_and_tag_across_the_16_bit_wrap(dtype):
+    """A posted 16-bit word counts as arrived for its own tag and not for the tag two steps on, and
+    every value (negative ones included: their sign bits must not reach the tag) comes back exactly, at
+    tags around 2^15 and 2^16 where 16-bit tags wrap and int32 shifts carry the sign; fp32 values in
+    int64 words at a tag above 2^16. (The collect runs only once the arrival flags are right: with wrong ones it would
+    spin forever.)"""
+    tags = jnp.array(
+        [1, 2, 3, 32766, 32767, 32768, 32769, 65534, 65535, 65536, 65537, 65538, 98303, 98304, 131071, 131072],
+        jnp.int32,
+    )
+    if jnp.dtype(dtype).itemsize == 4:  # int64 words: one tag per collect
+        tags = jnp.full_like(tags, 131072)
+    values = jax.random.normal(jax.random.key(7), tags.shape, jnp.float32).astype(dtype)
+    assert bool(jnp.any(values < 0)) and bool(jnp.any(values > 0))
+    n = tags.shape[0]
+    flags = jax.ShapeDtypeStruct((n,), jnp.int32)
+    ring = jax.ShapeDtypeStruct((n, 2) if jnp.dtype(dtype).itemsize == 4 else (n,), jnp.int32)
+    words, arrived, stale = launch.triton_call(
+        values, tags, kernel=_post_kernel, grid=(1,), zeroed_outputs=(0, 1, 2), N=n, out_shape=(ring, flags, flags)
+    )
+    if jnp.dtype(dtype).itemsize == 2:
+        np.testing.assert_array_equal(np.asarray(arrived), np.ones(n, np.int32))
+        np.testing.assert_array_equal(np.asarray(stale), np.zeros(n, np.int32))
+    collected = launch.triton_call(
+        words, tags, kernel=_collect_kernel, grid=(1,), N=n, out_shape=jax.ShapeDtypeStruct((n,), dtype)
+    )
+    np.testing.assert_array_equal(np.asarray(collected.astype(jnp.float32)), np.asarray(values.astype(jnp.float32)))
