@@ -180,17 +180,17 @@ def _launch(
     dims: Dims,
     tuning: Tuning,
     recurrent_dtype,
-    ring_gates: int,
+    ring_tiles: int,
     ring_words: int,
     **constexprs,
 ):
     """Launches ``kernels`` (a (streaming, resident) pair; ``tuning.resident`` picks) with ``out_shape``
     plus a zeroed buffer (dropped from the result) and the kernels' own ``constexprs``. The buffer: the
-    streaming kernels' group counters, or the resident kernels' exchange ring of ``ring_gates`` tensors,
-    (2, B, ring_gates, NH, DH) words of ``ring_words`` int32 each (1: a 16-bit value and its tag, 2: fp32)."""
+    streaming kernels' group counters, or the resident kernels' exchange ring: two slots of ``ring_tiles``
+    (B, NH, DH) tensors of words of ``ring_words`` int32 each (1: a 16-bit value and its tag, 2: fp32)."""
     split, batch_blocks, NH = grid = tuning.grid(dims)
     if tuning.resident:
-        sync = jax.ShapeDtypeStruct((2, dims.B, ring_gates, NH, dims.DH, ring_words), jnp.int32)
+        sync = jax.ShapeDtypeStruct((2, ring_tiles, dims.B, NH, dims.DH, ring_words), jnp.int32)
         tiles = dict(DH_PAD=padded_dim(dims.DH))
     else:
         sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
@@ -233,7 +233,7 @@ def slstm_fw(
         dims,
         tuning,
         recurrent_kernel.dtype,
-        ring_gates=1,
+        ring_tiles=1,
         ring_words=jnp.dtype(recurrent_kernel.dtype).itemsize // 2,  # h in R's dtype (H200: 16-bit 3 % faster)
         STORE_G=store_gates,
     )
@@ -257,9 +257,9 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         *(d.astype(jnp.float32) for d in d_last),
     )
     kernels = (triton_kernels.slstm_bw_kernel, triton_resident.slstm_bw_resident_kernel)
-    # dg_t in fp32 words (H200: 4 % faster than 16-bit words in this walk)
+    # each program's fp32 partial of the cotangent of h_{t-1} (triton_resident.slstm_bw_resident_kernel)
     dg, *d_initial = _launch(
-        kernels, inputs, out_shape, dims, tuning, recurrent_kernel.dtype, ring_gates=4, ring_words=2
+        kernels, inputs, out_shape, dims, tuning, recurrent_kernel.dtype, ring_tiles=tuning.split, ring_words=2
     )
     return dg, States(*d_initial)
 
