@@ -98,8 +98,10 @@ def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
     return rows
 
 
-def _part_fns(dims: Dims, tuning) -> dict:
-    """The four fused kernels of one tuning as functions of an input set (pre, R, g, history, dh, dg)."""
+def _part_fns(dims: Dims, tuning, backward_tuning=None) -> dict:
+    """The four fused kernels as functions of an input set (pre, R, g, history, dh, dg): the forward
+    with ``tuning``, the backward walk with ``backward_tuning`` (None: ``tuning``)."""
+    backward_tuning = backward_tuning or tuning
     initial = initial_states(dims.B, dims.NH, dims.DH)
     zeros = States(*(jnp.zeros_like(initial.c),) * 4)
     return {
@@ -107,7 +109,9 @@ def _part_fns(dims: Dims, tuning) -> dict:
             pre, r, initial, dims, tuning, store_gates=False
         ),
         "fw, gates stored": lambda pre, r, *_: triton_launch.slstm_fw(pre, r, initial, dims, tuning),
-        "bw walk": lambda pre, r, g, history, dh, dg: triton_launch.slstm_bw(g, r, history, dh, zeros, dims, tuning),
+        "bw walk": lambda pre, r, g, history, dh, dg: triton_launch.slstm_bw(
+            g, r, history, dh, zeros, dims, backward_tuning
+        ),
         "dR": lambda pre, r, g, history, dh, dg: triton_launch.slstm_dr(history.h, dg, r, dims),
     }
 
@@ -124,20 +128,25 @@ def _part_inputs(fns: dict, dims: Dims) -> list[tuple]:
 
 
 def parts_rows(tunings: list[dict], B, S, D, heads) -> list[list]:
-    """Each fused kernel alone (the default tuning, then each of ``tunings``): the forward without and
-    with the stored gates, the reverse-time walk and the recurrent kernel's gradient."""
+    """Each fused kernel alone (the default tunings, then each of ``tunings``): the forward without and
+    with the stored gates, the reverse-time walk (with the backward's tuning) and the recurrent kernel's
+    gradient."""
     dims = Dims(B, S, heads, D // heads)
     rows = []
     for options in [{}, *tunings]:
         try:
-            tuning = triton_launch.resolve_tuning("bench", dims, recurrent_dtype=jnp.bfloat16, **options)
-            fns = _part_fns(dims, tuning)
+            walk_tunings = [  # forward, backward
+                triton_launch.resolve_tuning("bench", dims, recurrent_dtype=jnp.bfloat16, backward=b, **options)
+                for b in (False, True)
+            ]
+            fns = _part_fns(dims, *walk_tunings)
             sets = _part_inputs(fns, dims)
         except Exception as err:  # noqa: BLE001 -- no GPU: the row holds the error
             rows.append([str(options), "all", "-", failure_note(err)])
             continue
-        label = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(tuning).items())
         for part, fn in fns.items():
+            tuning = walk_tunings[part == "bw walk"]
+            label = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(tuning).items())
             rows.append([label, part, *_try(median_ms, jax.jit(fn), sets)])
             print(rows[-1], flush=True)
     return rows

@@ -27,24 +27,28 @@ KERNEL_NAME = "recurrent--triton"
 def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | None = None, **tuning):
     """pre (B, S, 4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH) fp32/bf16/fp16, optional initial
     :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``tuning``:
-    block_b, block_dh, block_k, split, num_warps, num_stages, resident (see triton_launch.py)."""
+    block_b, block_dh, block_k, split, num_warps, num_stages, resident (see triton_launch.py); each one
+    given applies to both walks, each one left out takes the walk's own default."""
     if pre.dtype != jnp.float32:
         raise ValueError(f"{KERNEL_NAME}: pre must be float32, got {pre.dtype}")
     dims, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
     triton_launch.check_recurrent_dtype(KERNEL_NAME, recurrent_kernel)
-    tuning = triton_launch.resolve_tuning(KERNEL_NAME, dims, recurrent_dtype=recurrent_kernel.dtype, **tuning)
-    config = (dims, tuning)
+    config = (dims,) + tuple(
+        triton_launch.resolve_tuning(KERNEL_NAME, dims, recurrent_dtype=recurrent_kernel.dtype, backward=b, **tuning)
+        for b in (False, True)
+    )
     launch.require_triton_backend(KERNEL_NAME, "recurrent--jax")
     return _slstm(pre, recurrent_kernel, initial, config)
 
 
 def _forward(pre, recurrent_kernel, initial, config, store_gates: bool):
-    g, history = triton_launch.slstm_fw(pre, recurrent_kernel, initial, *config, store_gates=store_gates)
+    dims, forward_tuning, _ = config
+    g, history = triton_launch.slstm_fw(pre, recurrent_kernel, initial, dims, forward_tuning, store_gates=store_gates)
     return (g, history), (history.h[:, 1:], States(*(x[:, -1] for x in history)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _slstm(pre, recurrent_kernel, initial, config):  # config: (Dims, Tuning); no gradient: g not stored
+def _slstm(pre, recurrent_kernel, initial, config):  # config: (Dims, forward and backward Tuning); g not stored
     return _forward(pre, recurrent_kernel, initial, config, store_gates=False)[1]
 
 
@@ -56,8 +60,9 @@ def _slstm_fwd(pre, recurrent_kernel, initial, config):
 def _slstm_bwd(config, residuals, cotangents):
     g, recurrent_kernel, history = residuals
     dh_seq, d_last = cotangents
-    dg, d_initial = triton_launch.slstm_bw(g, recurrent_kernel, history, dh_seq, States(*d_last), *config)
-    d_recurrent = triton_launch.slstm_dr(history.h, dg, recurrent_kernel, config[0])
+    dims, _, backward_tuning = config
+    dg, d_initial = triton_launch.slstm_bw(g, recurrent_kernel, history, dh_seq, States(*d_last), dims, backward_tuning)
+    d_recurrent = triton_launch.slstm_dr(history.h, dg, recurrent_kernel, dims)
     return dg, d_recurrent.astype(recurrent_kernel.dtype), d_initial
 
 

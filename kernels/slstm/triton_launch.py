@@ -1,11 +1,11 @@
 """Launches the fused sLSTM Triton kernels (triton_kernels.py) with checked tuning choices.
 
-Tuning (:class:`Tuning`, one set for forward and backward): ``block_b`` batch rows per program (the
-tl.dot M tile, >= 16), ``block_dh`` output columns and ``block_k`` rows of R per tile (powers of two
-in [16, DH padded]), ``split`` programs sharing one (batch block, head) (1..32; > 1 needs the whole
-grid resident on the GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held in registers:
-triton_resident.py; needs one ``block_dh`` tile per program and a slice of at most
-RESIDENT_MAX_BYTES). Grid: (split, ceil(B / block_b), NH).
+Tuning (:class:`Tuning`, one set per walk, forward and backward; their defaults differ in ``split``):
+``block_b`` batch rows per program (the tl.dot M tile, >= 16), ``block_dh`` output columns and
+``block_k`` rows of R per tile (powers of two in [16, DH padded]), ``split`` programs sharing one
+(batch block, head) (1..32; > 1 needs the whole grid resident on the GPU), ``num_warps``,
+``num_stages``, ``resident`` (R's slice held on chip: triton_resident.py; needs one ``block_dh`` tile
+per program and a slice of at most RESIDENT_MAX_BYTES). Grid: (split, ceil(B / block_b), NH).
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ TRITON_RECURRENT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 MAX_BLOCK_B = 128
 MAX_SPLIT = 32
 DEFAULT_MAX_BLOCK_B = 64
-DEFAULT_MAX_SPLIT = 8  # H200, DH = 256 (2026-12-02): split 4 and 8 equally fast, 2.8x the scan's fw+bw
+DEFAULT_MAX_SPLIT = 16
+# The columns per program that the default split aims for: the forward's block_b x columns tile at
+# FORWARD_TILE elements (32 columns at block_b 16, 16 at block_b 32), the backward's BACKWARD_COLUMNS. H200,
+# bf16 R, S = 2048, splits 4 / 8 / 16 at six shapes (B 8-32, DH 128-512; 2026-12-04,
+# benchmarks/results/h200_session14_2026-12-04.md): the fastest split of each walk at each shape.
+FORWARD_TILE = 512
+BACKWARD_COLUMNS = 16
 # R's slice per program (4 x DH padded x columns) as staged in shared memory; fp32 counts twice (3xTF32
 # dots keep a high and a low TF32 part). H200: a 128 KiB bf16 slice ran, a 128 KiB fp32 one asked for
 # 272 KiB of shared memory (227 KiB per block).
@@ -75,10 +81,11 @@ def resolve_tuning(
     num_stages=None,
     resident=None,
     recurrent_dtype=jnp.bfloat16,
+    backward: bool = False,
 ) -> Tuning:
-    """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count; ``resident``:
-    where R's slice in ``recurrent_dtype`` fits) and checks every rule (ValueError naming the kernel and
-    the option)."""
+    """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count and the forward
+    or ``backward`` walk; ``resident``: where R's slice in ``recurrent_dtype`` fits) and checks every rule
+    (ValueError naming the kernel and the option)."""
     sms = _gpu_sms()
     given = dict(
         block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps, num_stages=num_stages
@@ -90,7 +97,7 @@ def resolve_tuning(
             check_power_of_two("block_b", block_b, MIN_BLOCK, MAX_BLOCK_B)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    tuning = default_tuning(dims, sms, **{k: v for k, v in given.items() if v is not None})
+    tuning = default_tuning(dims, sms, backward, **{k: v for k, v in given.items() if v is not None})
     slice_bytes = resident_slice_bytes(tuning, dims.DH, recurrent_dtype)
     fits = tuning.columns(dims.DH) == tuning.block_dh and slice_bytes <= RESIDENT_MAX_BYTES
     tuning = dataclasses.replace(tuning, resident=fits if resident is None else resident)
@@ -127,18 +134,20 @@ def resident_slice_bytes(tuning: Tuning, DH: int, recurrent_dtype) -> int:
     return 4 * padded_dim(DH) * tuning.block_dh * itemsize * (2 if itemsize == 4 else 1)
 
 
-def default_tuning(dims: Dims, sms: int | None, **given) -> Tuning:
-    """``given`` choices (unchecked) completed by the defaults: ``block_b`` the batch rounded up to a power
-    of two in [16, 64]; ``split`` (only with a GPU of ``sms`` SMs, else 1: the interpreter runs one
-    program at a time) the largest power of two <= DEFAULT_MAX_SPLIT that keeps split x batch blocks x
-    heads <= sms and >= 32 columns (and the given tiles) per program; tiles of min(64, DH padded /
-    split) columns; 4 warps, 2 stages."""
+def default_tuning(dims: Dims, sms: int | None, backward: bool = False, **given) -> Tuning:
+    """``given`` choices (unchecked) completed by the defaults of the forward or ``backward`` walk:
+    ``block_b`` the batch rounded up to a power of two in [16, 64]; ``split`` (only with a GPU of ``sms``
+    SMs, else 1: the interpreter runs one program at a time) the largest power of two <=
+    DEFAULT_MAX_SPLIT that keeps split x batch blocks x heads <= sms and at least the walk's columns
+    (FORWARD_TILE / block_b, BACKWARD_COLUMNS; >= 16 and the given tiles) per program; tiles of
+    min(64, DH padded / split) columns; 4 warps, 2 stages."""
     dh_pad = padded_dim(dims.DH)
     block_b = given.get("block_b", min(DEFAULT_MAX_BLOCK_B, max(MIN_BLOCK, next_pow2(dims.B))))
     split = given.get("split")
     if split is None:
         groups = cdiv(dims.B, block_b) * dims.NH
-        columns = max(32, given.get("block_dh", 0), given.get("block_k", 0))  # the fewest per program
+        target = BACKWARD_COLUMNS if backward else FORWARD_TILE // block_b
+        columns = max(MIN_BLOCK, target, given.get("block_dh", 0), given.get("block_k", 0))  # the fewest
         split = 1
         while (
             sms is not None

@@ -31,10 +31,12 @@ if not triton_usable():
 TOL = {jnp.float32: (1e-4, 1e-3), jnp.bfloat16: (3e-2, 3e-2)}
 
 CASES = [
-    # (R dtype, B, S, NH, DH, initial states, tuning); the defaults at DH = 256 are split 8 with R's slice
-    # resident (triton_resident.py)
+    # (R dtype, B, S, NH, DH, initial states, tuning); the defaults at B = 16, DH = 256 are split 8 in the
+    # forward and 16 in the backward, with R's slice resident (triton_resident.py)
     (jnp.float32, 16, 256, 4, 256, True, {}),
     (jnp.bfloat16, 16, 256, 4, 256, True, {}),
+    (jnp.bfloat16, 32, 256, 4, 256, True, {}),  # block_b 32: forward split 16
+    (jnp.bfloat16, 16, 256, 4, 512, True, {}),  # split 16 in both walks, R resident
     (jnp.bfloat16, 16, 512, 4, 256, False, dict(block_dh=128, block_k=32, num_warps=8)),  # split 2, streaming
     (jnp.float32, 37, 128, 2, 48, True, dict(block_b=32, block_dh=16)),
     (jnp.bfloat16, 64, 128, 8, 64, True, dict(block_b=64)),
