@@ -34,8 +34,8 @@ def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | 
     dims, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
     triton_launch.check_recurrent_dtype(KERNEL_NAME, recurrent_kernel)
     config = (dims,) + tuple(
-        triton_launch.resolve_tuning(KERNEL_NAME, dims, recurrent_dtype=recurrent_kernel.dtype, backward=b, **tuning)
-        for b in (False, True)
+        triton_launch.resolve_tuning(name, dims, recurrent_dtype=recurrent_kernel.dtype, backward=b, **tuning)
+        for name, b in ((KERNEL_NAME, False), (f"{KERNEL_NAME} (backward)", True))
     )
     launch.require_triton_backend(KERNEL_NAME, "recurrent--jax")
     return _slstm(pre, recurrent_kernel, initial, config)

@@ -1,11 +1,11 @@
 """Launches the fused sLSTM Triton kernels (triton_kernels.py) with checked tuning choices.
 
-Tuning (:class:`Tuning`, one set per walk, forward and backward; their defaults differ in ``split``):
-``block_b`` batch rows per program (the tl.dot M tile, >= 16), ``block_dh`` output columns and
-``block_k`` rows of R per tile (powers of two in [16, DH padded]), ``split`` programs sharing one
-(batch block, head) (1..32; > 1 needs the whole grid resident on the GPU), ``num_warps``,
-``num_stages``, ``resident`` (R's slice held on chip: triton_resident.py; needs one ``block_dh`` tile
-per program and a slice of at most RESIDENT_MAX_BYTES). Grid: (split, ceil(B / block_b), NH).
+Tuning (:class:`Tuning`, one set per walk, forward and backward; their defaults differ in ``split``, and
+with it in the tiles and ``resident``): ``block_b`` batch rows per program (the tl.dot M tile, >= 16),
+``block_dh`` output columns and ``block_k`` rows of R per tile (powers of two in [16, DH padded]),
+``split`` programs sharing one (batch block, head) (1..32; > 1 needs the whole grid resident on the
+GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held on chip: triton_resident.py; needs one
+``block_dh`` tile per program and a slice of at most RESIDENT_MAX_BYTES). Grid: (split, ceil(B / block_b), NH).
 """
 
 from __future__ import annotations
@@ -266,9 +266,18 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         *(d.astype(jnp.float32) for d in d_last),
     )
     kernels = (triton_kernels.slstm_bw_kernel, triton_resident.slstm_bw_resident_kernel)
+    padded_split = dict(SPLIT_PAD=next_pow2(tuning.split)) if tuning.resident else {}
     # each program's fp32 partial of the cotangent of h_{t-1} (triton_resident.slstm_bw_resident_kernel)
     dg, *d_initial = _launch(
-        kernels, inputs, out_shape, dims, tuning, recurrent_kernel.dtype, ring_tiles=tuning.split, ring_words=2
+        kernels,
+        inputs,
+        out_shape,
+        dims,
+        tuning,
+        recurrent_kernel.dtype,
+        ring_tiles=tuning.split,
+        ring_words=2,
+        **padded_split,
     )
     return dg, States(*d_initial)
 

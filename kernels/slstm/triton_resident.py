@@ -15,9 +15,10 @@ cross programs, not through the streaming kernels' group barrier but through an 
 int64 for fp32; the backward's fp32 partials, int64. A reader re-reads its tile from L2 until every
 word carries the tag it waits for (:func:`_collect`): the data is its own arrival flag, with no fence,
 counter or acquire read on the way. A slot is rewritten two steps later, only after every program has
-read it (each must first post its next values, which need the rewriting program's). Each program posts
-first, then stores the rest of the step (and the backward loads the next step's inputs) while the
-others post, and collects last; the forward loads a step's gate inputs before its collect.
+read it (each must first post its next values, which need the rewriting program's; one exception, safe,
+in :func:`slstm_bw_resident_kernel`). Each program posts first, then stores the rest of the step (and
+the backward loads the next step's inputs) while the others post, and collects last; the forward loads
+a step's gate inputs before its collect.
 """
 
 import triton
@@ -173,14 +174,17 @@ def slstm_bw_resident_kernel(
     g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last,  # inputs
     dg, dc0, dn0, dm0, dh0, ring,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
-    BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_PAD: tl.constexpr,
 ):
     """The backward of triton_kernels.slstm_bw_kernel (same buffers and outputs; dc0, dn0, dm0, dh0 are
     written once, after the walk) with R's slice resident. The cotangent of h_{t-1}, sum over gates of
     dg_t R^T, is summed in parts: each program multiplies its own columns of dg_t by their rows of R^T
     (the forward's slice, transposed) into a partial over every column, posts it, and sums its own
-    columns of the SPLIT partials. ``ring`` (2, SPLIT, B, NH, DH) int64 words carries the walk's k-th
-    partials (fp32; t = S - 1 - k) in slot k % 2, tagged k + 1. One collect per step: H200, B = 16,
+    columns of the SPLIT partials (SPLIT_PAD: SPLIT rounded up to a power of two). ``ring`` (2, SPLIT, B,
+    NH, DH) int64 words carries the walk's k-th partials (fp32; t = S - 1 - k) in slot k % 2, tagged
+    k + 1. A program whose columns are all padding (DH not a multiple of COLS x SPLIT) collects nothing,
+    so it does not wait and may rewrite its slot words early: harmless, since its partial is exactly 0
+    at every step and an int64 word with a later tag counts as arrived. One collect per step: H200, B = 16,
     S = 2048, 4 heads of 256, SPLIT = 8, the walk took 7.84 ms, against 12.08 ms when each program
     collected the four gates' full dg_t (four spins) for a product over K = 4 x DH."""
     head, part = tl.program_id(2), tl.program_id(0)
@@ -190,8 +194,8 @@ def slstm_bw_resident_kernel(
         R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD)
     rt_i, rt_f, rt_z, rt_o = tl.trans(r_i), tl.trans(r_f), tl.trans(r_z), tl.trans(r_o)  # (COLS, DH_PAD)
     ring_post = ((part * B + offs_b[:, None]) * NH + head) * DH + offs_k[None, :]  # this program's partial
-    parts = tl.arange(0, SPLIT)[None, :, None]
-    ring_take = parts * B * NH * DH + state[:, None, :]  # (BLOCK_B, SPLIT, COLS): every partial of its columns
+    parts = tl.arange(0, SPLIT_PAD)[None, :, None]
+    ring_take = parts * B * NH * DH + state[:, None, :]  # (BLOCK_B, SPLIT_PAD, COLS): each partial, its columns
     mask_take = mask[:, None, :] & (parts < SPLIT)
     dc, dn, dm = load_state(dc_last, dn_last, dm_last, state, mask)
     dh = tl.load(dh_last + state, mask=mask, other=0.0)

@@ -118,3 +118,31 @@ def test_bad_gradient_tuning_is_refused_by_name_before_any_work(bad, message):
     recurrent = jax.random.normal(ks[2], (4, NH, DH, DH)).astype(jnp.bfloat16)
     with pytest.raises(ValueError, match=f"slstm_dr: {message}"):
         slstm_dr(h_history, dg, recurrent, Dims(B, S, NH, DH), **bad)
+
+
+@pytest.mark.parametrize(
+    "given, forward_split, backward_split", [({}, 8, 16), (dict(split=4), 4, 4)], ids=["defaults", "split-given"]
+)
+def test_each_walk_runs_with_its_own_tuning(monkeypatch, given, forward_split, backward_split):
+    """The registry kernel hands the forward walk the forward's tuning and the backward walk the
+    backward's (as on an H200: patched SM count, traced only); a split the user gives holds for both."""
+    from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch
+    from xlstm_flax.kernels.triton import launch
+
+    monkeypatch.setattr(triton_launch, "_gpu_sms", lambda: H200_SMS)
+    monkeypatch.setattr(launch, "require_triton_backend", lambda *args: None)
+    splits = {}
+    for walk in ("slstm_fw", "slstm_bw"):
+        launcher = getattr(triton_launch, walk)
+
+        def recording(*args, launcher=launcher, walk=walk, **kwargs):
+            splits[walk] = next(a for a in args if isinstance(a, triton_launch.Tuning)).split
+            return launcher(*args, **kwargs)
+
+        monkeypatch.setattr(triton_launch, walk, recording)
+    kernel = get_slstm_kernel("recurrent--triton")
+    B, S, NH, DH = 16, 8, 4, 256
+    pre = jax.ShapeDtypeStruct((B, S, 4, NH, DH), jnp.float32)
+    r = jax.ShapeDtypeStruct((4, NH, DH, DH), jnp.bfloat16)
+    jax.eval_shape(jax.grad(lambda p, rr: jnp.sum(kernel(p, rr, **given)[0]), argnums=(0, 1)), pre, r)
+    assert splits == {"slstm_fw": forward_split, "slstm_bw": backward_split}
