@@ -98,10 +98,9 @@ def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
     return rows
 
 
-def _part_fns(dims: Dims, tuning, backward_tuning=None) -> dict:
+def _part_fns(dims: Dims, tuning, backward_tuning) -> dict:
     """The four fused kernels as functions of an input set (pre, R, g, history, dh, dg): the forward
-    with ``tuning``, the backward walk with ``backward_tuning`` (None: ``tuning``)."""
-    backward_tuning = backward_tuning or tuning
+    with ``tuning``, the backward walk with ``backward_tuning``."""
     initial = initial_states(dims.B, dims.NH, dims.DH)
     zeros = States(*(jnp.zeros_like(initial.c),) * 4)
     return {
