@@ -23,7 +23,7 @@ from tests.kernels.slstm_checks import (
 from tests.model.helpers import perturb_params
 from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch
 from xlstm_flax.kernels.slstm.common import Dims, States
-from xlstm_flax.kernels.slstm.triton_resident import _arrived, _collect, _post
+from xlstm_flax.kernels.slstm.triton_resident import _collect, _post, _tag_mismatch
 from xlstm_flax.kernels.triton import launch
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
@@ -146,8 +146,8 @@ def _post_kernel(values, tags, ring, arrived, stale_arrived, N: tl.constexpr):
     if value.dtype.primitive_bitwidth == 16:
         _post(ring, offs, offs < N, value, tag)
         word = tl.load(ring + offs)
-        tl.store(arrived + offs, _arrived(word, tag).to(tl.int32))
-        tl.store(stale_arrived + offs, _arrived(word, tag + 2).to(tl.int32))
+        tl.store(arrived + offs, ((_tag_mismatch(word, tag) >> 16) == 0).to(tl.int32))
+        tl.store(stale_arrived + offs, ((_tag_mismatch(word, tag + 2) >> 16) == 0).to(tl.int32))
     else:
         _post(ring.to(tl.pointer_type(tl.int64), bitcast=True), offs, offs < N, value, tag)
 
