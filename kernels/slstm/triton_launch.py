@@ -196,7 +196,8 @@ def _launch(
     """Launches ``kernels`` (a (streaming, resident) pair; ``tuning.resident`` picks) with ``out_shape``
     plus a zeroed buffer (dropped from the result) and the kernels' own ``constexprs``. The buffer: the
     streaming kernels' group counters, or the resident kernels' exchange ring: two slots of ``ring_tiles``
-    (B, NH, DH) tensors of words of ``ring_words`` int32 each (1: a 16-bit value and its tag, 2: fp32)."""
+    (B, NH, DH) tensors of words of ``ring_words`` int32 each (1: a 16-bit or a rounded fp32 value and its
+    tag, 2: an fp32 value and its tag; triton_resident._post)."""
     split, batch_blocks, NH = grid = tuning.grid(dims)
     if tuning.resident:
         sync = jax.ShapeDtypeStruct((2, ring_tiles, dims.B, NH, dims.DH, ring_words), jnp.int32)
@@ -266,7 +267,13 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         *(d.astype(jnp.float32) for d in d_last),
     )
     kernels = (triton_kernels.slstm_bw_kernel, triton_resident.slstm_bw_resident_kernel)
-    padded_split = dict(SPLIT_PAD=next_pow2(tuning.split)) if tuning.resident else {}
+    ring_words = jnp.dtype(recurrent_kernel.dtype).itemsize // 2  # int32 words for 16-bit R, int64 for fp32
+    resident = {}
+    if tuning.resident:
+        # the collect's words per vector load: each thread's share of a (block_b, columns) tile, at most 16
+        # bytes, so the (block_b, parts, columns) tile keeps the parts axis inside each thread
+        share = tuning.block_b * tuning.columns(DH) // (32 * tuning.num_warps)
+        resident = dict(SPLIT_PAD=next_pow2(tuning.split), VECTOR=max(1, min(4 // ring_words, share)))
     # each program's fp32 partial of the cotangent of h_{t-1} (triton_resident.slstm_bw_resident_kernel)
     dg, *d_initial = _launch(
         kernels,
@@ -276,8 +283,8 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         tuning,
         recurrent_kernel.dtype,
         ring_tiles=tuning.split,
-        ring_words=2,
-        **padded_split,
+        ring_words=ring_words,
+        **resident,
     )
     return dg, States(*d_initial)
 

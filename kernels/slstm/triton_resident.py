@@ -10,15 +10,15 @@ partial of the cotangent of h_{t-1} over every column. The program's own columns
 (c, n, m; the backward's dc, dn, dm and dh) stay in registers too; the histories are still stored every
 step (the backward and the dR kernel read them). Only h_{t-1} (forward) and the partials (backward)
 cross programs, not through the streaming kernels' group barrier but through an exchange ``ring``
-(zeroed before the launch): two slots of words, each a value with its step's tag in the high half
-(:func:`_post`): the forward's h in R's dtype (the product's operand), int32 words for 16-bit R and
-int64 for fp32; the backward's fp32 partials, int64. A reader re-reads its tile from L2 until every
-word carries the tag it waits for (:func:`_collect`): the data is its own arrival flag, with no fence,
-counter or acquire read on the way. A slot is rewritten two steps later, only after every program has
-read it (each must first post its next values, which need the rewriting program's; one exception, safe,
-in :func:`slstm_bw_resident_kernel`). Each program posts first, then stores the rest of the step (and
-the backward loads the next step's inputs) while the others post, and collects last; the forward loads
-a step's gate inputs one step ahead.
+(zeroed before the launch): two slots of words, each a value with its step's tag (:func:`_post`): the
+forward's h in R's dtype (the product's operand), the backward's fp32 partials; int32 words for 16-bit
+R (the partials rounded to 15 mantissa bits), int64 for fp32. A reader re-reads its tile from L2 until
+every word carries the tag it waits for (:func:`_collect`): the data is its own arrival flag, with no
+fence, counter or acquire read on the way. A slot is rewritten two steps later, only after every
+program that reads it has (each must first post its next values, which need the rewriting program's;
+a backward program with only padding columns is read by none). Each program posts first, then stores
+the rest of the step (and the backward loads the next step's inputs) while the others post, and
+collects last; the forward loads a step's gate inputs one step ahead.
 """
 
 import triton
@@ -36,25 +36,47 @@ from .triton_kernels import (
 
 @triton.jit
 def _post(ring, offs, mask, value, tag):
-    """Stores ``value`` with ``tag`` in one word per element of ``ring`` at ``offs``: a 16-bit value
-    in the low half of an int32 word, the tag mod 2^16 in the high half; an fp32 value in the low half
-    of an int64 word, the tag in the high half."""
-    tl.static_assert(ring.dtype.element_ty.primitive_bitwidth == 2 * value.dtype.primitive_bitwidth)
-    if value.dtype.primitive_bitwidth == 16:
-        bits = value.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        tl.store(ring + offs, ((tag & 0xFFFF) << 16) | bits, mask=mask)
+    """Stores ``value`` with ``tag`` in one word per element of ``ring`` at ``offs``, in one of three
+    formats (by the sizes of the word and the value): a 16-bit value in the low half of an int32 word,
+    the tag mod 2^16 in the high half; an fp32 value rounded to its top 24 bits (15 mantissa bits) in
+    an int32 word, the tag mod 2^8 in the low 8 bits; an fp32 value in the low half of an int64 word,
+    the tag in the high half."""
+    word_bits: tl.constexpr = ring.dtype.element_ty.primitive_bitwidth
+    if word_bits == 32:
+        if value.dtype.primitive_bitwidth == 16:
+            bits = value.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        else:  # round to nearest on the 8 bits dropped (a carry into the exponent is the right rounding)
+            bits = (value.to(tl.int32, bitcast=True) + 0x80) & -256
+        tl.store(ring + offs, _tag_bits(tag, value.dtype.primitive_bitwidth) | bits, mask=mask)
     else:
+        tl.static_assert(value.dtype.primitive_bitwidth == 32)
         bits = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
         tl.store(ring + offs, (tl.cast(tag, tl.int64) << 32) | bits, mask=mask)
 
 
 @triton.jit
-def _tag_mismatch(word, tag):
-    """Per int32 word that :func:`_post` stored (a 16-bit value), its tag bits xor ``tag`` mod 2^16 in
-    the high half (zero where the word carries ``tag``) and its value bits in the low half. A word holds
-    either that tag or the previous one of its slot (two steps back), or 0 before the slot's first post,
-    so the tag's low 16 bits tell them apart. The xor, or-ed over a tile, tests every word at once."""
-    return word ^ (tag << 16)
+def _tag_bits(tag, VALUE_BITS: tl.constexpr):
+    """``tag`` in the tag field of an int32 word of :func:`_post` (value bits 0): mod 2^16 in the high
+    half next to a 16-bit value, mod 2^8 in the low 8 bits under an fp32 value."""
+    if VALUE_BITS == 16:
+        return tag << 16
+    else:
+        return tag & 0xFF
+
+
+@triton.jit
+def _tag_mismatch(word, tag, VALUE_BITS: tl.constexpr):
+    """Per int32 word of :func:`_post`, its tag field xor that of ``tag`` (and its value bits):
+    nothing in the tag field (:func:`_tag_field`) where the word carries ``tag``. A word holds either
+    that tag or the previous one of its slot (two steps back), or 0 before the slot's first post, so 8
+    bits tell them apart. Or-ed over a tile, it tests every word at once."""
+    return word ^ _tag_bits(tag, VALUE_BITS)
+
+
+@triton.jit
+def _tag_field(VALUE_BITS: tl.constexpr):
+    """The tag field's bits of an int32 word of :func:`_post`."""
+    return -65536 if VALUE_BITS == 16 else 0xFF
 
 
 @triton.jit
@@ -62,15 +84,18 @@ def _collect(ring, offs, mask, tag, dtype: tl.constexpr):
     """The ``dtype`` values that :func:`_post` stored at ``offs`` of ``ring``, once every word there
     carries ``tag`` (masked: zeros). Re-reads (volatile, from L2) until the slowest program's words
     have arrived."""
-    tl.static_assert(ring.dtype.element_ty.primitive_bitwidth == 2 * dtype.primitive_bitwidth)
-    if dtype.primitive_bitwidth == 16:
-        ready = tag << 16
+    if ring.dtype.element_ty.primitive_bitwidth == 32:
+        value_bits: tl.constexpr = dtype.primitive_bitwidth
+        ready = _tag_bits(tag, value_bits)
         word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
         # one or over the tile: about 30 instructions per check instead of about 170 for a min of
         # per-word flags (sm_90); H200 forward 6.48 against 6.70 ms
-        while (tl.reduce_or(_tag_mismatch(word, tag), axis=None) >> 16) != 0:
+        while (tl.reduce_or(_tag_mismatch(word, tag, value_bits), axis=None) & _tag_field(value_bits)) != 0:
             word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
-        values = (word & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
+        if value_bits == 16:
+            values = (word & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
+        else:
+            values = (word & -256).to(tl.float32, bitcast=True)
     else:  # int64 words carry the whole tag: arrived once it is no longer below ``tag``
         ready = tl.cast(tag, tl.int64) << 32
         word = tl.load(ring + offs, mask=mask, other=ready, volatile=True)
@@ -186,28 +211,35 @@ def slstm_bw_resident_kernel(
     dg, dc0, dn0, dm0, dh0, ring,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_PAD: tl.constexpr,
+    VECTOR: tl.constexpr,
 ):
     """The backward of triton_kernels.slstm_bw_kernel (same buffers and outputs; dc0, dn0, dm0, dh0 are
     written once, after the walk) with R's slice resident. The cotangent of h_{t-1}, sum over gates of
     dg_t R^T, is summed in parts: each program multiplies its own columns of dg_t by their rows of R^T
     (the forward's slice, transposed) into a partial over every column, posts it, and sums its own
     columns of the SPLIT partials (SPLIT_PAD: SPLIT rounded up to a power of two). ``ring`` (2, SPLIT, B,
-    NH, DH) int64 words carries the walk's k-th partials (fp32; t = S - 1 - k) in slot k % 2, tagged
-    k + 1. A program whose columns are all padding (DH not a multiple of COLS x SPLIT) collects nothing,
-    so it does not wait and may rewrite its slot words early: harmless, since its partial is exactly 0
-    at every step and an int64 word with a later tag counts as arrived. One collect per step: H200, B = 16,
-    S = 2048, 4 heads of 256, SPLIT = 8, the walk took 7.84 ms, against 12.08 ms when each program
-    collected the four gates' full dg_t (four spins) for a product over K = 4 x DH."""
+    NH, DH) words carries the walk's k-th partials (fp32; t = S - 1 - k) in slot k % 2, tagged k + 1:
+    for 16-bit R int32 words (the partial rounded to 15 mantissa bits, far finer than the bf16 / fp16 dg
+    it sums), for fp32 R int64 words (the partial exact). A program whose columns are all padding (DH not
+    a multiple of COLS x SPLIT) has a partial of exactly 0: it is not collected, and the program, which
+    collects nothing, runs ahead unread. One collect per step: H200, B = 16, S = 2048, 4 heads of 256,
+    SPLIT = 8, the walk took 7.84 ms, against 12.08 ms when each program collected the four gates' full
+    dg_t (four spins) for a product over K = 4 x DH."""
     head, part = tl.program_id(2), tl.program_id(0)
     dt = R.dtype.element_ty
-    ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
+    if dt.primitive_bitwidth == 32:
+        ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
     offs_b, offs_e, offs_k, mask, mask_full, state, r_i, r_f, r_z, r_o = _program_slice(
         R, head, B, NH, DH, COLS, BLOCK_B, DH_PAD)
     rt_i, rt_f, rt_z, rt_o = tl.trans(r_i), tl.trans(r_f), tl.trans(r_z), tl.trans(r_o)  # (COLS, DH_PAD)
     ring_post = ((part * B + offs_b[:, None]) * NH + head) * DH + offs_k[None, :]  # this program's partial
     parts = tl.arange(0, SPLIT_PAD)[None, :, None]
-    ring_take = parts * B * NH * DH + state[:, None, :]  # (BLOCK_B, SPLIT_PAD, COLS): each partial, its columns
-    mask_take = mask[:, None, :] & (parts < SPLIT)
+    # (BLOCK_B, SPLIT_PAD, COLS): each partial, this program's columns, read in vectors of VECTOR words (a
+    # thread's share of a (BLOCK_B, COLS) tile) so that the parts axis stays inside each thread and the
+    # sum over it needs no exchange between warps (at the 350m sLSTM shape, 4-word vectors split it over
+    # two warps: 42 block barriers per step instead of 13, sm_90 SASS)
+    ring_take = tl.max_contiguous(parts * B * NH * DH + state[:, None, :], [1, 1, VECTOR])
+    mask_take = mask[:, None, :] & (parts * COLS < DH)  # the parts with columns in DH
     dc, dn, dm = load_state(dc_last, dn_last, dm_last, state, mask)
     dh = tl.load(dh_last + state, mask=mask, other=0.0)
     # the inputs of step t = S - 1: its gates, the state before it (slot t) and the cotangent of its h

@@ -38,6 +38,7 @@ CASES = [
     (jnp.bfloat16, 16, 256, 4, 256, True, {}),
     (jnp.bfloat16, 32, 256, 4, 256, True, {}),  # block_b 32: forward split 16
     (jnp.bfloat16, 16, 256, 4, 512, True, {}),  # split 16 in both walks, R resident
+    (jnp.bfloat16, 16, 256, 4, 192, True, {}),  # programs with only padding columns: 2 forward, 4 backward
     (jnp.bfloat16, 16, 512, 4, 256, False, dict(block_dh=128, block_k=32, num_warps=8)),  # split 2, streaming
     (jnp.float32, 37, 128, 2, 48, True, dict(block_b=32, block_dh=16)),
     (jnp.bfloat16, 64, 128, 8, 64, True, dict(block_b=64)),
