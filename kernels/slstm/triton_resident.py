@@ -38,15 +38,18 @@ from .triton_kernels import (
 def _post(ring, offs, mask, value, tag):
     """Stores ``value`` with ``tag`` in one word per element of ``ring`` at ``offs``, in one of three
     formats (by the sizes of the word and the value): a 16-bit value in the low half of an int32 word,
-    the tag mod 2^16 in the high half; an fp32 value rounded to its top 24 bits (15 mantissa bits) in
+    the tag mod 2^16 in the high half; an fp32 value rounded to its top 24 bits (15 mantissa bits; NaN
+    stays NaN) in
     an int32 word, the tag mod 2^8 in the low 8 bits; an fp32 value in the low half of an int64 word,
     the tag in the high half."""
     word_bits: tl.constexpr = ring.dtype.element_ty.primitive_bitwidth
     if word_bits == 32:
         if value.dtype.primitive_bitwidth == 16:
             bits = value.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        else:  # round to nearest on the 8 bits dropped (a carry into the exponent is the right rounding)
-            bits = (value.to(tl.int32, bitcast=True) + 0x80) & -256
+        else:  # nearest, ties away from zero (a carry into the exponent is right); NaN kept a quiet NaN,
+            # since the rounding would wrap NVIDIA's NaN 0x7FFFFFFF to -0
+            rounded = (value.to(tl.int32, bitcast=True) + 0x80) & -256
+            bits = tl.where(value != value, 0x7FC00000, rounded)
         tl.store(ring + offs, _tag_bits(tag, value.dtype.primitive_bitwidth) | bits, mask=mask)
     else:
         tl.static_assert(value.dtype.primitive_bitwidth == 32)
@@ -198,8 +201,9 @@ def slstm_fw_resident_kernel(
         # Split into the product's layout here, while the other programs post, not after the next
         # collect where Triton would place the conversion: ``tl.where(t < 0, g, p)`` is p, but
         # sharing a select with g puts p in g's layout at this point. H200, 350m sLSTM shape, gates
-        # stored: 5.92 ms, against 6.48 with the split after the collect and 6.70 with the step's own
-        # gate inputs loaded and split at its top (as before, with a min of per-word arrival flags)
+        # stored: 5.92 ms, against 6.48 with the step's own gate inputs loaded and split at its top and
+        # 6.70 for that with a min of per-word arrival flags (HEAD before); in another run the split
+        # left after the collect took 6.59 against 6.20 for that HEAD
         n_i, n_f, n_z, n_o = _split4(pre_next)
         p_i, p_f, p_z, p_o = (tl.where(t < 0, g_i, n_i), tl.where(t < 0, g_f, n_f), tl.where(t < 0, g_z, n_z),
                               tl.where(t < 0, g_o, n_o))

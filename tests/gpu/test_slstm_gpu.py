@@ -47,6 +47,8 @@ CASES = [
     (jnp.float32, 37, 128, 2, 48, True, dict(split=2, block_dh=16, block_k=16)),
     (jnp.float32, 37, 128, 2, 48, True, dict(split=2, resident=True)),  # padded rows and columns
     (jnp.bfloat16, 37, 128, 2, 48, True, dict(split=3, block_dh=16, block_k=16, resident=True)),  # split 3
+    # split 5 of 16 columns: parts 3 and 4 only padding, parts padded to 8
+    (jnp.bfloat16, 37, 128, 2, 48, True, dict(split=5, block_dh=16, block_k=16, resident=True)),
 ]
 
 

@@ -57,6 +57,8 @@ SWEEP = [
     (jnp.bfloat16, 16, 16, 1, 512, dict(split=16, resident=True)),
     (jnp.float32, 24, 16, 2, 48, dict(split=2, resident=True)),  # padded rows and columns, fp32 (3xTF32)
     (jnp.bfloat16, 24, 16, 2, 48, dict(split=3, block_dh=16, block_k=16, resident=True)),  # split not a power of 2
+    # split 5 of 16 columns: parts 3 and 4 only padding (not collected), parts padded to 8
+    (jnp.float16, 24, 16, 2, 48, dict(split=5, block_dh=16, block_k=16, resident=True)),
 ]
 
 
