@@ -182,6 +182,13 @@ def check_recurrent_dtype(name: str, recurrent_kernel) -> None:
         raise ValueError(f"{name}: recurrent_kernel must be float32, bfloat16 or float16, got {recurrent_kernel.dtype}")
 
 
+def _ring_words(recurrent_dtype) -> int:
+    """int32s per exchange word of the resident kernels: 1 for 16-bit R (a 16-bit h, or a rounded fp32
+    partial, with its tag; H200: 16-bit words made the forward 3 % faster), 2 for fp32 R (an exact fp32
+    value and its tag)."""
+    return jnp.dtype(recurrent_dtype).itemsize // 2
+
+
 def _launch(
     kernels,
     inputs,
@@ -190,17 +197,15 @@ def _launch(
     tuning: Tuning,
     recurrent_dtype,
     ring_tiles: int,
-    ring_words: int,
     **constexprs,
 ):
     """Launches ``kernels`` (a (streaming, resident) pair; ``tuning.resident`` picks) with ``out_shape``
     plus a zeroed buffer (dropped from the result) and the kernels' own ``constexprs``. The buffer: the
     streaming kernels' group counters, or the resident kernels' exchange ring: two slots of ``ring_tiles``
-    (B, NH, DH) tensors of words of ``ring_words`` int32 each (1: a 16-bit or a rounded fp32 value and its
-    tag, 2: an fp32 value and its tag; triton_resident._post)."""
+    (B, NH, DH) tensors of words of :func:`_ring_words` int32 each (triton_resident._post)."""
     split, batch_blocks, NH = grid = tuning.grid(dims)
     if tuning.resident:
-        sync = jax.ShapeDtypeStruct((2, ring_tiles, dims.B, NH, dims.DH, ring_words), jnp.int32)
+        sync = jax.ShapeDtypeStruct((2, ring_tiles, dims.B, NH, dims.DH, _ring_words(recurrent_dtype)), jnp.int32)
         tiles = dict(DH_PAD=padded_dim(dims.DH))
     else:
         sync = jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32)
@@ -244,7 +249,6 @@ def slstm_fw(
         tuning,
         recurrent_kernel.dtype,
         ring_tiles=1,
-        ring_words=jnp.dtype(recurrent_kernel.dtype).itemsize // 2,  # h in R's dtype (H200: 16-bit 3 % faster)
         STORE_G=store_gates,
     )
     return (g if store_gates else None), States(*out)
@@ -267,13 +271,13 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         *(d.astype(jnp.float32) for d in d_last),
     )
     kernels = (triton_kernels.slstm_bw_kernel, triton_resident.slstm_bw_resident_kernel)
-    ring_words = jnp.dtype(recurrent_kernel.dtype).itemsize // 2  # int32 words for 16-bit R, int64 for fp32
     resident = {}
     if tuning.resident:
         # the collect's words per vector load: each thread's share of a (block_b, columns) tile, at most 16
         # bytes, so the (block_b, parts, columns) tile keeps the parts axis inside each thread
         share = tuning.block_b * tuning.columns(DH) // (32 * tuning.num_warps)
-        resident = dict(SPLIT_PAD=next_pow2(tuning.split), VECTOR=max(1, min(4 // ring_words, share)))
+        vector = max(1, min(4 // _ring_words(recurrent_kernel.dtype), share))
+        resident = dict(SPLIT_PAD=next_pow2(tuning.split), VECTOR=vector)
     # each program's fp32 partial of the cotangent of h_{t-1} (triton_resident.slstm_bw_resident_kernel)
     dg, *d_initial = _launch(
         kernels,
@@ -283,7 +287,6 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         tuning,
         recurrent_kernel.dtype,
         ring_tiles=tuning.split,
-        ring_words=ring_words,
         **resident,
     )
     return dg, States(*d_initial)

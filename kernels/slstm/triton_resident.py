@@ -39,9 +39,8 @@ def _post(ring, offs, mask, value, tag):
     """Stores ``value`` with ``tag`` in one word per element of ``ring`` at ``offs``, in one of three
     formats (by the sizes of the word and the value): a 16-bit value in the low half of an int32 word,
     the tag mod 2^16 in the high half; an fp32 value rounded to its top 24 bits (15 mantissa bits; NaN
-    stays NaN) in
-    an int32 word, the tag mod 2^8 in the low 8 bits; an fp32 value in the low half of an int64 word,
-    the tag in the high half."""
+    stays NaN) in an int32 word, the tag mod 2^8 in the low 8 bits; an fp32 value in the low half of an
+    int64 word, the tag in the high half."""
     word_bits: tl.constexpr = ring.dtype.element_ty.primitive_bitwidth
     if word_bits == 32:
         if value.dtype.primitive_bitwidth == 16:
