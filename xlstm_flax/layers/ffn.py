@@ -6,6 +6,7 @@ from flax import nnx
 
 from .config import FFNConfig
 from .init import dense, small_init, wang_init
+from .projections import project
 
 
 class GatedFFN(nnx.Module):
@@ -29,4 +30,5 @@ class GatedFFN(nnx.Module):
         self.proj_down = dense(hidden, dim, axes=("mlp", "embed"), kernel_init=wang_init(hidden, num_blocks), **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.proj_down(jax.nn.silu(self.proj_up_gate(x)) * self.proj_up(x))
+        up_gate, up = project(x, self.proj_up_gate, self.proj_up)
+        return self.proj_down(jax.nn.silu(up_gate) * up)

@@ -13,6 +13,7 @@ from .config import mLSTMLayerConfig
 from .init import dense, gate_projections, small_init, soft_cap, wang_init
 from .mlstm_cell import mLSTMMixer, mLSTMState, zero_state
 from .norms import MultiHeadNorm
+from .projections import project
 
 
 class mLSTMLayer(mLSTMMixer):
@@ -57,16 +58,10 @@ class mLSTMLayer(mLSTMMixer):
         def heads(t):  # (B, S, NH * DH) -> (B, NH, S, DH)
             return t.reshape(B, S, self.num_heads, -1).transpose(0, 2, 1, 3)
 
-        def gate(linear):  # fp32 pre-activation (B, NH, S)
-            return soft_cap(linear(x), self.config.gate_soft_cap).transpose(0, 2, 1)
+        def gate(preact):  # fp32 pre-activation (B, S, NH) -> soft-capped (B, NH, S)
+            return soft_cap(preact, self.config.gate_soft_cap).transpose(0, 2, 1)
 
-        h, new_state = cell(
-            heads(self.q(x)),
-            heads(self.k(x)),
-            heads(self.v(x)),
-            gate(self.igate_preact),
-            gate(self.fgate_preact),
-            state,
-        )
+        q, k, v, o, i, f = project(x, self.q, self.k, self.v, self.ogate_preact, self.igate_preact, self.fgate_preact)
+        h, new_state = cell(heads(q), heads(k), heads(v), gate(i), gate(f), state)
         h = self.multihead_norm(h.transpose(0, 2, 1, 3))  # (B, S, NH * DHV)
-        return self.out_proj(jax.nn.sigmoid(self.ogate_preact(x)) * h), new_state
+        return self.out_proj(jax.nn.sigmoid(o) * h), new_state

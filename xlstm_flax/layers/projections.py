@@ -1,0 +1,59 @@
+"""Several ``nnx.Linear`` of one input, as one matmul over their joined kernels when the input has few rows.
+
+With few rows (a decode step) a projection is bound by reading its kernel, and XLA launches one GEMM per
+projection: each launch pays its ramp-up and tail. One matmul over the kernels joined along their output
+axis reads the same bytes in one launch, and XLA's Triton GEMM reads the joined kernel in place when every
+piece is a whole number of its column tiles (:data:`JOIN_WIDTH`); a narrower piece would make it copy the
+joined kernel on every call, so such Linears (the gate projections, num_heads wide) run on their own. Each
+output equals its Linear's up to the order of the fp32 sums: the product accumulates in fp32 and is rounded
+to the Linear's output dtype, then its bias is added, as ``nnx.Linear`` does. With many rows (training,
+prefill), Linears computing in different dtypes, or a tensor-parallel mesh (joining its split output axes
+would gather them), every Linear runs on its own.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ..sharding import TENSOR
+
+# Up to this many rows a bf16 GEMM does at most 2 x 128 FLOP per weight byte read, below the H100/H200
+# ridge point (about 200): the projections are bound by reading their kernels.
+MAX_JOINED_ROWS = 128
+# XLA (jaxlib 0.11) fuses a concatenated GEMM operand only when every piece's width is a multiple of 64
+# (kMinConcatFragmentSize in xla/service/gpu/triton_tiling_propagation.cc; 128 in older versions).
+JOIN_WIDTH = 64
+
+
+def project(x: jax.Array, *linears: nnx.Linear) -> tuple[jax.Array, ...]:
+    """x (..., D) -> ``(linear(x) for linear in linears)``, each (..., F_j); with at most
+    :data:`MAX_JOINED_ROWS` rows the Linears whose width is a multiple of :data:`JOIN_WIDTH` run as one
+    matmul when they compute in the same dtype."""
+    joined = [linear for linear in linears if linear.out_features % JOIN_WIDTH == 0]
+    compute = {linear.promote_dtype((x, linear.kernel[...]), dtype=linear.dtype)[0].dtype for linear in joined}
+    if len(joined) < 2 or len(compute) > 1 or math.prod(x.shape[:-1]) > MAX_JOINED_ROWS or _tensor_parallel():
+        return tuple(linear(x) for linear in linears)
+    outputs = dict(zip(map(id, joined), _joined_matmul(x, joined, compute.pop())))
+    return tuple(outputs[id(linear)] if id(linear) in outputs else linear(x) for linear in linears)
+
+
+def _joined_matmul(x: jax.Array, linears: list[nnx.Linear], dtype) -> list[jax.Array]:
+    """The Linears' outputs from one matmul in ``dtype``, whose output is their common output dtype (fp32
+    when they differ, then rounded to each)."""
+    out_dtypes = {linear.preferred_element_type or dtype for linear in linears}
+    kernel = jnp.concatenate([linear.kernel[...].astype(dtype) for linear in linears], axis=1)
+    out_dtype = out_dtypes.pop() if len(out_dtypes) == 1 else jnp.float32
+    product = jnp.dot(x.astype(dtype), kernel, preferred_element_type=out_dtype)
+    outputs, start = [], 0
+    for linear in linears:
+        y = product[..., start : start + linear.out_features].astype(linear.preferred_element_type or dtype)
+        start += linear.out_features
+        outputs.append(y if linear.bias is None else y + linear.bias[...].astype(dtype))
+    return outputs
+
+
+def _tensor_parallel() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and dict(mesh.shape).get(TENSOR, 1) > 1
