@@ -63,8 +63,10 @@ def test_chunk_is_checked(inputs):
         chunked_cross_entropy(model.head, features[:, :12], targets, chunk=4)
 
 
-def test_no_full_logits_in_forward_or_backward(inputs):
-    """No (B, ., V) array of the traced value-and-gradient holds more than one chunk of logits."""
+def test_no_full_logits_in_forward_or_backward_and_logits_computed_once(inputs):
+    """No (B, ., V) array of the traced value-and-gradient holds more than one chunk of logits, and it
+    holds three head matmuls (the logits, and the products for the gradients to the head's kernel and to
+    the hidden states): the backward does not compute the logits again."""
     model, features, targets, weights = inputs
     graphdef, params = nnx.split(model)
 
@@ -72,12 +74,15 @@ def test_no_full_logits_in_forward_or_backward(inputs):
         return chunked_cross_entropy(nnx.merge(graphdef, params).head, features, targets, weights, CHUNK)
 
     jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(params, features)
-    sizes = [v.aval.size for v in _all_vars(jaxpr.jaxpr) if v.aval.ndim >= 3 and v.aval.shape[-1] == VOCAB]
+    eqns = list(_all_eqns(jaxpr.jaxpr))
+    outvars = [v for eqn in eqns for v in eqn.outvars]
+    sizes = [v.aval.size for v in outvars if v.aval.ndim >= 3 and v.aval.shape[-1] == VOCAB]
     assert sizes and max(sizes) <= BATCH * CHUNK * VOCAB, max(sizes)
+    assert sum(eqn.primitive.name == "dot_general" for eqn in eqns) == 3
 
 
-def _all_vars(jaxpr):
+def _all_eqns(jaxpr):
     for eqn in jaxpr.eqns:
-        yield from eqn.outvars
+        yield eqn
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            yield from _all_vars(sub)
+            yield from _all_eqns(sub)

@@ -1,13 +1,17 @@
 """Next-token cross-entropy, plain or in sequence chunks.
 
-The chunked form maps hidden states (B, S, D) to logits one chunk of ``chunk`` positions at a time,
-under ``jax.checkpoint``, so neither the forward nor the backward pass holds the fp32 (B, S, V) logits:
-only (B, chunk, V) at a time. It equals the plain loss up to the order of the fp32 sums.
+The chunked form maps hidden states (B, S, D) to logits one chunk of ``chunk`` positions at a time, so
+neither the forward nor the backward pass holds the fp32 (B, S, V) logits: only (B, chunk, V) at a time.
+Under differentiation it computes each chunk's gradients (to the head's parameters and to the hidden states)
+in the forward pass, right after that chunk's loss, from the logits it already holds (a custom VJP; the
+loss is a scalar, so the backward pass only scales them): the logits are computed once, not again in the
+backward. It equals the plain loss up to the order of the fp32 sums.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -45,18 +49,54 @@ def chunked_cross_entropy(
     count = -(-length // chunk)
     pad = count * chunk - length
     mask = jnp.ones((batch, length), jnp.float32) if weights is None else weights.astype(jnp.float32)
+    denominator = batch * length if weights is None else jnp.maximum(mask.sum(), 1)
 
     def chunks(x):  # (B, S, ...) -> (count, B, chunk, ...), zero-padded along S
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         return jnp.moveaxis(x.reshape(batch, count, chunk, *x.shape[2:]), 1, 0)
 
-    @jax.checkpoint
-    def chunk_loss(args):
-        x, t, w = args
-        losses = optax.softmax_cross_entropy_with_integer_labels(head(x).astype(jnp.float32), t)
-        return (losses * w).sum()
+    x = chunks(features)
+    head_fn, head_params = jax.closure_convert(head, x[0])  # the head's closed-over parameters made explicit
+    scale = mask / denominator  # each position's share of the mean
+    return _mean_loss(head_fn, head_params, x, chunks(targets), chunks(scale))
 
-    total = jax.lax.map(chunk_loss, (chunks(features), chunks(targets), chunks(mask))).sum()
-    if weights is None:
-        return total / (batch * length)
-    return total / jnp.maximum(mask.sum(), 1)
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _mean_loss(head_fn, head_params, x, targets, scale):
+    """sum of scale * cross-entropy(head_fn(x, *head_params), targets) over all chunks; x (count, B, c, D),
+    targets and scale (count, B, c)."""
+
+    def add_chunk(total, chunk):
+        x, t, s = chunk
+        losses = optax.softmax_cross_entropy_with_integer_labels(head_fn(x, *head_params).astype(jnp.float32), t)
+        return total + (losses * s).sum(), None
+
+    return jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32), (x, targets, scale))[0]
+
+
+def _mean_loss_and_gradients(head_fn, head_params, x, targets, scale):
+    """The loss and, chunk by chunk from the same logits, its gradients to head_params and x."""
+
+    def add_chunk(carry, chunk):
+        total, grads = carry
+        x, t, s = chunk
+        logits, head_vjp = jax.vjp(lambda params, x: head_fn(x, *params), head_params, x)
+        logits32 = logits.astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits32, t)
+        dlogits = (jax.nn.softmax(logits32) - jax.nn.one_hot(t, logits.shape[-1])) * s[..., None]
+        dparams, dx = head_vjp(dlogits.astype(logits.dtype))
+        return (total + (losses * s).sum(), jax.tree.map(jnp.add, grads, dparams)), dx
+
+    zeros = jax.tree.map(jnp.zeros_like, head_params)
+    (total, grads), dx = jax.lax.scan(add_chunk, (jnp.zeros((), jnp.float32), zeros), (x, targets, scale))
+    return total, (grads, dx)
+
+
+def _scaled_gradients(head_fn, residuals, cotangent):
+    del head_fn
+    grads, dx = residuals
+    scaled = jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grads)
+    return scaled, (cotangent * dx).astype(dx.dtype), None, None
+
+
+_mean_loss.defvjp(_mean_loss_and_gradients, _scaled_gradients)
