@@ -69,9 +69,9 @@ def test_joined_projections_equal_each_linear(dtype, gate_width, matmuls):
 
 
 def test_many_rows_mixed_dtypes_or_tensor_parallel_run_each_linear():
-    """More than MAX_JOINED_ROWS rows, joinable Linears computing in different dtypes, or a mesh that
-    splits the output axes over tensor-parallel devices: one matmul per Linear, and with many rows the
-    outputs are bitwise the Linears' own."""
+    """More than MAX_JOINED_ROWS rows, joinable Linears computing in different dtypes (also through a
+    bias that promotes the product), or a mesh that splits the output axes over tensor-parallel devices:
+    one matmul per Linear, and with many rows the outputs are bitwise the Linears' own."""
     layers = linears(jnp.bfloat16, jnp.bfloat16)
     many = jax.random.normal(jax.random.key(2), (MAX_JOINED_ROWS + 1, 24)).astype(jnp.bfloat16)
     few = many[:MAX_JOINED_ROWS]
@@ -82,6 +82,9 @@ def test_many_rows_mixed_dtypes_or_tensor_parallel_run_each_linear():
 
     mixed = linears(jnp.bfloat16, jnp.bfloat16, biased_dtype=jnp.float32)
     assert dots(lambda x: project(x, *mixed), few) == 3
+    plain, fp32_bias, gate = linears(jnp.bfloat16, jnp.bfloat16)  # no dtype, bf16 kernel, fp32 bias: fp32
+    fp32_bias.dtype, fp32_bias.bias = None, nnx.Param(fp32_bias.bias[...].astype(jnp.float32))
+    assert dots(lambda x: project(x, plain, fp32_bias, gate), few) == 3
 
     mesh = AbstractMesh((2, 2), ("data", "tensor"), axis_types=(AxisType.Explicit,) * 2)
     with jax.sharding.use_abstract_mesh(mesh):

@@ -32,7 +32,7 @@ def project(x: jax.Array, *linears: nnx.Linear) -> tuple[jax.Array, ...]:
     :data:`MAX_JOINED_ROWS` rows the Linears whose width is a multiple of :data:`JOIN_WIDTH` run as one
     matmul when they compute in the same dtype."""
     joined = [linear for linear in linears if linear.out_features % JOIN_WIDTH == 0]
-    compute = {linear.promote_dtype((x, linear.kernel[...]), dtype=linear.dtype)[0].dtype for linear in joined}
+    compute = {_compute_dtype(x, linear) for linear in joined}
     if len(joined) < 2 or len(compute) > 1 or math.prod(x.shape[:-1]) > MAX_JOINED_ROWS or _tensor_parallel():
         return tuple(linear(x) for linear in linears)
     outputs = dict(zip(map(id, joined), _joined_matmul(x, joined, compute.pop())))
@@ -52,6 +52,12 @@ def _joined_matmul(x: jax.Array, linears: list[nnx.Linear], dtype) -> list[jax.A
         start += linear.out_features
         outputs.append(y if linear.bias is None else y + linear.bias[...].astype(dtype))
     return outputs
+
+
+def _compute_dtype(x: jax.Array, linear: nnx.Linear):
+    """The dtype ``linear(x)`` multiplies in (its ``dtype``, or the promoted one of x, kernel and bias)."""
+    bias = None if linear.bias is None else linear.bias[...]
+    return linear.promote_dtype((x, linear.kernel[...], bias), dtype=linear.dtype)[0].dtype
 
 
 def _tensor_parallel() -> bool:
