@@ -70,8 +70,9 @@ def test_joined_projections_equal_each_linear(dtype, gate_width, matmuls):
 
 def test_many_rows_mixed_dtypes_or_tensor_parallel_run_each_linear():
     """More than MAX_JOINED_ROWS rows, joinable Linears computing in different dtypes (also through a
-    bias that promotes the product), or a mesh that splits the output axes over tensor-parallel devices:
-    one matmul per Linear, and with many rows the outputs are bitwise the Linears' own."""
+    bias that promotes the product), a Linear with its own precision, or a mesh that splits the output
+    axes over tensor-parallel devices: one matmul per Linear, and with many rows the outputs are bitwise
+    the Linears' own."""
     layers = linears(jnp.bfloat16, jnp.bfloat16)
     many = jax.random.normal(jax.random.key(2), (MAX_JOINED_ROWS + 1, 24)).astype(jnp.bfloat16)
     few = many[:MAX_JOINED_ROWS]
@@ -85,6 +86,9 @@ def test_many_rows_mixed_dtypes_or_tensor_parallel_run_each_linear():
     plain, fp32_bias, gate = linears(jnp.bfloat16, jnp.bfloat16)  # no dtype, bf16 kernel, fp32 bias: fp32
     fp32_bias.dtype, fp32_bias.bias = None, nnx.Param(fp32_bias.bias[...].astype(jnp.float32))
     assert dots(lambda x: project(x, plain, fp32_bias, gate), few) == 3
+    precise, biased, gate = linears(jnp.bfloat16, jnp.bfloat16)  # its own precision: not the joined matmul's
+    precise.precision = jax.lax.Precision.HIGHEST
+    assert dots(lambda x: project(x, precise, biased, gate), few) == 3
 
     mesh = AbstractMesh((2, 2), ("data", "tensor"), axis_types=(AxisType.Explicit,) * 2)
     with jax.sharding.use_abstract_mesh(mesh):

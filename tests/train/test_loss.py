@@ -1,5 +1,5 @@
-"""The chunked cross-entropy equals the plain one, values and gradients (to the parameters of the head
-and to the hidden states), with and without per-token weights, for a length that is not a multiple of
+"""The chunked cross-entropy equals the plain one, values and gradients (to the parameters of the head,
+to the hidden states and to the weights), with and without per-token weights, for a length that is not a multiple of
 the chunk, through a tied-embedding, soft-capped head. Tolerance: fp32, 1e-6 of the scale (only the
 order of the sums differs)."""
 
@@ -53,6 +53,33 @@ def test_chunked_equals_plain(inputs, weighted):
         if np.abs(np.asarray(want)).max() > 0:  # head parameters (the blocks' gradients are zero here)
             assert_close_to_scale(got, want, REL_TOL, f"gradient {jax.tree_util.keystr(path[0])}")
     assert np.abs(np.asarray(grad_features)).max() > 0
+
+
+def test_gradient_to_the_weights_equals_plain(inputs):
+    """The weights' gradient (each position's loss over the weight sum, minus the mean loss over it)."""
+    model, features, targets, weights = inputs
+
+    def loss(weights, chunk):
+        return chunked_cross_entropy(model.head, features, targets, weights, chunk)
+
+    plain = jax.jit(jax.grad(loss), static_argnums=1)(weights, None)
+    chunked = jax.jit(jax.grad(loss), static_argnums=1)(weights, CHUNK)
+    assert np.abs(np.asarray(plain)).max() > 0
+    assert_close_to_scale(chunked, plain, REL_TOL, "gradient to the weights")
+
+
+def test_changed_parameters_are_used_outside_jit(inputs):
+    """Called eagerly twice on one model whose parameters changed in between, the loss is that of the
+    new parameters (nothing traced in the first call is reused)."""
+    model, features, targets, _ = inputs
+    model = nnx.clone(model)
+    before = chunked_cross_entropy(model.head, features, targets, chunk=CHUNK)
+    np.testing.assert_allclose(before, cross_entropy(model.head(features), targets), rtol=REL_TOL)
+    nnx.update(model, jax.tree.map(lambda p: 2 * p, nnx.state(model, nnx.Param)))
+    after = chunked_cross_entropy(model.head, features, targets, chunk=CHUNK)
+    expected = cross_entropy(model.head(features), targets)
+    assert abs(float(expected) - float(before)) > 1e-3
+    np.testing.assert_allclose(after, expected, rtol=REL_TOL)
 
 
 def test_chunk_is_checked(inputs):

@@ -16,11 +16,13 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from ..sharding import TENSOR
 
-# Up to this many rows a bf16 GEMM does at most 2 x 128 FLOP per weight byte read, below the H100/H200
-# ridge point (about 200): the projections are bound by reading their kernels.
+# Up to this many rows a bf16 GEMM does at most 128 FLOP per weight byte read (2 per row and 2-byte weight),
+# below the H100/H200 ridge point (160-200 with measured ceilings): the projections are bound by reading
+# their kernels.
 MAX_JOINED_ROWS = 128
 # XLA (jaxlib 0.11) fuses a concatenated GEMM operand only when every piece's width is a multiple of 64
 # (kMinConcatFragmentSize in xla/service/gpu/triton_tiling_propagation.cc; 128 in older versions).
@@ -31,7 +33,7 @@ def project(x: jax.Array, *linears: nnx.Linear) -> tuple[jax.Array, ...]:
     """x (..., D) -> ``(linear(x) for linear in linears)``, each (..., F_j); with at most
     :data:`MAX_JOINED_ROWS` rows the Linears whose width is a multiple of :data:`JOIN_WIDTH` run as one
     matmul when they compute in the same dtype."""
-    joined = [linear for linear in linears if linear.out_features % JOIN_WIDTH == 0]
+    joined = [linear for linear in linears if linear.out_features % JOIN_WIDTH == 0 and _plain_matmul(linear)]
     compute = {_compute_dtype(x, linear) for linear in joined}
     if len(joined) < 2 or len(compute) > 1 or math.prod(x.shape[:-1]) > MAX_JOINED_ROWS or _tensor_parallel():
         return tuple(linear(x) for linear in linears)
@@ -42,7 +44,7 @@ def project(x: jax.Array, *linears: nnx.Linear) -> tuple[jax.Array, ...]:
 def _joined_matmul(x: jax.Array, linears: list[nnx.Linear], dtype) -> list[jax.Array]:
     """The Linears' outputs from one matmul in ``dtype``, whose output is their common output dtype (fp32
     when they differ, then rounded to each)."""
-    out_dtypes = {linear.preferred_element_type or dtype for linear in linears}
+    out_dtypes = {jnp.dtype(linear.preferred_element_type or dtype) for linear in linears}
     kernel = jnp.concatenate([linear.kernel[...].astype(dtype) for linear in linears], axis=1)
     out_dtype = out_dtypes.pop() if len(out_dtypes) == 1 else jnp.float32
     product = jnp.dot(x.astype(dtype), kernel, preferred_element_type=out_dtype)
@@ -54,10 +56,20 @@ def _joined_matmul(x: jax.Array, linears: list[nnx.Linear], dtype) -> list[jax.A
     return outputs
 
 
+def _plain_matmul(linear: nnx.Linear) -> bool:
+    """Whether ``linear`` multiplies as the joined matmul does (default precision, dot_general and dtype
+    promotion)."""
+    return (
+        linear.precision is None
+        and linear.dot_general is jax.lax.dot_general
+        and linear.promote_dtype is dtypes.promote_dtype
+    )
+
+
 def _compute_dtype(x: jax.Array, linear: nnx.Linear):
     """The dtype ``linear(x)`` multiplies in (its ``dtype``, or the promoted one of x, kernel and bias)."""
-    bias = None if linear.bias is None else linear.bias[...]
-    return linear.promote_dtype((x, linear.kernel[...], bias), dtype=linear.dtype)[0].dtype
+    arrays = (x, linear.kernel[...]) + (() if linear.bias is None else (linear.bias[...],))
+    return jnp.dtype(dtypes.canonicalize_dtype(*arrays, dtype=linear.dtype))
 
 
 def _tensor_parallel() -> bool:

@@ -56,13 +56,28 @@ def chunked_cross_entropy(
         return jnp.moveaxis(x.reshape(batch, count, chunk, *x.shape[2:]), 1, 0)
 
     x = chunks(features)
-    head_fn, head_params = jax.closure_convert(head, x[0])  # the head's closed-over parameters made explicit
+    head_fn, head_params = _explicit_params(head, x[0])
     scale = mask / denominator  # each position's share of the mean
-    return _mean_loss(head_fn, head_params, x, chunks(targets), chunks(scale))
+    return _weighted_loss_sum(head_fn, head_params, x, chunks(targets), chunks(scale))
+
+
+def _explicit_params(head: Callable[[jax.Array], jax.Array], x: jax.Array):
+    """``head`` as ``head_fn(x, *params)`` and the floating-point arrays it closes over (the head's
+    parameters), so that a custom VJP can return their gradients. Traced afresh on every call, so it never
+    reuses the parameters of an earlier call."""
+    closed = jax.make_jaxpr(head)(x)
+    floating = [i for i, c in enumerate(closed.consts) if jnp.issubdtype(jnp.result_type(c), jnp.inexact)]
+    fixed = {i: c for i, c in enumerate(closed.consts) if i not in floating}
+
+    def head_fn(x, *params):
+        consts = {**fixed, **dict(zip(floating, params))}
+        return jax.core.eval_jaxpr(closed.jaxpr, [consts[i] for i in range(len(closed.consts))], x)[0]
+
+    return head_fn, [closed.consts[i] for i in floating]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _mean_loss(head_fn, head_params, x, targets, scale):
+def _weighted_loss_sum(head_fn, head_params, x, targets, scale):
     """sum of scale * cross-entropy(head_fn(x, *head_params), targets) over all chunks; x (count, B, c, D),
     targets and scale (count, B, c)."""
 
@@ -74,8 +89,9 @@ def _mean_loss(head_fn, head_params, x, targets, scale):
     return jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32), (x, targets, scale))[0]
 
 
-def _mean_loss_and_gradients(head_fn, head_params, x, targets, scale):
-    """The loss and, chunk by chunk from the same logits, its gradients to head_params and x."""
+def _loss_sum_and_gradients(head_fn, head_params, x, targets, scale):
+    """The loss sum and, chunk by chunk from the same logits, its gradients to head_params and x; the
+    per-position losses are the gradient to scale."""
 
     def add_chunk(carry, chunk):
         total, grads = carry
@@ -85,18 +101,18 @@ def _mean_loss_and_gradients(head_fn, head_params, x, targets, scale):
         losses = optax.softmax_cross_entropy_with_integer_labels(logits32, t)
         dlogits = (jax.nn.softmax(logits32) - jax.nn.one_hot(t, logits.shape[-1])) * s[..., None]
         dparams, dx = head_vjp(dlogits.astype(logits.dtype))
-        return (total + (losses * s).sum(), jax.tree.map(jnp.add, grads, dparams)), dx
+        return (total + (losses * s).sum(), jax.tree.map(jnp.add, grads, dparams)), (dx, losses)
 
     zeros = jax.tree.map(jnp.zeros_like, head_params)
-    (total, grads), dx = jax.lax.scan(add_chunk, (jnp.zeros((), jnp.float32), zeros), (x, targets, scale))
-    return total, (grads, dx)
+    (total, grads), (dx, losses) = jax.lax.scan(add_chunk, (jnp.zeros((), jnp.float32), zeros), (x, targets, scale))
+    return total, (grads, dx, losses)
 
 
 def _scaled_gradients(head_fn, residuals, cotangent):
     del head_fn
-    grads, dx = residuals
+    grads, dx, losses = residuals
     scaled = jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grads)
-    return scaled, (cotangent * dx).astype(dx.dtype), None, None
+    return scaled, (cotangent * dx).astype(dx.dtype), None, cotangent * losses
 
 
-_mean_loss.defvjp(_mean_loss_and_gradients, _scaled_gradients)
+_weighted_loss_sum.defvjp(_loss_sum_and_gradients, _scaled_gradients)
