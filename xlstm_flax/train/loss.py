@@ -83,10 +83,16 @@ def _weighted_loss_sum(head_fn, head_params, x, targets, scale):
 
     def add_chunk(total, chunk):
         x, t, s = chunk
-        losses = optax.softmax_cross_entropy_with_integer_labels(head_fn(x, *head_params).astype(jnp.float32), t)
+        _, losses = _log_probs_and_losses(head_fn(x, *head_params), t)
         return total + (losses * s).sum(), None
 
     return jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32), (x, targets, scale))[0]
+
+
+def _log_probs_and_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """logits (..., V) -> fp32 log-softmax (..., V) and each position's cross-entropy (...)."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return log_probs, -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
 
 def _loss_sum_and_gradients(head_fn, head_params, x, targets, scale):
@@ -97,9 +103,8 @@ def _loss_sum_and_gradients(head_fn, head_params, x, targets, scale):
         total, grads = carry
         x, t, s = chunk
         logits, head_vjp = jax.vjp(lambda params, x: head_fn(x, *params), head_params, x)
-        logits32 = logits.astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits32, t)
-        dlogits = (jax.nn.softmax(logits32) - jax.nn.one_hot(t, logits.shape[-1])) * s[..., None]
+        log_probs, losses = _log_probs_and_losses(logits, t)
+        dlogits = (jnp.exp(log_probs) - jax.nn.one_hot(t, logits.shape[-1])) * s[..., None]
         dparams, dx = head_vjp(dlogits.astype(logits.dtype))
         return (total + (losses * s).sum(), jax.tree.map(jnp.add, grads, dparams)), (dx, losses)
 
