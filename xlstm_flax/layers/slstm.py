@@ -81,7 +81,7 @@ class sLSTMLayer(nnx.Module):
         self.recurrent_kernel = param(jnp.zeros((NUM_GATES, nh, dh, dh), param_dtype), None, "heads", None, None)
         bias = jnp.zeros((NUM_GATES, nh, dh), param_dtype)
         bias = bias.at[0].set(config.igate_bias_init)
-        bias = bias.at[1].set(jnp.linspace(config.fgate_bias_min, config.fgate_bias_max, dh))
+        bias = bias.at[1].set(jnp.linspace(config.fgate_bias_min, config.fgate_bias_max, dh).astype(param_dtype))
         self.bias = param(bias, None, "heads", None)
         self.group_norm = MultiHeadNorm(nh, dh, eps=config.norm_eps, param_dtype=param_dtype)
 
