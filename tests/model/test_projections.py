@@ -1,4 +1,5 @@
-"""Projections of one input joined into one matmul (decode steps) equal the Linears run one by one."""
+"""Projections of one input joined into one matmul, and narrow ones into one multiply-and-sum (decode
+steps), equal the Linears run one by one."""
 
 import jax
 import jax.numpy as jnp
@@ -43,17 +44,18 @@ def dots(fn, x) -> int:
     return str(jax.make_jaxpr(fn)(x)).count("dot_general")
 
 
-@pytest.mark.parametrize("gate_width, matmuls", [(4, 2), (JOIN_WIDTH, 1)])
+@pytest.mark.parametrize("gate_width", [4, JOIN_WIDTH])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_joined_projections_equal_each_linear(dtype, gate_width, matmuls):
-    """The two joinable Linears run as one matmul, a 4-wide gate alone; a JOIN_WIDTH-wide gate (fp32
-    output) joins them (an fp32 product rounded to each output dtype). fp32: within 1e-5 of the float64
+def test_joined_projections_equal_each_linear(dtype, gate_width):
+    """The two joinable Linears run as one matmul, a 4-wide gate as a multiply-and-sum (no matmul); a
+    JOIN_WIDTH-wide gate (fp32 output) joins the matmul (an fp32 product rounded to each output dtype).
+    Either way one matmul. fp32: within 1e-5 of the float64
     matmul. bf16: every output has its Linear's dtype and shape; bf16 outputs within one bf16 rounding
     (2^-7 of the largest value) of the Linear's own, the fp32 gate output within 1e-5 of the float64
     matmul of the same bf16 values (exact products, fp32 sums)."""
     layers = linears(dtype, dtype, gate_width=gate_width)
     x = jax.random.normal(jax.random.key(1), (2, 3, 24), jnp.float32).astype(dtype)
-    assert dots(lambda x: project(x, *layers), x) == matmuls
+    assert dots(lambda x: project(x, *layers), x) == 1
     joined = jax.jit(lambda x: project(x, *layers))(x)
     for linear, got in zip(layers, joined):
         alone = linear(x)
@@ -71,23 +73,26 @@ def test_joined_projections_equal_each_linear(dtype, gate_width, matmuls):
 def test_many_rows_mixed_dtypes_or_tensor_parallel_run_each_linear():
     """More than MAX_JOINED_ROWS rows, joinable Linears computing in different dtypes (also through a
     bias that promotes the product), a Linear with its own precision, or a mesh that splits the output
-    axes over tensor-parallel devices: one matmul per Linear, and with many rows the outputs are bitwise
-    the Linears' own."""
+    axes over tensor-parallel devices: one matmul per such Linear, and with many rows the outputs are
+    bitwise the Linears' own. The narrow gate runs as a multiply-and-sum whenever the rows are few, the
+    mesh is not tensor-parallel and it multiplies as a plain Linear."""
     layers = linears(jnp.bfloat16, jnp.bfloat16)
     many = jax.random.normal(jax.random.key(2), (MAX_JOINED_ROWS + 1, 24)).astype(jnp.bfloat16)
     few = many[:MAX_JOINED_ROWS]
     assert dots(lambda x: project(x, *layers), many) == 3
-    assert dots(lambda x: project(x, *layers), few) == 2
+    assert dots(lambda x: project(x, *layers), few) == 1
     for got, linear in zip(project(many, *layers), layers):
         np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(linear(many), np.float32))
 
     mixed = linears(jnp.bfloat16, jnp.bfloat16, biased_dtype=jnp.float32)
-    assert dots(lambda x: project(x, *mixed), few) == 3
+    assert dots(lambda x: project(x, *mixed), few) == 2
     plain, fp32_bias, gate = linears(jnp.bfloat16, jnp.bfloat16)  # no dtype, bf16 kernel, fp32 bias: fp32
     fp32_bias.dtype, fp32_bias.bias = None, nnx.Param(fp32_bias.bias[...].astype(jnp.float32))
-    assert dots(lambda x: project(x, plain, fp32_bias, gate), few) == 3
+    assert dots(lambda x: project(x, plain, fp32_bias, gate), few) == 2
     precise, biased, gate = linears(jnp.bfloat16, jnp.bfloat16)  # its own precision: not the joined matmul's
     precise.precision = jax.lax.Precision.HIGHEST
+    assert dots(lambda x: project(x, precise, biased, gate), few) == 2
+    gate.precision = jax.lax.Precision.HIGHEST
     assert dots(lambda x: project(x, precise, biased, gate), few) == 3
 
     mesh = AbstractMesh((2, 2), ("data", "tensor"), axis_types=(AxisType.Explicit,) * 2)
@@ -95,7 +100,7 @@ def test_many_rows_mixed_dtypes_or_tensor_parallel_run_each_linear():
         assert dots(lambda x: project(x, *layers), few) == 3
     untensored = AbstractMesh((4, 1), ("data", "tensor"), axis_types=(AxisType.Explicit,) * 2)
     with jax.sharding.use_abstract_mesh(untensored):
-        assert dots(lambda x: project(x, *layers), few) == 2
+        assert dots(lambda x: project(x, *layers), few) == 1
 
 
 def test_layer_steps_with_joined_projections_equal_steps_without(monkeypatch):
@@ -122,3 +127,22 @@ def test_layer_steps_with_joined_projections_equal_steps_without(monkeypatch):
     for got, expected in zip(jax.tree.leaves(joined), jax.tree.leaves(alone)):
         scale = np.abs(np.asarray(expected)).max()
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-5 * scale)
+
+
+def test_joined_gradients_equal_each_linears():
+    """With few rows (a small training batch also takes the joined paths) the gradients of a random
+    weighting of every output, to the input and every kernel and bias, equal those of the Linears run
+    one by one: fp32, within 1e-5 of each gradient's largest value (fp32 sums in another order)."""
+    layers = linears(jnp.float32, jnp.float32)
+    x = jax.random.normal(jax.random.key(6), (2, 5, 24))
+    weights = [jax.random.normal(jax.random.key(7 + j), linear(x).shape) for j, linear in enumerate(layers)]
+    graphdef, params = nnx.split(layers)
+
+    def loss(params, x, joined):
+        outputs = project(x, *nnx.merge(graphdef, params)) if joined else [f(x) for f in nnx.merge(graphdef, params)]
+        return sum(jnp.sum(w * y) for w, y in zip(weights, outputs))
+
+    assert dots(lambda x: project(x, *layers), x) == 1
+    got, expected = (jax.grad(loss, argnums=(0, 1))(params, x, joined) for joined in (True, False))
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=0, atol=1e-5 * np.abs(np.asarray(e)).max())

@@ -4,7 +4,9 @@ With few rows (a decode step) a projection is bound by reading its kernel, and X
 projection: each launch pays its ramp-up and tail. One matmul over the kernels joined along their output
 axis reads the same bytes in one launch, and XLA's Triton GEMM reads the joined kernel in place when every
 piece is a whole number of its column tiles (:data:`JOIN_WIDTH`); a narrower piece would make it copy the
-joined kernel on every call, so such Linears (the gate projections, num_heads wide) run on their own. Each
+joined kernel on every call. The narrow Linears (the gate projections, num_heads wide) therefore run as one
+fp32 multiply-and-sum over their joined kernels instead, which XLA fuses into one reduction that reads the
+kernels in place (a GEMM that narrow runs split along D, then sums the splits in a second kernel). Each
 output equals its Linear's up to the order of the fp32 sums: the product accumulates in fp32 and is rounded
 to the Linear's output dtype, then its bias is added, as ``nnx.Linear`` does. With many rows (training,
 prefill), Linears computing in different dtypes, or a tensor-parallel mesh (joining its split output axes
@@ -32,12 +34,16 @@ JOIN_WIDTH = 64
 def project(x: jax.Array, *linears: nnx.Linear) -> tuple[jax.Array, ...]:
     """x (..., D) -> ``(linear(x) for linear in linears)``, each (..., F_j); with at most
     :data:`MAX_JOINED_ROWS` rows the Linears whose width is a multiple of :data:`JOIN_WIDTH` run as one
-    matmul when they compute in the same dtype."""
-    joined = [linear for linear in linears if linear.out_features % JOIN_WIDTH == 0 and _plain_matmul(linear)]
-    compute = {_compute_dtype(x, linear) for linear in joined}
-    if len(joined) < 2 or len(compute) > 1 or math.prod(x.shape[:-1]) > MAX_JOINED_ROWS or _tensor_parallel():
-        return tuple(linear(x) for linear in linears)
-    outputs = dict(zip(map(id, joined), _joined_matmul(x, joined, compute.pop())))
+    matmul, and those narrower than it as one multiply-and-sum, each group when it computes in one dtype."""
+    outputs = {}
+    if math.prod(x.shape[:-1]) <= MAX_JOINED_ROWS and not _tensor_parallel():
+        plain = [linear for linear in linears if _plain_matmul(linear)]
+        wide = [linear for linear in plain if linear.out_features % JOIN_WIDTH == 0]
+        narrow = [linear for linear in plain if linear.out_features < JOIN_WIDTH]
+        for group, least, joined in ((wide, 2, _joined_matmul), (narrow, 1, _joined_sum)):
+            compute = {_compute_dtype(x, linear) for linear in group}
+            if len(group) >= least and len(compute) == 1:
+                outputs.update(zip(map(id, group), joined(x, group, compute.pop())))
     return tuple(outputs[id(linear)] if id(linear) in outputs else linear(x) for linear in linears)
 
 
@@ -45,9 +51,26 @@ def _joined_matmul(x: jax.Array, linears: list[nnx.Linear], dtype) -> list[jax.A
     """The Linears' outputs from one matmul in ``dtype``, whose output is their common output dtype (fp32
     when they differ, then rounded to each)."""
     out_dtypes = {jnp.dtype(linear.preferred_element_type or dtype) for linear in linears}
-    kernel = jnp.concatenate([linear.kernel[...].astype(dtype) for linear in linears], axis=1)
     out_dtype = out_dtypes.pop() if len(out_dtypes) == 1 else jnp.float32
-    product = jnp.dot(x.astype(dtype), kernel, preferred_element_type=out_dtype)
+    product = jnp.dot(x.astype(dtype), _joined_kernel(linears, dtype), preferred_element_type=out_dtype)
+    return _split_outputs(product, linears, dtype)
+
+
+def _joined_sum(x: jax.Array, linears: list[nnx.Linear], dtype) -> list[jax.Array]:
+    """The Linears' outputs from one fp32 multiply-and-sum over D of x and their joined kernel, both
+    rounded to ``dtype`` first (so 16-bit products are exact, as in the matmul)."""
+    x32 = x.astype(dtype).astype(jnp.float32)
+    product = jnp.sum(x32[..., :, None] * _joined_kernel(linears, dtype).astype(jnp.float32), axis=-2)
+    return _split_outputs(product, linears, dtype)
+
+
+def _joined_kernel(linears: list[nnx.Linear], dtype) -> jax.Array:
+    """(D, sum of the widths): the Linears' kernels in ``dtype``, side by side."""
+    return jnp.concatenate([linear.kernel[...].astype(dtype) for linear in linears], axis=1)
+
+
+def _split_outputs(product: jax.Array, linears: list[nnx.Linear], dtype) -> list[jax.Array]:
+    """Each Linear's columns of ``product``, in its output dtype, plus its bias (in ``dtype``)."""
     outputs, start = [], 0
     for linear in linears:
         y = product[..., start : start + linear.out_features].astype(linear.preferred_element_type or dtype)
