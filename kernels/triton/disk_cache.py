@@ -13,7 +13,8 @@ Where: ``XLSTM_FLAX_TRITON_CACHE`` (a directory, or ``off``), default ``~/.cache
 (Triton's own cache manager cannot be pointed elsewhere: jax-triton deletes ``TRITON_CACHE_DIR`` from
 the environment when it is imported.) Each entry is one JSON file, written to a temporary name and
 renamed, so a reader never sees half of one. A cache that cannot be read or written is skipped: the
-kernel is compiled as without it. Kernels with TMA tensor descriptors (none here yet) are not stored;
+kernel is compiled as without it. Kernels with TMA tensor descriptors (none in the library; the experiment
+benchmarks/states_tma.py launches some) are not stored;
 entries keep the PTX, not the intermediate IRs (only ``JAX_TRITON_DUMP_DIR`` dumps want those, and
 with it set the cache is bypassed). The key also holds every ``TRITON_*`` environment setting (ptxas
 path, instrumentation). The wrapper serves every jax-triton kernel of the process, not only this
