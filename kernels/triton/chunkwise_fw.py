@@ -154,32 +154,11 @@ def launch_parallel_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, config
 
 
 def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, config, qk_scale, eps, output_dtype):
-    """(h, den, m, nq) from the chunk states with the scores kernel, which stores the gated scores P
-    (B, NH, S, chunk_size_intra) in q's dtype (B NH S L itemsize bytes, 268 MB for bf16 at B = NH = 8,
-    S = 8192, L = 256; blocks above the diagonal stay unwritten), then the output kernel h = (w q C + P V) /
-    (den + eps). den and m come out fp32 and are cast to ``output_dtype``."""
+    """(h, den, m, nq) from the chunk states with the scores kernel (:func:`launch_scores`), then the output
+    kernel h = (w q C + P V) / (den + eps). den and m come out fp32 and are cast to ``output_dtype``."""
     B, NH, S, _ = matQ.shape
     DHV = matV.shape[-1]
-    L = config.chunk_size_intra
-    constants = _sequence_constants(matQ, config)
-    per_step = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
-    gates = (vecB, vecI) if vecSeg is None else (vecB, vecI, vecSeg)
-    matP, vecDen, vecM, vecNQ, vecW = triton_call(
-        matQ,
-        matK,
-        *gates,
-        *states[1:3],
-        kernel=kernels.scores_fw_kernel if vecSeg is None else kernels.scores_fw_segments_kernel,
-        out_shape=(jax.ShapeDtypeStruct((B, NH, S, L), matQ.dtype), per_step, per_step, per_step, per_step),
-        grid=(S // config.siz_b_L_parallel, B * NH),
-        num_warps=config.num_warps_intra,
-        num_stages=config.num_stages_intra,
-        **constants,
-        BLOCK_LQ=config.siz_b_L_parallel,
-        BLOCK_LK=config.siz_b_L_loop,
-        BLOCK_DHQK=config.siz_b_DH_loop,
-        QK_SCALE=qk_scale,
-    )
+    matP, vecDen, vecM, vecNQ, vecW = launch_scores(matQ, matK, vecB, vecI, vecSeg, states, config, qk_scale)
     matH = triton_call(
         matQ,
         matV,
@@ -192,7 +171,7 @@ def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, co
         grid=(cdiv(DHV, config.siz_b_DH_parallel), S // config.siz_b_L_output, B * NH),
         num_warps=config.num_warps_output,
         num_stages=config.num_stages_output,
-        **constants,
+        **_sequence_constants(matQ, config),
         DHV=DHV,
         BLOCK_LQ=config.siz_b_L_output,
         BLOCK_K=config.siz_b_K_output,
@@ -200,6 +179,33 @@ def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, co
         EPS=eps,
     )
     return matH, vecDen.astype(output_dtype), vecM.astype(output_dtype), vecNQ
+
+
+def launch_scores(matQ, matK, vecB, vecI, vecSeg, states, config, qk_scale) -> tuple:
+    """The scores kernel: (P, den, m, nq, w) from the chunk states' n and m. P (B, NH, S, chunk_size_intra)
+    holds the gated scores in q's dtype (B NH S L itemsize bytes, 268 MB for bf16 at B = NH = 8, S = 8192,
+    L = 256; blocks above the diagonal stay unwritten); den, m, the signed nq and the inter-chunk weight w
+    are fp32 (B, NH, S)."""
+    B, NH, S, _ = matQ.shape
+    L = config.chunk_size_intra
+    per_step = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
+    gates = (vecB, vecI) if vecSeg is None else (vecB, vecI, vecSeg)
+    return triton_call(
+        matQ,
+        matK,
+        *gates,
+        *states[1:3],
+        kernel=kernels.scores_fw_kernel if vecSeg is None else kernels.scores_fw_segments_kernel,
+        out_shape=(jax.ShapeDtypeStruct((B, NH, S, L), matQ.dtype), per_step, per_step, per_step, per_step),
+        grid=(S // config.siz_b_L_parallel, B * NH),
+        num_warps=config.num_warps_intra,
+        num_stages=config.num_stages_intra,
+        **_sequence_constants(matQ, config),
+        BLOCK_LQ=config.siz_b_L_parallel,
+        BLOCK_LK=config.siz_b_L_loop,
+        BLOCK_DHQK=config.siz_b_DH_loop,
+        QK_SCALE=qk_scale,
+    )
 
 
 def mlstm_chunkwise_states(

@@ -109,17 +109,24 @@ def step_rows(mat, first, offs_col, mask_col, WIDTH: tl.constexpr, L: tl.constex
 
 
 @triton.jit
+def state_tile(pid_q, pid_v, DHQK: tl.constexpr, DHV: tl.constexpr, BLOCK_DHQK: tl.constexpr,
+               BLOCK_DHV: tl.constexpr):
+    """Tile (pid_q, pid_v) of a (DHQK, DHV) state: its row and column indices with their masks, and the
+    flat offsets of its elements with their mask."""
+    offs_q = pid_q * BLOCK_DHQK + tl.arange(0, BLOCK_DHQK)
+    offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
+    mask_q, mask_v = offs_q < DHQK, offs_v < DHV
+    return offs_q, mask_q, offs_v, mask_v, offs_q[:, None] * DHV + offs_v[None, :], mask_q[:, None] & mask_v[None, :]
+
+
+@triton.jit
 def _state_walk(
     matK, matV, vecB, vecI, vecSeg, matC_initial, scaM_initial, matC_all, matC_last, S: tl.constexpr,
     DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L_INTRA: tl.constexpr, L_INTER: tl.constexpr,
     BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
     pid_q, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    offs_q = pid_q * BLOCK_DHQK + tl.arange(0, BLOCK_DHQK)
-    offs_v = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
-    mask_q, mask_v = offs_q < DHQK, offs_v < DHV
-    offs_c = offs_q[:, None] * DHV + offs_v[None, :]
-    mask_c = mask_q[:, None] & mask_v[None, :]
+    offs_q, mask_q, offs_v, mask_v, offs_c, mask_c = state_tile(pid_q, pid_v, DHQK, DHV, BLOCK_DHQK, BLOCK_DHV)
 
     matC = tl.load(matC_initial + bh * DHQK * DHV + offs_c, mask=mask_c, other=0.0)
     scaM = tl.load(scaM_initial + bh)
