@@ -14,7 +14,7 @@ output kernel reads C and P back for h = (w q C + P V) / (den + eps). Here:
 
 Work per program and chunk of L steps: q C (L x DHQK x BLOCK_DHV), P V (the causal half of L x L x
 BLOCK_DHV) and the update (DHQK x L x BLOCK_DHV); at the 7B layer (8 x 8 x 8192 x 256 x 512, L = 256,
-BLOCK_DHV = 64) about 0.3 TFLOP in all, 0.4 ms at 790 TFLOP/s; and no C round trip through memory.
+BLOCK_DHV = 64) about 0.36 TFLOP in all, 0.46 ms at 790 TFLOP/s; and no C round trip through memory.
 
 h equals the library's up to the order of fp32 sums (checked in tests/triton_interpret/
 test_fused_forward_interpret.py). Written in session 17 after the GPU time was spent: **not yet timed**.

@@ -137,7 +137,7 @@ VARIANTS = {
     "TMA, 4 stages, no weighting of v (timing only)": (functools.partial(tma_walk, WEIGHT=False), 4, 4),
     "TMA, 4 stages, sums instead of the dot (timing only)": (functools.partial(tma_walk, DOT=False), 4, 4),
     "TMA, 4 stages, no chunk-state stores (timing only)": (functools.partial(tma_walk, STORE=False), 4, 4),
-    "TMA, 4 stages, loads only (timing only)": (
+    "TMA, 4 stages, no weighting, sums instead of the dot, no stores (timing only)": (
         functools.partial(tma_walk, WEIGHT=False, DOT=False, STORE=False),
         4,
         4,

@@ -31,7 +31,7 @@ PAD_ID = 0  # token in front of shorter prompts (its segment is discarded)
 # h200_profiles_2026-12-03.md). With two rows the projections stay GEMMs. Padding each one-row matmul
 # inside the layers instead (one-row state) was slower: 4.67 against 4.56 ms per 7B token (benchmarks/
 # results/h200_session12_2026-12-03.md). With the decode projections joined (layers/projections.py) one row
-# is still slower: 5.05 against 4.13-4.35 ms (h200_session17_2026-12-04.md).
+# is still slower: 5.05 against 4.13-4.35 ms, gates as a GEMM in both (h200_session17_2026-12-04.md).
 MIN_DECODE_ROWS = 2
 
 
