@@ -65,10 +65,7 @@ def walk_ptr(matK, matV, vecB, vecI, matC_initial, scaM_initial, matC_all, matC_
 def _first_tile(matC_initial, scaM_initial, matC_all, pid_q, pid_v, bh, DHQK: tl.constexpr, DHV: tl.constexpr,
                 NC: tl.constexpr, BLOCK_DHQK: tl.constexpr, BLOCK_DHV: tl.constexpr):
     """The program's C tile (offsets, mask), its initial value (also stored as chunk state 0) and m."""
-    rows = pid_q * BLOCK_DHQK + tl.arange(0, BLOCK_DHQK)
-    cols = pid_v * BLOCK_DHV + tl.arange(0, BLOCK_DHV)
-    mask_c = (rows < DHQK)[:, None] & (cols < DHV)[None, :]
-    offs_c = rows[:, None] * DHV + cols[None, :]
+    offs_c, mask_c = K.state_tile(pid_q, pid_v, DHQK, DHV, BLOCK_DHQK, BLOCK_DHV)[4:]
     matC = tl.load(matC_initial + bh * DHQK * DHV + offs_c, mask=mask_c, other=0.0)
     tl.store(matC_all + bh * (NC + 1) * DHQK * DHV + offs_c, matC.to(matC_all.dtype.element_ty), mask=mask_c)
     return offs_c, mask_c, matC, tl.load(scaM_initial + bh)
