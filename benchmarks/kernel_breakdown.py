@@ -4,8 +4,10 @@ kernel's own roofline floor, for the forward's kernels, the backward's and the J
     python benchmarks/kernel_breakdown.py [--shape 8x8x8192x256x512] [--reps 20] [--out benchmarks/results/NAME.md]
     python benchmarks/kernel_breakdown.py --profile-once   # one forward+backward, e.g. under ncu
 
-Each kernel is jitted and timed on its own (median, benchmarks/timing.py) with the library's default
-tuning. "forward parallel" is the whole forward minus the states kernel and the gate cumsum (one XLA
+Each kernel is jitted and timed on its own with the library's default tuning: the median per call of
+``QUEUED_CALLS`` calls issued back to back (benchmarks/timing.py), the card's time without the host's
+dispatch and wait around each call (before session 18 each call was waited for, which added 0.1-0.4 ms
+per row). "forward parallel" is the whole forward minus the states kernel and the gate cumsum (one XLA
 program holds all three); "glue" rows are the jnp work around the kernels; the last rows compare the sum
 with the registry's forward and forward+backward (where XLA merges the backward's recomputed chunk states
 with the forward's identical call).
@@ -38,6 +40,7 @@ import jax.numpy as jnp
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
 from benchmarks.timing import (  # noqa: E402
+    QUEUED_CALLS,
     floor_ms,
     markdown_table,
     median_ms,
@@ -133,6 +136,11 @@ def backward_kernel_calls(input_sets, tuning: dict) -> dict:
     }
 
 
+def device_ms(fn, input_sets, reps: int) -> float:
+    """Median ms per call of ``fn`` with ``QUEUED_CALLS`` calls in flight (the card's time)."""
+    return median_ms(fn, input_sets, reps=reps, queued=QUEUED_CALLS)
+
+
 def kernel_timings(input_sets, tuning: dict, reps: int, names=BW_KERNELS) -> dict:
     """Median ms of each backward kernel of ``names`` (BW_KERNELS, in that order) for one backward
     configuration."""
@@ -145,7 +153,7 @@ def timed_each(calls: dict, reps: int) -> dict:
     on its own. Timed in turns, each would run right after another, often heavier one and read slower:
     at the 7B layer such times summed to 9.1 ms against 7.0 ms for the whole forward+backward (benchmarks/
     results/h200_session12_2026-12-03.md)."""
-    return {name: median_ms(fn, [args], reps=reps) for name, (fn, args) in calls.items()}
+    return {name: device_ms(fn, [args], reps) for name, (fn, args) in calls.items()}
 
 
 def registry_call(mode: str):
@@ -182,8 +190,8 @@ def breakdown(shape, reps: int) -> tuple[list, list]:
 
     five = [x[:5] for x in input_sets]
     cumsum = jax.jit(lambda f: chunk_log_forget_cumsum(f, fw_config.chunk_size_intra))
-    glue_fw = median_ms(cumsum, [(x[4],) for x in input_sets], reps=reps)
-    whole_fw = median_ms(jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS).matH), five, reps=reps)
+    glue_fw = device_ms(cumsum, [(x[4],) for x in input_sets], reps)
+    whole_fw = device_ms(jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS).matH), five, reps)
     per_kernel = timed_each(backward_kernel_calls(input_sets, {}), reps)
     add("forward: states (recurrent)", per_kernel["states"], work["states"])
     add(
@@ -198,7 +206,7 @@ def breakdown(shape, reps: int) -> tuple[list, list]:
     kernel_sum = whole_fw + sum(per_kernel[name] for name in backward)
     add("sum: forward + backward kernels above", kernel_sum)
     for mode in ("fw", "fwbw"):
-        add(f"registry chunkwise--triton {mode}", median_ms(registry_call(mode), input_sets, reps=reps))
+        add(f"registry chunkwise--triton {mode}", device_ms(registry_call(mode), input_sets, reps))
     notes = [
         f"- shape B x NH x S x DHQK x DHV = {'x'.join(map(str, shape))}, bf16, library defaults",
         f"- forward config: {fw_config}",

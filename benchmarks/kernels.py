@@ -27,6 +27,11 @@ row so that TFLOP/s compares kernels on the same work; the same count as benchma
   printed first); "% of floor" = floor / measured.
 * peak memory: XLA's compiled memory analysis, arguments + outputs + temporaries of one call.
 
+Times: "ms" is the median per call of ``QUEUED_CALLS`` calls issued back to back and waited for once (the
+card's time, as a training step sees a kernel), and the roofline columns use it; "ms, one call waited"
+times single calls, each waited for, so it adds the host's dispatch and wait (the column every result
+before 2026-12-04's session 18 reported as "ms").
+
 ``--attention`` adds cuDNN causal attention (``jax.nn.dot_product_attention``) at the token count of
 the first shape (B=8, S=8192 with 32 heads x 128 for the default shapes), bf16, as a reference row:
 FLOP 2 B N S^2 H forward (causal half of q k^T and P v), 3.5 x that forward+backward.
@@ -53,6 +58,7 @@ import numpy as np
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
 from benchmarks.timing import (  # noqa: E402
+    QUEUED_CALLS,
     ceilings_line,
     compiled_peak_bytes,
     floor_ms,
@@ -72,6 +78,7 @@ COLUMNS = [
     "mode",
     "options",
     "ms",
+    "ms, one call waited",
     "TFLOP/s",
     "floor ms",
     "% of floor",
@@ -143,11 +150,13 @@ class Entry(NamedTuple):
     group: tuple
 
 
-def roofline(ms: float, flop: float, min_bytes: float, peak_bytes: int) -> dict:
-    """Throughput, roofline floor and peak memory of a call that took ``ms``."""
+def roofline(ms: float, waited_ms: float, flop: float, min_bytes: float, peak_bytes: int) -> dict:
+    """Throughput, roofline floor and peak memory of a call that took ``ms`` on the card (``waited_ms``
+    with the host's dispatch and wait)."""
     floor = floor_ms(flop, min_bytes)
     return {
         "ms": ms,
+        "ms, one call waited": waited_ms,
         "TFLOP/s": flop / ms / 1e9,
         "floor ms": floor,
         "% of floor": 100 * floor / ms,
@@ -180,10 +189,12 @@ def timed_rows(entries: list[Entry], input_sets) -> list[list]:
     for group in dict.fromkeys(entry.group for entry in entries):
         members = [index for index in built if entries[index].group == group]
         if members:
-            times.update(zip(members, interleaved_median_ms([built[i][0] for i in members], input_sets)))
+            fns = [built[i][0] for i in members]
+            queued = interleaved_median_ms(fns, input_sets, queued=QUEUED_CALLS)
+            times.update(zip(members, zip(queued, interleaved_median_ms(fns, input_sets))))
     rows = []
     for index, entry in enumerate(entries):
-        numbers = roofline(times[index], *entry.work, built[index][1]) if index in built else {}
+        numbers = roofline(*times[index], *entry.work, built[index][1]) if index in built else {}
         opts = ",".join(f"{k}={v}" for k, v in entry.options.items()) or "-"
         cells = [numbers.get(c, "-") for c in COLUMNS[4:-1]]
         rows.append([entry.kernel, entry.shape, entry.mode, opts, *cells, notes.get(index, "")])

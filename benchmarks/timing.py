@@ -31,6 +31,7 @@ class Ceilings(NamedTuple):
 # substring of jax's device_kind; "H200" is checked before "H100" because neither contains the other.
 CEILINGS = (Ceilings("H200", 790e12, 4.3e12), Ceilings("H100", 790e12, 3.0e12))
 DEFAULT_CEILINGS = CEILINGS[1]
+QUEUED_CALLS = 10  # calls issued back to back per timed sample when timing the card's time per call
 
 
 def card_ceilings(device_kind: str | None = None) -> Ceilings:
@@ -40,18 +41,30 @@ def card_ceilings(device_kind: str | None = None) -> Ceilings:
     return next((c for c in CEILINGS if c.card in kind.upper()), DEFAULT_CEILINGS)
 
 
-def median_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 3, reps: int = 20) -> float:
-    """Median wall time in ms of ``fn(*inputs)``, rotating over ``input_sets`` (defeats L2 reuse)."""
-    return interleaved_median_ms([fn], input_sets, warmup, reps)[0]
+def median_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 3, reps: int = 20, queued: int = 1) -> float:
+    """Median wall time in ms of ``fn(*inputs)``, rotating over ``input_sets`` (defeats L2 reuse); ``queued``
+    as in :func:`interleaved_median_ms`."""
+    return interleaved_median_ms([fn], input_sets, warmup, reps, queued=queued)[0]
 
 
 def interleaved_median_ms(
-    fns: Sequence[Callable], input_sets: Sequence[tuple], warmup: int = 3, reps: int = 20, seed: int = 0
+    fns: Sequence[Callable],
+    input_sets: Sequence[tuple],
+    warmup: int = 3,
+    reps: int = 20,
+    seed: int = 0,
+    queued: int = 1,
 ) -> list[float]:
     """Median wall time in ms of each ``fns[j](*inputs)``, the functions timed in turns: each rep runs
     every function once, in a new random order (seeded, so reproducible). A drift of the card's clocks
     during the run then reaches every function alike, and no function always runs after the same one.
     Consecutive calls take the next of ``input_sets`` (defeats L2 reuse).
+
+    ``queued`` > 1 (e.g. ``QUEUED_CALLS``): each sample issues that many calls back to back, waits once
+    and counts the mean per call, so the card runs them without waiting for the host between calls: the
+    card's time per call. With ``queued`` = 1 every call also pays the dispatch before its first kernel
+    and the wait after its last (on the H200 0.3-0.6 ms for the mLSTM kernels at the 7B layer, whose
+    kernels take 2.0 ms forward: h200_session18_2026-12-04.md).
 
     Give it variants of one computation: on the H200 a 0.1 ms op took 0.28-0.30 ms when each of its
     runs followed a 6 ms matmul chain, against 0.11-0.13 ms back to back (benchmarks/results/
@@ -60,11 +73,11 @@ def interleaved_median_ms(
 
     def timed(fn) -> float:
         nonlocal calls
-        args = input_sets[calls % len(input_sets)]
-        calls += 1
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        return (time.perf_counter() - start) * 1e3
+        outputs = [fn(*input_sets[(calls + j) % len(input_sets)]) for j in range(queued)]
+        jax.block_until_ready(outputs)
+        calls += queued
+        return (time.perf_counter() - start) * 1e3 / queued
 
     for _ in range(warmup):
         for fn in fns:

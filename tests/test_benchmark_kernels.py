@@ -2,11 +2,14 @@
 
 * ``interleaved_median_ms`` runs every function warmup + reps times; after the warm-up each rep runs
   each function once, in an order that changes between reps and repeats with the seed; consecutive
-  calls take consecutive input sets.
+  calls take consecutive input sets; with ``queued`` = n each turn is n calls in a row and the time is
+  per call.
 * ``timed_rows`` times the rows of one group in turns and the groups apart, and keeps the row order.
 * The kernel table holds one row per (variant, mode, segment count) in the order given, positive times
   for the pure-JAX backends and the error of a variant with an unknown option in its row.
 """
+
+import time
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +46,20 @@ def test_interleaved_timing_takes_turns_in_seeded_orders_and_rotates_inputs():
     assert _call_order(seed=1) != calls
 
 
+def test_queued_timing_issues_calls_in_a_row_and_reports_per_call():
+    calls = []
+
+    def slow(x):
+        calls.append(int(x))
+        time.sleep(0.002)
+        return x
+
+    sets = [(jnp.int32(n),) for n in range(5)]
+    (median,) = interleaved_median_ms([slow], sets, warmup=1, reps=4, queued=3)
+    assert calls == [n % 5 for n in range(15)]  # (1 + 4) turns of 3 calls, inputs rotating throughout
+    assert 2.0 <= median < 6.0  # per call (each sleeps 2 ms), not per turn of three
+
+
 def test_tiny_run_writes_a_row_per_variant_mode_and_segments(tmp_path):
     out = tmp_path / "kernels.md"
     report = bench.main(
@@ -72,7 +89,7 @@ def test_tiny_run_writes_a_row_per_variant_mode_and_segments(tmp_path):
         if "bogus" in row[3]:
             assert row[4] == "-" and "bogus" in row[-1], row
         else:
-            assert float(row[4]) > 0 and float(row[7]) > 0 and not row[-1], row
+            assert float(row[4]) > 0 and float(row[5]) > 0 and float(row[8]) > 0 and not row[-1], row
 
 
 def test_rows_of_different_groups_are_timed_apart():
