@@ -16,7 +16,7 @@ per-step stabiliser; the kernels use ``b``, the chunk-local log-forget cumsum, i
    0, dm0 = sum(dC0 C0) + dn0 . n0.
 4. m reaches the outputs only through eps (h = N~ / (D~ + eps e^m)) and the stabilised last states:
    dm_t = eps * dden_t, plus dm_S - sum(dC_S C_S) - dn_S . n_S at the last step, pushed through
-   ``jax.vjp`` of m = F + max(m0, cummax(i - F)) into i, f, m0.
+   m = F + max(m0, cummax(i - F)) into i, f, m0 (``_stabiliser_cotangents``, written out).
 
 Shapes: q, k (B, NH, S, DHQK); v, h, dh (B, NH, S, DHV); i, f, den, m, nq (B, NH, S);
 C (B, NH, DHQK, DHV); n (B, NH, DHQK); m0 (B, NH). S is a multiple of chunk_size_intra.
@@ -64,17 +64,35 @@ def _check_residuals(dims: common.Dims, **arrays) -> None:
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {expected[name]}")
 
 
-def _stabiliser(vecI, vecLogF, scaM0, resets):
-    """m_t = F_t + max(m0, max_{j<=t}(i_j - F_j)) with F the cumulative log forget gate over the whole
-    sequence (fp32); with ``resets`` (B, S) bool, F and the max restart at every segment start and later
-    segments take 0 for m0 (docs/math.md 5.1)."""
+def _stabiliser_cotangents(vecI, vecLogF, scaM0, vecDM, resets):
+    """Cotangents (of i, of F, of m0) of m_t = F_t + max(base_t, M_t) for the cotangent ``vecDM`` of m, with
+    M_t = max_{j<=t}(i_j - F_j), F the cumulative log forget gate and base the initial m (fp32, (B, NH, S) and
+    (B, NH)). With ``resets`` (B, S) bool, F and M restart at every segment start and later segments take
+    base = 0 (docs/math.md 5.1).
+
+    dm_t goes to F_t, and to i_j and -F_j of the step j that attains M_t (the last one on a tie), or to m0
+    where base wins (half each on a tie, as jnp.maximum splits). A step that attains the running max owns
+    every step up to the next such step, so its share is one reverse running sum that restarts there: no
+    autodiff of the cumulative max (whose associative-scan backward cost XLA about 20 small kernels)."""
     if resets is None:
+        first = jnp.ones(vecI.shape, bool)  # every step lies in the first (only) segment
         F = jnp.cumsum(vecLogF, axis=-1)
-        return F + jnp.maximum(scaM0[..., None], jax.lax.cummax(vecI - F, axis=vecI.ndim - 1))
-    resets = resets[:, None]
-    F = common.segmented_cumsum(vecLogF, resets)
-    base = jnp.where(jnp.cumsum(resets, axis=-1) == 0, scaM0[..., None], 0.0)
-    return F + jnp.maximum(base, common.segmented_cummax(vecI - F, resets))
+        x = vecI - F
+        M = jax.lax.cummax(x, axis=x.ndim - 1)
+    else:
+        resets = resets[:, None]
+        first = jnp.cumsum(resets, axis=-1) == 0
+        F = common.segmented_cumsum(vecLogF, resets)
+        x = vecI - F
+        M = common.segmented_cummax(x, resets)
+    base = jnp.where(first, scaM0[..., None], 0.0)
+    to_max = vecDM * jnp.where(M > base, 1.0, jnp.where(M == base, 0.5, 0.0))
+    owner = x == M  # every segment start is one, so no run of owned steps crosses a segment
+    run_ends = jnp.concatenate([owner[..., 1:], jnp.ones_like(owner[..., :1])], axis=-1)
+    owned = jnp.flip(common.segmented_cumsum(jnp.flip(to_max, -1), jnp.flip(run_ends, -1)), -1)
+    vecDI = jnp.where(owner, owned, 0.0)
+    scaDM0 = jnp.sum(jnp.where(first, vecDM - to_max, 0.0), axis=-1)
+    return vecDI, vecDM - vecDI, scaDM0
 
 
 def _reverse_segment_sums(x, resets):
@@ -405,18 +423,17 @@ def launch_backward(
     last_state_term = jnp.sum(matDC_last * matC_last, axis=(-2, -1)) + jnp.sum(vecDN_last * vecN_last, axis=-1)
     vecQDQ, vecKDK = vecQDQ.reshape(B, NH, S), vecKDK.reshape(B, NH, S)
     vecDF = (vecQDQ - vecKDK).at[..., -1].add(last_state_term)
-    vecDLogF = _reverse_segment_sums(vecDF, resets)
     matDC0, vecDN0 = matDC_first.reshape(B, NH, DHQK, DHV), vecDN_all.reshape(B, NH, -1, DHQK)[:, :, 0]
     scaDM0 = jnp.sum(matDC0 * matC0, axis=(-2, -1)) + jnp.sum(vecDN0 * vecN0, axis=-1)
 
-    # 4. the m-path.
+    # 4. the m-path, its F part summed into d log f with the rest of dF.
     scaDM_last = jnp.zeros((B, NH), f32) if scaDeltaM_last is None else scaDeltaM_last.astype(f32)
     vecDM = (eps * vecDDen).at[..., -1].add(scaDM_last - last_state_term)
     vecLogF = common.log_sigmoid_fp32(vecF).astype(f32)
-    _, stabiliser_vjp = jax.vjp(lambda *x: _stabiliser(*x, resets), vecI.astype(f32), vecLogF, scaM0)
-    vecDI_m, vecDLogF_m, scaDM0_m = stabiliser_vjp(vecDM)
+    vecDI_m, vecDF_m, scaDM0_m = _stabiliser_cotangents(vecI.astype(f32), vecLogF, scaM0, vecDM, resets)
+    vecDLogF = _reverse_segment_sums(vecDF + vecDF_m, resets)
     vecDI = vecKDK + vecDI_m
-    vecDFgate = (vecDLogF + vecDLogF_m) * jax.nn.sigmoid(-vecF.astype(f32))
+    vecDFgate = vecDLogF * jax.nn.sigmoid(-vecF.astype(f32))
     return (
         matDQ.reshape(matQ.shape),
         matDK.reshape(matK.shape),
