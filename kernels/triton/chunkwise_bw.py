@@ -74,6 +74,7 @@ def _stabiliser_cotangents(vecI, vecLogF, scaM0, vecDM, resets):
     where base wins (half each on a tie, as jnp.maximum splits). A step that attains the running max owns
     every step up to the next such step, so its share is one reverse running sum that restarts there: no
     autodiff of the cumulative max (whose associative-scan backward cost XLA about 20 small kernels)."""
+    starts = jnp.zeros(vecI.shape, bool).at[..., 0].set(True)
     if resets is None:
         first = jnp.ones(vecI.shape, bool)  # every step lies in the first (only) segment
         F = jnp.cumsum(vecLogF, axis=-1)
@@ -81,13 +82,14 @@ def _stabiliser_cotangents(vecI, vecLogF, scaM0, vecDM, resets):
         M = jax.lax.cummax(x, axis=x.ndim - 1)
     else:
         resets = resets[:, None]
+        starts = starts | resets
         first = jnp.cumsum(resets, axis=-1) == 0
         F = common.segmented_cumsum(vecLogF, resets)
         x = vecI - F
         M = common.segmented_cummax(x, resets)
     base = jnp.where(first, scaM0[..., None], 0.0)
     to_max = vecDM * jnp.where(M > base, 1.0, jnp.where(M == base, 0.5, 0.0))
-    owner = x == M  # every segment start is one, so no run of owned steps crosses a segment
+    owner = (x == M) | starts  # a segment start always owns (M = x there): no run crosses a segment
     run_ends = jnp.concatenate([owner[..., 1:], jnp.ones_like(owner[..., :1])], axis=-1)
     owned = jnp.flip(common.segmented_cumsum(jnp.flip(to_max, -1), jnp.flip(run_ends, -1)), -1)
     vecDI = jnp.where(owner, owned, 0.0)
