@@ -11,10 +11,15 @@ launcher (``launch.set_interpreter_runner``):
 * the interpreter's fp32 -> bf16 casts truncate; they round to nearest even instead, like the GPU's
   (a truncated h moved the sLSTM gates by a bf16 ulp and flipped the stabiliser's max near ties);
 * an autotuned kernel fails with several configs ("0 active drivers"): every config is run and its
-  outputs must agree with the first config's.
+  outputs must agree with the first config's;
+* one kernel at a time: XLA's CPU runtime may run independent callbacks on several threads at once,
+  and the interpreter patches ``triton.language`` globally while a kernel runs (two at once failed with
+  "Did you forget to add @triton.jit ?").
 """
 
 from __future__ import annotations
+
+import threading
 
 import ml_dtypes
 import numpy as np
@@ -26,6 +31,7 @@ from xlstm_flax.kernels.triton import launch
 
 # Autotune configs differ only in summation order; a wrong config differs by far more than this.
 AUTOTUNE_RTOL, AUTOTUNE_ATOL = 1e-2, 1e-3
+_ONE_KERNEL_AT_A_TIME = threading.Lock()
 
 
 class HostPointer:
@@ -83,10 +89,11 @@ def install() -> None:
 
 def run_interpreted(kernel, grid, inputs, outputs, meta) -> None:
     """``kernel[grid](*inputs, *outputs, **meta)`` on host buffers; outputs are written in place."""
-    if isinstance(kernel, triton.runtime.Autotuner):
-        _run_every_config(kernel, grid, inputs, outputs, meta)
-        return
-    kernel[grid](*(HostPointer(x) for x in (*inputs, *outputs)), **meta)
+    with _ONE_KERNEL_AT_A_TIME:
+        if isinstance(kernel, triton.runtime.Autotuner):
+            _run_every_config(kernel, grid, inputs, outputs, meta)
+        else:
+            kernel[grid](*(HostPointer(x) for x in (*inputs, *outputs)), **meta)
 
 
 def _run_every_config(tuner, grid, inputs, outputs, meta) -> None:
