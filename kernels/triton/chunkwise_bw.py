@@ -90,19 +90,18 @@ def _stabiliser_cotangents(vecI, vecLogF, scaM0, vecDM, resets):
     base = jnp.where(first, scaM0[..., None], 0.0)
     to_max = vecDM * jnp.where(M > base, 1.0, jnp.where(M == base, 0.5, 0.0))
     owner = (x == M) | starts  # a segment start always owns (M = x there): no run crosses a segment
-    run_ends = jnp.concatenate([owner[..., 1:], jnp.ones_like(owner[..., :1])], axis=-1)
-    owned = jnp.flip(common.segmented_cumsum(jnp.flip(to_max, -1), jnp.flip(run_ends, -1)), -1)
-    vecDI = jnp.where(owner, owned, 0.0)
+    vecDI = jnp.where(owner, _reverse_segment_sums(to_max, owner), 0.0)
     scaDM0 = jnp.sum(jnp.where(first, vecDM - to_max, 0.0), axis=-1)
     return vecDI, vecDM - vecDI, scaDM0
 
 
-def _reverse_segment_sums(x, resets):
-    """out_l = sum of x_t over t >= l in l's segment (the whole row without ``resets``): (B, NH, S)."""
-    if resets is None:
+def _reverse_segment_sums(x, starts):
+    """out_l = sum of x_t over t >= l up to the step before the next segment start (the whole row without
+    ``starts``): x (B, NH, S), ``starts`` bool broadcastable to it."""
+    if starts is None:
         return jnp.flip(jnp.cumsum(jnp.flip(x, -1), -1), -1)
-    ends = jnp.concatenate([resets[:, 1:], jnp.zeros_like(resets[:, :1])], axis=1)  # last step of a segment
-    return jnp.flip(common.segmented_cumsum(jnp.flip(x, -1), jnp.flip(ends, -1)[:, None]), -1)
+    ends = jnp.concatenate([starts[..., 1:], jnp.zeros_like(starts[..., :1])], axis=-1)  # last step of a segment
+    return jnp.flip(common.segmented_cumsum(jnp.flip(x, -1), jnp.flip(ends, -1)), -1)
 
 
 class KernelArgs(NamedTuple):
@@ -433,7 +432,7 @@ def launch_backward(
     vecDM = (eps * vecDDen).at[..., -1].add(scaDM_last - last_state_term)
     vecLogF = common.log_sigmoid_fp32(vecF).astype(f32)
     vecDI_m, vecDF_m, scaDM0_m = _stabiliser_cotangents(vecI.astype(f32), vecLogF, scaM0, vecDM, resets)
-    vecDLogF = _reverse_segment_sums(vecDF + vecDF_m, resets)
+    vecDLogF = _reverse_segment_sums(vecDF + vecDF_m, None if resets is None else resets[:, None])
     vecDI = vecKDK + vecDI_m
     vecDFgate = vecDLogF * jax.nn.sigmoid(-vecF.astype(f32))
     return (
