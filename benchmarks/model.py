@@ -3,8 +3,8 @@
     python benchmarks/model.py --preset 1.3b --train --shapes 8x2048,2x8192 [--steps 10] [--profile DIR]
     python benchmarks/model.py --preset 7b --prefill --full-logits --shapes 8x2048,1x2048
     python benchmarks/model.py --preset 7b --decode --decode-batches 1,8,32 --new-tokens 256
-    common: [--kernel NAME] [--step-kernel NAME] [--scan-layers] [--remat] [--compile-cache DIR]
-            [--command-buffer TYPES] [--out benchmarks/results/NAME.md]
+    common: [--kernel NAME] [--scan-layers] [--remat] [--compile-cache DIR] [--command-buffer TYPES]
+            [--out benchmarks/results/NAME.md]
 
 Random weights (nnx init, ``--seed``) and random tokens; bf16 compute (``--compute-dtype``); medians of
 block_until_ready wall times after warm-up. Every row reports trace time and XLA compile time apart
@@ -45,7 +45,6 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # 
 from benchmarks import device_trace  # noqa: E402
 from benchmarks.timing import markdown_table, median_ms, memory_bytes, parse_shape, write_report  # noqa: E402
 from xlstm_flax import distributed, flops  # noqa: E402
-from xlstm_flax.kernels import resolve_kernel_name  # noqa: E402
 from xlstm_flax.model import xLSTMLMModel  # noqa: E402
 from xlstm_flax.presets import PRESETS, get_preset  # noqa: E402
 from xlstm_flax.sampling import generation_inputs, generation_program  # noqa: E402
@@ -271,9 +270,8 @@ def model_config(args, param_dtype: str):
         config = dataclasses.replace(config, scan_layers=True)
     if args.remat:
         config = dataclasses.replace(config, remat=True)
-    for field, name in (("kernel", args.kernel), ("step_kernel", args.step_kernel)):
-        if name:
-            config = dataclasses.replace(config, mlstm=dataclasses.replace(config.mlstm, **{field: name}))
+    if args.kernel:
+        config = dataclasses.replace(config, mlstm=dataclasses.replace(config.mlstm, kernel=args.kernel))
     return config
 
 
@@ -296,7 +294,6 @@ def parse_args(argv):
     parser.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--gen-param-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--kernel", help="mLSTM sequence kernel (registry name; default: the preset's)")
-    parser.add_argument("--step-kernel", help="mLSTM decode step kernel (registry name; default: the preset's)")
     parser.add_argument("--compile-cache", help="persistent JAX compilation cache directory")
     parser.add_argument("--command-buffer", help="value of XLA's --xla_gpu_enable_command_buffer ('' = off)")
     parser.add_argument("--scan-layers", action="store_true", help="stack the blocks and run them with nnx.scan")
@@ -346,8 +343,7 @@ def main(argv=None) -> str:
     setup = [
         f"- preset {args.preset}{blocks}, compute {args.compute_dtype}, generation parameters {args.gen_param_dtype}, "
         f"training parameters {get_preset(args.preset).param_dtype} + AdamW",
-        f"- mLSTM kernel: {model_config(args, 'float32').resolved_kernel()}, step kernel: "
-        f"{resolve_kernel_name(model_config(args, 'float32').mlstm.step_kernel)}; "
+        f"- mLSTM kernel: {model_config(args, 'float32').resolved_kernel()}; "
         f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`; compile cache: {args.compile_cache or 'off'}",
         f"- peak for MFU: {flops.peak_flops_per_second() or 'unknown card'} FLOP/s (dense bf16); "
         "FLOPs per token: xlstm_flax.flops",

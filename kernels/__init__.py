@@ -12,11 +12,7 @@ Sequence kernels (``get_kernel("chunkwise--jax")`` etc.)::
     (m = 0), the initial state applies to the first segment only (docs/math.md, "Document resets").
     returns h (B, NH, S, DHV) in q's dtype, or (h, (c, n, m)) with fp32 states (those of the last segment).
 
-Step kernels ``"step--jax"`` (the layers' default) and ``"step--triton"`` (one launch, C updated in place;
-slower inside a model's decode step, docs/kernels.md)::
-
-    h, (c, n, m) = kernel(q, k, v, i, f, c, n, m, qk_scale=None, eps=1e-6)
-
+Step kernel ``"step--jax"``: ``h, (c, n, m) = kernel(q, k, v, i, f, c, n, m, qk_scale=None, eps=1e-6)``
 with q, k: (B, NH, DHQK), v: (B, NH, DHV), i, f: (B, NH).
 """
 
@@ -35,7 +31,6 @@ register_kernel("recurrent--jax", ".jax.recurrent:mlstm_recurrent")
 register_kernel("chunkwise--jax", ".jax.chunkwise:mlstm_chunkwise")
 register_kernel("step--jax", ".jax.step:mlstm_step")
 register_kernel("chunkwise--triton", ".triton.autograd:mlstm_chunkwise_triton")
-register_kernel("step--triton", ".triton.step:mlstm_step_triton")
 
 __all__ = [
     "AUTO",

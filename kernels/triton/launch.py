@@ -6,11 +6,6 @@ and returns the output arrays (a single array when ``out_shape`` is a single sha
 
 * ``zeroed_outputs``: indices (into the flattened ``out_shape``) of outputs set to zero before the
   launch (jax-triton's option of that name), e.g. counters the kernel increments.
-* ``aliases``: ``{input index: output index}``, outputs that reuse their input's buffer (jax-triton's
-  ``input_output_aliases``): the kernel gets no pointer of its own for them and updates the input in
-  place, so XLA needs no copy for a state carried through a loop. They must be the last outputs:
-  jax-triton 0.4.1 passes the kernel its output pointers from the front of XLA's result buffers, the
-  aliased ones among them (an aliased output before another one shifts the later pointers).
 * Normally it calls ``jax_triton.triton_call``. Without a GPU visible to JAX it compiles for sm_90
   (``compute_capability=90``), which is what lowering for CUDA on a CPU machine needs. Compilations
   are kept on disk across processes (disk_cache.py).
@@ -84,25 +79,16 @@ def triton_call(
     num_warps: int = 4,
     num_stages: int = 3,
     zeroed_outputs: tuple[int, ...] = (),
-    aliases: dict[int, int] | None = None,
     **constexprs,
 ):
     """Launches ``kernel`` over ``grid`` on ``inputs``; returns arrays shaped like ``out_shape``."""
-    aliases = dict(aliases or {})
-    outputs = len(jax.tree.leaves(out_shape))
-    if sorted(aliases.values()) != list(range(outputs - len(aliases), outputs)):
-        raise ValueError(f"aliased outputs {sorted(aliases.values())} must be the last of the {outputs} outputs")
     if interpreter_enabled():
-        return _call_interpreted(
-            inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, aliases, constexprs
-        )
+        return _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, constexprs)
     jax_triton = _jax_triton()
     if zeroed_outputs:
         constexprs = dict(constexprs, zeroed_outputs=tuple(zeroed_outputs))
-    if aliases:
-        constexprs = dict(constexprs, input_output_aliases=aliases)
-    with warnings.catch_warnings():  # jax-triton 0.4 marks both options deprecated (in favour of Refs)
-        warnings.filterwarnings("ignore", "(zeroed_outputs|input_output_aliases) is deprecated", DeprecationWarning)
+    with warnings.catch_warnings():  # jax-triton 0.4 marks zeroed_outputs deprecated (in favour of Refs)
+        warnings.filterwarnings("ignore", "zeroed_outputs is deprecated", DeprecationWarning)
         return jax_triton.triton_call(
             *inputs,
             kernel=kernel,
@@ -115,7 +101,7 @@ def triton_call(
         )
 
 
-def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, aliases, constexprs):
+def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, constexprs):
     if _interpreter_runner is None:
         raise RuntimeError(
             "TRITON_INTERPRET=1 but no interpreter runner is installed: call "
@@ -132,10 +118,7 @@ def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, ze
             np.zeros(s.shape, s.dtype) if k in zeroed_outputs else np.full(s.shape, np.nan, s.dtype)
             for k, s in enumerate(shapes)
         ]
-        host_inputs = [np.ascontiguousarray(x) for x in host_inputs]
-        for input_index, output_index in aliases.items():  # the kernel updates a copy of the input
-            outputs[output_index] = host_inputs[input_index] = np.array(host_inputs[input_index], order="C")
-        runner(kernel, grid, host_inputs, [x for k, x in enumerate(outputs) if k not in aliases.values()], meta)
+        runner(kernel, grid, [np.ascontiguousarray(x) for x in host_inputs], outputs, meta)
         return outputs
 
     shapes = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in shapes]
