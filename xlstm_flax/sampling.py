@@ -69,7 +69,20 @@ def _nucleus(logits: jax.Array, top_p) -> jax.Array:
     return jnp.where(logits < smallest_kept, -jnp.inf, logits)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "callback"))
+# XLA may otherwise drop a rounding to a 16-bit dtype that is converted back to fp32 (its default "excess
+# precision"): decoding then computed each layer's gate pre-activations from the unrounded normed input and
+# spent one kernel per layer writing that fp32 copy beside the 16-bit one the projections read. Without
+# it the step takes one kernel less per layer and computes the gates from the values the projections see,
+# as the prefill does: 512 instead of 544 launches per 7B token, 3.99-4.00 against 4.02-4.23 ms (H200,
+# benchmarks/results/h200_session19_2026-12-04.md).
+GENERATION_COMPILER_OPTIONS = {"xla_allow_excess_precision": False}
+
+
+@partial(
+    jax.jit,
+    static_argnames=("graphdef", "max_new_tokens", "top_k", "callback"),
+    compiler_options=GENERATION_COMPILER_OPTIONS,
+)
 def generation_program(
     graphdef, params, prompt, segment_ids, row_keys, temperature, top_p, eos_id, *, max_new_tokens, top_k, callback
 ):
