@@ -101,39 +101,53 @@ def kernel_work(shape, fw, bwc, itemsize: int = 2) -> dict:
 
 
 def backward_kernel_calls(input_sets, tuning: dict) -> dict:
-    """{name: (jitted fn, args)} for the backward's kernels alone (residuals from the default forward)."""
-    q, k, v, i, f, dh = input_sets[0]
+    """{name: (jitted fn, [its args for each input set])} for the backward's kernels alone (residuals from
+    the default forward), so that consecutive timed calls read different buffers, as the whole
+    forward+backward's calls do."""
+    q, _, v, _, _, _ = input_sets[0]
     B, NH, S, K = q.shape
-    dims = common.Dims(B, NH, S, K, v.shape[-1])
-    config = resolve_bw_config(dims, q.dtype, **tuning)
-    fw_config = resolve_fw_config(dims, q.dtype, chunk_size_intra=config.chunk_size_intra)
+    dims, dtype = common.Dims(B, NH, S, K, v.shape[-1]), q.dtype
+    config = resolve_bw_config(dims, dtype, **tuning)
+    fw_config = resolve_fw_config(dims, dtype, chunk_size_intra=config.chunk_size_intra)
     s = K**-0.5
     m0 = jnp.zeros((B, NH), jnp.float32)
-    fw = jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS))(q, k, v, i, f)
-    args, _ = jax.jit(lambda *a: bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra))(
-        q, k, v, i, f, m0, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh
-    )
+    forward = jax.jit(lambda *a: mlstm_chunkwise_fw_result(*a, eps=EPS))
+    kernel_args = jax.jit(lambda *a: bw.kernel_args(*a, eps=EPS, chunk_size_intra=config.chunk_size_intra)[0])
     states = jax.jit(
         lambda k, v, i, f: tuple(heads_flat(x) for x in mlstm_chunkwise_states(k, v, i, f, **state_tuning(fw_config)))
     )
     zeros_c, zeros_n = jnp.zeros((B * NH, K, v.shape[-1]), jnp.float32), jnp.zeros((B * NH, K), jnp.float32)
     dstates_fn = jax.jit(lambda a: bw.state_cotangents(a, zeros_c, zeros_n, s, config)[:2])
-    all_states, dstates = states(k, v, i, f), dstates_fn(args)
-
     scores_fn = jax.jit(lambda a: bw.scores_call(a, s, config))
-    dS, P = scores_fn(args) if config.materialise_bw_scores else (None, None)
-    scores_row = {"dS, P scores": (scores_fn, (args,))} if config.materialise_bw_scores else {}
-    return scores_row | {
-        "states": (states, (k, v, i, f)),
-        "dC recurrence": (dstates_fn, (args,)),
-        "dq": (jax.jit(lambda a, st, dS: bw.dq_call(a, st, s, config, dS)), (args, all_states, dS)),
-        "dk": (jax.jit(lambda a, ds, dS: bw.dk_dv_call(a, ds, s, config, True, dS)), (args, dstates, dS)),
-        "dv": (jax.jit(lambda a, ds, P: bw.dk_dv_call(a, ds, s, config, False, P)[0]), (args, dstates, P)),
-        "step 1": (
-            jax.jit(lambda *a: bw.step_cotangents(*a, EPS, q.dtype)),
-            (dh, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ),
-        ),
+    fns = {
+        "dS, P scores": scores_fn,
+        "states": states,
+        "dC recurrence": dstates_fn,
+        "dq": jax.jit(lambda a, st, dS: bw.dq_call(a, st, s, config, dS)),
+        "dk": jax.jit(lambda a, ds, dS: bw.dk_dv_call(a, ds, s, config, True, dS)),
+        "dv": jax.jit(lambda a, ds, P: bw.dk_dv_call(a, ds, s, config, False, P)[0]),
+        "step 1": jax.jit(lambda *a: bw.step_cotangents(*a, EPS, dtype)),
     }
+    if not config.materialise_bw_scores:
+        del fns["dS, P scores"]
+    arg_sets = {name: [] for name in fns}
+    for q, k, v, i, f, dh in input_sets:
+        fw = forward(q, k, v, i, f)
+        args = kernel_args(q, k, v, i, f, m0, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ, dh)
+        all_states, dstates = states(k, v, i, f), dstates_fn(args)
+        dS, P = scores_fn(args) if config.materialise_bw_scores else (None, None)
+        per_kernel = {
+            "dS, P scores": (args,),
+            "states": (k, v, i, f),
+            "dC recurrence": (args,),
+            "dq": (args, all_states, dS),
+            "dk": (args, dstates, dS),
+            "dv": (args, dstates, P),
+            "step 1": (dh, fw.matH, fw.vecDen, fw.vecM, fw.vecNQ),
+        }
+        for name in fns:
+            arg_sets[name].append(per_kernel[name])
+    return {name: (fn, arg_sets[name]) for name, fn in fns.items()}
 
 
 def device_ms(fn, input_sets, reps: int) -> float:
@@ -149,11 +163,11 @@ def kernel_timings(input_sets, tuning: dict, reps: int, names=BW_KERNELS) -> dic
 
 
 def timed_each(calls: dict, reps: int) -> dict:
-    """Median ms of each ``fn(*args)`` of ``calls`` (name -> (jitted fn, args)), each timed back to back
-    on its own. Timed in turns, each would run right after another, often heavier one and read slower:
-    at the 7B layer such times summed to 9.1 ms against 7.0 ms for the whole forward+backward (benchmarks/
-    results/h200_session12_2026-12-03.md)."""
-    return {name: device_ms(fn, [args], reps) for name, (fn, args) in calls.items()}
+    """Median ms of each ``fn`` of ``calls`` (name -> (jitted fn, its argument sets), rotated), each timed
+    back to back on its own. Timed in turns, each would run right after another, often heavier one and
+    read slower: at the 7B layer such times summed to 9.1 ms against 7.0 ms for the whole forward+backward
+    (benchmarks/results/h200_session12_2026-12-03.md)."""
+    return {name: device_ms(fn, arg_sets, reps) for name, (fn, arg_sets) in calls.items()}
 
 
 def registry_call(mode: str):
