@@ -3,7 +3,7 @@
     python benchmarks/model.py --preset 1.3b --train --shapes 8x2048,2x8192 [--steps 10] [--profile DIR]
     python benchmarks/model.py --preset 7b --prefill --full-logits --shapes 8x2048,1x2048
     python benchmarks/model.py --preset 7b --decode --decode-batches 1,8,32 --new-tokens 256
-    common: [--kernel NAME] [--scan-layers] [--remat] [--compile-cache DIR] [--command-buffer TYPES]
+    common: [--kernel NAME] [--scan-layers] [--remat [POLICY]] [--compile-cache DIR] [--command-buffer TYPES]
             [--out benchmarks/results/NAME.md]
 
 Random weights (nnx init, ``--seed``) and random tokens; bf16 compute (``--compute-dtype``); medians of
@@ -46,6 +46,7 @@ from benchmarks import device_trace  # noqa: E402
 from benchmarks.timing import markdown_table, median_ms, memory_bytes, parse_shape, write_report  # noqa: E402
 from xlstm_flax import distributed, flops  # noqa: E402
 from xlstm_flax.model import xLSTMLMModel  # noqa: E402
+from xlstm_flax.model_config import REMAT_POLICIES  # noqa: E402
 from xlstm_flax.presets import PRESETS, get_preset  # noqa: E402
 from xlstm_flax.sampling import generation_inputs, generation_program  # noqa: E402
 from xlstm_flax.train.loop import make_steps  # noqa: E402
@@ -269,7 +270,7 @@ def model_config(args, param_dtype: str):
     if args.scan_layers:
         config = dataclasses.replace(config, scan_layers=True)
     if args.remat:
-        config = dataclasses.replace(config, remat=True)
+        config = dataclasses.replace(config, remat=True, remat_policy=args.remat)
     if args.kernel:
         config = dataclasses.replace(config, mlstm=dataclasses.replace(config.mlstm, kernel=args.kernel))
     return config
@@ -297,7 +298,13 @@ def parse_args(argv):
     parser.add_argument("--compile-cache", help="persistent JAX compilation cache directory")
     parser.add_argument("--command-buffer", help="value of XLA's --xla_gpu_enable_command_buffer ('' = off)")
     parser.add_argument("--scan-layers", action="store_true", help="stack the blocks and run them with nnx.scan")
-    parser.add_argument("--remat", action="store_true", help="rematerialise each block in the backward (model.remat)")
+    parser.add_argument(
+        "--remat",
+        nargs="?",
+        const="full",
+        choices=list(REMAT_POLICIES),
+        help="rematerialise each block in the backward (model.remat) with this model.remat_policy (default full)",
+    )
     parser.add_argument("--num-blocks", type=int, help="the preset's first N blocks only (quick checks)")
     parser.add_argument("--profile", help="trace train steps / a decode call into DIR/<row>; report kernel times")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,5 +1,8 @@
 """benchmarks/model.py runs on CPU at a tiny size (train, prefill both ways, decode) and writes a markdown
-table with one row per measurement and positive numbers; its kernel count reads an HLO while body."""
+table with one row per measurement and positive numbers; its kernel count reads an HLO while body; its
+``--remat [POLICY]`` sets the model's remat policy."""
+
+import pytest
 
 from benchmarks import model as bench
 
@@ -75,3 +78,11 @@ def test_tiny_run_writes_the_table(tmp_path, monkeypatch):
     assert text.count("no device kernels in the trace") == 3
     traces = {p.relative_to(tmp_path / "profile").parts[0] for p in (tmp_path / "profile").glob("*/plugins/profile/*/")}
     assert traces == {"train_2x16_loss_chunk_0", "train_2x16_loss_chunk_8", "decode_2"}
+
+
+@pytest.mark.parametrize(
+    "flags, policy", [([], None), (["--remat"], "full"), (["--remat", "save_matmuls"], "save_matmuls")]
+)
+def test_remat_flag_sets_the_model_policy(flags, policy):
+    config = bench.model_config(bench.parse_args(["--preset", "tiny", "--train", *flags]), "float32")
+    assert (config.remat, config.remat_policy) == ((True, policy) if policy else (False, "full"))

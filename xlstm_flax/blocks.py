@@ -2,8 +2,9 @@
 
 Block: x + mixer(norm(x)), then x + ffn(norm(x)) when the block has an FFN; the mixer is an mLSTM
 layer (variant from ``config.mlstm.variant``) or an sLSTM layer (positions ``config.slstm_at``).
-Stack: the blocks in order, optionally rematerialised (``config.remat``) and, when all blocks are
-identical, stacked and run with ``nnx.scan`` (``config.scan_layers``: one compiled block body).
+Stack: the blocks in order, optionally rematerialised (``config.remat``, keeping what ``config.remat_policy``
+names) and, when all blocks are identical, stacked and run with ``nnx.scan`` (``config.scan_layers``: one
+compiled block body).
 Shapes: x (B, S, D) for sequences, (B, D) for single steps. The stack's state is a tuple of block
 states, or with ``scan_layers`` one block state whose leaves have a leading num_blocks axis.
 """
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .layers import GatedFFN, make_norm, mLSTMLayer, mLSTMPaperLayer, sLSTMLayer
-from .model_config import xLSTMLMConfig
+from .model_config import REMAT_POLICIES, xLSTMLMConfig
 from .sharding import LAYERS
 
 
@@ -91,6 +92,7 @@ class xLSTMBlockStack(nnx.Module):
 
     def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
         self.scan_layers, self.remat = config.scan_layers, config.remat
+        self.remat_policy = config.remat_policy
         self.num_blocks = config.num_blocks
         kinds = config.block_kinds()
         if config.scan_layers:
@@ -116,7 +118,7 @@ class xLSTMBlockStack(nnx.Module):
         ``segment_ids`` (B, S) int or None: every block restarts its state at each new segment."""
         run = partial(_run_block, return_state=return_state)
         if self.remat:
-            run = jax.checkpoint(run, static_argnums=(0,))
+            run = jax.checkpoint(run, static_argnums=(0,), policy=REMAT_POLICIES[self.remat_policy])
         x, new_state = self._run_blocks(partial(_with_segments, run, segment_ids), x, state)
         return x, (new_state if return_state else None)
 

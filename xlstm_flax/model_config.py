@@ -6,12 +6,20 @@ Used by the blocks (``xlstm_flax.blocks``) and the model (``xlstm_flax.model``);
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from .layers.config import FFNConfig, mLSTMLayerConfig, runnable_kernel, sLSTMLayerConfig
 from .layers.norms import NORM_KINDS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# What a rematerialised block saves for its backward (``jax.checkpoint`` policies): "full" only its inputs
+# (everything recomputed), "save_matmuls" also the outputs of its matmuls (the projections; norms, gates,
+# activations and the mLSTM / sLSTM kernels are recomputed).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -39,6 +47,7 @@ class xLSTMLMConfig:
     compute_dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
     param_dtype: str = "float32"
     remat: bool = False  # rematerialise each block in the backward pass
+    remat_policy: str = "full"  # with remat: what a block keeps for its backward (REMAT_POLICIES)
     scan_layers: bool = False  # stack identical blocks and run them with nnx.scan
 
     def __post_init__(self):
@@ -53,6 +62,11 @@ class xLSTMLMConfig:
             self.logit_soft_cap is None or self.logit_soft_cap > 0,
             "logit_soft_cap",
             f"must be > 0 or null, got {self.logit_soft_cap}",
+        )
+        _require(
+            self.remat_policy in REMAT_POLICIES,
+            "remat_policy",
+            f"must be one of {tuple(REMAT_POLICIES)}, got {self.remat_policy!r}",
         )
         for name in ("compute_dtype", "param_dtype"):
             _require(

@@ -246,6 +246,7 @@ def architecture_differences(a: xLSTMLMConfig, b: xLSTMLMConfig) -> list[str]:
         "compute_dtype",
         "param_dtype",
         "remat",
+        "remat_policy",
         "scan_layers",
         "igate_bias_init",
         "fgate_bias_min",

@@ -12,7 +12,7 @@ these keys may differ (the run directory records each change, see ``xlstm_flax.t
 - how the same math runs: ``distributed.*`` (the state layout), ``model.mlstm.kernel``,
   ``model.mlstm.chunk_size``, ``model.mlstm.step_kernel`` (the kernels agree up to rounding),
   ``train.loss_chunk`` (the same loss summed in another order),
-  ``model.remat``;
+  ``model.remat``, ``model.remat_policy``;
 - ``train.steps``, only under ``optim.decay: constant``. The cosine and linear schedules decay over
   ``train.steps``, so another run length would change the learning rate of every step still to come;
   to train such a run longer, start a new run from its weights instead.
@@ -47,6 +47,7 @@ ALLOWED_CHANGES = (
     "model.mlstm.chunk_size",
     "model.mlstm.step_kernel",
     "model.remat",
+    "model.remat_policy",
 )
 NOT_COMPARED = ("resume", "overwrite", "run_dir")
 STEPS_KEY = "train.steps"

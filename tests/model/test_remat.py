@@ -1,0 +1,51 @@
+"""Rematerialised blocks (``remat``, ``remat_policy``): the same gradients as without remat, in the block
+loop and in the scanned stack, and each policy saves what it says (matmul outputs or none)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
+
+from tests.model.helpers import assert_close_to_scale, make_model, random_tokens, small_config
+from xlstm_flax.model_config import REMAT_POLICIES
+
+GRAD_REL_TOL = 1e-5  # fp32: the same operations, possibly fused in another order
+
+
+def loss_of_params(model, tokens):
+    """(pure loss of the parameters, the parameters) of ``model`` on next-token prediction."""
+    graphdef, params = nnx.split(model)
+
+    def loss(params):
+        logits = nnx.merge(graphdef, params)(tokens[:, :-1]).astype(jnp.float32)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1).mean()
+
+    return loss, params
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["block loop", "scanned stack"])
+@pytest.mark.parametrize("policy", sorted(REMAT_POLICIES))
+def test_remat_gradients_equal_the_plain_ones(policy, scan_layers):
+    """Random weights and tokens; the sLSTM block is dropped for the scanned stack (identical blocks)."""
+    base = small_config(kernel="chunkwise--jax", **({"slstm_at": ()} if scan_layers else {}), scan_layers=scan_layers)
+    tokens = random_tokens(7, 2, 11)
+    plain_loss, params = loss_of_params(make_model(base, seed=3), tokens)
+    remat_config = dataclasses.replace(base, remat=True, remat_policy=policy)
+    remat_loss, remat_params = loss_of_params(make_model(remat_config, seed=3), tokens)
+    expected = jax.jit(jax.grad(plain_loss))(params)
+    actual = jax.jit(jax.grad(remat_loss))(remat_params)
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(actual)):
+        assert_close_to_scale(got, want, GRAD_REL_TOL, f"{policy} gradient of {jax.tree_util.keystr(path)}")
+
+
+@pytest.mark.parametrize("policy, saves_matmuls", [("full", False), ("save_matmuls", True)])
+def test_policy_decides_whether_matmul_outputs_are_saved(policy, saves_matmuls, capsys):
+    config = small_config(kernel="chunkwise--jax", remat=True, remat_policy=policy)
+    loss, params = loss_of_params(make_model(config), random_tokens(8, 2, 9))
+    print_saved_residuals(loss, params)
+    saved = capsys.readouterr().out.splitlines()
+    matmul_outputs = [line for line in saved if "output of dot_general" in line]
+    assert bool(matmul_outputs) == saves_matmuls, f"{policy} saved {len(matmul_outputs)} matmul outputs"
