@@ -8,7 +8,9 @@ and returns the output arrays (a single array when ``out_shape`` is a single sha
   launch (jax-triton's option of that name), e.g. counters the kernel increments.
 * Normally it calls ``jax_triton.triton_call``. Without a GPU visible to JAX it compiles for sm_90
   (``compute_capability=90``), which is what lowering for CUDA on a CPU machine needs. Compilations
-  are kept on disk across processes (disk_cache.py).
+  are kept on disk across processes (disk_cache.py). A compiled kernel that needs more shared memory
+  than one block may use on its target (:data:`MAX_SHARED_MEMORY`) is a ``ValueError`` when the
+  calling function is lowered, before anything runs (the GPU would refuse the launch).
 * Under Triton's interpreter (``TRITON_INTERPRET=1``, set before any kernel is defined) jax-triton
   cannot launch the interpreted kernel. The launcher then runs it on host numpy buffers inside
   ``jax.pure_callback`` (so it also works under ``jax.jit``) through a runner installed with
@@ -31,6 +33,9 @@ import triton
 from . import compat, disk_cache
 
 HOPPER_COMPUTE_CAPABILITY = 90
+# Shared memory one thread block may use (the opt-in maximum), bytes, by compute capability (CUDA C++
+# Programming Guide, technical specifications per compute capability). Other targets are not checked.
+MAX_SHARED_MEMORY = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
 
 class InterpreterRunner(Protocol):
@@ -68,7 +73,27 @@ def _jax_triton():
     """``jax_triton`` with its compilations cached on disk (disk_cache.py)."""
     jax_triton = compat.import_jax_triton()
     disk_cache.install(jax_triton.triton_lib, jax_triton.__version__)
+    _check_shared_memory_after_compiling(jax_triton.triton_lib)
     return jax_triton
+
+
+def _check_shared_memory_after_compiling(triton_lib) -> None:
+    """Wraps ``triton_lib.compile_ttir_inplace`` (over the disk cache, so cached kernels are checked too):
+    a kernel needing more shared memory than its target's :data:`MAX_SHARED_MEMORY` raises ValueError."""
+    compile_unchecked = triton_lib.compile_ttir_inplace
+
+    def compile_ttir_inplace(ttir, backend, options, gpu_target):
+        result = compile_unchecked(ttir, backend, options, gpu_target)
+        limit = MAX_SHARED_MEMORY.get(gpu_target.arch) if gpu_target.backend == "cuda" else None
+        if limit is not None and result.shared_mem_bytes > limit:
+            raise ValueError(
+                f"Triton kernel {result.name} needs {result.shared_mem_bytes} bytes of shared memory with "
+                f"num_warps={options.num_warps}, num_stages={options.num_stages}; sm_{gpu_target.arch} allows "
+                f"{limit} per block: use smaller block sizes or fewer stages in the kernel's tuning options"
+            )
+        return result
+
+    triton_lib.compile_ttir_inplace = compile_ttir_inplace
 
 
 def triton_call(

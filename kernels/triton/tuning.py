@@ -125,8 +125,9 @@ def fitting_chunk_size(S: int, caller: str) -> int:
     return min(common.default_chunk_size(S), S & -S)
 
 
-def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
-    """Per-shape forward defaults of every choice but chunk_size_intra.
+def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, materialise_scores: bool | None = None) -> dict:
+    """Per-shape forward defaults of every choice but chunk_size_intra; the output-stage tiles follow
+    ``materialise_scores`` (None: the shape's default, below).
 
     bf16/fp16: the fastest configuration of the H100 sweep at (DHQK, DHV) = (256, 512) and (128, 256),
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
@@ -153,7 +154,7 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
         states_in_input_dtype=True,
     )
     if jnp.dtype(dtype).itemsize <= 2:
-        materialise = dhv_pad > 256  # several siz_b_DH_parallel tiles
+        materialise = dhv_pad > 256 if materialise_scores is None else materialise_scores  # several DHV tiles
         if DHQK >= 128:
             both.update(siz_b_DHQK_inter=128)
         return dict(
@@ -253,7 +254,8 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
     """``given`` choices (None = default) over :func:`fw_defaults` for q/k/v of ``dtype``, every rule
     checked (ValueError naming it). chunk_size_intra defaults to :func:`fitting_chunk_size`."""
     given, intra = _filled(given, FW_OPTIONS, dims, caller)
-    chosen = {**fw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra}
+    defaults = fw_defaults(dims.DHQK, dims.DHV, dtype, intra, given.get("materialise_scores"))
+    chosen = {**defaults, **given, "chunk_size_intra": intra}
     rows = chosen["siz_b_L_parallel"]
     chosen.setdefault("siz_b_L_output", rows)
     chosen.setdefault("siz_b_K_output", min(64, rows))

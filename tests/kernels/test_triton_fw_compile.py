@@ -1,5 +1,6 @@
 """The Triton forward lowers for CUDA on the CPU machine (jax-triton down to PTX for sm_90a), and bad
-tuning arguments raise ValueError naming the rule. No GPU needed (docs/testing.md).
+tuning arguments raise ValueError naming the rule (a tiling that needs more shared memory than sm_90 has,
+when lowered). No GPU needed (docs/testing.md).
 
 The sweep covers rather than multiplies: every chunk size 16..256 (inter < intra included), block
 sizes from 16 up to the padded head dim, warps 2..8, stages 1..4, fp32/bf16/fp16 and head dims 16, 48,
@@ -277,3 +278,12 @@ def test_materialised_segments_forward_and_backward_lower(monkeypatch):
     )
     assert len(payloads) == 10, "2 states, scores, output, step 1, dC, backward scores (bf16 default), dq, dk, dv"
     assert not any(b"parallel_fw" in p for p in payloads)
+
+
+def test_tuning_that_overflows_shared_memory_fails_at_lowering():
+    """128-step key blocks of the 7B head dims' scores kernel need 288 KiB, more than sm_90's 227 KiB per
+    block: a ValueError naming the kernel and the bytes when the function is lowered, before any launch."""
+    args = _shapes(jnp.bfloat16, 1, 1, 2048, 256, 512)
+    message = r"scores_fw_kernel needs \d+ bytes of shared memory .* sm_90 allows 232448 per block"
+    with pytest.raises(ValueError, match=message):
+        lowered_triton_calls(_forward(siz_b_L_loop=128), *args)
