@@ -14,8 +14,9 @@ from .layers.norms import NORM_KINDS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # What a rematerialised block saves for its backward (``jax.checkpoint`` policies): "full" only its inputs
-# (everything recomputed), "save_matmuls" also the outputs of its matmuls (the projections; norms, gates,
-# activations and the mLSTM / sLSTM kernels are recomputed).
+# (everything recomputed), "save_matmuls" also the outputs of its matmuls without batch dimensions (the
+# nnx.Linear projections; norms, activations, the head-wise projections' einsums and the mLSTM / sLSTM
+# kernels are recomputed).
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,

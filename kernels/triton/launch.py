@@ -35,7 +35,7 @@ from . import compat, disk_cache
 HOPPER_COMPUTE_CAPABILITY = 90
 # Shared memory one thread block may use (the opt-in maximum), bytes, by compute capability (CUDA C++
 # Programming Guide, technical specifications per compute capability). Other targets are not checked.
-MAX_SHARED_MEMORY = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+MAX_SHARED_MEMORY = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
 
 class InterpreterRunner(Protocol):
@@ -70,7 +70,8 @@ def gpu_visible() -> bool:
 
 @functools.cache
 def _jax_triton():
-    """``jax_triton`` with its compilations cached on disk (disk_cache.py)."""
+    """``jax_triton`` with its compilations cached on disk (disk_cache.py) and checked against the target's
+    shared memory."""
     jax_triton = compat.import_jax_triton()
     disk_cache.install(jax_triton.triton_lib, jax_triton.__version__)
     _check_shared_memory_after_compiling(jax_triton.triton_lib)
@@ -78,9 +79,11 @@ def _jax_triton():
 
 
 def _check_shared_memory_after_compiling(triton_lib) -> None:
-    """Wraps ``triton_lib.compile_ttir_inplace`` (over the disk cache, so cached kernels are checked too):
-    a kernel needing more shared memory than its target's :data:`MAX_SHARED_MEMORY` raises ValueError."""
+    """Wraps ``triton_lib.compile_ttir_inplace`` (over the disk cache, so cached kernels are checked too),
+    once: a kernel needing more shared memory than its target's :data:`MAX_SHARED_MEMORY` raises ValueError."""
     compile_unchecked = triton_lib.compile_ttir_inplace
+    if getattr(compile_unchecked, "shared_memory_checked", False):
+        return
 
     def compile_ttir_inplace(ttir, backend, options, gpu_target):
         result = compile_unchecked(ttir, backend, options, gpu_target)
@@ -93,6 +96,8 @@ def _check_shared_memory_after_compiling(triton_lib) -> None:
             )
         return result
 
+    compile_ttir_inplace.shared_memory_checked = True
+    compile_ttir_inplace.disk_cached = getattr(compile_unchecked, "disk_cached", False)  # disk_cache.install's guard
     triton_lib.compile_ttir_inplace = compile_ttir_inplace
 
 

@@ -126,7 +126,7 @@ def fitting_chunk_size(S: int, caller: str) -> int:
 
 
 def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, materialise_scores: bool | None = None) -> dict:
-    """Per-shape forward defaults of every choice but chunk_size_intra; the output-stage tiles follow
+    """Per-shape forward defaults of every choice but chunk_size_intra; ``siz_b_DH_loop`` follows
     ``materialise_scores`` (None: the shape's default, below).
 
     bf16/fp16: the fastest configuration of the H100 sweep at (DHQK, DHV) = (256, 512) and (128, 256),

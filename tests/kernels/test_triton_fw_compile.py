@@ -11,6 +11,7 @@ with and without document resets.
 """
 
 import functools
+import json
 import re
 
 import jax
@@ -280,10 +281,18 @@ def test_materialised_segments_forward_and_backward_lower(monkeypatch):
     assert not any(b"parallel_fw" in p for p in payloads)
 
 
-def test_tuning_that_overflows_shared_memory_fails_at_lowering():
+def test_tuning_that_overflows_shared_memory_fails_at_lowering(tmp_path, monkeypatch):
     """128-step key blocks of the 7B head dims' scores kernel need 288 KiB, more than sm_90's 227 KiB per
-    block: a ValueError naming the kernel and the bytes when the function is lowered, before any launch."""
+    block: a ValueError naming the kernel and the bytes when the function is lowered, before any launch;
+    again when the compilation comes from the disk cache (the second lowering rewrites no entry)."""
+    monkeypatch.setenv("XLSTM_FLAX_TRITON_CACHE", str(tmp_path))
     args = _shapes(jnp.bfloat16, 1, 1, 2048, 256, 512)
     message = r"scores_fw_kernel needs \d+ bytes of shared memory .* sm_90 allows 232448 per block"
     with pytest.raises(ValueError, match=message):
         lowered_triton_calls(_forward(siz_b_L_loop=128), *args)
+    stored = {entry: entry.stat().st_mtime_ns for entry in tmp_path.glob("*.json")}
+    names = {json.loads(entry.read_text())["name"] for entry in stored}
+    assert "scores_fw_kernel" in names, f"the cache holds {sorted(names)}: the check ran before it stored"
+    with pytest.raises(ValueError, match=message):
+        lowered_triton_calls(_forward(siz_b_L_loop=128), *args)
+    assert {entry: entry.stat().st_mtime_ns for entry in tmp_path.glob("*.json")} == stored
