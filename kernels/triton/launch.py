@@ -79,11 +79,10 @@ def _jax_triton():
 
 
 def _check_shared_memory_after_compiling(triton_lib) -> None:
-    """Wraps ``triton_lib.compile_ttir_inplace`` (over the disk cache, so cached kernels are checked too),
-    once: a kernel needing more shared memory than its target's :data:`MAX_SHARED_MEMORY` raises ValueError."""
+    """Wraps ``triton_lib.compile_ttir_inplace`` (over the disk cache, so cached kernels are checked too; once,
+    from :func:`_jax_triton`): a kernel needing more shared memory than its target's :data:`MAX_SHARED_MEMORY`
+    raises ValueError."""
     compile_unchecked = triton_lib.compile_ttir_inplace
-    if getattr(compile_unchecked, "shared_memory_checked", False):
-        return
 
     def compile_ttir_inplace(ttir, backend, options, gpu_target):
         result = compile_unchecked(ttir, backend, options, gpu_target)
@@ -96,8 +95,6 @@ def _check_shared_memory_after_compiling(triton_lib) -> None:
             )
         return result
 
-    compile_ttir_inplace.shared_memory_checked = True
-    compile_ttir_inplace.disk_cached = getattr(compile_unchecked, "disk_cached", False)  # disk_cache.install's guard
     triton_lib.compile_ttir_inplace = compile_ttir_inplace
 
 
