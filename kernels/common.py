@@ -21,6 +21,10 @@ PAD_FGATE = 1e30
 # (the H100-tuned choice), else SHORT_CHUNK, shortened for sequences shorter than that (less padding).
 LONG_CHUNK, SHORT_CHUNK, LONG_SEQUENCE = 256, 128, 2048
 MIN_CHUNK = 16  # the smallest tl.dot tile: the Triton kernels' smallest chunk
+# The name (``jax.ad_checkpoint.checkpoint_name``) of the Triton backends' custom_vjp residuals, mLSTM and
+# sLSTM: a rematerialisation policy that saves it keeps them, so the backward does not run the forward kernels
+# again (their outputs are then unused and XLA drops the calls).
+KERNEL_RESIDUALS = "triton_kernel_residuals"
 
 
 class Dims(NamedTuple):

@@ -9,17 +9,22 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from xlstm_flax.kernels.common import KERNEL_RESIDUALS
+
 from .layers.config import FFNConfig, mLSTMLayerConfig, runnable_kernel, sLSTMLayerConfig
 from .layers.norms import NORM_KINDS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # What a rematerialised block saves for its backward (``jax.checkpoint`` policies): "full" only its inputs
 # (everything recomputed), "save_matmuls" also the outputs of its matmuls without batch dimensions (the
-# nnx.Linear projections; norms, activations, the head-wise projections' einsums and the mLSTM / sLSTM
-# kernels are recomputed).
+# nnx.Linear projections) and the Triton mLSTM / sLSTM kernels' residuals (their forward is not run again);
+# norms, activations, the head-wise projections' einsums and the pure-JAX kernels are recomputed.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_matmuls": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(KERNEL_RESIDUALS),
+    ),
 }
 
 

@@ -7,7 +7,8 @@ e.g. prefill, writes none of them). The backward runs the reverse-time kernel fo
 initial state's cotangents, then a third kernel for the recurrent kernel's gradient
 ``sum_t h_{t-1}^T dg_t`` (parallel over time, fp32 accumulation; products about fp32-accurate for fp32
 and fp16 R, to about 2^-17 for bf16 R): no XLA matmul in the backward. Gradients equal autodiff of the
-scan (reference.py), including the stabiliser's path.
+scan (reference.py), including the stabiliser's path. The residuals g and the history are named
+``KERNEL_RESIDUALS`` for rematerialisation policies.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
+from ..common import KERNEL_RESIDUALS
 from ..triton import launch
 from . import triton_launch
 from .common import States, check_inputs
@@ -42,19 +45,26 @@ def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | 
 
 
 def _forward(pre, recurrent_kernel, initial, config, store_gates: bool):
+    """(g or a placeholder, the :class:`States` histories) from the forward kernel."""
     dims, forward_tuning, _ = config
-    g, history = triton_launch.slstm_fw(pre, recurrent_kernel, initial, dims, forward_tuning, store_gates=store_gates)
-    return (g, history), (history.h[:, 1:], States(*(x[:, -1] for x in history)))
+    return triton_launch.slstm_fw(pre, recurrent_kernel, initial, dims, forward_tuning, store_gates=store_gates)
+
+
+def _outputs(history: States):
+    """h (B, S, NH, DH) and the last States from the per-step history (B, S + 1, NH, DH) each."""
+    return history.h[:, 1:], States(*(x[:, -1] for x in history))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _slstm(pre, recurrent_kernel, initial, config):  # config: (Dims, forward and backward Tuning); g not stored
-    return _forward(pre, recurrent_kernel, initial, config, store_gates=False)[1]
+    return _outputs(_forward(pre, recurrent_kernel, initial, config, store_gates=False)[1])
 
 
 def _slstm_fwd(pre, recurrent_kernel, initial, config):
-    (g, history), outputs = _forward(pre, recurrent_kernel, initial, config, store_gates=True)
-    return outputs, (g, recurrent_kernel, history)
+    # tagged before the outputs are sliced from history, so that a policy keeping the tag needs no second forward
+    tag = functools.partial(checkpoint_name, name=KERNEL_RESIDUALS)
+    g, history = jax.tree.map(tag, _forward(pre, recurrent_kernel, initial, config, store_gates=True))
+    return _outputs(history), (g, recurrent_kernel, history)
 
 
 def _slstm_bwd(config, residuals, cotangents):

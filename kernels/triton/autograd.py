@@ -3,7 +3,8 @@
 
 :func:`mlstm_chunkwise_triton` checks the inputs and resolves both tuning configs once; everything
 below it takes them as given. The custom_vjp's forward saves what the exact backward needs (inputs,
-initial states, h and the per-step den, m and signed n.(s q)). The backward recomputes the chunk states
+initial states, h and the per-step den, m and signed n.(s q); the last four named
+``common.KERNEL_RESIDUALS`` for rematerialisation policies). The backward recomputes the chunk states
 by default, with the forward's exact call (same config), so that XLA can merge the two when forward and
 backward are compiled together; ``save_states=True`` keeps the forward's instead (more memory held
 between forward and backward: (S / chunk_size + 1) * DHQK * (DHV + 1) values per head, C in q's dtype
@@ -17,6 +18,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from .. import common
 from . import launch
@@ -124,8 +126,10 @@ def _chunkwise(q, k, v, i, f, c0, n0, m0, resets, options):
 def _chunkwise_fwd(q, k, v, i, f, c0, n0, m0, resets, options):
     result, last_states = _forward(q, k, v, i, f, c0, n0, m0, resets, options)
     saved_states = result.states if options.save_states else None
-    residuals = (q, k, v, i, f, c0, n0, m0, result.matH, result.vecDen, result.vecM, result.vecNQ, resets, saved_states)
-    return (result.matH, last_states), residuals
+    # h is tagged where it is both output and residual, so that a policy keeping the tag needs no second forward
+    outputs = (result.matH, result.vecDen, result.vecM, result.vecNQ)
+    matH, den, m, nq = (checkpoint_name(x, common.KERNEL_RESIDUALS) for x in outputs)
+    return (matH, last_states), (q, k, v, i, f, c0, n0, m0, matH, den, m, nq, resets, saved_states)
 
 
 def _backward(options, residuals, cotangents):
