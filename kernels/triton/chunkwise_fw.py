@@ -177,6 +177,7 @@ def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, co
         BLOCK_K=config.siz_b_K_output,
         BLOCK_DHV=config.siz_b_DH_parallel,
         EPS=eps,
+        CAUSAL_P=max(config.siz_b_L_output, config.siz_b_K_output) > config.siz_b_L_parallel,
     )
     return matH, vecDen.astype(output_dtype), vecM.astype(output_dtype), vecNQ
 

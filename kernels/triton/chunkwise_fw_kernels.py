@@ -339,13 +339,14 @@ def output_fw_kernel(
     matH,  # output
     S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
     BLOCK_LQ: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DHV: tl.constexpr, EPS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, CAUSAL_P: tl.constexpr,
 ):
     """Grid (DHV blocks, NC * L / BLOCK_LQ, B*NH), the second half of the materialised output stage:
     h_i = (w_i q_i C + sum_{j<=i} P_ij v_j) / (den_i + eps) for BLOCK_LQ rows and BLOCK_DHV columns, from
     :func:`scores_fw_kernel`'s P, inter weight w and den (documents resets are already in them). Two flat
     loops contracting BLOCK_K at a time: DHQK for q C, then the chunk's steps up to the rows' last for P V.
-    Reads only score blocks the scores kernel wrote if BLOCK_LQ and BLOCK_K are <= its row block."""
+    With BLOCK_LQ and BLOCK_K <= the scores kernel's row block every P block read was written; otherwise
+    ``CAUSAL_P`` loads P only at j <= i (always written) and zeros above."""
     pid_v = tl.program_id(0)
     row0, t_chunk, t_rows, state = _row_block(tl.program_id(1), tl.program_id(2), S, NC, L, BLOCK_LQ)
     offs_k = tl.arange(0, BLOCK_K)
@@ -360,7 +361,11 @@ def output_fw_kernel(
         acc += tl.dot(q, c.to(q.dtype), input_precision=DOT_PRECISION)
     acc *= tl.load(vecW + t_rows)[:, None]
     for col0 in range(0, row0 + BLOCK_LQ, BLOCK_K):
-        p = tl.load(matP + t_rows[:, None] * L + col0 + offs_k[None, :])
+        p_ptrs = matP + t_rows[:, None] * L + col0 + offs_k[None, :]
+        if CAUSAL_P:
+            p = tl.load(p_ptrs, mask=(col0 + offs_k)[None, :] <= (row0 + tl.arange(0, BLOCK_LQ))[:, None], other=0.0)
+        else:
+            p = tl.load(p_ptrs)
         v = tl.load(matV + (t_chunk + col0 + offs_k)[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
         acc += tl.dot(p, v, input_precision=DOT_PRECISION)
     h = acc / (tl.load(vecDen + t_rows) + EPS)[:, None]

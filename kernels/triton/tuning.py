@@ -34,8 +34,9 @@ class FwConfig:
     key block j <= i in q's dtype (a (B, NH, S, chunk_size_intra) buffer); an output kernel multiplies
     them with v: ``siz_b_L_output`` rows (default ``siz_b_L_parallel``) and ``siz_b_DH_parallel`` columns
     per program, DHQK and steps contracted ``siz_b_K_output`` at a time (default min(64,
-    ``siz_b_L_parallel``)), ``num_warps_output`` / ``num_stages_output``. Both of its blocks must be
-    <= ``siz_b_L_parallel`` (it reads only score blocks the scores kernel wrote).
+    ``siz_b_L_parallel``)), ``num_warps_output`` / ``num_stages_output``. Where either of its blocks is
+    larger than ``siz_b_L_parallel`` it loads the scores through the causal mask (the scores kernel writes
+    only the key blocks up to its own rows).
     """
 
     chunk_size_inter: int
@@ -273,12 +274,6 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
         ("siz_b_K_output", intra),
     ):
         check_power_of_two(name, getattr(config, name), MIN_BLOCK, high)
-    for name in ("siz_b_L_output", "siz_b_K_output"):
-        if getattr(config, name) > config.siz_b_L_parallel:
-            raise ValueError(
-                f"{name}={getattr(config, name)} must be <= siz_b_L_parallel={config.siz_b_L_parallel} "
-                "(the output kernel reads only the score blocks the scores kernel wrote)"
-            )
     _check_launch(
         config,
         ("num_warps_intra", "num_warps_inter", "num_warps_output"),
