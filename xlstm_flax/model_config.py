@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from xlstm_flax.kernels.common import KERNEL_RESIDUALS
 
-from .layers.config import FFNConfig, mLSTMLayerConfig, runnable_kernel, sLSTMLayerConfig
+from .layers.config import FFNConfig, mLSTMLayerConfig, runnable_kernel, runnable_slstm_kernel, sLSTMLayerConfig
 from .layers.norms import NORM_KINDS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -104,9 +104,16 @@ class xLSTMLMConfig:
     def resolved_kernel(self) -> str | None:
         """The mLSTM sequence kernel this model runs on this machine (``mlstm.kernel`` with "auto"
         resolved), or None without mLSTM blocks; raises ValueError when the named kernel cannot run here."""
-        if "mlstm" not in self.block_kinds():
+        return self._runnable("mlstm", runnable_kernel)
+
+    def resolved_slstm_kernel(self) -> str | None:
+        """:meth:`resolved_kernel` for ``slstm.kernel`` (None without sLSTM blocks)."""
+        return self._runnable("slstm", runnable_slstm_kernel)
+
+    def _runnable(self, kind: str, runnable) -> str | None:
+        if kind not in self.block_kinds():
             return None
         try:
-            return runnable_kernel(self.mlstm.kernel)
+            return runnable(getattr(self, kind).kernel)
         except ValueError as err:
-            raise ValueError(f"mlstm.kernel: {err}") from None
+            raise ValueError(f"{kind}.kernel: {err}") from None

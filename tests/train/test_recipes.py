@@ -1,5 +1,5 @@
-"""The recipes in configs/ show the mLSTM kernel switch with its choices, and a kernel that cannot run
-on this machine stops the run when the recipe loads: one-line error naming the key, nothing read or
+"""The recipes in configs/ show the mLSTM kernel switch with its choices, and an mLSTM or sLSTM kernel that
+cannot run on this machine stops the run when the recipe loads: one-line error naming the key, nothing read or
 written."""
 
 from pathlib import Path
@@ -25,20 +25,28 @@ def test_every_recipe_shows_the_kernel_switch_and_its_choices(path):
     assert not missing, f"{path.name}: the kernel comment does not list {missing}"
 
 
-def test_triton_kernel_on_a_machine_without_it_fails_at_load(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "key, triton_kernel, fallback",
+    [("mlstm", "chunkwise--triton", "chunkwise--jax"), ("slstm", "recurrent--triton", "recurrent--jax")],
+)
+def test_triton_kernel_on_a_machine_without_it_fails_at_load(
+    key, triton_kernel, fallback, tmp_path, capsys, monkeypatch
+):
+    """The tiny preset has both block kinds; the sLSTM kernel name is checked like the mLSTM one."""
     monkeypatch.setattr(registry, "triton_usable", lambda: False)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model: {preset: tiny}\ndata: {path: no/such/*.txt}\n")  # reading it would fail
-    triton = "model.mlstm.kernel=chunkwise--triton"
+    triton = f"model.{key}.kernel={triton_kernel}"
     with pytest.raises(
         ConfigError,
-        match=r"recipe\.yaml: <top level>: model\.mlstm\.kernel: 'chunkwise--triton' "
-        r"needs a CUDA GPU visible to JAX and the jax-triton package",
+        match=rf"recipe\.yaml: <top level>: model\.{key}\.kernel: '{triton_kernel}' "
+        rf"needs a CUDA GPU visible to JAX and the jax-triton package.*or '{fallback}'",
     ):
         load_recipe(recipe, [triton])
     run_dir = tmp_path / "run"
     assert main(["train", "--config", str(recipe), f"run_dir={run_dir}", triton]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "model.mlstm.kernel" in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and f"model.{key}.kernel" in err, err
     assert not run_dir.exists()
-    assert load_recipe(recipe, ["model.mlstm.kernel=chunkwise--jax"]).model.resolved_kernel() == "chunkwise--jax"
+    model = load_recipe(recipe, [f"model.{key}.kernel={fallback}"]).model
+    assert (model.resolved_kernel() if key == "mlstm" else model.resolved_slstm_kernel()) == fallback

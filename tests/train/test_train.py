@@ -9,6 +9,7 @@ compared with ``==`` (no tolerance)."""
 import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,7 +86,10 @@ def test_cli_run_learns_and_writes_its_artifacts(recipe, reference):
     assert np.isclose(val[0]["bits_per_byte"], val[0]["loss"] / np.log(2))
     assert (run_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_recipe(run_dir / "config.yaml") == load_recipe(recipe, [f"run_dir={run_dir}"])
-    kernel = "mLSTM kernel: chunkwise--jax (model.mlstm.kernel: auto)"  # what "auto" picks without a GPU
+    kernel = (  # what "auto" picks without a GPU
+        "mLSTM kernel: chunkwise--jax (model.mlstm.kernel: auto); "
+        "sLSTM kernel: recurrent--jax (model.slstm.kernel: auto)"
+    )
     assert (run_dir / "config.yaml").read_text().startswith(f"# {kernel}\n")
     assert any(line.startswith("model: ") and line.endswith(kernel) for line in logged), logged
     assert Checkpointer(run_dir / "checkpoints", keep=2).all_steps() == [12, 16]  # keep the last 2
@@ -251,6 +255,26 @@ def test_generate_command_samples_from_the_checkpoint(reference, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("import ") and len(captured.out.encode()) > len("import ")
     assert f"step {STEPS}" in captured.err
+
+
+def test_generate_from_a_run_that_named_triton_kernels_on_a_machine_without_them(reference, tmp_path, capsys, caplog):
+    """A run trained on a GPU with the Triton kernels named explicitly samples here with "auto" instead,
+    a warning naming each key; the run's own config stays as it was."""
+    run_dir = tmp_path / "gpu_run"
+    shutil.copytree(reference[0], run_dir)
+    config = run_dir / "config.yaml"
+    text = config.read_text()
+    for kind, triton_kernel in (("mlstm", "chunkwise--triton"), ("slstm", "recurrent--triton")):
+        block = f"  {kind}:\n"
+        start = text.index(block)
+        kernel_line = text.index("    kernel: auto\n", start)
+        text = text[:kernel_line] + f"    kernel: {triton_kernel}\n" + text[kernel_line + len("    kernel: auto\n") :]
+    config.write_text(text)
+    assert main(["generate", "--run-dir", str(run_dir), "--prompt", "import ", "--tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("import ")
+    warned = [r.getMessage() for r in caplog.records if "Loading it with 'auto'" in r.getMessage()]
+    assert len(warned) == 2 and "model.mlstm.kernel" in warned[0] and "model.slstm.kernel" in warned[1], warned
+    assert config.read_text() == text
 
 
 def test_gradient_accumulation_equals_one_big_batch(recipe):

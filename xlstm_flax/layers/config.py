@@ -9,6 +9,7 @@ import dataclasses
 import math
 
 from xlstm_flax.kernels import AUTO, registry, resolve_kernel_name
+from xlstm_flax.kernels import slstm as slstm_kernels
 from xlstm_flax.kernels.slstm import resolve_slstm_kernel_name
 
 MLSTM_VARIANTS = ("xlstm7b", "paper")
@@ -64,11 +65,19 @@ def _check_kernel_name(name: str, field: str, step: bool) -> None:
 def runnable_kernel(name: str) -> str:
     """``name`` with "auto" resolved; raises ValueError when it names the Triton kernel on a machine
     without a CUDA GPU visible to JAX and jax-triton (the name itself is checked by the config)."""
-    resolved = resolve_kernel_name(name)
-    if resolved == registry.TRITON_KERNEL and not registry.triton_usable():
+    return _runnable(name, resolve_kernel_name(name), registry.TRITON_KERNEL, registry.FALLBACK_KERNEL)
+
+
+def runnable_slstm_kernel(name: str) -> str:
+    """:func:`runnable_kernel` for the sLSTM kernels (``xlstm_flax.kernels.slstm``)."""
+    return _runnable(name, resolve_slstm_kernel_name(name), slstm_kernels.TRITON_KERNEL, slstm_kernels.FALLBACK_KERNEL)
+
+
+def _runnable(name: str, resolved: str, triton_kernel: str, fallback: str) -> str:
+    if resolved == triton_kernel and not registry.triton_usable():
         raise ValueError(
             f"{name!r} needs a CUDA GPU visible to JAX and the jax-triton package, and this "
-            "machine lacks one of them; use 'auto' (picks it where it runs) or 'chunkwise--jax'"
+            f"machine lacks one of them; use 'auto' (picks it where it runs) or {fallback!r}"
         )
     return resolved
 

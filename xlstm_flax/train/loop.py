@@ -466,11 +466,16 @@ def _layout(state: Any) -> str:
 
 
 def _kernel_summary(config: RunConfig) -> str:
-    """The mLSTM sequence kernel the run uses here, as asked for and as resolved."""
-    resolved = config.model.resolved_kernel()
-    if resolved is None:
-        return "mLSTM kernel: none (no mLSTM blocks)"
-    return f"mLSTM kernel: {resolved} (model.mlstm.kernel: {config.model.mlstm.kernel})"
+    """The sequence kernels the run uses here, as asked for and as resolved: the mLSTM one, and the sLSTM
+    one where the model has sLSTM blocks."""
+    model = config.model
+    mlstm, slstm = model.resolved_kernel(), model.resolved_slstm_kernel()
+    parts = ["mLSTM kernel: none (no mLSTM blocks)"]
+    if mlstm:
+        parts = [f"mLSTM kernel: {mlstm} (model.mlstm.kernel: {model.mlstm.kernel})"]
+    if slstm:
+        parts.append(f"sLSTM kernel: {slstm} (model.slstm.kernel: {model.slstm.kernel})")
+    return "; ".join(parts)
 
 
 def _corpus_summary(corpus: Corpus) -> str:

@@ -109,8 +109,9 @@ class RunConfig:
         top_k = self.train.sample_top_k
         if top_k is not None and top_k > self.model.vocab_size:
             raise ValueError(f"train.sample_top_k={top_k} exceeds model.vocab_size={self.model.vocab_size}")
-        try:
-            self.model.resolved_kernel()  # the kernel must run here: fail before any data is read
+        try:  # the kernels must run here: fail before any data is read
+            self.model.resolved_kernel()
+            self.model.resolved_slstm_kernel()
         except ValueError as err:
             raise ValueError(f"model.{err}") from None
 
