@@ -14,16 +14,12 @@ from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
-import yaml
 from flax import nnx
 
 from . import distributed
-from .config import load_config
-from .kernels import AUTO
-from .layers.config import runnable_kernel, runnable_slstm_kernel
 from .sampling import generate
 from .train.checkpoint import CHECKPOINT_DIR, Checkpointer
-from .train.recipe import CONFIG_FILE, RunConfig
+from .train.recipe import CONFIG_FILE, RunConfig, load_saved_run_config
 from .train.state import init_train_state
 
 if TYPE_CHECKING:
@@ -31,7 +27,6 @@ if TYPE_CHECKING:
     from .train.data import Tokenizer
 
 logger = logging.getLogger(__name__)
-_warned_kernels: set[tuple[str, str]] = set()  # (config path, "mlstm" / "slstm") replaced by "auto" and said so
 
 
 def load_trained_model(run_dir: str | Path, step: int | None = None) -> tuple[xLSTMLMModel, RunConfig, int]:
@@ -55,38 +50,12 @@ def load_trained_model(run_dir: str | Path, step: int | None = None) -> tuple[xL
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The config saved in a run directory (FileNotFoundError when ``run_dir`` holds none). A kernel it
-    names that cannot run on this machine (a Triton kernel without a GPU: the run was trained elsewhere)
-    is replaced by "auto", with a warning; the kernels change only speed."""
+    """The config saved in a run directory (FileNotFoundError when ``run_dir`` holds none); a kernel it
+    names that cannot run here is loaded as "auto" (``load_saved_run_config``)."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {CONFIG_FILE}")
-    return load_config(path, RunConfig, _runnable_kernel_overrides(path))
-
-
-def _runnable_kernel_overrides(path: Path) -> list[str]:
-    """``model.<kind>.kernel=auto`` for each kernel of the saved config at ``path`` that cannot run here."""
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return []  # load_config reports it, naming the file
-    model = saved.get("model") if isinstance(saved, dict) else None
-    overrides = []
-    for kind, runnable in (("mlstm", runnable_kernel), ("slstm", runnable_slstm_kernel)):
-        layer = model.get(kind) if isinstance(model, dict) else None
-        name = layer.get("kernel") if isinstance(layer, dict) else None
-        if not isinstance(name, str) or name == AUTO:
-            continue
-        try:
-            runnable(name)
-        except ValueError as err:
-            if (str(path), kind) not in _warned_kernels:  # once per process (a command may load the config thrice)
-                _warned_kernels.add((str(path), kind))
-                logger.warning(
-                    "%s: model.%s.kernel: %s. Loading it with %r (kernels change only speed)", path, kind, err, AUTO
-                )
-            overrides.append(f"model.{kind}.kernel={AUTO}")
-    return overrides
+    return load_saved_run_config(path)
 
 
 def sample_text(

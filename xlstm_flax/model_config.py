@@ -17,7 +17,7 @@ from .layers.norms import NORM_KINDS
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # What a rematerialised block saves for its backward (``jax.checkpoint`` policies): "full" only its inputs
 # (everything recomputed), "save_matmuls" also the outputs of its matmuls without batch dimensions (the
-# nnx.Linear projections) and the Triton mLSTM / sLSTM kernels' residuals (their forward is not run again);
+# nnx.Linear projections) and the Triton mLSTM / sLSTM kernels' residuals (their forward does not run again);
 # norms, activations, the head-wise projections' einsums and the pure-JAX kernels are recomputed.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,

@@ -335,8 +335,7 @@ def mlstm_chunkwise_fw(
     ``tuning.resolve_fw_config`` (chunk_size_intra: the package's chunk size, shortened to divide S).
     Rules (ValueError): chunk sizes powers of two in [16, 1024]; inter <= intra (for powers of two the
     same as intra % inter == 0); S % intra == 0; block sizes powers of two >= 16 and <= their chunk
-    size / padded head dim, siz_b_L_output and siz_b_K_output also <= siz_b_L_parallel; warps a power of
-    two <= 16; stages in [1, 8].
+    size / padded head dim; warps a power of two <= 16; stages in [1, 8].
     """
     result = mlstm_chunkwise_fw_result(
         matQ,

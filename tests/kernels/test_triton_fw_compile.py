@@ -52,7 +52,13 @@ SWEEP = [
     (jnp.bfloat16, 2048, 256, 512, {}),  # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256)
     (jnp.bfloat16, 2048, 256, 512, dict(materialise_scores=False)),  # the parallel kernel at those dims
     # scores rows smaller than the output kernel's (its causal loads of P) at those dims
-    (jnp.bfloat16, 2048, 256, 512, dict(siz_b_L_parallel=64, num_warps_intra=4, num_stages_intra=2)),
+    (
+        jnp.bfloat16,
+        2048,
+        256,
+        512,
+        dict(siz_b_L_parallel=64, num_warps_intra=4, num_stages_intra=2, siz_b_L_output=128),
+    ),
     (jnp.float32, 2048, 256, 512, {}),  # fp32 defaults (smaller parallel tiles, chunk 256)
     (jnp.float16, 512, 128, 256, {}),
     (jnp.bfloat16, 128, 512, 512, {}),

@@ -112,9 +112,10 @@ def iter_eqns(jaxpr):
 
 @pytest.mark.parametrize("scan_layers", [False, True], ids=["block loop", "scanned stack"])
 def test_save_matmuls_runs_the_triton_kernels_forward_once(scan_layers, monkeypatch):
-    """With ``save_matmuls`` the Triton mLSTM and sLSTM kernels' residuals are kept: their calls are those of the
-    step without remat (forward once; the mLSTM backward's own chunk-state recompute); ``full`` runs each
-    forward again. Traced on the CPU (the kernels do not run); the scanned stack has no sLSTM block."""
+    """With ``save_matmuls`` the Triton mLSTM and sLSTM kernels' residuals are kept: their calls in the jaxpr
+    are those of the step without remat (forward once; the mLSTM backward's own chunk-state recompute, which
+    XLA merges with the forward's call only without remat); ``full`` runs each forward again. Traced on the
+    CPU (the kernels do not run); the scanned stack has no sLSTM block."""
     monkeypatch.setattr(launch, "require_triton_backend", lambda *args: None)
     base = small_config(**({"slstm_at": ()} if scan_layers else {}), scan_layers=scan_layers)
     config = dataclasses.replace(

@@ -25,6 +25,7 @@ from flax import nnx
 from xlstm_flax import distributed
 from xlstm_flax.cli import main
 from xlstm_flax.inference import load_trained_model
+from xlstm_flax.kernels import registry
 from xlstm_flax.train import NonFiniteLossError, load_recipe, loop, train
 from xlstm_flax.train.checkpoint import Checkpointer
 from xlstm_flax.train.loop import make_steps
@@ -257,24 +258,43 @@ def test_generate_command_samples_from_the_checkpoint(reference, capsys):
     assert f"step {STEPS}" in captured.err
 
 
-def test_generate_from_a_run_that_named_triton_kernels_on_a_machine_without_them(reference, tmp_path, capsys, caplog):
-    """A run trained on a GPU with the Triton kernels named explicitly samples here with "auto" instead,
-    a warning naming each key; the run's own config stays as it was."""
-    run_dir = tmp_path / "gpu_run"
-    shutil.copytree(reference[0], run_dir)
-    config = run_dir / "config.yaml"
+def copy_run_naming_kernels(run_dir: Path, dest: Path, mlstm: str, slstm: str) -> Path:
+    """A copy of ``run_dir`` whose saved config names these mLSTM and sLSTM kernels; returns its config path."""
+    shutil.copytree(run_dir, dest)
+    config = dest / "config.yaml"
     text = config.read_text()
-    for kind, triton_kernel in (("mlstm", "chunkwise--triton"), ("slstm", "recurrent--triton")):
-        block = f"  {kind}:\n"
-        start = text.index(block)
-        kernel_line = text.index("    kernel: auto\n", start)
-        text = text[:kernel_line] + f"    kernel: {triton_kernel}\n" + text[kernel_line + len("    kernel: auto\n") :]
+    for kind, kernel in (("mlstm", mlstm), ("slstm", slstm)):
+        line = text.index("    kernel: auto\n", text.index(f"  {kind}:\n"))
+        text = text[:line] + f"    kernel: {kernel}\n" + text[line + len("    kernel: auto\n") :]
     config.write_text(text)
+    return config
+
+
+def test_a_run_that_named_triton_kernels_loads_here_with_auto(recipe, reference, tmp_path, capsys, caplog, monkeypatch):
+    """A run trained on a GPU with both Triton kernels named samples and resumes on a machine without them,
+    with "auto" in their place and one warning per key; sampling leaves the run's config as it was."""
+    monkeypatch.setattr(registry, "triton_usable", lambda: False)
+    run_dir = tmp_path / "gpu_run"
+    config = copy_run_naming_kernels(reference[0], run_dir, "chunkwise--triton", "recurrent--triton")
+    saved = config.read_text()
     assert main(["generate", "--run-dir", str(run_dir), "--prompt", "import ", "--tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith("import ")
-    warned = [r.getMessage() for r in caplog.records if "Loading it with 'auto'" in r.getMessage()]
+    warned = [
+        r.getMessage() for r in caplog.records if "cannot run here; loading the run with 'auto'" in r.getMessage()
+    ]
     assert len(warned) == 2 and "model.mlstm.kernel" in warned[0] and "model.slstm.kernel" in warned[1], warned
-    assert config.read_text() == text
+    assert config.read_text() == saved
+    assert main(["train", "--config", str(recipe), f"run_dir={run_dir}", "resume=true"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_a_run_naming_an_unknown_kernel_is_refused(reference, tmp_path, capsys):
+    """Only kernels that exist but cannot run here are replaced; an unknown name is the config's error."""
+    run_dir = tmp_path / "renamed"
+    copy_run_naming_kernels(reference[0], run_dir, "chunkwise--nope", "auto")
+    assert main(["generate", "--run-dir", str(run_dir), "--prompt", "import "]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unknown kernel 'chunkwise--nope'" in err, err
 
 
 def test_gradient_accumulation_equals_one_big_batch(recipe):

@@ -41,7 +41,15 @@ CASES = [
     FwCase(jnp.bfloat16, 1, 64, 16, 32, 16, 32, True, dict(ON, siz_b_L_output=16, siz_b_DH_parallel=16)),
     # output rows and contraction larger than the score rows (the causal loads of P), fp32 and bf16
     FwCase(
-        jnp.float32, 1, 64, 24, 16, 16, 32, True, dict(ON, siz_b_L_parallel=16, siz_b_L_output=32, siz_b_K_output=32)
+        jnp.float32,
+        1,
+        64,
+        24,
+        16,
+        16,
+        32,
+        True,
+        dict(ON, siz_b_L_parallel=16, siz_b_L_loop=16, siz_b_L_output=32, siz_b_K_output=32),
     ),
     FwCase(
         jnp.bfloat16, 2, 64, 32, 32, 16, 64, False, dict(ON, siz_b_L_parallel=16, siz_b_L_loop=16, siz_b_L_output=64)

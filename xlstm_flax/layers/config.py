@@ -74,6 +74,8 @@ def runnable_slstm_kernel(name: str) -> str:
 
 
 def _runnable(name: str, resolved: str, triton_kernel: str, fallback: str) -> str:
+    """``resolved`` (``name`` with "auto" resolved), or ValueError when it is ``triton_kernel`` and this machine
+    cannot run it; the message suggests "auto" and ``fallback``."""
     if resolved == triton_kernel and not registry.triton_usable():
         raise ValueError(
             f"{name!r} needs a CUDA GPU visible to JAX and the jax-triton package, and this "

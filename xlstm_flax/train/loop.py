@@ -470,9 +470,11 @@ def _kernel_summary(config: RunConfig) -> str:
     one where the model has sLSTM blocks."""
     model = config.model
     mlstm, slstm = model.resolved_kernel(), model.resolved_slstm_kernel()
-    parts = ["mLSTM kernel: none (no mLSTM blocks)"]
-    if mlstm:
-        parts = [f"mLSTM kernel: {mlstm} (model.mlstm.kernel: {model.mlstm.kernel})"]
+    parts = [
+        f"mLSTM kernel: {mlstm} (model.mlstm.kernel: {model.mlstm.kernel})"
+        if mlstm
+        else "mLSTM kernel: none (no mLSTM blocks)"
+    ]
     if slstm:
         parts.append(f"sLSTM kernel: {slstm} (model.slstm.kernel: {model.slstm.kernel})")
     return "; ".join(parts)

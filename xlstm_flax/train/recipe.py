@@ -13,11 +13,17 @@ run_dir: runs/tiny
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from ..config import load_config
 from ..distributed import DistributedConfig
+from ..kernels import AUTO, resolve_kernel_name
+from ..kernels.slstm import resolve_slstm_kernel_name
+from ..layers.config import runnable_kernel, runnable_slstm_kernel
 from ..model import xLSTMLMConfig
 from ..presets import get_preset
 from .checkpoint import CheckpointConfig
@@ -25,6 +31,8 @@ from .data import DataConfig
 from .optim import OptimConfig
 
 CONFIG_FILE = "config.yaml"  # the resolved recipe, saved in the run directory
+logger = logging.getLogger(__name__)
+_warned_kernels: set[tuple[str, str]] = set()  # (saved config, "mlstm" / "slstm") loaded as "auto", said once
 DEFAULT_COMPILE_CACHE = "~/.cache/xlstm_flax/jax"  # shared by runs; survives an overwritten run directory
 MAX_SEED = 2**63  # seeds are non-negative 64-bit ints (numpy's and JAX's generators)
 
@@ -119,3 +127,52 @@ class RunConfig:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a recipe YAML; ``model.preset`` names a model preset, other model keys override it."""
     return load_config(path, RunConfig, overrides, presets={xLSTMLMConfig: get_preset})
+
+
+def load_saved_run_config(path: str | Path) -> RunConfig:
+    """The config a run saved (its ``config.yaml`` at ``path``). A kernel it names that cannot run on this
+    machine (a Triton kernel without a GPU: the run was trained elsewhere) is loaded as "auto" instead,
+    with one warning per key; the kernels change only speed."""
+    return load_config(path, RunConfig, _runnable_kernel_overrides(Path(path)))
+
+
+def _runnable_kernel_overrides(path: Path) -> list[str]:
+    """``model.<kind>.kernel=auto`` for each kernel of the saved config at ``path`` that names a known kernel
+    this machine cannot run, for a block kind the model has; anything else is left to ``load_config``."""
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return []  # load_config reports it, naming the file
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(model, dict):
+        return []
+    slstm_at = model.get("slstm_at") if isinstance(model.get("slstm_at"), list) else []
+    num_blocks = model.get("num_blocks") if isinstance(model.get("num_blocks"), int) else 0
+    present = {"mlstm": num_blocks > len(slstm_at), "slstm": bool(slstm_at)}
+    overrides = []
+    for kind, resolve, runnable in (
+        ("mlstm", resolve_kernel_name, runnable_kernel),
+        ("slstm", resolve_slstm_kernel_name, runnable_slstm_kernel),
+    ):
+        layer = model.get(kind)
+        name = layer.get("kernel") if isinstance(layer, dict) else None
+        if not (isinstance(name, str) and present[kind] and _cannot_run_here(name, resolve, runnable)):
+            continue
+        if (str(path), kind) not in _warned_kernels:  # once per process: a command may load the config again
+            _warned_kernels.add((str(path), kind))
+            logger.warning("%s: model.%s.kernel %r cannot run here; loading the run with %r", path, kind, name, AUTO)
+        overrides.append(f"model.{kind}.kernel={AUTO}")
+    return overrides
+
+
+def _cannot_run_here(name: str, resolve, runnable) -> bool:
+    """True for a registered kernel ``name`` that this machine cannot run (False for an unknown name)."""
+    try:
+        resolve(name)
+    except ValueError:
+        return False
+    try:
+        runnable(name)
+    except ValueError:
+        return True
+    return False

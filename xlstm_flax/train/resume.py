@@ -10,7 +10,8 @@ these keys may differ (the run directory records each change, see ``xlstm_flax.t
   ``train.profile_steps``, ``train.peak_tflops``;
 - checkpoint cadence and retention: ``checkpoint.*``;
 - how the same math runs: ``distributed.*`` (the state layout), ``model.mlstm.kernel``,
-  ``model.mlstm.chunk_size``, ``model.mlstm.step_kernel`` (the kernels agree up to rounding),
+  ``model.mlstm.chunk_size``, ``model.mlstm.step_kernel``, ``model.slstm.kernel`` (the kernels agree up
+  to rounding),
   ``train.loss_chunk`` (the same loss summed in another order),
   ``model.remat``, ``model.remat_policy``;
 - ``train.steps``, only under ``optim.decay: constant``. The cosine and linear schedules decay over
@@ -25,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_config, to_dict
-from .recipe import RunConfig
+from ..config import ConfigError, to_dict
+from .recipe import RunConfig, load_saved_run_config
 
 ALLOWED_CHANGES = (
     "train.log_every",
@@ -46,6 +47,7 @@ ALLOWED_CHANGES = (
     "model.mlstm.kernel",
     "model.mlstm.chunk_size",
     "model.mlstm.step_kernel",
+    "model.slstm.kernel",
     "model.remat",
     "model.remat_policy",
 )
@@ -54,9 +56,10 @@ STEPS_KEY = "train.steps"
 
 
 def load_saved_config(path: Path) -> RunConfig:
-    """The config a run saved in its directory; a ConfigError says why it cannot be used."""
+    """The config a run saved in its directory (a kernel that cannot run here loaded as "auto", see
+    ``load_saved_run_config``); a ConfigError says why it cannot be used."""
     try:
-        return load_config(path, RunConfig)
+        return load_saved_run_config(path)
     except ConfigError as err:
         raise ConfigError(f"resume=true, but the run's saved config does not load: {err}") from None
 
