@@ -94,7 +94,6 @@ def fused_walk_kernel(
             q = tl.load(matQ + t_rows[:, None] * DHQK + offs_q[None, :], mask=mask_q[None, :], other=0.0)
             acc = tl.dot(q, state, input_precision=DOT_PRECISION) * tl.load(vecW + t_rows)[:, None]
             for col0 in range(0, row0 + BLOCK_LQ, BLOCK_K):
-                # unmasked: the default output blocks are <= the scores kernel's rows, whose P blocks it wrote
                 p = tl.load(matP + t_rows[:, None] * L_INTRA + col0 + offs_k[None, :])
                 v = K.step_rows(matV, t_chunk + col0, offs_v, mask_v, DHV, BLOCK_K)
                 acc += tl.dot(p, v, input_precision=DOT_PRECISION)

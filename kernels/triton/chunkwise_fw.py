@@ -177,7 +177,6 @@ def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, co
         BLOCK_K=config.siz_b_K_output,
         BLOCK_DHV=config.siz_b_DH_parallel,
         EPS=eps,
-        CAUSAL_P=max(config.siz_b_L_output, config.siz_b_K_output) > config.siz_b_L_parallel,
     )
     return matH, vecDen.astype(output_dtype), vecM.astype(output_dtype), vecNQ
 
@@ -185,8 +184,8 @@ def launch_materialised_outputs(matQ, matK, matV, vecB, vecI, vecSeg, states, co
 def launch_scores(matQ, matK, vecB, vecI, vecSeg, states, config, qk_scale) -> tuple:
     """The scores kernel: (P, den, m, nq, w) from the chunk states' n and m. P (B, NH, S, chunk_size_intra)
     holds the gated scores in q's dtype (B NH S L itemsize bytes, 268 MB for bf16 at B = NH = 8, S = 8192,
-    L = 256; blocks above the diagonal stay unwritten); den, m, the signed nq and the inter-chunk weight w
-    are fp32 (B, NH, S)."""
+    L = 256; blocks above the diagonal stay unwritten, but for the zeros the output kernel's tiles read);
+    den, m, the signed nq and the inter-chunk weight w are fp32 (B, NH, S)."""
     B, NH, S, _ = matQ.shape
     L = config.chunk_size_intra
     per_step = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
@@ -206,6 +205,7 @@ def launch_scores(matQ, matK, vecB, vecI, vecSeg, states, config, qk_scale) -> t
         BLOCK_LK=config.siz_b_L_loop,
         BLOCK_DHQK=config.siz_b_DH_loop,
         QK_SCALE=qk_scale,
+        ZERO_TO=max(config.siz_b_L_output, config.siz_b_K_output),
     )
 
 

@@ -265,15 +265,17 @@ def scores_fw_kernel(
     matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,  # outputs
     S: tl.constexpr, DHQK: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, BLOCK_LQ: tl.constexpr,
     BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, QK_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ZERO_TO: tl.constexpr,
 ):
     """Grid (NC * L / BLOCK_LQ, B*NH), the first half of the materialised output stage: for BLOCK_LQ rows
     i of one chunk the gated scores P_ij = s (q_i.k_j) e^(b_i-b_j+i_j-m_i) of every key block j <= i
-    (zero for j > i inside a block), stored in q's dtype to ``matP (B, NH, S, L)``; blocks wholly above
-    the diagonal are not written. With BLOCK_DHQK >= DHQK, q is loaded once and each block is one dot.
-    Also den, m_i, the signed nq (from fp32 P) and the inter-chunk weight s e^(b_i+m-m_i), all fp32
+    (zero for j > i inside a block), stored in q's dtype to ``matP (B, NH, S, L)``. Blocks wholly above the
+    diagonal are written (as zeros) only up to the next multiple of ZERO_TO, the output kernel's larger block
+    (those its tiles read). With BLOCK_DHQK >= DHQK, q is loaded once and each block is one dot. Also den,
+    m_i, the signed nq (from fp32 P) and the inter-chunk weight s e^(b_i+m-m_i), all fp32
     (B, NH, S). m_i, nq and den as :func:`parallel_fw_kernel`."""
     _scores_fw(matQ, matK, vecB, vecI, vecI, vecN_all, scaM_all, matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,
-               S, DHQK, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, QK_SCALE, DOT_PRECISION, False)
+               S, DHQK, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, QK_SCALE, DOT_PRECISION, ZERO_TO, False)
 
 
 @triton.jit
@@ -282,11 +284,12 @@ def scores_fw_segments_kernel(
     matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,  # outputs
     S: tl.constexpr, DHQK: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, BLOCK_LQ: tl.constexpr,
     BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, QK_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ZERO_TO: tl.constexpr,
 ):
     """:func:`scores_fw_kernel` with document resets: P_ij = 0 across a segment start, inter-chunk weight
     0 for rows after the chunk's first segment start (as :func:`parallel_fw_segments_kernel`)."""
     _scores_fw(matQ, matK, vecB, vecI, vecSeg, vecN_all, scaM_all, matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,
-               S, DHQK, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, QK_SCALE, DOT_PRECISION, True)
+               S, DHQK, NC, L, BLOCK_LQ, BLOCK_LK, BLOCK_DHQK, QK_SCALE, DOT_PRECISION, ZERO_TO, True)
 
 
 @triton.jit
@@ -294,7 +297,7 @@ def _scores_fw(
     matQ, matK, vecB, vecI, vecSeg, vecN_all, scaM_all, matP, vecDen_out, vecM_out, vecNQ_out, vecW_out,
     S: tl.constexpr, DHQK: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, BLOCK_LQ: tl.constexpr,
     BLOCK_LK: tl.constexpr, BLOCK_DHQK: tl.constexpr, QK_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_SEGMENTS: tl.constexpr,
+    ZERO_TO: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
     row0, t_chunk, t_rows, state = _row_block(tl.program_id(0), tl.program_id(1), S, NC, L, BLOCK_LQ)
     offs_d = tl.arange(0, BLOCK_DHQK)
@@ -326,6 +329,10 @@ def _scores_fw(
         weighted = scores * QK_SCALE * tl.exp(tl.where(causal, log_w - m_rows[:, None], float("-inf")))
         nq += tl.sum(weighted, axis=1)
         tl.store(matP + t_rows[:, None] * L + col0 + cols[None, :], weighted.to(matP.dtype.element_ty))
+    if ZERO_TO > BLOCK_LQ:  # the output kernel's tiles reach past these rows' key blocks: zeros there
+        zeros = tl.zeros([BLOCK_LQ, BLOCK_LK], matP.dtype.element_ty)
+        for col0 in range(tl.cdiv(row0 + BLOCK_LQ, BLOCK_LK) * BLOCK_LK, (row0 // ZERO_TO + 1) * ZERO_TO, BLOCK_LK):
+            tl.store(matP + t_rows[:, None] * L + col0 + cols[None, :], zeros)
 
     tl.store(vecDen_out + t_rows, tl.maximum(tl.abs(nq), tl.exp(-m_rows)))
     tl.store(vecM_out + t_rows, m_rows)
@@ -339,14 +346,13 @@ def output_fw_kernel(
     matH,  # output
     S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr, NC: tl.constexpr, L: tl.constexpr,
     BLOCK_LQ: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DHV: tl.constexpr, EPS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, CAUSAL_P: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Grid (DHV blocks, NC * L / BLOCK_LQ, B*NH), the second half of the materialised output stage:
     h_i = (w_i q_i C + sum_{j<=i} P_ij v_j) / (den_i + eps) for BLOCK_LQ rows and BLOCK_DHV columns, from
     :func:`scores_fw_kernel`'s P, inter weight w and den (documents resets are already in them). Two flat
     loops contracting BLOCK_K at a time: DHQK for q C, then the chunk's steps up to the rows' last for P V.
-    With BLOCK_LQ and BLOCK_K <= the scores kernel's row block every P block read was written; otherwise
-    ``CAUSAL_P`` loads P only at j <= i (always written) and zeros above."""
+    Every P block it reads was written by the scores kernel (zeros above the diagonal, see ZERO_TO there)."""
     pid_v = tl.program_id(0)
     row0, t_chunk, t_rows, state = _row_block(tl.program_id(1), tl.program_id(2), S, NC, L, BLOCK_LQ)
     offs_k = tl.arange(0, BLOCK_K)
@@ -361,11 +367,7 @@ def output_fw_kernel(
         acc += tl.dot(q, c.to(q.dtype), input_precision=DOT_PRECISION)
     acc *= tl.load(vecW + t_rows)[:, None]
     for col0 in range(0, row0 + BLOCK_LQ, BLOCK_K):
-        p_ptrs = matP + t_rows[:, None] * L + col0 + offs_k[None, :]
-        if CAUSAL_P:
-            p = tl.load(p_ptrs, mask=(col0 + offs_k)[None, :] <= (row0 + tl.arange(0, BLOCK_LQ))[:, None], other=0.0)
-        else:
-            p = tl.load(p_ptrs)
+        p = tl.load(matP + t_rows[:, None] * L + col0 + offs_k[None, :])
         v = tl.load(matV + (t_chunk + col0 + offs_k)[:, None] * DHV + offs_v[None, :], mask=mask_v[None, :], other=0.0)
         acc += tl.dot(p, v, input_precision=DOT_PRECISION)
     h = acc / (tl.load(vecDen + t_rows) + EPS)[:, None]

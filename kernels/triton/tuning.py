@@ -35,8 +35,8 @@ class FwConfig:
     them with v: ``siz_b_L_output`` rows (default ``siz_b_L_parallel``) and ``siz_b_DH_parallel`` columns
     per program, DHQK and steps contracted ``siz_b_K_output`` at a time (default min(64,
     ``siz_b_L_parallel``)), ``num_warps_output`` / ``num_stages_output``. Where either of its blocks is
-    larger than ``siz_b_L_parallel`` it loads the scores through the causal mask (the scores kernel writes
-    only the key blocks up to its own rows).
+    larger than ``siz_b_L_parallel`` the scores kernel also writes the zero blocks above the diagonal that
+    the output kernel's tiles read.
     """
 
     chunk_size_inter: int
