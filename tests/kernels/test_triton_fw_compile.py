@@ -51,7 +51,7 @@ SWEEP = [
     (jnp.float16, 128, 48, 96, {}),
     (jnp.bfloat16, 2048, 256, 512, {}),  # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256)
     (jnp.bfloat16, 2048, 256, 512, dict(materialise_scores=False)),  # the parallel kernel at those dims
-    # scores rows smaller than the output kernel's (its causal loads of P) at those dims
+    # scores rows smaller than the output kernel's (the scores kernel writes zero blocks for it) at those dims
     (
         jnp.bfloat16,
         2048,

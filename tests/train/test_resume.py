@@ -15,6 +15,7 @@ from tests.train.test_train import CHEAP
 from xlstm_flax.cli import main
 from xlstm_flax.config import ConfigError
 from xlstm_flax.inference import load_trained_model
+from xlstm_flax.kernels import registry
 from xlstm_flax.train import load_recipe, loop, train
 from xlstm_flax.train.checkpoint import CheckpointRestoreError
 from xlstm_flax.train.metrics import read_metrics
@@ -66,6 +67,22 @@ def test_more_steps_are_allowed_under_a_constant_schedule(recipe, tmp_path):
     record = json.loads((tmp_path / CHANGES_FILE).read_text())
     assert record == {"resumed_after_step": 4, "changes": {"train.steps": [4, 6]}}
     assert load_recipe(tmp_path / "config.yaml").train.steps == 6
+
+
+def test_a_saved_triton_kernel_this_machine_cannot_run_resumes_as_auto_and_is_recorded(recipe, tmp_path, monkeypatch):
+    """A run that named chunkwise--triton (trained on a GPU) resumes here with "auto" in its place; the change
+    is recorded like any other, and the saved config then says "auto"."""
+    monkeypatch.setattr(registry, "triton_usable", lambda: False)
+    constant = [*LOG_EVERY_3, "optim.decay=constant", "train.steps=4", "train.eval_every=4"]
+    run(recipe, tmp_path, *constant)
+    config = tmp_path / "config.yaml"
+    mlstm, slstm = config.read_text().split("  slstm:\n")
+    config.write_text(mlstm.replace("    kernel: auto\n", "    kernel: chunkwise--triton\n") + "  slstm:\n" + slstm)
+    resumed = run(recipe, tmp_path, *constant, "resume=true", "train.steps=6")
+    assert resumed.start_step == 4 and resumed.step == 6
+    changes = {"train.steps": [4, 6], "model.mlstm.kernel": ["chunkwise--triton", "auto"]}
+    assert json.loads((tmp_path / CHANGES_FILE).read_text()) == {"resumed_after_step": 4, "changes": changes}
+    assert load_recipe(config).model.mlstm.kernel == "auto"
 
 
 def test_allowed_changes_are_recorded_and_saved(recipe, reference, tmp_path):

@@ -39,7 +39,7 @@ CASES = [
         dict(ON, siz_b_L_parallel=32, siz_b_L_loop=32, siz_b_DH_loop=16, siz_b_L_output=16, siz_b_K_output=16),
     ),
     FwCase(jnp.bfloat16, 1, 64, 16, 32, 16, 32, True, dict(ON, siz_b_L_output=16, siz_b_DH_parallel=16)),
-    # output rows and contraction larger than the score rows (the causal loads of P), fp32 and bf16
+    # output rows and contraction larger than the score rows (the scores kernel writes zero blocks for them)
     FwCase(
         jnp.float32,
         1,
@@ -78,21 +78,20 @@ def test_materialised_is_bit_identical_to_parallel_kernel(dtype):
         np.testing.assert_array_equal(np.asarray(getattr(split, name)), np.asarray(getattr(fused, name)), name)
 
 
-def test_registry_entry_with_segments_values_and_gradients():
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        dict(siz_b_L_parallel=32, siz_b_L_output=16, siz_b_K_output=16),  # output blocks within the score rows
+        dict(siz_b_L_parallel=16, siz_b_L_output=32, siz_b_K_output=32),  # larger: the scores kernel's zero blocks
+    ],
+    ids=["output blocks smaller", "output blocks larger"],
+)
+def test_registry_entry_with_segments_values_and_gradients(blocks):
     """Document resets and S = 50 (padded to 64) through ``chunkwise--triton``: values and gradients (the
     backward takes den, m and nq from the materialised forward) against the float64 reference; tolerances
     as tests/triton_interpret/test_segments_interpret.py (fp32: 2e-5 values, 3e-5 relative gradients)."""
     S, eps = 50, 1e-2
-    tuning = dict(
-        ON,
-        chunk_size=32,
-        chunk_size_inter=16,
-        chunk_size_recurrent=16,
-        siz_b_L_parallel=32,
-        siz_b_L_loop=16,
-        siz_b_L_output=16,
-        siz_b_K_output=16,
-    )
+    tuning = dict(ON, chunk_size=32, chunk_size_inter=16, chunk_size_recurrent=16, siz_b_L_loop=16, **blocks)
     x = random_inputs(jax.random.PRNGKey(S + 3), B=2, NH=1, S=S, DHQK=16, DHV=24, with_states=True)
     ids = segment_layout(S + 3, B=2, S=S, chunk=16, n_random=4)
 

@@ -133,23 +133,24 @@ def load_saved_run_config(path: str | Path) -> RunConfig:
     """The config a run saved (its ``config.yaml`` at ``path``). A kernel it names that cannot run on this
     machine (a Triton kernel without a GPU: the run was trained elsewhere) is loaded as "auto" instead,
     with one warning per key; the kernels change only speed."""
-    return load_config(path, RunConfig, _runnable_kernel_overrides(Path(path)))
+    return load_config(path, RunConfig, [f"{key}={AUTO}" for key in unrunnable_kernels(Path(path))])
 
 
-def _runnable_kernel_overrides(path: Path) -> list[str]:
-    """``model.<kind>.kernel=auto`` for each kernel of the saved config at ``path`` that names a known kernel
-    this machine cannot run, for a block kind the model has; anything else is left to ``load_config``."""
+def unrunnable_kernels(path: Path) -> dict[str, str]:
+    """``{"model.<kind>.kernel": name}`` for each kernel of the saved config at ``path`` that names a known
+    kernel this machine cannot run, for a block kind the model has; anything else is left to ``load_config``."""
     try:
-        saved = yaml.safe_load(path.read_text())
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return []  # load_config reports it, naming the file
+        return {}  # load_config reports it, naming the file
     model = saved.get("model") if isinstance(saved, dict) else None
     if not isinstance(model, dict):
-        return []
+        return {}
     slstm_at = model.get("slstm_at") if isinstance(model.get("slstm_at"), list) else []
-    num_blocks = model.get("num_blocks") if isinstance(model.get("num_blocks"), int) else 0
+    num_blocks = model.get("num_blocks")
+    num_blocks = num_blocks if isinstance(num_blocks, int) else xLSTMLMConfig.num_blocks
     present = {"mlstm": num_blocks > len(slstm_at), "slstm": bool(slstm_at)}
-    overrides = []
+    found = {}
     for kind, resolve, runnable in (
         ("mlstm", resolve_kernel_name, runnable_kernel),
         ("slstm", resolve_slstm_kernel_name, runnable_slstm_kernel),
@@ -161,8 +162,8 @@ def _runnable_kernel_overrides(path: Path) -> list[str]:
         if (str(path), kind) not in _warned_kernels:  # once per process: a command may load the config again
             _warned_kernels.add((str(path), kind))
             logger.warning("%s: model.%s.kernel %r cannot run here; loading the run with %r", path, kind, name, AUTO)
-        overrides.append(f"model.{kind}.kernel={AUTO}")
-    return overrides
+        found[f"model.{kind}.kernel"] = name
+    return found
 
 
 def _cannot_run_here(name: str, resolve, runnable) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, to_dict
-from .recipe import RunConfig, load_saved_run_config
+from .recipe import RunConfig, load_saved_run_config, unrunnable_kernels
 
 ALLOWED_CHANGES = (
     "train.log_every",
@@ -66,8 +66,11 @@ def load_saved_config(path: Path) -> RunConfig:
 
 def resume_changes(saved: RunConfig, current: RunConfig, saved_path: Path) -> dict[str, list]:
     """The allowed differences ``{dotted key: [saved value, current value]}`` between the config of the
-    run saved at ``saved_path`` and the one passed now; a ConfigError lists every refused difference."""
-    differences = _differences(_flatten(to_dict(saved)), _flatten(to_dict(current)))
+    run saved at ``saved_path`` and the one passed now (a saved kernel this machine cannot run, which
+    ``saved`` holds as "auto", with the name the file gives); a ConfigError lists every refused difference."""
+    current_flat = _flatten(to_dict(current))
+    differences = _differences(_flatten(to_dict(saved)), current_flat)
+    differences.update({key: [name, current_flat[key]] for key, name in unrunnable_kernels(saved_path).items()})
     refused = {key: values for key, values in differences.items() if not _allowed(key, saved)}
     if refused:
         listed = "; ".join(f"{key}: {_show(a)} -> {_show(b)}{_why(key, saved)}" for key, (a, b) in refused.items())
