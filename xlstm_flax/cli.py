@@ -203,9 +203,10 @@ def _check_generate_source(parser: argparse.ArgumentParser, args: argparse.Names
 
 def run_generate(args: argparse.Namespace) -> int:
     from .config import ConfigError
-    from .inference import sample_text
+    from .inference import load_run_config, sample_text
 
-    vocab_size = _generation_vocab_size(args)  # the checks that need the config, before loading the weights
+    run_config = None if args.hf else load_run_config(args.run_dir)  # read once, before the weights load
+    vocab_size = _hf_vocab_size(args.hf) if args.hf else run_config.model.vocab_size
     if args.top_k is not None and args.top_k > vocab_size:
         raise ConfigError(f"--top-k {args.top_k} exceeds the model's vocabulary of {vocab_size} tokens")
     if args.prompt_ids is not None and max(args.prompt_ids) >= vocab_size:
@@ -217,7 +218,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
         if not (Path(args.hf) / TOKENIZER_FILE).is_file():
             raise FileNotFoundError(f"{args.hf} has no tokenizer.json: pass the prompt as --prompt-ids")
-    model, tokenizer = _generation_model(args)
+    model, tokenizer = _generation_model(args, run_config)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.prompt_ids is not None:
         import jax
@@ -238,32 +239,28 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generation_vocab_size(args: argparse.Namespace) -> int:
-    """The vocabulary size of ``--hf`` or ``--run-dir`` from its config alone (nothing else is read)."""
-    if args.hf:
-        import json
+def _hf_vocab_size(hf_dir: str) -> int:
+    """The vocabulary size of an HF checkpoint directory from its config alone (nothing else is read)."""
+    import json
 
-        from .convert.hf_config import HFConfigError
-        from .convert.runs import CONFIG_FILE as HF_CONFIG_FILE
+    from .convert.hf_config import HFConfigError
+    from .convert.runs import CONFIG_FILE as HF_CONFIG_FILE
 
-        path = Path(args.hf) / HF_CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{args.hf} is not an HF checkpoint directory: it has no {HF_CONFIG_FILE}")
-        try:
-            vocab_size = json.loads(path.read_text()).get("vocab_size")
-        except (ValueError, AttributeError) as err:
-            raise HFConfigError(f"{path}: not a JSON object ({err})") from None
-        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
-            raise HFConfigError(f"{path}: vocab_size must be an int >= 1, got {vocab_size!r}")
-        return vocab_size
-    from .inference import load_run_config
-
-    return load_run_config(args.run_dir).model.vocab_size
+    path = Path(hf_dir) / HF_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{hf_dir} is not an HF checkpoint directory: it has no {HF_CONFIG_FILE}")
+    try:
+        vocab_size = json.loads(path.read_text()).get("vocab_size")
+    except (ValueError, AttributeError) as err:
+        raise HFConfigError(f"{path}: not a JSON object ({err})") from None
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+        raise HFConfigError(f"{path}: vocab_size must be an int >= 1, got {vocab_size!r}")
+    return vocab_size
 
 
-def _generation_model(args: argparse.Namespace):
-    """(model, tokenizer or None) of ``--hf`` or ``--run-dir``; the tokenizer first (its errors come before
-    the weights load)."""
+def _generation_model(args: argparse.Namespace, run_config):
+    """(model, tokenizer or None) of ``--hf`` or ``--run-dir`` (whose loaded ``run_config`` it takes); the
+    tokenizer first (its errors come before the weights load)."""
     if args.hf:
         from .convert import load_hf
         from .convert.runs import hf_tokenizer
@@ -272,11 +269,11 @@ def _generation_model(args: argparse.Namespace):
         model, _ = load_hf(args.hf, dtype=args.dtype)
         print(f"# {args.hf} (HF checkpoint)", file=sys.stderr)
         return model, tokenizer
-    from .inference import load_run_config, load_trained_model
+    from .inference import load_trained_model
     from .train.data import make_tokenizer
 
-    tokenizer = make_tokenizer(load_run_config(args.run_dir).data)
-    model, _, step = load_trained_model(args.run_dir, args.step)
+    tokenizer = make_tokenizer(run_config.data)
+    model, _, step = load_trained_model(args.run_dir, args.step, config=run_config)
     print(f"# {args.run_dir}, step {step}", file=sys.stderr)
     return model, tokenizer
 

@@ -29,11 +29,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def load_trained_model(run_dir: str | Path, step: int | None = None) -> tuple[xLSTMLMModel, RunConfig, int]:
+def load_trained_model(
+    run_dir: str | Path, step: int | None = None, config: RunConfig | None = None
+) -> tuple[xLSTMLMModel, RunConfig, int]:
     """The model of a run directory with the weights of its newest checkpoint that restores (a warning
     names each newer one skipped and why), or of checkpoint ``step``; returns ``(model, config, step)``.
-    Reads only."""
-    config = load_run_config(run_dir)
+    ``config``: the run's :func:`load_run_config`, when the caller has it already. Reads only."""
+    config = config or load_run_config(run_dir)
     mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
     graphdef, rest, state = init_train_state(config, mesh)
     checkpointer = Checkpointer(Path(run_dir) / CHECKPOINT_DIR, config.checkpoint.keep, read_only=True)
@@ -55,7 +57,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {CONFIG_FILE}")
-    return load_saved_run_config(path)
+    return load_saved_run_config(path)[0]
 
 
 def sample_text(

@@ -32,7 +32,6 @@ from .optim import OptimConfig
 
 CONFIG_FILE = "config.yaml"  # the resolved recipe, saved in the run directory
 logger = logging.getLogger(__name__)
-_warned_kernels: set[tuple[str, str]] = set()  # (saved config, "mlstm" / "slstm") loaded as "auto", said once
 DEFAULT_COMPILE_CACHE = "~/.cache/xlstm_flax/jax"  # shared by runs; survives an overwritten run directory
 MAX_SEED = 2**63  # seeds are non-negative 64-bit ints (numpy's and JAX's generators)
 
@@ -129,14 +128,17 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     return load_config(path, RunConfig, overrides, presets={xLSTMLMConfig: get_preset})
 
 
-def load_saved_run_config(path: str | Path) -> RunConfig:
-    """The config a run saved (its ``config.yaml`` at ``path``). A kernel it names that cannot run on this
-    machine (a Triton kernel without a GPU: the run was trained elsewhere) is loaded as "auto" instead,
-    with one warning per key; the kernels change only speed."""
-    return load_config(path, RunConfig, [f"{key}={AUTO}" for key in unrunnable_kernels(Path(path))])
+def load_saved_run_config(path: str | Path) -> tuple[RunConfig, dict[str, str]]:
+    """(the config a run saved in its ``config.yaml`` at ``path``, ``{"model.<kind>.kernel": name}`` of the
+    kernels it names that cannot run on this machine). Those (a Triton kernel without a GPU: the run was
+    trained elsewhere) are loaded as "auto" instead, with a warning each; the kernels change only speed."""
+    replaced = _unrunnable_kernels(Path(path))
+    for key, name in replaced.items():
+        logger.warning("%s: %s %r cannot run here; loading the run with %r", path, key, name, AUTO)
+    return load_config(path, RunConfig, [f"{key}={AUTO}" for key in replaced]), replaced
 
 
-def unrunnable_kernels(path: Path) -> dict[str, str]:
+def _unrunnable_kernels(path: Path) -> dict[str, str]:
     """``{"model.<kind>.kernel": name}`` for each kernel of the saved config at ``path`` that names a known
     kernel this machine cannot run, for a block kind the model has; anything else is left to ``load_config``."""
     try:
@@ -157,12 +159,8 @@ def unrunnable_kernels(path: Path) -> dict[str, str]:
     ):
         layer = model.get(kind)
         name = layer.get("kernel") if isinstance(layer, dict) else None
-        if not (isinstance(name, str) and present[kind] and _cannot_run_here(name, resolve, runnable)):
-            continue
-        if (str(path), kind) not in _warned_kernels:  # once per process: a command may load the config again
-            _warned_kernels.add((str(path), kind))
-            logger.warning("%s: model.%s.kernel %r cannot run here; loading the run with %r", path, kind, name, AUTO)
-        found[f"model.{kind}.kernel"] = name
+        if isinstance(name, str) and present[kind] and _cannot_run_here(name, resolve, runnable):
+            found[f"model.{kind}.kernel"] = name
     return found
 
 

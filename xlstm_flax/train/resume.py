@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, to_dict
-from .recipe import RunConfig, load_saved_run_config, unrunnable_kernels
+from .recipe import RunConfig, load_saved_run_config
 
 ALLOWED_CHANGES = (
     "train.log_every",
@@ -55,22 +55,23 @@ NOT_COMPARED = ("resume", "overwrite", "run_dir")
 STEPS_KEY = "train.steps"
 
 
-def load_saved_config(path: Path) -> RunConfig:
-    """The config a run saved in its directory (a kernel that cannot run here loaded as "auto", see
-    ``load_saved_run_config``); a ConfigError says why it cannot be used."""
+def load_saved_config(path: Path) -> tuple[RunConfig, dict[str, str]]:
+    """``load_saved_run_config`` of a run to resume: (its saved config, the kernels loaded as "auto"); a
+    ConfigError says why it cannot be used."""
     try:
         return load_saved_run_config(path)
     except ConfigError as err:
         raise ConfigError(f"resume=true, but the run's saved config does not load: {err}") from None
 
 
-def resume_changes(saved: RunConfig, current: RunConfig, saved_path: Path) -> dict[str, list]:
+def resume_changes(saved: RunConfig, current: RunConfig, saved_path: Path, replaced: dict[str, str]) -> dict[str, list]:
     """The allowed differences ``{dotted key: [saved value, current value]}`` between the config of the
-    run saved at ``saved_path`` and the one passed now (a saved kernel this machine cannot run, which
-    ``saved`` holds as "auto", with the name the file gives); a ConfigError lists every refused difference."""
+    run saved at ``saved_path`` and the one passed now; ``replaced``: the saved kernels that ``saved`` holds
+    as "auto" (``load_saved_config``), recorded with the names the file gives. A ConfigError lists every
+    refused difference."""
     current_flat = _flatten(to_dict(current))
     differences = _differences(_flatten(to_dict(saved)), current_flat)
-    differences.update({key: [name, current_flat[key]] for key, name in unrunnable_kernels(saved_path).items()})
+    differences.update({key: [name, current_flat[key]] for key, name in replaced.items()})
     refused = {key: values for key, values in differences.items() if not _allowed(key, saved)}
     if refused:
         listed = "; ".join(f"{key}: {_show(a)} -> {_show(b)}{_why(key, saved)}" for key, (a, b) in refused.items())

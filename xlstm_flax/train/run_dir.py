@@ -155,7 +155,8 @@ def open_run_dir(config: RunConfig, log: Callable[[str], None]) -> RunDirectory:
         raise ConfigError(
             f"resume=true, but {path} holds no {CONFIG_FILE} to check this config against (it holds {', '.join(found)})"
         )
-    return RunDirectory(path, config, RESUME, resume_changes(load_saved_config(saved), config, saved), found)
+    saved_config, replaced = load_saved_config(saved)
+    return RunDirectory(path, config, RESUME, resume_changes(saved_config, config, saved, replaced), found)
 
 
 def _recover(path: Path, log: Callable[[str], None]) -> None:
