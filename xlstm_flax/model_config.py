@@ -53,7 +53,7 @@ class xLSTMLMConfig:
     compute_dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
     param_dtype: str = "float32"
     remat: bool = False  # rematerialise each block in the backward pass
-    remat_policy: str = "full"  # with remat: what a block keeps for its backward (REMAT_POLICIES)
+    remat_policy: str = "full"  # what a rematerialised block keeps for its backward (REMAT_POLICIES); needs remat
     scan_layers: bool = False  # stack identical blocks and run them with nnx.scan
 
     def __post_init__(self):
@@ -73,6 +73,11 @@ class xLSTMLMConfig:
             self.remat_policy in REMAT_POLICIES,
             "remat_policy",
             f"must be one of {tuple(REMAT_POLICIES)}, got {self.remat_policy!r}",
+        )
+        _require(
+            self.remat or self.remat_policy == "full",
+            "remat_policy",
+            f"{self.remat_policy!r} has no effect without remat: true; set remat: true or leave remat_policy out",
         )
         for name in ("compute_dtype", "param_dtype"):
             _require(

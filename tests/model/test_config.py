@@ -29,6 +29,7 @@ SIMPLE = {int, float, bool, str}
         (lambda: xLSTMLMConfig(num_blocks=4, slstm_at=(1,), scan_layers=True), "scan_layers"),
         (lambda: xLSTMLMConfig(compute_dtype="float8"), "compute_dtype"),
         (lambda: xLSTMLMConfig(remat=True, remat_policy="dots"), "remat_policy"),
+        (lambda: xLSTMLMConfig(remat_policy="save_matmuls"), "remat_policy"),
         (lambda: xLSTMLMConfig(norm="batchnorm"), "norm"),
         (lambda: xLSTMLMConfig(vocab_size=0), "vocab_size"),
         (lambda: xLSTMLMConfig(logit_soft_cap=-1.0), "logit_soft_cap"),
