@@ -18,10 +18,10 @@ resolved configs; FLOP as the kernel's tiles do them, so recomputed score tiles 
   boundaries (C in bf16 by default, fp32 with states_in_input_dtype=False; the store dominates at 7B).
 * parallel (forward): 2 S K V (q C) + per causal tile pair 2 LQ LK (K splits_V + V), splits_V = DHV
   blocks (q k^T is recomputed for each); bytes: read q, k, v, gates, states once, write h, den, m, nq.
-* step 1 (dnum = dh / (den + eps), dden, dnq): 2 S V; bytes: read dh, h, den, m, nq, write dnum, dden, dnq.
-* dC recurrence: 2 S K V; bytes: read q, dnum, three gate vectors, write the dC (bf16 by default), dn states.
-* dq: 2 S K V (dnum C^T) + per tile pair 2 BT BJ (V splits + K), splits = DHQK blocks (dnum v^T is
-  recomputed for each); dk likewise (dnum v^T per DHQK block, times q); dv: q k^T per DHV block, times dnum.
+* step 1 (mden = m + log(den + eps), dden, dnq): 2 S V; bytes: read dh, h, den, m, nq, write mden, dden, dnq.
+* dC recurrence: 2 S K V; bytes: read q, dh, four gate vectors, write the dC (bf16 by default), dn states.
+* dq: 2 S K V (dh C^T) + per tile pair 2 BT BJ (V splits + K), splits = DHQK blocks (dh v^T is
+  recomputed for each); dk likewise (dh v^T per DHQK block, times q); dv: q k^T per DHV block, times dh.
   Bytes: each kernel's inputs read once (states included) and its outputs written once.
 * with ``materialise_bw_scores`` (the 16-bit default) a scores kernel does per tile pair 2 BT BJ (V + K)
   and writes one (BT, BJ) tile of dS and of P per pair; dq, dk and dv then do 2 S K V + per tile pair
@@ -82,14 +82,14 @@ def kernel_work(shape, fw, bwc, itemsize: int = 2) -> dict:
     work = {
         "states": (kv_flop, qk + v + 2 * gate + states),
         "forward parallel": (kv_flop + par_flop, 2 * qk + 2 * v + 2 * gate + states + v + 3 * gate),
-        "step 1": (2 * H * S * V, 3 * v + 5 * gate),
-        "dC recurrence": (kv_flop, qk + v + 3 * gate + H * (NC + 1) * (K * V * dc_size + K * 4)),
+        "step 1": (2 * H * S * V, 2 * v + 6 * gate),
+        "dC recurrence": (kv_flop, qk + v + 4 * gate + H * (NC + 1) * (K * V * dc_size + K * 4)),
     }
     if not bwc.materialise_bw_scores:
         return work | {
             "dq": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 5 * gate + states),
-            "dk": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 6 * gate + states),
-            "dv": (kv_flop + tile * (K * cdiv(V, own_v) + V) * bw_pairs, 2 * qk + 3 * v + 4 * gate + states),
+            "dk": (kv_flop + tile * (V * cdiv(K, own_q) + K) * bw_pairs, 3 * qk + 2 * v + 7 * gate + states),
+            "dv": (kv_flop + tile * (K * cdiv(V, own_v) + V) * bw_pairs, 2 * qk + 3 * v + 5 * gate + states),
         }
     scores = tile // 2 * bw_pairs * itemsize  # bytes of one of dS, P: one (BT, BJ) tile per pair
     return work | {
@@ -126,7 +126,7 @@ def backward_kernel_calls(input_sets, tuning: dict) -> dict:
         "dq": jax.jit(lambda a, st, dS: bw.dq_call(a, st, s, config, dS)),
         "dk": jax.jit(lambda a, ds, dS: bw.dk_dv_call(a, ds, s, config, True, dS)),
         "dv": jax.jit(lambda a, ds, P: bw.dk_dv_call(a, ds, s, config, False, P)[0]),
-        "step 1": jax.jit(lambda *a: bw.step_cotangents(*a, EPS, dtype)),
+        "step 1": jax.jit(lambda *a: bw.step_cotangents(*a, EPS)),
     }
     if not config.materialise_bw_scores:
         del fns["dS, P scores"]

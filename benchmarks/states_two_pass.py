@@ -9,7 +9,7 @@ doing one chunk's GEMM after the other. Here the same recurrences X_c = d_c X_pr
    w_t = e^(i_t + g_c - b_t - m_c). Backward (m_t known from the forward): w_t = s e^(b_t + m_prev - m_t)
    and d_c = e^(m_prev + g_c - m_next), m_prev / m_next the m at the chunk's boundaries.
 2. (Triton, one program per (DHQK tile, DHV tile, head, chunk): a batched GEMM) the chunk's update
-   U_c = X_c^T diag(w) Y_c (X, Y = k, v forward; q, dnum backward) in the states' dtype, at the slot the
+   U_c = X_c^T diag(w) Y_c (X, Y = k, v forward; q, dh backward) in the states' dtype, at the slot the
    scan reads it from; the programs of the first DHV tile also write sum_t w'_t x_t (fp32; w' = w
    forward, w dnq backward), which JAX scans for n / dn.
 3. (Triton, one program per (DHQK tile, DHV tile, head)) the scan X_c = d_c X_prev + U_c, forwards or
@@ -194,11 +194,11 @@ def _zero_edges(BH: int, K: int, V: int):
 
 
 def backward_scalars(args: bw.KernelArgs, L: int, s: float):
-    """(decay (BH, NC), w (BH, S)) of the backward from the kernels' b and m (fp32)."""
+    """(decay (BH, NC), w (BH, S)) of the backward from the kernels' b, m and mden (fp32); w weights dh."""
     BH, S = args.vecB.shape
     b, m = args.vecB.reshape(BH, -1, L), args.vecM.reshape(BH, -1, L)
     m_prev = jnp.concatenate([args.scaM0[:, None], m[:, :-1, -1]], axis=1)
-    w = s * jnp.exp(b + m_prev[..., None] - m)
+    w = s * jnp.exp(b + m_prev[..., None] - args.vecMDen.reshape(BH, -1, L))
     return jnp.exp(m_prev + b[..., -1] - m[..., -1]), w.reshape(BH, S)
 
 
@@ -206,7 +206,7 @@ def two_pass_cotangents(args: bw.KernelArgs, L: int, s: float, gemm_tile=GEMM_TI
     """(dC_all (BH, NC+1, K, V) in q's dtype, dn_all fp32) from zero last-state cotangents."""
     BH, S, K = args.matQ.shape
     decay, w = backward_scalars(args, L, s)
-    updates, n_updates = chunk_updates(args.matQ, args.matDNum, w, w * args.vecDNQ, L, 0, gemm_tile)
+    updates, n_updates = chunk_updates(args.matQ, args.matDH, w, w * args.vecDNQ, L, 0, gemm_tile)
     return scan(*_zero_edges(BH, K, args.matV.shape[-1]), decay, updates, n_updates, reverse=True)[:2]
 
 

@@ -1,7 +1,7 @@
-"""The Triton backward's step 1 (dnum = dh / (den + eps), dden, dnq; ``chunkwise_bw.step_cotangents``) at
+"""The Triton backward's step 1 (mden = m + log(den + eps), dden, dnq; ``chunkwise_bw.step_cotangents``) at
 one shape: the kernel with its default blocks and with other row / DHV blocks and warps, against the same
-formulas as XLA compiles them from jnp. Bytes: read dh and h, write dnum (all in the input dtype), plus
-five fp32 per-step vectors; floor = bytes / the card's copy rate (benchmarks/timing.py).
+formulas as XLA compiles them from jnp. Bytes: read dh and h (in the input dtype), plus six fp32 per-step
+vectors (three read, three written); floor = bytes / the card's copy rate (benchmarks/timing.py).
 
     python benchmarks/step_cotangents.py [--shape 8x8x8192x512] [--reps 20] [--out benchmarks/results/NAME.md]
 """
@@ -26,12 +26,10 @@ BLOCKS = [(8, 512, 4), (16, 128, 4), (32, 128, 4), (64, 128, 4), (32, 256, 4), (
 
 
 def xla_step_one(dh, h, den, m, nq):
-    """Step 1 in jnp, as the backward computed it before the kernel (XLA fuses it as it likes)."""
-    f32 = jnp.float32
+    """Step 1 in jnp (XLA fuses it as it likes)."""
     den_eps = den + EPS
-    dnum = (dh.astype(f32) / den_eps[..., None]).astype(dh.dtype)
-    dden = -jnp.sum(dh.astype(f32) * h.astype(f32), axis=-1) / den_eps
-    return dnum, dden, dden * jnp.sign(nq) * (jnp.abs(nq) > jnp.exp(-m))
+    dh_dot_h = jnp.sum(dh.astype(jnp.float32) * h.astype(jnp.float32), axis=-1)
+    return m + jnp.log(den_eps), -dh_dot_h / den_eps, -dh_dot_h * jnp.sign(nq) * (jnp.abs(nq) > jnp.exp(-m))
 
 
 def kernel_with_blocks(rows: int, block_rows: int, block_dhv: int, warps: int):
@@ -46,7 +44,7 @@ def kernel_with_blocks(rows: int, block_rows: int, block_dhv: int, warps: int):
             m,
             nq,
             kernel=kernels.step_cotangents_kernel,
-            out_shape=(jax.ShapeDtypeStruct(dh.shape, dh.dtype), steps, steps),
+            out_shape=(steps, steps, steps),
             grid=(-(-rows // block_rows),),
             num_warps=warps,
             num_stages=2,
@@ -67,14 +65,14 @@ def main(argv=None) -> int:
     dh, h = (jax.random.normal(k, (B, NH, S, DHV), jnp.bfloat16) for k in keys[:2])
     den = jnp.exp(jax.random.normal(keys[2], (B, NH, S)))
     m, nq = (jax.random.normal(k, (B, NH, S)) for k in keys[3:])
-    nbytes = 3 * dh.nbytes + 5 * den.nbytes
+    nbytes = 2 * dh.nbytes + 6 * den.nbytes
     floor = 1e3 * nbytes / card_ceilings().copy_bytes_per_s
     inputs = [(dh, h, den, m, nq)]
     calls = [("XLA (jnp formulas)", xla_step_one)]
     calls.append(
         (
             f"kernel, defaults ({chunkwise_bw.STEP_ROWS} rows)",
-            lambda *a: chunkwise_bw.step_cotangents(*a, EPS, dh.dtype),
+            lambda *a: chunkwise_bw.step_cotangents(*a, EPS),
         )
     )
     calls += [

@@ -10,8 +10,8 @@ Counting (B NH heads, S steps, K = DHQK, V = DHV, L = 128 for every configuratio
 compare):
 * FLOP, forward: 4 S K V (states K^T V, inter-chunk q C) + S L (K + V) (causal half of q k^T, P v).
   Backward: 8 S K V (the dC recurrence, and q's, k's and v's inter-chunk products with C / dC) +
-  S L (3 K + 2 V) (causal halves of dnum v^T, q k^T and the three products with them). Not counted:
-  the states recomputed for the backward (2 S K V, unless saved) and the repeated dnum v^T / q k^T
+  S L (3 K + 2 V) (causal halves of dh v^T, q k^T and the three products with them). Not counted:
+  the states recomputed for the backward (2 S K V, unless saved) and the repeated dh v^T / q k^T
   tiles of head-dim blocks. Forward+backward: B NH S (12 K V + L (4 K + 3 V)); 1.0e12 at 7b.
 * Bytes, minimum (bf16): the forward reads q, k, v and writes h; the backward reads q, k, v, h, dh and
   writes dq, dk, dv: 2 B NH S (6 K + 6 V) (4.8 GB at 7b). The kernels also write and read the states

@@ -3,9 +3,10 @@
 Math (per batch and head; s = qk_scale, F = cumulative log forget gate over the whole sequence, m_t the
 per-step stabiliser; the kernels use ``b``, the chunk-local log-forget cumsum, in place of F):
 
-1. Per step (one Triton pass over dh and h): dnum_t = dh_t / (den_t + eps);
-   dden_t = -sum(dh_t * h_t) / (den_t + eps); dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)]
-   (nq_t = n_t . s q_t, the forward's ``vecNQ``).
+1. Per step (one Triton pass over dh and h): dden_t = -sum(dh_t * h_t) / (den_t + eps);
+   dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)] (nq_t = n_t . s q_t, the forward's ``vecNQ``). The
+   kernels take dh itself for dnum_t = dh_t / (den_t + eps): row t's factor 1 / (den_t + eps) joins its
+   stabiliser, mden_t = m_t + log(den_t + eps), and its dnq (stored times den_t + eps).
 2. Triton (``chunkwise_bw_kernels``): with n as one more value column, a recurrent kernel walks the
    chunks backwards for the state cotangents (dC, dn) at every intra-chunk boundary, and parallel
    kernels give dq, dk and dv per chunk (plus the row sums q.dq and k.dk); dk and dv are two launches
@@ -110,11 +111,12 @@ class KernelArgs(NamedTuple):
     matQ: jax.Array  # (BH, S, DHQK)
     matK: jax.Array  # (BH, S, DHQK)
     matV: jax.Array  # (BH, S, DHV)
-    matDNum: jax.Array  # (BH, S, DHV) dh / (den + eps) in q's dtype
-    vecDNQ: jax.Array  # (BH, S) fp32 cotangent of n_t . s q_t
+    matDH: jax.Array  # (BH, S, DHV) dh in q's dtype
+    vecDNQ: jax.Array  # (BH, S) fp32 cotangent of n_t . s q_t, times den_t + eps
     vecB: jax.Array  # (BH, S) fp32 chunk-local log-forget cumsum (restarted every intra chunk, and segment)
     vecI: jax.Array  # (BH, S) fp32
     vecM: jax.Array  # (BH, S) fp32 m_t
+    vecMDen: jax.Array  # (BH, S) fp32 m_t + log(den_t + eps), the stabiliser of row t's dh terms
     scaM0: jax.Array  # (BH,) fp32 initial m
     vecSeg: jax.Array | None  # (BH, S) int32 chunk-local segment counter; None without resets
 
@@ -153,10 +155,11 @@ def state_cotangents(args: KernelArgs, matDC_last, vecDN_last, s: float, config:
     NC = S // config.chunk_size_intra
     return triton_call(
         args.matQ,
-        args.matDNum,
+        args.matDH,
         args.vecDNQ,
         *_gates(args, "vecB"),
         args.vecM,
+        args.vecMDen,
         args.scaM0,
         matDC_last,
         vecDN_last,
@@ -192,8 +195,8 @@ def _parallel_launch(args: KernelArgs, s: float, config: BwConfig, splits: int):
 
 
 def _score_inputs(args: KernelArgs) -> tuple:
-    """What the scores dS and P are made of, in the kernels' order: q, k, v, dnum, dnq and the gates."""
-    return (args.matQ, args.matK, args.matV, args.matDNum, args.vecDNQ, *_gates(args, "vecB", "vecI"), args.vecM)
+    """What the scores dS and P are made of, in the kernels' order: q, k, v, dh, dnq and the gates."""
+    return (args.matQ, args.matK, args.matV, args.matDH, args.vecDNQ, *_gates(args, "vecB", "vecI"), args.vecMDen)
 
 
 def scores_call(args: KernelArgs, s: float, config: BwConfig):
@@ -224,10 +227,10 @@ def dq_call(args: KernelArgs, states, s: float, config: BwConfig, matDS=None):
     matDQ, vecQDQ = triton_call(
         args.matK,
         args.matV,
-        args.matDNum,
+        args.matDH,
         args.vecDNQ,
         *_gates(args, "vecB", "vecI"),
-        args.vecM,
+        args.vecMDen,
         args.matQ,
         *states,
         args.matQ if matDS is None else matDS,  # not read unless MATERIALISED
@@ -259,6 +262,7 @@ def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bo
     row_sums = jax.ShapeDtypeStruct((splits, BH, S) if for_dk else (1,), jnp.float32)  # dv: not written
     matDX, vecKDK = triton_call(
         *_score_inputs(args),
+        args.vecM,
         *dstates,
         args.matQ if matS is None else matS,  # not read unless MATERIALISED
         kernel=_variant(args, kernels.parallel_bw_dk_dv_kernel, kernels.parallel_bw_dk_dv_segments_kernel),
@@ -277,9 +281,9 @@ def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bo
 STEP_ROWS = 16  # steps per program of the step-1 kernel (H200 sweep: 16-64 rows within 10%, 16 fastest)
 
 
-def step_cotangents(matDeltaH, matH, vecDen, vecM, vecNQ, eps: float, dtype):
-    """Step 1 in one Triton pass over dh and h (B, NH, S, DHV): dnum (B, NH, S, DHV) in ``dtype``,
-    dden and dnq (B, NH, S) fp32. (XLA split it into a reduction and a conversion that each read dh.)"""
+def step_cotangents(matDeltaH, matH, vecDen, vecM, vecNQ, eps: float):
+    """Step 1 in one Triton pass over dh and h (B, NH, S, DHV): mden = m + log(den + eps), dden and
+    dnq times (den + eps), each (B, NH, S) fp32."""
     B, NH, S, DHV = matH.shape
     rows = B * NH * S
     steps = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
@@ -288,7 +292,7 @@ def step_cotangents(matDeltaH, matH, vecDen, vecM, vecNQ, eps: float, dtype):
         matH,
         *(x.astype(jnp.float32) for x in (vecDen, vecM, vecNQ)),
         kernel=kernels.step_cotangents_kernel,
-        out_shape=(jax.ShapeDtypeStruct(matH.shape, dtype), steps, steps),
+        out_shape=(steps, steps, steps),
         grid=(cdiv(rows, STEP_ROWS),),
         num_warps=4,
         num_stages=2,
@@ -318,11 +322,12 @@ def kernel_args(
 ):
     """Step 1 (per-step cotangents) and the kernels' layout: (KernelArgs, dden (B, NH, S) fp32);
     ``resets`` (B, S) bool segment starts or None."""
-    matDNum, vecDDen, vecDNQ = step_cotangents(matDeltaH, matH, vecDen, vecM, vecNQ, eps, matQ.dtype)
+    vecMDen, vecDDen, vecDNQ = step_cotangents(matDeltaH, matH, vecDen, vecM, vecNQ, eps)
     vecB = chunk_log_forget_cumsum(vecF, chunk_size_intra, resets)
     vecSeg = chunk_segment_counter(resets, matQ.shape[1], chunk_size_intra)
     vecI, vecM = vecI.astype(jnp.float32), vecM.astype(jnp.float32)
-    args = KernelArgs(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, scaM0, vecSeg)
+    matDH = matDeltaH.astype(matQ.dtype)
+    args = KernelArgs(matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecM, vecMDen, scaM0, vecSeg)
     return KernelArgs(*(None if x is None else heads_flat(x) for x in args)), vecDDen
 
 

@@ -1,7 +1,7 @@
 """Triton kernels of the chunkwise mLSTM backward (docs/math.md); launched by ``chunkwise_bw.py``.
 
 Per (batch*head) ``bh`` all buffers are C-contiguous, time-major:
-q, k (BH, S, DHQK); v, dnum (BH, S, DHV); per-step vectors (BH, S) fp32; states at the chunk
+q, k (BH, S, DHQK); v, dh (BH, S, DHV); per-step vectors (BH, S) fp32; states at the chunk
 boundaries (BH, NC+1, DHQK, DHV) / (BH, NC+1, DHQK) / (BH, NC+1), index 0 = initial state: n, m fp32,
 C and its cotangent dC fp32 or in the input dtype (the launchers' choice; every kernel casts them to
 the input dtype before its dots, and the recurrent kernel carries dC in fp32 and rounds it when storing).
@@ -9,22 +9,24 @@ the input dtype before its dots, and the recurrent kernel carries dC in fp32 and
 The normaliser n is handled as one more value column (its value is 1, its output cotangent dnq), so
 the backward is gated linear attention in stabilised units: with ``b`` the chunk-local log-forget
 cumsum (``vecB``: the cumulative log forget gate inside an intra chunk, 0 before its first step) and
-``m`` the per-step stabiliser, every exponent below is <= 0 and no new stabiliser is needed:
+``m`` the per-step stabiliser, the kernels read dh itself, not dnum = dh / (den + eps): row t's factor
+1 / (den_t + eps) joins its stabiliser, ``vecMDen`` = mden_t = m_t + log(den_t + eps), and its normaliser
+cotangent, ``vecDNQ`` = dnq_t (den_t + eps) (docs/math.md 4.2):
 
-    D[t, j]  = exp(b_t - b_j + i_j - m_t)              (j <= t in one chunk)
-    dq_t     = s (sum_j D[t, j] (dnum_t . v_j + dnq_t) k_j + exp(b_t + m_prev - m_t) (C dnum_t + n dnq_t))
-    dk_j     = s sum_t D[t, j] (dnum_t . v_j + dnq_t) q_t + exp(g - b_j + i_j - m_end) (dC v_j + dn)
-    dv_j     =   s sum_t D[t, j] (q_t . k_j) dnum_t       + exp(g - b_j + i_j - m_end) dC^T k_j
+    D[t, j]  = exp(b_t - b_j + i_j - mden_t)           (j <= t in one chunk)
+    dq_t     = s (sum_j D[t, j] (dh_t . v_j + dnq_t) k_j + exp(b_t + m_prev - mden_t) (C dh_t + n dnq_t))
+    dk_j     = s sum_t D[t, j] (dh_t . v_j + dnq_t) q_t + exp(g - b_j + i_j - m_end) (dC v_j + dn)
+    dv_j     =   s sum_t D[t, j] (q_t . k_j) dh_t       + exp(g - b_j + i_j - m_end) dC^T k_j
 
 (C, n, m_prev: state before the chunk; dC, dn: cotangent of the state after it, stabilised by m_end,
 the m of the chunk's last step; g = b at the chunk's last step.) Dots take operands in the input dtype
 (states are cast to it) and accumulate in fp32.
 
-The parallel kernels recompute the scores dnum_t . v_j (dq, dk) and q_t . k_j (dv) for every head-dim
+The parallel kernels recompute the scores dh_t . v_j (dq, dk) and q_t . k_j (dv) for every head-dim
 tile they own. With ``MATERIALISED``, ``scores_bw_kernel`` computes them once per chunk instead and
-stores dS[t, j] = s D[t, j] (dnum_t . v_j + dnq_t) and P[t, j] = s D[t, j] (q_t . k_j) in q's dtype,
+stores dS[t, j] = s D[t, j] (dh_t . v_j + dnq_t) and P[t, j] = s D[t, j] (q_t . k_j) in q's dtype,
 ``matDS`` / ``matP`` (BH, S, L) (row t holds its chunk's L steps, written up to the diagonal's block);
-dq, dk and dv then become dS K, dS^T Q and P^T dnum plus their state terms.
+dq, dk and dv then become dS K, dS^T Q and P^T dh plus their state terms.
 
 Document resets (docs/math.md 5.4): the ``*_segments_kernel`` entries take ``vecSeg`` (BH, S) int32, the
 chunk-local segment counter, and ``vecB`` restarted at every segment start; D keeps only pairs of one
@@ -107,7 +109,7 @@ def _rows_times_state_tile(ptr_x, ptr_state, offs_x, offs_own, mask_own, DHQK: t
 
 @triton.jit
 def recurrent_bw_kernel(
-    matQ, matDNum, vecDNQ, vecB, vecM, scaM0, matDC_last, vecDN_last,  # inputs
+    matQ, matDH, vecDNQ, vecB, vecM, vecMDen, scaM0, matDC_last, vecDN_last,  # inputs
     matDC_all, vecDN_all, matDC_first,  # outputs
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
@@ -119,17 +121,17 @@ def recurrent_bw_kernel(
     others dC (so no program holds q both in shared memory for the dC dot and in registers for the dn
     sum). Step k of ``L_INTER`` steps from boundary tau to tau' (tau' < tau), with b relative to tau'
     and m_tau' the m of step tau' (m0 at 0):
-    dC_tau' = exp(m_tau' + g - m_tau) dC_tau + sum_t exp(b_t + m_tau' - m_t) s q_t dnum_t^T, and dn
+    dC_tau' = exp(m_tau' + g - m_tau) dC_tau + sum_t exp(b_t + m_tau' - mden_t) s q_t dh_t^T, and dn
     alike with dnq_t. ``matDC_first (BH, DHQK, DHV)`` fp32 gets dC at boundary 0 (the initial state's
     gradient).
     """
-    _recurrent_bw(matQ, matDNum, vecDNQ, vecB, vecB, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
-                  matDC_first, qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, False)
+    _recurrent_bw(matQ, matDH, vecDNQ, vecB, vecB, vecM, vecMDen, scaM0, matDC_last, vecDN_last, matDC_all,
+                  vecDN_all, matDC_first, qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, False)
 
 
 @triton.jit
 def recurrent_bw_segments_kernel(
-    matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last,  # inputs
+    matQ, matDH, vecDNQ, vecB, vecSeg, vecM, vecMDen, scaM0, matDC_last, vecDN_last,  # inputs
     matDC_all, vecDN_all, matDC_first,  # outputs
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
@@ -138,37 +140,39 @@ def recurrent_bw_segments_kernel(
     """:func:`recurrent_bw_kernel` with document resets: a step sends its cotangent to the state before
     its sub-chunk only if no segment starts in between, and a sub-chunk holding a segment start passes
     nothing of (dC, dn) back (decay 0)."""
-    _recurrent_bw(matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
-                  matDC_first, qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, True)
+    _recurrent_bw(matQ, matDH, vecDNQ, vecB, vecSeg, vecM, vecMDen, scaM0, matDC_last, vecDN_last, matDC_all,
+                  vecDN_all, matDC_first, qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, True)
 
 
 @triton.jit
 def _recurrent_bw(
-    matQ, matDNum, vecDNQ, vecB, vecSeg, vecM, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all, matDC_first,
+    matQ, matDH, vecDNQ, vecB, vecSeg, vecM, vecMDen, scaM0, matDC_last, vecDN_last, matDC_all, vecDN_all,
+    matDC_first,
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
     if tl.program_id(1) == tl.cdiv(DHV, BV):
-        _normaliser_bw_walk(matQ, vecDNQ, vecB, vecSeg, vecM, scaM0, vecDN_last, vecDN_all, qk_scale, S, DHQK,
-                            L_INTRA, L_INTER, BQ, HAS_SEGMENTS)
+        _normaliser_bw_walk(matQ, vecDNQ, vecB, vecSeg, vecM, vecMDen, scaM0, vecDN_last, vecDN_all, qk_scale, S,
+                            DHQK, L_INTRA, L_INTER, BQ, HAS_SEGMENTS)
     else:
-        _state_bw_walk(matQ, matDNum, vecB, vecSeg, vecM, scaM0, matDC_last, matDC_all, matDC_first, qk_scale, S,
-                       DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, HAS_SEGMENTS)
+        _state_bw_walk(matQ, matDH, vecB, vecSeg, vecM, vecMDen, scaM0, matDC_last, matDC_all, matDC_first,
+                       qk_scale, S, DHQK, DHV, L_INTRA, L_INTER, BQ, BV, PRECISION, HAS_SEGMENTS)
 
 
 @triton.jit
-def _sub_chunk_gates(vecB, vecM, vecSeg, gate_base, start, m0, qk_scale: tl.constexpr, L_INTRA: tl.constexpr,
-                     L_INTER: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
-    """(s exp(b_t + m_tau' - m_t) (L_INTER,), exp(m_tau' + g - m_tau)) of the sub-chunk of L_INTER steps
-    from flat step ``gate_base + start``: each step's weight into the cotangent of the state before the
-    sub-chunk, and the decay of the cotangent after it (m_tau = the m of the sub-chunk's last step)."""
+def _sub_chunk_gates(vecB, vecM, vecMDen, vecSeg, gate_base, start, m0, qk_scale: tl.constexpr,
+                     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
+    """(s exp(b_t + m_tau' - mden_t) (L_INTER,), exp(m_tau' + g - m_tau)) of the sub-chunk of L_INTER steps
+    from flat step ``gate_base + start``: each step's weight (of its dh) into the cotangent of the state
+    before the sub-chunk, and the decay of the cotangent after it (m_tau = the m of the sub-chunk's last
+    step)."""
     offs_t = start + tl.arange(0, L_INTER)
     b_base = tl.load(vecB + gate_base + start - 1, mask=start % L_INTRA != 0, other=0.0)
     m_prev = tl.load(vecM + gate_base + start - 1, mask=start > 0, other=0.0)
     m_prev = tl.where(start > 0, m_prev, m0)
     g = tl.load(vecB + gate_base + start + L_INTER - 1) - b_base
-    log_coef = tl.load(vecB + gate_base + offs_t) - b_base + m_prev - tl.load(vecM + gate_base + offs_t)
+    log_coef = tl.load(vecB + gate_base + offs_t) - b_base + m_prev - tl.load(vecMDen + gate_base + offs_t)
     log_decay = m_prev + g - tl.load(vecM + gate_base + start + L_INTER - 1)
     if HAS_SEGMENTS:  # rows after a segment start do not see the state before the sub-chunk, and the
         # state after the sub-chunk ignores the one before it
@@ -181,7 +185,7 @@ def _sub_chunk_gates(vecB, vecM, vecSeg, gate_base, start, m0, qk_scale: tl.cons
 
 @triton.jit
 def _state_bw_walk(
-    matQ, matDNum, vecB, vecSeg, vecM, scaM0, matDC_last, matDC_all, matDC_first,
+    matQ, matDH, vecB, vecSeg, vecM, vecMDen, scaM0, matDC_last, matDC_all, matDC_first,
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
@@ -206,19 +210,19 @@ def _state_bw_walk(
         chunk = NC - 1 - kk
         for cc in range(L_INTRA // L_INTER):
             start = chunk * L_INTRA + L_INTRA - (cc + 1) * L_INTER
-            coef, decay = _sub_chunk_gates(vecB, vecM, vecSeg, gate_base, start, m0, qk_scale, L_INTRA, L_INTER,
-                                           HAS_SEGMENTS)
+            coef, decay = _sub_chunk_gates(vecB, vecM, vecMDen, vecSeg, gate_base, start, m0, qk_scale, L_INTRA,
+                                           L_INTER, HAS_SEGMENTS)
             q = step_rows(matQ, gate_base + start, offs_q, mask_q, DHQK, L_INTER)
-            dnum = step_rows(matDNum, gate_base + start, offs_v, mask_v, DHV, L_INTER)
-            weighted_dnum = (dnum.to(tl.float32) * coef[:, None]).to(q.dtype)
-            dC = tl.dot(tl.trans(q), weighted_dnum, acc=dC * decay, input_precision=PRECISION)
+            dh = step_rows(matDH, gate_base + start, offs_v, mask_v, DHV, L_INTER)
+            weighted_dh = (dh.to(tl.float32) * coef[:, None]).to(q.dtype)
+            dC = tl.dot(tl.trans(q), weighted_dh, acc=dC * decay, input_precision=PRECISION)
         tl.store(dc_base + chunk * DHQK * DHV + state_offs, dC.to(matDC_all.dtype.element_ty), mask=state_mask)
     tl.store(matDC_first + bh * DHQK * DHV + state_offs, dC, mask=state_mask)
 
 
 @triton.jit
 def _normaliser_bw_walk(
-    matQ, vecDNQ, vecB, vecSeg, vecM, scaM0, vecDN_last, vecDN_all, qk_scale: tl.constexpr, S: tl.constexpr,
+    matQ, vecDNQ, vecB, vecSeg, vecM, vecMDen, scaM0, vecDN_last, vecDN_all, qk_scale: tl.constexpr, S: tl.constexpr,
     DHQK: tl.constexpr, L_INTRA: tl.constexpr, L_INTER: tl.constexpr, BQ: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
@@ -236,8 +240,8 @@ def _normaliser_bw_walk(
         for cc in range(L_INTRA // L_INTER):
             start = chunk * L_INTRA + L_INTRA - (cc + 1) * L_INTER
             offs_t = start + tl.arange(0, L_INTER)
-            coef, decay = _sub_chunk_gates(vecB, vecM, vecSeg, gate_base, start, m0, qk_scale, L_INTRA, L_INTER,
-                                           HAS_SEGMENTS)
+            coef, decay = _sub_chunk_gates(vecB, vecM, vecMDen, vecSeg, gate_base, start, m0, qk_scale, L_INTRA,
+                                           L_INTER, HAS_SEGMENTS)
             q = step_rows(matQ, gate_base + start, offs_q, mask_q, DHQK, L_INTER)
             dnq = tl.load(vecDNQ + gate_base + offs_t)
             dn = dn * decay + tl.sum(q.to(tl.float32) * (coef * dnq)[:, None], axis=0)
@@ -253,7 +257,7 @@ def _chunk_tile(matS, bh, offs_t, offs_j, chunk_start, S: tl.constexpr, L: tl.co
 
 @triton.jit
 def scores_bw_kernel(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM,  # inputs
+    matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecMDen,  # inputs
     matDS, matP,  # outputs (BH, S, L) in q's dtype
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
@@ -263,26 +267,26 @@ def scores_bw_kernel(
     Grid (S // BT, BH); the dots contract DHV in blocks of BV (dS) and DHQK in blocks of BQ (P). With
     BT = the consumers' owned and BJ their looped step block, these are exactly the tiles dq reads and
     a superset of those dk and dv read; the rest of each row is never written nor read."""
-    _scores_bw(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matDS, matP, qk_scale, S, DHQK, DHV, L,
+    _scores_bw(matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecI, vecMDen, matDS, matP, qk_scale, S, DHQK, DHV, L,
                BT, BJ, BQ, BV, PRECISION, False)
 
 
 @triton.jit
 def scores_bw_segments_kernel(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM,  # inputs
+    matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen,  # inputs
     matDS, matP,  # outputs as scores_bw_kernel
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """:func:`scores_bw_kernel` with document resets (zero for pairs of different segments)."""
-    _scores_bw(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDS, matP, qk_scale, S, DHQK, DHV, L,
-               BT, BJ, BQ, BV, PRECISION, True)
+    _scores_bw(matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen, matDS, matP, qk_scale, S, DHQK, DHV,
+               L, BT, BJ, BQ, BV, PRECISION, True)
 
 
 @triton.jit
 def _scores_bw(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDS, matP,
+    matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen, matDS, matP,
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
@@ -293,26 +297,26 @@ def _scores_bw(
     offs_t = pid_t * BT + tl.arange(0, BT)
     gate_base = bh * S
     b_t = tl.load(vecB + gate_base + offs_t)
-    m_t = tl.load(vecM + gate_base + offs_t)
+    mden_t = tl.load(vecMDen + gate_base + offs_t)
     dnq_t = tl.load(vecDNQ + gate_base + offs_t)
     seg_t = _segment_of(vecSeg + gate_base, offs_t, HAS_SEGMENTS)
     out_rows = bh * S * L + offs_t[:, None] * L
     dtype = matDS.dtype.element_ty
     for j0 in range(chunk_start, pid_t * BT + BT, BJ):
         offs_j = j0 + tl.arange(0, BJ)
-        gates = _gate_tile(b_t, m_t, offs_t, tl.load(vecB + gate_base + offs_j), tl.load(vecI + gate_base + offs_j),
-                           offs_j, seg_t, _segment_of(vecSeg + gate_base, offs_j, HAS_SEGMENTS), HAS_SEGMENTS)
-        dnum_v = _rows_dot_tile(matDNum + bh * S * DHV, matV + bh * S * DHV, offs_t, offs_j, DHV, BV, BT, BJ,
-                                PRECISION)
+        gates = _gate_tile(b_t, mden_t, offs_t, tl.load(vecB + gate_base + offs_j),
+                           tl.load(vecI + gate_base + offs_j), offs_j, seg_t,
+                           _segment_of(vecSeg + gate_base, offs_j, HAS_SEGMENTS), HAS_SEGMENTS)
+        dh_v = _rows_dot_tile(matDH + bh * S * DHV, matV + bh * S * DHV, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
         q_k = _rows_dot_tile(matQ + bh * S * DHQK, matK + bh * S * DHQK, offs_t, offs_j, DHQK, BQ, BT, BJ, PRECISION)
         out = out_rows + (offs_j - chunk_start)[None, :]
-        tl.store(matDS + out, ((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(dtype))
+        tl.store(matDS + out, ((dh_v + dnq_t[:, None]) * gates * qk_scale).to(dtype))
         tl.store(matP + out, (q_k * gates * qk_scale).to(dtype))
 
 
 @triton.jit
 def parallel_bw_dq_kernel(
-    matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matQ, matC_all, vecN_all, scaM_all, matDS,  # inputs
+    matK, matV, matDH, vecDNQ, vecB, vecI, vecMDen, matQ, matC_all, vecN_all, scaM_all, matDS,  # inputs
     matDQ, vecQDQ,  # outputs: dq (BH, S, DHQK), q . dq partial sums (cdiv(DHQK, BQ), BH, S) fp32
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
@@ -320,13 +324,13 @@ def parallel_bw_dq_kernel(
 ):
     """dq for BT rows and BQ columns of q. Grid (cdiv(DHQK, BQ), S // BT, BH). ``matDS``: the
     materialised dS (read only when MATERIALISED; any buffer otherwise)."""
-    _parallel_bw_dq(matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matQ, matC_all, vecN_all, scaM_all, matDS,
-                    matDQ, vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, MATERIALISED, False)
+    _parallel_bw_dq(matK, matV, matDH, vecDNQ, vecB, vecI, vecI, vecMDen, matQ, matC_all, vecN_all, scaM_all,
+                    matDS, matDQ, vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, MATERIALISED, False)
 
 
 @triton.jit
 def parallel_bw_dq_segments_kernel(
-    matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all, matDS,  # inputs
+    matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen, matQ, matC_all, vecN_all, scaM_all, matDS,  # inputs
     matDQ, vecQDQ,  # outputs as parallel_bw_dq_kernel
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
@@ -334,13 +338,13 @@ def parallel_bw_dq_segments_kernel(
 ):
     """:func:`parallel_bw_dq_kernel` with document resets (pairs within one segment; the chunk's state
     only for rows before its first segment start)."""
-    _parallel_bw_dq(matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all,
+    _parallel_bw_dq(matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen, matQ, matC_all, vecN_all, scaM_all,
                     matDS, matDQ, vecQDQ, qk_scale, S, DHQK, DHV, L, BT, BJ, BQ, BV, PRECISION, MATERIALISED, True)
 
 
 @triton.jit
 def _parallel_bw_dq(
-    matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matQ, matC_all, vecN_all, scaM_all, matDS, matDQ,
+    matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen, matQ, matC_all, vecN_all, scaM_all, matDS, matDQ,
     vecQDQ, qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BQ: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr, MATERIALISED: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
@@ -357,18 +361,18 @@ def _parallel_bw_dq(
     gate_base = bh * S
     k_base = matK + bh * S * DHQK
     v_base = matV + bh * S * DHV
-    dnum_base = matDNum + bh * S * DHV
+    dh_base = matDH + bh * S * DHV
     b_t = tl.load(vecB + gate_base + offs_t)
-    m_t = tl.load(vecM + gate_base + offs_t)
+    mden_t = tl.load(vecMDen + gate_base + offs_t)
     dnq_t = tl.load(vecDNQ + gate_base + offs_t)
     seg_t = _segment_of(vecSeg + gate_base, offs_t, HAS_SEGMENTS)
 
     m_prev = tl.load(scaM_all + bh * (NC + 1) + chunk)
-    dq = _rows_times_state_tile(dnum_base, matC_all + (bh * (NC + 1) + chunk) * DHQK * DHV, offs_t,
+    dq = _rows_times_state_tile(dh_base, matC_all + (bh * (NC + 1) + chunk) * DHQK * DHV, offs_t,
                                 offs_q, mask_q, DHQK, DHV, BT, BQ, BV, True, PRECISION)
     n = tl.load(vecN_all + (bh * (NC + 1) + chunk) * DHQK + offs_q, mask=mask_q, other=0.0)
     dq = dq + dnq_t[:, None] * n[None, :]
-    log_inter = b_t + m_prev - m_t
+    log_inter = b_t + m_prev - mden_t
     if HAS_SEGMENTS:  # rows after a segment start in the chunk do not see its state
         log_inter = tl.where(seg_t == 0, log_inter, -float("inf"))
     dq = dq * (qk_scale * tl.exp(log_inter))[:, None]
@@ -378,11 +382,11 @@ def _parallel_bw_dq(
         if MATERIALISED:
             ds = _chunk_tile(matDS, bh, offs_t, offs_j, chunk_start, S, L)
         else:
-            gates = _gate_tile(b_t, m_t, offs_t, tl.load(vecB + gate_base + offs_j),
+            gates = _gate_tile(b_t, mden_t, offs_t, tl.load(vecB + gate_base + offs_j),
                                tl.load(vecI + gate_base + offs_j), offs_j, seg_t,
                                _segment_of(vecSeg + gate_base, offs_j, HAS_SEGMENTS), HAS_SEGMENTS)
-            dnum_v = _rows_dot_tile(dnum_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
-            ds = ((dnum_v + dnq_t[:, None]) * gates * qk_scale).to(k_j.dtype)
+            dh_v = _rows_dot_tile(dh_base, v_base, offs_t, offs_j, DHV, BV, BT, BJ, PRECISION)
+            ds = ((dh_v + dnq_t[:, None]) * gates * qk_scale).to(k_j.dtype)
         dq = tl.dot(ds, k_j, acc=dq, input_precision=PRECISION)
 
     q_ptrs = matQ + bh * S * DHQK + offs_t[:, None] * DHQK + offs_q[None, :]
@@ -412,7 +416,7 @@ def _key_block(vecB_bh, vecI_bh, vecSeg_bh, vecM_bh, pid_j, L: tl.constexpr, BJ:
 
 @triton.jit
 def parallel_bw_dk_dv_kernel(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecM, matDC_all, vecDN_all, matS,  # inputs
+    matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecMDen, vecM, matDC_all, vecDN_all, matS,  # inputs
     matDX, vecKDK,  # outputs: dk (BH, S, DHQK) or dv (BH, S, DHV); for dk, k . dk partial sums
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
@@ -420,20 +424,20 @@ def parallel_bw_dk_dv_kernel(
 ):
     """dk (FOR_DK) or dv for BJ rows and BOWN columns. Grid (cdiv(DHQK or DHV, BOWN), S // BJ, BH).
 
-    Both loop over the same (t >= j) tiles with the same gate tile; dk contracts dnum_t . v_j (over
-    DHV) and multiplies q_t, dv contracts q_t . k_j (over DHQK) and multiplies dnum_t; the other
+    Both loop over the same (t >= j) tiles with the same gate tile; dk contracts dh_t . v_j (over
+    DHV) and multiplies q_t, dv contracts q_t . k_j (over DHQK) and multiplies dh_t; the other
     head dim is looped over in blocks of BLOOP. ``vecKDK`` (cdiv(DHQK, BOWN), BH, S) fp32 is written
     only for dk. ``matS``: the materialised dS (dk) or P (dv), read only when MATERIALISED (any buffer
     otherwise).
     """
-    _parallel_bw_dk_dv(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecI, vecM, matDC_all, vecDN_all, matS,
-                       matDX, vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION,
+    _parallel_bw_dk_dv(matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecI, vecMDen, vecM, matDC_all, vecDN_all,
+                       matS, matDX, vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION,
                        MATERIALISED, False)
 
 
 @triton.jit
 def parallel_bw_dk_dv_segments_kernel(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matS,  # inputs
+    matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen, vecM, matDC_all, vecDN_all, matS,  # inputs
     matDX, vecKDK,  # outputs as parallel_bw_dk_dv_kernel
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
@@ -441,14 +445,14 @@ def parallel_bw_dk_dv_segments_kernel(
 ):
     """:func:`parallel_bw_dk_dv_kernel` with document resets (pairs within one segment; the state after
     the chunk only for steps of its last segment)."""
-    _parallel_bw_dk_dv(matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matS,
-                       matDX, vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION,
+    _parallel_bw_dk_dv(matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen, vecM, matDC_all, vecDN_all,
+                       matS, matDX, vecKDK, qk_scale, S, DHQK, DHV, L, BJ, BT, BOWN, BLOOP, FOR_DK, PRECISION,
                        MATERIALISED, True)
 
 
 @triton.jit
 def _parallel_bw_dk_dv(
-    matQ, matK, matV, matDNum, vecDNQ, vecB, vecI, vecSeg, vecM, matDC_all, vecDN_all, matS, matDX, vecKDK,
+    matQ, matK, matV, matDH, vecDNQ, vecB, vecI, vecSeg, vecMDen, vecM, matDC_all, vecDN_all, matS, matDX, vecKDK,
     qk_scale: tl.constexpr, S: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
     L: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, BOWN: tl.constexpr, BLOOP: tl.constexpr,
     FOR_DK: tl.constexpr, PRECISION: tl.constexpr, MATERIALISED: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
@@ -458,7 +462,7 @@ def _parallel_bw_dk_dv(
     bh = tl.program_id(2).to(tl.int64)
     NC: tl.constexpr = S // L
     D_OWN: tl.constexpr = DHQK if FOR_DK else DHV
-    vecB_bh, vecM_bh = vecB + bh * S, vecM + bh * S
+    vecB_bh, vecM_bh, vecMDen_bh = vecB + bh * S, vecM + bh * S, vecMDen + bh * S
     vecSeg_bh = vecSeg + bh * S
     offs_j, b_j, i_j, seg_j, chunk, chunk_end, w_j = _key_block(vecB_bh, vecI + bh * S, vecSeg_bh, vecM_bh, pid_j, L,
                                                                 BJ, HAS_SEGMENTS)
@@ -467,12 +471,12 @@ def _parallel_bw_dk_dv(
     q_base = matQ + bh * S * DHQK
     k_base = matK + bh * S * DHQK
     v_base = matV + bh * S * DHV
-    dnum_base = matDNum + bh * S * DHV
-    # dk: scores dnum_t . v_j (+ dnq_t) times q_t; dv: scores q_t . k_j times dnum_t.
+    dh_base = matDH + bh * S * DHV
+    # dk: scores dh_t . v_j (+ dnq_t) times q_t; dv: scores q_t . k_j times dh_t.
     if FOR_DK:
-        score_a, score_b, score_width, rows_base, state_rows = dnum_base, v_base, DHV, q_base, v_base
+        score_a, score_b, score_width, rows_base, state_rows = dh_base, v_base, DHV, q_base, v_base
     else:
-        score_a, score_b, score_width, rows_base, state_rows = q_base, k_base, DHQK, dnum_base, k_base
+        score_a, score_b, score_width, rows_base, state_rows = q_base, k_base, DHQK, dh_base, k_base
 
     # Inter-chunk part: dk = w_j (v_j dC^T + dn), dv = w_j k_j dC, dC the state after the chunk.
     state_index = bh * (NC + 1) + chunk + 1
@@ -487,7 +491,7 @@ def _parallel_bw_dk_dv(
         if MATERIALISED:
             tile = _chunk_tile(matS, bh, offs_t, offs_j, chunk_end - L, S, L)
         else:
-            gates = _gate_tile(tl.load(vecB_bh + offs_t), tl.load(vecM_bh + offs_t), offs_t, b_j, i_j, offs_j,
+            gates = _gate_tile(tl.load(vecB_bh + offs_t), tl.load(vecMDen_bh + offs_t), offs_t, b_j, i_j, offs_j,
                                _segment_of(vecSeg_bh, offs_t, HAS_SEGMENTS), seg_j, HAS_SEGMENTS)
             scores = _rows_dot_tile(score_a, score_b, offs_t, offs_j, score_width, BLOOP, BT, BJ, PRECISION)
             if FOR_DK:
@@ -505,15 +509,16 @@ def _parallel_bw_dk_dv(
 @triton.jit
 def step_cotangents_kernel(
     matDeltaH, matH, vecDen, vecM, vecNQ,  # inputs
-    matDNum, vecDDen, vecDNQ,  # outputs
+    vecMDen, vecDDen, vecDNQ,  # outputs
     ROWS: tl.constexpr, DHV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, EPS: tl.constexpr,
 ):
     """Grid (cdiv(ROWS, BT),): step 1 of the backward for BT of the ROWS = B*NH*S steps, reading dh and h
-    (ROWS, DHV) once: dnum = dh / (den + eps) in dnum's dtype, dden = -sum(dh * h) / (den + eps) and
-    dnq = dden sign(nq) [|nq| > e^-m], both fp32 (ROWS,)."""
+    (ROWS, DHV) once, all outputs fp32 (ROWS,): mden = m + log(den + eps), dden = -sum(dh * h) / (den + eps)
+    and dnq = dden sign(nq) [|nq| > e^-m] (den + eps) (the row factor 1 / (den + eps) of dh, dnq is in mden)."""
     rows = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
     mask_t = rows < ROWS
     den_eps = tl.load(vecDen + rows, mask=mask_t, other=1.0) + EPS
+    m = tl.load(vecM + rows, mask=mask_t, other=0.0)
     dh_dot_h = tl.zeros([BT], tl.float32)
     for v0 in range(0, DHV, BV):
         cols = v0 + tl.arange(0, BV)
@@ -521,11 +526,10 @@ def step_cotangents_kernel(
         offs = rows[:, None] * DHV + cols[None, :]
         dh = tl.load(matDeltaH + offs, mask=mask, other=0.0).to(tl.float32)
         h = tl.load(matH + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(matDNum + offs, (dh / den_eps[:, None]).to(matDNum.dtype.element_ty), mask=mask)
         dh_dot_h += tl.sum(dh * h, axis=1)
-    dden = -dh_dot_h / den_eps
     nq = tl.load(vecNQ + rows, mask=mask_t, other=0.0)
     sign = tl.where(nq > 0, 1.0, tl.where(nq < 0, -1.0, 0.0))
-    counts = (tl.abs(nq) > tl.exp(-tl.load(vecM + rows, mask=mask_t, other=0.0))).to(tl.float32)
-    tl.store(vecDDen + rows, dden, mask=mask_t)
-    tl.store(vecDNQ + rows, dden * sign * counts, mask=mask_t)
+    counts = (tl.abs(nq) > tl.exp(-m)).to(tl.float32)
+    tl.store(vecMDen + rows, m + tl.log(den_eps), mask=mask_t)
+    tl.store(vecDDen + rows, -dh_dot_h / den_eps, mask=mask_t)
+    tl.store(vecDNQ + rows, -dh_dot_h * sign * counts, mask=mask_t)

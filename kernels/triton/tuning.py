@@ -72,7 +72,7 @@ class BwConfig:
     ``states_in_input_dtype``: the stored state cotangents dC in q's dtype (dk and dv cast them to it
     before their dots; dC0 stays fp32), else fp32. The forward's option of the same name.
     ``materialise_bw_scores``: a scores kernel (the parallel kernels' step blocks, contracted blocks,
-    warps and stages) first stores the gated scores dS (from dnum . v) and P (from q . k) of every
+    warps and stages) first stores the gated scores dS (from dh . v) and P (from q . k) of every
     chunk in q's dtype (two (B, NH, S, chunk_size_intra) buffers), and dq, dk, dv read them instead of
     recomputing them for every head-dim tile they own.
     """

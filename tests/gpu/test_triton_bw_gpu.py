@@ -4,7 +4,7 @@ registry entry's gradients with ``chunkwise--jax``'s.
 
 Errors are relative Frobenius norms per gradient, ``||got - want|| / ||want||``:
 * fp32 (3xTF32 dots, about fp32 accuracy): <= 1e-3 (the issue's bound).
-* bf16: <= 3e-2. The kernels round dnum, the gate-weighted tiles and the fp32 states to bf16 (8-bit
+* bf16: <= 3e-2. The kernels round the gate-weighted tiles and the fp32 states to bf16 (8-bit
   mantissa, relative step 4e-3) before their dots, and the gradients themselves are bf16.
 * Triton vs chunkwise--jax, both bf16: <= 5e-2 (each side within about 2e-2 of the exact gradients).
 """
