@@ -121,6 +121,17 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load(tmp_path, "count: [1\n")
 
 
+@pytest.mark.parametrize(
+    "text, key, line", [("count: 1\ncount: 2\n", "count", 2), ("inner:\n  rate: 1\n  rate: 2\n", "rate", 3)]
+)
+def test_a_key_given_twice_is_refused(tmp_path, text, key, line):
+    """PyYAML keeps the last of two equal keys; a recipe with one twice is refused, naming it and its line."""
+    with pytest.raises(
+        ConfigError, match=rf"recipe\.yaml: not valid YAML: the key '{key}' appears twice \(again on line {line}\)"
+    ):
+        load(tmp_path, text)
+
+
 def test_saved_config_loads_back_equal(tmp_path):
     cfg = load(tmp_path, "count: 4\ninner: {preset: small}\n", ["inner.sizes=[1, 2, 3]"])
     path = save_config(cfg, tmp_path / "run" / "config.yaml", comment="resolved here\nsecond line")

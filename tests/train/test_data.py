@@ -83,6 +83,7 @@ def test_windows_are_pure_functions_of_key_and_stay_inside_streams():
     [
         ("{tmp}/missing.txt", "no such file"),
         ("{tmp}/*.nothing", "no such file"),
+        ("{tmp}", r"is a directory: name its files with a glob, e\.g\. data\.path='.*/\*\.txt'"),
     ],
 )
 def test_missing_path(tmp_path, path, message):

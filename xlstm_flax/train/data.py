@@ -252,6 +252,8 @@ def _resolve(path: str, key: str) -> list[Path]:
         files = sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
     else:
         files = [Path(path)] if Path(path).is_file() else []
+    if not files and Path(path).is_dir():
+        raise DataError(f"{key}={path!r} is a directory: name its files with a glob, e.g. {key}='{path}/*.txt'")
     if not files:
         raise DataError(f"{key}={path!r}: no such file (or the glob matches no files)")
     kinds = {_is_token_file(f) for f in files}
