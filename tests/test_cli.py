@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.train.test_train import CHEAP, RECIPE
+from xlstm_flax import inference
 from xlstm_flax.cli import DESCRIPTION, main
 from xlstm_flax.config import save_config
 from xlstm_flax.train import load_recipe, loop
@@ -43,6 +44,7 @@ TRAIN = ["train", "--config", "small.yaml", *CHEAP]
 BAD_ARGUMENTS = {
     "no command": ([], 2, "the following arguments are required: command"),
     "unknown command": (["fly"], 2, "invalid choice: 'fly'"),
+    "unknown option": ([*TRAIN, "--steps=3"], 2, "xlstm-flax train: unrecognized arguments: --steps=3"),
     "top-k 0": ([*GENERATE, "--top-k", "0"], 2, "--top-k: must be >= 1, got 0"),
     "top-k over vocab": ([*GENERATE, "--top-k", "1000"], 1, "--top-k 1000 exceeds the model's vocabulary of 258"),
     "tokens -5": ([*GENERATE, "--tokens", "-5"], 2, "--tokens: must be >= 0, got -5"),
@@ -88,6 +90,16 @@ def test_bad_argument_gives_one_error_line_and_writes_nothing(workspace, capsys,
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
     assert files_under(workspace) == before
+
+
+@pytest.mark.parametrize("flags, message", [([], "no checkpoint in"), (["--step", "7"], "no checkpoint of step 7")])
+def test_generate_without_the_checkpoint_fails_before_building_the_model(
+    workspace, capsys, monkeypatch, flags, message
+):
+    """A 7B run's model takes half a minute and 15 GB to build: the checkpoint is looked up first."""
+    monkeypatch.setattr(inference, "init_train_state", lambda *a: pytest.fail("model built before the check"))
+    assert run_cli([*GENERATE, *flags]) == 1
+    assert message in capsys.readouterr().err
 
 
 def test_undecodable_prompt_bytes_from_the_shell(workspace):

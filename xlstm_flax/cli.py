@@ -143,12 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--dtype", default=None, choices=DTYPE_CHOICES, help="stored / loaded parameter dtype (default: unchanged)"
     )
+    for command_parser in commands.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command's own parser: "xlstm-flax train: unrecognized arguments"
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "generate":
         _check_generate_source(parser, args)
     from .config import ConfigError

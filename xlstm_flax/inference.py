@@ -36,10 +36,11 @@ def load_trained_model(
     names each newer one skipped and why), or of checkpoint ``step``; returns ``(model, config, step)``.
     ``config``: the run's :func:`load_run_config`, when the caller has it already. Reads only."""
     config = config or load_run_config(run_dir)
-    mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
-    graphdef, rest, state = init_train_state(config, mesh)
     checkpointer = Checkpointer(Path(run_dir) / CHECKPOINT_DIR, config.checkpoint.keep, read_only=True)
     try:
+        checkpointer.existing_step(step)  # before the model is built
+        mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
+        graphdef, rest, state = init_train_state(config, mesh)
         if step is None:
             state, _, step, skipped = checkpointer.restore_newest(state)
             for checkpoint in skipped:

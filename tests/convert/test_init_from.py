@@ -13,11 +13,11 @@ import pytest
 from flax import nnx, traverse_util
 
 from xlstm_flax import load_trained_model
-from xlstm_flax.config import ConfigError
+from xlstm_flax.config import ConfigError, save_config
 from xlstm_flax.convert import load_hf, save_hf
 from xlstm_flax.convert.hf import ModelTensors, read_params
 from xlstm_flax.model import xLSTMLMModel
-from xlstm_flax.train import load_recipe, train
+from xlstm_flax.train import load_recipe, loop, train
 
 from ..model.helpers import perturb_params
 
@@ -71,10 +71,16 @@ def test_run_starts_from_hf_then_from_a_scanned_run(pretrained, tmp_path):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
-def test_other_network_or_bad_path_is_refused(pretrained, tmp_path):
+def test_other_network_or_bad_path_is_refused(pretrained, tmp_path, monkeypatch):
+    """Both before the data is read (or the model built)."""
     recipe, hf_dir, _ = pretrained
+    monkeypatch.setattr(loop, "load_corpus", lambda *a: pytest.fail("data read before init_from was checked"))
     config = load_recipe(recipe, [f"run_dir={tmp_path / 'c'}", f"train.init_from={hf_dir}", "model.mlstm.num_heads=4"])
     with pytest.raises(ConfigError, match=r"network differs .*mlstm\.num_heads: 2 vs 4"):
+        train(config)
+    run_source = save_config(load_recipe(recipe), tmp_path / "run" / "config.yaml").parent  # a run's saved config
+    config = load_recipe(recipe, [f"run_dir={tmp_path / 'c'}", f"train.init_from={run_source}", "model.num_blocks=3"])
+    with pytest.raises(ConfigError, match=r"network differs .*num_blocks: 2 vs 3"):
         train(config)
     config = load_recipe(recipe, [f"run_dir={tmp_path / 'd'}", f"train.init_from={tmp_path / 'nowhere'}"])
     with pytest.raises(ConfigError, match="nowhere.*neither an HF checkpoint directory"):

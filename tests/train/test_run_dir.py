@@ -1,7 +1,9 @@
 """A start that fails never deletes or changes the run already in run_dir: every failing stage (config,
-data, tokenizer, model build, Ctrl-C during start-up, the first step) leaves it byte for byte as it was;
-overwrite=true replaces it only after the new run's first step; a start killed in between is undone by
-the next one. The CLI prints one ``error:`` line for each failure."""
+data, tokenizer, model build, Ctrl-C during start-up, a NaN before the new run's first checkpoint) leaves
+it byte for byte as it was; overwrite=true replaces it only once the new run has a complete checkpoint; a
+start killed in between is undone by the next one; files that are not a run's are never replaced, and a
+run_dir that cannot be written is refused before any work. The CLI prints one ``error:`` line for each
+failure."""
 
 import os
 import shutil
@@ -13,6 +15,7 @@ from tests.train.run_helpers import snapshot
 from tests.train.test_train import CHEAP, poison_step
 from xlstm_flax.cli import main
 from xlstm_flax.train import load_recipe, loop, train
+from xlstm_flax.train import run_dir as run_dir_module
 from xlstm_flax.train.checkpoint import Checkpointer
 from xlstm_flax.train.metrics import read_metrics
 from xlstm_flax.train.run_dir import ASIDE_DIR, open_run_dir
@@ -141,7 +144,17 @@ def test_nan_in_first_step_moves_previous_run_back(recipe, run_dir, capsys, monk
     assert snapshot(run_dir) == before
 
 
-def test_overwrite_replaces_the_run_after_its_first_step(recipe, run_dir):
+def test_nan_before_the_first_checkpoint_moves_previous_run_back(recipe, run_dir, capsys, monkeypatch):
+    """Step 1 is finite (the run commits), step 3 is NaN, the first checkpoint would be step 4."""
+    poison_step(monkeypatch, at_step=3)
+    before = snapshot(run_dir)
+    assert start(recipe, run_dir, "overwrite=true", "checkpoint.every=4") == 1
+    line = one_error_line(capsys)
+    assert "loss is nan" in line and "at step 3" in line and f"{run_dir} was left as it was" in line, line
+    assert snapshot(run_dir) == before
+
+
+def test_overwrite_replaces_the_run_once_it_has_a_checkpoint(recipe, run_dir):
     result = train(load_recipe(recipe, [f"run_dir={run_dir}", *CHEAP, "overwrite=true"]), stop_at=2)
     assert result.interrupted and result.step == 2
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl"]
@@ -149,12 +162,14 @@ def test_overwrite_replaces_the_run_after_its_first_step(recipe, run_dir):
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2]
 
 
-def test_run_without_resume_or_overwrite_is_refused(recipe, run_dir, capsys):
+def test_run_without_resume_or_overwrite_is_refused(recipe, run_dir, capsys, tmp_path):
     before = snapshot(run_dir)
-    assert start(recipe, run_dir) == 1
+    cache = tmp_path / "new" / "cache"
+    assert start(recipe, run_dir, f"train.compile_cache={cache}") == 1
     line = one_error_line(capsys)
     assert "already holds a run" in line and "resume=true" in line and "overwrite=true" in line
     assert snapshot(run_dir) == before
+    assert not (tmp_path / "new").exists(), "the compilation cache's folder was made for a refused start"
 
 
 def test_next_start_moves_back_a_run_that_a_killed_overwrite_set_aside(recipe, run_dir):
@@ -172,3 +187,57 @@ def test_next_start_moves_back_a_run_that_a_killed_overwrite_set_aside(recipe, r
     run = open_run_dir(load_recipe(recipe, [f"run_dir={run_dir}", *CHEAP, "resume=true"]), logged.append)
     assert run.mode == "resume" and "interrupted overwrite=true" in logged[0]
     assert snapshot(run_dir) == before
+
+
+def test_next_start_deletes_the_replaced_run_once_the_new_one_had_a_checkpoint(recipe, run_dir):
+    """A process killed after the new run completed a checkpoint (before it deleted the replaced run): the
+    next start keeps the new run and deletes the one set aside."""
+    aside = run_dir / ASIDE_DIR
+    aside.mkdir()
+    for path in list(run_dir.iterdir()):
+        if path != aside:
+            path.rename(aside / path.name)
+    shutil.copytree(aside / "checkpoints", run_dir / "checkpoints")  # the new run's (complete) checkpoints
+    (run_dir / "config.yaml").write_text((aside / "config.yaml").read_text())
+    new_run = snapshot(run_dir)
+    new_run = {name: data for name, data in new_run.items() if not name.startswith(ASIDE_DIR)}
+    logged = []
+    run = open_run_dir(load_recipe(recipe, [f"run_dir={run_dir}", *CHEAP, "resume=true"]), logged.append)
+    assert run.mode == "resume" and "the new run has a checkpoint" in logged[0]
+    assert snapshot(run_dir) == new_run
+
+
+def test_files_that_are_not_a_run_are_never_replaced(recipe, tmp_path, capsys):
+    """A directory with the user's own config.yaml and profile/ (names a run also uses) is no run:
+    refused with and without overwrite=true, every file kept."""
+    folder = tmp_path / "project"
+    (folder / "profile").mkdir(parents=True)
+    (folder / "profile" / "notes.txt").write_text("mine\n")
+    (folder / "config.yaml").write_text("model: {preset: tiny}\n")
+    before = snapshot(folder)
+    for flags in ([], ["overwrite=true"]):
+        assert start(recipe, folder, *flags) == 1
+        line = one_error_line(capsys)
+        assert "holds config.yaml, profile but no xlstm-flax run" in line and "nothing there is replaced" in line
+        assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("blocked_by", ["file", "unwritable"])
+def test_run_dir_that_cannot_be_written_is_refused_before_loading(recipe, tmp_path, capsys, monkeypatch, blocked_by):
+    """A run_dir below a plain file, or in a folder this process cannot write (patched here: root writes
+    anywhere), gets its error before the data is read or the model built."""
+    parent = tmp_path / "parent"
+    if blocked_by == "file":
+        parent.write_text("a file\n")
+        expected = f"{parent} is a file, not a directory"
+    else:
+        parent.mkdir()
+
+        def refused(**kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(run_dir_module.tempfile, "TemporaryDirectory", refused)
+        expected = f"cannot write in {parent} (Permission denied)"
+    monkeypatch.setattr(loop, "load_corpus", lambda *a: pytest.fail("data read before the run_dir check"))
+    assert start(recipe, parent / "run") == 1
+    assert expected in one_error_line(capsys)

@@ -21,43 +21,43 @@ from .safetensors_dir import CONFIG_FILE, SafetensorsDir
 RUN_CONFIG_FILE = "config.yaml"
 
 
-def check_init_source(source: str | Path) -> str:
-    """The kind ("hf" or "run") of a usable ``train.init_from`` directory, else ``ConfigError`` (checked before a
-    run touches its directory)."""
+def check_init_source(source: str | Path, model_config: xLSTMLMConfig) -> str:
+    """The kind ("hf" or "run") of a ``train.init_from`` directory whose network is ``model_config``'s, else
+    ``ConfigError`` naming what differs (checked from its config alone, before a run loads anything)."""
     source = Path(source)
-    if (source / CONFIG_FILE).is_file():
-        return "hf"
-    if (source / RUN_CONFIG_FILE).is_file():
-        return "run"
-    raise ConfigError(
-        f"train.init_from={str(source)!r}: neither an HF checkpoint directory ({CONFIG_FILE}) "
-        f"nor a run directory ({RUN_CONFIG_FILE})"
-    )
-
-
-def init_params_from(source: str | Path, model_config: xLSTMLMConfig, params: dict) -> dict:
-    """The pure parameter dict ``params`` (placed as training wants it) refilled from ``source``."""
-    kind, source = check_init_source(source), Path(source)
-    shardings = jax.tree.map(lambda x: x.sharding, params)
     where = f"train.init_from={str(source)!r}"
-    if kind == "hf":
+    if (source / CONFIG_FILE).is_file():
+        kind = "hf"
         with SafetensorsDir(source) as ckpt:
-            tied = tied_in_checkpoint(ckpt)
-            _check_same_network(
-                from_hf_config(ckpt.config, source=str(source / CONFIG_FILE), tie_embeddings=tied), model_config, where
+            network = from_hf_config(
+                ckpt.config, source=str(source / CONFIG_FILE), tie_embeddings=tied_in_checkpoint(ckpt)
             )
-            return read_params(ckpt, params, shardings, model_config.num_blocks, skip={LM_HEAD} if tied else set())
-    from ..inference import load_trained_model
+    elif (source / RUN_CONFIG_FILE).is_file():
+        from ..inference import load_run_config
 
-    model, run_config, _ = load_trained_model(source)
-    _check_same_network(run_config.model, model_config, where)
-    return read_params(ModelTensors(model, source), params, shardings, model_config.num_blocks)
-
-
-def _check_same_network(checkpoint: xLSTMLMConfig, recipe: xLSTMLMConfig, where: str) -> None:
-    differences = architecture_differences(checkpoint, recipe)
+        kind, network = "run", load_run_config(source).model
+    else:
+        raise ConfigError(
+            f"{where}: neither an HF checkpoint directory ({CONFIG_FILE}) nor a run directory ({RUN_CONFIG_FILE})"
+        )
+    differences = architecture_differences(network, model_config)
     if differences:
         raise ConfigError(
             f"{where}: the checkpoint's network differs from the model section "
             f"(checkpoint vs recipe): {'; '.join(differences)}"
         )
+    return kind
+
+
+def init_params_from(source: str | Path, model_config: xLSTMLMConfig, params: dict) -> dict:
+    """The pure parameter dict ``params`` (placed as training wants it) refilled from ``source``."""
+    kind, source = check_init_source(source, model_config), Path(source)
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    if kind == "hf":
+        with SafetensorsDir(source) as ckpt:
+            skip = {LM_HEAD} if tied_in_checkpoint(ckpt) else set()
+            return read_params(ckpt, params, shardings, model_config.num_blocks, skip=skip)
+    from ..inference import load_trained_model
+
+    model, _, _ = load_trained_model(source)
+    return read_params(ModelTensors(model, source), params, shardings, model_config.num_blocks)

@@ -61,6 +61,15 @@ class CheckpointRestoreError(RuntimeError):
         self.checkpoints = checkpoints
 
 
+def saved_steps(directory: str | Path) -> list[int]:
+    """The steps whose checkpoint is complete on disk in ``directory`` (a save writes its step directory
+    under a temporary name and renames it to the step number when complete), without opening a manager."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 class Checkpointer:
     """Save / restore ``{"params", "opt_state"}`` pytrees plus JSON metadata under ``directory``.
     ``read_only``: never create, clean up or write anything there (for restoring only)."""
@@ -100,16 +109,22 @@ class Checkpointer:
         """Block until the save in flight (if any) is complete on disk; raises its error if it failed."""
         self._manager.wait_until_finished()
 
-    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
-        """Restore into the structure, dtypes and shardings of ``target`` (arrays or
-        ``jax.ShapeDtypeStruct``); returns ``(state, metadata, step)``, the latest step by default.
-        Raises ``FileNotFoundError`` for a missing step, ``CheckpointRestoreError`` for one that fails."""
+    def existing_step(self, step: int | None = None) -> int:
+        """``step``, or the newest step when None; ``FileNotFoundError`` (naming the directory and its steps)
+        when there is no such checkpoint. Cheap: reads no array."""
         steps = self.all_steps()
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (steps: {steps})")
+        return step
+
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """Restore into the structure, dtypes and shardings of ``target`` (arrays or
+        ``jax.ShapeDtypeStruct``); returns ``(state, metadata, step)``, the latest step by default.
+        Raises ``FileNotFoundError`` for a missing step, ``CheckpointRestoreError`` for one that fails."""
+        step = self.existing_step(step)
         try:
             with _event_loops_that_finish_their_tasks():
                 restored = self._manager.restore(

@@ -147,14 +147,14 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
     log = log if main_process else _silent
     tc = config.train
     if tc.init_from:
-        check_init_source(tc.init_from)
+        check_init_source(tc.init_from, config.model)
     mesh = distributed.make_mesh(config.distributed)
     distributed.check_layout(mesh, tc.batch_size, _head_counts(config))
     rows = distributed.process_rows(mesh, tc.batch_size)
+    run = _open_run_dir(config, log, main_process)
     cache_dir = cache_directory(tc.compile_cache, Path(config.run_dir))
     if tc.compile_cache != RUN:  # the user's directory: created, or refused in one line, before any work
         create_cache_directory(cache_dir)
-    run = _open_run_dir(config, log, main_process)
 
     corpus = load_corpus(config.data, config.model.vocab_size)
     check_window_length(corpus, tc.seq_len + 1, config.data)
@@ -231,6 +231,7 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
                     break
                 if main_process:
                     run.commit()
+                    run.drop_replaced()  # once the new run has a complete checkpoint
                 if step % tc.eval_every == 0 or step == tc.steps:
                     read_pending()
                     values = _evaluate(eval_step, state["params"], rest, val_batches, corpus.byte_level)
@@ -331,10 +332,10 @@ def _non_finite_message(loss: float, grad_norm: float, step: int, checkpointer: 
     last = checkpointer.latest_step()
     if last is not None:
         kept = f"nothing was saved after step {last} (the last good checkpoint, in {run.checkpoint_dir})"
-    elif run.committed:
-        kept = f"no checkpoint was saved yet in {run.checkpoint_dir}"
-    else:
+    elif run.restores_on_failure:
         kept = f"{run.path} was left as it was before this start"
+    else:
+        kept = f"no checkpoint was saved yet in {run.checkpoint_dir}"
     return (
         f"loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; {kept}. "
         "Try a lower optim.lr, a smaller optim.grad_clip or a longer optim.warmup_steps."
