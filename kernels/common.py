@@ -6,6 +6,8 @@ c (B, NH, DHQK, DHV); n (B, NH, DHQK); m (B, NH).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -71,6 +73,24 @@ def check_inputs(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None) 
         if x is not None and tuple(x.shape) != shape:
             raise _shape_error(name, x.shape, f"{shape}")
     return Dims(B, NH, S, DHQK, DHV)
+
+
+def check_options(chunk_size=None, qk_scale=None, eps=0.0) -> None:
+    """The scalar options of a sequence call, checked alike by every backend (those without chunks ignore
+    ``chunk_size`` but refuse a bad one): chunk_size None or an int >= 1, qk_scale None or a finite number,
+    eps a finite number >= 0."""
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if qk_scale is not None and not _finite_number(qk_scale):
+        raise ValueError(f"qk_scale must be a finite number or None, got {qk_scale!r}")
+    if not _finite_number(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def initial_states(dims: Dims, c_initial=None, n_initial=None, m_initial=None):

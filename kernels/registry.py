@@ -36,6 +36,8 @@ def register_kernel(name: str, fn: Callable | str, *, overwrite: bool = False) -
         raise ValueError("'auto' is reserved for default_kernel()")
     if name in _KERNELS and not overwrite:
         raise ValueError(f"kernel {name!r} is already registered (pass overwrite=True to replace it)")
+    if not (callable(fn) or (isinstance(fn, str) and fn.count(":") == 1 and all(fn.split(":")))):
+        raise ValueError(f"kernel {name!r}: fn must be a callable or a 'module:attribute' path, got {fn!r}")
     _KERNELS[name] = fn
 
 

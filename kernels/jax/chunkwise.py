@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from ..common import (
     check_inputs,
+    check_options,
     compute_dtype,
     default_chunk_size,
     default_qk_scale,
@@ -69,10 +70,9 @@ def mlstm_chunkwise(
     in q's dtype, or ``(h, (c, n, m))`` with fp32 states (fp64 for fp64 q) when ``return_last_states``.
     """
     dims = check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
+    check_options(chunk_size, qk_scale, eps)
     resets = segment_resets(segment_ids, dims)
-    chunk_size = default_chunk_size(dims.S) if chunk_size is None else chunk_size
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = default_chunk_size(dims.S) if chunk_size is None else int(chunk_size)
     dtype = compute_dtype(q.dtype)
     c0, n0, m0 = initial_states_in(dtype, dims, c_initial, n_initial, m_initial)
     L = min(chunk_size, dims.S)

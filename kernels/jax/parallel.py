@@ -7,6 +7,7 @@ from jax import lax
 
 from ..common import (
     check_inputs,
+    check_options,
     compute_dtype,
     default_qk_scale,
     denominator_floor,
@@ -36,10 +37,11 @@ def mlstm_parallel(
 ):
     """mLSTM over a sequence in the quadratic form (memory O(S^2) per head).
 
-    Shapes and returns: see ``xlstm_flax.kernels``. ``chunk_size`` is unused (uniform signature).
+    Shapes and returns: see ``xlstm_flax.kernels``. ``chunk_size`` is unused (uniform signature, checked).
     ``segment_ids`` (B, S) int: the state restarts from zero (m = 0) where the id changes.
     """
     dims = check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
+    check_options(chunk_size, qk_scale, eps)
     resets = segment_resets(segment_ids, dims)
     dtype = compute_dtype(q.dtype)
     c0, n0, m0 = initial_states_in(dtype, dims, c_initial, n_initial, m_initial)

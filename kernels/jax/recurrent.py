@@ -5,7 +5,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from ..common import check_inputs, compute_dtype, default_qk_scale, initial_states_in, segment_resets
+from ..common import (
+    check_inputs,
+    check_options,
+    compute_dtype,
+    default_qk_scale,
+    initial_states_in,
+    segment_resets,
+)
 from .step import mlstm_step
 
 
@@ -27,10 +34,11 @@ def mlstm_recurrent(
 ):
     """mLSTM over a sequence, one step at a time.
 
-    Shapes and returns: see ``xlstm_flax.kernels``. ``chunk_size`` is unused (uniform signature).
+    Shapes and returns: see ``xlstm_flax.kernels``. ``chunk_size`` is unused (uniform signature, checked).
     ``segment_ids`` (B, S) int: the state restarts from zero (m = 0) where the id changes.
     """
     dims = check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
+    check_options(chunk_size, qk_scale, eps)
     resets = segment_resets(segment_ids, dims)
     resets = jnp.zeros((dims.B, dims.S), bool) if resets is None else resets
     state = initial_states_in(compute_dtype(q.dtype), dims, c_initial, n_initial, m_initial)

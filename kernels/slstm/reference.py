@@ -65,7 +65,15 @@ def slstm_scan(
     :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``restarts``
     (B, S) bool with ``fresh`` (the zero :class:`States`): the state becomes ``fresh`` before every step
     marked (document resets; the layer's packed-sequence path)."""
-    _, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
+    dims, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
+    if restarts is not None:
+        if restarts.shape != (dims.B, dims.S) or restarts.dtype != jnp.bool_:
+            raise ValueError(
+                f"{KERNEL_NAME}: restarts must be bool (B, S) = {(dims.B, dims.S)}, "
+                f"got {restarts.dtype} {restarts.shape}"
+            )
+        if fresh is None:
+            raise ValueError(f"{KERNEL_NAME}: restarts needs fresh, the States a restarted row starts from")
     wide = widened(recurrent_kernel)
 
     def step(state, inputs):

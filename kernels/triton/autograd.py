@@ -97,6 +97,7 @@ def mlstm_chunkwise_triton(
     ``(h, (c, n, m))`` with fp32 states when ``return_last_states``.
     """
     dims = common.check_inputs(q, k, v, i, f, c_initial, n_initial, m_initial)
+    common.check_options(chunk_size, qk_scale, eps)
     resets = common.segment_resets(segment_ids, dims)
     check_dtypes(q, jnp.float32)
     intra = _chunk_size_intra(dims.S, chunk_size, impl_options.pop("chunk_size_intra", None))

@@ -1,5 +1,7 @@
 """Bad inputs to the pure-JAX backends raise ValueErrors that name the offending argument."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -43,10 +45,23 @@ def test_bad_sequence_inputs(inputs, name, arg, corrupt, message):
         get_kernel(name)(**with_replaced(inputs, **{arg: corrupt(inputs)}))
 
 
-@pytest.mark.parametrize("chunk_size", [0, -4, 2.5])
-def test_bad_chunk_size(inputs, chunk_size):
-    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-        get_kernel("chunkwise--jax")(**inputs, chunk_size=chunk_size)
+@pytest.mark.parametrize("name", SEQUENCE_KERNELS)
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (dict(chunk_size=0), "chunk_size must be a positive int or None, got 0"),
+        (dict(chunk_size=-4), "chunk_size must be a positive int or None, got -4"),
+        (dict(chunk_size=2.5), "chunk_size must be a positive int or None, got 2.5"),
+        (dict(chunk_size=True), "chunk_size must be a positive int or None, got True"),
+        (dict(eps=-1.0), "eps must be a finite number >= 0, got -1.0"),
+        (dict(eps=float("nan")), "eps must be a finite number >= 0, got nan"),
+        (dict(qk_scale=float("inf")), "qk_scale must be a finite number or None, got inf"),
+    ],
+)
+def test_bad_scalar_options(inputs, name, option, message):
+    """Also the backends that have no chunks: a chunk_size they would ignore is still refused."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_kernel(name)(**inputs, **option)
 
 
 def step_args(x):

@@ -64,6 +64,13 @@ def test_register_refuses_bad_names(bad_name):
     assert bad_name not in kernels.available_kernels()
 
 
+@pytest.mark.parametrize("bad_fn", ["no_colon", "a:b:c", ":attr", 5])
+def test_register_refuses_what_is_neither_a_callable_nor_a_module_path(bad_fn):
+    with pytest.raises(ValueError, match="fn must be a callable or a 'module:attribute' path"):
+        kernels.register_kernel("custom--bad", bad_fn)
+    assert "custom--bad" not in kernels.available_kernels()
+
+
 def test_unknown_name_lists_the_available_kernels():
     with pytest.raises(ValueError, match="unknown kernel 'chunkwise--cuda'") as info:
         kernels.get_kernel("chunkwise--cuda")

@@ -39,3 +39,16 @@ def test_scan_checks_initial_states():
     bad = slstm.States(*(jax.ShapeDtypeStruct((2, 2, 8), jnp.float32),) * 3, jax.ShapeDtypeStruct((2, 8), jnp.float32))
     with pytest.raises(ValueError, match=re.escape("recurrent--jax: initial state h must be (2, 2, 8), got (2, 8)")):
         jax.eval_shape(slstm_scan, pre, recurrent, bad)
+
+
+def test_scan_checks_restarts():
+    """The layer's packed-sequence path: restarts (B, S) bool, with the fresh states to restart from."""
+    pre = jax.ShapeDtypeStruct((2, 3, 4, 2, 8), jnp.float32)
+    recurrent = jax.ShapeDtypeStruct((4, 2, 8, 8), jnp.float32)
+    fresh = slstm.States(*(jax.ShapeDtypeStruct((2, 2, 8), jnp.float32),) * 4)
+    swapped = jax.ShapeDtypeStruct((3, 2), jnp.bool_)
+    with pytest.raises(ValueError, match=re.escape("recurrent--jax: restarts must be bool (B, S) = (2, 3), got bool")):
+        jax.eval_shape(lambda p, r, s: slstm_scan(p, r, restarts=s, fresh=fresh), pre, recurrent, swapped)
+    restarts = jax.ShapeDtypeStruct((2, 3), jnp.bool_)
+    with pytest.raises(ValueError, match="recurrent--jax: restarts needs fresh"):
+        jax.eval_shape(lambda p, r, s: slstm_scan(p, r, restarts=s), pre, recurrent, restarts)
