@@ -132,6 +132,7 @@ class xLSTMBlockStack(nnx.Module):
 
     def _run_blocks(self, run, x, state):
         """Applies ``run(graphdef, block_params, x, block_state) -> (x, block_state)`` block by block."""
+        self._check_state(state, x.shape[0])
         if self.scan_layers:
             graphdef, params = nnx.split(self.blocks)
 
@@ -147,3 +148,28 @@ class xLSTMBlockStack(nnx.Module):
             x, block_state = run(graphdef, params, x, block_state)
             new_states.append(block_state)
         return x, tuple(new_states)
+
+    def _check_state(self, state, batch_size: int) -> None:
+        """ValueError unless ``state`` is None or laid out as :meth:`init_state` (``batch_size``) makes it: one
+        state per block (a tuple; stacked along a leading block axis with ``scan_layers``), each of its shapes."""
+        if state is None:
+            return
+        if self.scan_layers:
+            got = sorted({leaf.shape[0] if leaf.ndim else 0 for leaf in jax.tree.leaves(state)})
+            ok = got == [self.num_blocks]
+        else:
+            got = len(state) if isinstance(state, (tuple, list)) else type(state).__name__
+            ok = got == self.num_blocks
+        want = jax.eval_shape(lambda: self.init_state(batch_size))
+        if not ok or jax.tree.structure(state) != jax.tree.structure(want):
+            layout = "stacked along a leading axis of that size" if self.scan_layers else "a tuple of that length"
+            raise ValueError(
+                f"state must hold one state per block ({self.num_blocks} blocks, {layout}; "
+                f"model.init_state(batch_size) makes one), got {got}"
+            )
+        for (path, leaf), expected in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(want)):
+            if leaf.shape != expected.shape:
+                raise ValueError(
+                    f"state{jax.tree_util.keystr(path)} has shape {leaf.shape}, expected {expected.shape} "
+                    f"(as model.init_state({batch_size}) makes it)"
+                )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -132,6 +133,24 @@ def from_dict[T](cls: type[T], data: Any, *, source: str, presets: PresetLookup 
         raise ConfigError(f"{where}: {err}") from None
 
 
+def check_field_types(config: Any) -> None:
+    """For a config dataclass built in Python (the YAML loader checks its own): ConfigError naming
+    ``Class.field`` for a value of the wrong type, as the loader would; a list given for a tuple field
+    becomes a tuple and an int for a float field a float (so the config stays hashable and equal to the
+    loaded one). Call it first in ``__post_init__``."""
+    cls = type(config)
+    for name, annotation in _field_types(cls).items():
+        value, dotted = getattr(config, name), f"{cls.__name__}.{name}"
+        section = _dataclass_in(annotation)
+        if section is not None and value is not None:
+            if not isinstance(value, section):
+                raise ConfigError(f"{dotted}: expected a {section.__name__}, got {_describe(value)}")
+            continue
+        converted = _convert(value, annotation, dotted=dotted, source="", presets=None)
+        if type(converted) is not type(value):
+            object.__setattr__(config, name, converted)
+
+
 def to_dict(config: Any) -> dict:
     """A dataclass tree as plain YAML-friendly data (tuples become lists)."""
 
@@ -224,6 +243,7 @@ def _convert(value: Any, annotation: Any, *, dotted: str, source: str, presets: 
     raise TypeError(f"config field {dotted}: unsupported annotation {annotation!r}")
 
 
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -249,7 +269,8 @@ def _unknown_key_message(dotted: str, key: str, valid: Mapping[str, Any], where:
 
 
 def _type_error(dotted: str, source: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"{source}: {dotted}: expected {expected}, got {_describe(value)}")
+    where = f"{source}: " if source else ""
+    return ConfigError(f"{where}{dotted}: expected {expected}, got {_describe(value)}")
 
 
 def _one_line(err: Exception) -> str:

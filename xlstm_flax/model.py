@@ -25,12 +25,18 @@ from .sharding import partitioned
 __all__ = ["xLSTMLMConfig", "xLSTMLMModel"]
 
 
-def _check_tokens(tokens: jax.Array, rank: int, name: str) -> None:
-    if tokens.ndim != rank or not jnp.issubdtype(tokens.dtype, jnp.integer):
+def _check_tokens(tokens: jax.Array, rank: int, name: str, vocab_size: int | None = None) -> None:
+    """A non-empty integer array of ``rank``; with ``vocab_size``, ids in [0, vocab_size) where the values
+    are known (not under jit: there an id outside reads a NaN embedding row)."""
+    if tokens.ndim != rank or not jnp.issubdtype(tokens.dtype, jnp.integer) or 0 in tokens.shape:
         expected = "(B, S)" if rank == 2 else "(B,)"
         raise ValueError(
-            f"{name} must be an integer array of shape {expected}, got {tokens.dtype} {tuple(tokens.shape)}"
+            f"{name} must be a non-empty integer array of shape {expected}, got {tokens.dtype} {tuple(tokens.shape)}"
         )
+    if vocab_size is not None and not isinstance(tokens, jax.core.Tracer):
+        low, high = int(jnp.min(tokens)), int(jnp.max(tokens))
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} holds ids from {low} to {high}, outside [0, {vocab_size}) (the vocabulary)")
 
 
 class xLSTMLMModel(nnx.Module):
@@ -70,6 +76,8 @@ class xLSTMLMModel(nnx.Module):
 
     def init_state(self, batch_size: int):
         """The recurrent state before the first token, for :meth:`step` or a chunked ``__call__``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         return self.blocks.init_state(batch_size)
 
     def __call__(
@@ -91,7 +99,7 @@ class xLSTMLMModel(nnx.Module):
     ):
         """tokens int (B, S) -> hidden states (B, S, D) before the head [, state]: what :meth:`head` maps
         to logits, for callers that need logits at a few positions only (prefill, chunked loss)."""
-        _check_tokens(tokens, 2, "tokens")
+        _check_tokens(tokens, 2, "tokens", self.config.vocab_size)
         if segment_ids is not None:
             _check_tokens(segment_ids, 2, "segment_ids")
             if segment_ids.shape != tokens.shape:
@@ -103,7 +111,7 @@ class xLSTMLMModel(nnx.Module):
 
     def step(self, token: jax.Array, state):
         """One token per sequence: token int (B,) -> (logits float32 (B, V), new state)."""
-        _check_tokens(token, 1, "token")
+        _check_tokens(token, 1, "token", self.config.vocab_size)
         x, state = self.blocks.step(self.embedding(token), state)
         return self.head(x), state
 

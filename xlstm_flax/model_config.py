@@ -9,6 +9,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from xlstm_flax.config import check_field_types
 from xlstm_flax.kernels.common import KERNEL_RESIDUALS
 
 from .layers.config import FFNConfig, mLSTMLayerConfig, runnable_kernel, runnable_slstm_kernel, sLSTMLayerConfig
@@ -57,6 +58,7 @@ class xLSTMLMConfig:
     scan_layers: bool = False  # stack identical blocks and run them with nnx.scan
 
     def __post_init__(self):
+        check_field_types(self)
         for name in ("vocab_size", "embedding_dim", "num_blocks"):
             _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         bad = [i for i in self.slstm_at if not 0 <= i < self.num_blocks]

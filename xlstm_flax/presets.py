@@ -57,6 +57,6 @@ PRESETS.update({f"{size}-xlstm71": xlstm71(PRESETS[size]) for size in ("125m", "
 
 def get_preset(name: str) -> xLSTMLMConfig:
     """The preset config called ``name``; unknown names raise ValueError listing the valid ones."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; available presets: {', '.join(PRESETS)}")
     return PRESETS[name]

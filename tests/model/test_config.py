@@ -2,6 +2,7 @@
 the YAML loader can build every config; the presets round-trip through that loader."""
 
 import dataclasses
+import re
 import types
 import typing
 
@@ -56,6 +57,33 @@ def test_unknown_kernel_error_lists_available_kernels():
 def test_unknown_preset_lists_names():
     with pytest.raises(ValueError, match="tiny.*7b"):
         get_preset("13b")
+    with pytest.raises(ValueError, match=r"unknown model preset \['tiny'\]"):
+        get_preset(["tiny"])
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: xLSTMLMConfig(vocab_size=64.5), "xLSTMLMConfig.vocab_size: expected int, got float 64.5"),
+        (lambda: xLSTMLMConfig(num_blocks="2"), "xLSTMLMConfig.num_blocks: expected int, got str '2'"),
+        (lambda: xLSTMLMConfig(slstm_at=1), "xLSTMLMConfig.slstm_at: expected tuple, got int 1"),
+        (lambda: xLSTMLMConfig(mlstm={"num_heads": 2}), "xLSTMLMConfig.mlstm: expected a mLSTMLayerConfig, got dict"),
+        (lambda: xLSTMLMConfig(mlstm=sLSTMLayerConfig()), "expected a mLSTMLayerConfig, got sLSTMLayerConfig"),
+        (lambda: mLSTMLayerConfig(chunk_size=16.0), "mLSTMLayerConfig.chunk_size: expected int, got float 16.0"),
+        (lambda: FFNConfig(proj_factor="big"), "FFNConfig.proj_factor: expected float, got str 'big'"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_named(make, message):
+    """Configs built in Python get the type checks the YAML loader gives recipes (a float vocab_size used to
+    fail deep inside JAX, a list slstm_at made the config unhashable for jit)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_lists_become_tuples_and_ints_floats():
+    config = xLSTMLMConfig(num_blocks=4, slstm_at=[1, 3], norm_eps=0)
+    assert config.slstm_at == (1, 3) and isinstance(config.norm_eps, float)
+    assert hash(config) == hash(xLSTMLMConfig(num_blocks=4, slstm_at=(1, 3), norm_eps=0.0))
 
 
 def _assert_simple_fields(cls, path=""):

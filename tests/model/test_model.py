@@ -172,9 +172,37 @@ def _equations(jaxpr):
 
 def test_bad_tokens_raise_clear_errors():
     model = make_model(small_config(), perturb=False)
-    with pytest.raises(ValueError, match="tokens must be an integer array"):
+    tokens = jnp.ones((2, 5), jnp.int32)
+    with pytest.raises(ValueError, match="tokens must be a non-empty integer array"):
         model(jnp.zeros((2, 5), jnp.float32))
-    with pytest.raises(ValueError, match=r"token must be an integer array of shape \(B,\)"):
+    with pytest.raises(
+        ValueError, match=r"tokens must be a non-empty integer array of shape \(B, S\), got int32 \(2, 0\)"
+    ):
+        model(tokens[:, :0])
+    with pytest.raises(ValueError, match=r"token must be a non-empty integer array of shape \(B,\)"):
         model.step(jnp.zeros((2, 1), jnp.int32), model.init_state(2))
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=rf"tokens holds ids from 1 to {vocab}, outside \[0, {vocab}\)"):
+        model(tokens.at[1, 3].set(vocab))  # eagerly: under jit it would read a NaN embedding row
+    with pytest.raises(ValueError, match=rf"token holds ids from -1 to 1, outside \[0, {vocab}\)"):
+        model.step(jnp.array([1, -1]), model.init_state(2))
     with pytest.raises(TypeError, match="xLSTMLMConfig"):
         xLSTMLMModel({"embedding_dim": 32}, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
+def test_state_must_hold_one_state_per_block(scan_layers):
+    """A state of another block count was silently zipped against the blocks (the rest skipped)."""
+    config = small_config(kernel="chunkwise--jax", slstm_at=(), scan_layers=scan_layers)
+    model = make_model(config, perturb=False)
+    state = model.init_state(2)
+    short = jax.tree.map(lambda a: a[:1], state) if scan_layers else state[:1]
+    with pytest.raises(ValueError, match=rf"state must hold one state per block \({config.num_blocks} blocks"):
+        model(jnp.ones((2, 5), jnp.int32), short)
+    with pytest.raises(ValueError, match="state must hold one state per block"):
+        model.step(jnp.ones((2,), jnp.int32), short)
+    with pytest.raises(ValueError, match=r"state.*has shape .*, expected .* \(as model.init_state\(2\) makes it\)"):
+        model(jnp.ones((2, 5), jnp.int32), model.init_state(1))  # another batch size
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=rf"batch_size must be an int >= 1, got {bad!r}"):
+            model.init_state(bad)

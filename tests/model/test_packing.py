@@ -110,5 +110,5 @@ def test_segment_ids_shape_is_checked():
     model = make_model(small_config(slstm_at=(0, 1)), perturb=False)
     with pytest.raises(ValueError, match="segment_ids shape"):
         model(random_tokens(0, 2, 6), segment_ids=jnp.zeros((2, 5), jnp.int32))
-    with pytest.raises(ValueError, match="segment_ids must be an integer array"):
+    with pytest.raises(ValueError, match="segment_ids must be a non-empty integer array"):
         model(random_tokens(0, 2, 6), segment_ids=jnp.zeros((2, 6), jnp.float32))

@@ -8,6 +8,7 @@ with a message naming the field; checks that need the model width live in ``chec
 import dataclasses
 import math
 
+from xlstm_flax.config import check_field_types
 from xlstm_flax.kernels import AUTO, registry, resolve_kernel_name
 from xlstm_flax.kernels import slstm as slstm_kernels
 from xlstm_flax.kernels.slstm import resolve_slstm_kernel_name
@@ -112,6 +113,7 @@ class mLSTMLayerConfig:
     qkv_proj_blocksize: int = 4
 
     def __post_init__(self):
+        check_field_types(self)
         owner = "mLSTMLayerConfig"
         _require(
             self.variant in MLSTM_VARIANTS, owner, "variant", f"must be one of {MLSTM_VARIANTS}, got {self.variant!r}"
@@ -187,6 +189,7 @@ class sLSTMLayerConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self):
+        check_field_types(self)
         owner = "sLSTMLayerConfig"
         _require(self.num_heads >= 1, owner, "num_heads", f"must be >= 1, got {self.num_heads}")
         _require(
@@ -224,6 +227,7 @@ class FFNConfig:
     in_slstm_blocks: bool = True
 
     def __post_init__(self):
+        check_field_types(self)
         _require(self.proj_factor > 0, "FFNConfig", "proj_factor", f"must be > 0, got {self.proj_factor}")
         _require(self.round_up_to >= 1, "FFNConfig", "round_up_to", f"must be >= 1, got {self.round_up_to}")
         _check_rounding(self.width_rounding, "FFNConfig")
