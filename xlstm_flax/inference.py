@@ -76,6 +76,10 @@ def sample_text(
     """Prompt + up to ``max_new_tokens`` sampled tokens (stopping after an EOS), decoded (invalid UTF-8
     replaced); an empty prompt starts from the EOS token. ``on_text`` receives the new text piece by
     piece as it is produced."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
     ids = tokenizer.encode(prompt.encode())
     ids = np.asarray(ids if len(ids) else [tokenizer.eos_id], dtype=np.int32)
     stream = None if on_text is None else _TextStream(tokenizer, on_text, ids.tolist())

@@ -15,6 +15,8 @@ row b's token at step t with ``fold_in(row_key[b], t)``: a row's draws depend on
 """
 
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -171,6 +173,8 @@ def _program_inputs(model, prompts, max_new_tokens, key, temperature, top_k, top
     prompt, lengths = _padded_prompts(prompts, prompt_lengths, vocab_size)
     row_keys = _row_keys(key, len(lengths))
     _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_id, vocab_size)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable (tokens, active) -> None, got {callback!r}")
     segment_ids = None  # right-aligned: the prompt of row b is segment 1 after a padding segment 0
     if (lengths < prompt.shape[1]).any():
         segment_ids = jnp.asarray(np.arange(prompt.shape[1]) >= prompt.shape[1] - lengths[:, None], jnp.int32)
@@ -207,9 +211,10 @@ def _padded_prompts(prompts, prompt_lengths, vocab_size: int) -> tuple[np.ndarra
             lengths.shape != array.shape[:1]
             or not np.issubdtype(lengths.dtype, np.integer)
             or (lengths > array.shape[1]).any()
+            or (lengths < 1).any()
         ):
             raise ValueError(
-                f"prompt_lengths must be {array.shape[0]} integers <= {array.shape[1]}, got {lengths.tolist()}"
+                f"prompt_lengths must be {array.shape[0]} integers in [1, {array.shape[1]}], got {lengths.tolist()}"
             )
         rows = [row[:n] for row, n in zip(array, lengths)]
     for b, row in enumerate(rows):
@@ -227,9 +232,9 @@ def _padded_prompts(prompts, prompt_lengths, vocab_size: int) -> tuple[np.ndarra
 
 def _row_keys(key: jax.Array, batch: int) -> jax.Array:
     """One typed PRNG key per row: ``key`` split, or ``key`` itself when it already holds B keys."""
-    key = jnp.asarray(key)
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        raise ValueError(f"key must be a jax.random.key (new-style typed key), got {key.dtype}")
+    if not isinstance(key, jax.Array) or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        kind = key.dtype if isinstance(key, jax.Array) else type(key).__name__
+        raise ValueError(f"key must be a jax.random.key (new-style typed key), got {kind}")
     if key.shape == ():
         return jax.random.split(key, batch)
     if key.shape != (batch,):
@@ -238,13 +243,21 @@ def _row_keys(key: jax.Array, batch: int) -> jax.Array:
 
 
 def _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_id, vocab_size: int) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be in [1, vocab_size={vocab_size}] or None, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-    if eos_id is not None and not 0 <= eos_id < vocab_size:
-        raise ValueError(f"eos_id must be in [0, vocab_size={vocab_size}) or None, got {eos_id}")
+    if not _is_real(temperature) or not temperature >= 0 or math.isinf(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and not (_is_int(top_k) and 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k must be an int in [1, vocab_size={vocab_size}] or None, got {top_k!r}")
+    if top_p is not None and not (_is_real(top_p) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if eos_id is not None and not (_is_int(eos_id) and 0 <= eos_id < vocab_size):
+        raise ValueError(f"eos_id must be an int in [0, vocab_size={vocab_size}) or None, got {eos_id!r}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)

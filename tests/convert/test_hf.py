@@ -165,12 +165,39 @@ def test_wrong_model_type_and_missing_files(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "damage, pattern",
+    [
+        (
+            lambda d: (d / "config.json").write_text("[1, 2]"),
+            r"config\.json: the top level must be a JSON object, got list",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 64),
+            r"model\.safetensors: not a readable safetensors",
+        ),
+        (
+            lambda d: (d / "model.safetensors.index.json").write_text("{weight_map"),
+            r"model\.safetensors\.index\.json: not valid JSON",
+        ),
+    ],
+    ids=["config-list", "garbage-tensors", "index-not-json"],
+)
+def test_unreadable_files_are_named(tmp_path, damage, pattern):
+    directory = copy_fixture("tied_h64", tmp_path)
+    damage(directory)
+    with pytest.raises(CheckpointError, match=pattern):
+        load_hf(directory)
+
+
+@pytest.mark.parametrize(
     "field, value, pattern",
     [
         ("weight_mode", "fused", "weight_mode='fused' is not supported"),
         ("add_qk_norm", True, "add_qk_norm=True is not supported"),
         ("quantization_config", {"bits": 4}, r"unsupported field\(s\) quantization_config"),
         ("embedding_dim", 32, "embedding_dim=32 differs from hidden_size=64"),
+        ("hidden_size", "64", "hidden_size must be an int, got '64'"),
+        ("num_heads", 2.0, r"config\.json: mLSTMLayerConfig\.num_heads: expected int, got float 2\.0"),
     ],
 )
 def test_config_fields_that_change_the_network_are_refused(tmp_path, field, value, pattern):
@@ -191,6 +218,24 @@ def test_export_refuses_existing_directory_and_inexpressible_models(tmp_path):
     with pytest.raises(HFConfigError, match="slstm_at: HF's xLSTMForCausalLM has mLSTM blocks only"):
         save_hf(make_model(small_config(), perturb=False), tmp_path / "slstm")
     assert not (tmp_path / "slstm").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda m, p: save_hf(m, p, dtype="float64"), ValueError, r"dtype must be one of \('float32', 'bfloat16'"),
+        (lambda m, p: save_hf(m, p, max_shard_bytes=0), ValueError, "max_shard_bytes must be an int >= 1, got 0"),
+        (lambda m, p: save_hf(m.config, p), TypeError, "model must be an xLSTMLMModel, got xLSTMLMConfig"),
+        (lambda m, p: save_hf(m, p / "file.txt" / "out"), NotADirectoryError, "file.txt is a file, not a directory"),
+    ],
+    ids=["dtype", "shard-bytes", "config", "parent-file"],
+)
+def test_export_refuses_bad_arguments_before_writing(tmp_path, call, error, message):
+    model, _ = load_hf(FIXTURE_DIR / "tied_h64")
+    (tmp_path / "file.txt").write_text("mine")
+    with pytest.raises(error, match=message):
+        call(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
 def test_sharded_placement_on_a_mesh():

@@ -171,6 +171,16 @@ def test_sample_text_streams_the_text_it_returns():
     assert text == sample_text(model, ByteTokenizer(), "déf ", 12, seed=1)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"prompt": b"def "}, "prompt must be a str, got bytes"), ({"seed": 1.5}, "seed must be an int")],
+)
+def test_sample_text_names_a_bad_argument(model, kwargs, message):
+    arguments = {"prompt": "def ", "seed": 0, **kwargs}
+    with pytest.raises(TypeError, match=message):
+        sample_text(model, ByteTokenizer(), arguments["prompt"], 4, seed=arguments["seed"])
+
+
 BAD_ARGUMENTS = [
     ((jnp.zeros((2,), jnp.int32), 3), {}, "prompt must be an integer array"),
     ((jnp.zeros((2, 3), jnp.float32), 3), {}, "prompt must be an integer array"),
@@ -185,6 +195,11 @@ BAD_ARGUMENTS = [
     ((jnp.zeros((2, 3), jnp.int32), 3), {"top_p": 0.0}, "top_p"),
     ((jnp.zeros((2, 3), jnp.int32), 3), {"top_p": 1.5}, "top_p"),
     ((jnp.zeros((2, 3), jnp.int32), 3), {"eos_id": VOCAB}, "eos_id"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"prompt_lengths": np.array([-1, 2])}, r"integers in \[1, 3\]"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"temperature": float("nan")}, "temperature must be a finite number"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"temperature": "0.8"}, "temperature must be a finite number"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"top_k": 2.5}, "top_k must be an int"),
+    ((jnp.zeros((2, 3), jnp.int32), 3), {"eos_id": 2.5}, "eos_id must be an int"),
     ((jnp.zeros((2, 3), jnp.int32), 3), {"key": jax.random.split(jax.random.key(0), 3)}, "one per row"),
 ]
 

@@ -117,3 +117,11 @@ def test_a_failed_restore_leaves_no_read_in_flight(tmp_path, monkeypatch, caplog
     gc.collect()
     assert [str(u.exc_value) for u in unraisable] == []
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []  # "Task was destroyed but..."
+
+
+def test_a_step_that_is_not_an_int_is_named(tmp_path):
+    """``load_trained_model(run, step="600")`` said "no checkpoint of step 600 (steps: [400, 600])"."""
+    checkpointer = Checkpointer(tmp_path / "ckpt", keep=1)
+    with pytest.raises(TypeError, match="step must be an int or None, got '600'"):
+        checkpointer.existing_step("600")
+    checkpointer.close()

@@ -50,3 +50,11 @@ def test_triton_kernel_on_a_machine_without_it_fails_at_load(
     assert not run_dir.exists()
     model = load_recipe(recipe, [f"model.{key}.kernel={fallback}"]).model
     assert (model.resolved_kernel() if key == "mlstm" else model.resolved_slstm_kernel()) == fallback
+
+
+def test_overrides_given_as_one_string_are_refused():
+    """A string is a sequence of one-character overrides: it gave "bad override 't'"."""
+    with pytest.raises(
+        TypeError, match="overrides must be a list of 'key=value' strings, got the string 'train.steps=5'"
+    ):
+        load_recipe(RECIPES[0], "train.steps=5")

@@ -83,8 +83,7 @@ def load_hf(
     auto); ``mesh``: lay the parameters out on a (data, fsdp, tensor) mesh by :mod:`xlstm_flax.sharding`'s rules
     (default: the default device)."""
     dtype = dtype or "float32"
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    _check_dtype(dtype)
     with SafetensorsDir(path) as ckpt:
         tied = tied_in_checkpoint(ckpt)
         config = from_hf_config(
@@ -190,14 +189,27 @@ class ModelTensors:
         return f"{self.path}: parameter {name!r}"
 
 
+def _check_dtype(dtype) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+
+
 def save_hf(model: xLSTMLMModel, path: str | Path, *, dtype: str | None = None, max_shard_bytes: int = 2 << 30) -> Path:
     """Write ``model`` as an HF ``xLSTMForCausalLM`` directory (config.json + safetensors) that
     ``transformers`` loads. ``path`` must not exist yet (nothing is overwritten); the directory appears
     complete or not at all. ``dtype``: stored dtype (default: the parameters' own). A tied model gets
     its own ``lm_head.weight`` (a copy of the embedding), as HF's network always reads one."""
+    if not isinstance(model, xLSTMLMModel):
+        raise TypeError(f"model must be an xLSTMLMModel, got {type(model).__name__}")
+    if dtype is not None:
+        _check_dtype(dtype)
+    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
+        raise ValueError(f"max_shard_bytes must be an int >= 1, got {max_shard_bytes!r}")
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose a new directory for the export")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"{path.parent} is a file, not a directory: cannot export to {path}")
     config = model.config
     hf_config = to_hf_config(config)
     store = np.dtype(NUMPY_DTYPES[dtype or config.param_dtype])

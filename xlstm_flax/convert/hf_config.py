@@ -123,34 +123,37 @@ def from_hf_config(
             "transformers itself cannot build 'fused' models)"
         )
     width = f["hidden_size"]
+    if isinstance(width, bool) or not isinstance(width, int):
+        raise HFConfigError(f"{source}: hidden_size must be an int, got {width!r}")
     if f.get("embedding_dim", width) != width:
         raise HFConfigError(f"{source}: embedding_dim={f['embedding_dim']} differs from hidden_size={width}")
     if hf.get("num_blocks") is None and hf.get("num_hidden_layers") is not None:
         f["num_blocks"] = hf["num_hidden_layers"]
-    mlstm = mLSTMLayerConfig(
-        variant="xlstm7b",
-        num_heads=f["num_heads"],
-        eps=f["eps"],
-        norm_eps=f["norm_eps"],
-        use_bias=f["use_bias"],
-        qk_dim_factor=f["qk_dim_factor"],
-        v_dim_factor=f["v_dim_factor"],
-        gate_soft_cap=hf.get("gate_soft_cap", 15.0),
-        width_rounding="hf",
-        **({} if kernel is None else {"kernel": kernel}),
-    )
-    ffn = FFNConfig(
-        proj_factor=f["ffn_proj_factor"],
-        round_up_to=f["ffn_round_up_to_multiple_of"],
-        width_rounding="hf",
-        use_bias=f["use_bias"],
-    )
+    if kernel is not None:  # a caller's argument, not the file's: its error stays unprefixed
+        mLSTMLayerConfig(kernel=kernel)
     try:
+        mlstm = mLSTMLayerConfig(
+            variant="xlstm7b",
+            num_heads=f["num_heads"],
+            eps=f["eps"],
+            norm_eps=f["norm_eps"],
+            use_bias=f["use_bias"],
+            qk_dim_factor=f["qk_dim_factor"],
+            v_dim_factor=f["v_dim_factor"],
+            gate_soft_cap=hf.get("gate_soft_cap", 15.0),
+            width_rounding="hf",
+        )
+        ffn = FFNConfig(
+            proj_factor=f["ffn_proj_factor"],
+            round_up_to=f["ffn_round_up_to_multiple_of"],
+            width_rounding="hf",
+            use_bias=f["use_bias"],
+        )
         return xLSTMLMConfig(
             vocab_size=f["vocab_size"],
             embedding_dim=width,
             num_blocks=f["num_blocks"],
-            mlstm=mlstm,
+            mlstm=mlstm if kernel is None else dataclasses.replace(mlstm, kernel=kernel),
             ffn=ffn,
             norm="rmsnorm",
             norm_eps=f["norm_eps"],

@@ -38,10 +38,7 @@ class SafetensorsDir(contextlib.AbstractContextManager):
         config_path = self.path / CONFIG_FILE
         if not config_path.is_file():
             raise CheckpointError(f"missing {config_path}")
-        try:
-            self.config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{config_path}: not valid JSON: {err}") from None
+        self.config = _read_json_object(config_path)
         self._stack = contextlib.ExitStack()
         self._handles = {}
         self.names: dict[str, Path] = {}
@@ -56,7 +53,7 @@ class SafetensorsDir(contextlib.AbstractContextManager):
         """Each safetensors file and the tensor names the index assigns to it (None: no index)."""
         index = self.path / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map")
+            weight_map = _read_json_object(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f"{index}: no 'weight_map' of tensor names to files")
             files: dict[Path, list[str]] = {}
@@ -70,7 +67,10 @@ class SafetensorsDir(contextlib.AbstractContextManager):
     def _open(self, file: Path, expected: list[str] | None) -> None:
         if not file.is_file():
             raise CheckpointError(f"missing {file} (listed in {self.path / INDEX_FILE})")
-        handle = self._stack.enter_context(safe_open(str(file), framework="numpy"))
+        try:
+            handle = self._stack.enter_context(safe_open(str(file), framework="numpy"))
+        except Exception as err:  # safetensors raises its own SafetensorError (no file named) for a bad header
+            raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
         keys = set(handle.keys())
         for name in keys if expected is None else expected:
             if name not in keys:
@@ -93,6 +93,17 @@ class SafetensorsDir(contextlib.AbstractContextManager):
     def __exit__(self, *exc):
         self._stack.close()
         return None
+
+
+def _read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; CheckpointError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def write_sharded(

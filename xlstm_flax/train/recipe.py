@@ -124,7 +124,10 @@ class RunConfig:
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Load a recipe YAML; ``model.preset`` names a model preset, other model keys override it."""
+    """Load a recipe YAML; ``model.preset`` names a model preset, other model keys override it; ``overrides``
+    a list of ``"dotted.key=value"`` strings."""
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}")
     return load_config(path, RunConfig, overrides, presets={xLSTMLMConfig: get_preset})
 
 
