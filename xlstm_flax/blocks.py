@@ -132,6 +132,7 @@ class xLSTMBlockStack(nnx.Module):
 
     def _run_blocks(self, run, x, state):
         """Applies ``run(graphdef, block_params, x, block_state) -> (x, block_state)`` block by block."""
+        state = tuple(state) if isinstance(state, list) else state
         self._check_state(state, x.shape[0])
         if self.scan_layers:
             graphdef, params = nnx.split(self.blocks)

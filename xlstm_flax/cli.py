@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model from a YAML recipe",
         description=(
             "Train from a YAML recipe. A run_dir that holds a run needs resume=true (continue it with the same "
-            "config) or overwrite=true (replace it once the new run has started)."
+            "config) or overwrite=true (replace it once the new run has a complete checkpoint)."
         ),
     )
     train.add_argument("--config", required=True, help="recipe YAML, e.g. configs/train_tiny.yaml")

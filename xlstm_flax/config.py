@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import numbers
 import re
 import types
 import typing
@@ -39,6 +40,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *anchor": merged keys may be overridden, only explicit ones are checked
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, typing.Hashable):
                 continue  # PyYAML's own construct_mapping reports it
@@ -147,7 +150,7 @@ def check_field_types(config: Any) -> None:
                 raise ConfigError(f"{dotted}: expected a {section.__name__}, got {_describe(value)}")
             continue
         converted = _convert(value, annotation, dotted=dotted, source="", presets=None)
-        if type(converted) is not type(value):
+        if converted is not value:
             object.__setattr__(config, name, converted)
 
 
@@ -225,13 +228,13 @@ def _convert(value: Any, annotation: Any, *, dotted: str, source: str, presets: 
             raise _type_error(dotted, source, "bool", value)
         return value
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise _type_error(dotted, source, "int", value)
-        return value
+        return int(value)
     if annotation is float:
         if isinstance(value, str) and _FLOAT_STRING.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise _type_error(dotted, source, "float", value)
         if not math.isfinite(value):
             raise _type_error(dotted, source, "a finite float", value)

@@ -14,6 +14,7 @@ norm statistics, recurrent states and logits in fp32.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from .blocks import xLSTMBlockStack
@@ -34,7 +35,8 @@ def _check_tokens(tokens: jax.Array, rank: int, name: str, vocab_size: int | Non
             f"{name} must be a non-empty integer array of shape {expected}, got {tokens.dtype} {tuple(tokens.shape)}"
         )
     if vocab_size is not None and not isinstance(tokens, jax.core.Tracer):
-        low, high = int(jnp.min(tokens)), int(jnp.max(tokens))
+        values = np.asarray(tokens)  # concrete, also when a jitted function closes over it
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= vocab_size:
             raise ValueError(f"{name} holds ids from {low} to {high}, outside [0, {vocab_size}) (the vocabulary)")
 

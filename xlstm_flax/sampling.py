@@ -260,4 +260,9 @@ def _is_int(x) -> bool:
 
 
 def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    """A real number: Python, numpy, or a 0-d (numpy or JAX) array of a real dtype."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return x.ndim == 0 and (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer))
+    return isinstance(x, numbers.Real)

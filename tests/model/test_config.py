@@ -6,6 +6,7 @@ import re
 import types
 import typing
 
+import numpy as np
 import pytest
 
 from xlstm_flax.config import from_dict, to_dict
@@ -80,10 +81,14 @@ def test_fields_of_the_wrong_type_are_named(make, message):
         make()
 
 
-def test_lists_become_tuples_and_ints_floats():
-    config = xLSTMLMConfig(num_blocks=4, slstm_at=[1, 3], norm_eps=0)
-    assert config.slstm_at == (1, 3) and isinstance(config.norm_eps, float)
-    assert hash(config) == hash(xLSTMLMConfig(num_blocks=4, slstm_at=(1, 3), norm_eps=0.0))
+def test_lists_become_tuples_and_numbers_python_numbers():
+    config = xLSTMLMConfig(
+        num_blocks=np.int64(4), slstm_at=[1, np.int32(3)], norm_eps=0, ffn=FFNConfig(proj_factor=np.float32(1.5))
+    )
+    assert config.slstm_at == (1, 3) and type(config.num_blocks) is int and isinstance(config.norm_eps, float)
+    assert type(config.ffn.proj_factor) is float
+    plain = xLSTMLMConfig(num_blocks=4, slstm_at=(1, 3), norm_eps=0.0, ffn=FFNConfig(proj_factor=1.5))
+    assert config == plain and hash(config) == hash(plain)
 
 
 def _assert_simple_fields(cls, path=""):

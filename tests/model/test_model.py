@@ -206,3 +206,13 @@ def test_state_must_hold_one_state_per_block(scan_layers):
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match=rf"batch_size must be an int >= 1, got {bad!r}"):
             model.init_state(bad)
+
+
+def test_token_ids_are_checked_when_a_jitted_function_closes_over_them():
+    """Concrete tokens captured by a jitted function are checked too (without forcing a tracer to int)."""
+    model = make_model(small_config(), perturb=False)
+    graphdef, params = nnx.split(model)
+    good, bad = jnp.ones((2, 5), jnp.int32), jnp.full((2, 5), model.config.vocab_size, jnp.int32)
+    assert jax.jit(lambda p: nnx.merge(graphdef, p)(good))(params).shape == (2, 5, model.config.vocab_size)
+    with pytest.raises(ValueError, match="tokens holds ids from"):
+        jax.jit(lambda p: nnx.merge(graphdef, p)(bad))(params)

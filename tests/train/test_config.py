@@ -121,6 +121,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load(tmp_path, "count: [1\n")
 
 
+def test_merge_keys_may_be_overridden(tmp_path):
+    """``<<: *anchor`` merges a mapping whose keys the explicit ones may override: not a key given twice."""
+    cfg = load(tmp_path, "count: 1\ninner: {<<: {rate: 0.5, sizes: [2]}, rate: 0.75}\n")
+    assert cfg.inner.rate == 0.75 and cfg.inner.sizes == (2,)
+
+
 @pytest.mark.parametrize(
     "text, key, line", [("count: 1\ncount: 2\n", "count", 2), ("inner:\n  rate: 1\n  rate: 2\n", "rate", 3)]
 )

@@ -85,6 +85,19 @@ def test_a_saved_triton_kernel_this_machine_cannot_run_resumes_as_auto_and_is_re
     assert load_recipe(config).model.mlstm.kernel == "auto"
 
 
+def test_a_run_saved_with_an_ignored_remat_policy_still_loads(finished, caplog):
+    """Before session 22 a remat_policy without remat was accepted (and had no effect); such a run's saved
+    config loads with 'full' and a warning, for generate, resume and init_from."""
+    config = finished / "config.yaml"
+    text = config.read_text()
+    assert "  remat: false\n  remat_policy: full\n" in text
+    config.write_text(text.replace("  remat_policy: full\n", "  remat_policy: save_matmuls\n"))
+    with caplog.at_level(logging.WARNING):
+        model, saved, step = load_trained_model(finished)
+    assert saved.model.remat_policy == "full" and step == 8
+    assert "model.remat_policy 'save_matmuls' without remat had no effect" in caplog.text
+
+
 def test_allowed_changes_are_recorded_and_saved(recipe, reference, tmp_path):
     run(recipe, tmp_path, *LOG_EVERY_3, stop_at=5)
     resumed = run(

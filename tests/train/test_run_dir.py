@@ -207,6 +207,27 @@ def test_next_start_deletes_the_replaced_run_once_the_new_one_had_a_checkpoint(r
     assert snapshot(run_dir) == new_run
 
 
+def test_a_second_ctrl_c_during_the_last_save_leaves_the_replaced_run_to_the_next_start(recipe, run_dir, monkeypatch):
+    """A KeyboardInterrupt while the new run's first checkpoint may still be written: nothing is rolled back
+    under the writer's feet; the next start keeps the new run once its checkpoint is complete."""
+    closers = []
+
+    def interrupted_close(self):
+        closers.append(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Checkpointer, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(recipe, [f"run_dir={run_dir}", *CHEAP, "overwrite=true"]), stop_at=2)
+    assert (run_dir / ASIDE_DIR).is_dir()
+    monkeypatch.undo()
+    closers[0].close()  # the save in flight completes
+    logged = []
+    open_run_dir(load_recipe(recipe, [f"run_dir={run_dir}", *CHEAP, "resume=true"]), logged.append)
+    assert not (run_dir / ASIDE_DIR).exists() and "the new run has a checkpoint" in logged[0]
+    assert Checkpointer(run_dir / "checkpoints", keep=2).all_steps() == [2]
+
+
 def test_files_that_are_not_a_run_are_never_replaced(recipe, tmp_path, capsys):
     """A directory with the user's own config.yaml and profile/ (names a run also uses) is no run:
     refused with and without overwrite=true, every file kept."""

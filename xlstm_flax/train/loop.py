@@ -225,7 +225,7 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
                 pending.append((step, out))
                 if step == start + 1:  # the run commits once its first step has a finite loss
                     checked(step, jax.device_get(out))
-                if stop_signal.received and not run.committed:  # stopped during start-up: undo the start
+                if stop_signal.received and step == start + 1:  # stopped during start-up: undo the start
                     result.interrupted, result.stopped_by = True, stop_signal.received
                     log(f"stopped before the first step finished ({stop_signal.received}); {run.path} is as it was")
                     break

@@ -135,22 +135,33 @@ def load_saved_run_config(path: str | Path) -> tuple[RunConfig, dict[str, str]]:
     """(the config a run saved in its ``config.yaml`` at ``path``, ``{"model.<kind>.kernel": name}`` of the
     kernels it names that cannot run on this machine). Those (a Triton kernel without a GPU: the run was
     trained elsewhere) are loaded as "auto" instead, with a warning each; the kernels change only speed."""
-    replaced = _unrunnable_kernels(Path(path))
+    model = _saved_model_section(Path(path))
+    replaced = _unrunnable_kernels(model)
     for key, name in replaced.items():
         logger.warning("%s: %s %r cannot run here; loading the run with %r", path, key, name, AUTO)
-    return load_config(path, RunConfig, [f"{key}={AUTO}" for key in replaced]), replaced
+    overrides = [f"{key}={AUTO}" for key in replaced]
+    if model.get("remat") is False and model.get("remat_policy", "full") != "full":
+        # saved before a remat_policy without remat became an error; it had no effect in that run
+        logger.warning(
+            "%s: model.remat_policy %r without remat had no effect; loading it as 'full'", path, model["remat_policy"]
+        )
+        overrides.append("model.remat_policy=full")
+    return load_config(path, RunConfig, overrides), replaced
 
 
-def _unrunnable_kernels(path: Path) -> dict[str, str]:
-    """``{"model.<kind>.kernel": name}`` for each kernel of the saved config at ``path`` that names a known
-    kernel this machine cannot run, for a block kind the model has; anything else is left to ``load_config``."""
+def _saved_model_section(path: Path) -> dict:
+    """The ``model`` mapping of the saved config at ``path`` ({} when unreadable: ``load_config`` reports it)."""
     try:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}  # load_config reports it, naming the file
-    model = saved.get("model") if isinstance(saved, dict) else None
-    if not isinstance(model, dict):
         return {}
+    model = saved.get("model") if isinstance(saved, dict) else None
+    return model if isinstance(model, dict) else {}
+
+
+def _unrunnable_kernels(model: dict) -> dict[str, str]:
+    """``{"model.<kind>.kernel": name}`` for each kernel of a saved ``model`` section that names a known
+    kernel this machine cannot run, for a block kind the model has; anything else is left to ``load_config``."""
     slstm_at = model.get("slstm_at") if isinstance(model.get("slstm_at"), list) else []
     num_blocks = model.get("num_blocks")
     num_blocks = num_blocks if isinstance(num_blocks, int) else xLSTMLMConfig.num_blocks

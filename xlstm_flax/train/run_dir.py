@@ -57,7 +57,7 @@ RUN_FILES = (
     COMPILE_CACHE_DIR,
 )
 ASIDE_DIR = ".replaced-run"  # the replaced run, until the new one has a complete checkpoint
-DELETING_DIR = ".replaced-run.deleting"  # renamed from ASIDE_DIR at the commit, then deleted
+DELETING_DIR = ".replaced-run.deleting"  # renamed from ASIDE_DIR once the new run has a checkpoint, then deleted
 
 FRESH, RESUME, REPLACE = "fresh", "resume", "replace"
 
@@ -92,13 +92,16 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             if self.mode == REPLACE:
-                self._move_all(self.found, self.path / ASIDE_DIR)
+                self._move_all(_checkpoints_first(self.found), self.path / ASIDE_DIR)
                 self.replaced_waiting = True
             for checkpoint in skipped:
                 self._move_all([checkpoint.path.name], self.path / UNRESTORABLE_DIR, source=checkpoint.path.parent)
             if self.mode != RESUME:
                 save_config(self.config, self.path / CONFIG_FILE, comment=comment)
             yield self
+        except KeyboardInterrupt:  # maybe a second Ctrl-C while a checkpoint was still being written
+            self._settle(save_may_be_in_flight=True)
+            raise
         except BaseException:
             self._settle()
             raise
@@ -109,10 +112,13 @@ class RunDirectory:
         """Whether a failure now gives the directory back as it was before this start."""
         return not self.committed or self.replaced_waiting
 
-    def _settle(self) -> None:
+    def _settle(self, save_may_be_in_flight: bool = False) -> None:
         """At the session's end (normal or not): keep the new run if it committed, deleting a replaced run
-        once the new one has a complete checkpoint; else roll back."""
+        once the new one has a complete checkpoint; else roll back. While a save may still be writing into
+        the new run, a replaced run is left aside for the next start's ``_recover`` to settle."""
         self.drop_replaced()
+        if save_may_be_in_flight and self.committed and self.replaced_waiting:
+            return
         if self.restores_on_failure:
             self.rollback()
 
@@ -225,7 +231,7 @@ def _recover(path: Path, log: Callable[[str], None]) -> None:
     aside = path / ASIDE_DIR
     if not aside.is_dir():
         return
-    if saved_steps(path / CHECKPOINT_DIR):
+    if saved_steps(path / CHECKPOINT_DIR):  # checkpoints move aside first and back last: these are the new run's
         _delete_aside(path)
         log(
             f"deleted the run that an interrupted overwrite=true start replaced in {path}: the new run has a checkpoint"
@@ -233,10 +239,17 @@ def _recover(path: Path, log: Callable[[str], None]) -> None:
         return
     for name in RUN_FILES:
         _remove(path / name)
+    for name in reversed(_checkpoints_first(RUN_FILES)):
         if (aside / name).exists():
             (aside / name).rename(path / name)
     aside.rmdir()
     log(f"moved back the run in {path} that an interrupted overwrite=true start had set aside")
+
+
+def _checkpoints_first(names) -> list[str]:
+    """``names`` with the checkpoint folder first: set aside first and moved back last, so that while a
+    replaced run is aside, complete checkpoints in the run directory can only be the new run's."""
+    return sorted(names, key=lambda name: name != CHECKPOINT_DIR)
 
 
 def _delete_aside(path: Path) -> None:
