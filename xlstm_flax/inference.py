@@ -20,6 +20,7 @@ from . import distributed
 from .sampling import generate
 from .train.checkpoint import CHECKPOINT_DIR, Checkpointer
 from .train.recipe import CONFIG_FILE, RunConfig, load_saved_run_config
+from .train.run_dir import ASIDE_DIR
 from .train.state import init_train_state
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def load_trained_model(
     config = config or load_run_config(run_dir)
     checkpointer = Checkpointer(Path(run_dir) / CHECKPOINT_DIR, config.checkpoint.keep, read_only=True)
     try:
-        checkpointer.existing_step(step)  # before the model is built
+        _existing_step(checkpointer, step, Path(run_dir))  # before the model is built
         mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
         graphdef, rest, state = init_train_state(config, mesh)
         if step is None:
@@ -50,6 +51,20 @@ def load_trained_model(
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, state["params"], rest), config, step
+
+
+def _existing_step(checkpointer: Checkpointer, step: int | None, run_dir: Path) -> None:
+    """:meth:`Checkpointer.existing_step`, whose error also says when an interrupted overwrite=true start
+    left the run that was here aside (the next ``train`` start in ``run_dir`` settles it)."""
+    try:
+        checkpointer.existing_step(step)
+    except FileNotFoundError as err:
+        if (run_dir / ASIDE_DIR).is_dir():
+            raise FileNotFoundError(
+                f"{err}; an interrupted overwrite=true start left the previous run in {run_dir / ASIDE_DIR}: "
+                "the next train start in this run_dir moves it back (or keeps the new run if it has a checkpoint)"
+            ) from None
+        raise
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

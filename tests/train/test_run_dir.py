@@ -189,6 +189,22 @@ def test_next_start_moves_back_a_run_that_a_killed_overwrite_set_aside(recipe, r
     assert snapshot(run_dir) == before
 
 
+def test_generate_on_a_run_left_aside_says_where_it_is(run_dir, capsys):
+    """After a killed overwrite (the new run without a checkpoint yet), generate names the folder the
+    previous run waits in, instead of only "no checkpoint"."""
+    aside = run_dir / ASIDE_DIR
+    aside.mkdir()
+    for path in list(run_dir.iterdir()):
+        if path != aside:
+            path.rename(aside / path.name)
+    (run_dir / "config.yaml").write_text((aside / "config.yaml").read_text())  # the killed start's config
+    before = snapshot(run_dir)
+    assert main(["generate", "--run-dir", str(run_dir), "--tokens", "2"]) == 1
+    line = one_error_line(capsys)
+    assert "no checkpoint in" in line and f"left the previous run in {aside}" in line, line
+    assert snapshot(run_dir) == before
+
+
 def test_next_start_deletes_the_replaced_run_once_the_new_one_had_a_checkpoint(recipe, run_dir):
     """A process killed after the new run completed a checkpoint (before it deleted the replaced run): the
     next start keeps the new run and deletes the one set aside."""
