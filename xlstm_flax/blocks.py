@@ -159,7 +159,7 @@ class xLSTMBlockStack(nnx.Module):
             got = sorted({leaf.shape[0] if leaf.ndim else 0 for leaf in jax.tree.leaves(state)})
             ok = got == [self.num_blocks]
         else:
-            got = len(state) if isinstance(state, (tuple, list)) else type(state).__name__
+            got = len(state) if isinstance(state, tuple) else type(state).__name__
             ok = got == self.num_blocks
         want = jax.eval_shape(lambda: self.init_state(batch_size))
         if not ok or jax.tree.structure(state) != jax.tree.structure(want):

@@ -129,8 +129,6 @@ def from_hf_config(
         raise HFConfigError(f"{source}: embedding_dim={f['embedding_dim']} differs from hidden_size={width}")
     if hf.get("num_blocks") is None and hf.get("num_hidden_layers") is not None:
         f["num_blocks"] = hf["num_hidden_layers"]
-    if kernel is not None:  # a caller's argument, not the file's: its error stays unprefixed
-        mLSTMLayerConfig(kernel=kernel)
     try:
         mlstm = mLSTMLayerConfig(
             variant="xlstm7b",
@@ -149,11 +147,11 @@ def from_hf_config(
             width_rounding="hf",
             use_bias=f["use_bias"],
         )
-        return xLSTMLMConfig(
+        config = xLSTMLMConfig(
             vocab_size=f["vocab_size"],
             embedding_dim=width,
             num_blocks=f["num_blocks"],
-            mlstm=mlstm if kernel is None else dataclasses.replace(mlstm, kernel=kernel),
+            mlstm=mlstm,
             ffn=ffn,
             norm="rmsnorm",
             norm_eps=f["norm_eps"],
@@ -166,6 +164,10 @@ def from_hf_config(
         )
     except ValueError as err:
         raise HFConfigError(f"{source}: {err}") from None
+    if kernel is None:
+        return config
+    # the caller's argument, not the file's: its error is not prefixed with the file
+    return dataclasses.replace(config, mlstm=dataclasses.replace(config.mlstm, kernel=kernel))
 
 
 def to_hf_config(config: xLSTMLMConfig) -> dict[str, Any]:

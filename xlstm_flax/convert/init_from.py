@@ -49,15 +49,16 @@ def check_init_source(source: str | Path, model_config: xLSTMLMConfig) -> str:
     return kind
 
 
-def init_params_from(source: str | Path, model_config: xLSTMLMConfig, params: dict) -> dict:
-    """The pure parameter dict ``params`` (placed as training wants it) refilled from ``source``."""
-    kind, source = check_init_source(source, model_config), Path(source)
+def init_params_from(source: str | Path, kind: str, num_blocks: int, params: dict) -> dict:
+    """The pure parameter dict ``params`` (placed as training wants it, ``num_blocks`` blocks) refilled from
+    ``source``, a directory of ``kind`` that :func:`check_init_source` accepted for this model."""
+    source = Path(source)
     shardings = jax.tree.map(lambda x: x.sharding, params)
     if kind == "hf":
         with SafetensorsDir(source) as ckpt:
             skip = {LM_HEAD} if tied_in_checkpoint(ckpt) else set()
-            return read_params(ckpt, params, shardings, model_config.num_blocks, skip=skip)
+            return read_params(ckpt, params, shardings, num_blocks, skip=skip)
     from ..inference import load_trained_model
 
     model, _, _ = load_trained_model(source)
-    return read_params(ModelTensors(model, source), params, shardings, model_config.num_blocks)
+    return read_params(ModelTensors(model, source), params, shardings, num_blocks)

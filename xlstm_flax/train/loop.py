@@ -146,8 +146,7 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
     main_process = distributed.is_main_process()
     log = log if main_process else _silent
     tc = config.train
-    if tc.init_from:
-        check_init_source(tc.init_from, config.model)
+    init_kind = check_init_source(tc.init_from, config.model) if tc.init_from else None
     mesh = distributed.make_mesh(config.distributed)
     distributed.check_layout(mesh, tc.batch_size, _head_counts(config))
     rows = distributed.process_rows(mesh, tc.batch_size)
@@ -172,7 +171,8 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
         log(f"nothing to do: the run in {run.path} has finished step {start} (train.steps={tc.steps})")
         return result
     if start == 0 and tc.init_from:  # a fresh start (nothing resumed) takes its weights from init_from
-        state = {**state, "params": init_params_from(tc.init_from, config.model, state["params"])}
+        params = init_params_from(tc.init_from, init_kind, config.model.num_blocks, state["params"])
+        state = {**state, "params": params}
         log(f"parameters from {tc.init_from}; fresh optimiser state, step 0")
 
     packing = document_packing(config.data, corpus.tokenizer)
