@@ -1,7 +1,9 @@
 """The Triton backward's step 1 (mden = m + log(den + eps), dden, dnq; ``chunkwise_bw.step_cotangents``) at
 one shape: the kernel with its default blocks and with other row / DHV blocks and warps, against the same
-formulas as XLA compiles them from jnp. Bytes: read dh and h (in the input dtype), plus six fp32 per-step
-vectors (three read, three written); floor = bytes / the card's copy rate (benchmarks/timing.py).
+formulas as XLA compiles them from jnp. Times: median per call of ``QUEUED_CALLS`` calls issued back to
+back over two input sets (the card's time, benchmarks/timing.py). Bytes: read dh and h (in the input
+dtype), plus six fp32 per-step vectors (three read, three written); floor = bytes / the card's copy rate.
+"error vs XLA": max |difference| / max |XLA's value| over the three outputs, on the first input set.
 
     python benchmarks/step_cotangents.py [--shape 8x8x8192x512] [--reps 20] [--out benchmarks/results/NAME.md]
 """
@@ -16,7 +18,14 @@ import jax.numpy as jnp
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.timing
 
-from benchmarks.timing import card_ceilings, markdown_table, median_ms, shape_parser, write_report  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    QUEUED_CALLS,
+    card_ceilings,
+    markdown_table,
+    median_ms,
+    shape_parser,
+    write_report,
+)
 from xlstm_flax.kernels.triton import chunkwise_bw  # noqa: E402
 from xlstm_flax.kernels.triton import chunkwise_bw_kernels as kernels  # noqa: E402
 from xlstm_flax.kernels.triton.launch import triton_call  # noqa: E402
@@ -58,16 +67,27 @@ def kernel_with_blocks(rows: int, block_rows: int, block_dhv: int, warps: int):
     return call
 
 
+def random_inputs(key, shape):
+    """(dh, h, den, m, nq): bf16 (B, NH, S, DHV) dh and h, positive den and normal m, nq (B, NH, S)."""
+    keys = jax.random.split(key, 5)
+    dh, h = (jax.random.normal(k, shape, jnp.bfloat16) for k in keys[:2])
+    den = jnp.exp(jax.random.normal(keys[2], shape[:-1]))
+    m, nq = (jax.random.normal(k, shape[:-1]) for k in keys[3:])
+    return dh, h, den, m, nq
+
+
+def relative_error(got, want) -> float:
+    """max |got - want| / max |want| over the three output vectors."""
+    return max(float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w))) for g, w in zip(got, want, strict=True))
+
+
 def main(argv=None) -> int:
     args = shape_parser(__doc__, "8x8x8192x512", "BxNHxSxDHV").parse_args(argv)
     B, NH, S, DHV = args.shape
-    keys = jax.random.split(jax.random.PRNGKey(0), 5)
-    dh, h = (jax.random.normal(k, (B, NH, S, DHV), jnp.bfloat16) for k in keys[:2])
-    den = jnp.exp(jax.random.normal(keys[2], (B, NH, S)))
-    m, nq = (jax.random.normal(k, (B, NH, S)) for k in keys[3:])
+    inputs = [random_inputs(jax.random.PRNGKey(seed), (B, NH, S, DHV)) for seed in range(2)]
+    dh, _, den, _, _ = inputs[0]
     nbytes = 2 * dh.nbytes + 6 * den.nbytes
     floor = 1e3 * nbytes / card_ceilings().copy_bytes_per_s
-    inputs = [(dh, h, den, m, nq)]
     calls = [("XLA (jnp formulas)", xla_step_one)]
     calls.append(
         (
@@ -78,15 +98,18 @@ def main(argv=None) -> int:
     calls += [
         (f"kernel, {bt} rows x {bv} DHV, {w} warps", kernel_with_blocks(B * NH * S, bt, bv, w)) for bt, bv, w in BLOCKS
     ]
+    header = ["what", "ms", "TB/s", "% of floor", "error vs XLA"]
+    want = jax.jit(xla_step_one)(*inputs[0])
     rows = []
     for label, fn in calls:
-        ms = median_ms(jax.jit(fn), inputs, reps=args.reps)
-        rows.append([label, ms, nbytes / ms / 1e9, 100 * floor / ms])
-        print(markdown_table(["what", "ms", "TB/s", "% of floor"], rows[-1:]).splitlines()[-1], flush=True)
+        error = relative_error(jax.jit(fn)(*inputs[0]), want)
+        ms = median_ms(jax.jit(fn), inputs, reps=args.reps, queued=QUEUED_CALLS)
+        rows.append([label, ms, nbytes / ms / 1e9, 100 * floor / ms, f"{error:.1e}"])
+        print(markdown_table(header, rows[-1:]).splitlines()[-1], flush=True)
     notes = [f"- dh, h (B, NH, S, DHV) = {B}x{NH}x{S}x{DHV} bf16; {nbytes / 1e9:.2f} GB moved; floor {floor:.3f} ms"]
     write_report(
         "Backward step 1: Triton kernel vs XLA",
-        [notes, [markdown_table(["what", "ms", "TB/s", "% of floor"], rows)]],
+        [notes, [markdown_table(header, rows)]],
         args.out,
     )
     return 0
