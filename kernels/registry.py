@@ -25,7 +25,7 @@ FALLBACK_KERNEL = "chunkwise--jax"
 TRITON_KERNEL = "chunkwise--triton"
 
 _KERNELS: dict[str, Callable | str] = {}
-_warned_fallback = False
+_told_fallback = False
 
 
 def register_kernel(name: str, fn: Callable | str, *, overwrite: bool = False) -> None:
@@ -64,22 +64,31 @@ def available_kernels(mode: str | None = None) -> list[str]:
     return names
 
 
-def triton_usable() -> bool:
-    """True when a CUDA device is visible to JAX and jax_triton imports."""
+NO_GPU = "no CUDA GPU"
+
+
+def triton_unusable_reason() -> str | None:
+    """Why the Triton kernels cannot run here (:data:`NO_GPU`, or jax-triton's import error); None when a
+    CUDA device is visible to JAX and jax_triton imports."""
     import jax
 
     try:
         if not jax.devices("gpu"):
-            return False
+            return NO_GPU
     except RuntimeError:
-        return False
+        return NO_GPU
     try:
         from .triton import compat
 
         compat.import_jax_triton()
-    except ImportError:
-        return False
-    return True
+    except ImportError as err:
+        return f"a CUDA GPU but jax-triton does not import ({err})"
+    return None
+
+
+def triton_usable() -> bool:
+    """True when a CUDA device is visible to JAX and jax_triton imports."""
+    return triton_unusable_reason() is None
 
 
 def default_kernel() -> str:
@@ -89,12 +98,15 @@ def default_kernel() -> str:
 
 def resolve_kernel_name(name: str) -> str:
     """Maps ``"auto"`` to the default kernel; checks that other names are registered."""
-    global _warned_fallback
+    global _told_fallback
     if name == AUTO:
         chosen = default_kernel()
-        if chosen != TRITON_KERNEL and not _warned_fallback:
-            logger.warning("kernel 'auto': no CUDA GPU with jax-triton here, using %r", chosen)
-            _warned_fallback = True
+        if chosen != TRITON_KERNEL and not _told_fallback:
+            reason = triton_unusable_reason() or f"{TRITON_KERNEL!r} is not registered"
+            # expected on a CPU-only machine (said once, at info level); a GPU without jax-triton is a setup error
+            log = logger.info if reason == NO_GPU else logger.warning
+            log("kernel 'auto': %s here, using %r", reason, chosen)
+            _told_fallback = True
         return chosen
     if name not in _KERNELS:
         raise ValueError(f"unknown kernel {name!r}; available kernels: {', '.join(available_kernels())} (or 'auto')")

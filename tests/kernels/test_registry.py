@@ -79,10 +79,24 @@ def test_unknown_name_lists_the_available_kernels():
 
 
 def test_auto_falls_back_to_chunkwise_jax_without_gpu(monkeypatch, caplog):
-    monkeypatch.setattr(registry, "_warned_fallback", False)  # the warning is logged once per process
+    """On a CPU-only machine the fallback is expected: said once, at info level, never as a warning."""
+    monkeypatch.setattr(registry, "_told_fallback", False)  # said once per process
     assert not registry.triton_usable()
+    assert registry.triton_unusable_reason() == registry.NO_GPU
     assert kernels.default_kernel() == "chunkwise--jax"
+    with caplog.at_level(logging.INFO, logger=registry.__name__):
+        assert kernels.get_kernel("auto") is mlstm_chunkwise
+        assert kernels.get_kernel("auto") is mlstm_chunkwise
+    told = [r for r in caplog.records if "using 'chunkwise--jax'" in r.getMessage()]
+    assert len(told) == 1 and told[0].levelno == logging.INFO, told
+    assert "no CUDA GPU" in told[0].getMessage()
+
+
+def test_auto_warns_when_a_gpu_lacks_jax_triton(monkeypatch, caplog):
+    """A GPU whose jax-triton does not import is a setup error: the fallback is a warning naming the cause."""
+    reason = "a CUDA GPU but jax-triton does not import (No module named 'jax_triton')"
+    monkeypatch.setattr(registry, "triton_unusable_reason", lambda: reason)
+    monkeypatch.setattr(registry, "_told_fallback", False)
     with caplog.at_level(logging.WARNING, logger=registry.__name__):
         assert kernels.get_kernel("auto") is mlstm_chunkwise
-        assert kernels.get_kernel("auto") is mlstm_chunkwise
-    assert sum("using 'chunkwise--jax'" in r.getMessage() for r in caplog.records) == 1  # said once
+    assert [r.getMessage() for r in caplog.records] == [f"kernel 'auto': {reason} here, using 'chunkwise--jax'"]
