@@ -22,7 +22,7 @@ from benchmarks.timing import markdown_table
 
 # First matching pattern names the category (kernel names as XLA, cuBLAS and the Triton sources give them).
 CATEGORIES = (
-    ("mLSTM Triton kernels", r"(recurrent|parallel|scores|output)_(fw|bw)|step_cotangents"),
+    ("mLSTM Triton kernels", r"(recurrent|parallel|scores|output)_(fw|bw)"),
     ("sLSTM Triton kernels", r"slstm_"),
     ("matmuls (cuBLAS, XLA gemm fusions)", r"gemm|xmma|nvjet|cutlass|cublas|wgmma|dot"),
     ("transposes and copies", r"transpose|copy|memcpy|dynamic.update.slice|concatenate"),

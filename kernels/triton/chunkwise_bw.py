@@ -3,7 +3,7 @@
 Math (per batch and head; s = qk_scale, F = cumulative log forget gate over the whole sequence, m_t the
 per-step stabiliser; the kernels use ``b``, the chunk-local log-forget cumsum, in place of F):
 
-1. Per step (one Triton pass over dh and h): dden_t = -sum(dh_t * h_t) / (den_t + eps);
+1. Per step (JAX, one fused pass over dh and h): dden_t = -sum(dh_t * h_t) / (den_t + eps);
    dnq_t = dden_t * sign(nq_t) * [|nq_t| > exp(-m_t)] (nq_t = n_t . s q_t, the forward's ``vecNQ``). The
    kernels take dh itself for dnum_t = dh_t / (den_t + eps): row t's factor 1 / (den_t + eps) joins its
    stabiliser, mden_t = m_t + log(den_t + eps), and its dnq (stored times den_t + eps).
@@ -278,30 +278,15 @@ def dk_dv_call(args: KernelArgs, dstates, s: float, config: BwConfig, for_dk: bo
     return matDX, (vecKDK.sum(0) if for_dk else None)
 
 
-STEP_ROWS = 16  # steps per program of the step-1 kernel (H200 sweep: 16-64 rows within 10%, 16 fastest)
-
-
 def step_cotangents(matDeltaH, matH, vecDen, vecM, vecNQ, eps: float):
-    """Step 1 in one Triton pass over dh and h (B, NH, S, DHV): mden = m + log(den + eps), dden and
-    dnq times (den + eps), each (B, NH, S) fp32."""
-    B, NH, S, DHV = matH.shape
-    rows = B * NH * S
-    steps = jax.ShapeDtypeStruct((B, NH, S), jnp.float32)
-    return triton_call(
-        matDeltaH,
-        matH,
-        *(x.astype(jnp.float32) for x in (vecDen, vecM, vecNQ)),
-        kernel=kernels.step_cotangents_kernel,
-        out_shape=(steps, steps, steps),
-        grid=(cdiv(rows, STEP_ROWS),),
-        num_warps=4,
-        num_stages=2,
-        ROWS=rows,
-        DHV=DHV,
-        BT=STEP_ROWS,
-        BV=min(128, padded_dim(DHV)),
-        EPS=eps,
-    )
+    """Step 1 (docs/math.md 4.2) from dh and h (B, NH, S, DHV): mden = m + log(den + eps), dden =
+    -sum(dh * h) / (den + eps) and dnq = dden sign(nq) [|nq| > e^-m] (den + eps), each (B, NH, S) fp32. XLA
+    fuses it into one pass over dh and h, as fast as a Triton kernel of its own was (0.27 ms at the 7B
+    layer on an H200, benchmarks/results/h200_session23_2026-12-05.md)."""
+    den_eps = vecDen.astype(jnp.float32) + eps
+    m, nq = vecM.astype(jnp.float32), vecNQ.astype(jnp.float32)
+    dh_dot_h = jnp.sum(matDeltaH.astype(jnp.float32) * matH.astype(jnp.float32), axis=-1)
+    return m + jnp.log(den_eps), -dh_dot_h / den_eps, -dh_dot_h * jnp.sign(nq) * (jnp.abs(nq) > jnp.exp(-m))
 
 
 def kernel_args(

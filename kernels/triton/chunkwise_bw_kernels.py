@@ -504,32 +504,3 @@ def _parallel_bw_dk_dv(
     if FOR_DK:
         k = tl.load(k_base + offs_j[:, None] * DHQK + offs_own[None, :], mask=mask_own[None, :], other=0.0)
         tl.store(vecKDK + (pid_own * tl.num_programs(2) + bh) * S + offs_j, tl.sum(k.to(tl.float32) * acc, axis=1))
-
-
-@triton.jit
-def step_cotangents_kernel(
-    matDeltaH, matH, vecDen, vecM, vecNQ,  # inputs
-    vecMDen, vecDDen, vecDNQ,  # outputs
-    ROWS: tl.constexpr, DHV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, EPS: tl.constexpr,
-):
-    """Grid (cdiv(ROWS, BT),): step 1 of the backward for BT of the ROWS = B*NH*S steps, reading dh and h
-    (ROWS, DHV) once, all outputs fp32 (ROWS,): mden = m + log(den + eps), dden = -sum(dh * h) / (den + eps)
-    and dnq = dden sign(nq) [|nq| > e^-m] (den + eps) (the row factor 1 / (den + eps) of dh, dnq is in mden)."""
-    rows = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
-    mask_t = rows < ROWS
-    den_eps = tl.load(vecDen + rows, mask=mask_t, other=1.0) + EPS
-    m = tl.load(vecM + rows, mask=mask_t, other=0.0)
-    dh_dot_h = tl.zeros([BT], tl.float32)
-    for v0 in range(0, DHV, BV):
-        cols = v0 + tl.arange(0, BV)
-        mask = mask_t[:, None] & (cols < DHV)[None, :]
-        offs = rows[:, None] * DHV + cols[None, :]
-        dh = tl.load(matDeltaH + offs, mask=mask, other=0.0).to(tl.float32)
-        h = tl.load(matH + offs, mask=mask, other=0.0).to(tl.float32)
-        dh_dot_h += tl.sum(dh * h, axis=1)
-    nq = tl.load(vecNQ + rows, mask=mask_t, other=0.0)
-    sign = tl.where(nq > 0, 1.0, tl.where(nq < 0, -1.0, 0.0))
-    counts = (tl.abs(nq) > tl.exp(-m)).to(tl.float32)
-    tl.store(vecMDen + rows, m + tl.log(den_eps), mask=mask_t)
-    tl.store(vecDDen + rows, -dh_dot_h / den_eps, mask=mask_t)
-    tl.store(vecDNQ + rows, -dh_dot_h * sign * counts, mask=mask_t)

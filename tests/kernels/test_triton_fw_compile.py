@@ -283,7 +283,7 @@ def test_materialised_segments_forward_and_backward_lower(monkeypatch):
     assert_compiled_for_sm90(
         payloads, (b"scores_fw_segments_kernel", b"output_fw_kernel", b"scores_bw_segments_kernel")
     )
-    assert len(payloads) == 10, "2 states, scores, output, step 1, dC, backward scores (bf16 default), dq, dk, dv"
+    assert len(payloads) == 9, "2 states, scores, output, dC, backward scores (bf16 default), dq, dk, dv"
     assert not any(b"parallel_fw" in p for p in payloads)
 
 

@@ -22,7 +22,6 @@ SEGMENT_KERNELS = (
     b"parallel_bw_dq_segments_kernel",
 )
 DK_DV = b"parallel_bw_dk_dv_segments_kernel"
-STEP_KERNEL = b"step_cotangents_kernel"  # the backward's step 1, the same with and without resets
 
 CASES = [
     # (dtype, S, DHQK, DHV, tuning)
@@ -68,19 +67,15 @@ def test_segment_kernels_lower_to_sm90_ptx(monkeypatch, case):
     assert len([p for p in payloads if SEGMENT_KERNELS[0] in p]) == 2, "states: forward + recompute"
     dk_dv = [p for p in payloads if DK_DV in p]
     assert len(dk_dv) == 2 and all(b".target sm_90a" in p and b"mma" in p for p in dk_dv), "dk, dv segment PTX"
-    step = [p for p in payloads if STEP_KERNEL in p]
-    assert len(step) == 1, "one step-1 kernel (per step: resets do not change it, so it has no segment variant)"
-    mlstm = [p for p in payloads if STEP_KERNEL not in p]
     launches = 7 + _backward_scores_launched(case[0], case[-1])
-    assert len(mlstm) == launches, "every launch is a segment variant (2 states, h, dC, [dS and P,] dq, dk, dv)"
-    assert all(b"segments_kernel" in p for p in mlstm)
+    assert len(payloads) == launches, "every launch is a segment variant (2 states, h, dC, [dS and P,] dq, dk, dv)"
+    assert all(b"segments_kernel" in p for p in payloads)
 
 
 def test_no_segments_launch_no_segment_kernel(monkeypatch):
     monkeypatch.setattr(autograd, "_require_triton_backend", lambda: None)
     payloads = _grad_payloads(jnp.bfloat16, 128, 64, 64, {}, with_segments=False)
-    assert len(payloads) == 9 and not any(b"segments_kernel" in p for p in payloads)
-    assert sum(STEP_KERNEL in p for p in payloads) == 1
+    assert len(payloads) == 8 and not any(b"segments_kernel" in p for p in payloads)
 
 
 def test_triton_entry_rejects_bad_segment_ids():
