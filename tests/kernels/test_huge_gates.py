@@ -6,6 +6,8 @@ Exact check: with f = -1e30 at every step (and input gates far below 1e30 in siz
 forget gate is 0 to fp32 precision, so each step sees only itself: m_t = i_t, C_t = k_t v_t^T, n_t = k_t
 and h_t = v_t (s q_t.k_t) / (max(|s q_t.k_t|, e^-i_t) + eps), computed here in float64; tolerance 2e-5
 of the largest |h| (the fp32 tolerance of test_jax_kernels.py).
+
+Non-finite inputs: how far back a NaN at one step reaches, per backend (documented behaviour, not a bound).
 """
 
 import jax
@@ -65,3 +67,18 @@ def test_step_kernel_stays_finite_over_huge_gates():
     for t in range(DIMS["S"]):
         h, (c, n, m) = step(*(x[name][:, :, t] for name in ("q", "k", "v", "i", "f")), c, n, m)
         assert all(np.all(np.isfinite(np.asarray(a))) for a in (h, c, n, m)), f"step {t}"
+
+
+def first_non_finite_step(name: str, t: int) -> int:
+    """The first step of ``h`` that is not finite when v holds a NaN at step ``t`` (S = 64, chunk 16)."""
+    x = random_inputs(jax.random.PRNGKey(5), B=1, NH=1, S=64, DHQK=16, DHV=16)
+    x["v"] = x["v"].at[0, 0, t].set(jnp.nan)
+    h = np.asarray(get_kernel(name)(**x, chunk_size=16), np.float64)
+    return int(np.argmax(~np.all(np.isfinite(h[0, 0]), axis=-1)))
+
+
+@pytest.mark.parametrize("name, first", [("recurrent--jax", 21), ("chunkwise--jax", 0), ("parallel--jax", 0)])
+def test_nan_reach(name, first):
+    """How far back a NaN in v at step 21 reaches (docs/kernels.md section 2): the recurrence keeps earlier
+    steps finite; backends that multiply masked tiles do not (0 x NaN)."""
+    assert first_non_finite_step(name, 21) == first

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.kernels.test_huge_gates import DIMS, single_step_h, with_huge_gates
+from tests.kernels.test_huge_gates import DIMS, first_non_finite_step, single_step_h, with_huge_gates
 from tests.reference import random_inputs
 from xlstm_flax.kernels import get_kernel
 
@@ -28,3 +28,9 @@ def test_full_forget_gates_leave_each_step_alone():
     expected = single_step_h(x)
     error = np.max(np.abs(np.asarray(h, np.float64) - expected)) / np.max(np.abs(expected))
     assert error < 2e-5, f"error {error:.2e}"
+
+
+def test_nan_reach():
+    """A NaN in v at step 21 (chunk 16) makes h non-finite from its chunk's first step, 16, on: the chunk
+    before stays finite (docs/kernels.md section 2)."""
+    assert first_non_finite_step("chunkwise--triton", 21) == 16
