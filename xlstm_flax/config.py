@@ -136,6 +136,11 @@ def from_dict[T](cls: type[T], data: Any, *, source: str, presets: PresetLookup 
         raise ConfigError(f"{where}: {err}") from None
 
 
+def is_int(value: Any) -> bool:
+    """An integer (Python or numpy), and not a bool: the check behind every int option of the package."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_field_types(config: Any) -> None:
     """For a config dataclass built in Python (the YAML loader checks its own): ConfigError naming
     ``Class.field`` for a value of the wrong type, as the loader would; a list given for a tuple field
@@ -228,7 +233,7 @@ def _convert(value: Any, annotation: Any, *, dotted: str, source: str, presets: 
             raise _type_error(dotted, source, "bool", value)
         return value
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not is_int(value):
             raise _type_error(dotted, source, "int", value)
         return int(value)
     if annotation is float:

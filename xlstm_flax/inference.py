@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from . import distributed
+from .config import is_int
 from .sampling import generate
 from .train.checkpoint import CHECKPOINT_DIR, Checkpointer
 from .train.recipe import CONFIG_FILE, RunConfig, load_saved_run_config
@@ -93,7 +94,7 @@ def sample_text(
     piece as it is produced."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise TypeError(f"seed must be an int, got {seed!r}")
     ids = tokenizer.encode(prompt.encode())
     ids = np.asarray(ids if len(ids) else [tokenizer.eos_id], dtype=np.int32)

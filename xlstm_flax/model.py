@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from .blocks import xLSTMBlockStack
+from .config import is_int
 from .layers import make_norm
 from .layers.init import dense, small_init, soft_cap
 from .model_config import xLSTMLMConfig
@@ -78,7 +79,7 @@ class xLSTMLMModel(nnx.Module):
 
     def init_state(self, batch_size: int):
         """The recurrent state before the first token, for :meth:`step` or a chunked ``__call__``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         return self.blocks.init_state(batch_size)
 

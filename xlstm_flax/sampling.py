@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from .config import is_int
+
 PAD_ID = 0  # token in front of shorter prompts (its segment is discarded)
 # Decoding runs at least this many rows (a one-row batch as two copies of its row): XLA's GPU compiler
 # rewrites a one-row matmul whose weight has < 10M elements into a broadcast multiply + reduce, which ran
@@ -243,20 +245,16 @@ def _row_keys(key: jax.Array, batch: int) -> jax.Array:
 
 
 def _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_id, vocab_size: int) -> None:
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not _is_real(temperature) or not temperature >= 0 or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and not (_is_int(top_k) and 1 <= top_k <= vocab_size):
+    if top_k is not None and not (is_int(top_k) and 1 <= top_k <= vocab_size):
         raise ValueError(f"top_k must be an int in [1, vocab_size={vocab_size}] or None, got {top_k!r}")
     if top_p is not None and not (_is_real(top_p) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    if eos_id is not None and not (_is_int(eos_id) and 0 <= eos_id < vocab_size):
+    if eos_id is not None and not (is_int(eos_id) and 0 <= eos_id < vocab_size):
         raise ValueError(f"eos_id must be an int in [0, vocab_size={vocab_size}) or None, got {eos_id!r}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _is_real(x) -> bool:

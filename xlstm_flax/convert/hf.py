@@ -27,6 +27,7 @@ from flax import nnx, traverse_util
 from jax.sharding import Mesh
 
 from .. import sharding
+from ..config import is_int
 from ..model import xLSTMLMModel
 from ..model_config import DTYPES, xLSTMLMConfig
 from .hf_config import from_hf_config, to_hf_config
@@ -203,7 +204,7 @@ def save_hf(model: xLSTMLMModel, path: str | Path, *, dtype: str | None = None, 
         raise TypeError(f"model must be an xLSTMLMModel, got {type(model).__name__}")
     if dtype is not None:
         _check_dtype(dtype)
-    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
+    if not is_int(max_shard_bytes) or max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes must be an int >= 1, got {max_shard_bytes!r}")
     path = Path(path)
     if path.exists():

@@ -15,6 +15,7 @@ import dataclasses
 import math
 from typing import Any
 
+from ..config import is_int
 from ..layers import FFNConfig, mLSTMLayerConfig
 from ..layers.config import hf_ffn_width
 from ..model_config import xLSTMLMConfig
@@ -123,7 +124,7 @@ def from_hf_config(
             "transformers itself cannot build 'fused' models)"
         )
     width = f["hidden_size"]
-    if isinstance(width, bool) or not isinstance(width, int):
+    if not is_int(width):
         raise HFConfigError(f"{source}: hidden_size must be an int, got {width!r}")
     if f.get("embedding_dim", width) != width:
         raise HFConfigError(f"{source}: embedding_dim={f['embedding_dim']} differs from hidden_size={width}")

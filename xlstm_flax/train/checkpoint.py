@@ -23,6 +23,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from ..config import is_int
+
 CHECKPOINT_DIR = "checkpoints"  # inside a run directory
 
 
@@ -112,7 +114,7 @@ class Checkpointer:
     def existing_step(self, step: int | None = None) -> int:
         """``step``, or the newest step when None; ``FileNotFoundError`` (naming the directory and its steps)
         when there is no such checkpoint. Cheap: reads no array."""
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        if step is not None and not is_int(step):
             raise TypeError(f"step must be an int or None, got {step!r}")
         steps = self.all_steps()
         step = self.latest_step() if step is None else step
