@@ -7,10 +7,11 @@ import signal
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from tests.train.test_train import CHEAP, RECIPE
-from xlstm_flax import inference
+from xlstm_flax import cli, inference
 from xlstm_flax.cli import DESCRIPTION, main
 from xlstm_flax.config import save_config
 from xlstm_flax.train import load_recipe, loop
@@ -49,6 +50,7 @@ BAD_ARGUMENTS = {
     "top-k over vocab": ([*GENERATE, "--top-k", "1000"], 1, "--top-k 1000 exceeds the model's vocabulary of 258"),
     "tokens -5": ([*GENERATE, "--tokens", "-5"], 2, "--tokens: must be >= 0, got -5"),
     "tokens text": ([*GENERATE, "--tokens", "many"], 2, "--tokens: invalid int value: 'many'"),
+    "tokens over int32": ([*GENERATE, "--tokens", "2147483648"], 1, "--tokens 2147483648 exceeds 2147483647"),
     "temperature -1": ([*GENERATE, "--temperature", "-1"], 2, "--temperature: must be a finite number >= 0"),
     "temperature nan": ([*GENERATE, "--temperature", "nan"], 2, "--temperature: must be a finite number >= 0"),
     "seed -1": ([*GENERATE, "--seed", "-1"], 2, "--seed: must be >= 0, got -1"),
@@ -90,6 +92,26 @@ def test_bad_argument_gives_one_error_line_and_writes_nothing(workspace, capsys,
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
     assert files_under(workspace) == before
+
+
+@pytest.mark.parametrize("command", ["train", "generate"])
+def test_an_allocation_that_fails_is_one_error_line(workspace, capsys, monkeypatch, command):
+    def out_of_memory(args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 30064772952 bytes.\ndetails")
+
+    monkeypatch.setattr(cli, f"run_{command}", out_of_memory)
+    assert run_cli(TRAIN if command == "train" else GENERATE) == 1
+    err = capsys.readouterr().err
+    assert err == "error: out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 30064772952 bytes.\n", err
+
+
+def test_other_runtime_errors_keep_their_traceback(workspace, monkeypatch):
+    def fails(args):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(cli, "run_train", fails)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        run_cli(TRAIN)
 
 
 @pytest.mark.parametrize("flags, message", [([], "no checkpoint in"), (["--step", "7"], "no checkpoint of step 7")])

@@ -23,6 +23,7 @@ DESCRIPTION = (
     "sample text from one or from a trained run."
 )
 USAGE_ERROR, RUN_ERROR = 2, 1
+OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"  # the status of an XLA allocation that failed
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")  # model_config.DTYPES (not imported: --help stays fast)
 
 
@@ -155,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "generate":
         _check_generate_source(parser, args)
+    import jax
+
     from .config import ConfigError
     from .convert import CheckpointError, HFConfigError
     from .train.checkpoint import CheckpointRestoreError
@@ -178,6 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except jax.errors.JaxRuntimeError as err:
+        message = str(err).splitlines()[0]
+        if not message.startswith(OUT_OF_MEMORY):
+            raise
+        print(f"error: out of memory: {message}", file=sys.stderr)
+        return RUN_ERROR
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -208,7 +217,10 @@ def _check_generate_source(parser: argparse.ArgumentParser, args: argparse.Names
 def run_generate(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .inference import load_run_config, sample_text
+    from .sampling import MAX_NEW_TOKENS
 
+    if args.tokens > MAX_NEW_TOKENS:
+        raise ConfigError(f"--tokens {args.tokens} exceeds {MAX_NEW_TOKENS} (positions are counted in int32)")
     run_config = None if args.hf else load_run_config(args.run_dir)  # read once, before the weights load
     vocab_size = _hf_vocab_size(args.hf) if args.hf else run_config.model.vocab_size
     if args.top_k is not None and args.top_k > vocab_size:

@@ -37,6 +37,7 @@ PAD_ID = 0  # token in front of shorter prompts (its segment is discarded)
 # results/h200_session12_2026-12-03.md). With the decode projections joined (layers/projections.py) one row
 # is still slower: 5.05 against 4.13-4.35 ms, gates as a GEMM in both (h200_session17_2026-12-04.md).
 MIN_DECODE_ROWS = 2
+MAX_NEW_TOKENS = 2**31 - 1  # the scan counts positions in int32
 
 
 class Generation(NamedTuple):
@@ -245,8 +246,8 @@ def _row_keys(key: jax.Array, batch: int) -> jax.Array:
 
 
 def _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_id, vocab_size: int) -> None:
-    if not is_int(max_new_tokens) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not is_int(max_new_tokens) or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be an int in [0, 2**31 - 1] (int32 positions), got {max_new_tokens!r}")
     if not _is_real(temperature) or not temperature >= 0 or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and not (is_int(top_k) and 1 <= top_k <= vocab_size):

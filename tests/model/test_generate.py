@@ -190,6 +190,7 @@ BAD_ARGUMENTS = [
     ((jnp.full((1, 2), -1, jnp.int32), 3), {}, "token id -1"),
     ((jnp.zeros((2, 3), jnp.int32), 3), {"prompt_lengths": np.array([1, 4])}, "prompt_lengths"),
     ((jnp.zeros((2, 3), jnp.int32), -1), {}, "max_new_tokens"),
+    ((jnp.zeros((2, 3), jnp.int32), 2**31), {}, r"max_new_tokens must be an int in \[0, 2\*\*31 - 1\]"),
     ((jnp.zeros((2, 3), jnp.int32), 3), {"temperature": -1.0}, "temperature"),
     ((jnp.zeros((2, 3), jnp.int32), 3), {"top_k": VOCAB + 1}, "top_k"),
     ((jnp.zeros((2, 3), jnp.int32), 3), {"top_p": 0.0}, "top_p"),

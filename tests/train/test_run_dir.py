@@ -1,9 +1,9 @@
 """A start that fails never deletes or changes the run already in run_dir: every failing stage (config,
-data, tokenizer, model build, Ctrl-C during start-up, a NaN before the new run's first checkpoint) leaves
-it byte for byte as it was; overwrite=true replaces it only once the new run has a complete checkpoint; a
-start killed in between is undone by the next one; files that are not a run's are never replaced, and a
-run_dir that cannot be written is refused before any work. The CLI prints one ``error:`` line for each
-failure."""
+data, tokenizer, model build, a step too large for memory, Ctrl-C during start-up, a NaN before the new
+run's first checkpoint) leaves it byte for byte as it was; overwrite=true replaces it only once the new
+run has a complete checkpoint; a start killed in between is undone by the next one; files that are not a
+run's are never replaced, and a run_dir that cannot be written is refused before any work. The CLI prints
+one ``error:`` line for each failure."""
 
 import os
 import shutil
@@ -57,8 +57,10 @@ def one_error_line(capsys) -> str:
         (["train.seq_len=4000"], "the validation split of data.path="),  # 3,340 validation tokens
         (["data.tokenizer=missing.json"], "data.tokenizer"),
         (["model.slstm_at=[5]"], "slstm_at"),
+        # terabytes per device: refused after the step is compiled, before it runs
+        (["train.batch_size=16777216"], "GiB per device and cpu:0 has"),
     ],
-    ids=["data-path", "vocab", "seed", "train-too-short", "validation-too-short", "tokenizer", "model"],
+    ids=["data-path", "vocab", "seed", "train-too-short", "validation-too-short", "tokenizer", "model", "memory"],
 )
 def test_failed_start_leaves_previous_run_unchanged(recipe, run_dir, capsys, overrides, message):
     before = snapshot(run_dir)
@@ -101,6 +103,7 @@ def interrupt_first_step(monkeypatch, seen: list) -> None:
 
     monkeypatch.setattr(loop, "open_run_dir", spy)
     monkeypatch.setattr(loop, "make_steps", lambda *args: (interrupted, None))
+    monkeypatch.setattr(loop, "_check_step_memory", lambda *args: None)  # it compiles the real step
 
 
 def test_ctrl_c_in_first_step_moves_previous_run_back(recipe, run_dir, capsys, monkeypatch):

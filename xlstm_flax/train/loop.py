@@ -45,6 +45,7 @@ from .data import (
     sample_windows,
 )
 from .loss import chunked_cross_entropy
+from .memory import OutOfMemoryError, advice, shortage, step_bytes
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
 from .prefetch import Prefetcher
@@ -177,6 +178,7 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
 
     packing = document_packing(config.data, corpus.tokenizer)
     steps = make_steps(graphdef, config.optim, tc.steps, mesh, packing, tc.loss_chunk or None)
+    _check_step_memory(steps[0], state, rest, config, mesh, cache_dir)
     train_step, eval_step = (_under_mesh(step, mesh) for step in steps)
     val_batches = [
         distributed.global_batch(
@@ -282,6 +284,22 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
             )
             log(f"sample (prompt {tc.sample_prompt!r}, {tc.sample_tokens} tokens):\n{result.sample}")
     return result
+
+
+def _check_step_memory(jitted_step, state, rest, config: RunConfig, mesh: Mesh, cache_dir: Path | None) -> None:
+    """Compiles the train step (its first call reuses the executable) and raises :class:`OutOfMemoryError`
+    on every process, before the run directory changes, if a device lacks the memory the step needs."""
+    tc = config.train
+    batches = jax.ShapeDtypeStruct(
+        (tc.grad_accum_steps, tc.batch_size, tc.seq_len + 1), jnp.int32, sharding=distributed.batch_sharding(mesh, 1)
+    )
+    with compilation_cache(cache_dir), jax.set_mesh(mesh):
+        compiled = jitted_step.lower(state, rest, batches).compile()
+    problem = shortage(step_bytes(compiled), mesh.local_devices)
+    if not distributed.all_succeeded(problem is None):
+        problem = problem or "a device of another process lacks the memory the train step needs"
+        options = advice(tc.batch_size, tc.seq_len, tc.grad_accum_steps, config.model.remat, tc.loss_chunk)
+        raise OutOfMemoryError(f"{problem}: {options}")
 
 
 def _open_run_dir(config: RunConfig, log: Callable[[str], None], main_process: bool) -> RunDirectory:

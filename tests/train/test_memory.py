@@ -1,0 +1,64 @@
+"""The train step's memory check: XLA's per-device need, a device's free memory, the one-line message."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from xlstm_flax.train.memory import MEMINFO, advice, free_bytes, shortage, step_bytes
+
+GiB = 2**30
+
+
+class FakeGPU:
+    """A device whose allocator reports a limit and the bytes in use, as a CUDA device does."""
+
+    platform = "gpu"
+
+    def __init__(self, limit: int, in_use: int):
+        self.stats = {"bytes_limit": limit, "bytes_in_use": in_use}
+
+    def memory_stats(self):
+        return self.stats
+
+    def __str__(self):
+        return "cuda:0"
+
+
+def test_step_bytes_leaves_out_the_donated_arguments():
+    x = jax.random.normal(jax.random.key(0), (512, 512), jnp.float32)
+
+    def f(a):  # elementwise: with donation XLA writes the result into the argument's buffer
+        return jnp.tanh(a) * 2.0 + 1.0
+
+    kept = step_bytes(jax.jit(f).lower(x).compile())
+    donated = step_bytes(jax.jit(f, donate_argnums=0).lower(x).compile())
+    assert kept >= x.nbytes  # the output is new memory
+    assert kept - donated == x.nbytes  # with donation it reuses the argument's buffer
+
+
+@pytest.mark.skipif(not MEMINFO.exists(), reason="the host's free memory is read from /proc/meminfo (Linux)")
+def test_free_bytes_of_the_cpu_is_the_hosts_available_memory():
+    total = next(
+        int(line.split()[1]) * 1024 for line in MEMINFO.read_text().splitlines() if line.startswith("MemTotal:")
+    )
+    assert 0 < free_bytes(jax.devices("cpu")[0]) <= total
+
+
+def test_free_bytes_of_a_gpu_is_its_limit_less_what_is_in_use():
+    assert free_bytes(FakeGPU(80 * GiB, 20 * GiB)) == 60 * GiB
+
+
+def test_shortage_names_the_need_the_device_and_its_free_memory():
+    gpu = FakeGPU(80 * GiB, 20 * GiB)
+    assert shortage(50 * GiB, [gpu]) is None
+    assert shortage(70 * GiB, [gpu]) == "the train step needs 70.0 GiB per device and cuda:0 has 60.0 GiB free"
+
+
+def test_advice_names_only_the_options_that_would_change():
+    assert advice(16, 4096, 1, remat=False, loss_chunk=None) == (
+        "lower train.batch_size (16) or train.seq_len (4096); keep the tokens per update with a smaller "
+        "batch_size and more train.grad_accum_steps (1); set model.remat: true; set train.loss_chunk below "
+        "train.seq_len (e.g. 1024)"
+    )
+    assert "remat" not in advice(16, 4096, 1, remat=True, loss_chunk=512)
+    assert "loss_chunk" not in advice(16, 4096, 1, remat=True, loss_chunk=512)

@@ -1,0 +1,63 @@
+"""Does the compiled train step fit in memory? Checked before training starts, so a batch or sequence too
+large for the devices is a one-line error naming the options to change, not an out-of-memory crash (or, on
+a CPU, the kernel's OOM killer) at the first step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+from ..config import ConfigError
+
+MEMINFO = Path("/proc/meminfo")  # Linux: the host memory a CPU device can still take (MemAvailable)
+
+
+class OutOfMemoryError(ConfigError):
+    """The train step needs more memory than a device has free; the message names the options to lower."""
+
+
+def step_bytes(compiled: jax.stages.Compiled) -> int:
+    """Bytes one device allocates to run ``compiled`` beyond its arguments: its temporaries and the outputs
+    that do not reuse a donated argument (XLA's memory analysis, per device)."""
+    stats = compiled.memory_analysis()
+    return stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+
+
+def free_bytes(device: jax.Device) -> int | None:
+    """Bytes ``device`` can still allocate: the allocator's limit less what is in use (GPU), the host's
+    available memory (CPU on Linux); None where neither is known."""
+    stats = device.memory_stats()
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    if device.platform == "cpu" and MEMINFO.exists():
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the value is in kB
+    return None
+
+
+def shortage(needed: int, devices: list[jax.Device]) -> str | None:
+    """Why ``needed`` bytes per device do not fit on ``devices`` (None: they fit, or the free memory is
+    unknown)."""
+    for device in devices:
+        free = free_bytes(device)
+        if free is not None and needed > free:
+            return (
+                f"the train step needs {needed / 2**30:.1f} GiB per device and {device} has {free / 2**30:.1f} GiB free"
+            )
+    return None
+
+
+def advice(batch_size: int, seq_len: int, grad_accum_steps: int, remat: bool, loss_chunk: int | None) -> str:
+    """What lowers the step's memory, with the run's current values."""
+    steps = [f"lower train.batch_size ({batch_size}) or train.seq_len ({seq_len})"]
+    steps.append(
+        f"keep the tokens per update with a smaller batch_size and more train.grad_accum_steps ({grad_accum_steps})"
+    )
+    if not remat:
+        steps.append("set model.remat: true")
+    if not loss_chunk and seq_len > 1:
+        steps.append(f"set train.loss_chunk below train.seq_len (e.g. {max(seq_len // 4, 1)})")
+    return "; ".join(steps)
