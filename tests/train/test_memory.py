@@ -4,9 +4,20 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from xlstm_flax.train.memory import MEMINFO, advice, free_bytes, shortage, step_bytes
+from tests.train.test_train import CHEAP
+from xlstm_flax.train import load_recipe, train
+from xlstm_flax.train.memory import (
+    MEMINFO,
+    OutOfMemoryError,
+    advice,
+    free_bytes,
+    hidden_state_bytes,
+    shortage,
+    step_bytes,
+)
 
 GiB = 2**30
+HOST_FREE = free_bytes(jax.devices("cpu")[0]) if MEMINFO.exists() else None
 
 
 class FakeGPU:
@@ -62,3 +73,26 @@ def test_advice_names_only_the_options_that_would_change():
     )
     assert "remat" not in advice(16, 4096, 1, remat=True, loss_chunk=512)
     assert "loss_chunk" not in advice(16, 4096, 1, remat=True, loss_chunk=512)
+
+
+def test_hidden_state_bytes():
+    assert hidden_state_bytes(4, 8, 16, jnp.bfloat16) == 4 * 8 * 16 * 2
+    assert hidden_state_bytes(4, 8, 16, "float32") == 4 * 8 * 16 * 4
+
+
+# The small recipe (width 32, seq_len 32, one mLSTM block): a batch of 2**20 rows has 4 GiB of fp32 hidden
+# states and a compiled step of about 330 GiB; 2**26 rows, 256 GiB of hidden states.
+@pytest.mark.skipif(HOST_FREE is None or not 4 * GiB < HOST_FREE < 300 * GiB, reason="needs 4-300 GiB free")
+def test_a_step_larger_than_memory_is_refused_by_xla_count(recipe, tmp_path):
+    with pytest.raises(OutOfMemoryError, match=r"the train step needs \d+\.\d GiB per device and cpu:0 has") as err:
+        train(load_recipe(recipe, [f"run_dir={tmp_path / 'run'}", *CHEAP, "train.batch_size=1048576"]))
+    assert "train.batch_size (1048576)" in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(HOST_FREE is None or HOST_FREE > 256 * GiB, reason="needs less than 256 GiB free")
+def test_hidden_states_larger_than_memory_are_refused_before_compiling(recipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(jax.stages.Lowered, "compile", None)  # compiling would fail with a TypeError
+    with pytest.raises(OutOfMemoryError, match=r"needs at least \(its hidden states alone\) 256.0 GiB per device"):
+        train(load_recipe(recipe, [f"run_dir={tmp_path / 'run'}", *CHEAP, "train.batch_size=67108864"]))
+    assert not (tmp_path / "run").exists()

@@ -45,7 +45,7 @@ from .data import (
     sample_windows,
 )
 from .loss import chunked_cross_entropy
-from .memory import OutOfMemoryError, advice, shortage, step_bytes
+from .memory import OutOfMemoryError, advice, hidden_state_bytes, shortage, step_bytes
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
 from .prefetch import Prefetcher
@@ -287,19 +287,26 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
 
 
 def _check_step_memory(jitted_step, state, rest, config: RunConfig, mesh: Mesh, cache_dir: Path | None) -> None:
-    """Compiles the train step (its first call reuses the executable) and raises :class:`OutOfMemoryError`
-    on every process, before the run directory changes, if a device lacks the memory the step needs."""
+    """Raises :class:`OutOfMemoryError` on every process, before the run directory changes, if a device lacks
+    the memory the train step needs: first its hidden states alone (before compiling), then XLA's count of
+    the compiled step (whose executable the first call reuses)."""
     tc = config.train
+
+    def refuse_if(problem: str | None) -> None:
+        if not distributed.all_succeeded(problem is None):
+            problem = problem or "a device of another process lacks the memory the train step needs"
+            options = advice(tc.batch_size, tc.seq_len, tc.grad_accum_steps, config.model.remat, tc.loss_chunk)
+            raise OutOfMemoryError(f"{problem}: {options}")
+
+    rows = tc.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
+    floor = hidden_state_bytes(rows, tc.seq_len, config.model.embedding_dim, config.model.jnp_compute_dtype)
+    refuse_if(shortage(floor, mesh.local_devices, "at least (its hidden states alone) "))
     batches = jax.ShapeDtypeStruct(
         (tc.grad_accum_steps, tc.batch_size, tc.seq_len + 1), jnp.int32, sharding=distributed.batch_sharding(mesh, 1)
     )
     with compilation_cache(cache_dir), jax.set_mesh(mesh):
         compiled = jitted_step.lower(state, rest, batches).compile()
-    problem = shortage(step_bytes(compiled), mesh.local_devices)
-    if not distributed.all_succeeded(problem is None):
-        problem = problem or "a device of another process lacks the memory the train step needs"
-        options = advice(tc.batch_size, tc.seq_len, tc.grad_accum_steps, config.model.remat, tc.loss_chunk)
-        raise OutOfMemoryError(f"{problem}: {options}")
+    refuse_if(shortage(step_bytes(compiled), mesh.local_devices))
 
 
 def _open_run_dir(config: RunConfig, log: Callable[[str], None], main_process: bool) -> RunDirectory:

@@ -1,6 +1,6 @@
-"""Does the compiled train step fit in memory? Checked before training starts, so a batch or sequence too
-large for the devices is a one-line error naming the options to change, not an out-of-memory crash (or, on
-a CPU, the kernel's OOM killer) at the first step.
+"""Does the train step fit in memory? Checked before training starts (a floor before compiling, then XLA's
+count), so a batch or sequence too large for the devices is a one-line error naming the options to change,
+not an out-of-memory crash (or, on a CPU, the kernel's OOM killer) at the first step.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from ..config import ConfigError
 
@@ -38,15 +39,20 @@ def free_bytes(device: jax.Device) -> int | None:
     return None
 
 
-def shortage(needed: int, devices: list[jax.Device]) -> str | None:
-    """Why ``needed`` bytes per device do not fit on ``devices`` (None: they fit, or the free memory is
-    unknown)."""
+def hidden_state_bytes(rows: int, seq_len: int, width: int, dtype) -> int:
+    """Bytes of one (rows, seq_len, width) activation: a floor under any step's need, known before compiling
+    (XLA's CPU compiler crashes, SIGFPE, on steps of tens of TB)."""
+    return rows * seq_len * width * jnp.dtype(dtype).itemsize
+
+
+def shortage(needed: int, devices: list[jax.Device], qualifier: str = "") -> str | None:
+    """Why ``needed`` bytes per device (``qualifier``: e.g. "at least ") do not fit on ``devices`` (None:
+    they fit, or the free memory is unknown)."""
     for device in devices:
         free = free_bytes(device)
         if free is not None and needed > free:
-            return (
-                f"the train step needs {needed / 2**30:.1f} GiB per device and {device} has {free / 2**30:.1f} GiB free"
-            )
+            need, have = needed / 2**30, free / 2**30
+            return f"the train step needs {qualifier}{need:.1f} GiB per device and {device} has {have:.1f} GiB free"
     return None
 
 
