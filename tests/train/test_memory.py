@@ -5,10 +5,9 @@ import jax.numpy as jnp
 import pytest
 
 from tests.train.test_train import CHEAP
-from xlstm_flax.train import load_recipe, train
+from xlstm_flax.train import OutOfMemoryError, load_recipe, train
 from xlstm_flax.train.memory import (
     MEMINFO,
-    OutOfMemoryError,
     advice,
     free_bytes,
     hidden_state_bytes,

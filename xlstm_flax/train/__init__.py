@@ -13,6 +13,7 @@ import importlib
 
 _EXPORTS = {
     "NonFiniteLossError": "loop",
+    "OutOfMemoryError": "memory",
     "TrainResult": "loop",
     "train": "loop",
     "RunConfig": "recipe",
