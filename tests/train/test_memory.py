@@ -1,5 +1,9 @@
 """The train step's memory check: XLA's per-device need, a device's free memory, the one-line message."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -52,6 +56,20 @@ def test_free_bytes_of_the_cpu_is_the_hosts_available_memory():
         int(line.split()[1]) * 1024 for line in MEMINFO.read_text().splitlines() if line.startswith("MemTotal:")
     )
     assert 0 < free_bytes(jax.devices("cpu")[0]) <= total
+
+
+@pytest.mark.skipif(not MEMINFO.exists(), reason="the host's free memory is read from /proc/meminfo (Linux)")
+def test_cpu_devices_of_a_process_share_the_hosts_memory():
+    code = (
+        "import jax; from xlstm_flax.train.memory import MEMINFO, free_bytes; share = free_bytes(jax.devices()[0]); "
+        "host = next(int(l.split()[1]) * 1024 for l in MEMINFO.read_text().splitlines() "
+        "if l.startswith('MemAvailable:')); "
+        "print(len(jax.devices()), share / host)"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    devices, ratio = out.split()
+    assert devices == "4" and 0.2 < float(ratio) < 0.3, out  # a quarter each (the host's use moves in between)
 
 
 def test_free_bytes_of_a_gpu_is_its_limit_less_what_is_in_use():

@@ -27,15 +27,16 @@ def step_bytes(compiled: jax.stages.Compiled) -> int:
 
 
 def free_bytes(device: jax.Device) -> int | None:
-    """Bytes ``device`` can still allocate: the allocator's limit less what is in use (GPU), the host's
-    available memory (CPU on Linux); None where neither is known."""
+    """Bytes ``device`` can still allocate: the allocator's limit less what is in use (GPU), its even share
+    of the host's available memory among this process's CPU devices (CPU on Linux); None where neither is
+    known."""
     stats = device.memory_stats()
     if stats and "bytes_limit" in stats:
         return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     if device.platform == "cpu" and MEMINFO.exists():
         for line in MEMINFO.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # the value is in kB
+                return int(line.split()[1]) * 1024 // len(jax.local_devices(backend="cpu"))  # the value is in kB
     return None
 
 
