@@ -105,6 +105,19 @@ def test_an_allocation_that_fails_is_one_error_line(workspace, capsys, monkeypat
     assert err == "error: out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 30064772952 bytes.\n", err
 
 
+def test_an_error_while_text_streams_starts_its_own_line(workspace, capsys, monkeypatch):
+    def half_a_sample(model, tokenizer, prompt, tokens, *, on_text, **options):
+        on_text("half a sam")
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.")
+
+    monkeypatch.setattr(cli, "_generation_model", lambda args, run_config: (None, "tokenizer"))
+    monkeypatch.setattr(inference, "sample_text", half_a_sample)
+    assert run_cli([*GENERATE, "--prompt", "def "]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "def half a sam\n"
+    assert captured.err == "error: out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes.\n"
+
+
 def test_other_runtime_errors_keep_their_traceback(workspace, monkeypatch):
     def fails(args):
         raise jax.errors.JaxRuntimeError("INTERNAL: something else")

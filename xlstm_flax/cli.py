@@ -250,8 +250,10 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         print(args.prompt, end="", flush=True)  # then the text as it is generated (stops after an EOS)
         write = lambda piece: print(piece, end="", flush=True)  # noqa: E731
-        sample_text(model, tokenizer, args.prompt, args.tokens, seed=args.seed, on_text=write, **sampling)
-        print()
+        try:
+            sample_text(model, tokenizer, args.prompt, args.tokens, seed=args.seed, on_text=write, **sampling)
+        finally:  # the text's line ends, also before an error line
+            print(flush=True)
     return 0
 
 
