@@ -57,8 +57,8 @@ def one_error_line(capsys) -> str:
         (["train.seq_len=4000"], "the validation split of data.path="),  # 3,340 validation tokens
         (["data.tokenizer=missing.json"], "data.tokenizer"),
         (["model.slstm_at=[5]"], "slstm_at"),
-        # hundreds of GiB per device: refused before the step runs (test_memory.py: which check)
-        (["train.batch_size=1048576"], "GiB per device and cpu:0 has"),
+        # 1 TiB of hidden states: refused before compiling (test_memory.py: both checks)
+        (["train.batch_size=268435456"], "GiB per device and cpu:0 has"),
     ],
     ids=["data-path", "vocab", "seed", "train-too-short", "validation-too-short", "tokenizer", "model", "memory"],
 )
