@@ -15,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 from xlstm_flax import generate
 from xlstm_flax.convert import CheckpointError, HFConfigError, load_hf, save_hf
+from xlstm_flax.memory import OutOfMemoryError
 
 from ..model.helpers import assert_close_to_scale, make_model, small_config
 from .conftest import FIXTURE_DIR, FIXTURES, copy_fixture, reference
@@ -206,6 +207,18 @@ def test_config_fields_that_change_the_network_are_refused(tmp_path, field, valu
     (directory / "config.json").write_text(json.dumps({**config, field: value}))
     with pytest.raises(HFConfigError, match=pattern):
         load_hf(directory)
+
+
+@pytest.mark.parametrize("dtype, gib, hint", [("float32", 8192, True), ("bfloat16", 4096, False)])
+def test_parameters_larger_than_memory_are_refused_before_reading(tmp_path, dtype, gib, hint):
+    """A vocabulary of 2**34 (embedding 2**34 x 64): refused from config.json's shapes alone, before the
+    tensors (whose shapes would not match) are read."""
+    directory = copy_fixture("tied_h64", tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": 2**34}))
+    with pytest.raises(OutOfMemoryError, match=rf"the parameters in {dtype} need {gib}\.0 GiB per device") as err:
+        load_hf(directory, dtype=dtype)
+    assert ("--dtype bfloat16" in str(err.value)) == hint
 
 
 def test_export_refuses_existing_directory_and_inexpressible_models(tmp_path):

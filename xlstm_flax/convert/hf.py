@@ -14,6 +14,7 @@ names the tensors. Embedding tying follows the tensors: HF keeps its own ``lm_he
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx, traverse_util
@@ -28,6 +30,7 @@ from jax.sharding import Mesh
 
 from .. import sharding
 from ..config import is_int
+from ..memory import OutOfMemoryError, shortage
 from ..model import xLSTMLMModel
 from ..model_config import DTYPES, xLSTMLMConfig
 from .hf_config import from_hf_config, to_hf_config
@@ -94,9 +97,22 @@ def load_hf(
         graphdef, abstract_params = nnx.split(abstract, nnx.Param)
         pure = nnx.to_pure_dict(abstract_params)
         shardings = _shardings(abstract_params, pure, mesh)
+        _check_fits(ckpt.path, pure, shardings, dtype)
         params = read_params(ckpt, pure, shardings, config.num_blocks, skip={LM_HEAD} if tied else set())
     nnx.replace_by_pure_dict(abstract_params, params)
     return nnx.merge(graphdef, abstract_params), config
+
+
+def _check_fits(path: Path, abstract: dict, shardings: Any, dtype: str) -> None:
+    """Refuses (:class:`OutOfMemoryError`), before any tensor is read, parameters whose shards need more than
+    a device has free; ``abstract``: the pure parameter dict of ``ShapeDtypeStruct`` leaves."""
+    leaves, layouts = jax.tree.leaves(abstract), jax.tree.leaves(shardings)
+    needed = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in zip(leaves, layouts))
+    devices = sorted({d for s in layouts for d in s.addressable_devices}, key=lambda d: d.id)
+    problem = shortage(needed, devices, f"{path}: the parameters in {dtype} need")
+    if problem:
+        smaller = "; load them in bfloat16 for half (--dtype bfloat16)" if jnp.dtype(dtype).itemsize > 2 else ""
+        raise OutOfMemoryError(problem + smaller)
 
 
 def _shardings(abstract_params: nnx.State, pure: dict, mesh: Mesh | None) -> Any:

@@ -13,7 +13,7 @@ import importlib
 
 _EXPORTS = {
     "NonFiniteLossError": "loop",
-    "OutOfMemoryError": "memory",
+    "OutOfMemoryError": "loop",
     "TrainResult": "loop",
     "train": "loop",
     "RunConfig": "recipe",

@@ -33,6 +33,7 @@ from .. import distributed, sharding
 from ..convert.init_from import check_init_source, init_params_from
 from ..flops import peak_flops_per_second, train_flops_per_token
 from ..inference import sample_text
+from ..memory import OutOfMemoryError, shortage
 from .checkpoint import Checkpointer
 from .compile_cache import RUN, cache_directory, compilation_cache, create_cache_directory
 from .data import (
@@ -45,7 +46,7 @@ from .data import (
     sample_windows,
 )
 from .loss import chunked_cross_entropy
-from .memory import OutOfMemoryError, advice, hidden_state_bytes, shortage, step_bytes
+from .memory import advice, hidden_state_bytes, step_bytes
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
 from .prefetch import Prefetcher
@@ -300,13 +301,13 @@ def _check_step_memory(jitted_step, state, rest, config: RunConfig, mesh: Mesh, 
 
     rows = tc.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
     floor = hidden_state_bytes(rows, tc.seq_len, config.model.embedding_dim, config.model.jnp_compute_dtype)
-    refuse_if(shortage(floor, mesh.local_devices, "at least (its hidden states alone) "))
+    refuse_if(shortage(floor, mesh.local_devices, "the train step needs at least (its hidden states alone)"))
     batches = jax.ShapeDtypeStruct(
         (tc.grad_accum_steps, tc.batch_size, tc.seq_len + 1), jnp.int32, sharding=distributed.batch_sharding(mesh, 1)
     )
     with compilation_cache(cache_dir), jax.set_mesh(mesh):
         compiled = jitted_step.lower(state, rest, batches).compile()
-    refuse_if(shortage(step_bytes(compiled), mesh.local_devices))
+    refuse_if(shortage(step_bytes(compiled), mesh.local_devices, "the train step needs"))
 
 
 def _open_run_dir(config: RunConfig, log: Callable[[str], None], main_process: bool) -> RunDirectory:
