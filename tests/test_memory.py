@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import pytest
 
-from xlstm_flax.memory import MEMINFO, free_bytes, shortage
+from xlstm_flax.memory import MEMINFO, free_bytes, sharded_bytes, shortage
 
 GiB = 2**30
 
@@ -59,3 +60,10 @@ def test_shortage_names_the_need_the_device_and_its_free_memory():
     assert (
         shortage(70 * GiB, [gpu], "the step needs") == "the step needs 70.0 GiB per device and cuda:0 has 60.0 GiB free"
     )
+
+
+def test_sharded_bytes_sums_one_devices_shards():
+    device = jax.devices()[0]
+    abstract = {"w": jax.ShapeDtypeStruct((4, 8), jnp.float32), "b": jax.ShapeDtypeStruct((3,), jnp.bfloat16)}
+    layout = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(device), abstract)
+    assert sharded_bytes(abstract, layout) == (4 * 8 * 4 + 3 * 2, [device])

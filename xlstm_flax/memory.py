@@ -5,6 +5,7 @@ out-of-memory crash (or, on a CPU, the kernel's OOM killer) midway.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import jax
@@ -40,3 +41,11 @@ def shortage(needed: int, devices, subject: str) -> str | None:
         if free is not None and needed > free:
             return f"{subject} {needed / 2**30:.1f} GiB per device and {device} has {free / 2**30:.1f} GiB free"
     return None
+
+
+def sharded_bytes(abstract, shardings) -> tuple[int, list[jax.Device]]:
+    """Bytes of one device's shards of ``abstract`` (a tree of ``ShapeDtypeStruct`` leaves) laid out by
+    ``shardings`` (the matching tree of shardings), and the devices of this process they occupy."""
+    leaves, layouts = jax.tree.leaves(abstract), jax.tree.leaves(shardings)
+    needed = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in zip(leaves, layouts, strict=True))
+    return needed, sorted({d for s in layouts for d in s.addressable_devices}, key=lambda d: d.id)

@@ -57,3 +57,12 @@ def test_hidden_states_larger_than_memory_are_refused_before_compiling(recipe, t
     with pytest.raises(OutOfMemoryError, match=r"needs at least \(its hidden states alone\) 1024.0 GiB per device"):
         train(load_recipe(recipe, [f"run_dir={tmp_path / 'run'}", *CHEAP, "train.batch_size=268435456"]))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(HOST_FREE is None or HOST_FREE > 500 * GiB, reason="needs less than 500 GiB free")
+def test_a_state_larger_than_memory_is_refused_before_it_is_allocated(recipe, tmp_path):
+    """Width 65536: about 576 GiB of parameters and AdamW moments, refused from their abstract shapes (had
+    they been allocated first, the failure would be XLA's or the OOM killer's, not this error)."""
+    with pytest.raises(OutOfMemoryError, match=r"the parameters and optimiser state need \d+\.\d GiB per device"):
+        train(load_recipe(recipe, [f"run_dir={tmp_path / 'run'}", *CHEAP, "model.embedding_dim=65536"]))
+    assert not (tmp_path / "run").exists()

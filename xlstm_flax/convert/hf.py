@@ -14,7 +14,6 @@ names the tensors. Embedding tying follows the tensors: HF keeps its own ``lm_he
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -30,7 +29,7 @@ from jax.sharding import Mesh
 
 from .. import sharding
 from ..config import is_int
-from ..memory import OutOfMemoryError, shortage
+from ..memory import OutOfMemoryError, sharded_bytes, shortage
 from ..model import xLSTMLMModel
 from ..model_config import DTYPES, xLSTMLMConfig
 from .hf_config import from_hf_config, to_hf_config
@@ -106,10 +105,7 @@ def load_hf(
 def _check_fits(path: Path, abstract: dict, shardings: Any, dtype: str) -> None:
     """Refuses (:class:`OutOfMemoryError`), before any tensor is read, parameters whose shards need more than
     a device has free; ``abstract``: the pure parameter dict of ``ShapeDtypeStruct`` leaves."""
-    leaves, layouts = jax.tree.leaves(abstract), jax.tree.leaves(shardings)
-    needed = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in zip(leaves, layouts))
-    devices = sorted({d for s in layouts for d in s.addressable_devices}, key=lambda d: d.id)
-    problem = shortage(needed, devices, f"{path}: the parameters in {dtype} need")
+    problem = shortage(*sharded_bytes(abstract, shardings), f"{path}: the parameters in {dtype} need")
     if problem:
         smaller = "; load them in bfloat16 for half (--dtype bfloat16)" if jnp.dtype(dtype).itemsize > 2 else ""
         raise OutOfMemoryError(problem + smaller)
