@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from xlstm_flax.memory import MEMINFO, free_bytes, sharded_bytes, shortage
+from xlstm_flax.memory import MEMINFO, OutOfMemoryError, free_bytes, refuse_on_every_process, sharded_bytes, shortage
 
 GiB = 2**30
 
@@ -67,3 +67,13 @@ def test_sharded_bytes_sums_one_devices_shards():
     abstract = {"w": jax.ShapeDtypeStruct((4, 8), jnp.float32), "b": jax.ShapeDtypeStruct((3,), jnp.bfloat16)}
     layout = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(device), abstract)
     assert sharded_bytes(abstract, layout) == (4 * 8 * 4 + 3 * 2, [device])
+
+
+def test_refusal_joins_the_shortage_and_the_options():
+    refuse_on_every_process(None, "the step", "lower the batch")  # nothing short: no error
+    with pytest.raises(
+        OutOfMemoryError, match=r"^the step needs 70.0 GiB per device and cuda:0 has 60.0 GiB free: lower"
+    ):
+        refuse_on_every_process(
+            shortage(70 * GiB, [FakeGPU(80 * GiB, 20 * GiB)], "the step needs"), "the step", "lower the batch"
+        )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 
+from . import distributed
 from .config import ConfigError
 
 MEMINFO = Path("/proc/meminfo")  # Linux: the host memory a CPU device can still take (MemAvailable)
@@ -49,3 +50,11 @@ def sharded_bytes(abstract, shardings) -> tuple[int, list[jax.Device]]:
     leaves, layouts = jax.tree.leaves(abstract), jax.tree.leaves(shardings)
     needed = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in zip(leaves, layouts, strict=True))
     return needed, sorted({d for s in layouts for d in s.addressable_devices}, key=lambda d: d.id)
+
+
+def refuse_on_every_process(problem: str | None, what: str, options: str) -> None:
+    """Raises :class:`OutOfMemoryError` ("<problem>: <options>") on every process when ``problem`` (a
+    :func:`shortage`) came up on any of them; ``what`` names the need for the processes that lack nothing
+    themselves. A collective: every process calls it."""
+    if not distributed.all_succeeded(problem is None):
+        raise OutOfMemoryError(f"{problem or f'a device of another process lacks the memory for {what}'}: {options}")

@@ -1,5 +1,5 @@
-"""The train step's memory check: XLA's per-device need, the floor before compiling, the advice, and both
-refusals through train()."""
+"""The train step's memory check: XLA's per-device need, the advice, and the refusals through train()
+(hidden states before compiling, the compiled step, the state before it is allocated)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ import pytest
 from tests.train.test_train import CHEAP
 from xlstm_flax.memory import MEMINFO, free_bytes
 from xlstm_flax.train import OutOfMemoryError, load_recipe, train
-from xlstm_flax.train.memory import advice, hidden_state_bytes, step_bytes
+from xlstm_flax.train.memory import advice, step_bytes
 
 GiB = 2**30
 HOST_FREE = free_bytes(jax.devices("cpu")[0]) if MEMINFO.exists() else None
@@ -34,11 +34,6 @@ def test_advice_names_only_the_options_that_would_change():
     )
     assert "remat" not in advice(16, 4096, 1, remat=True, loss_chunk=512)
     assert "loss_chunk" not in advice(16, 4096, 1, remat=True, loss_chunk=512)
-
-
-def test_hidden_state_bytes():
-    assert hidden_state_bytes(4, 8, 16, jnp.bfloat16) == 4 * 8 * 16 * 2
-    assert hidden_state_bytes(4, 8, 16, "float32") == 4 * 8 * 16 * 4
 
 
 # The small recipe (width 32, seq_len 32, one mLSTM block): a batch of 2**20 rows has 4 GiB of fp32 hidden

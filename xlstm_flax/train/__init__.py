@@ -11,9 +11,9 @@ the model.
 
 import importlib
 
-_EXPORTS = {
+_EXPORTS = {  # name: its module in this package (".memory": xlstm_flax.memory)
     "NonFiniteLossError": "loop",
-    "OutOfMemoryError": "loop",
+    "OutOfMemoryError": ".memory",  # raised by train() when the state or the step would not fit
     "TrainResult": "loop",
     "train": "loop",
     "RunConfig": "recipe",

@@ -33,7 +33,7 @@ from .. import distributed, sharding
 from ..convert.init_from import check_init_source, init_params_from
 from ..flops import peak_flops_per_second, train_flops_per_token
 from ..inference import sample_text
-from ..memory import OutOfMemoryError, shortage
+from ..memory import refuse_on_every_process, sharded_bytes, shortage
 from .checkpoint import Checkpointer
 from .compile_cache import RUN, cache_directory, compilation_cache, create_cache_directory
 from .data import (
@@ -46,7 +46,7 @@ from .data import (
     sample_windows,
 )
 from .loss import chunked_cross_entropy
-from .memory import advice, hidden_state_bytes, step_bytes
+from .memory import advice, step_bytes
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, MetricsWriter, plot_loss_curve
 from .optim import OptimConfig, make_optimizer, make_schedule
 from .prefetch import Prefetcher
@@ -288,26 +288,28 @@ def train(config: RunConfig, *, stop_at: int | None = None, log: Callable[[str],
 
 
 def _check_step_memory(jitted_step, state, rest, config: RunConfig, mesh: Mesh, cache_dir: Path | None) -> None:
-    """Raises :class:`OutOfMemoryError` on every process, before the run directory changes, if a device lacks
-    the memory the train step needs: first its hidden states alone (before compiling), then XLA's count of
-    the compiled step (whose executable the first call reuses)."""
+    """Raises :class:`~xlstm_flax.memory.OutOfMemoryError` on every process, before the run directory
+    changes, if a device lacks the memory the train step needs: first its hidden states alone (before
+    compiling: XLA's CPU compiler crashes, SIGFPE, on steps of tens of TB), then XLA's count of the
+    compiled step (whose executable the first call reuses)."""
     tc = config.train
-
-    def refuse_if(problem: str | None) -> None:
-        if not distributed.all_succeeded(problem is None):
-            problem = problem or "a device of another process lacks the memory the train step needs"
-            options = advice(tc.batch_size, tc.seq_len, tc.grad_accum_steps, config.model.remat, tc.loss_chunk)
-            raise OutOfMemoryError(f"{problem}: {options}")
-
-    rows = tc.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
-    floor = hidden_state_bytes(rows, tc.seq_len, config.model.embedding_dim, config.model.jnp_compute_dtype)
-    refuse_if(shortage(floor, mesh.local_devices, "the train step needs at least (its hidden states alone)"))
+    options = advice(tc.batch_size, tc.seq_len, tc.grad_accum_steps, config.model.remat, tc.loss_chunk)
+    hidden = jax.ShapeDtypeStruct(
+        (tc.batch_size, tc.seq_len, config.model.embedding_dim), config.model.jnp_compute_dtype
+    )
+    floor = shortage(
+        *sharded_bytes(hidden, distributed.batch_sharding(mesh)),
+        "the train step needs at least (its hidden states alone)",
+    )
+    refuse_on_every_process(floor, "the train step", options)
     batches = jax.ShapeDtypeStruct(
         (tc.grad_accum_steps, tc.batch_size, tc.seq_len + 1), jnp.int32, sharding=distributed.batch_sharding(mesh, 1)
     )
     with compilation_cache(cache_dir), jax.set_mesh(mesh):
         compiled = jitted_step.lower(state, rest, batches).compile()
-    refuse_if(shortage(step_bytes(compiled), mesh.local_devices, "the train step needs"))
+    refuse_on_every_process(
+        shortage(step_bytes(compiled), mesh.local_devices, "the train step needs"), "the train step", options
+    )
 
 
 def _open_run_dir(config: RunConfig, log: Callable[[str], None], main_process: bool) -> RunDirectory:

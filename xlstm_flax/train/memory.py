@@ -1,11 +1,10 @@
-"""What the train step needs per device, for the check before training starts (:mod:`xlstm_flax.memory`):
-a floor before compiling, then XLA's count; and the options that lower it, for the error.
+"""What the compiled train step needs per device, for the check before training starts
+(:mod:`xlstm_flax.memory`), and the options that lower it, for the error.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 
 def step_bytes(compiled: jax.stages.Compiled) -> int:
@@ -13,12 +12,6 @@ def step_bytes(compiled: jax.stages.Compiled) -> int:
     that do not reuse a donated argument (XLA's memory analysis, per device)."""
     stats = compiled.memory_analysis()
     return stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-
-
-def hidden_state_bytes(rows: int, seq_len: int, width: int, dtype) -> int:
-    """Bytes of one (rows, seq_len, width) activation: a floor under any step's need, known before compiling
-    (XLA's CPU compiler crashes, SIGFPE, on steps of tens of TB)."""
-    return rows * seq_len * width * jnp.dtype(dtype).itemsize
 
 
 def advice(batch_size: int, seq_len: int, grad_accum_steps: int, remat: bool, loss_chunk: int | None) -> str:

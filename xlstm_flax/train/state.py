@@ -5,8 +5,8 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .. import distributed, sharding
-from ..memory import OutOfMemoryError, sharded_bytes, shortage
+from .. import sharding
+from ..memory import refuse_on_every_process, sharded_bytes, shortage
 from ..model import xLSTMLMModel
 from .optim import make_optimizer
 from .recipe import RunConfig
@@ -33,20 +33,14 @@ def init_train_state(config: RunConfig, mesh: Mesh):
         sharding.state_shardings(graphdef, abstract_state, abstract_rest, mesh),
         jax.tree.map(lambda _: replicated, abstract_rest),
     )
-    _check_fits((abstract_state, abstract_rest), shardings)
+    what = "the parameters and optimiser state"
+    refuse_on_every_process(
+        shortage(*sharded_bytes((abstract_state, abstract_rest), shardings), f"{what} need"),
+        what,
+        "choose a smaller model, or shard the state over more devices (distributed.fsdp)",
+    )
     if mesh.size > 1:
         state, rest = jax.jit(init, out_shardings=shardings)()
     else:  # eager: no compile, which is faster on one device
         state, rest = jax.device_put(init(), shardings)
     return graphdef, rest, state
-
-
-def _check_fits(abstract, shardings) -> None:
-    """Raises :class:`OutOfMemoryError` on every process, before anything is allocated, if a device lacks the
-    memory for its shards of the state."""
-    problem = shortage(*sharded_bytes(abstract, shardings), "the parameters and optimiser state need")
-    if not distributed.all_succeeded(problem is None):
-        problem = problem or "a device of another process lacks the memory for the parameters and optimiser state"
-        raise OutOfMemoryError(
-            f"{problem}: choose a smaller model, or shard the state over more devices (distributed.fsdp)"
-        )
