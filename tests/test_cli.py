@@ -132,7 +132,7 @@ def test_generate_without_the_checkpoint_fails_before_building_the_model(
     workspace, capsys, monkeypatch, flags, message
 ):
     """A 7B run's model takes half a minute and 15 GB to build: the checkpoint is looked up first."""
-    monkeypatch.setattr(inference, "init_train_state", lambda *a: pytest.fail("model built before the check"))
+    monkeypatch.setattr(inference, "params_target", lambda *a: pytest.fail("model built before the check"))
     assert run_cli([*GENERATE, *flags]) == 1
     assert message in capsys.readouterr().err
 

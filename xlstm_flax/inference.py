@@ -22,7 +22,7 @@ from .sampling import generate
 from .train.checkpoint import CHECKPOINT_DIR, Checkpointer
 from .train.recipe import CONFIG_FILE, RunConfig, load_saved_run_config
 from .train.run_dir import ASIDE_DIR
-from .train.state import init_train_state
+from .train.state import params_target
 
 if TYPE_CHECKING:
     from .model import xLSTMLMModel
@@ -36,13 +36,14 @@ def load_trained_model(
 ) -> tuple[xLSTMLMModel, RunConfig, int]:
     """The model of a run directory with the weights of its newest checkpoint that restores (a warning
     names each newer one skipped and why), or of checkpoint ``step``; returns ``(model, config, step)``.
-    ``config``: the run's :func:`load_run_config`, when the caller has it already. Reads only."""
+    Reads the parameters only, never the optimiser state. ``config``: the run's :func:`load_run_config`,
+    when the caller has it already. Reads only."""
     config = config or load_run_config(run_dir)
     checkpointer = Checkpointer(Path(run_dir) / CHECKPOINT_DIR, config.checkpoint.keep, read_only=True)
     try:
         _existing_step(checkpointer, step, Path(run_dir))  # before the model is built
         mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
-        graphdef, rest, state = init_train_state(config, mesh)
+        graphdef, rest, state = params_target(config, mesh)
         if step is None:
             state, _, step, skipped = checkpointer.restore_newest(state)
             for checkpoint in skipped:

@@ -12,6 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
 from orbax.checkpoint._src.path import atomicity
@@ -117,6 +118,21 @@ def test_a_failed_restore_leaves_no_read_in_flight(tmp_path, monkeypatch, caplog
     gc.collect()
     assert [str(u.exc_value) for u in unraisable] == []
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []  # "Task was destroyed but..."
+
+
+def test_placeholder_leaves_are_left_unread(tmp_path):
+    """A target whose optimiser leaves are orbax's placeholder restores the parameters alone (inference)."""
+    saved = random_state(1)
+    writer = Checkpointer(tmp_path, keep=1)
+    writer.save(1, saved, {"step": 1})
+    writer.close()
+    target = random_state(9)
+    target["opt_state"] = jax.tree.map(lambda _: ocp.PLACEHOLDER, target["opt_state"])
+    reader = Checkpointer(tmp_path, keep=1, read_only=True)
+    state, _, _ = reader.restore(target)
+    reader.close()
+    assert_same(state["params"], saved["params"])
+    assert all(leaf is ocp.PLACEHOLDER for leaf in jax.tree.leaves(state["opt_state"]))
 
 
 def test_a_step_that_is_not_an_int_is_named(tmp_path):

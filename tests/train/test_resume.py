@@ -8,18 +8,23 @@ import json
 import logging
 import shutil
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from tests.train.run_helpers import snapshot, truncate_checkpoint
 from tests.train.test_train import CHEAP
+from xlstm_flax import distributed, memory
 from xlstm_flax.cli import main
 from xlstm_flax.config import ConfigError
-from xlstm_flax.inference import load_trained_model
+from xlstm_flax.inference import load_run_config, load_trained_model
 from xlstm_flax.kernels import registry
-from xlstm_flax.train import load_recipe, loop, train
-from xlstm_flax.train.checkpoint import CheckpointRestoreError
+from xlstm_flax.train import OutOfMemoryError, load_recipe, loop, train
+from xlstm_flax.train.checkpoint import Checkpointer, CheckpointRestoreError
 from xlstm_flax.train.metrics import read_metrics
 from xlstm_flax.train.run_dir import CHANGES_FILE, UNRESTORABLE_DIR
+from xlstm_flax.train.state import init_train_state
 
 LOG_EVERY_3 = [*CHEAP, "train.log_every=3"]  # 8 steps: train records at 3, 6, 8; checkpoints at 4, 8
 
@@ -177,6 +182,26 @@ def test_generate_falls_back_to_the_newest_checkpoint_that_restores(finished, ca
     assert main(["generate", "--run-dir", str(finished), "--tokens", "3"]) == 0
     assert "step 4" in capsys.readouterr().err
     assert snapshot(finished) == before  # generate only reads
+
+
+def test_a_trained_model_loads_with_memory_for_its_parameters_alone(finished, monkeypatch):
+    """generate, export and init_from restore the parameters, never the AdamW moments (twice their
+    bytes): with free memory for 1.5x the parameters the model loads, bit-equal to a full restore's
+    parameters, where the training state is refused before anything is allocated."""
+    config = load_run_config(finished)
+    mesh = distributed.make_mesh(distributed.DistributedConfig(), jax.local_devices()[:1])
+    reader = Checkpointer(finished / "checkpoints", keep=2, read_only=True)
+    full, _, _ = reader.restore(init_train_state(config, mesh)[2])
+    reader.close()
+    params_bytes = sum(x.nbytes for x in jax.tree.leaves(full["params"]))
+    monkeypatch.setattr(memory, "free_bytes", lambda device: params_bytes * 3 // 2)
+    with pytest.raises(OutOfMemoryError, match="the parameters and optimiser state need"):
+        init_train_state(config, mesh)
+    model, _, step = load_trained_model(finished)
+    loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    assert step == 8 and jax.tree.structure(loaded) == jax.tree.structure(full["params"])
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(full["params"])):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_no_restorable_checkpoint_names_each_one(recipe, finished, capsys):

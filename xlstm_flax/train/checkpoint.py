@@ -126,14 +126,15 @@ class Checkpointer:
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict, int]:
         """Restore into the structure, dtypes and shardings of ``target`` (arrays or
-        ``jax.ShapeDtypeStruct``); returns ``(state, metadata, step)``, the latest step by default.
-        Raises ``FileNotFoundError`` for a missing step, ``CheckpointRestoreError`` for one that fails."""
+        ``jax.ShapeDtypeStruct``; a leaf that is ``orbax.checkpoint.PLACEHOLDER`` is not read and stays
+        so); returns ``(state, metadata, step)``, the latest step by default. Raises ``FileNotFoundError``
+        for a missing step, ``CheckpointRestoreError`` for one that fails or whose tree differs."""
         step = self.existing_step(step)
+        state = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+        args = ocp.args.Composite(state=state, meta=ocp.args.JsonRestore())
         try:
             with _event_loops_that_finish_their_tasks():
-                restored = self._manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-                )
+                restored = self._manager.restore(step, args=args)
             return restored.state, restored.meta, step
         except Exception as err:  # orbax / tensorstore raise bare Exception and ValueError for bad data
             failed = SkippedCheckpoint(step, self.step_dir(step), _reason(err))

@@ -1,7 +1,9 @@
 """The training state of a run: a freshly initialised model and optimiser state laid out on the mesh
-(:mod:`xlstm_flax.sharding`; the target that checkpoints are restored into)."""
+(:mod:`xlstm_flax.sharding`; the target that checkpoints are restored into), or for inference the
+parameters alone as a restore target that allocates nothing before the checkpoint is read."""
 
 import jax
+import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -16,6 +18,41 @@ def init_train_state(config: RunConfig, mesh: Mesh):
     """A freshly initialised model as ``(graphdef, rest, state)``: ``state`` is ``{"params": pure
     dict, "opt_state": ...}`` laid out on ``mesh`` by the parameters' logical axes; ``rest`` holds the
     non-Param variables, replicated. On several devices the state is created sharded, never whole on one."""
+    graphdef, init, abstract, shardings = _layout(config, mesh)
+    what = "the parameters and optimiser state"
+    options = "choose a smaller model, or shard the state over more devices (distributed.fsdp)"
+    refuse_on_every_process(shortage(*sharded_bytes(abstract, shardings), f"{what} need"), what, options)
+    if mesh.size > 1:
+        state, rest = jax.jit(init, out_shardings=shardings)()
+    else:  # eager: no compile, which is faster on one device
+        state, rest = jax.device_put(init(), shardings)
+    return graphdef, rest, state
+
+
+def params_target(config: RunConfig, mesh: Mesh):
+    """``(graphdef, rest, target)`` for restoring only the parameters of a checkpointed training state:
+    ``target["params"]`` holds ``jax.ShapeDtypeStruct`` leaves with their shardings on ``mesh``, and every
+    leaf of ``target["opt_state"]`` is orbax's placeholder, so the optimiser moments (twice the parameters'
+    bytes under AdamW) are neither allocated nor read. Refuses parameters larger than free memory."""
+    graphdef, init, (abstract_state, abstract_rest), (state_shardings, rest_shardings) = _layout(config, mesh)
+    what = "the parameters"
+    abstract = (abstract_state["params"], abstract_rest)
+    needed = sharded_bytes(abstract, (state_shardings["params"], rest_shardings))
+    refuse_on_every_process(shortage(*needed, f"{what} need"), what, "load them on a device with more free memory")
+    params = jax.tree.map(
+        lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
+        abstract_state["params"],
+        state_shardings["params"],
+    )
+    target = {"params": params, "opt_state": jax.tree.map(lambda _: ocp.PLACEHOLDER, abstract_state["opt_state"])}
+    rest = jax.jit(lambda: init()[1], out_shardings=rest_shardings)()  # XLA drops the unused initialisation
+    return graphdef, rest, target
+
+
+def _layout(config: RunConfig, mesh: Mesh):
+    """``(graphdef, init, abstract, shardings)``: ``init()`` builds ``(state, rest)`` as
+    :func:`init_train_state` returns them, ``abstract`` is its ``jax.eval_shape`` and ``shardings`` the
+    matching tree of ``NamedSharding`` on ``mesh``."""
     optimizer = make_optimizer(config.optim, config.train.steps)
 
     def new_model():
@@ -33,14 +70,4 @@ def init_train_state(config: RunConfig, mesh: Mesh):
         sharding.state_shardings(graphdef, abstract_state, abstract_rest, mesh),
         jax.tree.map(lambda _: replicated, abstract_rest),
     )
-    what = "the parameters and optimiser state"
-    refuse_on_every_process(
-        shortage(*sharded_bytes((abstract_state, abstract_rest), shardings), f"{what} need"),
-        what,
-        "choose a smaller model, or shard the state over more devices (distributed.fsdp)",
-    )
-    if mesh.size > 1:
-        state, rest = jax.jit(init, out_shardings=shardings)()
-    else:  # eager: no compile, which is faster on one device
-        state, rest = jax.device_put(init(), shardings)
-    return graphdef, rest, state
+    return graphdef, init, (abstract_state, abstract_rest), shardings
