@@ -31,6 +31,7 @@ if not _gpu_and_jax_triton():
     pytest.skip("needs a CUDA GPU with jax_triton", allow_module_level=True)
 
 TOL = {jnp.float32: 1e-4, jnp.bfloat16: 3e-2}
+SEVEN_B_HEADS = (jnp.bfloat16, 1, 512, 256, 512, 128, 256, True)  # dtype .. with_states at the 7B head dims
 
 CASES = [
     FwCase(jnp.float32, 2, 256, 64, 64, 64, 64, False, {}),
@@ -45,31 +46,14 @@ CASES = [
     # output tiles, fp32, and small non-power-of-two head dims
     FwCase(jnp.bfloat16, 1, 512, 256, 512, 256, 256, True, dict(materialise_scores=True)),
     FwCase(
-        jnp.bfloat16,
-        1,
-        512,
-        256,
-        512,
-        128,
-        256,
-        True,
+        *SEVEN_B_HEADS,
         dict(materialise_scores=True, siz_b_DH_loop=256, siz_b_L_output=64, num_warps_output=4, num_stages_output=4),
     ),
     FwCase(jnp.float32, 1, 256, 128, 256, 64, 128, True, dict(materialise_scores=True)),
     FwCase(jnp.bfloat16, 1, 512, 96, 48, 16, 64, True, dict(materialise_scores=True)),
     # 64-row scores blocks under 128-row output tiles (the scores kernel also writes the zero blocks above
     # the diagonal that the output tiles read): 4 % faster at DHQK = 256 (h100_session25_2026-12-05.md)
-    FwCase(
-        jnp.bfloat16,
-        1,
-        512,
-        256,
-        512,
-        128,
-        256,
-        True,
-        dict(siz_b_L_parallel=64, siz_b_L_output=128, num_warps_intra=4, num_stages_intra=2),
-    ),
+    FwCase(*SEVEN_B_HEADS, dict(siz_b_L_parallel=64, siz_b_L_output=128, num_warps_intra=4, num_stages_intra=2)),
 ]
 
 

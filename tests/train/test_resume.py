@@ -160,14 +160,13 @@ def test_resuming_a_finished_run_has_nothing_to_do(recipe, finished):
 
 def test_resume_skips_a_corrupt_newest_checkpoint_and_keeps_it(recipe, reference, finished):
     damaged = truncate_checkpoint(finished / "checkpoints" / "8")
-    damaged_bytes = damaged.read_bytes()
     logged = []
     resumed = run(recipe, finished, *LOG_EVERY_3, "resume=true", log=logged.append)
     skipped = [line for line in logged if line.startswith("skipped checkpoint")]
     assert len(skipped) == 1 and f"{finished / 'checkpoints' / '8'} does not restore (" in skipped[0], logged
     assert resumed.start_step == 4 and resumed.step == 8
-    kept = finished / UNRESTORABLE_DIR / "8" / damaged.relative_to(finished / "checkpoints" / "8")
-    assert kept.read_bytes() == damaged_bytes  # moved out of the way, never deleted
+    for path in damaged:  # moved out of the way, never deleted
+        assert (finished / UNRESTORABLE_DIR / "8" / path.relative_to(finished / "checkpoints" / "8")).is_file()
     assert without_speed(read_metrics(finished / "metrics.jsonl")) == without_speed(reference[1])
     assert load_trained_model(finished)[2] == 8  # the replayed step 8 was saved again
 

@@ -176,17 +176,16 @@ _POLICY_LOCK = threading.Lock()
 
 
 class _TaskFinishingLoop(asyncio.SelectorEventLoop):
-    """An event loop that cancels its pending tasks and waits for them before it closes. orbax runs a
-    restore with ``run_until_complete`` on a fresh loop and closes it; a restore that fails returns at
-    its first error, and its other reads would be left in flight on a closed loop (their callbacks then
-    fail, or crash the process, whenever the reads end)."""
+    """An event loop that runs its pending tasks to their end before it closes. orbax runs a restore with
+    ``run_until_complete`` on a fresh loop and closes it; a restore that fails returns at its first error,
+    and its other reads would be left in flight on a closed loop (their callbacks then fail, or crash the
+    process, whenever the reads end). Cancelling those tasks instead is not enough: a cancelled task does
+    not stop its tensorstore read, whose completion still calls back into the loop."""
 
     def close(self) -> None:
         try:
             if not self.is_running() and not self.is_closed():
                 pending = asyncio.all_tasks(self)
-                for task in pending:
-                    task.cancel()
                 if pending:
                     self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         finally:
@@ -208,7 +207,7 @@ class _TaskFinishingPolicy(asyncio.DefaultEventLoopPolicy):
 
 @contextlib.contextmanager
 def _event_loops_that_finish_their_tasks():
-    """While inside, event loops this thread creates finish (or cancel) every task before closing."""
+    """While inside, event loops this thread creates finish every task before closing."""
     with _POLICY_LOCK:  # one swap at a time: concurrent restores would restore each other's policy
         previous = asyncio.get_event_loop_policy()
         asyncio.set_event_loop_policy(_TaskFinishingPolicy(previous))
