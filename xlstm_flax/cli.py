@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
             "comma-separated token ids instead of --prompt; prints token ids (for checkpoints without tokenizer.json)"
         ),
     )
-    gen.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="--hf: parameter dtype")
+    gen.add_argument(
+        "--dtype", default=None, choices=DTYPE_CHOICES, help="parameter and compute dtype (default: the checkpoint's)"
+    )
     gen.add_argument("--tokens", type=_int_at_least(0), default=200, help="new tokens to generate")
     gen.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0: greedy")
     gen.add_argument("--top-k", type=_int_at_least(1), default=None, help="sample among the k likeliest tokens")
@@ -210,8 +212,6 @@ def _check_generate_source(parser: argparse.ArgumentParser, args: argparse.Names
         gen.error("the following arguments are required: --run-dir (or --hf DIR)")
     if args.hf is not None and args.step is not None:
         gen.error("argument --step: only with --run-dir (an HF directory holds one checkpoint)")
-    if args.run_dir is not None and args.dtype is not None:
-        gen.error("argument --dtype: only with --hf")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -291,7 +291,7 @@ def _generation_model(args: argparse.Namespace, run_config):
     from .train.data import make_tokenizer
 
     tokenizer = make_tokenizer(run_config.data)
-    model, _, step = load_trained_model(args.run_dir, args.step, config=run_config)
+    model, _, step = load_trained_model(args.run_dir, args.step, config=run_config, dtype=args.dtype)
     print(f"# {args.run_dir}, step {step}", file=sys.stderr)
     return model, tokenizer
 

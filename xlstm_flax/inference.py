@@ -7,6 +7,7 @@ sampled from a prompt (both used by ``xlstm-flax generate`` and the end-of-run s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +33,18 @@ logger = logging.getLogger(__name__)
 
 
 def load_trained_model(
-    run_dir: str | Path, step: int | None = None, config: RunConfig | None = None
+    run_dir: str | Path, step: int | None = None, config: RunConfig | None = None, dtype: str | None = None
 ) -> tuple[xLSTMLMModel, RunConfig, int]:
     """The model of a run directory with the weights of its newest checkpoint that restores (a warning
     names each newer one skipped and why), or of checkpoint ``step``; returns ``(model, config, step)``.
     Reads the parameters only, never the optimiser state. ``config``: the run's :func:`load_run_config`,
-    when the caller has it already. Reads only."""
+    when the caller has it already. ``dtype`` ("float32", "bfloat16", "float16"): the parameters are cast
+    to it as they are read and the model computes in it (the returned config says so); default: the
+    run's. Reads only."""
     config = config or load_run_config(run_dir)
+    if dtype is not None:
+        model = dataclasses.replace(config.model, compute_dtype=dtype, param_dtype=dtype)
+        config = dataclasses.replace(config, model=model)
     checkpointer = Checkpointer(Path(run_dir) / CHECKPOINT_DIR, config.checkpoint.keep, read_only=True)
     try:
         _existing_step(checkpointer, step, Path(run_dir))  # before the model is built

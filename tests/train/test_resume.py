@@ -9,6 +9,7 @@ import logging
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -201,6 +202,26 @@ def test_a_trained_model_loads_with_memory_for_its_parameters_alone(finished, mo
     assert step == 8 and jax.tree.structure(loaded) == jax.tree.structure(full["params"])
     for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(full["params"])):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_a_trained_model_loads_in_bfloat16_for_half_the_memory(finished, monkeypatch, capsys):
+    """``dtype="bfloat16"`` (``generate --dtype``) casts the parameters as they are read: with free memory
+    for 0.75x the float32 parameters they load, equal to the float32 ones rounded to bfloat16, where the
+    float32 load is refused; the CLI generates from them."""
+    full, _, _ = load_trained_model(finished)
+    fp32 = nnx.to_pure_dict(nnx.state(full, nnx.Param))
+    params_bytes = sum(x.nbytes for x in jax.tree.leaves(fp32))
+    monkeypatch.setattr(memory, "free_bytes", lambda device: params_bytes * 3 // 4)
+    with pytest.raises(OutOfMemoryError, match="the parameters in float32 need .* or in bfloat16 for half"):
+        load_trained_model(finished)
+    model, config, _ = load_trained_model(finished, dtype="bfloat16")
+    assert (config.model.param_dtype, config.model.compute_dtype) == ("bfloat16", "bfloat16")
+    loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(fp32), strict=True):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(jnp.bfloat16)))
+    assert main(["generate", "--run-dir", str(finished), "--dtype", "bfloat16", "--tokens", "3"]) == 0
+    assert "step 8" in capsys.readouterr().err
 
 
 def test_no_restorable_checkpoint_names_each_one(recipe, finished, capsys):

@@ -72,7 +72,7 @@ def run_to_hf(
     hf_dir = Path(hf_dir)
     if hf_dir.exists():  # checked before the (possibly long) restore
         raise FileExistsError(f"{hf_dir} already exists; choose a new directory for the export")
-    model, config, step = load_trained_model(run_dir, step)
+    model, config, step = load_trained_model(run_dir, step, dtype=dtype)  # cast as read: less memory
     save_hf(model, hf_dir, dtype=dtype)
     if config.data.tokenizer != "bytes":
         shutil.copyfile(config.data.tokenizer, hf_dir / TOKENIZER_FILE)

@@ -38,7 +38,10 @@ def params_target(config: RunConfig, mesh: Mesh):
     what = "the parameters"
     abstract = (abstract_state["params"], abstract_rest)
     needed = sharded_bytes(abstract, (state_shardings["params"], rest_shardings))
-    refuse_on_every_process(shortage(*needed, f"{what} need"), what, "load them on a device with more free memory")
+    options = "load them on a device with more free memory"
+    if config.model.param_dtype == "float32":
+        options += ", or in bfloat16 for half (generate --dtype bfloat16)"
+    refuse_on_every_process(shortage(*needed, f"{what} in {config.model.param_dtype} need"), what, options)
     params = jax.tree.map(
         lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
         abstract_state["params"],
