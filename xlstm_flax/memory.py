@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from . import distributed
 from .config import ConfigError
@@ -50,6 +51,12 @@ def sharded_bytes(abstract, shardings) -> tuple[int, list[jax.Device]]:
     leaves, layouts = jax.tree.leaves(abstract), jax.tree.leaves(shardings)
     needed = sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in zip(leaves, layouts, strict=True))
     return needed, sorted({d for s in layouts for d in s.addressable_devices}, key=lambda d: d.id)
+
+
+def half_precision_hint(dtype) -> str | None:
+    """For parameters of 32-bit ``dtype``: "in bfloat16 for half (--dtype bfloat16)" (the loaders' option);
+    None for 16-bit ones."""
+    return "in bfloat16 for half (--dtype bfloat16)" if jnp.dtype(dtype).itemsize > 2 else None
 
 
 def refuse_on_every_process(problem: str | None, what: str, options: str) -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx, traverse_util
@@ -29,7 +28,7 @@ from jax.sharding import Mesh
 
 from .. import sharding
 from ..config import is_int
-from ..memory import OutOfMemoryError, sharded_bytes, shortage
+from ..memory import OutOfMemoryError, half_precision_hint, sharded_bytes, shortage
 from ..model import xLSTMLMModel
 from ..model_config import DTYPES, xLSTMLMConfig
 from .hf_config import from_hf_config, to_hf_config
@@ -107,8 +106,8 @@ def _check_fits(path: Path, abstract: dict, shardings: Any, dtype: str) -> None:
     a device has free; ``abstract``: the pure parameter dict of ``ShapeDtypeStruct`` leaves."""
     problem = shortage(*sharded_bytes(abstract, shardings), f"{path}: the parameters in {dtype} need")
     if problem:
-        smaller = "; load them in bfloat16 for half (--dtype bfloat16)" if jnp.dtype(dtype).itemsize > 2 else ""
-        raise OutOfMemoryError(problem + smaller)
+        hint = half_precision_hint(dtype)
+        raise OutOfMemoryError(problem + (f"; load them {hint}" if hint else ""))
 
 
 def _shardings(abstract_params: nnx.State, pure: dict, mesh: Mesh | None) -> Any:

@@ -8,7 +8,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import sharding
-from ..memory import refuse_on_every_process, sharded_bytes, shortage
+from ..memory import half_precision_hint, refuse_on_every_process, sharded_bytes, shortage
 from ..model import xLSTMLMModel
 from .optim import make_optimizer
 from .recipe import RunConfig
@@ -39,8 +39,8 @@ def params_target(config: RunConfig, mesh: Mesh):
     abstract = (abstract_state["params"], abstract_rest)
     needed = sharded_bytes(abstract, (state_shardings["params"], rest_shardings))
     options = "load them on a device with more free memory"
-    if config.model.param_dtype == "float32":
-        options += ", or in bfloat16 for half (generate --dtype bfloat16)"
+    hint = half_precision_hint(config.model.param_dtype)
+    options += f", or {hint}" if hint else ""
     refuse_on_every_process(shortage(*needed, f"{what} in {config.model.param_dtype} need"), what, options)
     params = jax.tree.map(
         lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
