@@ -11,6 +11,10 @@ and returns the output arrays (a single array when ``out_shape`` is a single sha
   are kept on disk across processes (disk_cache.py). A compiled kernel that needs more shared memory
   than one block may use on its target (:data:`MAX_SHARED_MEMORY`) is a ``ValueError`` when the
   calling function is lowered, before anything runs (the GPU would refuse the launch).
+* The outputs pass through ``jax.lax.optimization_barrier``. Without it, XLA's GPU dynamic-slice fusion
+  rewriter clones a call whose outputs are also written into a slice of a larger buffer (a ``lax.scan``
+  stacking them, e.g. the residuals of a scanned block stack) into a fusion that writes them in place, and
+  the kernel runs twice (docs/performance.md, Models).
 * Under Triton's interpreter (``TRITON_INTERPRET=1``, set before any kernel is defined) jax-triton
   cannot launch the interpreted kernel. The launcher then runs it on host numpy buffers inside
   ``jax.pure_callback`` (so it also works under ``jax.jit``) through a runner installed with
@@ -116,7 +120,7 @@ def triton_call(
         constexprs = dict(constexprs, zeroed_outputs=tuple(zeroed_outputs))
     with warnings.catch_warnings():  # jax-triton 0.4 marks zeroed_outputs deprecated (in favour of Refs)
         warnings.filterwarnings("ignore", "zeroed_outputs is deprecated", DeprecationWarning)
-        return jax_triton.triton_call(
+        outputs = jax_triton.triton_call(
             *inputs,
             kernel=kernel,
             out_type=out_shape,
@@ -126,6 +130,7 @@ def triton_call(
             compute_capability=None if gpu_visible() else HOPPER_COMPUTE_CAPABILITY,
             **constexprs,
         )
+    return jax.lax.optimization_barrier(outputs)  # see the module docstring: one launch per call
 
 
 def _call_interpreted(inputs, kernel, out_shape, grid, num_warps, num_stages, zeroed_outputs, constexprs):

@@ -4,12 +4,11 @@ machine and read the PTX of its Triton calls."""
 from __future__ import annotations
 
 import os
-import re
-import zlib
 
 import jax
 import pytest
 
+from benchmarks.gpu_hlo import TRITON_OPAQUE, triton_payload
 from xlstm_flax.kernels.triton import compat
 
 
@@ -23,28 +22,11 @@ def skip_module_unless_lowerable() -> None:
         pytest.skip("compile tests need compiled (not interpreted) Triton kernels", allow_module_level=True)
 
 
-def _unescape_mlir_string(text: str) -> bytes:
-    """MLIR string literal body -> bytes (``\\XX`` hex escapes, ``\\\\`` and ``\\"``)."""
-    out, pos = bytearray(), 0
-    while pos < len(text):
-        if text[pos] != "\\":
-            out += text[pos].encode()
-            pos += 1
-        elif text[pos + 1] in '\\"':
-            out.append(ord(text[pos + 1]))
-            pos += 2
-        else:
-            out.append(int(text[pos + 1 : pos + 3], 16))
-            pos += 3
-    return bytes(out)
-
-
 def lowered_triton_calls(fn, *args) -> list[bytes]:
     """Lowers ``jax.jit(fn)`` for CUDA; returns the decompressed payload of every Triton call."""
     text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     assert "triton_kernel_call" in text, "the lowering holds no Triton kernel call"
-    payloads = re.findall(r'opaque = "((?:[^"\\]|\\.)*)"', text)
-    return [zlib.decompress(_unescape_mlir_string(p)) for p in payloads]
+    return [triton_payload(p) for p in TRITON_OPAQUE.findall(text)]
 
 
 def assert_compiled_for_sm90(payloads: list[bytes], names: tuple[bytes, ...]) -> None:

@@ -42,14 +42,22 @@ def params_target(config: RunConfig, mesh: Mesh):
     hint = half_precision_hint(config.model.param_dtype)
     options += f", or {hint}" if hint else ""
     refuse_on_every_process(shortage(*needed, f"{what} in {config.model.param_dtype} need"), what, options)
-    params = jax.tree.map(
-        lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
-        abstract_state["params"],
-        state_shardings["params"],
-    )
+    params = _placed(abstract_state["params"], state_shardings["params"])
     target = {"params": params, "opt_state": jax.tree.map(lambda _: ocp.PLACEHOLDER, abstract_state["opt_state"])}
     rest = jax.jit(lambda: init()[1], out_shardings=rest_shardings)()  # XLA drops the unused initialisation
     return graphdef, rest, target
+
+
+def abstract_train_state(config: RunConfig, mesh: Mesh):
+    """``(graphdef, rest, state)`` as :func:`init_train_state` returns them, with ``jax.ShapeDtypeStruct``
+    leaves carrying their shardings on ``mesh`` in ``rest`` and ``state``: for compiling a training step
+    ahead of time (``mesh`` may hold compile-only devices); nothing is allocated."""
+    graphdef, _, (abstract_state, abstract_rest), (state_shardings, rest_shardings) = _layout(config, mesh)
+    return graphdef, _placed(abstract_rest, rest_shardings), _placed(abstract_state, state_shardings)
+
+
+def _placed(abstract, shardings):
+    return jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), abstract, shardings)
 
 
 def _layout(config: RunConfig, mesh: Mesh):

@@ -1,0 +1,147 @@
+"""XLA's optimised GPU program of a training step, compiled for an H100 on a machine without a GPU.
+
+    pip install jax-cuda13-pjrt==0.11.2   # XLA's CUDA compiler as a PJRT plugin (not in requirements/)
+    JAX_PLATFORMS=cpu python benchmarks/gpu_hlo.py --preset 1.3b --num-blocks 4 --scan-layers \
+        --remat save_matmuls [--shape 8x2048] [--loss-chunk 1024] [--dump step.hlo] [--out F]
+
+XLA compiles ahead of time for a compile-only device that :data:`H100_TARGET` describes (no GPU, no
+autotuning: GEMM choices may differ from a compile on the card); the Triton kernels are lowered for sm_90
+as in the CUDA lowering tests. The report lists, per HLO computation (the entry, each loop body, each
+fusion), the Triton kernels it launches, then the program's copies, dynamic-slice fusions and XLA's
+memory estimate: how often each kernel runs per step and what XLA copies or clones, without device time
+(docs/performance.md, Models: the scanned stack's output kernel that ran twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import sys
+import zlib
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import topologies
+from jax.sharding import NamedSharding, PartitionSpec
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
+
+from benchmarks.model import REMAT_POLICIES, model_config, parse_shapes  # noqa: E402
+from benchmarks.timing import markdown_table, write_report  # noqa: E402
+from xlstm_flax import distributed  # noqa: E402
+from xlstm_flax.kernels import registry  # noqa: E402
+from xlstm_flax.kernels.triton import launch  # noqa: E402
+from xlstm_flax.presets import PRESETS  # noqa: E402
+from xlstm_flax.train.loop import make_steps  # noqa: E402
+from xlstm_flax.train.recipe import RunConfig, TrainConfig  # noqa: E402
+from xlstm_flax.train.state import abstract_train_state  # noqa: E402
+
+# An H100 SXM as XLA's GpuTargetConfigProto (text format): the card's published limits, CUDA 13 runtime.
+H100_TARGET = """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 shared_memory_per_block_optin: 232448 threads_per_core_limit: 2048
+  core_count: 132 fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84929347584 registers_per_core_limit: 65536 registers_per_block_limit: 65536
+  cuda_compute_capability { major: 9 }
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 13 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+TRITON_CALL = 'custom_call_target="triton_kernel_call'
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
+TRITON_OPAQUE = re.compile(r'opaque = "((?:[^"\\]|\\.)*)"')  # a jax-triton call's payload, escaped
+_ESCAPE = re.compile(r'\\([0-9A-Fa-f]{2}|\\|")')
+
+
+def triton_payload(escaped: str) -> bytes:
+    """The kernel payload of a jax-triton call from its escaped ``opaque`` string (MLIR and HLO text write
+    non-printable bytes as ``\\XX``): zlib-decompressed, the serialised kernel with its PTX."""
+    raw = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)) if len(m.group(1)) == 2 else m.group(1), escaped)
+    return zlib.decompress(raw.encode("latin-1"))
+
+
+def triton_kernels_by_computation(hlo_text: str) -> dict[str, collections.Counter]:
+    """{HLO computation: Counter of the Triton kernel names it calls} of an HLO text dump."""
+    found: dict[str, collections.Counter] = {}
+    computation = None
+    for line in hlo_text.splitlines():
+        if (match := _COMPUTATION.match(line)) and not line.startswith(" "):
+            computation = match.group(1)
+        elif TRITON_CALL in line:
+            entry = re.search(rb"\.entry (\w+)", triton_payload(TRITON_OPAQUE.search(line).group(1)))
+            found.setdefault(computation, collections.Counter())[entry.group(1).decode()] += 1
+    return found
+
+
+def compile_only_mesh():
+    """A one-device mesh whose device is an H100 that only compiles (needs jax-cuda13-pjrt)."""
+    topology = topologies.get_topology_desc(
+        platform="cuda", topology_name="h100", target_config=H100_TARGET, topology="1x1x1"
+    )
+    return distributed.make_mesh(distributed.DistributedConfig(), list(topology.devices))
+
+
+def compiled_train_step(config, B: int, S: int, loss_chunk: int, mesh):
+    """``make_steps``' training step for ``config`` at B x S, compiled for ``mesh``'s devices."""
+    run = RunConfig(model=config, train=TrainConfig(steps=TrainConfig().steps, batch_size=B, seq_len=S))
+    graphdef, rest, state = abstract_train_state(run, mesh)
+    train_step, _ = make_steps(graphdef, run.optim, run.train.steps, mesh, None, loss_chunk or None)
+    batch = jax.ShapeDtypeStruct((1, B, S + 1), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
+    with jax.set_mesh(mesh):
+        return train_step.trace(state, rest, batch).lower().compile()
+
+
+def report_lines(compiled) -> list[str]:
+    text = compiled.as_text()
+    rows = [
+        [name, kernel, count]
+        for name, kernels in triton_kernels_by_computation(text).items()
+        for kernel, count in sorted(kernels.items())
+    ]
+    memory = compiled.memory_analysis()
+    copies, loops = len(re.findall(r"= [^=]+ copy\(", text)), len(re.findall(r" while\(", text))
+    return [
+        markdown_table(["computation", "Triton kernel", "calls"], rows),
+        "",
+        f"- copies: {copies}; dynamic-slice fusions: {text.count('%dynamic-slice-fusion')}; while loops: {loops}",
+        f"- XLA's estimate: {memory.temp_size_in_bytes / 2**30:.2f} GiB temporaries, "
+        f"{memory.argument_size_in_bytes / 2**30:.2f} GiB arguments",
+    ]
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", required=True, choices=list(PRESETS))
+    parser.add_argument("--shape", type=parse_shapes, default=parse_shapes("8x2048"), help="BxS")
+    parser.add_argument("--loss-chunk", type=int, default=1024, help="train.loss_chunk, 0 = whole sequence")
+    parser.add_argument("--num-blocks", type=int, help="the preset's first N blocks only")
+    parser.add_argument("--scan-layers", action="store_true")
+    parser.add_argument("--remat", choices=list(REMAT_POLICIES), help="model.remat with this policy")
+    parser.add_argument("--kernel", default="chunkwise--triton", help="mLSTM sequence kernel (registry name)")
+    parser.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dump", help="write the optimised HLO text to this file")
+    parser.add_argument("--out", help="markdown file to write")
+    args = parser.parse_args(argv)
+    B, S = args.shape[0]
+    with (  # compiling needs no GPU: skip the checks that a run needs one
+        mock.patch.object(registry, "triton_usable", lambda: True),
+        mock.patch.object(launch, "require_triton_backend", lambda *a: None),
+    ):
+        config = model_config(args, PRESETS[args.preset].param_dtype)
+        compiled = compiled_train_step(config, B, S, args.loss_chunk, compile_only_mesh())
+    if args.dump:
+        with open(args.dump, "w") as fh:
+            fh.write(compiled.as_text())
+    title = f"XLA GPU program (H100, compile only): {args.preset} training step, B={B}, S={S}"
+    return write_report(title, [report_lines(compiled)], args.out)
+
+
+if __name__ == "__main__":
+    main()

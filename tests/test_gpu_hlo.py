@@ -1,0 +1,53 @@
+"""benchmarks/gpu_hlo.py's reading of an HLO text dump: Triton kernels by computation, from the escaped
+jax-triton payloads (the compile itself needs the CUDA PJRT plugin, which the CI set lacks; the CUDA
+lowering tests decode real payloads with the same function)."""
+
+import zlib
+
+from benchmarks.gpu_hlo import triton_kernels_by_computation, triton_payload
+
+
+def escaped(data: bytes) -> str:
+    """``data`` as MLIR / HLO text writes a string: printable ASCII kept, '\\\\' and '"' escaped, the
+    rest as \\XX."""
+    out = []
+    for byte in data:
+        char = chr(byte)
+        out.append("\\" + char if char in '\\"' else char if 32 <= byte < 127 else f"\\{byte:02X}")
+    return "".join(out)
+
+
+def call_line(name: str, kernel: str) -> str:
+    payload = zlib.compress(f'name "{kernel}"\x00\\ .entry {kernel}(\n\xff'.encode("latin-1"))
+    return (
+        f'  %{name} = (f32[2]{{0}}) custom-call(%p0), custom_call_target="triton_kernel_call_ffi", '
+        f'backend_config={{opaque = "{escaped(payload)}"}}'
+    )
+
+
+def test_payload_round_trips_every_byte():
+    data = bytes(range(256)) * 3
+    assert triton_payload(escaped(zlib.compress(data))) == data
+
+
+def test_kernels_are_counted_per_computation():
+    text = "\n".join(
+        [
+            "%region_body.1 (arg: (s32[], f32[2])) -> (s32[], f32[2]) {",
+            call_line("a", "recurrent_fw_kernel"),
+            call_line("b", "parallel_fw_kernel"),
+            "  ROOT %t = tuple(%a, %b)",
+            "}",
+            "",
+            "ENTRY %main.7 (p: f32[2]) -> f32[2] {",
+            call_line("c", "parallel_fw_kernel"),
+            call_line("d", "parallel_fw_kernel"),
+            "  %e = f32[2]{0} add(%c, %d)",
+            "}",
+        ]
+    )
+    found = triton_kernels_by_computation(text)
+    assert found == {
+        "region_body.1": {"recurrent_fw_kernel": 1, "parallel_fw_kernel": 1},
+        "main.7": {"parallel_fw_kernel": 2},
+    }, found
