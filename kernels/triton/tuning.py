@@ -141,8 +141,10 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, materialise_s
     bf16/fp16 with DHV wider than one 256-column tile (where the parallel kernel would recompute q k^T
     per tile): ``materialise_scores`` with the scores kernel's q k^T as one dot up to DHQK = 256 (H200,
     7B layer: forward 3.17 -> 2.66 ms; at 128 x 256, one DHV tile, it lost: 2.50 -> 2.75 ms); its output
-    kernel with the parallel kernel's warps and stages.
-    :func:`resolve_fw_config` fills in the output kernel's blocks, which follow ``siz_b_L_parallel``.
+    kernel with 128-row tiles, 8 warps and the parallel kernel's stages. From DHQK = 256 on its scores
+    kernel takes 64-row blocks with 4 warps and 2 stages, two programs per SM (H100, forward: 7B layer
+    2.206 -> 2.112 ms, 32x8x2048 2.246 -> 2.157, 1x8x8192 0.391 -> 0.377; it lost at 128 x 256, 19 %).
+    :func:`resolve_fw_config` fills in the output kernel's blocks, which otherwise follow ``siz_b_L_parallel``.
     """
     intra = chunk_size_intra
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
@@ -158,15 +160,17 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, materialise_s
         materialise = dhv_pad > 256 if materialise_scores is None else materialise_scores  # several DHV tiles
         if DHQK >= 128:
             both.update(siz_b_DHQK_inter=128)
+        half_rows = materialise and DHQK >= 256  # 64-row scores blocks, two programs per SM
         return dict(
             both,
             materialise_scores=materialise,
-            num_stages_intra=3 if DHQK >= 256 else 2,
-            siz_b_L_parallel=min(128, intra),
+            num_stages_intra=3 if DHQK >= 256 and not half_rows else 2,
+            siz_b_L_parallel=min(64 if half_rows else 128, intra),
             siz_b_L_loop=min(64, intra),
             siz_b_DH_parallel=min(256, dhv_pad),
             siz_b_DH_loop=dhqk_pad if dhqk_pad <= (256 if materialise else 128) else 64,
-            num_warps_intra=8,
+            num_warps_intra=4 if half_rows else 8,
+            **({"siz_b_L_output": min(128, intra)} if half_rows else {}),  # the output kernel's tiles as before
             num_warps_output=8,
             num_stages_output=3 if DHQK >= 256 else 2,
         )

@@ -49,16 +49,12 @@ SWEEP = [
     (jnp.bfloat16, 128, 64, 64, {}),  # all defaults
     (jnp.float32, 64, 16, 16, {}),
     (jnp.float16, 128, 48, 96, {}),
-    (jnp.bfloat16, 2048, 256, 512, {}),  # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256)
+    # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256): 64-row scores blocks, smaller than the
+    # output kernel's 128 rows (the scores kernel writes zero blocks for it)
+    (jnp.bfloat16, 2048, 256, 512, {}),
     (jnp.bfloat16, 2048, 256, 512, dict(materialise_scores=False)),  # the parallel kernel at those dims
-    # scores rows smaller than the output kernel's (the scores kernel writes zero blocks for it) at those dims
-    (
-        jnp.bfloat16,
-        2048,
-        256,
-        512,
-        dict(siz_b_L_parallel=64, num_warps_intra=4, num_stages_intra=2, siz_b_L_output=128),
-    ),
+    # 128-row, 8-warp, 3-stage scores blocks at those dims (equal to the output kernel's rows)
+    (jnp.bfloat16, 2048, 256, 512, dict(siz_b_L_parallel=128, num_warps_intra=8, num_stages_intra=3)),
     (jnp.float32, 2048, 256, 512, {}),  # fp32 defaults (smaller parallel tiles, chunk 256)
     (jnp.float16, 512, 128, 256, {}),
     (jnp.bfloat16, 128, 512, 512, {}),
@@ -287,18 +283,21 @@ def test_materialised_segments_forward_and_backward_lower(monkeypatch):
     assert not any(b"parallel_fw" in p for p in payloads)
 
 
+OVERFLOWING = dict(siz_b_L_parallel=128, siz_b_L_loop=128, num_warps_intra=8, num_stages_intra=3)
+
+
 def test_tuning_that_overflows_shared_memory_fails_at_lowering(tmp_path, monkeypatch):
-    """128-step key blocks of the 7B head dims' scores kernel need 288 KiB, more than sm_90's 227 KiB per
-    block: a ValueError naming the kernel and the bytes when the function is lowered, before any launch;
-    again when the compilation comes from the disk cache (the second lowering rewrites no entry)."""
+    """128-row, 3-stage scores blocks with 128-step key blocks at the 7B head dims need 288 KiB, more than
+    sm_90's 227 KiB per block: a ValueError naming the kernel and the bytes when the function is lowered,
+    before any launch; again when the compilation comes from the disk cache (the second lowering rewrites no entry)."""
     monkeypatch.setenv("XLSTM_FLAX_TRITON_CACHE", str(tmp_path))
     args = _shapes(jnp.bfloat16, 1, 1, 2048, 256, 512)
     message = r"scores_fw_kernel needs \d+ bytes of shared memory .* sm_90 allows 232448 per block"
     with pytest.raises(ValueError, match=message):
-        lowered_triton_calls(_forward(siz_b_L_loop=128), *args)
+        lowered_triton_calls(_forward(**OVERFLOWING), *args)
     stored = {entry: entry.stat().st_mtime_ns for entry in tmp_path.glob("*.json")}
     names = {json.loads(entry.read_text())["name"] for entry in stored}
     assert "scores_fw_kernel" in names, f"the cache holds {sorted(names)}: the check ran before it stored"
     with pytest.raises(ValueError, match=message):
-        lowered_triton_calls(_forward(siz_b_L_loop=128), *args)
+        lowered_triton_calls(_forward(**OVERFLOWING), *args)
     assert {entry: entry.stat().st_mtime_ns for entry in tmp_path.glob("*.json")} == stored
