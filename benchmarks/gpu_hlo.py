@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import re
 import sys
@@ -125,6 +126,7 @@ def main(argv=None) -> str:
     parser.add_argument("--scan-layers", action="store_true")
     parser.add_argument("--remat", choices=list(REMAT_POLICIES), help="model.remat with this policy")
     parser.add_argument("--kernel", default="chunkwise--triton", help="mLSTM sequence kernel (registry name)")
+    parser.add_argument("--slstm-kernel", default="recurrent--triton", help="sLSTM kernel of sLSTM blocks")
     parser.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--dump", help="write the optimised HLO text to this file")
     parser.add_argument("--out", help="markdown file to write")
@@ -135,6 +137,7 @@ def main(argv=None) -> str:
         mock.patch.object(launch, "require_triton_backend", lambda *a: None),
     ):
         config = model_config(args, PRESETS[args.preset].param_dtype)
+        config = dataclasses.replace(config, slstm=dataclasses.replace(config.slstm, kernel=args.slstm_kernel))
         compiled = compiled_train_step(config, B, S, args.loss_chunk, compile_only_mesh())
     if args.dump:
         with open(args.dump, "w") as fh:
