@@ -7,9 +7,10 @@
 XLA compiles ahead of time for a compile-only device that :data:`H100_TARGET` describes (no GPU, no
 autotuning: GEMM choices may differ from a compile on the card); the Triton kernels are lowered for sm_90
 as in the CUDA lowering tests. The report lists, per HLO computation (the entry, each loop body, each
-fusion), the Triton kernels it launches, then the program's copies, dynamic-slice fusions and XLA's
-memory estimate: how often each kernel runs per step and what XLA copies or clones, without device time
-(docs/performance.md, Models: the scanned stack's output kernel that ran twice).
+fusion), the Triton kernels it launches and its asynchronous copies of slices of stacked buffers (count and
+bytes per run), then the program's copies, dynamic-slice fusions and XLA's memory estimate: how often each
+kernel runs per step and what XLA copies or clones, without device time (docs/performance.md, Models: the
+scanned stack's output kernel that ran twice, and its backward loop's copies).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import math
 import os
 import re
 import sys
+import time
 import zlib
 from unittest import mock
 
@@ -58,6 +61,9 @@ device_description_str: "NVIDIA H100 80GB HBM3"
 TRITON_CALL = 'custom_call_target="triton_kernel_call'
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
 TRITON_OPAQUE = re.compile(r'opaque = "((?:[^"\\]|\\.)*)"')  # a jax-triton call's payload, escaped
+# an async dynamic-slice copy: ((operands), slice, context) fusion-start(...) of a fused_dynamic_slice computation
+_SLICE_COPY = re.compile(r"= \(\(.*?\), (\S+), u32\[\]\) fusion-start\(.*calls=%?fused_dynamic_slice")
+_ARRAY = re.compile(r"\b(pred|[bfsu]f?\d+)\[([0-9,]*)\]")  # element type (its bits; pred: a byte), dims
 _ESCAPE = re.compile(r'\\([0-9A-Fa-f]{2}|\\|")')
 
 
@@ -68,16 +74,43 @@ def triton_payload(escaped: str) -> bytes:
     return zlib.decompress(raw.encode("latin-1"))
 
 
-def triton_kernels_by_computation(hlo_text: str) -> dict[str, collections.Counter]:
-    """{HLO computation: Counter of the Triton kernel names it calls} of an HLO text dump."""
-    found: dict[str, collections.Counter] = {}
+def _lines_by_computation(hlo_text: str):
+    """(computation name, instruction line) of every instruction in an HLO text dump."""
     computation = None
     for line in hlo_text.splitlines():
         if (match := _COMPUTATION.match(line)) and not line.startswith(" "):
             computation = match.group(1)
-        elif TRITON_CALL in line:
+        elif computation is not None:
+            yield computation, line
+
+
+def triton_kernels_by_computation(hlo_text: str) -> dict[str, collections.Counter]:
+    """{HLO computation: Counter of the Triton kernel names it calls} of an HLO text dump."""
+    found: dict[str, collections.Counter] = {}
+    for computation, line in _lines_by_computation(hlo_text):
+        if TRITON_CALL in line:
             entry = re.search(rb"\.entry (\w+)", triton_payload(TRITON_OPAQUE.search(line).group(1)))
             found.setdefault(computation, collections.Counter())[entry.group(1).decode()] += 1
+    return found
+
+
+def array_bytes(shape: str) -> int:
+    """Bytes of every array in an HLO shape string, e.g. ``(bf16[8,2048]{1,0}, f32[])``."""
+    return sum(
+        int(re.sub(r"\D", "", dtype) or 8) // 8 * math.prod(int(d) for d in dims.split(",") if d)
+        for dtype, dims in _ARRAY.findall(shape)
+    )
+
+
+def slice_copies_by_computation(hlo_text: str) -> dict[str, tuple[int, int]]:
+    """{HLO computation: (count, bytes written)} of its asynchronous dynamic-slice copies: the
+    ``fusion-start`` of a dynamic-slice fusion, which copies a slice of a stacked buffer (a scan's
+    residuals or weights) out before its readers run (docs/performance.md, Models)."""
+    found: dict[str, tuple[int, int]] = {}
+    for computation, line in _lines_by_computation(hlo_text):
+        if (match := _SLICE_COPY.search(line)) is not None:
+            count, size = found.get(computation, (0, 0))
+            found[computation] = (count + 1, size + array_bytes(match.group(1)))
     return found
 
 
@@ -90,26 +123,40 @@ def compile_only_mesh():
 
 
 def compiled_train_step(config, B: int, S: int, loss_chunk: int, mesh):
-    """``make_steps``' training step for ``config`` at B x S, compiled for ``mesh``'s devices."""
+    """(``make_steps``' training step for ``config`` at B x S compiled for ``mesh``'s devices, seconds of
+    its trace, lowering and compile)."""
     run = RunConfig(model=config, train=TrainConfig(steps=TrainConfig().steps, batch_size=B, seq_len=S))
     graphdef, rest, state = abstract_train_state(run, mesh)
     train_step, _ = make_steps(graphdef, run.optim, run.train.steps, mesh, None, loss_chunk or None)
     batch = jax.ShapeDtypeStruct((1, B, S + 1), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
     with jax.set_mesh(mesh):
-        return train_step.trace(state, rest, batch).lower().compile()
+        start = time.perf_counter()
+        traced = train_step.trace(state, rest, batch)
+        traced_at = time.perf_counter()
+        lowered = traced.lower()
+        lowered_at = time.perf_counter()
+        compiled = lowered.compile()
+    return compiled, (traced_at - start, lowered_at - traced_at, time.perf_counter() - lowered_at)
 
 
 def report_lines(compiled, text: str) -> list[str]:
-    """The kernel table and the copy / memory lines of ``compiled``, whose optimised HLO is ``text``."""
+    """The kernel and slice-copy tables and the copy / memory lines of ``compiled``, whose optimised HLO
+    is ``text``."""
     rows = [
         [name, kernel, count]
         for name, kernels in triton_kernels_by_computation(text).items()
         for kernel, count in sorted(kernels.items())
     ]
+    copies_table = markdown_table(
+        ["computation", "asynchronous slice copies", "MB written"],
+        [[name, count, f"{size / 1e6:.1f}"] for name, (count, size) in slice_copies_by_computation(text).items()],
+    )
     memory = compiled.memory_analysis()
     copies, loops = len(re.findall(r"= [^=]+ copy\(", text)), len(re.findall(r" while\(", text))
     return [
         markdown_table(["computation", "Triton kernel", "calls"], rows),
+        "",
+        copies_table,
         "",
         f"- copies: {copies}; dynamic-slice fusions: {text.count('%dynamic-slice-fusion')}; while loops: {loops}",
         f"- XLA's estimate: {memory.temp_size_in_bytes / 2**30:.2f} GiB temporaries, "
@@ -138,13 +185,19 @@ def main(argv=None) -> str:
     ):
         config = model_config(args, PRESETS[args.preset].param_dtype)
         config = dataclasses.replace(config, slstm=dataclasses.replace(config.slstm, kernel=args.slstm_kernel))
-        compiled = compiled_train_step(config, B, S, args.loss_chunk, compile_only_mesh())
+        compiled, (trace_s, lower_s, compile_s) = compiled_train_step(
+            config, B, S, args.loss_chunk, compile_only_mesh()
+        )
     text = compiled.as_text()  # the whole optimised program: read it once
     if args.dump:
         with open(args.dump, "w") as fh:
             fh.write(text)
     title = f"XLA GPU program (H100, compile only): {args.preset} training step, B={B}, S={S}"
-    return write_report(title, [report_lines(compiled, text)], args.out)
+    timing = (
+        f"- trace {trace_s:.1f} s, lowering {lower_s:.1f} s (Triton kernels compiled), XLA compile {compile_s:.1f} s "
+        f"on this machine's {os.cpu_count()} cores; XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`"
+    )
+    return write_report(title, [report_lines(compiled, text) + [timing]], args.out)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """benchmarks/gpu_hlo.py's reading of an HLO text dump: Triton kernels by computation, from the escaped
-jax-triton payloads (the compile itself needs the CUDA PJRT plugin, which the CI set lacks; the CUDA
-lowering tests decode real payloads with the same function)."""
+jax-triton payloads, and asynchronous slice copies by computation (the compile itself needs the CUDA PJRT
+plugin, which the CI set lacks; the CUDA lowering tests decode real payloads with the same function)."""
 
 import zlib
 
-from benchmarks.gpu_hlo import triton_kernels_by_computation, triton_payload
+from benchmarks.gpu_hlo import array_bytes, slice_copies_by_computation, triton_kernels_by_computation, triton_payload
 
 
 def escaped(data: bytes) -> str:
@@ -51,3 +51,34 @@ def test_kernels_are_counted_per_computation():
         "region_body.1": {"recurrent_fw_kernel": 1, "parallel_fw_kernel": 1},
         "main.7": {"parallel_fw_kernel": 2},
     }, found
+
+
+def test_array_bytes_counts_every_array_of_a_shape():
+    assert array_bytes("((bf16[4,8,2048]{2,1,0}, s32[]), bf16[1,8,2048]{2,1,0}, u32[])") == (
+        4 * 8 * 2048 * 2 + 4 + 8 * 2048 * 2 + 4
+    )
+    assert array_bytes("f32[]") == 4
+
+
+def test_slice_copies_are_counted_per_computation_with_their_slice_bytes():
+    def start(name, stacked, piece, callee):
+        return (
+            f"  %{name} = (({stacked}, s32[]), {piece}, u32[]) fusion-start(%p, %i), kind=kLoop, "
+            f"calls=%{callee}, backend_config={{}}"
+        )
+
+    text = "\n".join(
+        [
+            "%region_20.134 (arg: (s32[], f32[4,2048])) -> (s32[], f32[4,2048]) {",
+            start("s1", "f32[4,2048,8]{2,1,0}", "f32[1,2048,8]{2,1,0}", "fused_dynamic_slice.3.clone"),
+            start("s2", "bf16[4,8,2048]{2,1,0}", "bf16[1,8,2048]{2,1,0}", "fused_dynamic_slice.4"),
+            start("other", "f32[4,2048]{1,0}", "f32[1,2048]{1,0}", "fused_multiply.2"),  # not a slice copy
+            "  %c = f32[1,2048]{1,0} copy(%x)",
+            "}",
+            "",
+            "ENTRY %main.7 (p: f32[2]) -> f32[2] {",
+            "  %e = f32[2]{0} add(%p, %p)",
+            "}",
+        ]
+    )
+    assert slice_copies_by_computation(text) == {"region_20.134": (2, 2048 * 8 * 4 + 8 * 2048 * 2)}
