@@ -169,17 +169,23 @@ def main():
         ref = out if ref is None else ref
         d = [float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))) for a, b in zip(out, ref)]
         print(f"{name}: max |diff| vs the pointer walk: C_all {d[0]:.3g}, C_last {d[1]:.3g}", flush=True)
-    times = {name: [] for name in fns}
+    for name, median_ms, min_ms in median_times({name: functools.partial(fn, *args) for name, fn in fns.items()}):
+        print(f"| {name} | {median_ms:.3f} ms | min {min_ms:.3f} |", flush=True)
+
+
+def median_times(calls: dict) -> list[tuple[str, float, float]]:
+    """(name, median ms, min ms) of each call's wall time: 10 waited-for calls after 3, in three rounds
+    over the calls (so that a slow phase of the card hits every variant)."""
+    times = {name: [] for name in calls}
     for _ in range(3):
-        for name, fn in fns.items():
+        for name, call in calls.items():
             for _ in range(3):
-                jax.block_until_ready(fn(*args))
+                jax.block_until_ready(call())
             for _ in range(10):
                 t0 = time.perf_counter()
-                jax.block_until_ready(fn(*args))
+                jax.block_until_ready(call())
                 times[name].append(time.perf_counter() - t0)
-    for name, ts in times.items():
-        print(f"| {name} | {1e3 * statistics.median(ts):.3f} ms | min {1e3 * min(ts):.3f} |", flush=True)
+    return [(name, 1e3 * statistics.median(ts), 1e3 * min(ts)) for name, ts in times.items()]
 
 
 if __name__ == "__main__":
