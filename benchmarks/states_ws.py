@@ -19,6 +19,11 @@ prints median wall times of 10 calls after 3, in three rounds over the variants;
 gates (timing only). jax-triton 0.4.1 launches a kernel with the warps it was asked for, and a
 warp-specialised kernel needs more (its PTX's ``.reqntid``): the script launches it with those.
 
+Result (H200, benchmarks/results/h200_session27_2026-12-06.md): with the gates prepared the walk is correct
+and no faster (0.908 against 0.895 ms at the 7B layer shape), and the warp-specialised kernels return wrong
+states (NaN), even the matmul-only one: launching them takes more than the thread count jax-triton 0.4.1
+can be given.
+
     python benchmarks/states_ws.py              # on a GPU with jax-triton
     TINY=1 LOWER=1 python benchmarks/states_ws.py   # CUDA lowering of every variant, on any machine
 """

@@ -126,18 +126,36 @@ def fitting_chunk_size(S: int, caller: str) -> int:
     return min(common.default_chunk_size(S), S & -S)
 
 
-def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, materialise_scores: bool | None = None) -> dict:
-    """Per-shape forward defaults of every choice but chunk_size_intra; ``siz_b_DH_loop`` follows
-    ``materialise_scores`` (None: the shape's default, below).
+FEW_BATCH_HEADS = 16  # at most this many (batch, head) pairs: 64-row state tiles (state_tile_rows)
+
+
+def state_tile_rows(DHQK: int, dtype, batch_heads: int) -> int:
+    """DHQK rows of a state-walk tile (forward C, backward dC) for ``batch_heads`` = B x NH.
+
+    128 for 16-bit inputs from DHQK = 128 on: two programs per SM, since n walks in programs of its own
+    (H200, states kernel alone: 7B layer 1.15 -> 1.08 ms, 8x16x8192x128x256 0.96 -> 0.79 ms;
+    benchmarks/results/h200_recurrent_split_2026-12-03.md). With at most FEW_BATCH_HEADS pairs that grid
+    leaves SMs with one program or none, and 64 rows were faster (H200, two processes at 1x8x8192x256x512:
+    forward 0.361-0.366 -> 0.346-0.353 ms, forward+backward 1.043-1.047 -> 1.009-1.018; 2x8x8192x256x512:
+    0.639 -> 0.616 and 1.836 -> 1.803; benchmarks/results/h200_session27_2026-12-06.md). Otherwise
+    min(64, padded DHQK).
+    """
+    if jnp.dtype(dtype).itemsize <= 2 and DHQK >= 128 and batch_heads > FEW_BATCH_HEADS:
+        return 128
+    return min(64, padded_dim(DHQK))
+
+
+def fw_defaults(
+    DHQK: int, DHV: int, dtype, chunk_size_intra: int, batch_heads: int, materialise_scores: bool | None = None
+) -> dict:
+    """Per-shape forward defaults of every choice but chunk_size_intra (``batch_heads`` = B x NH sets the
+    state tiles); ``siz_b_DH_loop`` follows ``materialise_scores`` (None: the shape's default, below).
 
     bf16/fp16: the fastest configuration of the H100 sweep at (DHQK, DHV) = (256, 512) and (128, 256),
     with 3 parallel-kernel stages from DHQK = 256 on (H200 sweep at 7B: 4.02 -> 3.63 ms). fp32 operands
     are twice as large: smaller parallel-kernel tiles, so shared memory stays within the H100's 227 KiB.
-    Both: recurrent tile min(64, padded DHQK) x min(64, padded DHV) over inter chunks of min(128, intra)
-    steps, 4 warps, 2 stages; chunk states in the input dtype (fp32 for fp32 inputs). bf16/fp16 with
-    DHQK >= 128: a 128 x min(64, padded DHV) recurrent tile: two programs per SM since the n walk
-    has programs of its own (H200, states kernel alone, before -> after: 7B 1.15 -> 1.08 ms,
-    8x16x8192x128x256 0.96 -> 0.79 ms; benchmarks/results/h200_recurrent_split_2026-12-03.md).
+    Both: recurrent tile :func:`state_tile_rows` x min(64, padded DHV) over inter chunks of min(128,
+    intra) steps, 4 warps, 2 stages; chunk states in the input dtype (fp32 for fp32 inputs).
     bf16/fp16 with DHV wider than one 256-column tile (where the parallel kernel would recompute q k^T
     per tile): ``materialise_scores`` with the scores kernel's q k^T as one dot up to DHQK = 256 (H200,
     7B layer: forward 3.17 -> 2.66 ms; at 128 x 256, one DHV tile, it lost: 2.50 -> 2.75 ms); its output
@@ -150,7 +168,7 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, materialise_s
     dhqk_pad, dhv_pad = padded_dim(DHQK), padded_dim(DHV)
     both = dict(
         chunk_size_inter=min(128, intra),
-        siz_b_DHQK_inter=min(64, dhqk_pad),
+        siz_b_DHQK_inter=state_tile_rows(DHQK, dtype, batch_heads),
         siz_b_DHV_inter=min(64, dhv_pad),
         num_warps_inter=4,
         num_stages_inter=2,
@@ -158,8 +176,6 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, materialise_s
     )
     if jnp.dtype(dtype).itemsize <= 2:
         materialise = dhv_pad > 256 if materialise_scores is None else materialise_scores  # several DHV tiles
-        if DHQK >= 128:
-            both.update(siz_b_DHQK_inter=128)
         half_rows = materialise and DHQK >= 256  # 64-row scores blocks, two programs per SM
         return dict(
             both,
@@ -188,13 +204,14 @@ def fw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, materialise_s
     )
 
 
-def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
-    """Per-shape backward defaults of every choice but chunk_size_intra.
+def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int, batch_heads: int) -> dict:
+    """Per-shape backward defaults of every choice but chunk_size_intra (``batch_heads`` = B x NH sets the
+    state-cotangent tiles).
 
     Step blocks min(64, intra), recurrent chunk min(128, intra); owned head-dim tile min(128, padded DHV)
     for 16-bit inputs, min(64, padded DHV) for fp32 (twice the bytes per tile); contracted blocks
-    min(64, padded DHQK); recurrent tile min(64, padded head dims), 128 x 64 for 16-bit inputs with
-    DHQK >= 128 (as the forward's; see there); 4 warps and 2 stages everywhere, except 16-bit inputs with
+    min(64, padded DHQK); recurrent tile :func:`state_tile_rows` x min(64, padded DHV) (as the
+    forward's); 4 warps and 2 stages everywhere, except 16-bit inputs with
     DHQK >= 256: 3 parallel-kernel stages (H200 sweep at 7B: backward kernels 9.04 -> 7.89 ms,
     forward+backward 12.56 -> 11.12 ms). State
     cotangents in the input dtype (fp32 for fp32 inputs). ``materialise_bw_scores`` for 16-bit inputs:
@@ -208,7 +225,7 @@ def bw_defaults(DHQK: int, DHV: int, dtype, chunk_size_intra: int) -> dict:
     wide = sixteen_bit and DHQK >= 256
     return dict(
         chunk_size_recurrent=min(128, intra),
-        block_dhqk_recurrent=128 if sixteen_bit and DHQK >= 128 else min(64, dhqk_pad),
+        block_dhqk_recurrent=state_tile_rows(DHQK, dtype, batch_heads),
         block_dhv_recurrent=min(64, dhv_pad),
         num_warps_recurrent=4,
         num_stages_recurrent=2,
@@ -259,7 +276,7 @@ def resolve_fw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
     """``given`` choices (None = default) over :func:`fw_defaults` for q/k/v of ``dtype``, every rule
     checked (ValueError naming it). chunk_size_intra defaults to :func:`fitting_chunk_size`."""
     given, intra = _filled(given, FW_OPTIONS, dims, caller)
-    defaults = fw_defaults(dims.DHQK, dims.DHV, dtype, intra, given.get("materialise_scores"))
+    defaults = fw_defaults(dims.DHQK, dims.DHV, dtype, intra, dims.B * dims.NH, given.get("materialise_scores"))
     chosen = {**defaults, **given, "chunk_size_intra": intra}
     rows = chosen["siz_b_L_parallel"]
     chosen.setdefault("siz_b_L_output", rows)
@@ -291,7 +308,8 @@ def resolve_bw_config(dims: common.Dims, dtype=jnp.float32, caller: str = "mlstm
     """``given`` choices (None = default) over :func:`bw_defaults`, every rule checked (ValueError naming
     it). chunk_size_intra defaults to :func:`fitting_chunk_size`."""
     given, intra = _filled(given, BW_OPTIONS, dims, caller)
-    config = BwConfig(**{**bw_defaults(dims.DHQK, dims.DHV, dtype, intra), **given, "chunk_size_intra": intra})
+    defaults = bw_defaults(dims.DHQK, dims.DHV, dtype, intra, dims.B * dims.NH)
+    config = BwConfig(**{**defaults, **given, "chunk_size_intra": intra})
     _check_chunks(dims.S, intra, "chunk_size_recurrent", config.chunk_size_recurrent)
     dhqk_pad, dhv_pad = padded_dim(dims.DHQK), padded_dim(dims.DHV)
     dh_pad = max(dhqk_pad, dhv_pad)

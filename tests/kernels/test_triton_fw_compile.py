@@ -25,7 +25,7 @@ skip_module_unless_lowerable()
 
 from xlstm_flax.kernels import common  # noqa: E402
 from xlstm_flax.kernels.triton import mlstm_chunkwise_fw  # noqa: E402
-from xlstm_flax.kernels.triton.tuning import resolve_fw_config  # noqa: E402
+from xlstm_flax.kernels.triton.tuning import resolve_bw_config, resolve_fw_config  # noqa: E402
 
 KERNEL_NAMES = (b"recurrent_fw_kernel", b"parallel_fw_kernel")
 
@@ -51,7 +51,7 @@ SWEEP = [
     (jnp.float16, 128, 48, 96, {}),
     # the tuned bf16 defaults of the xLSTM-7B head dims (chunk 256): 64-row scores blocks, smaller than the
     # output kernel's 128 rows (the scores kernel writes zero blocks for it)
-    (jnp.bfloat16, 2048, 256, 512, {}),
+    (jnp.bfloat16, 2048, 256, 512, {}),  # one sequence of 2 heads: 64-row state tiles
     (jnp.bfloat16, 2048, 256, 512, dict(materialise_scores=False)),  # the parallel kernel at those dims
     # 128-row, 8-warp, 3-stage scores blocks at those dims (equal to the output kernel's rows)
     (jnp.bfloat16, 2048, 256, 512, dict(siz_b_L_parallel=128, num_warps_intra=8, num_stages_intra=3)),
@@ -160,6 +160,25 @@ def test_16bit_defaults_materialise_scores_only_with_several_dhv_tiles():
         assert config.materialise_scores is expected, (DHQK, DHV, dtype)
         if expected and DHQK <= 256:
             assert config.siz_b_DH_loop == DHQK  # one q k^T dot per key block
+
+
+@pytest.mark.parametrize(
+    "B, NH, dtype, DHQK, rows",
+    [
+        (1, 8, jnp.bfloat16, 256, 64),  # one 7B-shaped sequence: 128-row tiles would leave SMs idle
+        (2, 8, jnp.bfloat16, 256, 64),
+        (4, 8, jnp.bfloat16, 256, 128),  # 32 (batch, head) pairs: two 128-row programs per SM
+        (8, 16, jnp.float16, 128, 128),
+        (8, 8, jnp.float32, 256, 64),  # fp32: 64 rows at any grid
+        (8, 8, jnp.bfloat16, 64, 64),  # head dim below 128
+    ],
+)
+def test_state_walk_tiles_follow_the_number_of_batch_heads(B, NH, dtype, DHQK, rows):
+    """Both state walks (forward C, backward dC) take 64-row tiles for at most 16 (batch, head) pairs
+    (kernels/triton/tuning.py, state_tile_rows: H200 timings there)."""
+    dims = common.Dims(B, NH, 8192, DHQK, 2 * DHQK)
+    assert resolve_fw_config(dims, dtype).siz_b_DHQK_inter == rows
+    assert resolve_bw_config(dims, dtype).block_dhqk_recurrent == rows
 
 
 INVALID = [
@@ -281,6 +300,22 @@ def test_materialised_segments_forward_and_backward_lower(monkeypatch):
     )
     assert len(payloads) == 9, "2 states, scores, output, dC, backward scores (bf16 default), dq, dk, dv"
     assert not any(b"parallel_fw" in p for p in payloads)
+
+
+def test_large_grid_defaults_lower_with_128_row_state_tiles(monkeypatch):
+    """From 17 (batch, head) pairs on, both state walks take 128-row tiles at the 7B head dims (the sweep
+    above lowers 2 heads, hence 64 rows): the registry entry's forward and backward lower for sm_90."""
+    from xlstm_flax.kernels import get_kernel
+    from xlstm_flax.kernels.triton import autograd
+
+    monkeypatch.setattr(autograd, "_require_triton_backend", lambda: None)
+    args = _shapes(jnp.bfloat16, 2, 9, 512, 256, 512)
+    assert resolve_fw_config(common.Dims(2, 9, 512, 256, 512), jnp.bfloat16).siz_b_DHQK_inter == 128
+    kernel = get_kernel("chunkwise--triton")
+    payloads = lowered_triton_calls(jax.grad(lambda *x: jnp.sum(kernel(*x).astype(jnp.float32)), (0, 1, 2)), *args)
+    assert_compiled_for_sm90(payloads, (b"recurrent_bw_kernel",))
+    states = [p for p in payloads if b"recurrent_fw_kernel" in p]  # the forward's walk and the backward's
+    assert states and all(b".target sm_90a" in p and b"mma" in p for p in states)
 
 
 OVERFLOWING = dict(siz_b_L_parallel=128, siz_b_L_loop=128, num_warps_intra=8, num_stages_intra=3)

@@ -55,8 +55,10 @@ CASES = [
         jnp.bfloat16, 2, 64, 32, 32, 16, 64, False, dict(ON, siz_b_L_parallel=16, siz_b_L_loop=16, siz_b_L_output=64)
     ),
     FwCase(jnp.float16, 1, 32, 24, 16, 16, 32, False, ON),
-    # the library defaults at the xLSTM-7B head dims: 64-row scores blocks under 128-row output tiles
+    # the library defaults at the xLSTM-7B head dims: 64-row scores blocks under 128-row output tiles; one
+    # sequence of 2 heads: 64-row state tiles; 9 sequences (18 batch-head pairs): 128-row state tiles
     FwCase(jnp.bfloat16, 1, 512, 256, 512, 128, 256, True, {}),
+    FwCase(jnp.bfloat16, 9, 256, 256, 512, 128, 256, True, {}),
 ]
 
 
