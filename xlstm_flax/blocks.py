@@ -117,8 +117,11 @@ class xLSTMBlockStack(nnx.Module):
         """x (B, S, D) -> (x (B, S, D), stack state or None); ``state`` None starts from zeros;
         ``segment_ids`` (B, S) int or None: every block restarts its state at each new segment."""
         run = partial(_run_block, return_state=return_state)
-        if self.remat:
-            run = jax.checkpoint(run, static_argnums=(0,), policy=REMAT_POLICIES[self.remat_policy])
+        if self.remat:  # a scan keeps its backward apart from its forward: no barrier (XLA would copy each
+            # residual slice out of the scan's stacks to feed it)
+            run = jax.checkpoint(
+                run, static_argnums=(0,), policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers
+            )
         x, new_state = self._run_blocks(partial(_with_segments, run, segment_ids), x, state)
         return x, (new_state if return_state else None)
 

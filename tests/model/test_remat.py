@@ -111,6 +111,19 @@ def iter_eqns(jaxpr):
 
 
 @pytest.mark.parametrize("scan_layers", [False, True], ids=["block loop", "scanned stack"])
+def test_only_the_block_loop_keeps_remat_barriers(scan_layers):
+    """The block loop's remat keeps its optimisation barriers (``prevent_cse``: without them XLA could merge
+    the backward's recompute with the forward and keep its activations); the scanned stack's has none: the
+    scan already separates the two loops, and a barrier over the residuals sliced out of the scan's stacks
+    makes XLA copy every slice (968 MB per 1.3b block; docs/performance.md, Models)."""
+    config = small_config(kernel="chunkwise--jax", slstm_at=(), scan_layers=scan_layers, remat=True)
+    loss, params = loss_of_params(make_model(config), random_tokens(8, 2, 17))
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    remats = [eqn.params["prevent_cse"] for eqn in iter_eqns(jaxpr) if "prevent_cse" in eqn.params]
+    assert remats and all(prevent_cse != scan_layers for prevent_cse in remats), remats
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["block loop", "scanned stack"])
 def test_save_matmuls_runs_the_triton_kernels_forward_once(scan_layers, monkeypatch):
     """With ``save_matmuls`` the Triton mLSTM and sLSTM kernels' residuals are kept: their calls in the jaxpr
     are those of the step without remat (forward once; the mLSTM backward's own chunk-state recompute, which
