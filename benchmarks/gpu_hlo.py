@@ -61,8 +61,9 @@ device_description_str: "NVIDIA H100 80GB HBM3"
 TRITON_CALL = 'custom_call_target="triton_kernel_call'
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
 TRITON_OPAQUE = re.compile(r'opaque = "((?:[^"\\]|\\.)*)"')  # a jax-triton call's payload, escaped
-# an async dynamic-slice copy: ((operands), slice, context) fusion-start(...) of a fused_dynamic_slice computation
-_SLICE_COPY = re.compile(r"= \(\(.*?\), (\S+), u32\[\]\) fusion-start\(.*calls=%?fused_dynamic_slice")
+# an async copy into or out of a stacked buffer: ((operands), result, context) fusion-start(...) of a
+# fused_dynamic_slice (result: the slice) or fused_dynamic_update_slice (operands: stack, update, indices)
+_STACK_COPY = re.compile(r"= \(\((.*?)\), (\S+), u32\[\]\) fusion-start\(.*calls=%?fused_dynamic_(update_)?slice")
 _ARRAY = re.compile(r"\b(pred|[bfsu]f?\d+)\[([0-9,]*)\]")  # element type (its bits; pred: a byte), dims
 _ESCAPE = re.compile(r'\\([0-9A-Fa-f]{2}|\\|")')
 
@@ -102,15 +103,21 @@ def array_bytes(shape: str) -> int:
     )
 
 
-def slice_copies_by_computation(hlo_text: str) -> dict[str, tuple[int, int]]:
-    """{HLO computation: (count, bytes written)} of its asynchronous dynamic-slice copies: the
-    ``fusion-start`` of a dynamic-slice fusion, which copies a slice of a stacked buffer (a scan's
-    residuals or weights) out before its readers run (docs/performance.md, Models)."""
-    found: dict[str, tuple[int, int]] = {}
+def stack_copies_by_computation(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """{(HLO computation, "slice" or "update"): (count, bytes written)} of its asynchronous copies of
+    slices: the ``fusion-start`` of a dynamic-slice fusion, which copies a slice of a stacked buffer (a
+    scan's residuals or weights) out before its readers run, or of a dynamic-update-slice fusion, which
+    copies a computed value into its slice of a stack (docs/performance.md, Models)."""
+    found: dict[tuple[str, str], tuple[int, int]] = {}
     for computation, line in _lines_by_computation(hlo_text):
-        if (match := _SLICE_COPY.search(line)) is not None:
-            count, size = found.get(computation, (0, 0))
-            found[computation] = (count + 1, size + array_bytes(match.group(1)))
+        if (match := _STACK_COPY.search(line)) is not None:
+            operands, result, update = match.groups()
+            kind = "update" if update else "slice"
+            # an update writes its non-scalar operands less the stack (the result's shape)
+            arrays = " ".join(f"{dtype}[{dims}]" for dtype, dims in _ARRAY.findall(operands) if dims)
+            written = array_bytes(arrays) - array_bytes(result) if update else array_bytes(result)
+            count, size = found.get((computation, kind), (0, 0))
+            found[(computation, kind)] = (count + 1, size + written)
     return found
 
 
@@ -148,8 +155,11 @@ def report_lines(compiled, text: str) -> list[str]:
         for kernel, count in sorted(kernels.items())
     ]
     copies_table = markdown_table(
-        ["computation", "asynchronous slice copies", "MB written"],
-        [[name, count, f"{size / 1e6:.1f}"] for name, (count, size) in slice_copies_by_computation(text).items()],
+        ["computation", "asynchronous copies", "of", "MB written"],
+        [
+            [name, count, {"slice": "slices out of stacks", "update": "updates into stacks"}[kind], f"{size / 1e6:.1f}"]
+            for (name, kind), (count, size) in stack_copies_by_computation(text).items()
+        ],
     )
     memory = compiled.memory_analysis()
     copies, loops = len(re.findall(r"= [^=]+ copy\(", text)), len(re.findall(r" while\(", text))

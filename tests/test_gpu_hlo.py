@@ -4,7 +4,7 @@ plugin, which the CI set lacks; the CUDA lowering tests decode real payloads wit
 
 import zlib
 
-from benchmarks.gpu_hlo import array_bytes, slice_copies_by_computation, triton_kernels_by_computation, triton_payload
+from benchmarks.gpu_hlo import array_bytes, stack_copies_by_computation, triton_kernels_by_computation, triton_payload
 
 
 def escaped(data: bytes) -> str:
@@ -60,25 +60,33 @@ def test_array_bytes_counts_every_array_of_a_shape():
     assert array_bytes("f32[]") == 4
 
 
-def test_slice_copies_are_counted_per_computation_with_their_slice_bytes():
-    def start(name, stacked, piece, callee):
+def test_stack_copies_are_counted_per_computation_with_the_bytes_they_write():
+    def start(name, operands, result, callee):
         return (
-            f"  %{name} = (({stacked}, s32[]), {piece}, u32[]) fusion-start(%p, %i), kind=kLoop, "
+            f"  %{name} = (({operands}), {result}, u32[]) fusion-start(%p, %i), kind=kLoop, "
             f"calls=%{callee}, backend_config={{}}"
         )
 
     text = "\n".join(
         [
             "%region_20.134 (arg: (s32[], f32[4,2048])) -> (s32[], f32[4,2048]) {",
-            start("s1", "f32[4,2048,8]{2,1,0}", "f32[1,2048,8]{2,1,0}", "fused_dynamic_slice.3.clone"),
-            start("s2", "bf16[4,8,2048]{2,1,0}", "bf16[1,8,2048]{2,1,0}", "fused_dynamic_slice.4"),
-            start("other", "f32[4,2048]{1,0}", "f32[1,2048]{1,0}", "fused_multiply.2"),  # not a slice copy
+            start("s1", "f32[4,2048,8]{2,1,0}, s32[]", "f32[1,2048,8]{2,1,0}", "fused_dynamic_slice.3.clone"),
+            start("s2", "bf16[4,8,2048]{2,1,0}, s32[]", "bf16[1,8,2048]{2,1,0}", "fused_dynamic_slice.4"),
+            start("other", "f32[4,2048]{1,0}, s32[]", "f32[1,2048]{1,0}", "fused_multiply.2"),  # not a copy
             "  %c = f32[1,2048]{1,0} copy(%x)",
             "}",
             "",
-            "ENTRY %main.7 (p: f32[2]) -> f32[2] {",
-            "  %e = f32[2]{0} add(%p, %p)",
+            "%region_2.28 (arg: (s32[], f32[4,2048])) -> (s32[], f32[4,2048]) {",
+            start(
+                "u1",
+                "bf16[4,16,64]{2,1,0}, bf16[16,64]{1,0}, s32[]",
+                "bf16[4,16,64]{2,1,0}",
+                "fused_dynamic_update_slice",
+            ),
             "}",
         ]
     )
-    assert slice_copies_by_computation(text) == {"region_20.134": (2, 2048 * 8 * 4 + 8 * 2048 * 2)}
+    assert stack_copies_by_computation(text) == {
+        ("region_20.134", "slice"): (2, 2048 * 8 * 4 + 8 * 2048 * 2),
+        ("region_2.28", "update"): (1, 16 * 64 * 2),
+    }
