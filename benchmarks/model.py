@@ -7,8 +7,9 @@
             [--out benchmarks/results/NAME.md]
 
 Random weights (nnx init, ``--seed``) and random tokens; bf16 compute (``--compute-dtype``); medians of
-block_until_ready wall times after warm-up. Every row reports trace time and XLA compile time apart
-(``jit(...).trace`` / ``.lower().compile()``) and XLA's compiled memory (arguments + outputs + temps).
+block_until_ready wall times after warm-up. Every row reports trace, lowering and XLA compile time apart
+(``jit(...).trace`` / ``.lower()`` / ``.compile()``; with a warm ``--compile-cache`` the last is the read of the
+cached executable) and XLA's compiled memory (arguments + outputs + temps).
 
 * train: ``make_steps``' jitted update (xlstm_flax.train.loop: the step training runs), the preset's
   parameter dtype (fp32) + AdamW, one micro-batch of B x S. MFU = train FLOPs per token
@@ -58,6 +59,7 @@ COLUMNS = [
     "B",
     "S",
     "trace s",
+    "lower s",
     "compile s",
     "ms",
     "tokens/s",
@@ -89,12 +91,15 @@ def parse_loss_chunks(text: str) -> list[int]:
 
 
 def compile_stages(jitted, *args, **kwargs):
-    """(compiled, trace seconds, lower + compile seconds) of ``jitted`` at ``args``."""
+    """(compiled, (trace, lowering, XLA compile or compilation-cache read) seconds) of ``jitted`` at ``args``;
+    lowering includes the Triton kernels' compiles (or their disk-cache reads)."""
     t0 = time.perf_counter()
     traced = jitted.trace(*args, **kwargs)
     t1 = time.perf_counter()
-    compiled = traced.lower().compile()
-    return compiled, t1 - t0, time.perf_counter() - t1
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, (t1 - t0, t2 - t1, time.perf_counter() - t2)
 
 
 def random_tokens(seed: int, shape, vocab: int) -> jax.Array:
@@ -118,7 +123,7 @@ def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int, loss_c
     train_step, _ = make_steps(graphdef, run.optim, run.train.steps, mesh, None, loss_chunk or None)
     batches = [random_tokens(seed + k, (1, B, S + 1), config.vocab_size) for k in range(INPUT_SETS)]
     with jax.set_mesh(mesh):
-        compiled, trace_s, compile_s = compile_stages(train_step, state, rest, batches[0])
+        compiled, seconds = compile_stages(train_step, state, rest, batches[0])
         times = []
         for k in range(warmup + steps):
             t0 = time.perf_counter()
@@ -137,7 +142,7 @@ def train_row(config, B: int, S: int, steps: int, warmup: int, seed: int, loss_c
     tokens_per_s = B * S / step_s
     mfu = mfu_percent(flops.train_flops_per_token(config, S), tokens_per_s)
     mode = f"train, loss chunk {loss_chunk}" if loss_chunk else "train, whole-sequence loss"
-    row = [mode, B, S, trace_s, compile_s, 1e3 * step_s, tokens_per_s, mfu, "-", gib(compiled), "-"]
+    row = [mode, B, S, *seconds, 1e3 * step_s, tokens_per_s, mfu, "-", gib(compiled), "-"]
     return row, lines
 
 
@@ -156,24 +161,24 @@ def prefill_rows(model, B: int, S: int, full_logits: bool, warmup: int, reps: in
     prompts = [random_tokens(seed + k, (B, S), model.config.vocab_size) for k in range(INPUT_SETS)]
     inputs = [generation_inputs(model, p, 1, key=jax.random.key(seed), temperature=0.0) for p in prompts]
     static = inputs[0][1]
-    compiled, trace_s, compile_s = compile_stages(generation_program, *inputs[0][0], **static)
+    compiled, compile_seconds = compile_stages(generation_program, *inputs[0][0], **static)
     seconds = median_ms(compiled, [args[1:] for args, _ in inputs], warmup, reps) / 1e3  # graphdef is static
     per_token = flops.forward_flops_per_token(model.config, S, logits_at_every_position=False)
-    rows = [prefill_row("prefill (last logit)", B, S, trace_s, compile_s, seconds, per_token, compiled)]
+    rows = [prefill_row("prefill (last logit)", B, S, compile_seconds, seconds, per_token, compiled)]
     if full_logits:
         graphdef, params = nnx.split(model)
         jitted = jax.jit(full_logits_prefill, static_argnums=0)
-        compiled, trace_s, compile_s = compile_stages(jitted, graphdef, params, prompts[0])
+        compiled, compile_seconds = compile_stages(jitted, graphdef, params, prompts[0])
         seconds = median_ms(compiled, [(params, p) for p in prompts], warmup, reps) / 1e3
         per_token = flops.forward_flops_per_token(model.config, S)
-        rows.append(prefill_row("prefill (full logits)", B, S, trace_s, compile_s, seconds, per_token, compiled))
+        rows.append(prefill_row("prefill (full logits)", B, S, compile_seconds, seconds, per_token, compiled))
     return rows
 
 
-def prefill_row(mode, B, S, trace_s, compile_s, seconds, flops_per_token, compiled) -> list:
+def prefill_row(mode, B, S, compile_seconds, seconds, flops_per_token, compiled) -> list:
     tokens_per_s = B * S / seconds
     mfu = mfu_percent(flops_per_token, tokens_per_s)
-    return [mode, B, S, trace_s, compile_s, 1e3 * seconds, tokens_per_s, mfu, "-", gib(compiled), "-"]
+    return [mode, B, S, *compile_seconds, 1e3 * seconds, tokens_per_s, mfu, "-", gib(compiled), "-"]
 
 
 def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed: int, profile=None):
@@ -188,7 +193,7 @@ def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed:
         args, static = generation_inputs(model, prompt, n, key=jax.random.key(seed), temperature=0.0)
         stages[n], inputs[n] = compile_stages(generation_program, *args, **static), args[1:]  # graphdef static
         seconds[n] = median_ms(stages[n][0], [inputs[n]], 1, reps) / 1e3
-    compiled, trace_s, compile_s = stages[new_tokens]
+    compiled, compile_seconds = stages[new_tokens]
     step_s = (seconds[new_tokens] - seconds[1]) / (new_tokens - 1)
     if step_s <= 0:
         raise RuntimeError(
@@ -196,7 +201,7 @@ def decode_row(model, B: int, new_tokens: int, prompt_len: int, reps: int, seed:
             f"({seconds[1]:.4f} s): timing noise; use more --new-tokens or --steps"
         )
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    row = ["decode", B, f"{prompt_len}+{new_tokens}", trace_s, compile_s, 1e3 * step_s, B / step_s, "-"]
+    row = ["decode", B, f"{prompt_len}+{new_tokens}", *compile_seconds, 1e3 * step_s, B / step_s, "-"]
     row += [param_bytes / step_s / 1e9, gib(compiled), kernels_per_step(compiled.as_text())]
     lines = []
     if profile:

@@ -34,7 +34,7 @@ from flax import nnx
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
 
 from benchmarks.kernels import failure_note, parse_options  # noqa: E402
-from benchmarks.model import train_row  # noqa: E402
+from benchmarks.model import COLUMNS, train_row  # noqa: E402
 from benchmarks.timing import markdown_table, median_ms, write_report  # noqa: E402
 from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel, initial_states, triton_launch  # noqa: E402
 from xlstm_flax.kernels.slstm.common import Dims  # noqa: E402
@@ -187,7 +187,8 @@ def train_step_rows(model_names, B, S) -> list[list]:
         if note:
             rows.append([name, config.slstm_at, "-", "-", "-", note])
         else:
-            ms, tokens_per_s, mfu = result[0][5:8]  # the row (train_row also returns profile lines)
+            row = dict(zip(COLUMNS, result[0]))  # the row (train_row also returns profile lines)
+            ms, tokens_per_s, mfu = row["ms"], row["tokens/s"], row["MFU %"]
             mfu = mfu if mfu == "-" else f"{mfu:.1f}%"
             rows.append([name, config.slstm_at, ms, f"{tokens_per_s / 1e3:.1f}k", mfu, ""])
         print(rows[-1], flush=True)

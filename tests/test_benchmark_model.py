@@ -70,7 +70,7 @@ def test_tiny_run_writes_the_table(tmp_path, monkeypatch):
     train_modes = {"train, whole-sequence loss", "train, loss chunk 8"}
     assert set(rows) == {*train_modes, "prefill (last logit)", "prefill (full logits)", "decode"}
     for mode, row in rows.items():
-        for column in ("trace s", "compile s", "ms", "tokens/s", "peak GiB"):
+        for column in ("trace s", "lower s", "compile s", "ms", "tokens/s", "peak GiB"):
             assert float(row[column]) > 0, (mode, column, row[column])
     assert all(rows[mode]["S"] == "16" for mode in train_modes) and rows["decode"]["S"] == "4+256"
     assert float(rows["decode"]["weight GB/s"]) > 0 and int(rows["decode"]["kernels/step"]) > 0

@@ -23,5 +23,8 @@ def test_tiny_benchmark_writes_every_section(tmp_path):
     steps = _rows(report, "tiny")
     assert [row[0] for row in steps] == ["tiny-mlstm", "tiny"]
     assert all(float(row[2]) > 0 and not row[5] for row in steps), steps
+    for row in steps:  # tokens/s (in thousands, one decimal) is B x S tokens per step time
+        tokens_per_s = bench.TINY["B"] * bench.TINY["S"] / (float(row[2]) / 1e3)
+        assert abs(float(row[3].removesuffix("k")) * 1e3 - tokens_per_s) <= 0.05e3 + 1e-3 * tokens_per_s, row
     (parts,) = [line for line in report.splitlines() if "| all |" in line]
     assert "failed" in parts
