@@ -22,7 +22,6 @@ import math
 import os
 import re
 import sys
-import time
 import zlib
 from unittest import mock
 
@@ -33,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
 
-from benchmarks.model import REMAT_POLICIES, model_config, parse_shapes  # noqa: E402
+from benchmarks.model import REMAT_POLICIES, compile_stages, model_config, parse_shapes  # noqa: E402
 from benchmarks.timing import markdown_table, write_report  # noqa: E402
 from xlstm_flax import distributed  # noqa: E402
 from xlstm_flax.kernels import registry  # noqa: E402
@@ -95,11 +94,13 @@ def triton_kernels_by_computation(hlo_text: str) -> dict[str, collections.Counte
     return found
 
 
-def array_bytes(shape: str) -> int:
-    """Bytes of every array in an HLO shape string, e.g. ``(bf16[8,2048]{1,0}, f32[])``."""
+def array_bytes(shape: str, scalars: bool = True) -> int:
+    """Bytes of every array (``scalars`` False: of every array but the rank-0 ones) in an HLO shape string,
+    e.g. ``(bf16[8,2048]{1,0}, f32[])``."""
     return sum(
         int(re.sub(r"\D", "", dtype) or 8) // 8 * math.prod(int(d) for d in dims.split(",") if d)
         for dtype, dims in _ARRAY.findall(shape)
+        if scalars or dims
     )
 
 
@@ -113,9 +114,8 @@ def stack_copies_by_computation(hlo_text: str) -> dict[tuple[str, str], tuple[in
         if (match := _STACK_COPY.search(line)) is not None:
             operands, result, update = match.groups()
             kind = "update" if update else "slice"
-            # an update writes its non-scalar operands less the stack (the result's shape)
-            arrays = " ".join(f"{dtype}[{dims}]" for dtype, dims in _ARRAY.findall(operands) if dims)
-            written = array_bytes(arrays) - array_bytes(result) if update else array_bytes(result)
+            # an update writes its operands but the indices (scalars) and the stack (the result's shape)
+            written = array_bytes(operands, scalars=False) - array_bytes(result) if update else array_bytes(result)
             count, size = found.get((computation, kind), (0, 0))
             found[(computation, kind)] = (count + 1, size + written)
     return found
@@ -137,17 +137,11 @@ def compiled_train_step(config, B: int, S: int, loss_chunk: int, mesh):
     train_step, _ = make_steps(graphdef, run.optim, run.train.steps, mesh, None, loss_chunk or None)
     batch = jax.ShapeDtypeStruct((1, B, S + 1), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
     with jax.set_mesh(mesh):
-        start = time.perf_counter()
-        traced = train_step.trace(state, rest, batch)
-        traced_at = time.perf_counter()
-        lowered = traced.lower()
-        lowered_at = time.perf_counter()
-        compiled = lowered.compile()
-    return compiled, (traced_at - start, lowered_at - traced_at, time.perf_counter() - lowered_at)
+        return compile_stages(train_step, state, rest, batch)
 
 
 def report_lines(compiled, text: str) -> list[str]:
-    """The kernel and slice-copy tables and the copy / memory lines of ``compiled``, whose optimised HLO
+    """The kernel and stack-copy tables and the copy / memory lines of ``compiled``, whose optimised HLO
     is ``text``."""
     rows = [
         [name, kernel, count]

@@ -58,6 +58,7 @@ def test_array_bytes_counts_every_array_of_a_shape():
         4 * 8 * 2048 * 2 + 4 + 8 * 2048 * 2 + 4
     )
     assert array_bytes("f32[]") == 4
+    assert array_bytes("(bf16[4,8]{1,0}, s32[], f32[])", scalars=False) == 4 * 8 * 2
 
 
 def test_stack_copies_are_counted_per_computation_with_the_bytes_they_write():
