@@ -120,7 +120,11 @@ class xLSTMLMModel(nnx.Module):
 
     def head(self, x: jax.Array) -> jax.Array:
         """Hidden states (..., D) -> logits float32 (..., V): final norm, LM head, soft cap."""
+        return soft_cap(self.uncapped_logits(x).astype(jnp.float32), self.config.logit_soft_cap)
+
+    def uncapped_logits(self, x: jax.Array) -> jax.Array:
+        """Hidden states (..., D) -> logits (..., V) in the compute dtype before the soft cap: final norm,
+        LM head (what the chunked loss takes, applying ``config.logit_soft_cap`` itself)."""
         if self.out_norm is not None:
             x = self.out_norm(x)
-        logits = self.embedding.attend(x) if self.lm_head is None else self.lm_head(x)
-        return soft_cap(logits.astype(jnp.float32), self.config.logit_soft_cap)
+        return self.embedding.attend(x) if self.lm_head is None else self.lm_head(x)

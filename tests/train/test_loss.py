@@ -1,6 +1,7 @@
 """The chunked cross-entropy equals the plain one, values and gradients (to the parameters of the head,
 to the hidden states and to the weights), with and without per-token weights, for a length that is not a multiple of
-the chunk, through a tied-embedding, soft-capped head. Tolerance: fp32, 1e-6 of the scale (only the
+the chunk, through a tied-embedding, soft-capped head: the model's capped head, and its logits before the
+cap with the loss applying the cap (as training calls it). Tolerance: fp32, 1e-6 of the scale (only the
 order of the sums differs)."""
 
 import jax
@@ -15,11 +16,18 @@ from xlstm_flax.train.loss import chunked_cross_entropy, cross_entropy
 
 REL_TOL = 1e-6
 BATCH, LENGTH, CHUNK = 3, 13, 4  # 13 = 3 full chunks and one of 1
+SOFT_CAP = 5.0
+HEAD_FORMS = ["capped head", "cap in the loss"]
+
+
+def head_and_cap(model, form):
+    """The head and soft cap that ``chunked_cross_entropy`` takes for the model's loss in ``form``."""
+    return (model.head, None) if form == "capped head" else (model.uncapped_logits, SOFT_CAP)
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    model = make_model(small_config(tie_embeddings=True, logit_soft_cap=5.0, num_blocks=1, slstm_at=()), seed=7)
+    model = make_model(small_config(tie_embeddings=True, logit_soft_cap=SOFT_CAP, num_blocks=1, slstm_at=()), seed=7)
     rng = np.random.default_rng(11)
     features = jnp.asarray(rng.standard_normal((BATCH, LENGTH, 32)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, VOCAB, (BATCH, LENGTH)), jnp.int32)
@@ -27,24 +35,25 @@ def inputs():
     return model, features, targets, weights
 
 
-def loss_and_grads(model, features, targets, weights, chunk):
+def loss_and_grads(model, features, targets, weights, chunk, form):
     graphdef, params = nnx.split(model)
 
     def loss(params, features):
-        head = nnx.merge(graphdef, params).head
-        return chunked_cross_entropy(head, features, targets, weights, chunk)
+        head, cap = head_and_cap(nnx.merge(graphdef, params), form)
+        return chunked_cross_entropy(head, features, targets, weights, chunk, cap)
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, features)
 
 
+@pytest.mark.parametrize("form", HEAD_FORMS)
 @pytest.mark.parametrize("weighted", [False, True])
-def test_chunked_equals_plain(inputs, weighted):
+def test_chunked_equals_plain(inputs, weighted, form):
     model, features, targets, weights = inputs
     weights = weights if weighted else None
-    plain, (plain_params, plain_features) = loss_and_grads(model, features, targets, weights, None)
+    plain, (plain_params, plain_features) = loss_and_grads(model, features, targets, weights, None, "capped head")
     expected = cross_entropy(model.head(features), targets, weights)
     np.testing.assert_allclose(plain, expected, rtol=REL_TOL)  # chunk None is the plain loss
-    value, (grad_params, grad_features) = loss_and_grads(model, features, targets, weights, CHUNK)
+    value, (grad_params, grad_features) = loss_and_grads(model, features, targets, weights, CHUNK, form)
     np.testing.assert_allclose(value, plain, rtol=REL_TOL)
     assert_close_to_scale(grad_features, plain_features, REL_TOL, "gradient to the hidden states")
     for path, got, want in zip(
@@ -55,12 +64,14 @@ def test_chunked_equals_plain(inputs, weighted):
     assert np.abs(np.asarray(grad_features)).max() > 0
 
 
-def test_gradient_to_the_weights_equals_plain(inputs):
+@pytest.mark.parametrize("form", HEAD_FORMS)
+def test_gradient_to_the_weights_equals_plain(inputs, form):
     """The weights' gradient (each position's loss over the weight sum, minus the mean loss over it)."""
     model, features, targets, weights = inputs
+    head, cap = head_and_cap(model, form)
 
     def loss(weights, chunk):
-        return chunked_cross_entropy(model.head, features, targets, weights, chunk)
+        return chunked_cross_entropy(head, features, targets, weights, chunk, cap)
 
     plain = jax.jit(jax.grad(loss), static_argnums=1)(weights, None)
     chunked = jax.jit(jax.grad(loss), static_argnums=1)(weights, CHUNK)
@@ -90,7 +101,8 @@ def test_chunk_is_checked(inputs):
         chunked_cross_entropy(model.head, features[:, :12], targets, chunk=4)
 
 
-def test_no_full_logits_in_forward_or_backward_and_logits_computed_once(inputs):
+@pytest.mark.parametrize("form", HEAD_FORMS)
+def test_no_full_logits_in_forward_or_backward_and_logits_computed_once(inputs, form):
     """No (B, ., V) array of the traced value-and-gradient holds more than one chunk of logits, and it
     holds three head matmuls (the logits, and the products for the gradients to the head's kernel and to
     the hidden states): the backward does not compute the logits again."""
@@ -98,7 +110,8 @@ def test_no_full_logits_in_forward_or_backward_and_logits_computed_once(inputs):
     graphdef, params = nnx.split(model)
 
     def loss(params, features):
-        return chunked_cross_entropy(nnx.merge(graphdef, params).head, features, targets, weights, CHUNK)
+        head, cap = head_and_cap(nnx.merge(graphdef, params), form)
+        return chunked_cross_entropy(head, features, targets, weights, CHUNK, cap)
 
     jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(params, features)
     eqns = list(_all_eqns(jaxpr.jaxpr))

@@ -108,11 +108,12 @@ def make_steps(
     def loss_fn(params, rest, tokens):
         model = nnx.merge(graphdef, params, rest)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        head, cap = model.uncapped_logits, model.config.logit_soft_cap  # the loss applies the cap itself
         if packing is None:
-            return chunked_cross_entropy(model.head, model.features(inputs), targets, chunk=loss_chunk)
+            return chunked_cross_entropy(head, model.features(inputs), targets, chunk=loss_chunk, soft_cap=cap)
         features = model.features(inputs, segment_ids=document_segment_ids(inputs, packing.eos_id))
         weights = (inputs != packing.eos_id).astype(jnp.float32) if packing.mask_first_target else None
-        return chunked_cross_entropy(model.head, features, targets, weights, loss_chunk)
+        return chunked_cross_entropy(head, features, targets, weights, loss_chunk, cap)
 
     def train_step(state, rest, batches):
         params = state["params"]
