@@ -10,7 +10,9 @@ as in the CUDA lowering tests. The report lists, per HLO computation (the entry,
 fusion), the Triton kernels it launches and its asynchronous copies of slices of stacked buffers (count and
 bytes per run), then the program's copies, dynamic-slice fusions and XLA's memory estimate: how often each
 kernel runs per step and what XLA copies or clones, without device time (docs/performance.md, Models: the
-scanned stack's output kernel that ran twice, and its backward loop's copies).
+scanned stack's output kernel that ran twice, and its backward loop's copies). Last, the bytes the
+program's kernels read and write per step by phase and kind (:func:`kernel_traffic`): where the memory-bound
+time goes, at the card's copy rate.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ TRITON_OPAQUE = re.compile(r'opaque = "((?:[^"\\]|\\.)*)"')  # a jax-triton call
 _STACK_COPY = re.compile(r"= \(\((.*?)\), (\S+), u32\[\]\) fusion-start\(.*calls=%?fused_dynamic_(update_)?slice")
 _ARRAY = re.compile(r"\b(pred|[bfsu]f?\d+)\[([0-9,]*)\]")  # element type (its bits; pred: a byte), dims
 _ESCAPE = re.compile(r'\\([0-9A-Fa-f]{2}|\\|")')
+# an instruction: name, result shape, opcode, operands (names), the rest of the line
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\(([^)]*)\)(.*)$")
+_PARAMETER = re.compile(r"([\w.\-]+): (\([^)]*\)|[^\s,()]+)")
+_NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all", "partition-id"}
+_NOT_KERNELS |= {"opt-barrier", "fusion-done", "copy-done", "all-reduce-done", "all-gather-done"}
 
 
 def triton_payload(escaped: str) -> bytes:
@@ -102,6 +109,59 @@ def array_bytes(shape: str, scalars: bool = True) -> int:
         for dtype, dims in _ARRAY.findall(shape)
         if scalars or dims
     )
+
+
+def _phase(line: str) -> str:
+    """The step phase of an instruction from its JAX name: the chunked loss (its named scope), the backward
+    (a transposed JVP), the forward (a JVP), else the update (optimizer, gradient sums)."""
+    name = (re.search(r'op_name="([^"]*)"', line) or [None, ""])[1]
+    if "chunked_loss" in name:
+        return "loss"
+    return "backward" if "transpose(" in name else "forward" if "jvp(" in name else "update"
+
+
+def _kind(line: str) -> str:
+    """What an instruction launches, from what it calls (not from its operands' names)."""
+    calls = (re.search(r'(?:calls=%?|custom_call_target=")([\w.$\-]+)', line) or [None, ""])[1]
+    if calls.startswith("triton_kernel_call"):
+        return "Triton kernel"
+    return "matmul" if calls.startswith(("gemm_fusion", "__cublas")) else "other"
+
+
+def kernel_traffic(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """{(phase, kind): (kernels per step, bytes per step)} of an optimised HLO program: every instruction that
+    launches work (not the parameters, tuples, bitcasts, constants, barriers or async ``-done`` halves) counts
+    its operands and results as shaped (a slice or gather counts its whole operand, so this is an upper
+    bound for those), a loop body times its known trip count. Phases: :func:`_phase`; kinds: "matmul" (XLA's
+    GEMM fusions and cuBLAS calls), "Triton kernel" (jax-triton calls), "other"."""
+    shapes, bodies, entry = {}, {}, None
+    computation = None
+    for line in hlo_text.splitlines():
+        if (match := _COMPUTATION.match(line)) and not line.startswith(" "):
+            computation = match.group(1)
+            entry = computation if line.startswith("ENTRY") else entry
+            header = line[line.index("(") + 1 : line.rindex(") ->")]
+            shapes.update({(computation, n): shape for n, shape in _PARAMETER.findall(header)})
+            bodies[computation] = []
+        elif computation is not None and (match := _INSTRUCTION.match(line)):
+            name, shape, opcode, operands, rest = match.groups()
+            shapes[(computation, name)] = shape
+            bodies[computation].append((shape, opcode, re.findall(r"%([\w.\-]+)", operands), line))
+    totals: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def add(computation: str, runs: int) -> None:
+        for shape, opcode, operands, line in bodies.get(computation, []):
+            if opcode == "while":
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                add(re.search(r"body=%?([\w.\-]+)", line).group(1), runs * int(trips.group(1) if trips else 1))
+            elif opcode not in _NOT_KERNELS:
+                moved = array_bytes(shape) + sum(array_bytes(shapes.get((computation, o), "")) for o in operands)
+                key = (_phase(line), _kind(line))
+                count, size = totals.get(key, (0, 0))
+                totals[key] = (count + runs, size + runs * moved)
+
+    add(entry, 1)
+    return totals
 
 
 def stack_copies_by_computation(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
@@ -157,10 +217,19 @@ def report_lines(compiled, text: str) -> list[str]:
     )
     memory = compiled.memory_analysis()
     copies, loops = len(re.findall(r"= [^=]+ copy\(", text)), len(re.findall(r" while\(", text))
+    traffic = markdown_table(
+        ["phase", "kind", "kernels per step", "GB per step", "ms at 3.0 TB/s"],
+        [
+            [phase, kind, count, f"{size / 1e9:.2f}", f"{size / 3.0e12 * 1e3:.2f}"]
+            for (phase, kind), (count, size) in sorted(kernel_traffic(text).items())
+        ],
+    )
     return [
         markdown_table(["computation", "Triton kernel", "calls"], rows),
         "",
         copies_table,
+        "",
+        traffic,
         "",
         f"- copies: {copies}; dynamic-slice fusions: {text.count('%dynamic-slice-fusion')}; while loops: {loops}",
         f"- XLA's estimate: {memory.temp_size_in_bytes / 2**30:.2f} GiB temporaries, "

@@ -1,10 +1,17 @@
 """benchmarks/gpu_hlo.py's reading of an HLO text dump: Triton kernels by computation, from the escaped
-jax-triton payloads, and asynchronous slice copies by computation (the compile itself needs the CUDA PJRT
-plugin, which the CI set lacks; the CUDA lowering tests decode real payloads with the same function)."""
+jax-triton payloads, asynchronous slice copies by computation, and the bytes the kernels move per step by
+phase and kind (the compile itself needs the CUDA PJRT plugin, which the CI set lacks; the CUDA lowering
+tests decode real payloads with the same function)."""
 
 import zlib
 
-from benchmarks.gpu_hlo import array_bytes, stack_copies_by_computation, triton_kernels_by_computation, triton_payload
+from benchmarks.gpu_hlo import (
+    array_bytes,
+    kernel_traffic,
+    stack_copies_by_computation,
+    triton_kernels_by_computation,
+    triton_payload,
+)
 
 
 def escaped(data: bytes) -> str:
@@ -90,4 +97,43 @@ def test_stack_copies_are_counted_per_computation_with_the_bytes_they_write():
     assert stack_copies_by_computation(text) == {
         ("region_20.134", "slice"): (2, 2048 * 8 * 4 + 8 * 2048 * 2),
         ("region_2.28", "update"): (1, 16 * 64 * 2),
+    }
+
+
+def test_kernel_traffic_counts_operands_and_results_per_phase_and_kind_times_trip_counts():
+    def meta(name):
+        return f'metadata={{op_name="jit(step)/{name}"}}'
+
+    text = "\n".join(
+        [
+            "%body (arg: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {",
+            "  %arg = (s32[], f32[4,8]{1,0}) parameter(0)",
+            "  %x = f32[4,8]{1,0} get-tuple-element(%arg), index=1",
+            f"  %gemm_fusion_dot.3 = bf16[4,16]{{1,0}} fusion(%x), kind=kCustom, calls=%gemm_fusion_dot.3_computation, "
+            f"{meta('chunked_loss/jvp()/dot')}",
+            f"  %e = f32[4,16]{{1,0}} fusion(%gemm_fusion_dot.3), kind=kLoop, calls=%fused_exp, "  # other: by callee
+            f"{meta('chunked_loss/transpose(jvp())/exp')}",
+            "  ROOT %t = (s32[], f32[4,8]{1,0}) tuple(%i, %x)",
+            "}",
+            "",
+            "ENTRY %main.1 (p0: f32[4,8], p1: bf16[8,8]) -> f32[4,8] {",
+            "  %p0 = f32[4,8]{1,0} parameter(0)",
+            "  %p1 = bf16[8,8]{1,0} parameter(1)",
+            f"  %m = f32[4,8]{{1,0}} fusion(%p0, %p1), kind=kCustom, calls=%gemm_fusion_dot, "
+            f"{meta('jvp()/dot_general')}",
+            f'  %k = (f32[4,8]{{1,0}}) custom-call(%m), custom_call_target="triton_kernel_call_ffi", '
+            f"{meta('transpose(jvp())/triton_kernel_call')}",
+            f"  %a = f32[4,8]{{1,0}} fusion(%m, %p0), kind=kLoop, calls=%fused_add, {meta('add')}",
+            '  %w = (s32[], f32[4,8]{1,0}) while(%a), body=%body, backend_config={"known_trip_count":{"n":"3"}}',
+            "  %b = f32[4,8]{1,0} bitcast(%a)",
+            "}",
+        ]
+    )
+    f32_4x8, bf16_8x8 = 4 * 8 * 4, 8 * 8 * 2
+    assert kernel_traffic(text) == {
+        ("forward", "matmul"): (1, f32_4x8 + bf16_8x8 + f32_4x8),
+        ("backward", "Triton kernel"): (1, 2 * f32_4x8),
+        ("update", "other"): (1, 3 * f32_4x8),
+        ("loss", "matmul"): (3, 3 * (f32_4x8 + 4 * 16 * 2)),  # the loop body, three trips
+        ("loss", "other"): (3, 3 * (4 * 16 * 2 + 4 * 16 * 4)),
     }

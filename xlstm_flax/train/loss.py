@@ -67,7 +67,8 @@ def chunked_cross_entropy(
     x = chunks(features)
     head_fn, head_params = _explicit_params(head, x[0])
     scale = mask / denominator  # each position's share of the mean
-    return _weighted_loss_sum(head_fn, soft_cap, head_params, x, chunks(targets), chunks(scale))
+    with jax.named_scope("chunked_loss"):  # names its kernels in profiles and compiled programs
+        return _weighted_loss_sum(head_fn, soft_cap, head_params, x, chunks(targets), chunks(scale))
 
 
 def _explicit_params(head: Callable[[jax.Array], jax.Array], x: jax.Array):
