@@ -2,7 +2,7 @@
 
     pip install jax-cuda13-pjrt==0.11.2   # XLA's CUDA compiler as a PJRT plugin (not in requirements/)
     JAX_PLATFORMS=cpu python benchmarks/gpu_hlo.py --preset 1.3b --num-blocks 4 --scan-layers \
-        --remat save_matmuls [--shape 8x2048] [--loss-chunk 1024] [--dump step.hlo] [--out F]
+        --remat save_matmuls [--shape 8x2048] [--loss-chunk 1024] [--top 20] [--dump step.hlo] [--out F]
 
 XLA compiles ahead of time for a compile-only device that :data:`H100_TARGET` describes (no GPU, no
 autotuning: GEMM choices may differ from a compile on the card); the Triton kernels are lowered for sm_90
@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import zlib
+from typing import NamedTuple
 from unittest import mock
 
 import jax
@@ -111,10 +112,9 @@ def array_bytes(shape: str, scalars: bool = True) -> int:
     )
 
 
-def _phase(line: str) -> str:
+def _phase(name: str) -> str:
     """The step phase of an instruction from its JAX name: the chunked loss (its named scope), the backward
     (a transposed JVP), the forward (a JVP), else the update (optimizer, gradient sums)."""
-    name = (re.search(r'op_name="([^"]*)"', line) or [None, ""])[1]
     if "chunked_loss" in name:
         return "loss"
     return "backward" if "transpose(" in name else "forward" if "jvp(" in name else "update"
@@ -128,12 +128,24 @@ def _kind(line: str) -> str:
     return "matmul" if calls.startswith(("gemm_fusion", "__cublas")) else "other"
 
 
-def kernel_traffic(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
-    """{(phase, kind): (kernels per step, bytes per step)} of an optimised HLO program: every instruction that
-    launches work (not the parameters, tuples, bitcasts, constants, barriers or async ``-done`` halves) counts
-    its operands and results as shaped (a slice or gather counts its whole operand, so this is an upper
-    bound for those), a loop body times its known trip count. Phases: :func:`_phase`; kinds: "matmul" (XLA's
-    GEMM fusions and cuBLAS calls), "Triton kernel" (jax-triton calls), "other"."""
+class KernelLaunch(NamedTuple):
+    """One kernel of an optimised program: how often it runs per step, its phase and kind, its JAX name,
+    its result shape and the bytes of its operands and results (as shaped)."""
+
+    runs: int
+    phase: str
+    kind: str
+    op_name: str
+    shape: str
+    moved: int
+
+
+def kernel_launches(hlo_text: str) -> list[KernelLaunch]:
+    """Every instruction of an optimised HLO program that launches work (not the parameters, tuples, bitcasts,
+    constants, barriers or async ``-done`` halves), a loop body's times its known trip count. Bytes: operands
+    and results as shaped (a slice or gather counts its whole operand, so this is an upper bound for those).
+    Phases: :func:`_phase`; kinds: "matmul" (XLA's GEMM fusions and cuBLAS calls), "Triton kernel" (jax-triton
+    calls), "other"."""
     shapes, bodies, entry = {}, {}, None
     computation = None
     for line in hlo_text.splitlines():
@@ -147,7 +159,7 @@ def kernel_traffic(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
             name, shape, opcode, operands, rest = match.groups()
             shapes[(computation, name)] = shape
             bodies[computation].append((shape, opcode, re.findall(r"%([\w.\-]+)", operands), line))
-    totals: dict[tuple[str, str], tuple[int, int]] = {}
+    launches: list[KernelLaunch] = []
 
     def add(computation: str, runs: int) -> None:
         for shape, opcode, operands, line in bodies.get(computation, []):
@@ -156,12 +168,34 @@ def kernel_traffic(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
                 add(re.search(r"body=%?([\w.\-]+)", line).group(1), runs * int(trips.group(1) if trips else 1))
             elif opcode not in _NOT_KERNELS:
                 moved = array_bytes(shape) + sum(array_bytes(shapes.get((computation, o), "")) for o in operands)
-                key = (_phase(line), _kind(line))
-                count, size = totals.get(key, (0, 0))
-                totals[key] = (count + runs, size + runs * moved)
+                op_name = (re.search(r'op_name="([^"]*)"', line) or [None, ""])[1]
+                launches.append(KernelLaunch(runs, _phase(op_name), _kind(line), op_name, shape, moved))
 
     add(entry, 1)
+    return launches
+
+
+def kernel_traffic(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """{(phase, kind): (kernels per step, bytes per step)} of an optimised HLO program (:func:`kernel_launches`)."""
+    totals: dict[tuple[str, str], tuple[int, int]] = {}
+    for kernel in kernel_launches(hlo_text):
+        count, size = totals.get((kernel.phase, kernel.kind), (0, 0))
+        totals[(kernel.phase, kernel.kind)] = (count + kernel.runs, size + kernel.runs * kernel.moved)
     return totals
+
+
+def largest_other_kernels(hlo_text: str, top: int) -> list[tuple[str, str, str, int, int]]:
+    """The ``top`` (phase, JAX name, result shape) of the "other" kernels that move the most bytes per step,
+    as (phase, op name, shape, kernels per step, bytes per step): the unrolled blocks' copies of one kernel
+    share a name and shape, so they add up."""
+    groups: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for kernel in kernel_launches(hlo_text):
+        if kernel.kind == "other":
+            key = (kernel.phase, kernel.op_name, re.sub(r"\{[^}]*\}", "", kernel.shape))
+            count, size = groups.get(key, (0, 0))
+            groups[key] = (count + kernel.runs, size + kernel.runs * kernel.moved)
+    ranked = sorted(groups.items(), key=lambda item: -item[1][1])[:top]
+    return [(*key, count, size) for key, (count, size) in ranked]
 
 
 def stack_copies_by_computation(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
@@ -200,9 +234,9 @@ def compiled_train_step(config, B: int, S: int, loss_chunk: int, mesh):
         return compile_stages(train_step, state, rest, batch)
 
 
-def report_lines(compiled, text: str) -> list[str]:
-    """The kernel and stack-copy tables and the copy / memory lines of ``compiled``, whose optimised HLO
-    is ``text``."""
+def report_lines(compiled, text: str, top: int = 0) -> list[str]:
+    """The kernel, stack-copy and traffic tables (with the ``top`` "other" kernels moving the most bytes)
+    and the copy / memory lines of ``compiled``, whose optimised HLO is ``text``."""
     rows = [
         [name, kernel, count]
         for name, kernels in triton_kernels_by_computation(text).items()
@@ -224,6 +258,13 @@ def report_lines(compiled, text: str) -> list[str]:
             for (phase, kind), (count, size) in sorted(kernel_traffic(text).items())
         ],
     )
+    largest = markdown_table(
+        ["phase", "JAX name (end)", "result", "kernels per step", "GB per step"],
+        [
+            [phase, f"`{name[-90:]}`", shape, count, f"{size / 1e9:.2f}"]
+            for phase, name, shape, count, size in largest_other_kernels(text, top)
+        ],
+    )
     return [
         markdown_table(["computation", "Triton kernel", "calls"], rows),
         "",
@@ -231,6 +272,7 @@ def report_lines(compiled, text: str) -> list[str]:
         "",
         traffic,
         "",
+        *([largest, ""] if top else []),
         f"- copies: {copies}; dynamic-slice fusions: {text.count('%dynamic-slice-fusion')}; while loops: {loops}",
         f"- XLA's estimate: {memory.temp_size_in_bytes / 2**30:.2f} GiB temporaries, "
         f"{memory.argument_size_in_bytes / 2**30:.2f} GiB arguments",
@@ -248,6 +290,7 @@ def main(argv=None) -> str:
     parser.add_argument("--kernel", default="chunkwise--triton", help="mLSTM sequence kernel (registry name)")
     parser.add_argument("--slstm-kernel", default="recurrent--triton", help="sLSTM kernel of sLSTM blocks")
     parser.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--top", type=int, default=0, help="list the N other kernels that move the most bytes")
     parser.add_argument("--dump", help="write the optimised HLO text to this file")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
@@ -270,7 +313,7 @@ def main(argv=None) -> str:
         f"- trace {trace_s:.1f} s, lowering {lower_s:.1f} s (Triton kernels compiled), XLA compile {compile_s:.1f} s "
         f"on this machine's {os.cpu_count()} cores; XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`"
     )
-    return write_report(title, [report_lines(compiled, text) + [timing]], args.out)
+    return write_report(title, [report_lines(compiled, text, args.top) + [timing]], args.out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import zlib
 from benchmarks.gpu_hlo import (
     array_bytes,
     kernel_traffic,
+    largest_other_kernels,
     stack_copies_by_computation,
     triton_kernels_by_computation,
     triton_payload,
@@ -137,3 +138,7 @@ def test_kernel_traffic_counts_operands_and_results_per_phase_and_kind_times_tri
         ("loss", "matmul"): (3, 3 * (f32_4x8 + 4 * 16 * 2)),  # the loop body, three trips
         ("loss", "other"): (3, 3 * (4 * 16 * 2 + 4 * 16 * 4)),
     }
+    assert largest_other_kernels(text, 1) == [
+        ("loss", "jit(step)/chunked_loss/transpose(jvp())/exp", "f32[4,16]", 3, 3 * (4 * 16 * 2 + 4 * 16 * 4))
+    ]
+    assert [row[:2] for row in largest_other_kernels(text, 5)][1] == ("update", "jit(step)/add")
