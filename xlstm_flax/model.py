@@ -5,6 +5,7 @@
     logits = model(tokens, segment_ids=segment_ids)         # packed documents: int (B, S) ids
     logits, state = model(tokens, state, return_state=True)  # carry the recurrent state
     x = model.features(tokens); logits = model.head(x[:, -1])  # logits where they are needed only
+    raw = model.uncapped_logits(x)                          # compute dtype, before the soft cap (the chunked loss)
     state = model.init_state(batch_size)
     logits, state = model.step(token, state)                # int (B,) -> float32 (B, V)
 
