@@ -2,14 +2,16 @@
 step, and one decoding step of an sLSTM vs an mLSTM layer of the same width; writes markdown.
 
     python benchmarks/slstm.py [--tiny] [--kernels recurrent--jax,recurrent--triton] [--splits 1,4,8]
-        [--tunings "split=4;split=8,num_warps=8"] [--skip kernel,layer,parts,train,decode] [--out FILE]
+        [--tunings "split=4;split=8,num_warps=8"] [--skip kernel,layer,parts,train,decode] [--loss-chunk 1024]
+        [--out FILE]
 
 Full size (one H100/H200): sLSTM layer at B=16, S=2048, D=1024, 4 heads, bf16 compute with fp32 params
 (the kernel alone on its fp32 gate inputs, and the whole layer: gate projections, conv, group norm),
 forward and forward+backward; each fused Triton kernel alone (``parts``: the forward without and with its
 stored gates, the reverse-time walk, the recurrent kernel's gradient); training step (forward, backward,
 AdamW update) of the "350m" and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto"
-(the mLSTM blocks use their default kernel); decoding step at B=16, D=1024. ``--tiny`` runs the same at
+(the mLSTM blocks use their default kernel), the whole-sequence loss unless ``--loss-chunk`` gives the
+recipes' chunk; decoding step at B=16, D=1024. ``--tiny`` runs the same at
 B=2, S=16, D=64 (layer), the "tiny" preset with and without its sLSTM block (step), on any machine.
 ``--splits``: extra kernel rows of "recurrent--triton" with its ``split`` option (programs per head, tiles
 of min(64, DH / split) columns); ``--tunings``: extra kernel rows of "recurrent--triton" with any of its
@@ -177,13 +179,13 @@ def _model_config(name: str):
     return PRESETS[name]
 
 
-def train_step_rows(model_names, B, S) -> list[list]:
+def train_step_rows(model_names, B, S, loss_chunk: int = 0) -> list[list]:
     """Forward, backward and AdamW update of a preset (the library's training step, bf16 compute, fp32
-    params, whole-sequence loss), timed by benchmarks/model.py."""
+    params, the loss ``loss_chunk`` positions at a time, 0: whole-sequence), timed by benchmarks/model.py."""
     rows = []
     for name in model_names:
         config = dataclasses.replace(_model_config(name), compute_dtype="bfloat16")
-        result, note = _try(train_row, config, B, S, TRAIN_STEPS, TRAIN_WARMUP, 0, 0)
+        result, note = _try(train_row, config, B, S, TRAIN_STEPS, TRAIN_WARMUP, 0, loss_chunk)
         if note:
             rows.append([name, config.slstm_at, "-", "-", "-", note])
         else:
@@ -224,6 +226,7 @@ def main(argv=None) -> str:
     parser.add_argument("--splits", default="", help="comma-separated Triton split values for extra kernel rows")
     parser.add_argument("--tunings", default="", help='extra Triton kernel rows, e.g. "split=4;split=8,num_warps=8"')
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: kernel,layer,parts,train,decode")
+    parser.add_argument("--loss-chunk", type=int, default=0, help="training steps' loss chunk (0: whole sequence)")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)
     tunings = parse_tunings(args.tunings)
@@ -254,10 +257,11 @@ def main(argv=None) -> str:
             ]
         )
     if "train" not in skip:
-        rows = train_step_rows(size["models"], B, S)
+        rows = train_step_rows(size["models"], B, S, args.loss_chunk)
+        loss = f"loss chunk {args.loss_chunk}" if args.loss_chunk else "whole-sequence loss"
         sections.append(
             [
-                f"## Training step at B={B}, S={S} (bf16 compute, fp32 params, AdamW)",
+                f"## Training step at B={B}, S={S} (bf16 compute, fp32 params, AdamW, {loss})",
                 "",
                 markdown_table(["model", "sLSTM at", "step ms", "tokens/s", "MFU", "note"], rows),
             ]

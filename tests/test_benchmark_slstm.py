@@ -28,3 +28,11 @@ def test_tiny_benchmark_writes_every_section(tmp_path):
         assert abs(float(row[3].removesuffix("k")) * 1e3 - tokens_per_s) <= 0.05e3 + 1e-3 * tokens_per_s, row
     (parts,) = [line for line in report.splitlines() if "| all |" in line]
     assert "failed" in parts
+
+
+def test_training_steps_take_the_loss_chunk():
+    report = bench.main(["--tiny", "--skip", "kernel,layer,parts,decode", "--loss-chunk", "8"])
+    assert "AdamW, loss chunk 8)" in report
+    steps = _rows(report, "tiny")
+    assert [row[0] for row in steps] == ["tiny-mlstm", "tiny"]
+    assert all(float(row[2]) > 0 and not row[5] for row in steps), steps
