@@ -36,17 +36,20 @@ from jax.sharding import NamedSharding, PartitionSpec
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
 
 from benchmarks.model import REMAT_POLICIES, compile_stages, model_config, parse_shapes  # noqa: E402
-from benchmarks.timing import markdown_table, write_report  # noqa: E402
+from benchmarks.timing import card_ceilings, markdown_table, write_report  # noqa: E402
 from xlstm_flax import distributed  # noqa: E402
 from xlstm_flax.kernels import registry  # noqa: E402
 from xlstm_flax.kernels.triton import launch  # noqa: E402
 from xlstm_flax.presets import PRESETS  # noqa: E402
 from xlstm_flax.train.loop import make_steps  # noqa: E402
+from xlstm_flax.train.loss import LOSS_SCOPE  # noqa: E402
 from xlstm_flax.train.recipe import RunConfig, TrainConfig  # noqa: E402
 from xlstm_flax.train.state import abstract_train_state  # noqa: E402
 
 # An H100 SXM as XLA's GpuTargetConfigProto (text format): the card's published limits, CUDA 13 runtime.
-H100_TARGET = """
+H100_KIND = "NVIDIA H100 80GB HBM3"
+H100_TARGET = (
+    """
 gpu_device_info {
   threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
   shared_memory_per_core: 233472 shared_memory_per_block_optin: 232448 threads_per_core_limit: 2048
@@ -58,8 +61,10 @@ gpu_device_info {
 platform_name: "CUDA"
 dnn_version_info { major: 9 minor: 8 }
 runtime_version { major: 13 }
-device_description_str: "NVIDIA H100 80GB HBM3"
 """
+    + f'device_description_str: "{H100_KIND}"\n'
+)
+
 TRITON_CALL = 'custom_call_target="triton_kernel_call'
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
 TRITON_OPAQUE = re.compile(r'opaque = "((?:[^"\\]|\\.)*)"')  # a jax-triton call's payload, escaped
@@ -115,7 +120,7 @@ def array_bytes(shape: str, scalars: bool = True) -> int:
 def _phase(name: str) -> str:
     """The step phase of an instruction from its JAX name: the chunked loss (its named scope), the backward
     (a transposed JVP), the forward (a JVP), else the update (optimizer, gradient sums)."""
-    if "chunked_loss" in name:
+    if LOSS_SCOPE in name:
         return "loss"
     return "backward" if "transpose(" in name else "forward" if "jvp(" in name else "update"
 
@@ -175,25 +180,26 @@ def kernel_launches(hlo_text: str) -> list[KernelLaunch]:
     return launches
 
 
-def kernel_traffic(hlo_text: str) -> dict[tuple[str, str], tuple[int, int]]:
-    """{(phase, kind): (kernels per step, bytes per step)} of an optimised HLO program (:func:`kernel_launches`)."""
-    totals: dict[tuple[str, str], tuple[int, int]] = {}
-    for kernel in kernel_launches(hlo_text):
-        count, size = totals.get((kernel.phase, kernel.kind), (0, 0))
-        totals[(kernel.phase, kernel.kind)] = (count + kernel.runs, size + kernel.runs * kernel.moved)
+def _per_step(launches, key) -> dict[tuple, tuple[int, int]]:
+    """{key(launch): (kernels per step, bytes per step)} summed over ``launches``."""
+    totals: dict[tuple, tuple[int, int]] = {}
+    for kernel in launches:
+        count, size = totals.get(key(kernel), (0, 0))
+        totals[key(kernel)] = (count + kernel.runs, size + kernel.runs * kernel.moved)
     return totals
 
 
-def largest_other_kernels(hlo_text: str, top: int) -> list[tuple[str, str, str, int, int]]:
+def kernel_traffic(launches: list[KernelLaunch]) -> dict[tuple[str, str], tuple[int, int]]:
+    """{(phase, kind): (kernels per step, bytes per step)} of a program's :func:`kernel_launches`."""
+    return _per_step(launches, lambda kernel: (kernel.phase, kernel.kind))
+
+
+def largest_other_kernels(launches: list[KernelLaunch], top: int) -> list[tuple[str, str, str, int, int]]:
     """The ``top`` (phase, JAX name, result shape) of the "other" kernels that move the most bytes per step,
     as (phase, op name, shape, kernels per step, bytes per step): the unrolled blocks' copies of one kernel
     share a name and shape, so they add up."""
-    groups: dict[tuple[str, str, str], tuple[int, int]] = {}
-    for kernel in kernel_launches(hlo_text):
-        if kernel.kind == "other":
-            key = (kernel.phase, kernel.op_name, re.sub(r"\{[^}]*\}", "", kernel.shape))
-            count, size = groups.get(key, (0, 0))
-            groups[key] = (count + kernel.runs, size + kernel.runs * kernel.moved)
+    others = [kernel for kernel in launches if kernel.kind == "other"]
+    groups = _per_step(others, lambda kernel: (kernel.phase, kernel.op_name, re.sub(r"\{[^}]*\}", "", kernel.shape)))
     ranked = sorted(groups.items(), key=lambda item: -item[1][1])[:top]
     return [(*key, count, size) for key, (count, size) in ranked]
 
@@ -251,18 +257,20 @@ def report_lines(compiled, text: str, top: int = 0) -> list[str]:
     )
     memory = compiled.memory_analysis()
     copies, loops = len(re.findall(r"= [^=]+ copy\(", text)), len(re.findall(r" while\(", text))
+    launches = kernel_launches(text)
+    copy_rate = card_ceilings(H100_KIND).copy_bytes_per_s  # the card the program is compiled for
     traffic = markdown_table(
-        ["phase", "kind", "kernels per step", "GB per step", "ms at 3.0 TB/s"],
+        ["phase", "kind", "kernels per step", "GB per step", f"ms at {copy_rate / 1e12:.1f} TB/s"],
         [
-            [phase, kind, count, f"{size / 1e9:.2f}", f"{size / 3.0e12 * 1e3:.2f}"]
-            for (phase, kind), (count, size) in sorted(kernel_traffic(text).items())
+            [phase, kind, count, f"{size / 1e9:.2f}", f"{size / copy_rate * 1e3:.2f}"]
+            for (phase, kind), (count, size) in sorted(kernel_traffic(launches).items())
         ],
     )
     largest = markdown_table(
         ["phase", "JAX name (end)", "result", "kernels per step", "GB per step"],
         [
             [phase, f"`{name[-90:]}`", shape, count, f"{size / 1e9:.2f}"]
-            for phase, name, shape, count, size in largest_other_kernels(text, top)
+            for phase, name, shape, count, size in largest_other_kernels(launches, top)
         ],
     )
     return [

@@ -7,6 +7,7 @@ import zlib
 
 from benchmarks.gpu_hlo import (
     array_bytes,
+    kernel_launches,
     kernel_traffic,
     largest_other_kernels,
     stack_copies_by_computation,
@@ -131,14 +132,15 @@ def test_kernel_traffic_counts_operands_and_results_per_phase_and_kind_times_tri
         ]
     )
     f32_4x8, bf16_8x8 = 4 * 8 * 4, 8 * 8 * 2
-    assert kernel_traffic(text) == {
+    launches = kernel_launches(text)
+    assert kernel_traffic(launches) == {
         ("forward", "matmul"): (1, f32_4x8 + bf16_8x8 + f32_4x8),
         ("backward", "Triton kernel"): (1, 2 * f32_4x8),
         ("update", "other"): (1, 3 * f32_4x8),
         ("loss", "matmul"): (3, 3 * (f32_4x8 + 4 * 16 * 2)),  # the loop body, three trips
         ("loss", "other"): (3, 3 * (4 * 16 * 2 + 4 * 16 * 4)),
     }
-    assert largest_other_kernels(text, 1) == [
+    assert largest_other_kernels(launches, 1) == [
         ("loss", "jit(step)/chunked_loss/transpose(jvp())/exp", "f32[4,16]", 3, 3 * (4 * 16 * 2 + 4 * 16 * 4))
     ]
-    assert [row[:2] for row in largest_other_kernels(text, 5)][1] == ("update", "jit(step)/add")
+    assert [row[:2] for row in largest_other_kernels(launches, 5)][1] == ("update", "jit(step)/add")

@@ -23,6 +23,8 @@ import optax
 
 from ..layers.init import soft_cap as apply_soft_cap
 
+LOSS_SCOPE = "chunked_loss"  # the named scope of the chunked loss's operations (profiles, compiled programs)
+
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Mean next-token loss in nats (over the targets with weight 1 when ``weights`` (B, S) is given);
@@ -54,7 +56,7 @@ def chunked_cross_entropy(
     if chunk is not None and chunk < 0:
         raise ValueError(f"loss chunk must be >= 0 or None, got {chunk}")
     if not chunk or chunk >= length:
-        return cross_entropy(apply_soft_cap(head(features).astype(jnp.float32), soft_cap), targets, weights)
+        return cross_entropy(_capped(head(features), soft_cap), targets, weights)
     count = -(-length // chunk)
     pad = count * chunk - length
     mask = jnp.ones((batch, length), jnp.float32) if weights is None else weights.astype(jnp.float32)
@@ -67,7 +69,7 @@ def chunked_cross_entropy(
     x = chunks(features)
     head_fn, head_params = _explicit_params(head, x[0])
     scale = mask / denominator  # each position's share of the mean
-    with jax.named_scope("chunked_loss"):  # names its kernels in profiles and compiled programs
+    with jax.named_scope(LOSS_SCOPE):
         return _weighted_loss_sum(head_fn, soft_cap, head_params, x, chunks(targets), chunks(scale))
 
 
