@@ -37,7 +37,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # 
 from benchmarks.kernels import parse_options  # noqa: E402
 from benchmarks.timing import markdown_table, write_report  # noqa: E402
 from xlstm_flax.kernels import get_kernel  # noqa: E402
-from xlstm_flax.kernels.slstm import NUM_GATES, get_slstm_kernel  # noqa: E402
+from xlstm_flax.kernels.slstm import NUM_GATES, GateInputs, get_slstm_kernel  # noqa: E402
 from xlstm_flax.kernels.triton import disk_cache, launch  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -65,7 +65,8 @@ def _loss(name: str, shape: tuple[int, ...], dtype, options: dict):
     if name == SLSTM_KERNEL:
         B, S, NH, DH = shape
         kernel = get_slstm_kernel(name)
-        inputs = (sds((B, S, NUM_GATES, NH, DH), jnp.float32), sds((NUM_GATES, NH, DH, DH), dtype))
+        gates = GateInputs(*(sds((B, S, NH, DH), dtype),) * NUM_GATES)
+        inputs = (gates, sds((NUM_GATES, NH, DH), jnp.float32), sds((NUM_GATES, NH, DH, DH), dtype))
     else:
         B, NH, S, DHQK, DHV = shape
         kernel = get_kernel(name)

@@ -6,7 +6,8 @@ step, and one decoding step of an sLSTM vs an mLSTM layer of the same width; wri
         [--out FILE]
 
 Full size (one H100/H200): sLSTM layer at B=16, S=2048, D=1024, 4 heads, bf16 compute with fp32 params
-(the kernel alone on its fp32 gate inputs, and the whole layer: gate projections, conv, group norm),
+(the kernel alone on bf16 gate inputs with an fp32 bias, as the layer calls it, and the whole layer: gate
+projections, conv, group norm),
 forward and forward+backward; each fused Triton kernel alone (``parts``: the forward without and with its
 stored gates, the reverse-time walk, the recurrent kernel's gradient); training step (forward, backward,
 AdamW update) of the "350m" and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto"
@@ -38,7 +39,14 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # 
 from benchmarks.kernels import failure_note, parse_options  # noqa: E402
 from benchmarks.model import COLUMNS, train_row  # noqa: E402
 from benchmarks.timing import markdown_table, median_ms, write_report  # noqa: E402
-from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel, initial_states, triton_launch  # noqa: E402
+from xlstm_flax.kernels.slstm import (  # noqa: E402
+    NUM_GATES,
+    GateInputs,
+    States,
+    get_slstm_kernel,
+    initial_states,
+    triton_launch,
+)
 from xlstm_flax.kernels.slstm.common import Dims  # noqa: E402
 from xlstm_flax.layers import mLSTMLayer, mLSTMLayerConfig, sLSTMLayer, sLSTMLayerConfig  # noqa: E402
 from xlstm_flax.presets import PRESETS  # noqa: E402
@@ -77,16 +85,18 @@ def parse_tunings(text: str) -> list[dict]:
 
 def _kernel_ms(name: str, options: dict, mode: str, input_sets) -> float:
     kernel = get_slstm_kernel(name)
-    return median_ms(_timed(lambda pre, r: kernel(pre, r, **options)[0], mode, 2), input_sets)
+    return median_ms(_timed(lambda gates, bias, r: kernel(gates, bias, r, **options)[0], mode, 3), input_sets)
 
 
 def kernel_inputs(seed: int, B, S, NH, DH) -> tuple:
-    """One random input set of the recurrence: pre (B, S, 4, NH, DH) fp32 ~ N(0, 1), R (4, NH, DH, DH)
-    bf16 ~ N(0, 1 / DH), a cotangent of h (B, S, NH, DH) fp32 ~ N(0, 1)."""
-    ks = jax.random.split(jax.random.key(seed), 3)
-    pre = jax.random.normal(ks[0], (B, S, NUM_GATES, NH, DH), jnp.float32)
+    """One random input set of the recurrence: the gate inputs (B, S, NH, DH) bf16 ~ N(0, 1), the bias
+    (4, NH, DH) fp32 ~ N(0, 1), R (4, NH, DH, DH) bf16 ~ N(0, 1 / DH), a cotangent of h (B, S, NH, DH) fp32
+    ~ N(0, 1)."""
+    ks = jax.random.split(jax.random.key(seed), 4)
+    gates = GateInputs(*jax.random.normal(ks[0], (NUM_GATES, B, S, NH, DH), jnp.bfloat16))
+    bias = jax.random.normal(ks[3], (NUM_GATES, NH, DH), jnp.float32)
     recurrent = (jax.random.normal(ks[1], (NUM_GATES, NH, DH, DH)) / DH**0.5).astype(jnp.bfloat16)
-    return pre, recurrent, jax.random.normal(ks[2], (B, S, NH, DH), jnp.float32)
+    return gates, bias, recurrent, jax.random.normal(ks[2], (B, S, NH, DH), jnp.float32)
 
 
 def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
@@ -101,30 +111,31 @@ def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
 
 
 def _part_fns(dims: Dims, tuning, backward_tuning) -> dict:
-    """The four fused kernels as functions of an input set (pre, R, g, history, dh, dg): the forward
-    with ``tuning``, the backward walk with ``backward_tuning``."""
+    """The four fused kernels as functions of an input set (gates, bias, R, g, history, dh, dg): the
+    forward with ``tuning``, the backward walk with ``backward_tuning``, the recurrent kernel's gradient
+    (which passes dg on as the bf16 gate inputs' cotangents, with the bias gradient)."""
     initial = initial_states(dims.B, dims.NH, dims.DH)
     zeros = States(*(jnp.zeros_like(initial.c),) * 4)
     return {
-        "fw, no gates stored": lambda pre, r, *_: triton_launch.slstm_fw(
-            pre, r, initial, dims, tuning, store_gates=False
+        "fw, no gates stored": lambda gates, bias, r, *_: triton_launch.slstm_fw(
+            gates, bias, r, initial, dims, tuning, store_gates=False
         ),
-        "fw, gates stored": lambda pre, r, *_: triton_launch.slstm_fw(pre, r, initial, dims, tuning),
-        "bw walk": lambda pre, r, g, history, dh, dg: triton_launch.slstm_bw(
+        "fw, gates stored": lambda gates, bias, r, *_: triton_launch.slstm_fw(gates, bias, r, initial, dims, tuning),
+        "bw walk": lambda gates, bias, r, g, history, dh, dg: triton_launch.slstm_bw(
             g, r, history, dh, zeros, dims, backward_tuning
         ),
-        "dR": lambda pre, r, g, history, dh, dg: triton_launch.slstm_dr(history.h, dg, r, dims),
+        "dR": lambda gates, bias, r, g, history, dh, dg: triton_launch.slstm_dr(history.h, dg, r, dims, gates.i.dtype),
     }
 
 
 def _part_inputs(fns: dict, dims: Dims) -> list[tuple]:
-    """:func:`kernel_inputs` (pre, R, dh) with the forward's g and history, and dg = tanh(g)."""
+    """:func:`kernel_inputs` (gates, bias, R, dh) with the forward's g and history, and dg = tanh(g)."""
     forward = jax.jit(fns["fw, gates stored"])
     sets = []
     for seed in range(INPUT_SETS):
-        pre, r, dh = kernel_inputs(seed, *dims)
-        g, history = forward(pre, r)
-        sets.append((pre, r, g, history, dh, jnp.tanh(g)))
+        gates, bias, r, dh = kernel_inputs(seed, *dims)
+        g, history = forward(gates, bias, r)
+        sets.append((gates, bias, r, g, history, dh, jnp.tanh(g)))
     return sets
 
 

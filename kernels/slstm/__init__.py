@@ -1,9 +1,10 @@
 """sLSTM kernel backends behind one calling convention, in their own registry (separate from the mLSTM
 kernels' so that neither config accepts the other's names)::
 
-    h, last = kernel(pre, recurrent_kernel, initial=None, **impl_options)
+    h, last = kernel(gates, bias, recurrent_kernel, initial=None, **impl_options)
 
-    pre: (B, S, 4, NH, DH) fp32 gate pre-activations (input projections + bias), gates i, f, z, o
+    gates: GateInputs(i, f, z, o), the gates' input projections, each (B, S, NH, DH), one float dtype
+    bias: (4, NH, DH) fp32; a gate's pre-activation input part is gate + bias, in fp32
     recurrent_kernel: (4, NH, DH, DH), head-wise R; the product h_{t-1} R takes h in R's dtype
     initial / last: States(c, n, m, h), each (B, NH, DH) fp32 (None: zeros, m = M_INITIAL)
     returns h (B, S, NH, DH) fp32 and the state after the last step.
@@ -21,7 +22,7 @@ import importlib
 from collections.abc import Callable
 
 from ..registry import AUTO, triton_usable
-from .common import M_INITIAL, NUM_GATES, States, initial_states
+from .common import M_INITIAL, NUM_GATES, GateInputs, States, gate_preactivations, initial_states
 
 FALLBACK_KERNEL = "recurrent--jax"
 TRITON_KERNEL = "recurrent--triton"
@@ -56,8 +57,10 @@ def get_slstm_kernel(name: str) -> Callable:
 __all__ = [
     "M_INITIAL",
     "NUM_GATES",
+    "GateInputs",
     "States",
     "available_slstm_kernels",
+    "gate_preactivations",
     "get_slstm_kernel",
     "initial_states",
     "resolve_slstm_kernel_name",

@@ -1,12 +1,14 @@
 """Registry entry ``"recurrent--triton"``: the fused Triton sLSTM (triton_launch.py) behind the sLSTM
 calling convention, with an exact backward in ``jax.custom_vjp``.
 
-The forward kernel stores every state (c, n, m, h per step, fp32) and, under differentiation only,
-every step's full gate pre-activations ``g = pre + h_{t-1} R`` (4 x the bytes of h; a forward alone,
-e.g. prefill, writes none of them). The backward runs the reverse-time kernel for ``dg`` and the
-initial state's cotangents, then a third kernel for the recurrent kernel's gradient
-``sum_t h_{t-1}^T dg_t`` (parallel over time, fp32 accumulation; products about fp32-accurate for fp32
-and fp16 R, to about 2^-17 for bf16 R): no XLA matmul in the backward. Gradients equal autodiff of the
+The forward kernel reads the four gate inputs and the bias itself (no stacked fp32 copy of them is
+made), stores every state (c, n, m, h per step, fp32) and, under differentiation only, every step's full
+gate pre-activations ``g = gate + bias + h_{t-1} R`` (fp32, 4 x the bytes of h; a forward alone, e.g.
+prefill, writes none of them). The backward runs the reverse-time kernel for ``dg`` (fp32) and the
+initial state's cotangents, then a third kernel for the recurrent kernel's gradient ``sum_t h_{t-1}^T
+dg_t`` (parallel over time, fp32 accumulation; products about fp32-accurate for fp32 and fp16 R, to about
+2^-17 for bf16 R) that also writes the gate inputs' cotangents in their dtype and partial sums of the
+bias gradient: no XLA matmul and no XLA pass over dg in the backward. Gradients equal autodiff of the
 scan (reference.py), including the stabiliser's path. The residuals g and the history are named
 ``KERNEL_RESIDUALS`` for rematerialisation policies.
 """
@@ -22,32 +24,34 @@ from jax.ad_checkpoint import checkpoint_name
 from ..common import KERNEL_RESIDUALS
 from ..triton import launch
 from . import triton_launch
-from .common import States, check_inputs
+from .common import GateInputs, States, check_inputs
 
 KERNEL_NAME = "recurrent--triton"
 
 
-def slstm_triton(pre: jax.Array, recurrent_kernel: jax.Array, initial: States | None = None, **tuning):
-    """pre (B, S, 4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH) fp32/bf16/fp16, optional initial
-    :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``tuning``:
-    block_b, block_dh, block_k, split, num_warps, num_stages, resident (see triton_launch.py); each one
-    given applies to both walks, each one left out takes the walk's own default."""
-    if pre.dtype != jnp.float32:
-        raise ValueError(f"{KERNEL_NAME}: pre must be float32, got {pre.dtype}")
-    dims, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
-    triton_launch.check_recurrent_dtype(KERNEL_NAME, recurrent_kernel)
-    config = (dims,) + tuple(
+def slstm_triton(gates: GateInputs, bias, recurrent_kernel, initial: States | None = None, **tuning):
+    """gates (i, f, z, o) each (B, S, NH, DH) fp32/bf16/fp16, bias (4, NH, DH) fp32, recurrent_kernel
+    (4, NH, DH, DH) fp32/bf16/fp16, optional initial :class:`States` -> (h (B, S, NH, DH) fp32, the
+    :class:`States` after the last step). ``tuning``: block_b, block_dh, block_k, split, num_warps,
+    num_stages, resident (see triton_launch.py); each one given applies to both walks, each one left out
+    takes the walk's own default."""
+    dims, gates, initial = check_inputs(KERNEL_NAME, gates, bias, recurrent_kernel, initial)
+    if bias.dtype != jnp.float32:
+        raise ValueError(f"{KERNEL_NAME}: bias must be float32, got {bias.dtype}")
+    triton_launch.check_triton_dtype(KERNEL_NAME, "gate inputs", gates.i.dtype)
+    triton_launch.check_triton_dtype(KERNEL_NAME, "recurrent_kernel", recurrent_kernel.dtype)
+    config = (dims, jnp.dtype(gates.i.dtype)) + tuple(
         triton_launch.resolve_tuning(name, dims, recurrent_dtype=recurrent_kernel.dtype, backward=b, **tuning)
         for name, b in ((KERNEL_NAME, False), (f"{KERNEL_NAME} (backward)", True))
     )
     launch.require_triton_backend(KERNEL_NAME, "recurrent--jax")
-    return _slstm(pre, recurrent_kernel, initial, config)
+    return _slstm(gates, bias, recurrent_kernel, initial, config)
 
 
-def _forward(pre, recurrent_kernel, initial, config, store_gates: bool):
+def _forward(gates, bias, recurrent_kernel, initial, config, store_gates: bool):
     """(g or a placeholder, the :class:`States` histories) from the forward kernel."""
-    dims, forward_tuning, _ = config
-    return triton_launch.slstm_fw(pre, recurrent_kernel, initial, dims, forward_tuning, store_gates=store_gates)
+    dims, _, forward_tuning, _ = config
+    return triton_launch.slstm_fw(gates, bias, recurrent_kernel, initial, dims, forward_tuning, store_gates=store_gates)
 
 
 def _outputs(history: States):
@@ -55,25 +59,26 @@ def _outputs(history: States):
     return history.h[:, 1:], States(*(x[:, -1] for x in history))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _slstm(pre, recurrent_kernel, initial, config):  # config: (Dims, forward and backward Tuning); g not stored
-    return _outputs(_forward(pre, recurrent_kernel, initial, config, store_gates=False)[1])
+# config: (Dims, the gate inputs' dtype, forward and backward Tuning); g not stored
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _slstm(gates, bias, recurrent_kernel, initial, config):
+    return _outputs(_forward(gates, bias, recurrent_kernel, initial, config, store_gates=False)[1])
 
 
-def _slstm_fwd(pre, recurrent_kernel, initial, config):
+def _slstm_fwd(gates, bias, recurrent_kernel, initial, config):
     # tagged before the outputs are sliced from history, so that a policy keeping the tag needs no second forward
     tag = functools.partial(checkpoint_name, name=KERNEL_RESIDUALS)
-    g, history = jax.tree.map(tag, _forward(pre, recurrent_kernel, initial, config, store_gates=True))
+    g, history = jax.tree.map(tag, _forward(gates, bias, recurrent_kernel, initial, config, store_gates=True))
     return _outputs(history), (g, recurrent_kernel, history)
 
 
 def _slstm_bwd(config, residuals, cotangents):
     g, recurrent_kernel, history = residuals
     dh_seq, d_last = cotangents
-    dims, _, backward_tuning = config
+    dims, gate_dtype, _, backward_tuning = config
     dg, d_initial = triton_launch.slstm_bw(g, recurrent_kernel, history, dh_seq, States(*d_last), dims, backward_tuning)
-    d_recurrent = triton_launch.slstm_dr(history.h, dg, recurrent_kernel, dims)
-    return dg, d_recurrent.astype(recurrent_kernel.dtype), d_initial
+    d_recurrent, d_gates, d_bias = triton_launch.slstm_dr(history.h, dg, recurrent_kernel, dims, gate_dtype)
+    return d_gates, d_bias, d_recurrent.astype(recurrent_kernel.dtype), d_initial
 
 
 _slstm.defvjp(_slstm_fwd, _slstm_bwd)

@@ -1,7 +1,8 @@
 """Registry entry ``"recurrent--jax"``: the sLSTM recurrence as a ``lax.scan`` over time (the reference
 backend; its autodiff defines the exact gradients the Triton backward reproduces).
 
-Per head and unit, with gate pre-activations ``g_t = pre_t + h_{t-1} R`` (fp32)::
+Per head and unit, with gate pre-activations ``g_t = pre_t + h_{t-1} R`` (fp32; ``pre_t = gates_t + bias``,
+:func:`~.common.gate_preactivations`)::
 
     m_t = max(logsigmoid(f_t) + m_{t-1}, i_t)
     c_t = exp(logsigmoid(f_t) + m_{t-1} - m_t) c_{t-1} + exp(i_t - m_t) tanh(z_t)
@@ -21,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .common import NUM_GATES, States, check_inputs
+from .common import NUM_GATES, GateInputs, States, check_inputs, gate_preactivations
 
 KERNEL_NAME = "recurrent--jax"
 
@@ -54,18 +55,19 @@ def cell_step(recurrent_kernel: jax.Array, state: States, pre: jax.Array, h_dtyp
 
 
 def slstm_scan(
-    pre: jax.Array,
+    gates: GateInputs,
+    bias: jax.Array,
     recurrent_kernel: jax.Array,
     initial: States | None = None,
     *,
     restarts: jax.Array | None = None,
     fresh: States | None = None,
 ):
-    """pre (B, S, 4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH), optional initial
-    :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``restarts``
+    """gates (i, f, z, o) each (B, S, NH, DH), bias (4, NH, DH) fp32, recurrent_kernel (4, NH, DH, DH),
+    optional initial :class:`States` -> (h (B, S, NH, DH) fp32, the :class:`States` after the last step). ``restarts``
     (B, S) bool with ``fresh`` (the zero :class:`States`): the state becomes ``fresh`` before every step
     marked (document resets; the layer's packed-sequence path)."""
-    dims, initial = check_inputs(KERNEL_NAME, pre, recurrent_kernel, initial)
+    dims, gates, initial = check_inputs(KERNEL_NAME, gates, bias, recurrent_kernel, initial)
     if restarts is not None:
         if restarts.shape != (dims.B, dims.S) or restarts.dtype != jnp.bool_:
             raise ValueError(
@@ -83,5 +85,6 @@ def slstm_scan(
         new = cell_step(wide, state, pre_t, recurrent_kernel.dtype)
         return new, new.h
 
+    pre = gate_preactivations(gates, bias)  # (B, S, 4, NH, DH)
     last, hs = jax.lax.scan(step, initial, (pre.swapaxes(0, 1), None if restarts is None else restarts.T))
     return hs.swapaxes(0, 1), last

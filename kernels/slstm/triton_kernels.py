@@ -2,11 +2,13 @@
 math in docs/slstm.md; the variant with R's slice on chip: triton_resident.py).
 
 One program per (batch block of BLOCK_B rows, head) walks the whole sequence. Per step it computes the
-four gate pre-activations ``g = pre_t + h_{t-1} R`` tile by tile: BLOCK_DH output columns at a time,
+four gate pre-activations ``g = gate_t + bias + h_{t-1} R`` tile by tile: BLOCK_DH output columns at a time,
 summing ``tl.dot`` over BLOCK_K rows of R, with the tiles of R (4 x DH x DH per head, too large for
 one SM when DH = 256) streamed from L2 at every step. h in R's dtype, accumulation and gates in fp32.
 
-Buffers (C-contiguous): ``pre``/``g``/``dg`` (B, S, 4, NH, DH) fp32; ``R`` (4, NH, DH, DH);
+Buffers (C-contiguous): the gate inputs ``gate_i, gate_f, gate_z, gate_o`` (B, S, NH, DH) each, in one
+float dtype, and their ``bias`` (4, NH, DH) fp32, added in fp32; ``g``/``dg`` (B, S, 4, NH, DH) fp32;
+``R`` (4, NH, DH, DH);
 state histories ``c_all, n_all, m_all, h_all`` (B, S + 1, NH, DH) fp32 with slot 0 = the initial state
 and slot t + 1 = the state after step t; single states (B, NH, DH) fp32. A step writes its tiles to
 global memory and a ``tl.debug_barrier`` makes them visible to the whole program before the next step
@@ -94,6 +96,20 @@ def load_gates(base, offs, mask, GATE_STRIDE: tl.constexpr):
 
 
 @triton.jit
+def load_gate_inputs(gate_i, gate_f, gate_z, gate_o, bias, offs, bias_offs, mask, bias_mask, GATE_STRIDE: tl.constexpr):
+    """The input parts of the four gates' pre-activations, fp32: the gate inputs' tiles at ``offs`` plus
+    the bias at ``bias_offs`` (+ gate * GATE_STRIDE) of its (4, NH, DH) buffer (zero where masked)."""
+    return (tl.load(gate_i + offs, mask=mask, other=0.0).to(tl.float32)
+            + tl.load(bias + bias_offs, mask=bias_mask, other=0.0),
+            tl.load(gate_f + offs, mask=mask, other=0.0).to(tl.float32)
+            + tl.load(bias + GATE_STRIDE + bias_offs, mask=bias_mask, other=0.0),
+            tl.load(gate_z + offs, mask=mask, other=0.0).to(tl.float32)
+            + tl.load(bias + 2 * GATE_STRIDE + bias_offs, mask=bias_mask, other=0.0),
+            tl.load(gate_o + offs, mask=mask, other=0.0).to(tl.float32)
+            + tl.load(bias + 3 * GATE_STRIDE + bias_offs, mask=bias_mask, other=0.0))
+
+
+@triton.jit
 def store_gates(base, offs, mask, g_i, g_f, g_z, g_o, GATE_STRIDE: tl.constexpr):
     """Stores the four gates' tiles at ``base + offs + gate * GATE_STRIDE``."""
     tl.store(base + offs, g_i, mask=mask)
@@ -166,14 +182,14 @@ def _copy_state(
 # fmt: off
 @triton.jit
 def slstm_fw_kernel(
-    pre, R, c0, n0, m0, h0,  # inputs
+    gate_i, gate_f, gate_z, gate_o, bias, R, c0, n0, m0, h0,  # inputs
     g_all, c_all, n_all, m_all, h_all, sync,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
     STORE_G: tl.constexpr,
 ):
     """Grid (SPLIT, batch blocks, NH): the forward recurrence, every state and, STORE_G, every step's
-    full gate pre-activations ``g_all`` (like ``pre``; the backward needs them, a forward alone does
+    full gate pre-activations ``g_all`` ((B, S, 4, NH, DH); the backward needs them, a forward alone does
     not and then passes any buffer) stored."""
     col0, head = tl.program_id(0) * COLS, tl.program_id(2)
     group = tl.program_id(1) * NH + head
@@ -187,11 +203,14 @@ def slstm_fw_kernel(
     for t in range(S):
         prev = ((offs_b[:, None] * (S + 1) + t) * NH + head) * DH  # slot t: the state before step t
         gates = ((offs_b[:, None] * S + t) * 4 * NH + head) * DH
+        seq = ((offs_b[:, None] * S + t) * NH + head) * DH  # the gate inputs of step t
         for e0 in range(col0, col0 + COLS, BLOCK_DH):
             offs_e = e0 + tl.arange(0, BLOCK_DH)
             mask_e = offs_e < DH
             mask = mask_b[:, None] & mask_e[None, :]
-            g_i, g_f, g_z, g_o = load_gates(pre, gates + offs_e[None, :], mask, NH * DH)
+            g_i, g_f, g_z, g_o = load_gate_inputs(
+                gate_i, gate_f, gate_z, gate_o, bias, seq + offs_e[None, :], head * DH + offs_e[None, :], mask,
+                mask_e[None, :], NH * DH)
             for k0 in range(0, DH, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 mask_k = offs_k < DH
@@ -284,7 +303,8 @@ def slstm_bw_kernel(
 @triton.jit
 def slstm_dr_kernel(
     h_all, dg, R,  # inputs h_all (B, S + 1, NH, DH), dg (B, S, 4, NH, DH) fp32, R (for its dtype)
-    dR_parts,  # output (SPLIT_ROWS, 4, NH, DH, DH) fp32
+    dR_parts, d_i, d_f, d_z, d_o, bias_parts,  # outputs (SPLIT_ROWS, 4, NH, DH, DH) fp32, 4 x (B, S, NH, DH),
+    # (SPLIT_ROWS, 4, NH, DH) fp32
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, SPLIT_ROWS: tl.constexpr,
 ):
@@ -294,7 +314,9 @@ def slstm_dr_kernel(
     into ``dR_parts[part, gate, head]`` (the launcher adds the parts). h is rounded to R's dtype, as in
     the forward's product; fp32 accumulation. bf16 R: h is exact in bf16 and dg is split into bf16
     high and low parts (two bf16 dots; about 2^-17 of each dg is lost); other dtypes: fp32 operands,
-    three TF32 products (about fp32 accuracy)."""
+    three TF32 products (about fp32 accuracy). The programs of the first row tile also pass their dg
+    tiles on: to ``d_i, d_f, d_z, d_o`` (the gate inputs' cotangents, in their dtype) and their sum over
+    the rows to ``bias_parts[part, gate, head]``."""
     gate, head = tl.program_id(2) // NH, tl.program_id(2) % NH
     tiles_e: tl.constexpr = (DH + BLOCK_E - 1) // BLOCK_E
     offs_d = (tl.program_id(0) // tiles_e) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -304,7 +326,16 @@ def slstm_dr_kernel(
     blocks: tl.constexpr = B * blocks_per_row
     first = tl.program_id(1) * blocks // SPLIT_ROWS
     last = (tl.program_id(1) + 1) * blocks // SPLIT_ROWS
+    passes_dg = tl.program_id(0) // tiles_e == 0
+    d_gate = d_i  # this program's gate's cotangent buffer
+    if gate == 1:
+        d_gate = d_f
+    elif gate == 2:
+        d_gate = d_z
+    elif gate == 3:
+        d_gate = d_o
     acc = tl.zeros((BLOCK_D, BLOCK_E), tl.float32)
+    bias_acc = tl.zeros((BLOCK_E,), tl.float32)
     for block in range(first, last):
         b = tl.cast(block // blocks_per_row, tl.int64)
         steps = (block % blocks_per_row) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -313,6 +344,10 @@ def slstm_dr_kernel(
         h_t = tl.load(h_all + h_offs, mask=mask_d[:, None] & mask_t[None, :], other=0.0).to(R.dtype.element_ty)
         d_offs = (((b * S + steps[:, None]) * 4 + gate) * NH + head) * DH + offs_e[None, :]
         d = tl.load(dg + d_offs, mask=mask_t[:, None] & mask_e[None, :], other=0.0)  # (BLOCK_N, BLOCK_E)
+        if passes_dg:
+            out_offs = ((b * S + steps[:, None]) * NH + head) * DH + offs_e[None, :]
+            tl.store(d_gate + out_offs, d.to(d_gate.dtype.element_ty), mask=mask_t[:, None] & mask_e[None, :])
+            bias_acc += tl.sum(d, axis=0)
         if R.dtype.element_ty == tl.bfloat16:
             d_high = d.to(tl.bfloat16)
             acc = tl.dot(h_t, d_high, acc)
@@ -322,4 +357,6 @@ def slstm_dr_kernel(
     part = tl.cast(tl.program_id(1), tl.int64)
     r_offs = (((part * 4 + gate) * NH + head) * DH + offs_d[:, None]) * DH + offs_e[None, :]
     tl.store(dR_parts + r_offs, acc, mask=mask_d[:, None] & mask_e[None, :])
+    if passes_dg:
+        tl.store(bias_parts + ((part * 4 + gate) * NH + head) * DH + offs_e, bias_acc, mask=mask_e)
 # fmt: on

@@ -27,9 +27,9 @@ from ..triton.shared import (
     padded_dim,
 )
 from . import triton_kernels, triton_resident
-from .common import Dims, States
+from .common import Dims, GateInputs, States
 
-TRITON_RECURRENT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+TRITON_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)  # of the gate inputs and of R
 MAX_BLOCK_B = 128
 MAX_SPLIT = 32
 DEFAULT_MAX_BLOCK_B = 64
@@ -177,9 +177,10 @@ def _check_resident(name: str, tuning: Tuning, dims: Dims, sms: int) -> None:
         )
 
 
-def check_recurrent_dtype(name: str, recurrent_kernel) -> None:
-    if not any(recurrent_kernel.dtype == d for d in TRITON_RECURRENT_DTYPES):
-        raise ValueError(f"{name}: recurrent_kernel must be float32, bfloat16 or float16, got {recurrent_kernel.dtype}")
+def check_triton_dtype(name: str, what: str, dtype) -> None:
+    """ValueError naming the kernel and the input unless ``dtype`` is one of TRITON_DTYPES."""
+    if not any(dtype == d for d in TRITON_DTYPES):
+        raise ValueError(f"{name}: {what} must be float32, bfloat16 or float16, got {jnp.dtype(dtype).name}")
 
 
 def _ring_words(recurrent_dtype) -> int:
@@ -233,18 +234,19 @@ def _launch(
 
 
 def slstm_fw(
-    pre, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning, store_gates: bool = True
+    gates: GateInputs, bias, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning, store_gates: bool = True
 ) -> tuple[jax.Array | None, States]:
-    """pre (B, S, 4, NH, DH) fp32 -> (g (B, S, 4, NH, DH) fp32, every step's full gate pre-activations
-    ``pre + h_{t-1} R``, or None unless ``store_gates`` (only the backward reads them); every state:
-    :class:`States` of (B, S + 1, NH, DH) fp32 histories, slot 0 = ``initial`` and slot t + 1 = the
-    state after step t)."""
+    """gates (i, f, z, o) each (B, S, NH, DH), bias (4, NH, DH) fp32 -> (g (B, S, 4, NH, DH) fp32, every
+    step's full gate pre-activations ``gate + bias + h_{t-1} R``, or None unless ``store_gates`` (only the
+    backward reads them); every state: :class:`States` of (B, S + 1, NH, DH) fp32 histories, slot 0 =
+    ``initial`` and slot t + 1 = the state after step t)."""
     B, S, NH, DH = dims
     history = jax.ShapeDtypeStruct((B, S + 1, NH, DH), jnp.float32)
+    g_shape = (B, S, 4, NH, DH) if store_gates else (1,)
     g, *out = _launch(
         (triton_kernels.slstm_fw_kernel, triton_resident.slstm_fw_resident_kernel),
-        (pre, recurrent_kernel, *initial),
-        (jax.ShapeDtypeStruct(pre.shape if store_gates else (1,), jnp.float32),) + (history,) * 4,
+        (*gates, bias, recurrent_kernel, *initial),
+        (jax.ShapeDtypeStruct(g_shape, jnp.float32),) + (history,) * 4,
         dims,
         tuning,
         recurrent_kernel.dtype,
@@ -320,18 +322,21 @@ def slstm_dr(
     dg,
     recurrent_kernel,
     dims: Dims,
+    gate_dtype=jnp.float32,
     *,
     block: int = DR_BLOCK,
     block_n: int = DR_BLOCK_N,
     split_rows: int | None = None,
     num_warps: int = DR_NUM_WARPS,
     num_stages: int = DR_NUM_STAGES,
-) -> jax.Array:
-    """The recurrent kernel's gradient: h_history (B, S + 1, NH, DH) fp32 from :func:`slstm_fw`, dg
-    (B, S, 4, NH, DH) fp32 from :func:`slstm_bw` -> (4, NH, DH, DH) fp32 (h rounded to R's dtype, like
-    the forward's product; fp32 accumulation). Tiles of ``block`` x ``block`` (DH padded if smaller),
-    ``block_n`` steps per product, the rows in ``split_rows`` parts (default :func:`dr_split_rows`),
-    each a (4, NH, DH, DH) fp32 buffer until XLA adds them. ValueError names a bad tuning value."""
+) -> tuple[jax.Array, GateInputs, jax.Array]:
+    """The recurrent kernel's gradient and dg passed on: h_history (B, S + 1, NH, DH) fp32 from
+    :func:`slstm_fw`, dg (B, S, 4, NH, DH) fp32 from :func:`slstm_bw` -> (dR (4, NH, DH, DH) fp32, h rounded
+    to R's dtype like the forward's product, fp32 accumulation; dg per gate, :class:`GateInputs` of (B, S, NH,
+    DH) in ``gate_dtype``, the gate inputs' cotangents; the bias gradient, dg summed over (b, t), (4, NH, DH)
+    fp32). Tiles of ``block`` x ``block`` (DH padded if smaller), ``block_n`` steps per product, the rows
+    in ``split_rows`` parts (default :func:`dr_split_rows`), each a (4, NH, DH, DH) fp32 buffer (and a (4,
+    NH, DH) one of bias sums) until XLA adds them. ValueError names a bad tuning value."""
     B, S, NH, DH = dims
     try:
         check_power_of_two("block", block, MIN_BLOCK, MAX_DR_BLOCK)
@@ -345,12 +350,16 @@ def slstm_dr(
     block = min(block, padded_dim(DH))
     if split_rows is None:
         split_rows = dr_split_rows(dims, block, block_n, _gpu_sms())
-    parts = launch.triton_call(
+    parts, *d_gates, bias_parts = launch.triton_call(
         h_history,
         dg,
         recurrent_kernel,
         kernel=triton_kernels.slstm_dr_kernel,
-        out_shape=jax.ShapeDtypeStruct((split_rows, *recurrent_kernel.shape), jnp.float32),
+        out_shape=(
+            jax.ShapeDtypeStruct((split_rows, *recurrent_kernel.shape), jnp.float32),
+            *(jax.ShapeDtypeStruct((B, S, NH, DH), gate_dtype),) * 4,
+            jax.ShapeDtypeStruct((split_rows, 4, NH, DH), jnp.float32),
+        ),
         grid=(cdiv(DH, block) ** 2, split_rows, 4 * NH),
         num_warps=num_warps,
         num_stages=num_stages,
@@ -363,4 +372,4 @@ def slstm_dr(
         BLOCK_E=block,
         SPLIT_ROWS=split_rows,
     )
-    return jnp.sum(parts, axis=0)
+    return jnp.sum(parts, axis=0), GateInputs(*d_gates), jnp.sum(bias_parts, axis=0)

@@ -160,7 +160,7 @@ def _store4(ptr_a, ptr_b, ptr_c, ptr_d, offs, mask, a, b, c, d):
 
 @triton.jit
 def slstm_fw_resident_kernel(
-    pre, R, c0, n0, m0, h0,  # inputs
+    gate_i, gate_f, gate_z, gate_o, bias, R, c0, n0, m0, h0,  # inputs
     g_all, c_all, n_all, m_all, h_all, ring,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, STORE_G: tl.constexpr,
@@ -181,13 +181,17 @@ def slstm_fw_resident_kernel(
     slot0 = (offs_b[:, None] * (S + 1) * NH + head) * DH + offs_e[None, :]
     tl.store(h_all + slot0, h_new, mask=mask)
     store_state(c_all, n_all, m_all, slot0, mask, c, n, m)
-    gates = (offs_b[:, None] * S * 4 * NH + head) * DH + offs_e[None, :]  # step 0
-    pre_gates = _four_ptrs(pre, pre + NH * DH, pre + 2 * NH * DH, pre + 3 * NH * DH, gates)
-    p_i, p_f, p_z, p_o = _split4(tl.load(pre_gates, mask=mask[:, :, None, None], other=0.0))
+    gates = (offs_b[:, None] * S * 4 * NH + head) * DH + offs_e[None, :]  # step 0 of g_all
+    pre_gates = _four_ptrs(gate_i, gate_f, gate_z, gate_o, (offs_b[:, None] * S * NH + head) * DH + offs_e[None, :])
+    # the bias as a (1, COLS, 2, 2) tile in the gate inputs' joined order, added to each loaded tile
+    bias_offs = (head * DH + offs_e)[None, :]
+    bias_tile = tl.load(_four_ptrs(bias, bias + NH * DH, bias + 2 * NH * DH, bias + 3 * NH * DH, bias_offs),
+                        mask=(offs_e < DH)[None, :, None, None], other=0.0)
+    p_i, p_f, p_z, p_o = _split4(tl.load(pre_gates, mask=mask[:, :, None, None], other=0.0).to(tl.float32) + bias_tile)
     for t in range(S):
         # the gate inputs of step t + 1, loaded a step ahead as one joined tile (split at the step's end)
-        pre_gates += 4 * NH * DH
-        pre_next = tl.load(pre_gates, mask=(mask & (t + 1 < S))[:, :, None, None], other=0.0)
+        pre_gates += NH * DH
+        pre_next = tl.load(pre_gates, mask=(mask & (t + 1 < S))[:, :, None, None], other=0.0).to(tl.float32) + bias_tile
         h = _collect(ring, (t % 2) * B * NH * DH + full, mask_h, t + 1, dt)
         g_i, g_f, g_z, g_o = _product(h, r_i, r_f, r_z, r_o, p_i, p_f, p_z, p_o, DOT_PRECISION)
         c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)

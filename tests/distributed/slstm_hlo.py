@@ -27,18 +27,24 @@ KERNEL = "recurrent--hostcallback"
 seen_shapes = []
 
 
-def host_kernel(pre, recurrent_kernel, initial):
+def host_kernel(gates, bias, recurrent_kernel, initial):
     """The scan backend on the host, behind a custom call."""
 
-    def on_host(pre, recurrent_kernel, *state):
-        seen_shapes.append(pre.shape)
-        h, last = slstm_scan(jnp.asarray(pre), jnp.asarray(recurrent_kernel), slstm.States(*state))
+    def on_host(i, f, z, o, bias, recurrent_kernel, *state):
+        seen_shapes.append(i.shape)
+        gates = slstm.GateInputs(*map(jnp.asarray, (i, f, z, o)))
+        h, last = slstm_scan(gates, jnp.asarray(bias), jnp.asarray(recurrent_kernel), slstm.States(*state))
         return [np.asarray(x) for x in (h, *last)]
 
-    B, S, _, NH, DH = pre.shape
+    B, S, NH, DH = gates[0].shape
     state = jax.ShapeDtypeStruct((B, NH, DH), jnp.float32)
     h, *last = jax.pure_callback(
-        on_host, [jax.ShapeDtypeStruct((B, S, NH, DH), jnp.float32), *[state] * 4], pre, recurrent_kernel, *initial
+        on_host,
+        [jax.ShapeDtypeStruct((B, S, NH, DH), jnp.float32), *[state] * 4],
+        *gates,
+        bias,
+        recurrent_kernel,
+        *initial,
     )
     return h, slstm.States(*last)
 
@@ -51,11 +57,10 @@ def main() -> dict:
     dh = WIDTH // HEADS
     return {
         "loss": loss,
-        "kernel_pre_shapes": [list(s) for s in sorted(set(seen_shapes))],
+        "kernel_gate_shapes": [list(s) for s in sorted(set(seen_shapes))],
         "all_gather_shapes": gathers,
         "global_shapes": {
-            "pre": [BATCH, SEQ, 4, HEADS, dh],
-            "h": [BATCH, SEQ, HEADS, dh],
+            "gate": [BATCH, SEQ, HEADS, dh],  # each gate input, and h
             "x": [BATCH, SEQ, WIDTH],
             "recurrent_kernel": [4, HEADS, dh, dh],
         },

@@ -6,7 +6,7 @@ which must be set before JAX starts: each check runs in its own Python process).
   of two decode steps (step kernel; max error / max logit <= 1e-5).
 - A kernel XLA cannot partition (a custom call) receives per-device shards: no all-gather of q/k/v
   or (B, S, D) activations in the compiled HLO; without the shard_map wrapper it would (the control).
-  The same for an sLSTM kernel (its gate pre-activations, R, h).
+  The same for an sLSTM kernel (its gate inputs, R, h).
 - Two processes x 4 devices (JAX CPU collectives, a localhost coordinator) train as one process x 8
   devices does (losses rtol 1e-5); their checkpoint resumes under a 1 x 8 mesh of another layout and
   continues with the losses of the uninterrupted run (rtol 1e-5).
@@ -80,11 +80,11 @@ def test_custom_call_kernel_receives_per_device_shards_without_gathers():
 
 def test_slstm_custom_call_kernel_receives_per_device_shards_without_gathers():
     wrapped = run_json("tests.distributed.slstm_hlo")
-    pre = wrapped["global_shapes"]["pre"]
-    assert wrapped["kernel_pre_shapes"] == [[pre[0] // 2, pre[1], pre[2], pre[3] // 4, pre[4]]]  # data 2, tensor 4
+    gate = wrapped["global_shapes"]["gate"]
+    assert wrapped["kernel_gate_shapes"] == [[gate[0] // 2, gate[1], gate[2] // 4, gate[3]]]  # data 2, tensor 4
     assert not set(map(tuple, wrapped["all_gather_shapes"])) & set(map(tuple, wrapped["global_shapes"].values()))
     control = run_json("tests.distributed.slstm_hlo", "--unwrapped")
-    assert control["kernel_pre_shapes"] == [pre] and pre in control["all_gather_shapes"]
+    assert control["kernel_gate_shapes"] == [gate] and gate in control["all_gather_shapes"]
     np.testing.assert_allclose(wrapped["loss"], control["loss"], rtol=1e-6)
 
 

@@ -1,5 +1,6 @@
 """The fused sLSTM Triton kernels on a CUDA GPU through jax-triton (``pytest -m gpu``): values, last state
-and gradients of every input (pre, R, c0, n0, m0, h0) vs autodiff of the float64 scan, at the 350m
+and gradients of every input (the four gate inputs, bias, R, c0, n0, m0, h0) vs autodiff of the float64
+scan, at the 350m
 xLSTM[7:1] layer's head shape (4 heads of 256) and at odd shapes.
 
 Error measure: max |error| / max |reference| per array (tests/kernels/compare.py).
@@ -7,7 +8,9 @@ Error measure: max |error| / max |reference| per array (tests/kernels/compare.py
 * bf16 R: h_{t-1} and dg_t are rounded to bf16 (relative step 4e-3) before each product: <= 3e-2,
   the mLSTM GPU tests' bf16 bound.
 * The recurrent kernel's gradient alone (slstm_dr at its defaults) against a float64 sum: bf16 R (dg
-  in two bf16 parts, measured 1.7e-5 at B = 16, S = 2048) <= 5e-5; fp32 R (3xTF32) <= 1e-5.
+  in two bf16 parts, measured 1.7e-5 at B = 16, S = 2048) <= 5e-5; fp32 R (3xTF32) <= 1e-5; the dg it
+  passes on equal to dg rounded to the gate inputs' dtype, the bias gradient within 1e-5 of the float64
+  sum over (b, t).
 """
 
 import jax
@@ -17,10 +20,16 @@ import pytest
 from flax import nnx
 
 from tests.kernels.compare import assert_close
-from tests.kernels.slstm_checks import case_id, check_triton_case, make_inputs
+from tests.kernels.slstm_checks import (
+    case_id,
+    check_against_reference,
+    check_triton_case,
+    make_inputs,
+    random_cotangents,
+)
 from tests.model.helpers import perturb_params
 from xlstm_flax.kernels.registry import triton_usable
-from xlstm_flax.kernels.slstm import get_slstm_kernel, resolve_slstm_kernel_name, triton_launch
+from xlstm_flax.kernels.slstm import GateInputs, get_slstm_kernel, resolve_slstm_kernel_name, triton_launch
 from xlstm_flax.kernels.slstm.common import Dims
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
@@ -66,16 +75,27 @@ def test_recurrent_kernel_gradient_at_its_defaults_matches_float64(dtype, tol):
     h_history = jax.random.normal(ks[0], (B, S + 1, NH, DH), jnp.float32)
     dg = jax.random.normal(ks[1], (B, S, 4, NH, DH), jnp.float32)
     recurrent = (jax.random.normal(ks[2], (4, NH, DH, DH)) / DH**0.5).astype(dtype)
-    got = triton_launch.slstm_dr(h_history, dg, recurrent, Dims(B, S, NH, DH))
+    got, d_gates, d_bias = triton_launch.slstm_dr(h_history, dg, recurrent, Dims(B, S, NH, DH), dtype)
     h = np.asarray(h_history[:, :S].astype(dtype).astype(jnp.float32), np.float64)
     want = np.einsum("btnd,btgne->gnde", h, np.asarray(dg, np.float64))
     assert_close(got, want, tol, "dR")
+    np.testing.assert_array_equal(np.stack(d_gates, axis=2), np.asarray(dg.astype(dtype)))
+    assert_close(d_bias, np.asarray(dg, np.float64).sum(axis=(0, 1)), 1e-5, "d bias")
+
+
+def test_bf16_gate_inputs_with_fp32_recurrent_kernel():
+    """bf16 gate inputs, fp32 R, at the 350m layer's head shape and defaults: values and the non-gate
+    gradients within the fp32 bounds, the gate inputs' bf16 cotangents within bf16's unit roundoff
+    (2^-8 = 3.9e-3, as in the interpreter test) plus the fp32 bound: 5e-3."""
+    args = make_inputs(13, 16, 256, 4, 256, jnp.float32, gate_dtype=jnp.bfloat16)
+    kernel = get_slstm_kernel("recurrent--triton")
+    check_against_reference(kernel, args, random_cotangents(14, args[0]), *TOL[jnp.float32], tol_gate_grads=5e-3)
 
 
 def test_split_that_cannot_be_resident_is_refused():
     args = make_inputs(0, 64, 4, 8, 64)
     with pytest.raises(ValueError, match="split=32 launches 1024 programs"):
-        get_slstm_kernel("recurrent--triton")(args[0], args[1], split=32, block_b=16)
+        get_slstm_kernel("recurrent--triton")(GateInputs(*args[:4]), args[4], args[5], split=32, block_b=16)
 
 
 def _layer_outputs_and_gradients(kernel: str, x, weights):

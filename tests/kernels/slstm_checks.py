@@ -1,5 +1,5 @@
 """Shared sLSTM kernel checks: random inputs, the float64 reference (autodiff of the scan backend,
-itself checked against a literal numpy loop in tests/kernels/test_slstm_reference.py) and the
+itself checked against a literal numpy loop in tests/model/test_layers.py) and the
 comparison of a backend's values, last state and gradients of every input against it.
 
 Error measure: max |error| / max |reference| per array (tests/kernels/compare.py).
@@ -12,29 +12,43 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests.kernels.compare import assert_close
-from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel
+from xlstm_flax.kernels.slstm import NUM_GATES, GateInputs, States, get_slstm_kernel
 
-ARG_NAMES = ("pre", "recurrent_kernel", "c0", "n0", "m0", "h0")
+ARG_NAMES = GateInputs._fields + ("bias", "recurrent_kernel", "c0", "n0", "m0", "h0")
+BIAS, RECURRENT, INITIAL = NUM_GATES, NUM_GATES + 1, NUM_GATES + 2  # positions in ARG_NAMES
 
 
-def make_inputs(seed: int, B: int, S: int, NH: int, DH: int, recurrent_dtype=jnp.float32, *, initial=True):
-    """Fresh random inputs as a list in ARG_NAMES order (initial states None unless ``initial``): gates
-    ~ N(0, 1.5^2) plus a forget bias of 2, R ~ N(0, 1/DH), c0, h0 ~ N(0, 1), n0 in [1, 3), m0 ~ N(0, 1)."""
-    ks = jax.random.split(jax.random.key(seed), 6)
-    pre = 1.5 * jax.random.normal(ks[0], (B, S, NUM_GATES, NH, DH), jnp.float32)
-    pre = pre.at[:, :, 1].add(2.0)
+def make_inputs(
+    seed: int,
+    B: int,
+    S: int,
+    NH: int,
+    DH: int,
+    recurrent_dtype=jnp.float32,
+    *,
+    initial=True,
+    gate_dtype=jnp.float32,
+):
+    """Fresh random inputs as a list in ARG_NAMES order (initial states None unless ``initial``): gate
+    inputs ~ N(0, 1.5^2) in ``gate_dtype``, bias ~ N(0, 0.5^2) plus 2 for the forget gate, R ~ N(0, 1/DH),
+    c0, h0 ~ N(0, 1), n0 in [1, 3), m0 ~ N(0, 1)."""
+    ks = jax.random.split(jax.random.key(seed), 7)
+    gates = 1.5 * jax.random.normal(ks[0], (NUM_GATES, B, S, NH, DH), jnp.float32)
+    bias = (0.5 * jax.random.normal(ks[6], (NUM_GATES, NH, DH), jnp.float32)).at[1].add(2.0)
     recurrent = (jax.random.normal(ks[1], (NUM_GATES, NH, DH, DH), jnp.float32) / np.sqrt(DH)).astype(recurrent_dtype)
+    inputs = [*gates.astype(gate_dtype), bias, recurrent]
     if not initial:
-        return [pre, recurrent, None, None, None, None]
+        return inputs + [None] * 4
     shape = (B, NH, DH)
     c0, m0, h0 = (jax.random.normal(k, shape, jnp.float32) for k in ks[2:5])
     n0 = 1.0 + 2.0 * jax.random.uniform(ks[5], shape, jnp.float32)
-    return [pre, recurrent, c0, n0, m0, h0]
+    return inputs + [c0, n0, m0, h0]
 
 
-def random_cotangents(seed: int, pre) -> tuple:
-    """Weights of a linear loss on h (B, S, NH, DH) and on each of the last c, n, m, h."""
-    B, S, _, NH, DH = pre.shape
+def random_cotangents(seed: int, gate) -> tuple:
+    """Weights of a linear loss on h (B, S, NH, DH), the shape of a ``gate`` input, and on each of the
+    last c, n, m, h."""
+    B, S, NH, DH = gate.shape
     ks = jax.random.split(jax.random.key(seed), 5)
     return jax.random.normal(ks[0], (B, S, NH, DH)), States(*(jax.random.normal(k, (B, NH, DH)) for k in ks[1:]))
 
@@ -47,8 +61,8 @@ def outputs_and_gradients(kernel, args, cotangents, **options):
         full = list(args)
         for i, x in zip(present, xs):
             full[i] = x
-        initial = None if full[2] is None else States(*full[2:])
-        return kernel(full[0], full[1], initial, **options)
+        initial = None if full[INITIAL] is None else States(*full[INITIAL:])
+        return kernel(GateInputs(*full[:NUM_GATES]), full[BIAS], full[RECURRENT], initial, **options)
 
     outputs, vjp = jax.vjp(run, *(args[i] for i in present))
     grads = vjp(cotangents)
@@ -61,7 +75,7 @@ def outputs_and_gradients(kernel, args, cotangents, **options):
 def reference(args, cotangents):
     """float64 outputs and gradients of the scan backend ("recurrent--jax"), computed on the CPU (XLA's
     GPU backend has no float64 GEMM: "GEMM is not supported by cublasLt")."""
-    with jax.enable_x64(), jax.default_device(jax.devices("cpu")[0]):
+    with jax.enable_x64(), jax.default_device(jax.devices("cpu")[0]):  # the gate inputs and the bias too
         args64 = [
             None if a is None else jnp.asarray(np.asarray(jnp.asarray(a, jnp.float32)), jnp.float64) for a in args
         ]
@@ -70,15 +84,18 @@ def reference(args, cotangents):
         return jax.tree.map(np.asarray, outputs), [None if g is None else np.asarray(g) for g in grads]
 
 
-def check_against_reference(kernel, args, cotangents, tol_values: float, tol_grads: float, **options) -> None:
-    """Values (h and every last state) within ``tol_values``, gradients of every input within ``tol_grads``.
+def check_against_reference(
+    kernel, args, cotangents, tol_values: float, tol_grads: float, *, tol_gate_grads: float | None = None, **options
+) -> None:
+    """Values (h and every last state) within ``tol_values``, gradients of every input within ``tol_grads``,
+    those of the gate inputs (in their own dtype) within ``tol_gate_grads`` if given.
 
     With a bf16/fp16 R the loss weighs h and the last h only. The last c, n and m carry the stabiliser
     m = max(log f + m_prev, i), so their gradients jump where the two sides tie; bf16 rounding of h moves
     gates by ~1e-3 and flips such near-ties, and one flip changes every earlier step's gradient (measured
     with the scan backend itself: d pre 0.26-0.30 at 64x128x8x64 and 16x512x4x256). h is invariant to m
     (c and n scale together), so its gradients are continuous: there the scan measured <= 4e-3."""
-    if args[1].dtype != jnp.float32:
+    if args[RECURRENT].dtype != jnp.float32:
         weights_h, last = cotangents
         cotangents = (weights_h, States(*(jnp.zeros_like(x) for x in last[:3]), last.h))
     (h, last), grads = outputs_and_gradients(kernel, args, cotangents, **options)
@@ -86,9 +103,10 @@ def check_against_reference(kernel, args, cotangents, tol_values: float, tol_gra
     assert_close(h, ref_h, tol_values, "h")
     for name, got, want in zip(States._fields, last, ref_last):
         assert_close(got, want, tol_values, f"last {name}")
-    for name, got, want in zip(ARG_NAMES, grads, ref_grads):
+    for n, (name, got, want) in enumerate(zip(ARG_NAMES, grads, ref_grads)):
         if want is not None:
-            assert_close(got, want, tol_grads, f"d {name}")
+            tol = tol_gate_grads if n < NUM_GATES and tol_gate_grads is not None else tol_grads
+            assert_close(got, want, tol, f"d {name}")
 
 
 def case_id(case) -> str:

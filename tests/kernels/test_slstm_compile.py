@@ -14,7 +14,7 @@ from tests.kernels.lowering import assert_compiled_for_sm90, lowered_triton_call
 
 skip_module_unless_lowerable()
 
-from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch  # noqa: E402
+from xlstm_flax.kernels.slstm import GateInputs, get_slstm_kernel, triton_launch  # noqa: E402
 from xlstm_flax.kernels.slstm.common import Dims  # noqa: E402
 from xlstm_flax.kernels.triton import launch  # noqa: E402
 
@@ -22,24 +22,26 @@ STREAMING = (b"slstm_fw_kernel", b"slstm_bw_kernel", b"slstm_dr_kernel")
 RESIDENT = (b"slstm_fw_resident_kernel", b"slstm_bw_resident_kernel", b"slstm_dr_kernel")
 
 
-def _shapes(dtype, B, S, NH, DH):
+def _shapes(dtype, B, S, NH, DH, gate_dtype=None):
+    """Gate inputs (in ``gate_dtype``, default R's), bias and R."""
     sds = jax.ShapeDtypeStruct
-    return sds((B, S, 4, NH, DH), jnp.float32), sds((4, NH, DH, DH), dtype)
+    gates = GateInputs(*(sds((B, S, NH, DH), gate_dtype or dtype),) * 4)
+    return gates, sds((4, NH, DH), jnp.float32), sds((4, NH, DH, DH), dtype)
 
 
 def _loss(**tuning):
     kernel = get_slstm_kernel("recurrent--triton")
 
-    def loss(pre, recurrent_kernel):
-        h, last = kernel(pre, recurrent_kernel, **tuning)
+    def loss(gates, bias, recurrent_kernel):
+        h, last = kernel(gates, bias, recurrent_kernel, **tuning)
         return jnp.sum(h) + sum(jnp.sum(s) for s in last)
 
-    return jax.grad(loss, argnums=(0, 1))
+    return jax.grad(loss, argnums=(0, 1, 2))
 
 
 SWEEP = [
     # (R dtype, B, S, NH, DH, tuning)
-    (jnp.bfloat16, 16, 32, 4, 256, {}),  # the 350m xLSTM[7:1] layer's head dim, defaults
+    (jnp.bfloat16, 16, 32, 4, 256, {}),  # the 350m xLSTM[7:1] layer's head dim, defaults (gate inputs in R's dtype)
     (jnp.float32, 4, 16, 2, 64, {}),
     (jnp.float16, 40, 16, 1, 48, dict(block_b=32, block_dh=16, block_k=32, num_warps=8, num_stages=1)),
     (jnp.bfloat16, 8, 16, 2, 16, dict(num_warps=2)),
@@ -102,23 +104,49 @@ def test_resident_slice_over_the_budget_raises():
 
 def test_bad_inputs_raise():
     kernel = get_slstm_kernel("recurrent--triton")
-    pre, recurrent = _shapes(jnp.float32, 2, 8, 2, 16)
+    gates, bias, recurrent = _shapes(jnp.float32, 2, 8, 2, 16)
+    sds = jax.ShapeDtypeStruct
     with pytest.raises(ValueError, match=re.escape("recurrent_kernel must be (4, 2, 16, 16)")):
-        jax.eval_shape(kernel, pre, jax.ShapeDtypeStruct((4, 2, 16, 8), jnp.float32))
-    with pytest.raises(ValueError, match=re.escape("pre must be (B, S, 4, NH, DH)")):
-        jax.eval_shape(kernel, jax.ShapeDtypeStruct((2, 8, 3, 2, 16), jnp.float32), recurrent)
-    with pytest.raises(ValueError, match="recurrent--triton: pre must be float32, got bfloat16"):
-        jax.eval_shape(kernel, jax.ShapeDtypeStruct(pre.shape, jnp.bfloat16), recurrent)
+        jax.eval_shape(kernel, gates, bias, sds((4, 2, 16, 8), jnp.float32))
+    with pytest.raises(ValueError, match=re.escape("gate inputs must be (B, S, NH, DH) arrays of one shape, got z")):
+        jax.eval_shape(kernel, gates._replace(z=sds((2, 8, 2, 8), jnp.float32)), bias, recurrent)
+    with pytest.raises(ValueError, match="recurrent--triton: gates must be 4 arrays"):
+        jax.eval_shape(kernel, gates[:3], bias, recurrent)
+    with pytest.raises(ValueError, match="gate inputs must share one float dtype, got o bfloat16"):
+        jax.eval_shape(kernel, gates._replace(o=sds((2, 8, 2, 16), jnp.bfloat16)), bias, recurrent)
+    with pytest.raises(
+        ValueError, match=re.escape("bias must be (4, 2, 16) for gate inputs (2, 8, 2, 16), got (4, 16)")
+    ):
+        jax.eval_shape(kernel, gates, sds((4, 16), jnp.float32), recurrent)
+    with pytest.raises(ValueError, match="recurrent--triton: bias must be float32 .*got bfloat16"):
+        jax.eval_shape(kernel, gates, sds(bias.shape, jnp.bfloat16), recurrent)
+    with jax.enable_x64(), pytest.raises(ValueError, match="recurrent--triton: bias must be float32, got float64"):
+        jax.eval_shape(kernel, gates, sds(bias.shape, jnp.float64), recurrent)
     with jax.enable_x64(), pytest.raises(ValueError, match="recurrent_kernel must be float32, bfloat16 or float16"):
-        jax.eval_shape(kernel, pre, jax.ShapeDtypeStruct(recurrent.shape, jnp.float64))
+        jax.eval_shape(kernel, gates, bias, sds(recurrent.shape, jnp.float64))
+    with jax.enable_x64(), pytest.raises(ValueError, match="gate inputs must be float32, bfloat16 or float16"):
+        jax.eval_shape(kernel, GateInputs(*(sds((2, 8, 2, 16), jnp.float64),) * 4), bias, recurrent)
 
 
 def test_registry_entry_without_gpu_names_the_fallback():
     if launch.gpu_visible():
         pytest.skip("a GPU is visible")
-    pre, recurrent = (jnp.ones(s.shape, s.dtype) for s in _shapes(jnp.float32, 1, 2, 1, 16))
+    args = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), _shapes(jnp.float32, 1, 2, 1, 16))
     with pytest.raises(RuntimeError, match="recurrent--triton needs a CUDA GPU.*recurrent--jax"):
-        get_slstm_kernel("recurrent--triton")(pre, recurrent)
+        get_slstm_kernel("recurrent--triton")(*args)
+
+
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streaming"])
+def test_bf16_gate_inputs_with_fp32_recurrent_kernel_lower(monkeypatch, resident):
+    """The gate inputs' dtype need not be R's: bf16 projections with an fp32 R lower for sm_90, and their
+    cotangents (written by the dR kernel) come back in bf16, the bias's and R's in fp32."""
+    monkeypatch.setattr(launch, "require_triton_backend", lambda *args: None)
+    shapes = _shapes(jnp.float32, 4, 16, 2, 64, gate_dtype=jnp.bfloat16)
+    grads = jax.eval_shape(_loss(resident=resident), *shapes)
+    assert all(g.dtype == jnp.bfloat16 for g in grads[0]) and grads[1].dtype == grads[2].dtype == jnp.float32
+    assert_compiled_for_sm90(
+        lowered_triton_calls(_loss(resident=resident), *shapes), RESIDENT if resident else STREAMING
+    )
 
 
 @pytest.mark.parametrize("tuning", [{}, dict(resident=False)], ids=["resident", "streaming"])

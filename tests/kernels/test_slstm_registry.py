@@ -33,22 +33,29 @@ def test_unknown_names_are_rejected():
     assert sLSTMLayerConfig(kernel="recurrent--triton").kernel == "recurrent--triton"  # valid without a GPU
 
 
-def test_scan_checks_initial_states():
-    pre = jax.ShapeDtypeStruct((2, 3, 4, 2, 8), jnp.float32)
-    recurrent = jax.ShapeDtypeStruct((4, 2, 8, 8), jnp.float32)
+def _inputs():
+    """Gate inputs (B, S, NH, DH) = (2, 3, 2, 8), bias and R as shapes."""
+    sds = jax.ShapeDtypeStruct
+    gates = slstm.GateInputs(*(sds((2, 3, 2, 8), jnp.bfloat16),) * 4)
+    return gates, sds((4, 2, 8), jnp.float32), sds((4, 2, 8, 8), jnp.float32)
+
+
+def test_scan_checks_initial_states_and_bias():
+    gates, bias, recurrent = _inputs()
     bad = slstm.States(*(jax.ShapeDtypeStruct((2, 2, 8), jnp.float32),) * 3, jax.ShapeDtypeStruct((2, 8), jnp.float32))
     with pytest.raises(ValueError, match=re.escape("recurrent--jax: initial state h must be (2, 2, 8), got (2, 8)")):
-        jax.eval_shape(slstm_scan, pre, recurrent, bad)
+        jax.eval_shape(slstm_scan, gates, bias, recurrent, bad)
+    with pytest.raises(ValueError, match=re.escape("recurrent--jax: bias must be (4, 2, 8) for gate inputs")):
+        jax.eval_shape(slstm_scan, gates, jax.ShapeDtypeStruct((4, 8), jnp.float32), recurrent)
 
 
 def test_scan_checks_restarts():
     """The layer's packed-sequence path: restarts (B, S) bool, with the fresh states to restart from."""
-    pre = jax.ShapeDtypeStruct((2, 3, 4, 2, 8), jnp.float32)
-    recurrent = jax.ShapeDtypeStruct((4, 2, 8, 8), jnp.float32)
+    gates, bias, recurrent = _inputs()
     fresh = slstm.States(*(jax.ShapeDtypeStruct((2, 2, 8), jnp.float32),) * 4)
     swapped = jax.ShapeDtypeStruct((3, 2), jnp.bool_)
     with pytest.raises(ValueError, match=re.escape("recurrent--jax: restarts must be bool (B, S) = (2, 3), got bool")):
-        jax.eval_shape(lambda p, r, s: slstm_scan(p, r, restarts=s, fresh=fresh), pre, recurrent, swapped)
+        jax.eval_shape(lambda g, r, s: slstm_scan(g, bias, r, restarts=s, fresh=fresh), gates, recurrent, swapped)
     restarts = jax.ShapeDtypeStruct((2, 3), jnp.bool_)
     with pytest.raises(ValueError, match="recurrent--jax: restarts needs fresh"):
-        jax.eval_shape(lambda p, r, s: slstm_scan(p, r, restarts=s), pre, recurrent, restarts)
+        jax.eval_shape(lambda g, r, s: slstm_scan(g, bias, r, restarts=s), gates, recurrent, restarts)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests.kernels.compare import assert_close
-from tests.kernels.slstm_checks import check_against_reference, make_inputs, random_cotangents
-from xlstm_flax.kernels.slstm import States, get_slstm_kernel
+from tests.kernels.slstm_checks import BIAS, check_against_reference, make_inputs, random_cotangents
+from xlstm_flax.kernels.slstm import GateInputs, States, gate_preactivations, get_slstm_kernel
 from xlstm_flax.kernels.slstm.reference import cell_step
 
 
@@ -34,13 +34,18 @@ def _faithful_float64_gradients(pre, recurrent_kernel, weights):
 
 
 def test_bf16_recurrent_kernel_gradient_sums_in_fp32():
-    pre, recurrent_kernel, *_ = make_inputs(3, 4, 512, 2, 64, jnp.bfloat16, initial=False)
+    """fp32 gate inputs and bias: d gate is the gradient of the pre-activations, d bias its sum over (b, t)."""
+    args = make_inputs(3, 4, 512, 2, 64, jnp.bfloat16, initial=False)
+    gates, bias, recurrent_kernel = GateInputs(*args[:BIAS]), args[BIAS], args[BIAS + 1]
     weights = jax.random.normal(jax.random.key(4), (4, 512, 2, 64))
     scan = get_slstm_kernel("recurrent--jax")
-    d_pre, d_recurrent = jax.grad(lambda p, r: jnp.sum(scan(p, r)[0] * weights), argnums=(0, 1))(pre, recurrent_kernel)
+    d_gates, d_bias, d_recurrent = jax.grad(lambda g, b, r: jnp.sum(scan(g, b, r)[0] * weights), argnums=(0, 1, 2))(
+        gates, bias, recurrent_kernel
+    )
     assert d_recurrent.dtype == jnp.bfloat16
-    want_pre, want_recurrent = _faithful_float64_gradients(pre, recurrent_kernel, weights)
-    assert_close(d_pre, want_pre, 1e-2, "d pre")
+    want_pre, want_recurrent = _faithful_float64_gradients(gate_preactivations(gates, bias), recurrent_kernel, weights)
+    assert_close(jnp.stack(d_gates, axis=2), want_pre, 1e-2, "d gates")
+    assert_close(d_bias, want_pre.sum(axis=(0, 1)), 1e-2, "d bias")
     assert_close(d_recurrent, want_recurrent, 1e-2, "d recurrent_kernel")
 
 

@@ -126,7 +126,7 @@ def test_bad_gradient_tuning_is_refused_by_name_before_any_work(bad, message):
 def test_each_walk_runs_with_its_own_tuning(monkeypatch, given, forward_split, backward_split):
     """The registry kernel hands the forward walk the forward's tuning and the backward walk the
     backward's (as on an H200: patched SM count, traced only); a split the user gives holds for both."""
-    from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch
+    from xlstm_flax.kernels.slstm import GateInputs, get_slstm_kernel, triton_launch
     from xlstm_flax.kernels.triton import launch
 
     monkeypatch.setattr(triton_launch, "_gpu_sms", lambda: H200_SMS)
@@ -142,7 +142,9 @@ def test_each_walk_runs_with_its_own_tuning(monkeypatch, given, forward_split, b
         monkeypatch.setattr(triton_launch, walk, recording)
     kernel = get_slstm_kernel("recurrent--triton")
     B, S, NH, DH = 16, 8, 4, 256
-    pre = jax.ShapeDtypeStruct((B, S, 4, NH, DH), jnp.float32)
+    gates = GateInputs(*(jax.ShapeDtypeStruct((B, S, NH, DH), jnp.bfloat16),) * 4)
+    bias = jax.ShapeDtypeStruct((4, NH, DH), jnp.float32)
     r = jax.ShapeDtypeStruct((4, NH, DH, DH), jnp.bfloat16)
-    jax.eval_shape(jax.grad(lambda p, rr: jnp.sum(kernel(p, rr, **given)[0]), argnums=(0, 1)), pre, r)
+    loss = lambda g, b, rr: jnp.sum(kernel(g, b, rr, **given)[0])  # noqa: E731
+    jax.eval_shape(jax.grad(loss, argnums=(0, 1, 2)), gates, bias, r)
     assert splits == {"slstm_fw": forward_split, "slstm_bw": backward_split}

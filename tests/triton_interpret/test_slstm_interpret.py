@@ -14,6 +14,8 @@ from flax import nnx
 
 from tests.kernels.compare import assert_close
 from tests.kernels.slstm_checks import (
+    BIAS,
+    RECURRENT,
     case_id,
     check_against_reference,
     check_triton_case,
@@ -22,7 +24,7 @@ from tests.kernels.slstm_checks import (
 )
 from tests.model.helpers import perturb_params
 from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch
-from xlstm_flax.kernels.slstm.common import Dims, States
+from xlstm_flax.kernels.slstm.common import Dims, GateInputs, States
 from xlstm_flax.kernels.slstm.triton_resident import _collect, _post, _tag_field, _tag_mismatch
 from xlstm_flax.kernels.triton import launch
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
@@ -53,25 +55,43 @@ def test_triton_slstm_matches_reference(case):
 
 def test_ties_of_the_stabiliser_split_its_gradient_like_jnp_maximum():
     """At step 0 logsigmoid(f) + m0 == i exactly (f = 100: logsigmoid(f) is below half an ulp of m0, in
-    fp32 and in float64; h0 = 0 so the gates are pre exactly): the max splits the cotangent of m in
-    half, as autodiff of jnp.maximum does. A kernel sending it all to one side fails on di and dm0."""
-    pre, recurrent, c0, n0, m0, _ = make_inputs(21, 2, 3, 1, 16)
-    pre = pre.at[:, 0, 0].set(m0).at[:, 0, 1].set(100.0)
-    args = [pre, recurrent, c0, n0, m0, jnp.zeros_like(c0)]
-    assert bool(jnp.all(jax.nn.log_sigmoid(pre[:, 0, 1]) + m0 == pre[:, 0, 0])), "no tie in the test data"
-    check_against_reference(get_slstm_kernel("recurrent--triton"), args, random_cotangents(22, pre), 2e-6, 5e-6)
+    fp32 and in float64; h0 = 0 and the i and f biases 0, so those gates are the gate inputs exactly): the
+    max splits the cotangent of m in half, as autodiff of jnp.maximum does. A kernel sending it all to one
+    side fails on d gate_i and dm0."""
+    args = make_inputs(21, 2, 3, 1, 16)
+    gate_i, gate_f, _, _, bias, _, c0, _, m0, _ = args
+    args[0], args[1] = gate_i.at[:, 0].set(m0), gate_f.at[:, 0].set(100.0)
+    args[BIAS] = bias.at[:2].set(0.0)
+    args[-1] = jnp.zeros_like(c0)
+    assert bool(jnp.all(jax.nn.log_sigmoid(args[1][:, 0]) + m0 == args[0][:, 0])), "no tie in the test data"
+    check_against_reference(get_slstm_kernel("recurrent--triton"), args, random_cotangents(22, args[0]), 2e-6, 5e-6)
+
+
+def test_bf16_gate_inputs_get_bf16_cotangents():
+    """bf16 gate inputs (the bf16 layer's projections) with an fp32 R: the values within fp32 error of the
+    float64 reference, the gate inputs' cotangents bf16 and within their rounding (bf16's unit roundoff
+    2^-8 = 3.9e-3 of an element; measured 3.0e-3): 4e-3; every other gradient within fp32 error."""
+    args = make_inputs(25, 2, 6, 2, 32, gate_dtype=jnp.bfloat16)
+    kernel = get_slstm_kernel("recurrent--triton")
+    cotangents = random_cotangents(26, args[0])
+    grads = jax.grad(
+        lambda *g: jnp.sum(kernel(GateInputs(*g), *args[BIAS : RECURRENT + 1])[0] * cotangents[0]), argnums=(0, 1, 2, 3)
+    )(*args[:4])
+    assert all(g.dtype == jnp.bfloat16 for g in grads)
+    check_against_reference(kernel, args, cotangents, 2e-6, 5e-6, tol_gate_grads=4e-3)
 
 
 @pytest.mark.parametrize("resident", [True, False], ids=["resident", "streaming"])
 def test_forward_without_gates_gives_the_same_states(resident):
     """``store_gates=False`` (the forward without differentiation) returns no g and the very same state
     histories, h included, as the forward the backward uses."""
-    pre, recurrent, *initial = make_inputs(31, 2, 5, 2, 16)
+    args = make_inputs(31, 2, 5, 2, 16)
+    gates, bias, recurrent, initial = GateInputs(*args[:4]), args[BIAS], args[RECURRENT], States(*args[RECURRENT + 1 :])
     dims = Dims(2, 5, 2, 16)
     tuning = triton_launch.resolve_tuning("test", dims, resident=resident)
-    g, stored = triton_launch.slstm_fw(pre, recurrent, States(*initial), dims, tuning)
-    none, alone = triton_launch.slstm_fw(pre, recurrent, States(*initial), dims, tuning, store_gates=False)
-    assert none is None and g.shape == pre.shape and bool(jnp.all(jnp.isfinite(g)))
+    g, stored = triton_launch.slstm_fw(gates, bias, recurrent, initial, dims, tuning)
+    none, alone = triton_launch.slstm_fw(gates, bias, recurrent, initial, dims, tuning, store_gates=False)
+    assert none is None and g.shape == (2, 5, 4, 2, 16) and bool(jnp.all(jnp.isfinite(g)))
     for name, want, got in zip(States._fields, stored, alone):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
 
@@ -121,18 +141,25 @@ DR_TOL = {jnp.bfloat16: 3e-5, jnp.float32: 2e-6, jnp.float16: 2e-6}
 def test_recurrent_kernel_gradient_in_parts_matches_float64(dtype):
     """slstm_dr against a float64 sum over (b, t) of h_{t-1}^T dg_t[gate] with h rounded to R's dtype:
     the rows in 3 parts (each summed by programs of its own, the middle one across the two sequences),
-    S = 37 not a multiple of the 16-step blocks, DH = 40 in 32-column tiles (the second padded)."""
+    S = 37 not a multiple of the 16-step blocks, DH = 40 in 32-column tiles (the second padded). dg passed
+    on per gate in the gate inputs' dtype (here R's) equals dg rounded to it, and the bias gradient its
+    float64 sum over (b, t) within fp32 summation error (2e-6)."""
     B, S, NH, DH = 2, 37, 2, 40
     ks = jax.random.split(jax.random.key(41), 3)
     h_history = jax.random.normal(ks[0], (B, S + 1, NH, DH), jnp.float32)
     dg = jax.random.normal(ks[1], (B, S, 4, NH, DH), jnp.float32)
     recurrent = jax.random.normal(ks[2], (4, NH, DH, DH), jnp.float32).astype(dtype)
     dims = Dims(B, S, NH, DH)
-    got = triton_launch.slstm_dr(h_history, dg, recurrent, dims, block=32, block_n=16, split_rows=3)
+    got, d_gates, d_bias = triton_launch.slstm_dr(
+        h_history, dg, recurrent, dims, dtype, block=32, block_n=16, split_rows=3
+    )
     h = np.asarray(h_history[:, :S].astype(dtype).astype(jnp.float32), np.float64)
     want = np.einsum("btnd,btgne->gnde", h, np.asarray(dg, np.float64))
     assert got.shape == recurrent.shape and got.dtype == jnp.float32
     assert_close(got, want, DR_TOL[dtype], "dR")
+    assert all(d.dtype == dtype for d in d_gates)
+    np.testing.assert_array_equal(np.stack(d_gates, axis=2), np.asarray(dg.astype(dtype)))
+    assert_close(d_bias, np.asarray(dg, np.float64).sum(axis=(0, 1)), 2e-6, "d bias")
 
 
 @triton.jit

@@ -13,7 +13,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xlstm_flax.kernels.slstm import NUM_GATES, States, get_slstm_kernel, initial_states, resolve_slstm_kernel_name
+from xlstm_flax.kernels.slstm import (
+    NUM_GATES,
+    GateInputs,
+    States,
+    gate_preactivations,
+    get_slstm_kernel,
+    initial_states,
+    resolve_slstm_kernel_name,
+)
 from xlstm_flax.kernels.slstm.reference import cell_step, slstm_scan
 
 from ..sharding import param, per_device_at
@@ -32,19 +40,19 @@ class sLSTMState(NamedTuple):
     conv: jax.Array | None  # (B, K - 1, D) last conv inputs, None without conv
 
 
-def _run_kernel(name: str, pre, recurrent_kernel, initial: States):
-    """The sLSTM kernel ``name`` on pre (B, S, 4, NH, DH), R (4, NH, DH, DH) and the initial state; under
-    a device mesh it runs per device on its batch and head shard (:func:`xlstm_flax.sharding.per_device_at`;
-    sLSTM heads are independent)."""
+def _run_kernel(name: str, gates: GateInputs, bias, recurrent_kernel, initial: States):
+    """The sLSTM kernel ``name`` on the gate inputs (B, S, NH, DH) each, bias (4, NH, DH), R (4, NH, DH, DH)
+    and the initial state; under a device mesh it runs per device on its batch and head shard
+    (:func:`xlstm_flax.sharding.per_device_at`; sLSTM heads are independent)."""
     kernel = get_slstm_kernel(name)
-    batch_and_heads = ((0, 3), (None, 1))  # pre, R; then the states (B, NH, DH)
+    batch_and_heads = ((0, 2),) * NUM_GATES + ((None, 1), (None, 1))  # the gates, bias, R; then (B, NH, DH) states
     run = per_device_at(
-        lambda pre, r, *state: kernel(pre, r, States(*state)),
+        lambda i, f, z, o, bias, r, *state: kernel(GateInputs(i, f, z, o), bias, r, States(*state)),
         resolve_slstm_kernel_name(name),
         lambda n: batch_and_heads[n] if n < len(batch_and_heads) else (0, 1),
         lambda spec: (spec(0, 2), spec(0, 1)),  # h (B, S, NH, DH), the last States
     )
-    hs, last = run(pre, recurrent_kernel, *initial)
+    hs, last = run(*gates, bias, recurrent_kernel, *initial)
     return hs, States(*last)
 
 
@@ -90,15 +98,19 @@ class sLSTMLayer(nnx.Module):
         return sLSTMState(*initial_states(batch_size, self.num_heads, self.head_dim), conv)
 
     def _gate_inputs(self, x: jax.Array, conv_state, segment_ids=None):
-        """x (B, S, D) -> (pre (B, S, 4, NH, DH) fp32 input parts of the gates plus bias, new conv state)."""
+        """x (B, S, D) -> (the gates' input projections :class:`GateInputs`, each (B, S, NH, DH) in the
+        compute dtype, without bias; the new conv state)."""
         B, S, _ = x.shape
         x_gates, new_conv_state = x, None
         if self.conv1d is not None:
             x_gates, new_conv_state = self.conv1d(x, conv_state, segment_ids)
             x_gates = jax.nn.silu(x_gates)
-        pre = jnp.stack([self.igate(x_gates), self.fgate(x_gates), self.zgate(x), self.ogate(x)], axis=2)
-        pre = pre.astype(jnp.float32).reshape(B, S, NUM_GATES, self.num_heads, self.head_dim)
-        return pre + self.bias[...].astype(jnp.float32), new_conv_state
+        projections = (self.igate(x_gates), self.fgate(x_gates), self.zgate(x), self.ogate(x))
+        return GateInputs(*(p.reshape(B, S, self.num_heads, self.head_dim) for p in projections)), new_conv_state
+
+    def _bias(self) -> jax.Array:
+        """The gates' bias (4, NH, DH) fp32."""
+        return self.bias[...].astype(jnp.float32)
 
     def _recurrent_kernel(self) -> jax.Array:
         """R (4, NH, DH, DH) in the compute dtype."""
@@ -118,19 +130,20 @@ class sLSTMLayer(nnx.Module):
         sLSTM kernels take no resets, so then the layer runs the reference scan with restarts."""
         if state is None:
             state = self.init_state(x.shape[0])
-        pre, conv_state = self._gate_inputs(x, state.conv, segment_ids)
+        gates, conv_state = self._gate_inputs(x, state.conv, segment_ids)
+        args = (gates, self._bias(), self._recurrent_kernel(), States(*state[:4]))
         if segment_ids is None:
-            hs, last = _run_kernel(self.config.kernel, pre, self._recurrent_kernel(), States(*state[:4]))
+            hs, last = _run_kernel(self.config.kernel, *args)
         else:
             fresh = initial_states(x.shape[0], self.num_heads, self.head_dim)
-            restarts = segment_starts(segment_ids)
-            hs, last = slstm_scan(pre, self._recurrent_kernel(), States(*state[:4]), restarts=restarts, fresh=fresh)
+            hs, last = slstm_scan(*args, restarts=segment_starts(segment_ids), fresh=fresh)
         y = self.group_norm(hs).astype(self.dtype)
         return y, (sLSTMState(*last, conv_state) if return_state else None)
 
     def step(self, x: jax.Array, state: sLSTMState):
         """One token as one jnp cell step (no sequence kernel): x (B, D) -> (y (B, D), new state)."""
-        pre, conv_state = self._gate_inputs(x[:, None], state.conv)
-        new = cell_step(self._recurrent_kernel(), States(*state[:4]), pre[:, 0])
+        gates, conv_state = self._gate_inputs(x[:, None], state.conv)
+        pre = gate_preactivations(GateInputs(*(g[:, 0] for g in gates)), self._bias())  # (B, 4, NH, DH)
+        new = cell_step(self._recurrent_kernel(), States(*state[:4]), pre)
         y = self.group_norm(new.h[:, None]).astype(self.dtype)
         return y[:, 0], sLSTMState(*new, conv_state)
