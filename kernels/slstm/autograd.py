@@ -4,11 +4,12 @@ calling convention, with an exact backward in ``jax.custom_vjp``.
 The forward kernel reads the four gate inputs and the bias itself (no stacked fp32 copy of them is
 made), stores every state (c, n, m, h per step, fp32) and, under differentiation only, every step's full
 gate pre-activations ``g = gate + bias + h_{t-1} R`` (fp32, 4 x the bytes of h; a forward alone, e.g.
-prefill, writes none of them). The backward runs the reverse-time kernel for ``dg`` (fp32) and the
-initial state's cotangents, then a third kernel for the recurrent kernel's gradient ``sum_t h_{t-1}^T
-dg_t`` (parallel over time, fp32 accumulation; products about fp32-accurate for fp32 and fp16 R, to about
-2^-17 for bf16 R) that also writes the gate inputs' cotangents in their dtype and partial sums of the
-bias gradient: no XLA matmul and no XLA pass over dg in the backward. Gradients equal autodiff of the
+prefill, writes none of them). The backward runs the reverse-time kernel for ``dg`` (fp32), the bias
+gradient (dg summed over the steps as the walk goes) and the initial state's cotangents, then a third
+kernel for the recurrent kernel's gradient ``sum_t h_{t-1}^T dg_t`` (parallel over time, fp32
+accumulation; products about fp32-accurate for fp32 and fp16 R, to about 2^-17 for bf16 R) that also
+writes the gate inputs' cotangents (dg in their dtype): no XLA matmul and no XLA pass over dg in the
+backward. Gradients equal autodiff of the
 scan (reference.py), including the stabiliser's path. The residuals g and the history are named
 ``KERNEL_RESIDUALS`` for rematerialisation policies.
 """
@@ -76,8 +77,10 @@ def _slstm_bwd(config, residuals, cotangents):
     g, recurrent_kernel, history = residuals
     dh_seq, d_last = cotangents
     dims, gate_dtype, _, backward_tuning = config
-    dg, d_initial = triton_launch.slstm_bw(g, recurrent_kernel, history, dh_seq, States(*d_last), dims, backward_tuning)
-    d_recurrent, d_gates, d_bias = triton_launch.slstm_dr(history.h, dg, recurrent_kernel, dims, gate_dtype)
+    dg, d_bias, d_initial = triton_launch.slstm_bw(
+        g, recurrent_kernel, history, dh_seq, States(*d_last), dims, backward_tuning
+    )
+    d_recurrent, d_gates = triton_launch.slstm_dr(history.h, dg, recurrent_kernel, dims, gate_dtype)
     return d_gates, d_bias, d_recurrent.astype(recurrent_kernel.dtype), d_initial
 
 

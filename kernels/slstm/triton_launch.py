@@ -259,10 +259,12 @@ def slstm_fw(
 def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims: Dims, tuning: Tuning):
     """Reverse-time walk: g (B, S, 4, NH, DH) fp32 full gate pre-activations, ``history`` from
     :func:`slstm_fw`, dh_seq (B, S, NH, DH) and ``d_last`` the cotangents of the outputs ->
-    (dg (B, S, 4, NH, DH) fp32, the initial state's cotangents as :class:`States`)."""
+    (dg (B, S, 4, NH, DH) fp32, the bias gradient (4, NH, DH) fp32 (dg summed over the steps by the walk,
+    over the batch rows here), the initial state's cotangents as :class:`States`)."""
     B, S, NH, DH = dims
     state = jax.ShapeDtypeStruct((B, NH, DH), jnp.float32)
     out_shape = (jax.ShapeDtypeStruct(g.shape, jnp.float32),) + (state,) * 4
+    out_shape += (jax.ShapeDtypeStruct((B, 4, NH, DH), jnp.float32),)
     inputs = (
         g,
         recurrent_kernel,
@@ -281,7 +283,7 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         vector = max(1, min(4 // _ring_words(recurrent_kernel.dtype), share))
         resident = dict(SPLIT_PAD=next_pow2(tuning.split), VECTOR=vector)
     # each program's fp32 partial of the cotangent of h_{t-1} (triton_resident.slstm_bw_resident_kernel)
-    dg, *d_initial = _launch(
+    dg, *d_initial, d_bias = _launch(
         kernels,
         inputs,
         out_shape,
@@ -291,7 +293,7 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         ring_tiles=tuning.split,
         **resident,
     )
-    return dg, States(*d_initial)
+    return dg, jnp.sum(d_bias, axis=0), States(*d_initial)
 
 
 # The recurrent kernel's gradient (slstm_dr_kernel); H200, B = 16, S = 2048, 4 heads of 256, bf16 R
@@ -329,14 +331,14 @@ def slstm_dr(
     split_rows: int | None = None,
     num_warps: int = DR_NUM_WARPS,
     num_stages: int = DR_NUM_STAGES,
-) -> tuple[jax.Array, GateInputs, jax.Array]:
+) -> tuple[jax.Array, GateInputs]:
     """The recurrent kernel's gradient and dg passed on: h_history (B, S + 1, NH, DH) fp32 from
     :func:`slstm_fw`, dg (B, S, 4, NH, DH) fp32 from :func:`slstm_bw` -> (dR (4, NH, DH, DH) fp32, h rounded
     to R's dtype like the forward's product, fp32 accumulation; dg per gate, :class:`GateInputs` of (B, S, NH,
-    DH) in ``gate_dtype``, the gate inputs' cotangents; the bias gradient, dg summed over (b, t), (4, NH, DH)
-    fp32). Tiles of ``block`` x ``block`` (DH padded if smaller), ``block_n`` steps per product, the rows
-    in ``split_rows`` parts (default :func:`dr_split_rows`), each a (4, NH, DH, DH) fp32 buffer (and a (4,
-    NH, DH) one of bias sums) until XLA adds them. ValueError names a bad tuning value."""
+    DH) in ``gate_dtype``: the gate inputs' cotangents). Tiles of ``block`` x ``block`` (DH padded if
+    smaller), ``block_n`` steps per product, the rows in ``split_rows`` parts (default
+    :func:`dr_split_rows`), each a (4, NH, DH, DH) fp32 buffer until XLA adds them. ValueError names a bad
+    tuning value."""
     B, S, NH, DH = dims
     try:
         check_power_of_two("block", block, MIN_BLOCK, MAX_DR_BLOCK)
@@ -350,7 +352,7 @@ def slstm_dr(
     block = min(block, padded_dim(DH))
     if split_rows is None:
         split_rows = dr_split_rows(dims, block, block_n, _gpu_sms())
-    parts, *d_gates, bias_parts = launch.triton_call(
+    parts, *d_gates = launch.triton_call(
         h_history,
         dg,
         recurrent_kernel,
@@ -358,7 +360,6 @@ def slstm_dr(
         out_shape=(
             jax.ShapeDtypeStruct((split_rows, *recurrent_kernel.shape), jnp.float32),
             *(jax.ShapeDtypeStruct((B, S, NH, DH), gate_dtype),) * 4,
-            jax.ShapeDtypeStruct((split_rows, 4, NH, DH), jnp.float32),
         ),
         grid=(cdiv(DH, block) ** 2, split_rows, 4 * NH),
         num_warps=num_warps,
@@ -372,4 +373,4 @@ def slstm_dr(
         BLOCK_E=block,
         SPLIT_ROWS=split_rows,
     )
-    return jnp.sum(parts, axis=0), GateInputs(*d_gates), jnp.sum(bias_parts, axis=0)
+    return jnp.sum(parts, axis=0), GateInputs(*d_gates)

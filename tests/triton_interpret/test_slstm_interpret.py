@@ -142,24 +142,20 @@ def test_recurrent_kernel_gradient_in_parts_matches_float64(dtype):
     """slstm_dr against a float64 sum over (b, t) of h_{t-1}^T dg_t[gate] with h rounded to R's dtype:
     the rows in 3 parts (each summed by programs of its own, the middle one across the two sequences),
     S = 37 not a multiple of the 16-step blocks, DH = 40 in 32-column tiles (the second padded). dg passed
-    on per gate in the gate inputs' dtype (here R's) equals dg rounded to it, and the bias gradient its
-    float64 sum over (b, t) within fp32 summation error (2e-6)."""
+    on per gate in the gate inputs' dtype (here R's) equals dg rounded to it."""
     B, S, NH, DH = 2, 37, 2, 40
     ks = jax.random.split(jax.random.key(41), 3)
     h_history = jax.random.normal(ks[0], (B, S + 1, NH, DH), jnp.float32)
     dg = jax.random.normal(ks[1], (B, S, 4, NH, DH), jnp.float32)
     recurrent = jax.random.normal(ks[2], (4, NH, DH, DH), jnp.float32).astype(dtype)
     dims = Dims(B, S, NH, DH)
-    got, d_gates, d_bias = triton_launch.slstm_dr(
-        h_history, dg, recurrent, dims, dtype, block=32, block_n=16, split_rows=3
-    )
+    got, d_gates = triton_launch.slstm_dr(h_history, dg, recurrent, dims, dtype, block=32, block_n=16, split_rows=3)
     h = np.asarray(h_history[:, :S].astype(dtype).astype(jnp.float32), np.float64)
     want = np.einsum("btnd,btgne->gnde", h, np.asarray(dg, np.float64))
     assert got.shape == recurrent.shape and got.dtype == jnp.float32
     assert_close(got, want, DR_TOL[dtype], "dR")
     assert all(d.dtype == dtype for d in d_gates)
     np.testing.assert_array_equal(np.stack(d_gates, axis=2), np.asarray(dg.astype(dtype)))
-    assert_close(d_bias, np.asarray(dg, np.float64).sum(axis=(0, 1)), 2e-6, "d bias")
 
 
 @triton.jit
