@@ -317,8 +317,8 @@ def slstm_dr_kernel(
     into ``dR_parts[part, gate, head]`` (the launcher adds the parts). h is rounded to R's dtype, as in
     the forward's product; fp32 accumulation. bf16 R: h is exact in bf16 and dg is split into bf16
     high and low parts (two bf16 dots; about 2^-17 of each dg is lost); other dtypes: fp32 operands,
-    three TF32 products (about fp32 accuracy). The programs of the first row tile also pass their dg
-    tiles on to ``d_i, d_f, d_z, d_o`` (the gate inputs' cotangents, in their dtype)."""
+    three TF32 products (about fp32 accuracy). The programs also pass the dg tiles they read on to ``d_i,
+    d_f, d_z, d_o`` (the gate inputs' cotangents, in their dtype), each row tile a share of the rows."""
     gate, head = tl.program_id(2) // NH, tl.program_id(2) % NH
     tiles_e: tl.constexpr = (DH + BLOCK_E - 1) // BLOCK_E
     offs_d = (tl.program_id(0) // tiles_e) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -329,35 +329,39 @@ def slstm_dr_kernel(
     last = (tl.program_id(1) + 1) * blocks // SPLIT_ROWS
     part = tl.cast(tl.program_id(1), tl.int64)
     r_offs = (((part * 4 + gate) * NH + head) * DH + offs_d[:, None]) * DH + offs_e[None, :]
-    if tl.program_id(0) // tiles_e == 0:  # the first row tile passes dg on
-        d_gate = d_i  # this program's gate's cotangent buffer
-        if gate == 1:
-            d_gate = d_f
-        elif gate == 2:
-            d_gate = d_z
-        elif gate == 3:
-            d_gate = d_o
-        acc = _dr_rows(h_all, dg, R, d_gate, first, last, gate, head, offs_d, offs_e,
-                       B, S, NH, DH, BLOCK_N, BLOCK_D, BLOCK_E, True)
-    else:
-        acc = _dr_rows(h_all, dg, R, d_i, first, last, gate, head, offs_d, offs_e,
-                       B, S, NH, DH, BLOCK_N, BLOCK_D, BLOCK_E, False)
+    d_gate = d_i  # this program's gate's cotangent buffer
+    if gate == 1:
+        d_gate = d_f
+    elif gate == 2:
+        d_gate = d_z
+    elif gate == 3:
+        d_gate = d_o
+    # the programs of a column tile share passing dg on: row tile k its k-th share of the blocks
+    tiles_d: tl.constexpr = (DH + BLOCK_D - 1) // BLOCK_D
+    tile_d = tl.program_id(0) // tiles_e
+    pass_first = first + tile_d * (last - first) // tiles_d
+    pass_last = first + (tile_d + 1) * (last - first) // tiles_d
+    acc = tl.zeros((BLOCK_D, BLOCK_E), tl.float32)
+    acc = _dr_rows(h_all, dg, R, d_gate, acc, first, pass_first, gate, head, offs_d, offs_e,
+                   B, S, NH, DH, BLOCK_N, False)
+    acc = _dr_rows(h_all, dg, R, d_gate, acc, pass_first, pass_last, gate, head, offs_d, offs_e,
+                   B, S, NH, DH, BLOCK_N, True)
+    acc = _dr_rows(h_all, dg, R, d_gate, acc, pass_last, last, gate, head, offs_d, offs_e,
+                   B, S, NH, DH, BLOCK_N, False)
     tl.store(dR_parts + r_offs, acc, mask=mask_d[:, None] & mask_e[None, :])
 
 
 @triton.jit
 def _dr_rows(
-    h_all, dg, R, d_gate, first, last, gate, head, offs_d, offs_e,
-    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PASS_DG: tl.constexpr,
+    h_all, dg, R, d_gate, acc, first, last, gate, head, offs_d, offs_e,
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, BLOCK_N: tl.constexpr, PASS_DG: tl.constexpr,
 ):
-    """:func:`slstm_dr_kernel`'s sum over its blocks ``first`` .. ``last`` of BLOCK_N rows -> the
-    (BLOCK_D, BLOCK_E) part of dR; with PASS_DG it also stores the dg tiles in ``d_gate``'s dtype. A loop
-    of its own for each PASS_DG: a branch inside one loop made the kernel 2.3x slower (H100, 350m sLSTM
-    shape: 1.37 against 0.61 ms, with a sum of dg over the rows that the backward walk now does)."""
+    """``acc`` (BLOCK_D, BLOCK_E) plus :func:`slstm_dr_kernel`'s sum over the blocks ``first`` .. ``last``
+    of BLOCK_N rows; with PASS_DG it also stores their dg tiles in ``d_gate``'s dtype. A loop of its own
+    for each PASS_DG: a branch inside one loop made the kernel 2.3x slower (H100, 350m sLSTM shape: 1.37
+    against 0.61 ms, with a sum of dg over the rows that the backward walk now does)."""
     blocks_per_row: tl.constexpr = (S + BLOCK_N - 1) // BLOCK_N
     mask_d, mask_e = offs_d < DH, offs_e < DH
-    acc = tl.zeros((BLOCK_D, BLOCK_E), tl.float32)
     for block in range(first, last):
         b = tl.cast(block // blocks_per_row, tl.int64)
         steps = (block % blocks_per_row) * BLOCK_N + tl.arange(0, BLOCK_N)

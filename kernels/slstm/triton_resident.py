@@ -142,15 +142,6 @@ def _four_ptrs(ptr_a, ptr_b, ptr_c, ptr_d, offs):
 
 
 @triton.jit
-def _load4(ptr_a, ptr_b, ptr_c, ptr_d, offs, mask):
-    """The (BLOCK_B, COLS) tiles at ``offs`` of four buffers (zero where masked), joined into one (BLOCK_B,
-    COLS, 2, 2) tensor in :func:`_four_ptrs`'s order. Four loads of their own: one load through
-    :func:`_four_ptrs`'s pointers into four bf16 buffers made the forward about 10 % slower (H100)."""
-    return tl.join(tl.join(tl.load(ptr_a + offs, mask=mask, other=0.0), tl.load(ptr_b + offs, mask=mask, other=0.0)),
-                   tl.join(tl.load(ptr_c + offs, mask=mask, other=0.0), tl.load(ptr_d + offs, mask=mask, other=0.0)))
-
-
-@triton.jit
 def _split4(x):
     """The four (BLOCK_B, COLS) tiles of a (BLOCK_B, COLS, 2, 2) tensor in :func:`_four_ptrs`'s order."""
     ab, cd = tl.split(x)
@@ -191,16 +182,17 @@ def slstm_fw_resident_kernel(
     tl.store(h_all + slot0, h_new, mask=mask)
     store_state(c_all, n_all, m_all, slot0, mask, c, n, m)
     gates = (offs_b[:, None] * S * 4 * NH + head) * DH + offs_e[None, :]  # step 0 of g_all
-    seq = (offs_b[:, None] * S * NH + head) * DH + offs_e[None, :]  # step 0 of the gate inputs
-    # the bias as a (1, COLS, 2, 2) tile in the gate inputs' joined order, added to each loaded tile
-    bias_offs = (head * DH + offs_e)[None, :]
-    bias_tile = tl.load(_four_ptrs(bias, bias + NH * DH, bias + 2 * NH * DH, bias + 3 * NH * DH, bias_offs),
-                        mask=(offs_e < DH)[None, :, None, None], other=0.0)
-    p_i, p_f, p_z, p_o = _split4(_load4(gate_i, gate_f, gate_z, gate_o, seq, mask).to(tl.float32) + bias_tile)
+    pre_gates = _four_ptrs(gate_i, gate_f, gate_z, gate_o, (offs_b[:, None] * S * NH + head) * DH + offs_e[None, :])
+    # the bias as a (BLOCK_B, COLS, 2, 2) tile like the gate inputs' (same pointer shape, so the same
+    # layout: no conversion when added in the loop)
+    bias_rows = (head * DH + offs_e)[None, :] + 0 * offs_b[:, None]
+    bias_tile = tl.load(_four_ptrs(bias, bias + NH * DH, bias + 2 * NH * DH, bias + 3 * NH * DH, bias_rows),
+                        mask=mask[:, :, None, None], other=0.0)
+    p_i, p_f, p_z, p_o = _split4(tl.load(pre_gates, mask=mask[:, :, None, None], other=0.0).to(tl.float32) + bias_tile)
     for t in range(S):
         # the gate inputs of step t + 1, loaded a step ahead as one joined tile (split at the step's end)
-        seq += NH * DH
-        pre_next = _load4(gate_i, gate_f, gate_z, gate_o, seq, mask & (t + 1 < S)).to(tl.float32) + bias_tile
+        pre_gates += NH * DH
+        pre_next = tl.load(pre_gates, mask=(mask & (t + 1 < S))[:, :, None, None], other=0.0).to(tl.float32) + bias_tile
         h = _collect(ring, (t % 2) * B * NH * DH + full, mask_h, t + 1, dt)
         g_i, g_f, g_z, g_o = _product(h, r_i, r_f, r_z, r_o, p_i, p_f, p_z, p_o, DOT_PRECISION)
         c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)
