@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
 
-from benchmarks.model import REMAT_POLICIES, compile_stages, model_config, parse_shapes  # noqa: E402
+from benchmarks.model import REMAT_POLICIES, add_preset_arguments, compile_stages, model_config  # noqa: E402
 from benchmarks.timing import card_ceilings, markdown_table, write_report  # noqa: E402
 from xlstm_flax import distributed  # noqa: E402
 from xlstm_flax.kernels import registry  # noqa: E402
@@ -289,15 +289,13 @@ def report_lines(compiled, text: str, top: int = 0) -> list[str]:
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", required=True, choices=list(PRESETS))
-    parser.add_argument("--shape", type=parse_shapes, default=parse_shapes("8x2048"), help="BxS")
+    add_preset_arguments(parser)
     parser.add_argument("--loss-chunk", type=int, default=1024, help="train.loss_chunk, 0 = whole sequence")
     parser.add_argument("--num-blocks", type=int, help="the preset's first N blocks only")
     parser.add_argument("--scan-layers", action="store_true")
     parser.add_argument("--remat", choices=list(REMAT_POLICIES), help="model.remat with this policy")
     parser.add_argument("--kernel", default="chunkwise--triton", help="mLSTM sequence kernel (registry name)")
     parser.add_argument("--slstm-kernel", default="recurrent--triton", help="sLSTM kernel of sLSTM blocks")
-    parser.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--top", type=int, default=0, help="list the N other kernels that move the most bytes")
     parser.add_argument("--dump", help="write the optimised HLO text to this file")
     parser.add_argument("--out", help="markdown file to write")

@@ -24,7 +24,7 @@ from flax import nnx
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
 
-from benchmarks.model import parse_shapes  # noqa: E402
+from benchmarks.model import add_preset_arguments  # noqa: E402
 from benchmarks.timing import (  # noqa: E402
     card_ceilings,
     ceilings_line,
@@ -33,7 +33,7 @@ from benchmarks.timing import (  # noqa: E402
     write_report,
 )
 from xlstm_flax.model import xLSTMLMModel  # noqa: E402
-from xlstm_flax.presets import PRESETS, get_preset  # noqa: E402
+from xlstm_flax.presets import get_preset  # noqa: E402
 from xlstm_flax.train.loss import chunked_cross_entropy  # noqa: E402
 
 FORMS = ("capped head", "cap in the loss")
@@ -67,10 +67,8 @@ def floor_lines(B: int, S: int, config) -> list[str]:
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", required=True, choices=list(PRESETS))
-    parser.add_argument("--shape", type=parse_shapes, default=parse_shapes("8x2048"), help="BxS")
+    add_preset_arguments(parser)
     parser.add_argument("--chunk", type=int, default=1024, help="positions per loss chunk")
-    parser.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--steps", type=int, default=20, help="timed calls of each form")
     parser.add_argument("--out", help="markdown file to write")
     args = parser.parse_args(argv)

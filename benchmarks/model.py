@@ -77,6 +77,18 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return [parse_shape(item, "BxS") for item in text.split(",")]
 
 
+COMPUTE_DTYPES = ["float32", "bfloat16", "float16"]
+
+
+def add_preset_arguments(parser: argparse.ArgumentParser, shape: bool = True) -> None:
+    """The model arguments the model benchmarks share: ``--preset`` (required), ``--compute-dtype`` and,
+    with ``shape``, one ``--shape`` BxS (default 8x2048; ``args.shape`` is a one-item list)."""
+    parser.add_argument("--preset", required=True, choices=list(PRESETS))
+    parser.add_argument("--compute-dtype", default="bfloat16", choices=COMPUTE_DTYPES)
+    if shape:
+        parser.add_argument("--shape", type=parse_shapes, default=parse_shapes("8x2048"), help="BxS")
+
+
 def parse_ints(text: str) -> list[int]:
     if not all(p.isdigit() and int(p) >= 1 for p in text.split(",")):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive ints")
@@ -283,7 +295,7 @@ def model_config(args, param_dtype: str):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", required=True, choices=list(PRESETS))
+    add_preset_arguments(parser, shape=False)
     parser.add_argument("--train", action="store_true", help="time make_steps' training step")
     parser.add_argument("--prefill", action="store_true", help="time generate's prefill")
     parser.add_argument("--decode", action="store_true", help="time steady-state greedy decoding")
@@ -297,8 +309,7 @@ def parse_args(argv):
     parser.add_argument("--prompt-len", type=int, default=16, help="prompt tokens before decoding")
     parser.add_argument("--steps", type=int, default=10, help="timed train steps / prefill and decode repetitions")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
-    parser.add_argument("--compute-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--gen-param-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--gen-param-dtype", default="bfloat16", choices=COMPUTE_DTYPES)
     parser.add_argument("--kernel", help="mLSTM sequence kernel (registry name; default: the preset's)")
     parser.add_argument("--compile-cache", help="persistent JAX compilation cache directory")
     parser.add_argument("--command-buffer", help="value of XLA's --xla_gpu_enable_command_buffer ('' = off)")

@@ -99,14 +99,11 @@ def load_gates(base, offs, mask, GATE_STRIDE: tl.constexpr):
 def load_gate_inputs(gate_i, gate_f, gate_z, gate_o, bias, offs, bias_offs, mask, bias_mask, GATE_STRIDE: tl.constexpr):
     """The input parts of the four gates' pre-activations, fp32: the gate inputs' tiles at ``offs`` plus
     the bias at ``bias_offs`` (+ gate * GATE_STRIDE) of its (4, NH, DH) buffer (zero where masked)."""
-    return (tl.load(gate_i + offs, mask=mask, other=0.0).to(tl.float32)
-            + tl.load(bias + bias_offs, mask=bias_mask, other=0.0),
-            tl.load(gate_f + offs, mask=mask, other=0.0).to(tl.float32)
-            + tl.load(bias + GATE_STRIDE + bias_offs, mask=bias_mask, other=0.0),
-            tl.load(gate_z + offs, mask=mask, other=0.0).to(tl.float32)
-            + tl.load(bias + 2 * GATE_STRIDE + bias_offs, mask=bias_mask, other=0.0),
-            tl.load(gate_o + offs, mask=mask, other=0.0).to(tl.float32)
-            + tl.load(bias + 3 * GATE_STRIDE + bias_offs, mask=bias_mask, other=0.0))
+    b_i, b_f, b_z, b_o = load_gates(bias, bias_offs, bias_mask, GATE_STRIDE)
+    return (tl.load(gate_i + offs, mask=mask, other=0.0).to(tl.float32) + b_i,
+            tl.load(gate_f + offs, mask=mask, other=0.0).to(tl.float32) + b_f,
+            tl.load(gate_z + offs, mask=mask, other=0.0).to(tl.float32) + b_z,
+            tl.load(gate_o + offs, mask=mask, other=0.0).to(tl.float32) + b_o)
 
 
 @triton.jit
