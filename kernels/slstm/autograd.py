@@ -5,13 +5,13 @@ The forward kernel reads the four gate inputs and the bias itself (no stacked fp
 made), stores every state (c, n, m, h per step, fp32) and, under differentiation only, every step's full
 gate pre-activations ``g = gate + bias + h_{t-1} R`` (fp32, 4 x the bytes of h; a forward alone, e.g.
 prefill, writes none of them). The backward runs the reverse-time kernel for ``dg`` (fp32), the bias
-gradient (dg summed over the steps as the walk goes) and the initial state's cotangents, then a third
-kernel for the recurrent kernel's gradient ``sum_t h_{t-1}^T dg_t`` (parallel over time, fp32
-accumulation; products about fp32-accurate for fp32 and fp16 R, to about 2^-17 for bf16 R) that also
-writes the gate inputs' cotangents (dg in their dtype): no XLA matmul and no XLA pass over dg in the
-backward. Gradients equal autodiff of the
-scan (reference.py), including the stabiliser's path. The residuals g and the history are named
-``KERNEL_RESIDUALS`` for rematerialisation policies.
+gradient (dg summed over the steps as the walk goes) and the initial state's cotangents; the recurrent
+kernel's gradient ``sum_t h_{t-1}^T dg_t`` (fp32 accumulation; products about fp32-accurate for fp32 and
+fp16 R, to about 2^-17 for bf16 R), which also writes the gate inputs' cotangents (dg in their dtype),
+comes from programs of the same launch that follow the walk through time (``follow_dr``, where the grid
+fits the GPU) or from a kernel after it: no XLA matmul and no XLA pass over dg in the backward.
+Gradients equal autodiff of the scan (reference.py), including the stabiliser's path. The residuals g
+and the history are named ``KERNEL_RESIDUALS`` for rematerialisation policies.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def slstm_triton(gates: GateInputs, bias, recurrent_kernel, initial: States | No
     """gates (i, f, z, o) each (B, S, NH, DH) fp32/bf16/fp16, bias (4, NH, DH) fp32, recurrent_kernel
     (4, NH, DH, DH) fp32/bf16/fp16, optional initial :class:`States` -> (h (B, S, NH, DH) fp32, the
     :class:`States` after the last step). ``tuning``: block_b, block_dh, block_k, split, num_warps,
-    num_stages, resident (see triton_launch.py); each one given applies to both walks, each one left out
-    takes the walk's own default."""
+    num_stages, resident, follow_dr (backward only; see triton_launch.py); each one given applies to both
+    walks, each one left out takes the walk's own default."""
     dims, gates, initial = check_inputs(KERNEL_NAME, gates, bias, recurrent_kernel, initial)
     if bias.dtype != jnp.float32:
         raise ValueError(f"{KERNEL_NAME}: bias must be float32, got {bias.dtype}")
@@ -77,10 +77,9 @@ def _slstm_bwd(config, residuals, cotangents):
     g, recurrent_kernel, history = residuals
     dh_seq, d_last = cotangents
     dims, gate_dtype, _, backward_tuning = config
-    dg, d_bias, d_initial = triton_launch.slstm_bw(
-        g, recurrent_kernel, history, dh_seq, States(*d_last), dims, backward_tuning
+    d_recurrent, d_gates, d_bias, d_initial = triton_launch.slstm_bw(
+        g, recurrent_kernel, history, dh_seq, States(*d_last), dims, backward_tuning, gate_dtype
     )
-    d_recurrent, d_gates = triton_launch.slstm_dr(history.h, dg, recurrent_kernel, dims, gate_dtype)
     return d_gates, d_bias, d_recurrent.astype(recurrent_kernel.dtype), d_initial
 
 

@@ -132,24 +132,38 @@ def store_state(c_buf, n_buf, m_buf, offs, mask, c, n, m):
 
 
 @triton.jit
-def group_arrive(sync, group, SPLIT: tl.constexpr):
-    """This program's arrival at the group barrier: its global stores so far become visible to the
-    programs that then pass :func:`group_wait`. A block-wide barrier alone when SPLIT = 1."""
+def arrive(counter):
+    """Adds 1 to ``counter`` once every thread of the program is here: the program's global stores so
+    far become visible to a program that then passes :func:`wait_count` on it (release increment)."""
     tl.debug_barrier()
+    tl.atomic_add(counter, 1, sem="release")
+
+
+@triton.jit
+def wait_count(counter, target):
+    """Waits until ``counter`` reaches ``target``: spins on plain (volatile, L2) loads of it, then one
+    acquire read orders the program's later loads after the stores its arrivals released."""
+    seen = tl.load(counter, volatile=True)
+    while seen < target:
+        seen = tl.load(counter, volatile=True)
+    tl.atomic_add(counter, 0, sem="acquire")
+    tl.debug_barrier()
+
+
+@triton.jit
+def group_arrive(sync, group, SPLIT: tl.constexpr):
+    """This program's arrival at the group barrier (:func:`arrive`); a block-wide barrier alone when SPLIT = 1."""
     if SPLIT > 1:
-        tl.atomic_add(sync + group, 1, sem="release")
+        arrive(sync + group)
+    else:
+        tl.debug_barrier()
 
 
 @triton.jit
 def group_wait(sync, group, generation, SPLIT: tl.constexpr):
-    """Waits until every program of ``group`` has arrived ``generation`` times (1, 2, ...): spins on
-    plain (volatile, L2) loads of the counter, then one acquire read orders the loads after it."""
+    """Waits until every program of ``group`` has arrived ``generation`` times (1, 2, ...)."""
     if SPLIT > 1:
-        arrived = tl.load(sync + group, volatile=True)
-        while arrived < generation * SPLIT:
-            arrived = tl.load(sync + group, volatile=True)
-        tl.atomic_add(sync + group, 0, sem="acquire")
-        tl.debug_barrier()
+        wait_count(sync + group, generation * SPLIT)
 
 
 @triton.jit
@@ -297,84 +311,4 @@ def slstm_bw_kernel(
                     acc += tl.dot(d, rt, input_precision=DOT_PRECISION)
             tl.store(dh0 + running + offs_k[None, :], acc, mask=mask_b[:, None] & mask_k[None, :])
         tl.debug_barrier()  # the next phase A reads only this program's columns of dh0
-# fmt: on
-
-
-# fmt: off
-@triton.jit
-def slstm_dr_kernel(
-    h_all, dg, R,  # inputs h_all (B, S + 1, NH, DH), dg (B, S, 4, NH, DH) fp32, R (for its dtype)
-    dR_parts, d_i, d_f, d_z, d_o,  # outputs (SPLIT_ROWS, 4, NH, DH, DH) fp32, 4 x (B, S, NH, DH)
-    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, SPLIT_ROWS: tl.constexpr,
-):
-    """Grid (row tiles x column tiles of R, SPLIT_ROWS, 4 * NH): one part of the recurrent kernel's
-    gradient ``dR[gate, head] = sum over (b, t) of h_{t-1}^T dg_t[gate]``, the sum over the
-    program's share (1 / SPLIT_ROWS) of the (b, t) rows, BLOCK_N steps of one sequence per tl.dot,
-    into ``dR_parts[part, gate, head]`` (the launcher adds the parts). h is rounded to R's dtype, as in
-    the forward's product; fp32 accumulation. bf16 R: h is exact in bf16 and dg is split into bf16
-    high and low parts (two bf16 dots; about 2^-17 of each dg is lost); other dtypes: fp32 operands,
-    three TF32 products (about fp32 accuracy). The programs also pass the dg tiles they read on to ``d_i,
-    d_f, d_z, d_o`` (the gate inputs' cotangents, in their dtype), each row tile a share of the rows."""
-    gate, head = tl.program_id(2) // NH, tl.program_id(2) % NH
-    tiles_e: tl.constexpr = (DH + BLOCK_E - 1) // BLOCK_E
-    offs_d = (tl.program_id(0) // tiles_e) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_e = (tl.program_id(0) % tiles_e) * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_d, mask_e = offs_d < DH, offs_e < DH
-    blocks: tl.constexpr = B * ((S + BLOCK_N - 1) // BLOCK_N)
-    first = tl.program_id(1) * blocks // SPLIT_ROWS
-    last = (tl.program_id(1) + 1) * blocks // SPLIT_ROWS
-    part = tl.cast(tl.program_id(1), tl.int64)
-    r_offs = (((part * 4 + gate) * NH + head) * DH + offs_d[:, None]) * DH + offs_e[None, :]
-    d_gate = d_i  # this program's gate's cotangent buffer
-    if gate == 1:
-        d_gate = d_f
-    elif gate == 2:
-        d_gate = d_z
-    elif gate == 3:
-        d_gate = d_o
-    # the programs of a column tile share passing dg on: row tile k its k-th share of the blocks
-    tiles_d: tl.constexpr = (DH + BLOCK_D - 1) // BLOCK_D
-    tile_d = tl.program_id(0) // tiles_e
-    pass_first = first + tile_d * (last - first) // tiles_d
-    pass_last = first + (tile_d + 1) * (last - first) // tiles_d
-    acc = tl.zeros((BLOCK_D, BLOCK_E), tl.float32)
-    acc = _dr_rows(h_all, dg, R, d_gate, acc, first, pass_first, gate, head, offs_d, offs_e,
-                   B, S, NH, DH, BLOCK_N, False)
-    acc = _dr_rows(h_all, dg, R, d_gate, acc, pass_first, pass_last, gate, head, offs_d, offs_e,
-                   B, S, NH, DH, BLOCK_N, True)
-    acc = _dr_rows(h_all, dg, R, d_gate, acc, pass_last, last, gate, head, offs_d, offs_e,
-                   B, S, NH, DH, BLOCK_N, False)
-    tl.store(dR_parts + r_offs, acc, mask=mask_d[:, None] & mask_e[None, :])
-
-
-@triton.jit
-def _dr_rows(
-    h_all, dg, R, d_gate, acc, first, last, gate, head, offs_d, offs_e,
-    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, BLOCK_N: tl.constexpr, PASS_DG: tl.constexpr,
-):
-    """``acc`` (BLOCK_D, BLOCK_E) plus :func:`slstm_dr_kernel`'s sum over the blocks ``first`` .. ``last``
-    of BLOCK_N rows; with PASS_DG it also stores their dg tiles in ``d_gate``'s dtype. A loop of its own
-    for each PASS_DG: a branch inside one loop made the kernel 2.3x slower (H100, 350m sLSTM shape: 1.37
-    against 0.61 ms, with a sum of dg over the rows that the backward walk now does)."""
-    blocks_per_row: tl.constexpr = (S + BLOCK_N - 1) // BLOCK_N
-    mask_d, mask_e = offs_d < DH, offs_e < DH
-    for block in range(first, last):
-        b = tl.cast(block // blocks_per_row, tl.int64)
-        steps = (block % blocks_per_row) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_t = steps < S
-        h_offs = ((b * (S + 1) + steps[None, :]) * NH + head) * DH + offs_d[:, None]  # slot t: h_{t-1}
-        h_t = tl.load(h_all + h_offs, mask=mask_d[:, None] & mask_t[None, :], other=0.0).to(R.dtype.element_ty)
-        d_offs = (((b * S + steps[:, None]) * 4 + gate) * NH + head) * DH + offs_e[None, :]
-        d = tl.load(dg + d_offs, mask=mask_t[:, None] & mask_e[None, :], other=0.0)  # (BLOCK_N, BLOCK_E)
-        if PASS_DG:
-            out_offs = ((b * S + steps[:, None]) * NH + head) * DH + offs_e[None, :]
-            tl.store(d_gate + out_offs, d.to(d_gate.dtype.element_ty), mask=mask_t[:, None] & mask_e[None, :])
-        if R.dtype.element_ty == tl.bfloat16:
-            d_high = d.to(tl.bfloat16)
-            acc = tl.dot(h_t, d_high, acc)
-            acc = tl.dot(h_t, (d - d_high.to(tl.float32)).to(tl.bfloat16), acc)
-        else:
-            acc = tl.dot(h_t.to(tl.float32), d, acc, input_precision="tf32x3")
-    return acc
 # fmt: on

@@ -1,11 +1,16 @@
-"""Launches the fused sLSTM Triton kernels (triton_kernels.py) with checked tuning choices.
+"""Launches the fused sLSTM Triton kernels (triton_kernels.py, triton_resident.py, triton_dr.py) with checked
+tuning choices.
 
 Tuning (:class:`Tuning`, one set per walk, forward and backward; their defaults differ in ``split``, and
 with it in the tiles and ``resident``): ``block_b`` batch rows per program (the tl.dot M tile, >= 16),
 ``block_dh`` output columns and ``block_k`` rows of R per tile (powers of two in [16, DH padded]),
 ``split`` programs sharing one (batch block, head) (1..32; > 1 needs the whole grid resident on the
 GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held on chip: triton_resident.py; needs one
-``block_dh`` tile per program and a slice of at most RESIDENT_MAX_BYTES). Grid: (split, ceil(B / block_b), NH).
+``block_dh`` tile per program and a slice of at most RESIDENT_MAX_BYTES), ``follow_dr`` (backward only:
+the recurrent kernel's gradient computed by extra programs of the resident walk's launch that follow it
+through time, triton_resident.slstm_bw_fused_kernel; needs ``resident`` and the whole grid resident on the
+GPU). Grid: (split, ceil(B / block_b), NH), plus :func:`follower_programs` along the first axis with
+``follow_dr``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ..triton.shared import (
     next_pow2,
     padded_dim,
 )
-from . import triton_kernels, triton_resident
+from . import triton_dr, triton_kernels, triton_resident
 from .common import Dims, GateInputs, States
 
 TRITON_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)  # of the gate inputs and of R
@@ -44,6 +49,20 @@ BACKWARD_COLUMNS = 16
 # dots keep a high and a low TF32 part). H200: a 128 KiB bf16 slice ran, a 128 KiB fp32 one asked for
 # 272 KiB of shared memory (227 KiB per block).
 RESIDENT_MAX_BYTES = 128 * 1024
+# The recurrent kernel's gradient (triton_dr.py); H200, B = 16, S = 2048, 4 heads of 256, bf16 R
+# (2026-12-03): 128 x 128 tiles, 64 steps per dot, 4 warps, the rows split until the grid fills the GPU
+# (0.84 ms; 8 warps 0.86-1.11, 64 x 64 tiles 1.17-1.33; the 64 x 64 tiles of 32 (b, t) rows before, 2.85).
+DR_BLOCK = 128
+DR_BLOCK_N = 64
+DR_NUM_WARPS = 4
+DR_NUM_STAGES = 2
+MAX_DR_BLOCK = 256
+MAX_DR_SPLIT_ROWS = 1024
+
+
+def follower_programs(DH: int) -> int:
+    """Programs per (batch block, head) that follow the backward walk for dR: 4 gates x its tiles."""
+    return 4 * cdiv(DH, min(DR_BLOCK, padded_dim(DH))) ** 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +74,7 @@ class Tuning:
     num_warps: int
     num_stages: int
     resident: bool = False
+    follow_dr: bool = False
 
     def columns(self, DH: int) -> int:
         """Columns per program: DH / split rounded up to a multiple of both tiles."""
@@ -62,7 +82,8 @@ class Tuning:
         return cdiv(DH, self.split * tile) * tile
 
     def grid(self, dims: Dims) -> tuple[int, int, int]:
-        return self.split, cdiv(dims.B, self.block_b), dims.NH
+        followers = follower_programs(dims.DH) if self.follow_dr else 0
+        return self.split + followers, cdiv(dims.B, self.block_b), dims.NH
 
 
 def _gpu_sms() -> int | None:
@@ -80,12 +101,14 @@ def resolve_tuning(
     num_warps=None,
     num_stages=None,
     resident=None,
+    follow_dr=None,
     recurrent_dtype=jnp.bfloat16,
     backward: bool = False,
 ) -> Tuning:
     """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count and the forward
-    or ``backward`` walk; ``resident``: where R's slice in ``recurrent_dtype`` fits) and checks every rule
-    (ValueError naming the kernel and the option)."""
+    or ``backward`` walk; ``resident``: where R's slice in ``recurrent_dtype`` fits; ``follow_dr``, which
+    the forward ignores: with ``resident`` where the grid with its followers fits the GPU, or without one)
+    and checks every rule (ValueError naming the kernel and the option)."""
     sms = _gpu_sms()
     given = dict(
         block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps, num_stages=num_stages
@@ -122,9 +145,20 @@ def resolve_tuning(
             f"{name}: resident R slice (4 x {padded_dim(dims.DH)} x {tuning.block_dh} "
             f"{jnp.dtype(recurrent_dtype).name}) takes {slice_bytes} bytes on chip, more than {RESIDENT_MAX_BYTES}"
         )
-    if tuning.split > 1 and sms is not None:
+    tuning = dataclasses.replace(tuning, resident=bool(tuning.resident))
+    if follow_dr not in (None, True, False):
+        raise ValueError(f"{name}: follow_dr={follow_dr!r} must be a bool (or 0 / 1)")
+    if not backward:
+        follow_dr = False
+    elif follow_dr is None:
+        followers = dataclasses.replace(tuning, follow_dr=True)
+        follow_dr = tuning.resident and (sms is None or math.prod(followers.grid(dims)) <= sms)
+    elif follow_dr and not tuning.resident:
+        raise ValueError(f"{name}: follow_dr needs resident (R's slice on chip), which is off")
+    tuning = dataclasses.replace(tuning, follow_dr=bool(follow_dr))
+    if (tuning.split > 1 or tuning.follow_dr) and sms is not None:
         _check_resident(name, tuning, dims, sms)
-    return dataclasses.replace(tuning, resident=bool(tuning.resident))
+    return tuning
 
 
 def resident_slice_bytes(tuning: Tuning, DH: int, recurrent_dtype) -> int:
@@ -168,12 +202,14 @@ def default_tuning(dims: Dims, sms: int | None, backward: bool = False, **given)
 
 
 def _check_resident(name: str, tuning: Tuning, dims: Dims, sms: int) -> None:
-    """split > 1: the programs of a group wait for each other, so every program must run at once."""
+    """split > 1 or follow_dr: programs wait for each other, so every program must run at once."""
     programs = math.prod(tuning.grid(dims))
     if programs > sms:
+        followers = f" + {follower_programs(dims.DH)} dR followers" if tuning.follow_dr else ""
         raise ValueError(
-            f"{name}: split={tuning.split} launches {programs} programs (split x batch blocks x heads) but the "
-            f"GPU has {sms} SMs; they must all be resident, use a smaller split or larger block_b"
+            f"{name}: split={tuning.split}{followers} launches {programs} programs (per batch block and head) but "
+            f"the GPU has {sms} SMs; they must all be resident, use a smaller split, larger block_b or "
+            f"follow_dr=False"
         )
 
 
@@ -191,20 +227,14 @@ def _ring_words(recurrent_dtype) -> int:
 
 
 def _launch(
-    kernels,
-    inputs,
-    out_shape,
-    dims: Dims,
-    tuning: Tuning,
-    recurrent_dtype,
-    ring_tiles: int,
-    **constexprs,
+    kernel, inputs, out_shape, dims: Dims, tuning: Tuning, recurrent_dtype, ring_tiles: int, zeroed=(), **constexprs
 ):
-    """Launches ``kernels`` (a (streaming, resident) pair; ``tuning.resident`` picks) with ``out_shape``
-    plus a zeroed buffer (dropped from the result) and the kernels' own ``constexprs``. The buffer: the
-    streaming kernels' group counters, or the resident kernels' exchange ring: two slots of ``ring_tiles``
-    (B, NH, DH) tensors of words of :func:`_ring_words` int32 each (triton_resident._post)."""
-    split, batch_blocks, NH = grid = tuning.grid(dims)
+    """Launches ``kernel`` (streaming or resident, as ``tuning.resident`` says) on ``tuning``'s grid with
+    ``out_shape`` (those at indices ``zeroed`` zeroed first) plus a zeroed buffer (dropped from the
+    result) and the kernel's own ``constexprs``. The buffer: the streaming kernels' group counters, or the
+    resident kernels' exchange ring: two slots of ``ring_tiles`` (B, NH, DH) tensors of words of
+    :func:`_ring_words` int32 each (triton_resident._post)."""
+    _, batch_blocks, NH = grid = tuning.grid(dims)
     if tuning.resident:
         sync = jax.ShapeDtypeStruct((2, ring_tiles, dims.B, NH, dims.DH, _ring_words(recurrent_dtype)), jnp.int32)
         tiles = dict(DH_PAD=padded_dim(dims.DH))
@@ -213,17 +243,17 @@ def _launch(
         tiles = dict(BLOCK_DH=tuning.block_dh, BLOCK_K=tuning.block_k)
     *outputs, _ = launch.triton_call(
         *inputs,
-        kernel=kernels[tuning.resident],
+        kernel=kernel,
         out_shape=(*out_shape, sync),
         grid=grid,
-        zeroed_outputs=(len(out_shape),),
+        zeroed_outputs=(*zeroed, len(out_shape)),
         num_warps=tuning.num_warps,
         num_stages=tuning.num_stages,
         B=dims.B,
         S=dims.S,
         NH=NH,
         DH=dims.DH,
-        SPLIT=split,
+        SPLIT=tuning.split,
         COLS=tuning.columns(dims.DH),
         BLOCK_B=tuning.block_b,
         DOT_PRECISION=dot_precision(recurrent_dtype),
@@ -244,7 +274,7 @@ def slstm_fw(
     history = jax.ShapeDtypeStruct((B, S + 1, NH, DH), jnp.float32)
     g_shape = (B, S, 4, NH, DH) if store_gates else (1,)
     g, *out = _launch(
-        (triton_kernels.slstm_fw_kernel, triton_resident.slstm_fw_resident_kernel),
+        triton_resident.slstm_fw_resident_kernel if tuning.resident else triton_kernels.slstm_fw_kernel,
         (*gates, bias, recurrent_kernel, *initial),
         (jax.ShapeDtypeStruct(g_shape, jnp.float32),) + (history,) * 4,
         dims,
@@ -256,11 +286,15 @@ def slstm_fw(
     return (g if store_gates else None), States(*out)
 
 
-def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims: Dims, tuning: Tuning):
-    """Reverse-time walk: g (B, S, 4, NH, DH) fp32 full gate pre-activations, ``history`` from
-    :func:`slstm_fw`, dh_seq (B, S, NH, DH) and ``d_last`` the cotangents of the outputs ->
-    (dg (B, S, 4, NH, DH) fp32, the bias gradient (4, NH, DH) fp32 (dg summed over the steps by the walk,
-    over the batch rows here), the initial state's cotangents as :class:`States`)."""
+def slstm_bw(
+    g, recurrent_kernel, history: States, dh_seq, d_last: States, dims: Dims, tuning: Tuning, gate_dtype=jnp.float32
+) -> tuple[jax.Array, GateInputs, jax.Array, States]:
+    """The backward: g (B, S, 4, NH, DH) fp32 full gate pre-activations and ``history`` from
+    :func:`slstm_fw`, dh_seq (B, S, NH, DH) and ``d_last`` the cotangents of the outputs -> (dR (4, NH, DH,
+    DH) fp32, the gate inputs' cotangents as :class:`GateInputs` of (B, S, NH, DH) in ``gate_dtype``, the
+    bias gradient (4, NH, DH) fp32, the initial state's cotangents as :class:`States`). A reverse-time
+    walk writes dg (fp32) and sums it over the steps for the bias; dR and the gate cotangents come from
+    :func:`slstm_dr` after it, or with ``tuning.follow_dr`` from programs of the walk's launch."""
     B, S, NH, DH = dims
     state = jax.ShapeDtypeStruct((B, NH, DH), jnp.float32)
     out_shape = (jax.ShapeDtypeStruct(g.shape, jnp.float32),) + (state,) * 4
@@ -274,37 +308,33 @@ def slstm_bw(g, recurrent_kernel, history: States, dh_seq, d_last: States, dims:
         dh_seq.astype(jnp.float32),
         *(d.astype(jnp.float32) for d in d_last),
     )
-    kernels = (triton_kernels.slstm_bw_kernel, triton_resident.slstm_bw_resident_kernel)
-    resident = {}
+    kernel, extra = triton_kernels.slstm_bw_kernel, {}
     if tuning.resident:
         # the collect's words per vector load: each thread's share of a (block_b, columns) tile, at most 16
         # bytes, so the (block_b, parts, columns) tile keeps the parts axis inside each thread
         share = tuning.block_b * tuning.columns(DH) // (32 * tuning.num_warps)
         vector = max(1, min(4 // _ring_words(recurrent_kernel.dtype), share))
-        resident = dict(SPLIT_PAD=next_pow2(tuning.split), VECTOR=vector)
-    # each program's fp32 partial of the cotangent of h_{t-1} (triton_resident.slstm_bw_resident_kernel)
-    dg, *d_initial, d_bias = _launch(
-        kernels,
-        inputs,
-        out_shape,
-        dims,
-        tuning,
-        recurrent_kernel.dtype,
-        ring_tiles=tuning.split,
-        **resident,
+        kernel, extra = triton_resident.slstm_bw_resident_kernel, dict(SPLIT_PAD=next_pow2(tuning.split), VECTOR=vector)
+    if tuning.follow_dr:
+        batch_blocks = tuning.grid(dims)[1]
+        inputs += (history.h,)
+        out_shape += (
+            jax.ShapeDtypeStruct((batch_blocks, *recurrent_kernel.shape), jnp.float32),
+            *(jax.ShapeDtypeStruct((B, S, NH, DH), gate_dtype),) * 4,
+            jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32),
+        )
+        kernel = triton_resident.slstm_bw_fused_kernel
+        extra.update(DR_BLOCK_N=DR_BLOCK_N, DR_BLOCK=min(DR_BLOCK, padded_dim(DH)), zeroed=(len(out_shape) - 1,))
+    dg, dc0, dn0, dm0, dh0, d_bias, *dr_outputs = _launch(
+        kernel, inputs, out_shape, dims, tuning, recurrent_kernel.dtype, ring_tiles=tuning.split, **extra
     )
-    return dg, jnp.sum(d_bias, axis=0), States(*d_initial)
-
-
-# The recurrent kernel's gradient (slstm_dr_kernel); H200, B = 16, S = 2048, 4 heads of 256, bf16 R
-# (2026-12-03): 128 x 128 tiles, 64 steps per dot, 4 warps, the rows split until the grid fills the GPU
-# (0.84 ms; 8 warps 0.86-1.11, 64 x 64 tiles 1.17-1.33; the 64 x 64 tiles of 32 (b, t) rows before, 2.85).
-DR_BLOCK = 128
-DR_BLOCK_N = 64
-DR_NUM_WARPS = 4
-DR_NUM_STAGES = 2
-MAX_DR_BLOCK = 256
-MAX_DR_SPLIT_ROWS = 1024
+    d_initial = States(dc0, dn0, dm0, dh0)
+    if tuning.follow_dr:
+        dR_parts, *d_gates, _ = dr_outputs
+        d_recurrent, d_gates = jnp.sum(dR_parts, axis=0), GateInputs(*d_gates)
+    else:
+        d_recurrent, d_gates = slstm_dr(history.h, dg, recurrent_kernel, dims, gate_dtype)
+    return d_recurrent, d_gates, jnp.sum(d_bias, axis=0), d_initial
 
 
 def dr_split_rows(dims: Dims, block: int, block_n: int, sms: int | None) -> int:
@@ -356,7 +386,7 @@ def slstm_dr(
         h_history,
         dg,
         recurrent_kernel,
-        kernel=triton_kernels.slstm_dr_kernel,
+        kernel=triton_dr.slstm_dr_kernel,
         out_shape=(
             jax.ShapeDtypeStruct((split_rows, *recurrent_kernel.shape), jnp.float32),
             *(jax.ShapeDtypeStruct((B, S, NH, DH), gate_dtype),) * 4,

@@ -24,7 +24,9 @@ collects last; the forward loads a step's gate inputs one step ahead.
 import triton
 import triton.language as tl
 
+from .triton_dr import dr_follower
 from .triton_kernels import (
+    arrive,
     cell_grad,
     cell_step,
     load_gates,
@@ -214,26 +216,15 @@ def slstm_fw_resident_kernel(
 
 
 @triton.jit
-def slstm_bw_resident_kernel(
-    g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last,  # inputs
-    dg, dc0, dn0, dm0, dh0, d_bias, ring,  # outputs
-    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
-    BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_PAD: tl.constexpr,
-    VECTOR: tl.constexpr,
+def _bw_walk(
+    g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last, dg, dc0, dn0, dm0, dh0, d_bias, ring,
+    progress, B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr,
+    COLS: tl.constexpr, BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SPLIT_PAD: tl.constexpr, VECTOR: tl.constexpr, SIGNAL_EVERY: tl.constexpr,
 ):
-    """The backward of triton_kernels.slstm_bw_kernel (same buffers and outputs; dc0, dn0, dm0, dh0 and
-    d_bias are written once, after the walk, d_bias summed over the steps in registers) with R's slice
-    resident. The cotangent of h_{t-1}, sum over gates of
-    dg_t R^T, is summed in parts: each program multiplies its own columns of dg_t by their rows of R^T
-    (the forward's slice, transposed) into a partial over every column, posts it, and sums its own
-    columns of the SPLIT partials (SPLIT_PAD: SPLIT rounded up to a power of two). ``ring`` (2, SPLIT, B,
-    NH, DH) words carries the walk's k-th partials (fp32; t = S - 1 - k) in slot k % 2, tagged k + 1:
-    for 16-bit R int32 words (the partial rounded to 15 mantissa bits, far finer than the bf16 / fp16 dg
-    it sums), for fp32 R int64 words (the partial exact). A program whose columns are all padding (DH not
-    a multiple of COLS x SPLIT) has a partial of exactly 0: it is not collected, and the program, which
-    collects nothing, runs ahead unread. One collect per step: H200, B = 16, S = 2048, 4 heads of 256,
-    SPLIT = 8, the walk took 7.84 ms, against 12.08 ms when each program collected the four gates' full
-    dg_t (four spins) for a product over K = 4 x DH."""
+    """The walk of :func:`slstm_bw_resident_kernel`; with SIGNAL_EVERY > 0 each program also adds 1 to its
+    group's counter in ``progress`` (B blocks x NH int32) after the dg stores of every SIGNAL_EVERY steps,
+    counted from the last step (:func:`slstm_bw_fused_kernel`)."""
     head, part = tl.program_id(2), tl.program_id(0)
     dt = R.dtype.element_ty
     if dt.primitive_bitwidth == 32:
@@ -270,6 +261,9 @@ def slstm_bw_resident_kernel(
         slot = (step % 2) * B * SPLIT * NH * DH
         _post(ring, slot + ring_post, mask_full, partial, step + 1)
         store_gates(dg, gates, mask, d_i, d_f, d_z, d_o, NH * DH)
+        if SIGNAL_EVERY > 0:
+            if (S - 1 - step) % SIGNAL_EVERY == 0:  # step t = S - 1 - step ends a block of SIGNAL_EVERY steps
+                arrive(progress + tl.program_id(1) * NH + head)
         more = mask & (step + 1 < S)  # the next step, t - 1, exists
         gates -= 4 * NH * DH
         prev -= NH * DH
@@ -281,4 +275,53 @@ def slstm_bw_resident_kernel(
     store_state(dc0, dn0, dm0, state, mask, dc, dn, dm)
     tl.store(dh0 + state, dh, mask=mask)
     store_gates(d_bias, (offs_b[:, None] * 4 * NH + head) * DH + offs_e[None, :], mask, b_i, b_f, b_z, b_o, NH * DH)
+
+
+@triton.jit
+def slstm_bw_resident_kernel(
+    g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last,  # inputs
+    dg, dc0, dn0, dm0, dh0, d_bias, ring,  # outputs
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_PAD: tl.constexpr,
+    VECTOR: tl.constexpr,
+):
+    """The backward of triton_kernels.slstm_bw_kernel (same buffers and outputs; dc0, dn0, dm0, dh0 and
+    d_bias are written once, after the walk, d_bias summed over the steps in registers) with R's slice
+    resident. The cotangent of h_{t-1}, sum over gates of
+    dg_t R^T, is summed in parts: each program multiplies its own columns of dg_t by their rows of R^T
+    (the forward's slice, transposed) into a partial over every column, posts it, and sums its own
+    columns of the SPLIT partials (SPLIT_PAD: SPLIT rounded up to a power of two). ``ring`` (2, SPLIT, B,
+    NH, DH) words carries the walk's k-th partials (fp32; t = S - 1 - k) in slot k % 2, tagged k + 1:
+    for 16-bit R int32 words (the partial rounded to 15 mantissa bits, far finer than the bf16 / fp16 dg
+    it sums), for fp32 R int64 words (the partial exact). A program whose columns are all padding (DH not
+    a multiple of COLS x SPLIT) has a partial of exactly 0: it is not collected, and the program, which
+    collects nothing, runs ahead unread. One collect per step: H200, B = 16, S = 2048, 4 heads of 256,
+    SPLIT = 8, the walk took 7.84 ms, against 12.08 ms when each program collected the four gates' full
+    dg_t (four spins) for a product over K = 4 x DH."""
+    _bw_walk(g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last, dg, dc0, dn0, dm0, dh0,
+             d_bias, ring, ring, B, S, NH, DH, SPLIT, COLS, BLOCK_B, DH_PAD, DOT_PRECISION, SPLIT_PAD, VECTOR, 0)
+
+
+@triton.jit
+def slstm_bw_fused_kernel(
+    g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last, h_all,  # inputs
+    dg, dc0, dn0, dm0, dh0, d_bias, dR_parts, d_i, d_f, d_z, d_o, progress, ring,  # outputs
+    B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT_PAD: tl.constexpr,
+    VECTOR: tl.constexpr, DR_BLOCK_N: tl.constexpr, DR_BLOCK: tl.constexpr,
+):
+    """:func:`slstm_bw_resident_kernel` and the recurrent kernel's gradient in one launch: grid (SPLIT +
+    followers, batch blocks, NH), programs 0 .. SPLIT - 1 of a (batch block, head) group walk it, the
+    others follow their walk through time (triton_dr.dr_follower: 4 gates x tiles of DR_BLOCK x DR_BLOCK,
+    DR_BLOCK_N steps per block), summing dR into ``dR_parts`` (batch blocks, 4, NH, DH, DH) fp32 and
+    passing dg on to ``d_i, d_f, d_z, d_o`` (B, S, NH, DH) in the gate inputs' dtype, while the walk
+    runs on other SMs. ``progress`` (batch blocks x NH int32, zeroed before the launch) counts the
+    walk's finished blocks. Every program must be resident at once (the launcher checks the grid)."""
+    if tl.program_id(0) < SPLIT:
+        _bw_walk(g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last, dg, dc0, dn0, dm0, dh0,
+                 d_bias, ring, progress, B, S, NH, DH, SPLIT, COLS, BLOCK_B, DH_PAD, DOT_PRECISION, SPLIT_PAD, VECTOR,
+                 DR_BLOCK_N)
+    else:
+        dr_follower(h_all, dg, R, dR_parts, d_i, d_f, d_z, d_o, progress, tl.program_id(0) - SPLIT,
+                    tl.program_id(1), tl.program_id(2), B, S, NH, DH, SPLIT, BLOCK_B, DR_BLOCK_N, DR_BLOCK, DR_BLOCK)
 # fmt: on

@@ -7,12 +7,15 @@ Error measure: max |error| / max |reference| per array (tests/kernels/compare.py
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tests.kernels.compare import assert_close
-from xlstm_flax.kernels.slstm import NUM_GATES, GateInputs, States, get_slstm_kernel
+from xlstm_flax.kernels.slstm import NUM_GATES, GateInputs, States, get_slstm_kernel, triton_launch
+from xlstm_flax.kernels.slstm.common import Dims
 
 ARG_NAMES = GateInputs._fields + ("bias", "recurrent_kernel", "c0", "n0", "m0", "h0")
 BIAS, RECURRENT, INITIAL = NUM_GATES, NUM_GATES + 1, NUM_GATES + 2  # positions in ARG_NAMES
@@ -128,3 +131,39 @@ def check_triton_case(case, tolerances: dict) -> None:
     check_against_reference(
         get_slstm_kernel("recurrent--triton"), args, random_cotangents(seed + 1, args[0]), *tolerances[dtype], **tuning
     )
+
+
+def check_dr_followers(seed: int, dims: Dims, dtype, tol: float, **tuning) -> None:
+    """The Triton backward on fresh inputs of ``dims`` (gate inputs and R in ``dtype``), at the default
+    tuning with ``tuning`` (which must follow the walk for dR) and with the dR kernel after the walk instead.
+    The same walk: the gate inputs' cotangents and the initial state's cotangents identical, the bias
+    gradient (its sum over the batch rows is XLA's, fused differently in the two programs) within 1e-6
+    (H100: 1.5e-7 at S = 1000, 2.8e-7 at 2048); dR, the same products summed in another order, within
+    ``tol`` of the kernel's."""
+    args = make_inputs(seed, *dims, dtype, gate_dtype=dtype)
+    gates, bias, recurrent, initial = (
+        GateInputs(*args[:NUM_GATES]),
+        args[BIAS],
+        args[RECURRENT],
+        States(*args[INITIAL:]),
+    )
+    forward = triton_launch.resolve_tuning("fw", dims, recurrent_dtype=dtype, **tuning)
+    backward = triton_launch.resolve_tuning("bw", dims, recurrent_dtype=dtype, backward=True, **tuning)
+    assert backward.follow_dr, backward
+    g, history = jax.jit(lambda *a: triton_launch.slstm_fw(*a, dims, forward))(gates, bias, recurrent, initial)
+    dh_seq, d_last = random_cotangents(seed + 1, gates.i)
+
+    def backward_with(tuning):
+        return jax.jit(lambda *a: triton_launch.slstm_bw(*a, dims, tuning, dtype))(
+            g, recurrent, history, dh_seq, d_last
+        )
+
+    (dr_followed, *followed), (dr_after, *after) = (
+        backward_with(t) for t in (backward, dataclasses.replace(backward, follow_dr=False))
+    )
+    assert_close(dr_followed, dr_after, tol, "dR")
+    d_gates, d_bias, d_initial = followed
+    assert_close(d_bias, after[1], 1e-6, "bias gradient")
+    identical = jax.tree.leaves_with_path((d_gates, d_initial))
+    for (path, got), want in zip(identical, jax.tree.leaves((after[0], after[2])), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))

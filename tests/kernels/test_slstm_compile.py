@@ -20,6 +20,7 @@ from xlstm_flax.kernels.triton import launch  # noqa: E402
 
 STREAMING = (b"slstm_fw_kernel", b"slstm_bw_kernel", b"slstm_dr_kernel")
 RESIDENT = (b"slstm_fw_resident_kernel", b"slstm_bw_resident_kernel", b"slstm_dr_kernel")
+FOLLOWED = (b"slstm_fw_resident_kernel", b"slstm_bw_fused_kernel")  # dR from programs of the backward's launch
 
 
 def _shapes(dtype, B, S, NH, DH, gate_dtype=None):
@@ -54,6 +55,7 @@ SWEEP = [
     # backward 16) and at split 4; the 1.3b layer's head dim at its default split 16
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=8, resident=True)),
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=16, resident=True)),
+    (jnp.bfloat16, 16, 16, 4, 256, dict(split=16, resident=True, follow_dr=False)),  # dR after the walk
     (jnp.float32, 16, 16, 4, 256, dict(split=16, resident=True)),
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=4, block_dh=64, num_warps=8, resident=True)),
     (jnp.bfloat16, 16, 16, 1, 512, dict(split=16, resident=True)),
@@ -73,10 +75,13 @@ def _case_id(case):
 def test_forward_and_backward_lower_to_sm90_ptx(monkeypatch, case):
     monkeypatch.setattr(launch, "require_triton_backend", lambda *args: None)  # this machine has no GPU
     dtype, B, S, NH, DH, tuning = case
-    resident = triton_launch.resolve_tuning("x", Dims(B, S, NH, DH), recurrent_dtype=dtype, **tuning).resident
-    assert resident == tuning.get("resident", resident), "an explicit resident choice was overridden"
+    backward = triton_launch.resolve_tuning("x", Dims(B, S, NH, DH), recurrent_dtype=dtype, backward=True, **tuning)
+    assert backward.resident == tuning.get("resident", backward.resident), "an explicit resident choice was overridden"
+    assert backward.follow_dr == (backward.resident and tuning.get("follow_dr", True))  # no GPU: no SM limit
     payloads = lowered_triton_calls(_loss(**tuning), *_shapes(dtype, B, S, NH, DH))
-    assert_compiled_for_sm90(payloads, RESIDENT if resident else STREAMING)
+    assert_compiled_for_sm90(payloads, FOLLOWED if backward.follow_dr else RESIDENT if backward.resident else STREAMING)
+    if backward.follow_dr:
+        assert not any(b"slstm_dr_kernel" in p for p in payloads), "dR launched after the walk that computes it"
 
 
 INVALID = [
@@ -87,6 +92,7 @@ INVALID = [
     (dict(num_stages=0), "num_stages=0 must be an int in [1, 8]"),
     (dict(split=0), "split=0 must be an int in [1, 32]"),
     (dict(resident=2), "resident=2 must be a bool (or 0 / 1)"),
+    (dict(follow_dr=2), "follow_dr=2 must be a bool (or 0 / 1)"),
     (dict(block_dh=16, block_k=16, resident=True), "resident needs one block_dh tile per program, but split=1"),
 ]
 
@@ -136,17 +142,23 @@ def test_registry_entry_without_gpu_names_the_fallback():
         get_slstm_kernel("recurrent--triton")(*args)
 
 
-@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streaming"])
-def test_bf16_gate_inputs_with_fp32_recurrent_kernel_lower(monkeypatch, resident):
+@pytest.mark.parametrize(
+    "tuning, names",
+    [
+        (dict(resident=True), FOLLOWED),
+        (dict(resident=True, follow_dr=False), RESIDENT),
+        (dict(resident=False), STREAMING),
+    ],
+    ids=["followed", "resident", "streaming"],
+)
+def test_bf16_gate_inputs_with_fp32_recurrent_kernel_lower(monkeypatch, tuning, names):
     """The gate inputs' dtype need not be R's: bf16 projections with an fp32 R lower for sm_90, and their
-    cotangents (written by the dR kernel) come back in bf16, the bias's and R's in fp32."""
+    cotangents (written by the dR kernel or followers) come back in bf16, the bias's and R's in fp32."""
     monkeypatch.setattr(launch, "require_triton_backend", lambda *args: None)
     shapes = _shapes(jnp.float32, 4, 16, 2, 64, gate_dtype=jnp.bfloat16)
-    grads = jax.eval_shape(_loss(resident=resident), *shapes)
+    grads = jax.eval_shape(_loss(**tuning), *shapes)
     assert all(g.dtype == jnp.bfloat16 for g in grads[0]) and grads[1].dtype == grads[2].dtype == jnp.float32
-    assert_compiled_for_sm90(
-        lowered_triton_calls(_loss(resident=resident), *shapes), RESIDENT if resident else STREAMING
-    )
+    assert_compiled_for_sm90(lowered_triton_calls(_loss(**tuning), *shapes), names)
 
 
 @pytest.mark.parametrize("tuning", [{}, dict(resident=False)], ids=["resident", "streaming"])

@@ -1,8 +1,10 @@
 """Default tuning of the fused sLSTM kernel (pure function of the shape, the walk and the GPU's SM
 count): the split fills but never exceeds the SMs, keeps the walk's columns per program (forward:
 FORWARD_TILE / block_b, backward: 16), and is 1 without a GPU; the recurrent kernel's gradient splits
-its rows until its grid has a program per SM."""
+its rows until its grid has a program per SM; the backward computes it with programs that follow the walk
+where the whole grid then fits."""
 
+import dataclasses
 import math
 
 import jax
@@ -14,6 +16,7 @@ from xlstm_flax.kernels.slstm.triton_launch import (
     DEFAULT_MAX_SPLIT,
     default_tuning,
     dr_split_rows,
+    follower_programs,
     resolve_tuning,
     slstm_dr,
 )
@@ -81,6 +84,38 @@ def test_resident_by_default_where_one_tile_covers_a_program_and_the_slice_fits(
     # fp32 counts twice (3xTF32): split 8 is 2 x 128 KiB (on the H200 it asked for 272 KiB of shared memory)
     assert not resolve_tuning("recurrent--triton", dims, split=8, recurrent_dtype=jnp.float32).resident
     assert resolve_tuning("recurrent--triton", dims, split=16, recurrent_dtype=jnp.float32).resident
+
+
+@pytest.mark.parametrize(
+    "B, DH, followed",
+    # 350m sLSTM: 64 walk programs + 4 heads x 16 followers = 128 of 132; 1.3b (DH 512): 64 + 4 x 64;
+    # B = 128: two batch blocks, 2 x (32 + 64)
+    [(16, 256, True), (32, 192, True), (16, 512, False), (128, 256, False)],
+)
+def test_dr_follows_the_backward_walk_where_the_grid_fits_the_sms(monkeypatch, B, DH, followed):
+    from xlstm_flax.kernels.slstm import triton_launch
+
+    monkeypatch.setattr(triton_launch, "_gpu_sms", lambda: H200_SMS)
+    dims = Dims(B=B, S=2048, NH=4, DH=DH)
+    backward = resolve_tuning("recurrent--triton", dims, backward=True)
+    assert backward.resident and backward.follow_dr == followed
+    walk, batch_blocks, _ = backward.grid(dims)
+    assert walk == backward.split + (follower_programs(DH) if followed else 0)
+    assert followed == (math.prod(dataclasses.replace(backward, follow_dr=True).grid(dims)) <= H200_SMS)
+    assert not resolve_tuning("recurrent--triton", dims, follow_dr=True).follow_dr  # the forward ignores it
+
+
+def test_follow_dr_is_refused_by_name_where_it_cannot_run(monkeypatch):
+    from xlstm_flax.kernels.slstm import triton_launch
+
+    dims = Dims(B=16, S=8, NH=4, DH=256)
+    with pytest.raises(ValueError, match="bw: follow_dr needs resident"):
+        resolve_tuning("bw", dims, backward=True, resident=False, follow_dr=True)
+    with pytest.raises(ValueError, match="bw: follow_dr='yes' must be a bool"):
+        resolve_tuning("bw", dims, backward=True, follow_dr="yes")
+    monkeypatch.setattr(triton_launch, "_gpu_sms", lambda: H200_SMS)
+    with pytest.raises(ValueError, match=r"bw: split=16 \+ 64 dR followers launches 320 programs .* 132 SMs"):
+        resolve_tuning("bw", Dims(B=16, S=8, NH=4, DH=512), backward=True, follow_dr=True)
 
 
 @pytest.mark.parametrize("B, S, NH, DH", [(16, 2048, 4, 256), (8, 4096, 1, 512), (2, 64, 2, 48), (64, 128, 16, 128)])

@@ -18,6 +18,7 @@ from tests.kernels.slstm_checks import (
     RECURRENT,
     case_id,
     check_against_reference,
+    check_dr_followers,
     check_triton_case,
     make_inputs,
     random_cotangents,
@@ -36,8 +37,11 @@ TOL = {jnp.float32: (2e-6, 5e-6), jnp.bfloat16: (1e-2, 2e-2), jnp.float16: (5e-3
 
 CASES = [
     # (R dtype, B, S, NH, DH, initial states, tuning); R resident (triton_resident.py) by default where
-    # one tile covers the head (split 1 here) and its slice fits
+    # one tile covers the head (split 1 here) and its slice fits, and with it dR from programs that follow
+    # the backward walk (follow_dr; after the walk here, since the interpreter runs one program at a time)
     (jnp.float32, 2, 7, 2, 16, True, {}),  # one tile, B < block_b: resident
+    (jnp.float32, 2, 7, 2, 16, True, dict(follow_dr=False)),  # resident, dR from a kernel of its own
+    (jnp.float32, 3, 70, 1, 16, True, {}),  # two 64-step blocks of dR followers, the first one short
     (jnp.float32, 2, 7, 2, 16, True, dict(resident=False)),  # the same, streaming R
     (jnp.float32, 3, 5, 1, 40, True, dict(block_dh=16, block_k=32)),  # DH not a power of two, several tiles
     (jnp.float32, 3, 5, 1, 40, True, dict(resident=True)),  # resident, padded columns and rows
@@ -51,6 +55,15 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_triton_slstm_matches_reference(case):
     check_triton_case(case, TOL)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+def test_dr_followers_match_the_dr_kernel_after_the_walk(dtype):
+    """Two batch blocks (B = 17, block_b 16), S = 70 (a short 64-step block first), DH = 40 (padded): dR from
+    the programs that follow the backward walk within 2e-6 of the dR kernel's after it (the interpreter's
+    dots are exact fp32, only the order of the sums differs; bf16 R splits dg into the same two parts in
+    both), every other output identical."""
+    check_dr_followers(27, Dims(17, 70, 1, 40), dtype, 2e-6, block_b=16)
 
 
 def test_ties_of_the_stabiliser_split_its_gradient_like_jnp_maximum():
