@@ -9,7 +9,8 @@ Full size (one H100/H200): sLSTM layer at B=16, S=2048, D=1024, 4 heads, bf16 co
 (the kernel alone on bf16 gate inputs with an fp32 bias, as the layer calls it, and the whole layer: gate
 projections, conv, group norm),
 forward and forward+backward; each fused Triton kernel alone (``parts``: the forward without and with its
-stored gates, the reverse-time walk, the recurrent kernel's gradient); training step (forward, backward,
+stored gates, the backward with the recurrent kernel's gradient from programs that follow its walk and
+from a kernel after it, that kernel alone; timed in turns); training step (forward, backward,
 AdamW update) of the "350m" and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto"
 (the mLSTM blocks use their default kernel), the whole-sequence loss unless ``--loss-chunk`` gives the
 recipes' chunk; decoding step at B=16, D=1024. ``--tiny`` runs the same at
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import os
 import sys
@@ -38,7 +40,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # 
 
 from benchmarks.kernels import failure_note, parse_options  # noqa: E402
 from benchmarks.model import COLUMNS, train_row  # noqa: E402
-from benchmarks.timing import markdown_table, median_ms, write_report  # noqa: E402
+from benchmarks.timing import interleaved_median_ms, markdown_table, median_ms, write_report  # noqa: E402
 from xlstm_flax.kernels.slstm import (  # noqa: E402
     NUM_GATES,
     GateInputs,
@@ -111,26 +113,39 @@ def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
 
 
 def _part_fns(dims: Dims, tuning, backward_tuning) -> dict:
-    """The four fused kernels as functions of an input set (gates, bias, R, g, history, dh, dg): the
-    forward with ``tuning``, the backward walk with ``backward_tuning``, the recurrent kernel's gradient
-    (which passes dg on as the bf16 gate inputs' cotangents, with the bias gradient)."""
+    """The fused kernels, {name: (their tuning or None, a function of an input set (gates, bias, R, g,
+    history, dh, dg))}: the forward with ``tuning``; the backward with ``backward_tuning``, its dR from
+    programs that follow the walk (where ``follow_dr`` holds) and from the dR kernel after the walk; the dR
+    kernel alone (which passes dg on as the bf16 gate inputs' cotangents)."""
     initial = initial_states(dims.B, dims.NH, dims.DH)
     zeros = States(*(jnp.zeros_like(initial.c),) * 4)
-    return {
-        "fw, no gates stored": lambda gates, bias, r, *_: triton_launch.slstm_fw(
-            gates, bias, r, initial, dims, tuning, store_gates=False
+    after = dataclasses.replace(backward_tuning, follow_dr=False)
+
+    def forward(gates, bias, r, *_, store_gates=True):
+        return triton_launch.slstm_fw(gates, bias, r, initial, dims, tuning, store_gates=store_gates)
+
+    def backward(walk_tuning):
+        return lambda gates, bias, r, g, history, dh, dg: triton_launch.slstm_bw(
+            g, r, history, dh, zeros, dims, walk_tuning, gates.i.dtype
+        )
+
+    fns = {
+        "fw, no gates stored": (tuning, functools.partial(forward, store_gates=False)),
+        "fw, gates stored": (tuning, forward),
+        "bw, dR after the walk": (after, backward(after)),
+        "dR": (
+            None,
+            lambda gates, bias, r, g, history, dh, dg: triton_launch.slstm_dr(history.h, dg, r, dims, gates.i.dtype),
         ),
-        "fw, gates stored": lambda gates, bias, r, *_: triton_launch.slstm_fw(gates, bias, r, initial, dims, tuning),
-        "bw walk": lambda gates, bias, r, g, history, dh, dg: triton_launch.slstm_bw(
-            g, r, history, dh, zeros, dims, backward_tuning
-        ),
-        "dR": lambda gates, bias, r, g, history, dh, dg: triton_launch.slstm_dr(history.h, dg, r, dims, gates.i.dtype),
     }
+    if backward_tuning.follow_dr:
+        fns["bw, dR followers"] = (backward_tuning, backward(backward_tuning))
+    return fns
 
 
 def _part_inputs(fns: dict, dims: Dims) -> list[tuple]:
     """:func:`kernel_inputs` (gates, bias, R, dh) with the forward's g and history, and dg = tanh(g)."""
-    forward = jax.jit(fns["fw, gates stored"])
+    forward = jax.jit(fns["fw, gates stored"][1])
     sets = []
     for seed in range(INPUT_SETS):
         gates, bias, r, dh = kernel_inputs(seed, *dims)
@@ -140,9 +155,8 @@ def _part_inputs(fns: dict, dims: Dims) -> list[tuple]:
 
 
 def parts_rows(tunings: list[dict], B, S, D, heads) -> list[list]:
-    """Each fused kernel alone (the default tunings, then each of ``tunings``): the forward without and
-    with the stored gates, the reverse-time walk (with the backward's tuning) and the recurrent kernel's
-    gradient."""
+    """Each fused kernel alone (:func:`_part_fns`; the default tunings, then each of ``tunings``), the
+    kernels of one tuning timed in turns."""
     dims = Dims(B, S, heads, D // heads)
     rows = []
     for options in [{}, *tunings]:
@@ -152,14 +166,13 @@ def parts_rows(tunings: list[dict], B, S, D, heads) -> list[list]:
                 for b in (False, True)
             ]
             fns = _part_fns(dims, *walk_tunings)
-            sets = _part_inputs(fns, dims)
+            times = interleaved_median_ms([jax.jit(fn) for _, fn in fns.values()], _part_inputs(fns, dims))
         except Exception as err:  # noqa: BLE001 -- no GPU: the row holds the error
             rows.append([str(options), "all", "-", failure_note(err)])
             continue
-        for part, fn in fns.items():
-            tuning = walk_tunings[part == "bw walk"]
-            label = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(tuning).items())
-            rows.append([label, part, *_try(median_ms, jax.jit(fn), sets)])
+        for (part, (tuning, _)), ms in zip(fns.items(), times):
+            label = "-" if tuning is None else " ".join(f"{k}={v}" for k, v in dataclasses.asdict(tuning).items())
+            rows.append([label, part, ms, ""])
             print(rows[-1], flush=True)
     return rows
 
