@@ -118,9 +118,10 @@ def dr_follower(
     """Program ``follower`` (of 4 gates x tiles of dR) of the (``batch_block``, ``head``) group of a
     backward walk: its tile's sum over the group's BLOCK_B sequences, into ``dR_parts[batch_block, gate,
     head]``, BLOCK_N steps at a time in the walk's (reverse) order, each block once the group's SPLIT walk
-    programs have all counted it done in ``progress`` (one int32 per group; the walk adds 1 per program
-    after its dg stores of each BLOCK_N-step block, counted from the last step). It passes dg on like
-    :func:`slstm_dr_kernel`, row tile k the blocks k, k + row tiles, ..."""
+    programs have all counted it done in ``progress`` (one int32 per group; each walk program adds 1 after
+    its dg store at a step t with t % BLOCK_N == 0: blocks are aligned to t = 0, the last one, walked first,
+    may be short). It passes dg on like :func:`slstm_dr_kernel`, row tile k the blocks k, k + row tiles,
+    ... (a loop per case, as in :func:`_dr_rows`, keeps PASS_DG a constant inside each)."""
     tiles_d: tl.constexpr = (DH + BLOCK_D - 1) // BLOCK_D
     tiles: tl.constexpr = tiles_d * ((DH + BLOCK_E - 1) // BLOCK_E)
     gate, tile = follower // tiles, follower % tiles

@@ -8,9 +8,9 @@ with it in the tiles and ``resident``): ``block_b`` batch rows per program (the 
 GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held on chip: triton_resident.py; needs one
 ``block_dh`` tile per program and a slice of at most RESIDENT_MAX_BYTES), ``follow_dr`` (backward only:
 the recurrent kernel's gradient computed by extra programs of the resident walk's launch that follow it
-through time, triton_resident.slstm_bw_fused_kernel; needs ``resident`` and the whole grid resident on the
-GPU). Grid: (split, ceil(B / block_b), NH), plus :func:`follower_programs` along the first axis with
-``follow_dr``.
+through time, triton_resident.slstm_bw_fused_kernel; needs ``resident``, columns of DH in every walk
+program and the whole grid resident on the GPU). Grid: (split, ceil(B / block_b), NH), plus
+:func:`follower_programs` along the first axis with ``follow_dr``.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def resolve_tuning(
 ) -> Tuning:
     """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count and the forward
     or ``backward`` walk; ``resident``: where R's slice in ``recurrent_dtype`` fits; ``follow_dr``, which
-    the forward ignores: with ``resident`` where the grid with its followers fits the GPU, or without one)
-    and checks every rule (ValueError naming the kernel and the option)."""
+    the forward ignores: with ``resident`` where every walk program owns columns of DH and the grid with
+    its followers fits the GPU, or without one) and checks every rule (ValueError naming the kernel and
+    the option)."""
     sms = _gpu_sms()
     given = dict(
         block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps, num_stages=num_stages
@@ -148,13 +149,23 @@ def resolve_tuning(
     tuning = dataclasses.replace(tuning, resident=bool(tuning.resident))
     if follow_dr not in (None, True, False):
         raise ValueError(f"{name}: follow_dr={follow_dr!r} must be a bool (or 0 / 1)")
+    # every walk program must own columns of DH: one with padding only runs ahead of the others and would
+    # count blocks done that they have not stored
+    columns = tuning.columns(dims.DH)
+    padding_only = tuning.split - cdiv(dims.DH, columns)
     if not backward:
         follow_dr = False
     elif follow_dr is None:
         followers = dataclasses.replace(tuning, follow_dr=True)
-        follow_dr = tuning.resident and (sms is None or math.prod(followers.grid(dims)) <= sms)
+        fits = sms is None or math.prod(followers.grid(dims)) <= sms
+        follow_dr = tuning.resident and not padding_only and fits
     elif follow_dr and not tuning.resident:
         raise ValueError(f"{name}: follow_dr needs resident (R's slice on chip), which is off")
+    elif follow_dr and padding_only:
+        raise ValueError(
+            f"{name}: follow_dr needs every walk program to own columns, but split={tuning.split} x {columns} "
+            f"columns leaves {padding_only} of them with padding only at DH={dims.DH}"
+        )
     tuning = dataclasses.replace(tuning, follow_dr=bool(follow_dr))
     if (tuning.split > 1 or tuning.follow_dr) and sms is not None:
         _check_resident(name, tuning, dims, sms)
@@ -296,6 +307,8 @@ def slstm_bw(
     walk writes dg (fp32) and sums it over the steps for the bias; dR and the gate cotangents come from
     :func:`slstm_dr` after it, or with ``tuning.follow_dr`` from programs of the walk's launch."""
     B, S, NH, DH = dims
+    if tuning.follow_dr and not tuning.resident:
+        raise ValueError(f"slstm_bw: follow_dr needs resident, got {tuning}")
     state = jax.ShapeDtypeStruct((B, NH, DH), jnp.float32)
     out_shape = (jax.ShapeDtypeStruct(g.shape, jnp.float32),) + (state,) * 4
     out_shape += (jax.ShapeDtypeStruct((B, 4, NH, DH), jnp.float32),)

@@ -223,8 +223,8 @@ def _bw_walk(
     SPLIT_PAD: tl.constexpr, VECTOR: tl.constexpr, SIGNAL_EVERY: tl.constexpr,
 ):
     """The walk of :func:`slstm_bw_resident_kernel`; with SIGNAL_EVERY > 0 each program also adds 1 to its
-    group's counter in ``progress`` (B blocks x NH int32) after the dg stores of every SIGNAL_EVERY steps,
-    counted from the last step (:func:`slstm_bw_fused_kernel`)."""
+    group's counter in ``progress`` (batch blocks x NH int32) after its dg store at every step t with t %
+    SIGNAL_EVERY == 0 (:func:`slstm_bw_fused_kernel`)."""
     head, part = tl.program_id(2), tl.program_id(0)
     dt = R.dtype.element_ty
     if dt.primitive_bitwidth == 32:
@@ -298,6 +298,7 @@ def slstm_bw_resident_kernel(
     collects nothing, runs ahead unread. One collect per step: H200, B = 16, S = 2048, 4 heads of 256,
     SPLIT = 8, the walk took 7.84 ms, against 12.08 ms when each program collected the four gates' full
     dg_t (four spins) for a product over K = 4 x DH."""
+    # ``ring`` stands in for the progress counters, which a walk without SIGNAL_EVERY never touches
     _bw_walk(g, R, c_all, n_all, m_all, dh_seq, dc_last, dn_last, dm_last, dh_last, dg, dc0, dn0, dm0, dh0,
              d_bias, ring, ring, B, S, NH, DH, SPLIT, COLS, BLOCK_B, DH_PAD, DOT_PRECISION, SPLIT_PAD, VECTOR, 0)
 

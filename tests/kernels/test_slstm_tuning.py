@@ -88,9 +88,10 @@ def test_resident_by_default_where_one_tile_covers_a_program_and_the_slice_fits(
 
 @pytest.mark.parametrize(
     "B, DH, followed",
-    # 350m sLSTM: 64 walk programs + 4 heads x 16 followers = 128 of 132; 1.3b (DH 512): 64 + 4 x 64;
-    # B = 128: two batch blocks, 2 x (32 + 64)
-    [(16, 256, True), (32, 192, True), (16, 512, False), (128, 256, False)],
+    # 350m sLSTM: 4 heads x (16 walk programs + 16 followers) = 128 of 132; B = 32: the same grid; DH 192
+    # (125m): 4 of the 16 walk programs own only padding; 1.3b (DH 512): 4 x (16 + 64); B = 128: two batch
+    # blocks, 2 x 4 x (8 + 16) = 192
+    [(16, 256, True), (32, 256, True), (16, 192, False), (16, 512, False), (128, 256, False)],
 )
 def test_dr_follows_the_backward_walk_where_the_grid_fits_the_sms(monkeypatch, B, DH, followed):
     from xlstm_flax.kernels.slstm import triton_launch
@@ -101,7 +102,9 @@ def test_dr_follows_the_backward_walk_where_the_grid_fits_the_sms(monkeypatch, B
     assert backward.resident and backward.follow_dr == followed
     walk, batch_blocks, _ = backward.grid(dims)
     assert walk == backward.split + (follower_programs(DH) if followed else 0)
-    assert followed == (math.prod(dataclasses.replace(backward, follow_dr=True).grid(dims)) <= H200_SMS)
+    fits = math.prod(dataclasses.replace(backward, follow_dr=True).grid(dims)) <= H200_SMS
+    owns_columns = backward.split * backward.columns(DH) - DH < backward.columns(DH)
+    assert followed == (fits and owns_columns)
     assert not resolve_tuning("recurrent--triton", dims, follow_dr=True).follow_dr  # the forward ignores it
 
 
@@ -113,6 +116,8 @@ def test_follow_dr_is_refused_by_name_where_it_cannot_run(monkeypatch):
         resolve_tuning("bw", dims, backward=True, resident=False, follow_dr=True)
     with pytest.raises(ValueError, match="bw: follow_dr='yes' must be a bool"):
         resolve_tuning("bw", dims, backward=True, follow_dr="yes")
+    with pytest.raises(ValueError, match="bw: follow_dr needs every walk program to own columns, but split=16 x 16"):
+        resolve_tuning("bw", Dims(B=16, S=8, NH=4, DH=192), backward=True, split=16, follow_dr=True)
     monkeypatch.setattr(triton_launch, "_gpu_sms", lambda: H200_SMS)
     with pytest.raises(ValueError, match=r"bw: split=16 \+ 64 dR followers launches 320 programs .* 132 SMs"):
         resolve_tuning("bw", Dims(B=16, S=8, NH=4, DH=512), backward=True, follow_dr=True)

@@ -62,7 +62,8 @@ def test_dr_followers_match_the_dr_kernel_after_the_walk(dtype):
     """Two batch blocks (B = 17, block_b 16), S = 70 (a short 64-step block first), DH = 40 (padded): dR from
     the programs that follow the backward walk within 2e-6 of the dR kernel's after it (the interpreter's
     dots are exact fp32, only the order of the sums differs; bf16 R splits dg into the same two parts in
-    both), every other output identical."""
+    both), every other output identical. The interpreter runs the walk before its followers, so this checks
+    their indexing, not their waiting (GPU tests)."""
     check_dr_followers(27, Dims(17, 70, 1, 40), dtype, 2e-6, block_b=16)
 
 
