@@ -82,13 +82,22 @@ def test_recurrent_kernel_gradient_at_its_defaults_matches_float64(dtype, tol):
     np.testing.assert_array_equal(np.stack(d_gates, axis=2), np.asarray(dg.astype(dtype)))
 
 
-def test_dr_followers_match_the_dr_kernel_after_the_walk():
-    """The backward at the 350m layer's head shape (B = 16, 4 heads of 256, bf16 gate inputs and R), S =
-    1000 (not a multiple of the followers' 64-step blocks), with this GPU's defaults (dR followed): dR
-    within 1e-4 of the dR kernel's after the walk. The followers run the dR kernel's own per-block products
-    (triton_dr._dr_block) in another order, so each sum has the kernel's error, bounded by 5e-5 against
-    float64 in the test above, and they differ by at most twice that (H100: 3.6e-5 apart)."""
-    check_dr_followers(17, Dims(16, 1000, 4, 256), jnp.bfloat16, 1e-4)
+@pytest.mark.parametrize(
+    "dims, dtype, tol, tuning",
+    [
+        (Dims(16, 1000, 4, 256), jnp.bfloat16, 1e-4, {}),
+        (Dims(16, 1000, 4, 256), jnp.float32, 2e-5, {}),
+        (Dims(32, 1000, 2, 256), jnp.bfloat16, 1e-4, dict(block_b=16)),  # two batch blocks
+    ],
+    ids=["350m-bf16", "350m-fp32", "two-batch-blocks"],
+)
+def test_dr_followers_match_the_dr_kernel_after_the_walk(dims, dtype, tol, tuning):
+    """The backward with this GPU's defaults (dR followed), S = 1000 (not a multiple of the followers'
+    64-step blocks), at the 350m layer's head shape and with two batch blocks: dR within ``tol`` of the dR
+    kernel's after the walk. The followers run the dR kernel's own per-block products (triton_dr._dr_block)
+    in another order, so each sum has the kernel's error, bounded against float64 in the test above by 5e-5
+    (bf16 R) and 1e-5 (fp32 R), and they differ by at most twice that (H100, bf16: 3.6e-5 apart)."""
+    check_dr_followers(17, dims, dtype, tol, **tuning)
 
 
 def test_bf16_gate_inputs_with_fp32_recurrent_kernel():
