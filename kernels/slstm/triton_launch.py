@@ -60,9 +60,14 @@ MAX_DR_BLOCK = 256
 MAX_DR_SPLIT_ROWS = 1024
 
 
+def follower_tile(DH: int) -> int:
+    """Rows and columns of the dR tile each follower of the backward walk sums: DR_BLOCK, DH padded if less."""
+    return min(DR_BLOCK, padded_dim(DH))
+
+
 def follower_programs(DH: int) -> int:
     """Programs per (batch block, head) that follow the backward walk for dR: 4 gates x its tiles."""
-    return 4 * cdiv(DH, min(DR_BLOCK, padded_dim(DH))) ** 2
+    return 4 * cdiv(DH, follower_tile(DH)) ** 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +342,7 @@ def slstm_bw(
             jax.ShapeDtypeStruct((batch_blocks * NH,), jnp.int32),
         )
         kernel = triton_resident.slstm_bw_fused_kernel
-        extra.update(DR_BLOCK_N=DR_BLOCK_N, DR_BLOCK=min(DR_BLOCK, padded_dim(DH)), zeroed=(len(out_shape) - 1,))
+        extra.update(DR_BLOCK_N=DR_BLOCK_N, DR_BLOCK=follower_tile(DH), zeroed=(len(out_shape) - 1,))
     dg, dc0, dn0, dm0, dh0, d_bias, *dr_outputs = _launch(
         kernel, inputs, out_shape, dims, tuning, recurrent_kernel.dtype, ring_tiles=tuning.split, **extra
     )

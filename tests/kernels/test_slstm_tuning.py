@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from xlstm_flax.kernels.slstm import triton_launch
 from xlstm_flax.kernels.slstm.common import Dims
 from xlstm_flax.kernels.slstm.triton_launch import (
     DEFAULT_MAX_SPLIT,
@@ -94,8 +95,6 @@ def test_resident_by_default_where_one_tile_covers_a_program_and_the_slice_fits(
     [(16, 256, True), (32, 256, True), (16, 192, False), (16, 512, False), (128, 256, False)],
 )
 def test_dr_follows_the_backward_walk_where_the_grid_fits_the_sms(monkeypatch, B, DH, followed):
-    from xlstm_flax.kernels.slstm import triton_launch
-
     monkeypatch.setattr(triton_launch, "_gpu_sms", lambda: H200_SMS)
     dims = Dims(B=B, S=2048, NH=4, DH=DH)
     backward = resolve_tuning("recurrent--triton", dims, backward=True)
@@ -109,8 +108,6 @@ def test_dr_follows_the_backward_walk_where_the_grid_fits_the_sms(monkeypatch, B
 
 
 def test_follow_dr_is_refused_by_name_where_it_cannot_run(monkeypatch):
-    from xlstm_flax.kernels.slstm import triton_launch
-
     dims = Dims(B=16, S=8, NH=4, DH=256)
     with pytest.raises(ValueError, match="bw: follow_dr needs resident"):
         resolve_tuning("bw", dims, backward=True, resident=False, follow_dr=True)
@@ -166,7 +163,7 @@ def test_bad_gradient_tuning_is_refused_by_name_before_any_work(bad, message):
 def test_each_walk_runs_with_its_own_tuning(monkeypatch, given, forward_split, backward_split):
     """The registry kernel hands the forward walk the forward's tuning and the backward walk the
     backward's (as on an H200: patched SM count, traced only); a split the user gives holds for both."""
-    from xlstm_flax.kernels.slstm import GateInputs, get_slstm_kernel, triton_launch
+    from xlstm_flax.kernels.slstm import GateInputs, get_slstm_kernel
     from xlstm_flax.kernels.triton import launch
 
     monkeypatch.setattr(triton_launch, "_gpu_sms", lambda: H200_SMS)
