@@ -26,7 +26,7 @@ from tests.kernels.slstm_checks import (
 from tests.model.helpers import perturb_params
 from xlstm_flax.kernels.slstm import get_slstm_kernel, triton_launch
 from xlstm_flax.kernels.slstm.common import Dims, GateInputs, States
-from xlstm_flax.kernels.slstm.triton_resident import _collect, _post, _tag_field, _tag_mismatch
+from xlstm_flax.kernels.slstm.triton_resident import _collect, _post, _tag_field, _tag_mismatch, _walk_program
 from xlstm_flax.kernels.triton import launch
 from xlstm_flax.layers import sLSTMLayer, sLSTMLayerConfig
 
@@ -264,3 +264,35 @@ def test_exchange_words_keep_value_and_tag_across_the_tag_wrap(dtype, word_bits)
         assert np.any(got != want)  # rounded to 15 mantissa bits
     else:
         np.testing.assert_array_equal(got, want)
+
+
+@triton.jit
+def _walk_program_kernel(indices, B: tl.constexpr, NH: tl.constexpr, SPLIT: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Stores :func:`_walk_program`'s (part, batch block, head) at the program's place in ``indices``
+    (SPLIT, batch blocks, NH, 3)."""
+    part, batch_block, head = _walk_program(B, NH, SPLIT, BLOCK_B)
+    batch_blocks: tl.constexpr = (B + BLOCK_B - 1) // BLOCK_B
+    place = ((tl.program_id(0) * batch_blocks + tl.program_id(1)) * NH + tl.program_id(2)) * 3
+    tl.store(indices + place, part)
+    tl.store(indices + place + 1, batch_block)
+    tl.store(indices + place + 2, head)
+
+
+@pytest.mark.parametrize("B", [16, 40], ids=["one-batch-block", "three-batch-blocks"])
+def test_walk_program_gives_the_program_ids(B):
+    """The walks' (part, batch block, head), taken apart from one index so that the compiler sees their
+    ranges, are the program ids of the grid (SPLIT, batch blocks, NH), with one batch block and with three
+    (the last one short)."""
+    split, block_b, heads = 3, 16, 2
+    blocks = -(-B // block_b)
+    got = launch.triton_call(
+        kernel=_walk_program_kernel,
+        grid=(split, blocks, heads),
+        out_shape=jax.ShapeDtypeStruct((split, blocks, heads, 3), jnp.int32),
+        B=B,
+        NH=heads,
+        SPLIT=split,
+        BLOCK_B=block_b,
+    )
+    want = np.stack(np.meshgrid(np.arange(split), np.arange(blocks), np.arange(heads), indexing="ij"), axis=-1)
+    np.testing.assert_array_equal(np.asarray(got), want)
