@@ -186,19 +186,6 @@ def slstm_fw_resident_kernel(
     resident; ``ring`` (2, B, NH, DH) words (:func:`_post`) carries h_t in R's dtype in slot t % 2,
     tagged t + 1."""
     part, batch_block, head = _walk_program(B, NH, SPLIT, BLOCK_B)
-    _fw_walk(gate_i, gate_f, gate_z, gate_o, bias, R, c0, n0, m0, h0, g_all, c_all, n_all, m_all, h_all, ring,
-             part, batch_block, head, B, S, NH, DH, COLS, BLOCK_B, DH_PAD, DOT_PRECISION, STORE_G)
-
-
-@triton.jit
-def _fw_walk(
-    gate_i, gate_f, gate_z, gate_o, bias, R, c0, n0, m0, h0, g_all, c_all, n_all, m_all, h_all, ring,
-    part, batch_block, head, B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr,
-    COLS: tl.constexpr, BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    STORE_G: tl.constexpr,
-):
-    """The walk of :func:`slstm_fw_resident_kernel` by program ``part`` of the (``batch_block``, ``head``)
-    group."""
     dt = R.dtype.element_ty
     if dt.primitive_bitwidth == 32:
         ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
