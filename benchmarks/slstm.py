@@ -13,8 +13,10 @@ stored gates, the backward with the recurrent kernel's gradient from programs th
 from a kernel after it, that kernel alone; timed in turns); training step (forward, backward,
 AdamW update) of the "350m" and "350m-xlstm71" presets at B=16, S=2048, bf16 compute, sLSTM kernel "auto"
 (the mLSTM blocks use their default kernel), the whole-sequence loss unless ``--loss-chunk`` gives the
-recipes' chunk; decoding step at B=16, D=1024. ``--tiny`` runs the same at
-B=2, S=16, D=64 (layer), the "tiny" preset with and without its sLSTM block (step), on any machine.
+recipes' chunk; decoding step at B=16, D=1024: one jitted call (which the host's dispatch can dominate)
+and per step of a 64-step scan (the device's time, as generation runs it) with its kernel launches.
+``--tiny`` runs the same at B=2, S=16, D=64 (layer), the "tiny" preset with and without its sLSTM block
+(step), on any machine.
 ``--splits``: extra kernel rows of "recurrent--triton" with its ``split`` option (programs per head, tiles
 of min(64, DH / split) columns); ``--tunings``: extra kernel rows of "recurrent--triton" with any of its
 tuning keywords (sets separated by ";", keywords by ","; the rest at their defaults). The training step is
@@ -39,7 +41,7 @@ from flax import nnx
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for benchmarks.*
 
 from benchmarks.kernels import failure_note, parse_options  # noqa: E402
-from benchmarks.model import COLUMNS, train_row  # noqa: E402
+from benchmarks.model import COLUMNS, kernels_per_step, train_row  # noqa: E402
 from benchmarks.timing import interleaved_median_ms, markdown_table, median_ms, write_report  # noqa: E402
 from xlstm_flax.kernels.slstm import (  # noqa: E402
     NUM_GATES,
@@ -55,6 +57,7 @@ from xlstm_flax.presets import PRESETS  # noqa: E402
 
 TRAIN_STEPS, TRAIN_WARMUP = 10, 2
 INPUT_SETS = 3
+DECODE_STEPS = 64  # steps per scanned decode call
 FULL = dict(B=16, S=2048, D=1024, heads=4, models=("350m", "350m-xlstm71"))
 TINY = dict(B=2, S=16, D=64, heads=2, models=("tiny-mlstm", "tiny"))
 
@@ -221,16 +224,33 @@ def train_step_rows(model_names, B, S, loss_chunk: int = 0) -> list[list]:
     return rows
 
 
-def _decode_ms(layer, B: int, input_sets) -> float:
+def _decode_times(layer, B: int, D: int) -> list:
+    """[ms of one jitted ``layer.step`` call (the host's dispatch included), ms per step of a
+    :data:`DECODE_STEPS`-step ``lax.scan`` of it (the device's time, as generation runs it), kernel
+    launches per scanned step]; x random (B, D) bf16, a fresh state."""
     graphdef, params = nnx.split(layer)
     state = layer.init_state(B)
+
+    def steps(params, xs, state):
+        model = nnx.merge(graphdef, params)
+
+        def one(state, x):
+            y, state = model.step(x, state)
+            return state, y
+
+        return jax.lax.scan(one, state, xs)
+
     step = jax.jit(lambda params, x, state: nnx.merge(graphdef, params).step(x, state))
-    return median_ms(lambda x: step(params, x, state), input_sets, reps=50)
+    scanned = jax.jit(steps)
+    sets = [jax.random.normal(jax.random.key(s), (DECODE_STEPS, B, D), jnp.bfloat16) for s in range(INPUT_SETS)]
+    call_ms = median_ms(lambda xs: step(params, xs[0], state), [(xs,) for xs in sets], reps=50)
+    scan_ms = median_ms(lambda xs: scanned(params, xs, state), [(xs,) for xs in sets], reps=20)
+    kernels = kernels_per_step(scanned.lower(params, sets[0], state).compile().as_text())
+    return [call_ms, scan_ms / DECODE_STEPS, kernels]
 
 
 def decode_rows(B, D, heads) -> list[list]:
-    """One token through ``layer.step`` (jitted), bf16 compute, from a fresh state."""
-    x = [(jax.random.normal(jax.random.key(s), (B, D), jnp.bfloat16),) for s in range(INPUT_SETS)]
+    """One token through ``layer.step``, bf16 compute (fp32 params): alone, and per step of a scan."""
     common = dict(num_blocks=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     layers = {
         "sLSTM": sLSTMLayer(D, sLSTMLayerConfig(num_heads=heads), **common),
@@ -238,7 +258,8 @@ def decode_rows(B, D, heads) -> list[list]:
     }
     rows = []
     for name, layer in layers.items():
-        rows.append([name, B, D, *_try(_decode_ms, layer, B, x)])
+        times, note = _try(_decode_times, layer, B, D)
+        rows.append([name, B, D, *(times if not note else ["-"] * 3), note])
         print(rows[-1], flush=True)
     return rows
 
@@ -295,7 +316,10 @@ def main(argv=None) -> str:
             [
                 f"## Decoding step (one token, B={B})",
                 "",
-                markdown_table(["layer", "B", "D", "ms", "note"], decode_rows(B, D, heads)),
+                markdown_table(
+                    ["layer", "B", "D", "one call ms", f"ms per step of {DECODE_STEPS}", "kernels per step", "note"],
+                    decode_rows(B, D, heads),
+                ),
             ]
         )
     return write_report("sLSTM benchmark", sections, args.out)

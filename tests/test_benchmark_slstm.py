@@ -1,5 +1,6 @@
-"""benchmarks/slstm.py runs on CPU at its tiny size: the scan's kernel and layer rows and both training
-steps hold positive times; rows that need a GPU (the Triton kernel, each kernel alone) hold their error."""
+"""benchmarks/slstm.py runs on CPU at its tiny size: the scan's kernel and layer rows, both training steps
+and both decoding rows hold positive times; rows that need a GPU (the Triton kernel, each kernel alone)
+hold their error."""
 
 from benchmarks import slstm as bench
 
@@ -36,3 +37,13 @@ def test_training_steps_take_the_loss_chunk():
     steps = _rows(report, "tiny")
     assert [row[0] for row in steps] == ["tiny-mlstm", "tiny"]
     assert all(float(row[2]) > 0 and not row[5] for row in steps), steps
+
+
+def test_decode_rows_time_a_call_and_a_scanned_step():
+    report = bench.main(["--tiny", "--skip", "kernel,layer,parts,train"])
+    rows = _rows(report, "sLSTM") + _rows(report, "mLSTM")
+    assert [row[0] for row in rows] == ["sLSTM", "mLSTM"]
+    for row in rows:
+        assert not row[6], row
+        assert float(row[3]) > 0 and float(row[4]) > 0, row
+        assert int(row[5]) >= 1, row  # the scan's loop body launches at least the step's own work
