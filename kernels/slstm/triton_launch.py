@@ -279,6 +279,14 @@ def _launch(
     return outputs
 
 
+def joins_gate_products(tuning: Tuning, DH: int) -> bool:
+    """Whether the resident forward multiplies h by the four gates' slices joined side by side in one dot:
+    where one gate's (block_b, columns) product has fewer 16 x 8 MMA tiles than the program has warps,
+    every warp would compute all of it, and then every gate's math (sm_90 SASS at the 350m sLSTM shape,
+    split 16: 128 MMAs per warp and step with four dots, 32 with one)."""
+    return (tuning.block_b // 16) * (tuning.columns(DH) // 8) < tuning.num_warps
+
+
 def slstm_fw(
     gates: GateInputs, bias, recurrent_kernel, initial: States, dims: Dims, tuning: Tuning, store_gates: bool = True
 ) -> tuple[jax.Array | None, States]:
@@ -289,8 +297,11 @@ def slstm_fw(
     B, S, NH, DH = dims
     history = jax.ShapeDtypeStruct((B, S + 1, NH, DH), jnp.float32)
     g_shape = (B, S, 4, NH, DH) if store_gates else (1,)
+    kernel, extra = triton_kernels.slstm_fw_kernel, {}
+    if tuning.resident:
+        kernel, extra = triton_resident.slstm_fw_resident_kernel, dict(JOIN_GATES=joins_gate_products(tuning, DH))
     g, *out = _launch(
-        triton_resident.slstm_fw_resident_kernel if tuning.resident else triton_kernels.slstm_fw_kernel,
+        kernel,
         (*gates, bias, recurrent_kernel, *initial),
         (jax.ShapeDtypeStruct(g_shape, jnp.float32),) + (history,) * 4,
         dims,
@@ -298,6 +309,7 @@ def slstm_fw(
         recurrent_kernel.dtype,
         ring_tiles=1,
         STORE_G=store_gates,
+        **extra,
     )
     return (g if store_gates else None), States(*out)
 

@@ -118,6 +118,18 @@ def _product(x, r_i, r_f, r_z, r_o, acc_i, acc_f, acc_z, acc_o, DOT_PRECISION: t
 
 
 @triton.jit
+def _joined_slice(R, head, offs_k, offs_e, NH: tl.constexpr, DH: tl.constexpr):
+    """The four gates' slices R[gate, head, :, cols] side by side, (DH_PAD, 4 COLS): column 4 e + 2 p + q
+    holds gate 2 q + p of column e (:func:`_four_ptrs`'s order), so that the product's (BLOCK_B, 4 COLS)
+    reshapes to a (BLOCK_B, COLS, 2, 2) tile that :func:`_split4` splits into the four gates."""
+    offs = (head * DH + offs_k[:, None]) * DH + offs_e[None, :]
+    mask = (offs_k < DH)[:, None] & (offs_e < DH)[None, :]
+    gate = NH * DH * DH
+    joined = tl.load(_four_ptrs(R, R + gate, R + 2 * gate, R + 3 * gate, offs), mask=mask[:, :, None, None], other=0.0)
+    return tl.reshape(joined, (offs_k.shape[0], 4 * offs_e.shape[0]))
+
+
+@triton.jit
 def _program_slice(
     R, part, batch_block, head, B: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr,
@@ -181,6 +193,7 @@ def slstm_fw_resident_kernel(
     g_all, c_all, n_all, m_all, h_all, ring,  # outputs
     B: tl.constexpr, S: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, SPLIT: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, STORE_G: tl.constexpr,
+    JOIN_GATES: tl.constexpr,
 ):
     """The forward of triton_kernels.slstm_fw_kernel (same buffers, outputs and STORE_G) with R's slice
     resident; ``ring`` (2, B, NH, DH) words (:func:`_post`) carries h_t in R's dtype in slot t % 2,
@@ -205,29 +218,46 @@ def slstm_fw_resident_kernel(
     bias_rows = (head * DH + offs_e)[None, :] + 0 * offs_b[:, None]
     bias_tile = tl.load(_four_ptrs(bias, bias + NH * DH, bias + 2 * NH * DH, bias + 3 * NH * DH, bias_rows),
                         mask=mask[:, :, None, None], other=0.0)
-    p_i, p_f, p_z, p_o = _split4(tl.load(pre_gates, mask=mask[:, :, None, None], other=0.0).to(tl.float32) + bias_tile)
+    pre = tl.load(pre_gates, mask=mask[:, :, None, None], other=0.0).to(tl.float32) + bias_tile
+    if JOIN_GATES:  # one product for the four gates onto their inputs (triton_launch.joins_gate_products)
+        r_all = _joined_slice(R, head, offs_k, offs_e, NH, DH)
+        acc = tl.reshape(pre, (BLOCK_B, 4 * COLS))
+    else:
+        p_i, p_f, p_z, p_o = _split4(pre)
     for t in range(S):
-        # the gate inputs of step t + 1, loaded a step ahead as one joined tile (split at the step's end)
+        # the gate inputs of step t + 1, loaded a step ahead as one joined tile
         pre_gates += NH * DH
         pre_next = tl.load(pre_gates, mask=(mask & (t + 1 < S))[:, :, None, None], other=0.0).to(tl.float32) + bias_tile
         h = _collect(ring, (t % 2) * B * NH * DH + full, mask_h, t + 1, dt)
-        g_i, g_f, g_z, g_o = _product(h, r_i, r_f, r_z, r_o, p_i, p_f, p_z, p_o, DOT_PRECISION)
+        if JOIN_GATES:
+            g = tl.reshape(tl.dot(h, r_all, acc, input_precision=DOT_PRECISION), (BLOCK_B, COLS, 2, 2))
+            g_i, g_f, g_z, g_o = _split4(g)
+        else:
+            g_i, g_f, g_z, g_o = _product(h, r_i, r_f, r_z, r_o, p_i, p_f, p_z, p_o, DOT_PRECISION)
         c, n, m, h_new = cell_step(g_i, g_f, g_z, g_o, c, n, m)
         _post(ring, ((t + 1) % 2) * B * NH * DH + state, mask, h_new.to(dt), t + 2)
         nxt = ((offs_b[:, None] * (S + 1) + t + 1) * NH + head) * DH + offs_e[None, :]  # slot t + 1
         _store4(h_all, c_all, n_all, m_all, nxt, mask, h_new, c, n, m)
         if STORE_G:
-            _store4(g_all, g_all + NH * DH, g_all + 2 * NH * DH, g_all + 3 * NH * DH, gates, mask, g_i, g_f, g_z, g_o)
+            if JOIN_GATES:
+                g_ptrs = _four_ptrs(g_all, g_all + NH * DH, g_all + 2 * NH * DH, g_all + 3 * NH * DH, gates)
+                tl.store(g_ptrs, g, mask=mask[:, :, None, None])
+            else:
+                _store4(g_all, g_all + NH * DH, g_all + 2 * NH * DH, g_all + 3 * NH * DH, gates, mask, g_i, g_f, g_z,
+                        g_o)
         gates += 4 * NH * DH  # step t + 1
-        # Split into the product's layout here, while the other programs post, not after the next
-        # collect where Triton would place the conversion: ``tl.where(t < 0, g, p)`` is p, but
-        # sharing a select with g puts p in g's layout at this point. H200, 350m sLSTM shape, gates
-        # stored: 5.92 ms, against 6.48 with the step's own gate inputs loaded and split at its top and
-        # 6.70 for that with a min of per-word arrival flags (HEAD before); in another run the split
-        # left after the collect took 6.59 against 6.20 for that HEAD
-        n_i, n_f, n_z, n_o = _split4(pre_next)
-        p_i, p_f, p_z, p_o = (tl.where(t < 0, g_i, n_i), tl.where(t < 0, g_f, n_f), tl.where(t < 0, g_z, n_z),
-                              tl.where(t < 0, g_o, n_o))
+        if JOIN_GATES:
+            acc = tl.reshape(pre_next, (BLOCK_B, 4 * COLS))
+        else:
+            # Split into the product's layout here, while the other programs post, not after the next
+            # collect where Triton would place the conversion: ``tl.where(t < 0, g, p)`` is p, but
+            # sharing a select with g puts p in g's layout at this point. H200, 350m sLSTM shape, gates
+            # stored: 5.92 ms, against 6.48 with the step's own gate inputs loaded and split at its top and
+            # 6.70 for that with a min of per-word arrival flags (HEAD before); in another run the split
+            # left after the collect took 6.59 against 6.20 for that HEAD
+            n_i, n_f, n_z, n_o = _split4(pre_next)
+            p_i, p_f, p_z, p_o = (tl.where(t < 0, g_i, n_i), tl.where(t < 0, g_f, n_f), tl.where(t < 0, g_z, n_z),
+                                  tl.where(t < 0, g_o, n_o))
 
 
 @triton.jit

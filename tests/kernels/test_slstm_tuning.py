@@ -18,6 +18,7 @@ from xlstm_flax.kernels.slstm.triton_launch import (
     default_tuning,
     dr_split_rows,
     follower_programs,
+    joins_gate_products,
     resolve_tuning,
     slstm_dr,
 )
@@ -30,6 +31,17 @@ def test_350m_layer_shape_on_an_h200():
     assert (forward.block_b, forward.split, forward.block_dh, forward.block_k) == (16, 8, 32, 32)
     backward = default_tuning(Dims(B=16, S=2048, NH=4, DH=256), H200_SMS, backward=True)
     assert (backward.block_b, backward.split, backward.block_dh, backward.block_k) == (16, 16, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "B, DH, split, joined",
+    # a gate's (block_b, columns) product in 16 x 8 MMA tiles against the 4 warps: 16 x 32 is 4 tiles, 16 x 16
+    # two, 32 x 16 four
+    [(16, 256, 8, False), (16, 256, 16, True), (16, 512, 16, False), (32, 256, 16, False), (2, 16, 1, True)],
+)
+def test_the_forward_joins_its_gate_products_where_one_gate_leaves_warps_idle(B, DH, split, joined):
+    tuning = default_tuning(Dims(B=B, S=2048, NH=4, DH=DH), H200_SMS, split=split)
+    assert joins_gate_products(tuning, DH) is joined
 
 
 @pytest.mark.parametrize(

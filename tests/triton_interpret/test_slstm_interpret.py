@@ -48,6 +48,7 @@ CASES = [
     (jnp.float32, 17, 4, 1, 16, False, dict(block_b=16)),  # two batch blocks, default initial states
     (jnp.bfloat16, 2, 6, 2, 32, True, dict(block_dh=16, block_k=16)),
     (jnp.bfloat16, 2, 6, 2, 32, True, dict(resident=True)),
+    (jnp.bfloat16, 2, 6, 2, 16, True, dict(resident=True)),  # 16 columns: the forward's gates in one product
     (jnp.float16, 2, 6, 2, 32, True, dict(resident=True)),  # 16-bit exchange words, fp32-operand dR
 ]
 
