@@ -1,9 +1,9 @@
 """Launches the fused sLSTM Triton kernels (triton_kernels.py, triton_resident.py, triton_dr.py) with checked
 tuning choices.
 
-Tuning (:class:`Tuning`, one set per walk, forward and backward; their defaults differ in ``split``, and
-with it in the tiles and ``resident``): ``block_b`` batch rows per program (the tl.dot M tile, >= 16),
-``block_dh`` output columns and ``block_k`` rows of R per tile (powers of two in [16, DH padded]),
+Tuning (:class:`Tuning`, one set per walk, forward and backward; by default they differ in ``follow_dr``
+only): ``block_b`` batch rows per program (the tl.dot M tile, >= 16), ``block_dh`` output columns and
+``block_k`` rows of R per tile (powers of two in [16, DH padded]),
 ``split`` programs sharing one (batch block, head) (1..32; > 1 needs the whole grid resident on the
 GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held on chip: triton_resident.py; needs one
 ``block_dh`` tile per program and a slice of at most RESIDENT_MAX_BYTES), ``follow_dr`` (backward only:
@@ -39,12 +39,12 @@ MAX_BLOCK_B = 128
 MAX_SPLIT = 32
 DEFAULT_MAX_BLOCK_B = 64
 DEFAULT_MAX_SPLIT = 16
-# The columns per program that the default split aims for: the forward's block_b x columns tile at
-# FORWARD_TILE elements (32 columns at block_b 16, 16 at block_b 32), the backward's BACKWARD_COLUMNS. H200,
-# bf16 R, S = 2048, splits 4 / 8 / 16 at six shapes (B 8-32, DH 128-512; 2026-12-04,
-# benchmarks/results/h200_session14_2026-12-04.md): the fastest split of each walk at each shape.
-FORWARD_TILE = 512
-BACKWARD_COLUMNS = 16
+# The default split gives each program of either walk the fewest columns a tile has (MIN_BLOCK = 16) where
+# the SMs allow. Backward: H200, bf16 R, S = 2048, splits 4 / 8 / 16 at six shapes (B 8-32, DH 128-512;
+# benchmarks/results/h200_session14_2026-12-04.md), fastest at 16 columns wherever the split reached them.
+# Forward, since its four gate products are one dot where one gate's would leave warps idle
+# (triton_resident): H100, five shapes (B 8-16, DH 128-256; benchmarks/results/h100_session34_2026-12-06.md),
+# 8-12 % faster at 16 columns than at the 32 (block_b x columns = 512 elements) that were fastest before.
 # R's slice per program (4 x DH padded x columns) as staged in shared memory; fp32 counts twice (3xTF32
 # dots keep a high and a low TF32 part). H200: a 128 KiB bf16 slice ran, a 128 KiB fp32 one asked for
 # 272 KiB of shared memory (227 KiB per block).
@@ -126,7 +126,7 @@ def resolve_tuning(
             check_power_of_two("block_b", block_b, MIN_BLOCK, MAX_BLOCK_B)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    tuning = default_tuning(dims, sms, backward, **{k: v for k, v in given.items() if v is not None})
+    tuning = default_tuning(dims, sms, **{k: v for k, v in given.items() if v is not None})
     slice_bytes = resident_slice_bytes(tuning, dims.DH, recurrent_dtype)
     fits = tuning.columns(dims.DH) == tuning.block_dh and slice_bytes <= RESIDENT_MAX_BYTES
     tuning = dataclasses.replace(tuning, resident=fits if resident is None else resident)
@@ -184,20 +184,18 @@ def resident_slice_bytes(tuning: Tuning, DH: int, recurrent_dtype) -> int:
     return 4 * padded_dim(DH) * tuning.block_dh * itemsize * (2 if itemsize == 4 else 1)
 
 
-def default_tuning(dims: Dims, sms: int | None, backward: bool = False, **given) -> Tuning:
-    """``given`` choices (unchecked) completed by the defaults of the forward or ``backward`` walk:
-    ``block_b`` the batch rounded up to a power of two in [16, 64]; ``split`` (only with a GPU of ``sms``
-    SMs, else 1: the interpreter runs one program at a time) the largest power of two <=
-    DEFAULT_MAX_SPLIT that keeps split x batch blocks x heads <= sms and at least the walk's columns
-    (FORWARD_TILE / block_b, BACKWARD_COLUMNS; >= 16 and the given tiles) per program; tiles of
+def default_tuning(dims: Dims, sms: int | None, **given) -> Tuning:
+    """``given`` choices (unchecked) completed by the defaults of either walk: ``block_b`` the batch rounded
+    up to a power of two in [16, 64]; ``split`` (only with a GPU of ``sms`` SMs, else 1: the interpreter
+    runs one program at a time) the largest power of two <= DEFAULT_MAX_SPLIT that keeps split x batch
+    blocks x heads <= sms and at least MIN_BLOCK columns (and the given tiles) per program; tiles of
     min(64, DH padded / split) columns; 4 warps, 2 stages."""
     dh_pad = padded_dim(dims.DH)
     block_b = given.get("block_b", min(DEFAULT_MAX_BLOCK_B, max(MIN_BLOCK, next_pow2(dims.B))))
     split = given.get("split")
     if split is None:
         groups = cdiv(dims.B, block_b) * dims.NH
-        target = BACKWARD_COLUMNS if backward else FORWARD_TILE // block_b
-        columns = max(MIN_BLOCK, target, given.get("block_dh", 0), given.get("block_k", 0))  # the fewest
+        columns = max(MIN_BLOCK, given.get("block_dh", 0), given.get("block_k", 0))  # the fewest
         split = 1
         while (
             sms is not None

@@ -40,12 +40,11 @@ if not triton_usable():
 TOL = {jnp.float32: (1e-4, 1e-3), jnp.bfloat16: (3e-2, 3e-2)}
 
 CASES = [
-    # (R dtype, B, S, NH, DH, initial states, tuning); the defaults at B = 16, DH = 256 are split 8 in the
-    # forward and 16 in the backward, with R's slice resident (triton_resident.py) except in the fp32
-    # forward (a 2 x 128 KiB slice at split 8: streamed)
+    # (R dtype, B, S, NH, DH, initial states, tuning); the defaults at B = 16, DH = 256 are split 16 in both
+    # walks with R's slice resident (triton_resident.py), the forward's four gate products joined in one dot
     (jnp.float32, 16, 256, 4, 256, True, {}),
     (jnp.bfloat16, 16, 256, 4, 256, True, {}),
-    (jnp.bfloat16, 32, 256, 4, 256, True, {}),  # block_b 32: forward split 16
+    (jnp.bfloat16, 32, 256, 4, 256, True, {}),  # block_b 32: split 16, gate products apart
     (jnp.bfloat16, 16, 256, 4, 512, True, {}),  # split 16 in both walks, R resident
     (jnp.bfloat16, 16, 256, 4, 192, True, {}),  # programs with only padding columns: 2 forward, 4 backward
     (jnp.bfloat16, 16, 512, 4, 256, False, dict(block_dh=128, block_k=32, num_warps=8)),  # split 2, streaming

@@ -51,8 +51,8 @@ SWEEP = [
     (jnp.bfloat16, 16, 16, 1, 512, {}),  # the 1.3b xLSTM[7:1] layer's head dim
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=8, block_dh=32, block_k=32)),  # programs meet at group barriers
     (jnp.float32, 24, 16, 2, 48, dict(split=2, block_dh=16, block_k=16, num_warps=2)),
-    # R's slice on chip (triton_resident.py): the 350m layer at the H200's default splits (forward 8,
-    # backward 16) and at split 4; the 1.3b layer's head dim at its default split 16
+    # R's slice on chip (triton_resident.py): the 350m layer at split 8 (the forward's gate products apart),
+    # at its default split 16 (joined) and at split 4; the 1.3b layer's head dim at its default split 16
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=8, resident=True)),
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=16, resident=True)),
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=16, resident=True, follow_dr=False)),  # dR after the walk
