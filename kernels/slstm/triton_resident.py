@@ -118,34 +118,32 @@ def _product(x, r_i, r_f, r_z, r_o, acc_i, acc_f, acc_z, acc_o, DOT_PRECISION: t
 
 
 @triton.jit
-def _joined_slice(R, head, offs_k, offs_e, NH: tl.constexpr, DH: tl.constexpr):
-    """The four gates' slices R[gate, head, :, cols] side by side, (DH_PAD, 4 COLS): column 4 e + 2 p + q
-    holds gate 2 q + p of column e (:func:`_four_ptrs`'s order), so that the product's (BLOCK_B, 4 COLS)
-    reshapes to a (BLOCK_B, COLS, 2, 2) tile that :func:`_split4` splits into the four gates."""
-    offs = (head * DH + offs_k[:, None]) * DH + offs_e[None, :]
-    mask = (offs_k < DH)[:, None] & (offs_e < DH)[None, :]
+def _joined_slice(R, r_offs, r_mask, NH: tl.constexpr, DH: tl.constexpr):
+    """The four gates' slices at ``r_offs`` (:func:`_program_slice`) side by side, (DH_PAD, 4 COLS): column
+    4 e + 2 p + q holds gate 2 q + p of column e (:func:`_four_ptrs`'s order), so that the product's
+    (BLOCK_B, 4 COLS) reshapes to a (BLOCK_B, COLS, 2, 2) tile that :func:`_split4` splits into the four
+    gates."""
     gate = NH * DH * DH
-    joined = tl.load(_four_ptrs(R, R + gate, R + 2 * gate, R + 3 * gate, offs), mask=mask[:, :, None, None], other=0.0)
-    return tl.reshape(joined, (offs_k.shape[0], 4 * offs_e.shape[0]))
+    joined = tl.load(_four_ptrs(R, R + gate, R + 2 * gate, R + 3 * gate, r_offs), mask=r_mask[:, :, None, None],
+                     other=0.0)
+    return tl.reshape(joined, (r_offs.shape[0], 4 * r_offs.shape[1]))
 
 
 @triton.jit
 def _program_slice(
-    R, part, batch_block, head, B: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, COLS: tl.constexpr,
+    part, batch_block, head, B: tl.constexpr, NH: tl.constexpr, DH: tl.constexpr, COLS: tl.constexpr,
     BLOCK_B: tl.constexpr, DH_PAD: tl.constexpr,
 ):
     """Walk program ``part`` of the (``batch_block``, ``head``) group: its batch rows ``offs_b``, its columns
     ``offs_e``, every column ``offs_k``, the masks (BLOCK_B, COLS) and (BLOCK_B, DH_PAD), the offsets
-    (BLOCK_B, COLS) of its state in (B, NH, DH) buffers and the four gates' (DH_PAD, COLS) slices R[gate,
-    head, :, cols]."""
+    (BLOCK_B, COLS) of its state in (B, NH, DH) buffers, and the offsets and mask (DH_PAD, COLS) of its
+    slice R[gate, head, :, cols] in gate 0 of R."""
     offs_b = (batch_block * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     offs_e = part * COLS + tl.arange(0, COLS)
     offs_k = tl.arange(0, DH_PAD)
-    r_offs = (head * DH + offs_k[:, None]) * DH + offs_e[None, :]
-    r_i, r_f, r_z, r_o = load_gates(R, r_offs, (offs_k < DH)[:, None] & (offs_e < DH)[None, :], NH * DH * DH)
     return (offs_b, offs_e, offs_k, (offs_b < B)[:, None] & (offs_e < DH)[None, :],
             (offs_b < B)[:, None] & (offs_k < DH)[None, :], (offs_b[:, None] * NH + head) * DH + offs_e[None, :],
-            r_i, r_f, r_z, r_o)
+            (head * DH + offs_k[:, None]) * DH + offs_e[None, :], (offs_k < DH)[:, None] & (offs_e < DH)[None, :])
 
 
 @triton.jit
@@ -202,8 +200,8 @@ def slstm_fw_resident_kernel(
     dt = R.dtype.element_ty
     if dt.primitive_bitwidth == 32:
         ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
-    offs_b, offs_e, offs_k, mask, mask_h, state, r_i, r_f, r_z, r_o = _program_slice(
-        R, part, batch_block, head, B, NH, DH, COLS, BLOCK_B, DH_PAD)
+    offs_b, offs_e, offs_k, mask, mask_h, state, r_offs, r_mask = _program_slice(
+        part, batch_block, head, B, NH, DH, COLS, BLOCK_B, DH_PAD)
     full = (offs_b[:, None] * NH + head) * DH + offs_k[None, :]  # every column of h in a ring slot
     c, n, m = load_state(c0, n0, m0, state, mask)
     h_new = tl.load(h0 + state, mask=mask, other=0.0)
@@ -220,9 +218,10 @@ def slstm_fw_resident_kernel(
                         mask=mask[:, :, None, None], other=0.0)
     pre = tl.load(pre_gates, mask=mask[:, :, None, None], other=0.0).to(tl.float32) + bias_tile
     if JOIN_GATES:  # one product for the four gates onto their inputs (triton_launch.joins_gate_products)
-        r_all = _joined_slice(R, head, offs_k, offs_e, NH, DH)
+        r_all = _joined_slice(R, r_offs, r_mask, NH, DH)
         acc = tl.reshape(pre, (BLOCK_B, 4 * COLS))
     else:
+        r_i, r_f, r_z, r_o = load_gates(R, r_offs, r_mask, NH * DH * DH)
         p_i, p_f, p_z, p_o = _split4(pre)
     for t in range(S):
         # the gate inputs of step t + 1, loaded a step ahead as one joined tile
@@ -274,8 +273,9 @@ def _bw_walk(
     dt = R.dtype.element_ty
     if dt.primitive_bitwidth == 32:
         ring = ring.to(tl.pointer_type(tl.int64), bitcast=True)
-    offs_b, offs_e, offs_k, mask, mask_full, state, r_i, r_f, r_z, r_o = _program_slice(
-        R, part, batch_block, head, B, NH, DH, COLS, BLOCK_B, DH_PAD)
+    offs_b, offs_e, offs_k, mask, mask_full, state, r_offs, r_mask = _program_slice(
+        part, batch_block, head, B, NH, DH, COLS, BLOCK_B, DH_PAD)
+    r_i, r_f, r_z, r_o = load_gates(R, r_offs, r_mask, NH * DH * DH)
     rt_i, rt_f, rt_z, rt_o = tl.trans(r_i), tl.trans(r_f), tl.trans(r_z), tl.trans(r_o)  # (COLS, DH_PAD)
     ring_post = ((part * B + offs_b[:, None]) * NH + head) * DH + offs_k[None, :]  # this program's partial
     parts = tl.arange(0, SPLIT_PAD)[None, :, None]
