@@ -115,10 +115,10 @@ def kernel_rows(kernels: list[tuple[str, dict]], B, S, D, heads) -> list[list]:
     return rows
 
 
-def _part_fns(dims: Dims, tuning, backward_tuning) -> dict:
+def _part_fns(dims: Dims, tuning, backward_tuning, followed_tuning=None) -> dict:
     """The fused kernels, {name: (their tuning or None, a function of an input set (gates, bias, R, g,
-    history, dh, dg))}: the forward with ``tuning``; the backward with ``backward_tuning``, its dR from
-    programs that follow the walk (where ``follow_dr`` holds) and from the dR kernel after the walk; the dR
+    history, dh, dg))}: the forward with ``tuning``; the backward with ``backward_tuning``, its dR from the
+    dR kernel after the walk, and with ``followed_tuning`` (if given) from programs that follow it; the dR
     kernel alone (which passes dg on as the bf16 gate inputs' cotangents)."""
     initial = initial_states(dims.B, dims.NH, dims.DH)
     zeros = States(*(jnp.zeros_like(initial.c),) * 4)
@@ -141,8 +141,8 @@ def _part_fns(dims: Dims, tuning, backward_tuning) -> dict:
             lambda gates, bias, r, g, history, dh, dg: triton_launch.slstm_dr(history.h, dg, r, dims, gates.i.dtype),
         ),
     }
-    if backward_tuning.follow_dr:
-        fns["bw, dR followers"] = (backward_tuning, backward(backward_tuning))
+    if followed_tuning is not None:
+        fns["bw, dR followers"] = (followed_tuning, backward(followed_tuning))
     return fns
 
 
@@ -157,6 +157,16 @@ def _part_inputs(fns: dict, dims: Dims) -> list[tuple]:
     return sets
 
 
+def _followed_tuning(dims: Dims, options: dict):
+    """The backward's tuning with dR followers and ``options``, or None where they cannot run."""
+    try:
+        return triton_launch.resolve_tuning(
+            "bench", dims, recurrent_dtype=jnp.bfloat16, backward=True, **{**options, "follow_dr": True}
+        )
+    except ValueError:
+        return None
+
+
 def parts_rows(tunings: list[dict], B, S, D, heads) -> list[list]:
     """Each fused kernel alone (:func:`_part_fns`; the default tunings, then each of ``tunings``), the
     kernels of one tuning timed in turns."""
@@ -168,7 +178,7 @@ def parts_rows(tunings: list[dict], B, S, D, heads) -> list[list]:
                 triton_launch.resolve_tuning("bench", dims, recurrent_dtype=jnp.bfloat16, backward=b, **options)
                 for b in (False, True)
             ]
-            fns = _part_fns(dims, *walk_tunings)
+            fns = _part_fns(dims, *walk_tunings, _followed_tuning(dims, options))
             times = interleaved_median_ms([jax.jit(fn) for _, fn in fns.values()], _part_inputs(fns, dims))
         except Exception as err:  # noqa: BLE001 -- no GPU: the row holds the error
             rows.append([str(options), "all", "-", failure_note(err)])

@@ -8,8 +8,8 @@ prefill, writes none of them). The backward runs the reverse-time kernel for ``d
 gradient (dg summed over the steps as the walk goes) and the initial state's cotangents; the recurrent
 kernel's gradient ``sum_t h_{t-1}^T dg_t`` (fp32 accumulation; products about fp32-accurate for fp32 and
 fp16 R, to about 2^-17 for bf16 R), which also writes the gate inputs' cotangents (dg in their dtype),
-comes from programs of the same launch that follow the walk through time (``follow_dr``, where the grid
-fits the GPU) or from a kernel after it: no XLA matmul and no XLA pass over dg in the backward.
+comes from a kernel after the walk or, with ``follow_dr=True``, from programs of the same launch that
+follow the walk through time: no XLA matmul and no XLA pass over dg in the backward.
 Gradients equal autodiff of the scan (reference.py), including the stabiliser's path. The residuals g
 and the history are named ``KERNEL_RESIDUALS`` for rematerialisation policies.
 """

@@ -9,7 +9,7 @@ GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held on chip: trito
 ``block_dh`` tile per program and a slice of at most RESIDENT_MAX_BYTES), ``follow_dr`` (backward only:
 the recurrent kernel's gradient computed by extra programs of the resident walk's launch that follow it
 through time, triton_resident.slstm_bw_fused_kernel; needs ``resident``, columns of DH in every walk
-program and the whole grid resident on the GPU). Grid: (split, ceil(B / block_b), NH), plus
+program and the whole grid resident on the GPU; off unless given). Grid: (split, ceil(B / block_b), NH), plus
 :func:`follower_programs` along the first axis with ``follow_dr``.
 """
 
@@ -111,10 +111,9 @@ def resolve_tuning(
     backward: bool = False,
 ) -> Tuning:
     """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count and the forward
-    or ``backward`` walk; ``resident``: where R's slice in ``recurrent_dtype`` fits; ``follow_dr``, which
-    the forward ignores: with ``resident`` where every walk program owns columns of DH and the grid with
-    its followers fits the GPU, or without one) and checks every rule (ValueError naming the kernel and
-    the option)."""
+    or ``backward`` walk; ``resident``: where R's slice in ``recurrent_dtype`` fits; ``follow_dr`` off
+    unless given, which the forward ignores) and checks every rule (ValueError naming the kernel and the
+    option)."""
     sms = _gpu_sms()
     given = dict(
         block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps, num_stages=num_stages
@@ -158,12 +157,11 @@ def resolve_tuning(
     # count blocks done that they have not stored
     columns = tuning.columns(dims.DH)
     padding_only = tuning.split - cdiv(dims.DH, columns)
-    if not backward:
+    # The backward's dR followers run only when asked for: on each of the last eight H100s that timed both
+    # (sessions 32-34) their launch took 0.4-0.8 ms longer than the walk followed by the dR kernel, on the
+    # machines before (sessions 31-32) 0.2-0.5 ms less (docs/slstm.md, session 34)
+    if not backward or follow_dr is None:
         follow_dr = False
-    elif follow_dr is None:
-        followers = dataclasses.replace(tuning, follow_dr=True)
-        fits = sms is None or math.prod(followers.grid(dims)) <= sms
-        follow_dr = tuning.resident and not padding_only and fits
     elif follow_dr and not tuning.resident:
         raise ValueError(f"{name}: follow_dr needs resident (R's slice on chip), which is off")
     elif follow_dr and padding_only:

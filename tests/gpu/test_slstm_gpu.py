@@ -91,7 +91,7 @@ def test_recurrent_kernel_gradient_at_its_defaults_matches_float64(dtype, tol):
     ids=["350m-bf16", "350m-fp32", "two-batch-blocks"],
 )
 def test_dr_followers_match_the_dr_kernel_after_the_walk(dims, dtype, tol, tuning):
-    """The backward with this GPU's defaults (dR followed), S = 1000 (not a multiple of the followers'
+    """The backward with dR followers and this GPU's other defaults, S = 1000 (not a multiple of the followers'
     64-step blocks), at the 350m layer's head shape and with two batch blocks: dR within ``tol`` of the dR
     kernel's after the walk. The followers run the dR kernel's own per-block products (triton_dr._dr_block)
     in another order, so each sum has the kernel's error, bounded against float64 in the test above by 5e-5

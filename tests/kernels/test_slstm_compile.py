@@ -55,7 +55,7 @@ SWEEP = [
     # at its default split 16 (joined) and at split 4; the 1.3b layer's head dim at its default split 16
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=8, resident=True)),
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=16, resident=True)),
-    (jnp.bfloat16, 16, 16, 4, 256, dict(split=16, resident=True, follow_dr=False)),  # dR after the walk
+    (jnp.bfloat16, 16, 16, 4, 256, dict(split=16, resident=True, follow_dr=True)),  # dR followers
     (jnp.float32, 16, 16, 4, 256, dict(split=16, resident=True)),
     (jnp.bfloat16, 16, 16, 4, 256, dict(split=4, block_dh=64, num_warps=8, resident=True)),
     (jnp.bfloat16, 16, 16, 1, 512, dict(split=16, resident=True)),
@@ -77,9 +77,7 @@ def test_forward_and_backward_lower_to_sm90_ptx(monkeypatch, case):
     dtype, B, S, NH, DH, tuning = case
     backward = triton_launch.resolve_tuning("x", Dims(B, S, NH, DH), recurrent_dtype=dtype, backward=True, **tuning)
     assert backward.resident == tuning.get("resident", backward.resident), "an explicit resident choice was overridden"
-    padding_only = backward.split * backward.columns(DH) - DH >= backward.columns(DH)  # a walk program without columns
-    followed = backward.resident and not padding_only and tuning.get("follow_dr", True)  # no GPU: no SM limit
-    assert backward.follow_dr == followed
+    assert backward.follow_dr == tuning.get("follow_dr", False)
     payloads = lowered_triton_calls(_loss(**tuning), *_shapes(dtype, B, S, NH, DH))
     assert_compiled_for_sm90(payloads, FOLLOWED if backward.follow_dr else RESIDENT if backward.resident else STREAMING)
     if backward.follow_dr:
@@ -147,8 +145,8 @@ def test_registry_entry_without_gpu_names_the_fallback():
 @pytest.mark.parametrize(
     "tuning, names",
     [
-        (dict(resident=True), FOLLOWED),
-        (dict(resident=True, follow_dr=False), RESIDENT),
+        (dict(resident=True, follow_dr=True), FOLLOWED),
+        (dict(resident=True), RESIDENT),
         (dict(resident=False), STREAMING),
     ],
     ids=["followed", "resident", "streaming"],

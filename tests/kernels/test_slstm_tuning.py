@@ -1,10 +1,8 @@
 """Default tuning of the fused sLSTM kernel (pure function of the shape, the walk and the GPU's SM
 count): the split fills but never exceeds the SMs, keeps at least 16 columns per program in both walks,
-and is 1 without a GPU; the recurrent kernel's gradient splits
-its rows until its grid has a program per SM; the backward computes it with programs that follow the walk
-where the whole grid then fits."""
+and is 1 without a GPU; the recurrent kernel's gradient splits its rows until its grid has a program per
+SM; programs that follow the backward walk compute it when asked, where the whole grid then fits."""
 
-import dataclasses
 import math
 
 import jax
@@ -96,23 +94,25 @@ def test_resident_by_default_where_one_tile_covers_a_program_and_the_slice_fits(
 
 
 @pytest.mark.parametrize(
-    "B, DH, followed",
+    "B, DH, runs",
     # 350m sLSTM: 4 heads x (16 walk programs + 16 followers) = 128 of 132; B = 32: the same grid; DH 192
     # (125m): 4 of the 16 walk programs own only padding; 1.3b (DH 512): 4 x (16 + 64); B = 128: two batch
     # blocks, 2 x 4 x (8 + 16) = 192
     [(16, 256, True), (32, 256, True), (16, 192, False), (16, 512, False), (128, 256, False)],
 )
-def test_dr_follows_the_backward_walk_where_the_grid_fits_the_sms(monkeypatch, B, DH, followed):
+def test_dr_followers_run_when_asked_where_the_grid_fits_the_sms(monkeypatch, B, DH, runs):
     monkeypatch.setattr(triton_launch, "_gpu_sms", lambda: H200_SMS)
     dims = Dims(B=B, S=2048, NH=4, DH=DH)
-    backward = resolve_tuning("recurrent--triton", dims, backward=True)
-    assert backward.resident and backward.follow_dr == followed
-    walk, batch_blocks, _ = backward.grid(dims)
-    assert walk == backward.split + (follower_programs(DH) if followed else 0)
-    fits = math.prod(dataclasses.replace(backward, follow_dr=True).grid(dims)) <= H200_SMS
-    owns_columns = backward.split * backward.columns(DH) - DH < backward.columns(DH)
-    assert followed == (fits and owns_columns)
+    assert not resolve_tuning("recurrent--triton", dims, backward=True).follow_dr  # off by default
     assert not resolve_tuning("recurrent--triton", dims, follow_dr=True).follow_dr  # the forward ignores it
+    if not runs:
+        with pytest.raises(ValueError, match="follow_dr"):
+            resolve_tuning("recurrent--triton", dims, backward=True, follow_dr=True)
+        return
+    backward = resolve_tuning("recurrent--triton", dims, backward=True, follow_dr=True)
+    walk, _, _ = backward.grid(dims)
+    assert backward.resident and backward.follow_dr and walk == backward.split + follower_programs(DH)
+    assert math.prod(backward.grid(dims)) <= H200_SMS
 
 
 def test_follow_dr_is_refused_by_name_where_it_cannot_run(monkeypatch):
@@ -167,13 +167,17 @@ def test_bad_gradient_tuning_is_refused_by_name_before_any_work(bad, message):
 
 @pytest.mark.parametrize(
     "given, forward, backward",
-    [({}, (16, False), (16, True)), (dict(split=4, follow_dr=False), (4, False), (4, False))],
-    ids=["defaults", "given"],
+    [
+        ({}, (16, False), (16, False)),
+        (dict(follow_dr=True), (16, False), (16, True)),
+        (dict(split=4), (4, False), (4, False)),
+    ],
+    ids=["defaults", "follow-dr", "split"],
 )
 def test_each_walk_runs_with_its_own_tuning(monkeypatch, given, forward, backward):
     """The registry kernel hands the forward walk the forward's tuning and the backward walk the
     backward's, (split, follow_dr) (as on an H200: patched SM count, traced only); what the user gives
-    holds for both walks."""
+    holds for both walks, follow_dr for the backward only."""
     from xlstm_flax.kernels.slstm import GateInputs, get_slstm_kernel
     from xlstm_flax.kernels.triton import launch
 

@@ -37,11 +37,12 @@ TOL = {jnp.float32: (2e-6, 5e-6), jnp.bfloat16: (1e-2, 2e-2), jnp.float16: (5e-3
 
 CASES = [
     # (R dtype, B, S, NH, DH, initial states, tuning); R resident (triton_resident.py) by default where
-    # one tile covers the head (split 1 here) and its slice fits, and with it dR from programs that follow
-    # the backward walk (follow_dr; after the walk here, since the interpreter runs one program at a time)
-    (jnp.float32, 2, 7, 2, 16, True, {}),  # one tile, B < block_b: resident
-    (jnp.float32, 2, 7, 2, 16, True, dict(follow_dr=False)),  # resident, dR from a kernel of its own
-    (jnp.float32, 3, 70, 1, 16, True, {}),  # two 64-step blocks of dR followers, the first one short
+    # one tile covers the head (split 1 here) and its slice fits; dR from a kernel after the backward walk,
+    # or with follow_dr from programs that follow it (after the walk here too, since the interpreter runs
+    # one program at a time)
+    (jnp.float32, 2, 7, 2, 16, True, {}),  # one tile, B < block_b: resident, dR from a kernel of its own
+    (jnp.float32, 2, 7, 2, 16, True, dict(follow_dr=True)),  # resident, dR followers
+    (jnp.float32, 3, 70, 1, 16, True, dict(follow_dr=True)),  # two 64-step blocks of dR followers, the first short
     (jnp.float32, 2, 7, 2, 16, True, dict(resident=False)),  # the same, streaming R
     (jnp.float32, 3, 5, 1, 40, True, dict(block_dh=16, block_k=32)),  # DH not a power of two, several tiles
     (jnp.float32, 3, 5, 1, 40, True, dict(resident=True)),  # resident, padded columns and rows
