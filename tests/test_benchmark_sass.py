@@ -36,9 +36,9 @@ def _rows(report: str) -> dict[str, list[str]]:
 
 def test_tiny_slstm_and_mlstm_kernels_have_loops_with_tensor_core_instructions(tmp_path):
     options = ["--kernel", "recurrent--triton", "--shape", "16x8x1x32", "--options"]
-    slstm = _rows(sass.main([*options, "resident=1,follow_dr=0"]))
+    slstm = _rows(sass.main([*options, "resident=1"]))
     assert set(slstm) == {"slstm_fw_resident_kernel", "slstm_bw_resident_kernel", "slstm_dr_kernel"}
-    followed = _rows(sass.main([*options, "resident=1"]))
+    followed = _rows(sass.main([*options, "resident=1,follow_dr=1"]))
     # (the forward, compiled by the first run, comes from the process's kernel cache and is not listed again)
     assert "slstm_bw_fused_kernel" in followed and not {"slstm_bw_resident_kernel", "slstm_dr_kernel"} & set(followed)
     assert float(followed["slstm_bw_fused_kernel"][4]) > 0  # tensor-core instructions in its largest loop
@@ -58,10 +58,6 @@ def test_slstm_backward_sums_its_collected_parts_inside_each_warp():
     sum over parts needs no block barrier: 13 per step at the 350m and 1.3b sLSTM shapes (split 16,
     bf16). With 4-word vectors at the 350m shape the parts axis spreads over two warps: 42."""
     for shape in ("16x2048x4x256", "16x2048x4x512"):
-        rows = _rows(
-            sass.main(
-                ["--kernel", "recurrent--triton", "--shape", shape, "--options", "split=16,resident=1,follow_dr=0"]
-            )
-        )
+        rows = _rows(sass.main(["--kernel", "recurrent--triton", "--shape", shape, "--options", "split=16,resident=1"]))
         barriers = float(rows["slstm_bw_resident_kernel"][6])
         assert barriers <= 16, (shape, rows["slstm_bw_resident_kernel"])
