@@ -1,16 +1,15 @@
 """Launches the fused sLSTM Triton kernels (triton_kernels.py, triton_resident.py, triton_dr.py) with checked
 tuning choices.
 
-Tuning (:class:`Tuning`, one set per walk, forward and backward; by default they differ in ``follow_dr``
-only): ``block_b`` batch rows per program (the tl.dot M tile, >= 16), ``block_dh`` output columns and
-``block_k`` rows of R per tile (powers of two in [16, DH padded]),
-``split`` programs sharing one (batch block, head) (1..32; > 1 needs the whole grid resident on the
-GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held on chip: triton_resident.py; needs one
-``block_dh`` tile per program and a slice of at most RESIDENT_MAX_BYTES), ``follow_dr`` (backward only:
-the recurrent kernel's gradient computed by extra programs of the resident walk's launch that follow it
-through time, triton_resident.slstm_bw_fused_kernel; needs ``resident``, columns of DH in every walk
-program and the whole grid resident on the GPU; off unless given). Grid: (split, ceil(B / block_b), NH), plus
-:func:`follower_programs` along the first axis with ``follow_dr``.
+Tuning (:class:`Tuning`, one set per walk, forward and backward, equal by default): ``block_b`` batch rows
+per program (the tl.dot M tile, >= 16), ``block_dh`` output columns and ``block_k`` rows of R per tile
+(powers of two in [16, DH padded]), ``split`` programs sharing one (batch block, head) (1..32; > 1 needs
+the whole grid resident on the GPU), ``num_warps``, ``num_stages``, ``resident`` (R's slice held on chip:
+triton_resident.py; needs one ``block_dh`` tile per program and a slice of at most RESIDENT_MAX_BYTES),
+``follow_dr`` (backward only, off unless given: the recurrent kernel's gradient computed by extra programs
+of the resident walk's launch that follow it through time, triton_resident.slstm_bw_fused_kernel; needs
+``resident``, columns of DH in every walk program and the whole grid resident on the GPU). Grid: (split,
+ceil(B / block_b), NH), plus :func:`follower_programs` along the first axis with ``follow_dr``.
 """
 
 from __future__ import annotations
@@ -110,10 +109,9 @@ def resolve_tuning(
     recurrent_dtype=jnp.bfloat16,
     backward: bool = False,
 ) -> Tuning:
-    """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count and the forward
-    or ``backward`` walk; ``resident``: where R's slice in ``recurrent_dtype`` fits; ``follow_dr`` off
-    unless given, which the forward ignores) and checks every rule (ValueError naming the kernel and the
-    option)."""
+    """Fills ``None`` choices with :func:`default_tuning` (for the visible GPU's SM count; ``resident``:
+    where R's slice in ``recurrent_dtype`` fits; ``follow_dr`` off, and ignored unless ``backward``) and
+    checks every rule (ValueError naming the kernel and the option)."""
     sms = _gpu_sms()
     given = dict(
         block_b=block_b, block_dh=block_dh, block_k=block_k, split=split, num_warps=num_warps, num_stages=num_stages
