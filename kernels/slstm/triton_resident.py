@@ -164,11 +164,17 @@ def _split4(x):
 
 
 @triton.jit
+def _store_joined(ptr_a, ptr_b, ptr_c, ptr_d, offs, mask, joined):
+    """Stores a (BLOCK_B, COLS, 2, 2) tile in :func:`_four_ptrs`'s order at ``offs`` (BLOCK_B, COLS) of four
+    buffers, one store."""
+    tl.store(_four_ptrs(ptr_a, ptr_b, ptr_c, ptr_d, offs), joined, mask=mask[:, :, None, None])
+
+
+@triton.jit
 def _store4(ptr_a, ptr_b, ptr_c, ptr_d, offs, mask, a, b, c, d):
     """Stores the (BLOCK_B, COLS) tiles a, b, c, d at ``offs`` (BLOCK_B, COLS) of four buffers as one
     store of the four joined (one layout conversion instead of four)."""
-    tl.store(_four_ptrs(ptr_a, ptr_b, ptr_c, ptr_d, offs), tl.join(tl.join(a, b), tl.join(c, d)),
-             mask=mask[:, :, None, None])
+    _store_joined(ptr_a, ptr_b, ptr_c, ptr_d, offs, mask, tl.join(tl.join(a, b), tl.join(c, d)))
 
 
 @triton.jit
@@ -238,12 +244,9 @@ def slstm_fw_resident_kernel(
         nxt = ((offs_b[:, None] * (S + 1) + t + 1) * NH + head) * DH + offs_e[None, :]  # slot t + 1
         _store4(h_all, c_all, n_all, m_all, nxt, mask, h_new, c, n, m)
         if STORE_G:
-            if JOIN_GATES:
-                g_ptrs = _four_ptrs(g_all, g_all + NH * DH, g_all + 2 * NH * DH, g_all + 3 * NH * DH, gates)
-                tl.store(g_ptrs, g, mask=mask[:, :, None, None])
-            else:
-                _store4(g_all, g_all + NH * DH, g_all + 2 * NH * DH, g_all + 3 * NH * DH, gates, mask, g_i, g_f, g_z,
-                        g_o)
+            if not JOIN_GATES:
+                g = tl.join(tl.join(g_i, g_f), tl.join(g_z, g_o))
+            _store_joined(g_all, g_all + NH * DH, g_all + 2 * NH * DH, g_all + 3 * NH * DH, gates, mask, g)
         gates += 4 * NH * DH  # step t + 1
         if JOIN_GATES:
             acc = tl.reshape(pre_next, (BLOCK_B, 4 * COLS))
